@@ -1,0 +1,3 @@
+module github.com/sovereign-stack/ssbuild
+
+go 1.26.8

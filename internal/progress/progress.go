@@ -1,0 +1,228 @@
+// Package progress is ssbuild's one progress reporter. Long work (downloads,
+// debootstrap, squashfs, disk writes, cluster joins) reports through a Task;
+// the Reporter renders it for a terminal (one redrawn line), for a log (plain
+// lines, throttled) or for machines (JSON events, one per line).
+package progress
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+)
+
+// Mode selects how progress is rendered.
+type Mode int
+
+const (
+	Plain    Mode = iota // one line per event, updates throttled
+	Terminal             // the running task's line is redrawn in place
+	JSON                 // one JSON Event per line
+)
+
+// Event is what JSON mode writes, one per line.
+type Event struct {
+	Time      time.Time `json:"time"`
+	Task      string    `json:"task"`
+	Event     string    `json:"event"` // start, progress, done, failed, info
+	Done      int64     `json:"done,omitempty"`
+	Total     int64     `json:"total,omitempty"`
+	Unit      string    `json:"unit,omitempty"`
+	ElapsedMS int64     `json:"elapsed_ms,omitempty"`
+	Message   string    `json:"message,omitempty"`
+}
+
+// Reporter writes progress for any number of tasks to one writer.
+type Reporter struct {
+	mu       sync.Mutex
+	w        io.Writer
+	mode     Mode
+	now      func() time.Time
+	interval time.Duration // minimum time between two updates of one task
+}
+
+// New returns a reporter writing to w in the given mode.
+func New(w io.Writer, mode Mode) *Reporter {
+	interval := 5 * time.Second
+	switch mode {
+	case Terminal:
+		interval = 100 * time.Millisecond
+	case JSON:
+		interval = time.Second
+	}
+	return &Reporter{w: w, mode: mode, now: time.Now, interval: interval}
+}
+
+// ForFile picks Terminal when f is a terminal, Plain otherwise, and JSON when
+// asked for.
+func ForFile(f *os.File, asJSON bool) *Reporter {
+	switch {
+	case asJSON:
+		return New(f, JSON)
+	case isTerminal(f):
+		return New(f, Terminal)
+	default:
+		return New(f, Plain)
+	}
+}
+
+// Discard is a reporter that writes nothing, for tests and library callers
+// that do not care.
+func Discard() *Reporter { return New(io.Discard, Plain) }
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0 && os.Getenv("TERM") != "dumb"
+}
+
+// Info reports a one-off message.
+func (r *Reporter) Info(format string, args ...any) {
+	r.emit(Event{Task: "", Event: "info", Message: fmt.Sprintf(format, args...)}, true)
+}
+
+// Start begins a task. total is the amount of work in unit (bytes, files,
+// packages, hosts); zero means unknown.
+func (r *Reporter) Start(name string, total int64, unit string) *Task {
+	t := &Task{r: r, name: name, total: total, unit: unit, start: r.now()}
+	r.emit(Event{Task: name, Event: "start", Total: total, Unit: unit}, true)
+	return t
+}
+
+// Task is one piece of long work.
+type Task struct {
+	r          *Reporter
+	name, unit string
+	mu         sync.Mutex
+	done       int64
+	total      int64
+	start      time.Time
+	last       time.Time
+	finished   bool
+}
+
+// Add records n more units of work done.
+func (t *Task) Add(n int64) {
+	t.mu.Lock()
+	t.done += n
+	t.mu.Unlock()
+	t.update()
+}
+
+// Set records that done units of work are done.
+func (t *Task) Set(done int64) {
+	t.mu.Lock()
+	t.done = done
+	t.mu.Unlock()
+	t.update()
+}
+
+// Write counts len(p) bytes of work, so a Task can sit in an io.Copy.
+func (t *Task) Write(p []byte) (int, error) {
+	t.Add(int64(len(p)))
+	return len(p), nil
+}
+
+// Done ends the task, as failed when err is not nil.
+func (t *Task) Done(err error) {
+	t.mu.Lock()
+	if t.finished {
+		t.mu.Unlock()
+		return
+	}
+	t.finished = true
+	ev := Event{Task: t.name, Event: "done", Done: t.done, Total: t.total, Unit: t.unit,
+		ElapsedMS: t.r.now().Sub(t.start).Milliseconds()}
+	t.mu.Unlock()
+	if err != nil {
+		ev.Event = "failed"
+		ev.Message = err.Error()
+	}
+	t.r.emit(ev, true)
+}
+
+func (t *Task) update() {
+	now := t.r.now()
+	t.mu.Lock()
+	if t.finished || now.Sub(t.last) < t.r.interval {
+		t.mu.Unlock()
+		return
+	}
+	t.last = now
+	ev := Event{Task: t.name, Event: "progress", Done: t.done, Total: t.total, Unit: t.unit,
+		ElapsedMS: now.Sub(t.start).Milliseconds()}
+	t.mu.Unlock()
+	t.r.emit(ev, false)
+}
+
+func (r *Reporter) emit(ev Event, final bool) {
+	ev.Time = r.now().UTC()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch r.mode {
+	case JSON:
+		b, _ := json.Marshal(ev)
+		fmt.Fprintf(r.w, "%s\n", b)
+	case Terminal:
+		// \r + clear line: the running task redraws; finished ones stay.
+		fmt.Fprintf(r.w, "\r\033[K%s", describe(ev))
+		if final && ev.Event != "start" {
+			fmt.Fprint(r.w, "\n")
+		}
+	default:
+		fmt.Fprintln(r.w, describe(ev))
+	}
+}
+
+func describe(ev Event) string {
+	switch ev.Event {
+	case "info":
+		return ev.Message
+	case "start":
+		if ev.Total > 0 {
+			return fmt.Sprintf("%s: started (%s)", ev.Task, amount(ev.Total, ev.Unit))
+		}
+		return fmt.Sprintf("%s: started", ev.Task)
+	case "progress":
+		s := fmt.Sprintf("%s: %s", ev.Task, amount(ev.Done, ev.Unit))
+		if ev.Total > 0 {
+			s += fmt.Sprintf(" of %s (%d%%)", amount(ev.Total, ev.Unit), ev.Done*100/ev.Total)
+		}
+		if secs := float64(ev.ElapsedMS) / 1000; secs > 0 && ev.Unit == "bytes" {
+			s += fmt.Sprintf(", %s/s", amount(int64(float64(ev.Done)/secs), ev.Unit))
+		}
+		return s
+	case "failed":
+		return fmt.Sprintf("%s: FAILED after %s: %s", ev.Task, elapsed(ev.ElapsedMS), ev.Message)
+	default:
+		s := fmt.Sprintf("%s: done in %s", ev.Task, elapsed(ev.ElapsedMS))
+		if ev.Done > 0 {
+			s += fmt.Sprintf(" (%s)", amount(ev.Done, ev.Unit))
+		}
+		return s
+	}
+}
+
+func elapsed(ms int64) string {
+	return (time.Duration(ms) * time.Millisecond).Round(100 * time.Millisecond).String()
+}
+
+func amount(n int64, unit string) string {
+	if unit != "bytes" {
+		if unit == "" {
+			return fmt.Sprint(n)
+		}
+		return fmt.Sprintf("%d %s", n, unit)
+	}
+	const k = 1024
+	switch {
+	case n >= k*k*k:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(k*k*k))
+	case n >= k*k:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(k*k))
+	case n >= k:
+		return fmt.Sprintf("%.1f KiB", float64(n)/k)
+	}
+	return fmt.Sprintf("%d B", n)
+}
