@@ -1,0 +1,121 @@
+package recipes
+
+import (
+	"bytes"
+	"embed"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// The shipped recipes, embedded so the binary works without the source tree.
+//
+//go:embed default.yaml demo.yaml
+var builtin embed.FS
+
+// DefaultName is the recipe a command uses without --recipe.
+const DefaultName = "default"
+
+// Builtins lists the shipped recipe names.
+func Builtins() []string { return []string{"default", "demo"} }
+
+// BuiltinSource returns the YAML text of a shipped recipe.
+func BuiltinSource(name string) ([]byte, error) {
+	b, err := builtin.ReadFile(name + ".yaml")
+	if err != nil {
+		return nil, fmt.Errorf("no shipped recipe %q (shipped: %s)", name, strings.Join(Builtins(), ", "))
+	}
+	return b, nil
+}
+
+// Open loads a recipe by reference: the name of a shipped recipe
+// (default, demo) or a file path. A path wins when such a file exists.
+func Open(ref string) (*Recipe, error) {
+	if ref == "" {
+		ref = DefaultName
+	}
+	if _, err := os.Stat(ref); err == nil || strings.ContainsAny(ref, "/.") {
+		return Load(ref)
+	}
+	data, err := BuiltinSource(ref)
+	if err != nil {
+		return nil, err
+	}
+	return Parse("builtin:"+ref, data, "")
+}
+
+// Load reads, checks and completes a recipe file.
+func Load(path string) (*Recipe, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read recipe: %w", err)
+	}
+	return Parse(path, data, filepath.Dir(path))
+}
+
+// Parse checks and completes a recipe read from file (used in messages);
+// dir is where its relative paths start. Every problem is reported at once,
+// as an *InvalidError.
+func Parse(file string, data []byte, dir string) (*Recipe, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, &InvalidError{Problems: []Problem{syntaxProblem(file, err)}}
+	}
+	if root.Kind == 0 || (root.Kind == yaml.DocumentNode && len(root.Content) == 0) {
+		return nil, &InvalidError{Problems: []Problem{{File: file, Line: 1, Column: 1,
+			Message: "the recipe is empty; start from `ssbuild recipe show demo`"}}}
+	}
+	rep := &report{file: file, pos: positions{}}
+	r := &Recipe{File: file, dir: dir}
+	d := &decoder{rep: rep}
+	d.decode(&root, reflect.ValueOf(r).Elem(), "")
+	applyDefaults(r)
+	validate(r, rep)
+	if len(rep.list) > 0 {
+		e := &InvalidError{Problems: rep.list}
+		e.sort()
+		return nil, e
+	}
+	return r, nil
+}
+
+var yamlLineRe = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// syntaxProblem turns yaml.v3's "yaml: line N: ..." into a Problem.
+func syntaxProblem(file string, err error) Problem {
+	msg := err.Error()
+	p := Problem{File: file, Line: 1, Column: 1, Message: "not valid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+	if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
+		p.Line, _ = strconv.Atoi(m[1])
+		p.Message = "not valid YAML: " + m[2]
+	}
+	return p
+}
+
+// Problems returns the problems of an error from Parse, Load or Open; nil
+// when err is another kind of error.
+func Problems(err error) []Problem {
+	var inv *InvalidError
+	if errors.As(err, &inv) {
+		return inv.Problems
+	}
+	return nil
+}
+
+// Marshal writes the effective recipe as YAML.
+func Marshal(r *Recipe) ([]byte, error) {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(r); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), enc.Close()
+}
