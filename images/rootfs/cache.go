@@ -1,0 +1,118 @@
+package rootfs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/images/mounts"
+)
+
+// cache holds debootstrapped trees:
+//
+//	DIR/<key>/rootfs/       the tree
+//	DIR/<key>/entry.json    its inputs, size, build time
+//	DIR/<key>.lock          flock held while an entry is built or read
+//	DIR/.tmp-<key>-*        an entry being built (or left by a crash)
+//
+// An entry is complete exactly when DIR/<key> exists: it is renamed into
+// place as the last step of a successful build.
+type cache struct{ dir string }
+
+// entry is what entry.json records.
+type entry struct {
+	Inputs       cacheInputs `json:"inputs"`
+	Created      time.Time   `json:"created"`
+	SizeBytes    int64       `json:"size_bytes"`
+	BuildSeconds float64     `json:"build_seconds"`
+}
+
+func (c cache) entryDir(key string) string { return filepath.Join(c.dir, key) }
+func (c cache) rootfs(key string) string   { return filepath.Join(c.dir, key, "rootfs") }
+
+// lock takes the key's lock, waiting for another build of the same key (in
+// this or another process, e.g. parallel test binaries) to finish. The
+// kernel drops the lock when a holder dies, so a crash never blocks.
+func (c cache) lock(ctx context.Context, key string) (unlock func(), err error) {
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("rootfs cache: %w", err)
+	}
+	path := filepath.Join(c.dir, key+".lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("rootfs cache: %w", err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("rootfs cache: lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("rootfs cache: waiting for lock %s: %w", path, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// lookup returns the complete entry for key, if there is one. Call with the
+// key's lock held.
+func (c cache) lookup(key string) (entry, bool, error) {
+	data, err := os.ReadFile(filepath.Join(c.entryDir(key), "entry.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return entry{}, false, nil
+	}
+	if err != nil {
+		return entry{}, false, fmt.Errorf("rootfs cache: %w", err)
+	}
+	var ent entry
+	if err := json.Unmarshal(data, &ent); err != nil {
+		return entry{}, false, fmt.Errorf("rootfs cache: entry %s: %w", key, err)
+	}
+	return ent, true, nil
+}
+
+// newTemp removes temp dirs a crashed build of key left behind (safe: we
+// hold the key's lock, so no live build owns them) and makes a fresh one.
+func (c cache) newTemp(key string) (string, error) {
+	stale, err := filepath.Glob(filepath.Join(c.dir, ".tmp-"+key+"-*"))
+	if err != nil {
+		return "", err
+	}
+	for _, dir := range stale {
+		if err := mounts.RemoveTree(dir); err != nil {
+			return "", fmt.Errorf("remove stale build %s: %w", dir, err)
+		}
+	}
+	// A directory at the entry's name without entry.json cannot come from
+	// commit; clear it so the rename below can succeed.
+	if err := mounts.RemoveTree(c.entryDir(key)); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(c.dir, ".tmp-"+key+"-")
+}
+
+// commit writes entry.json into tmp and renames tmp to the entry's name.
+func (c cache) commit(key, tmp string, ent entry) error {
+	data, err := json.MarshalIndent(ent, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "entry.json"), data, 0o644); err != nil {
+		return fmt.Errorf("rootfs cache: %w", err)
+	}
+	if err := os.Rename(tmp, c.entryDir(key)); err != nil {
+		return fmt.Errorf("rootfs cache: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,289 @@
+package rootfs
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/images/mounts"
+	"github.com/sovereign-stack/ssbuild/internal/command"
+)
+
+// cacheFormat changes when the layout or scrubbing of cache entries changes,
+// so old entries are not reused.
+const cacheFormat = 1
+
+// Debootstrap returns a root filesystem for spec in dest, from the cache
+// when an entry with the same inputs exists, else by running debootstrap and
+// caching the result. dest must not exist or be an empty directory.
+func (b *Builder) Debootstrap(ctx context.Context, spec Debootstrap, dest string) (Result, error) {
+	if b.CacheDir == "" {
+		return Result{}, errors.New("debootstrap: no cache directory set")
+	}
+	if spec.Suite == "" || spec.Mirror == "" {
+		return Result{}, fmt.Errorf("debootstrap: suite (%q) and mirror (%q) are both required", spec.Suite, spec.Mirror)
+	}
+	spec.Mirror = strings.TrimRight(spec.Mirror, "/")
+	if err := prepareDest(dest); err != nil {
+		return Result{}, err
+	}
+	inputs, err := resolveInputs(ctx, spec)
+	if err != nil {
+		return Result{}, fmt.Errorf("debootstrap %s from %s: %w", spec.Suite, spec.Mirror, err)
+	}
+	key := inputs.key()
+
+	c := cache{dir: filepath.Join(b.CacheDir, "debootstrap")}
+	unlock, err := c.lock(ctx, key)
+	if err != nil {
+		return Result{}, err
+	}
+	defer unlock()
+
+	res := Result{Dir: dest, CacheKey: key}
+	ent, ok, err := c.lookup(key)
+	if err != nil {
+		return Result{}, err
+	}
+	if ok {
+		res.CacheHit = true
+		b.progress().Info("debootstrap %s: cached (%s, built %s)", spec.Suite, key[:12], ent.Created.Format(time.RFC3339))
+	} else {
+		if ent, err = b.buildEntry(ctx, c, key, spec, inputs); err != nil {
+			return Result{}, err
+		}
+	}
+	if err := b.copyTree(ctx, c.rootfs(key), dest, ent.SizeBytes); err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// cacheInputs is everything that decides what debootstrap produces; its
+// digest is the cache key.
+type cacheInputs struct {
+	Format         int      `json:"format"`
+	Suite          string   `json:"suite"`
+	Mirror         string   `json:"mirror"`
+	Keyring        string   `json:"keyring,omitempty"`
+	KeyringSHA256  string   `json:"keyring_sha256,omitempty"`
+	Variant        string   `json:"variant,omitempty"`
+	Components     []string `json:"components,omitempty"`
+	Include        []string `json:"include,omitempty"`
+	Arch           string   `json:"arch"`
+	DebootstrapVer string   `json:"debootstrap_version"`
+}
+
+func resolveInputs(ctx context.Context, spec Debootstrap) (cacheInputs, error) {
+	in := cacheInputs{
+		Format:     cacheFormat,
+		Suite:      spec.Suite,
+		Mirror:     spec.Mirror,
+		Keyring:    spec.Keyring,
+		Variant:    spec.Variant,
+		Components: spec.Components,
+		Arch:       spec.Arch,
+	}
+	// Order of included packages does not change the result.
+	in.Include = slices.Compact(slices.Sorted(slices.Values(spec.Include)))
+	var err error
+	if in.DebootstrapVer, err = command.Output(ctx, "debootstrap", "--version"); err != nil {
+		return in, err
+	}
+	if in.Arch == "" {
+		if in.Arch, err = command.Output(ctx, "dpkg", "--print-architecture"); err != nil {
+			return in, err
+		}
+	}
+	if spec.Keyring != "" {
+		// The keyring's content, not its path, decides what is trusted.
+		data, err := os.ReadFile(spec.Keyring)
+		if err != nil {
+			return in, fmt.Errorf("keyring: %w", err)
+		}
+		sum := sha256.Sum256(data)
+		in.KeyringSHA256 = hex.EncodeToString(sum[:])
+	}
+	return in, nil
+}
+
+func (in cacheInputs) key() string {
+	b, _ := json.Marshal(in)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func (in cacheInputs) args(target string) []string {
+	var args []string
+	if in.Variant != "" {
+		args = append(args, "--variant="+in.Variant)
+	}
+	if len(in.Components) > 0 {
+		args = append(args, "--components="+strings.Join(in.Components, ","))
+	}
+	if len(in.Include) > 0 {
+		args = append(args, "--include="+strings.Join(in.Include, ","))
+	}
+	if in.Keyring != "" {
+		args = append(args, "--keyring="+in.Keyring)
+	}
+	args = append(args, "--arch="+in.Arch)
+	return append(args, in.Suite, target, in.Mirror)
+}
+
+// buildEntry runs debootstrap into a temporary directory next to the entry
+// and renames it into place only when everything succeeded.
+func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debootstrap, in cacheInputs) (entry, error) {
+	fail := func(err error) (entry, error) {
+		return entry{}, fmt.Errorf("debootstrap %s from %s: %w", spec.Suite, spec.Mirror, err)
+	}
+	tmp, err := c.newTemp(key)
+	if err != nil {
+		return fail(err)
+	}
+	// Whatever happens below, a temp dir never outlives this call; on
+	// success it has been renamed away and this is a no-op.
+	defer mounts.RemoveTree(tmp)
+
+	target := filepath.Join(tmp, "rootfs")
+	task := b.progress().Start("debootstrap "+spec.Suite, 0, "steps")
+	start := time.Now()
+	_, err = command.Run(ctx, command.Cmd{
+		Name: "debootstrap",
+		Args: in.args(target),
+		Log:  &lineCounter{task: task},
+	})
+	// debootstrap mounts proc and sys in the target itself; when it is
+	// killed (cancel) they stay behind. Unmount before anything else.
+	if uerr := mounts.UnmountAll(target); uerr != nil && err == nil {
+		err = uerr
+	}
+	if err != nil {
+		err = withLogTail(err, filepath.Join(target, "debootstrap", "debootstrap.log"))
+		task.Done(err)
+		return fail(err)
+	}
+	if err := scrubHostFiles(target); err != nil {
+		task.Done(err)
+		return fail(err)
+	}
+	size, err := treeSize(target)
+	if err != nil {
+		task.Done(err)
+		return fail(err)
+	}
+	task.Done(nil)
+	ent := entry{Inputs: in, Created: time.Now().UTC(), SizeBytes: size, BuildSeconds: time.Since(start).Seconds()}
+	if err := c.commit(key, tmp, ent); err != nil {
+		return fail(err)
+	}
+	return ent, nil
+}
+
+// scrubHostFiles removes what debootstrap copies from the build machine
+// (its resolv.conf and hostname): they describe the builder, not the image,
+// and would make the tree depend on where it was built.
+func scrubHostFiles(root string) error {
+	if err := os.Remove(filepath.Join(root, "etc/resolv.conf")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("localhost\n"), 0o644)
+}
+
+// withLogTail adds the end of debootstrap.log to err: debootstrap's stderr
+// often only says "see the log", and the log goes away with the temp dir.
+func withLogTail(err error, logPath string) error {
+	data, rerr := os.ReadFile(logPath)
+	if rerr != nil || len(data) == 0 {
+		return err
+	}
+	const max = 2048
+	if len(data) > max {
+		data = data[len(data)-max:]
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			data = data[i+1:]
+		}
+	}
+	return fmt.Errorf("%w\ndebootstrap.log (tail):\n%s", err, strings.TrimSpace(string(data)))
+}
+
+// copyTree copies a cached tree to dest preserving owners, modes, hard
+// links, xattrs and device nodes (cp -a), reflinking where the filesystem
+// can. It copies into a temp dir next to dest and renames, so dest either
+// holds the whole tree or does not exist.
+func (b *Builder) copyTree(ctx context.Context, src, dest string, size int64) error {
+	task := b.progress().Start("copy rootfs to "+dest, size, "bytes")
+	tmp := dest + ".partial"
+	if err := mounts.RemoveTree(tmp); err != nil {
+		task.Done(err)
+		return err
+	}
+	_, err := command.Run(ctx, command.Cmd{Name: "cp", Args: []string{"-a", "--reflink=auto", "--", src, tmp}})
+	if err == nil {
+		err = os.Rename(tmp, dest)
+	}
+	if err != nil {
+		mounts.RemoveTree(tmp)
+		err = fmt.Errorf("copy cached rootfs %s to %s: %w", src, dest, err)
+		task.Done(err)
+		return err
+	}
+	task.Set(size)
+	task.Done(nil)
+	return nil
+}
+
+// treeSize sums the sizes of regular files under root (for progress).
+func treeSize(root string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(root, func(_ string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			total += info.Size()
+		}
+		return nil
+	})
+	return total, err
+}
+
+// lineCounter turns debootstrap's "I: ..." lines into progress steps.
+type lineCounter struct {
+	task interface{ Add(int64) }
+	rest []byte
+}
+
+func (l *lineCounter) Write(p []byte) (int, error) {
+	l.rest = append(l.rest, p...)
+	for {
+		i := bytes.IndexByte(l.rest, '\n')
+		if i < 0 {
+			break
+		}
+		if bytes.HasPrefix(l.rest[:i], []byte("I: ")) {
+			l.task.Add(1)
+		}
+		l.rest = l.rest[i+1:]
+	}
+	if len(l.rest) > 4096 { // a line without end: drop it, it is only progress
+		l.rest = l.rest[:0]
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = (*lineCounter)(nil)
