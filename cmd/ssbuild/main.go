@@ -1,0 +1,171 @@
+// Command ssbuild turns one recipe into a base image, a USB installer and an
+// LXD cluster with the recipe's sites. This package only parses the command
+// line; the work lives in recipes/, images/, appliance/ and cloudinit/.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sovereign-stack/ssbuild/internal/version"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Exit codes scripts can rely on.
+const (
+	exitOK      = 0
+	exitFailed  = 1 // the work failed (a tool, the network, a daemon)
+	exitUsage   = 2 // the command line is wrong
+	exitInvalid = 3 // an input (recipe, configuration, payload) is invalid
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run is main without the process: tests call it with their own streams.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	app := newApp(stdin, stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return exitOK
+	}
+	var u usageError
+	var inv invalidError
+	switch {
+	case errors.As(err, &u):
+		fmt.Fprintf(stderr, "ssbuild: %v\nRun 'ssbuild --help' for usage.\n", u.err)
+		return exitUsage
+	case errors.As(err, &inv):
+		fmt.Fprintln(stderr, inv.err)
+		if n := len(recipes.Problems(inv.err)); n > 1 {
+			fmt.Fprintf(stderr, "%d problems\n", n)
+		}
+		return exitInvalid
+	default:
+		fmt.Fprintf(stderr, "ssbuild: %v\n", err)
+		return exitFailed
+	}
+}
+
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// invalidError marks bad input: exit code 3 and the problems as they are.
+type invalidError struct{ err error }
+
+func (e invalidError) Error() string { return e.err.Error() }
+
+// classify turns a recipe error into an invalidError when it lists problems.
+func classify(err error) error {
+	if recipes.Problems(err) != nil {
+		return invalidError{err}
+	}
+	return err
+}
+
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:                 "ssbuild",
+		Usage:                "build Sovereign Stack images, installers and clusters from one recipe",
+		Version:              version.String(),
+		Reader:               stdin,
+		Writer:               stdout,
+		ErrWriter:            stderr,
+		EnableBashCompletion: true,
+		HideVersion:          true,
+		// Errors are printed once, by run, with the right exit code.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		Action:  helpOrUnknown,
+		Commands: withUsageErrors([]*cli.Command{
+			recipeCommand(),
+			planCommand(),
+			versionCommand(),
+			completionCommand(),
+		}),
+	}
+}
+
+// helpOrUnknown is the action of a command that only groups others: help
+// without arguments, a usage error for an unknown subcommand.
+func helpOrUnknown(c *cli.Context) error {
+	if c.Args().Present() {
+		return usagef("no command %q", c.Args().First())
+	}
+	return cli.ShowSubcommandHelp(c)
+}
+
+// withUsageErrors makes every command report flag errors as usage errors
+// (exit code 2), and every command group reject unknown subcommands.
+func withUsageErrors(cmds []*cli.Command) []*cli.Command {
+	for _, c := range cmds {
+		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+		if len(c.Subcommands) > 0 && c.Action == nil {
+			c.Action = helpOrUnknown
+		}
+		withUsageErrors(c.Subcommands)
+	}
+	return cmds
+}
+
+// recipeFlag is the --recipe flag of every command that reads a recipe.
+var recipeFlag = &cli.StringFlag{
+	Name:    "recipe",
+	Aliases: []string{"r"},
+	Usage:   "recipe file, or the name of a shipped recipe (default, demo)",
+	Value:   recipes.DefaultName,
+	EnvVars: []string{"SSBUILD_RECIPE"},
+}
+
+// loadRecipe opens the recipe a command names.
+func loadRecipe(ref string) (*recipes.Recipe, error) {
+	r, err := recipes.Open(ref)
+	return r, classify(err)
+}
+
+func versionCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print the ssbuild version",
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usagef("version takes no arguments")
+			}
+			fmt.Fprintf(c.App.Writer, "ssbuild %s (recipe format %s)\n", version.String(), recipes.APIVersion)
+			return nil
+		},
+	}
+}
+
+func planCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "plan",
+		Usage: "validate a recipe and print what each stage will build and deploy",
+		Flags: []cli.Flag{recipeFlag, &cli.BoolFlag{Name: "json", Usage: "print the plan as JSON"}},
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usagef("plan takes no arguments; use --recipe")
+			}
+			r, err := loadRecipe(c.String("recipe"))
+			if err != nil {
+				return err
+			}
+			stages := recipes.Plan(r)
+			if c.Bool("json") {
+				return writeJSON(c.App.Writer, map[string]any{"recipe": r.Name, "file": r.File, "stages": stages})
+			}
+			recipes.WritePlan(c.App.Writer, r, stages)
+			return nil
+		},
+	}
+}
