@@ -86,7 +86,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
-		Action:  helpOrUnknown,
+		Action: helpOrUnknown,
 		Commands: withUsageErrors([]*cli.Command{
 			recipeCommand(),
 			planCommand(),
