@@ -1,0 +1,259 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+	"golang.org/x/sys/unix"
+
+	"github.com/sovereign-stack/ssbuild/internal/command"
+)
+
+// destroy removes the host: its instances, daemon, the daemon's dnsmasq,
+// any other process left in its namespaces, the namespaces themselves (and
+// with the network namespace every link in it: eth0, LXD's bridges) and the
+// machine side of its veth.
+func (h *Host) destroy(ctx context.Context) error {
+	var errs []error
+	if c := h.LXD(); c != nil {
+		if err := stopInstances(ctx, c); err != nil {
+			errs = append(errs, fmt.Errorf("%s: stop instances: %w", h.Name, err))
+		}
+	}
+	// The bed's state is thrown away: no need for a graceful stop, and a
+	// cluster member that shuts down while its peers do can wait a long time.
+	errs = append(errs, h.KillLXD())
+	errs = append(errs, h.killDnsmasq())
+	errs = append(errs, h.killLeftovers())
+	for _, f := range []*string{&h.mountNS, &h.utsNS} {
+		if *f == "" {
+			continue
+		}
+		// A failed unshare may have left the file unbound.
+		if mounted, _ := mountsUnder(*f); len(mounted) == 0 {
+			*f = ""
+			continue
+		}
+		if _, err := command.Output(ctx, "umount", *f); err != nil {
+			errs = append(errs, fmt.Errorf("%s: release namespace file: %w", h.Name, err))
+		} else {
+			*f = ""
+		}
+	}
+	if h.Netns != "" {
+		if _, err := command.Output(ctx, "ip", "netns", "del", h.Netns); err != nil {
+			errs = append(errs, fmt.Errorf("%s: delete network namespace: %w", h.Name, err))
+		} else {
+			h.Netns = ""
+		}
+	}
+	// Deleting the namespace deletes the pair; this is for a host whose
+	// namespace could not be made or deleted.
+	if h.veth != "" && linkExists(h.veth) {
+		if _, err := command.Output(ctx, "ip", "link", "del", h.veth); err != nil && linkExists(h.veth) {
+			errs = append(errs, fmt.Errorf("%s: delete veth: %w", h.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stopInstances force-stops the running instances located on this member:
+// their processes live in namespaces of their own, which the sweep of the
+// host's namespaces does not reach.
+func stopInstances(ctx context.Context, c lxd.InstanceServer) error {
+	server, _, err := c.GetServer()
+	if err != nil {
+		return err
+	}
+	projects, err := c.GetProjectNames()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range projects {
+		pc := c.UseProject(p)
+		insts, err := pc.GetInstances(api.InstanceTypeAny)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("project %s: %w", p, err))
+			continue
+		}
+		for _, inst := range insts {
+			if inst.StatusCode != api.Running && inst.StatusCode != api.Frozen {
+				continue
+			}
+			if server.Environment.ServerClustered && inst.Location != server.Environment.ServerName {
+				continue // its own member stops it
+			}
+			op, err := pc.UpdateInstanceState(inst.Name, api.InstanceStatePut{Action: "stop", Force: true, Timeout: -1}, "")
+			if err == nil {
+				err = op.WaitContext(ctx)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("stop %s/%s: %w", p, inst.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nsID identifies a namespace (the device and inode of its nsfs file).
+type nsID struct{ dev, ino uint64 }
+
+func nsIDOf(path string) (nsID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nsID{}, fmt.Errorf("namespace %s: %w", path, err)
+	}
+	return nsID{dev: st.Dev, ino: st.Ino}, nil
+}
+
+// killDnsmasq stops the dnsmasq of each LXD network of the host, found by
+// the pid file LXD keeps. A killed LXD leaves it running.
+func (h *Host) killDnsmasq() error {
+	files, _ := filepath.Glob(filepath.Join(h.LXDDir, "networks", "*", "dnsmasq.pid"))
+	var pids []int
+	for _, f := range files {
+		pid, err := readPidFile(f)
+		if err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
+		// Only a dnsmasq inside this host's namespace: a stale file's PID may
+		// by now belong to someone else.
+		if pid > 0 && processComm(pid) == "dnsmasq" && h.netnsID != (nsID{}) && inNamespace(pid, "net", h.netnsID) {
+			pids = append(pids, pid)
+		}
+	}
+	if err := killAndWait(pids); err != nil {
+		return fmt.Errorf("%s: dnsmasq: %w", h.Name, err)
+	}
+	return nil
+}
+
+// readPidFile reads LXD's subprocess file ("pid: 1234" among YAML keys) or a
+// plain pid file.
+func readPidFile(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		v := strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(v, "pid:"); ok {
+			v = strings.TrimSpace(rest)
+		}
+		if pid, err := strconv.Atoi(v); err == nil {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no pid in %s", path)
+}
+
+// killLeftovers kills every process still inside the host's network or
+// mount namespace. The bed created both, so whatever runs there was started
+// by it or by something it started (LXD's helpers, Host.Command).
+func (h *Host) killLeftovers() error {
+	var pids []int
+	if h.netnsID != (nsID{}) {
+		pids = append(pids, processesIn("net", h.netnsID)...)
+	}
+	if h.mountID != (nsID{}) {
+		pids = append(pids, processesIn("mnt", h.mountID)...)
+	}
+	if err := killAndWait(pids); err != nil {
+		return fmt.Errorf("%s: %w", h.Name, err)
+	}
+	return nil
+}
+
+// Processes returns the PIDs of the live processes inside the host's
+// network or mount namespace.
+func (h *Host) Processes() []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, pid := range append(processesIn("net", h.netnsID), processesIn("mnt", h.mountID)...) {
+		if !seen[pid] {
+			seen[pid] = true
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// processesIn lists the processes (not zombies, whose namespaces are gone)
+// whose namespace of the kind ("net", "mnt") is id.
+func processesIn(kind string, id nsID) []int {
+	if id == (nsID{}) {
+		return nil
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if inNamespace(pid, kind, id) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func inNamespace(pid int, kind string, id nsID) bool {
+	got, err := nsIDOf(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+	return err == nil && got == id
+}
+
+func processComm(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// killAndWait sends SIGKILL to each PID and waits until each is gone or a
+// zombie (its parent reaps it; nothing of it runs any more).
+func killAndWait(pids []int) error {
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range pids {
+		for processAlive(pid) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("process %d (%s) still alive after SIGKILL", pid, processComm(pid))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// processAlive reports whether pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) S ...": the state follows the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return false
+	}
+	return s[i+2] != 'Z' && s[i+2] != 'X'
+}
