@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -158,10 +157,13 @@ func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debo
 	target := filepath.Join(tmp, "rootfs")
 	task := b.progress().Start("debootstrap "+spec.Suite, 0, "steps")
 	start := time.Now()
+	// debootstrap writes its I:/W:/E: messages to stdout, not stderr.
+	out := &messageLog{task: task}
 	_, err = command.Run(ctx, command.Cmd{
-		Name: "debootstrap",
-		Args: in.args(target),
-		Log:  &lineCounter{task: task},
+		Name:   "debootstrap",
+		Args:   in.args(target),
+		Stdout: out,
+		Log:    out,
 	})
 	// debootstrap mounts proc and sys in the target itself; when it is
 	// killed (cancel) they stay behind. Unmount before anything else.
@@ -169,7 +171,7 @@ func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debo
 		err = uerr
 	}
 	if err != nil {
-		err = withLogTail(err, filepath.Join(target, "debootstrap", "debootstrap.log"))
+		err = out.explain(err, filepath.Join(target, "debootstrap", "debootstrap.log"))
 		task.Done(err)
 		return fail(err)
 	}
@@ -198,23 +200,6 @@ func scrubHostFiles(root string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("localhost\n"), 0o644)
-}
-
-// withLogTail adds the end of debootstrap.log to err: debootstrap's stderr
-// often only says "see the log", and the log goes away with the temp dir.
-func withLogTail(err error, logPath string) error {
-	data, rerr := os.ReadFile(logPath)
-	if rerr != nil || len(data) == 0 {
-		return err
-	}
-	const max = 2048
-	if len(data) > max {
-		data = data[len(data)-max:]
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			data = data[i+1:]
-		}
-	}
-	return fmt.Errorf("%w\ndebootstrap.log (tail):\n%s", err, strings.TrimSpace(string(data)))
 }
 
 // copyTree copies a cached tree to dest preserving owners, modes, hard
@@ -262,23 +247,38 @@ func treeSize(root string) (int64, error) {
 	return total, err
 }
 
-// lineCounter turns debootstrap's "I: ..." lines into progress steps.
-type lineCounter struct {
-	task interface{ Add(int64) }
-	rest []byte
+// messageLog counts debootstrap's "I: ..." lines as progress steps and
+// keeps its warnings and errors for the error message.
+type messageLog struct {
+	task     interface{ Add(int64) }
+	rest     []byte
+	problems []string // W: and E: lines
+	last     []string // the last few lines, when there are no E: lines
 }
 
-func (l *lineCounter) Write(p []byte) (int, error) {
+func (l *messageLog) Write(p []byte) (int, error) {
 	l.rest = append(l.rest, p...)
 	for {
 		i := bytes.IndexByte(l.rest, '\n')
 		if i < 0 {
 			break
 		}
-		if bytes.HasPrefix(l.rest[:i], []byte("I: ")) {
-			l.task.Add(1)
-		}
+		line := strings.TrimSpace(string(l.rest[:i]))
 		l.rest = l.rest[i+1:]
+		switch {
+		case strings.HasPrefix(line, "I: "):
+			l.task.Add(1)
+		case strings.HasPrefix(line, "E: "), strings.HasPrefix(line, "W: "):
+			if len(l.problems) < 20 {
+				l.problems = append(l.problems, line)
+			}
+		}
+		if line != "" {
+			l.last = append(l.last, line)
+			if len(l.last) > 5 {
+				l.last = l.last[1:]
+			}
+		}
 	}
 	if len(l.rest) > 4096 { // a line without end: drop it, it is only progress
 		l.rest = l.rest[:0]
@@ -286,4 +286,26 @@ func (l *lineCounter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-var _ io.Writer = (*lineCounter)(nil)
+// explain adds what debootstrap said and the end of its debootstrap.log
+// (which goes away with the temp dir) to err.
+func (l *messageLog) explain(err error, logPath string) error {
+	said := l.problems
+	if len(said) == 0 {
+		said = l.last
+	}
+	msg := ""
+	if len(said) > 0 {
+		msg = "\n" + strings.Join(said, "\n")
+	}
+	if data, rerr := os.ReadFile(logPath); rerr == nil && len(data) > 0 {
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		if len(lines) > 8 {
+			lines = lines[len(lines)-8:]
+		}
+		msg += "\ndebootstrap.log (tail):\n" + strings.Join(lines, "\n")
+	}
+	if msg == "" {
+		return err
+	}
+	return fmt.Errorf("%w%s", err, msg)
+}

@@ -41,7 +41,10 @@ func Require(t testing.TB) {
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "debootstrap", "chroot", "cp", "tar")
 	if _, err := os.Stat(Bookworm().Keyring); err != nil {
-		testenv.RequireTools(t, "debian-archive-keyring (missing "+Bookworm().Keyring+")")
+		if testenv.InCI() {
+			t.Fatalf("CI=true but %v (install debian-archive-keyring)", err)
+		}
+		t.Skip(err)
 	}
 }
 

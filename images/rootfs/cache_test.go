@@ -1,0 +1,111 @@
+package rootfs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/sovereign-stack/ssbuild/images/mounts"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+)
+
+func bookwormFrom(mirror string) Debootstrap {
+	return Debootstrap{Suite: "bookworm", Mirror: mirror, Variant: "minbase",
+		Keyring: "/usr/share/keyrings/debian-archive-keyring.gpg"}
+}
+
+// The key follows what changes debootstrap's output, and only that.
+func TestCacheKey(t *testing.T) {
+	testenv.RequireTools(t, "debootstrap", "dpkg")
+	ctx := context.Background()
+	key := func(s Debootstrap) string {
+		t.Helper()
+		in, err := resolveInputs(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in.key()
+	}
+	base := bookwormFrom("http://deb.debian.org/debian")
+	base.Include = []string{"a", "b"}
+	k := key(base)
+
+	same := base
+	same.Include = []string{"b", "a", "a"}
+	if key(same) != k {
+		t.Errorf("include order or duplicates changed the key")
+	}
+	for name, change := range map[string]func(*Debootstrap){
+		"suite":      func(s *Debootstrap) { s.Suite = "trixie" },
+		"mirror":     func(s *Debootstrap) { s.Mirror = "http://ftp.debian.org/debian" },
+		"variant":    func(s *Debootstrap) { s.Variant = "buildd" },
+		"components": func(s *Debootstrap) { s.Components = []string{"main", "contrib"} },
+		"include":    func(s *Debootstrap) { s.Include = []string{"a", "b", "c"} },
+		"arch":       func(s *Debootstrap) { s.Arch = "arm64" },
+	} {
+		s := base
+		change(&s)
+		if key(s) == k {
+			t.Errorf("changing %s did not change the cache key", name)
+		}
+	}
+
+	// Same path, other content: the keyring's bytes are in the key.
+	kr := filepath.Join(t.TempDir(), "keyring.gpg")
+	os.WriteFile(kr, []byte("one"), 0o644)
+	withKeyring := base
+	withKeyring.Keyring = kr
+	k1 := key(withKeyring)
+	os.WriteFile(kr, []byte("two"), 0o644)
+	if key(withKeyring) == k1 {
+		t.Errorf("a keyring with other content at the same path kept the cache key")
+	}
+}
+
+// A build that crashed (killed with debootstrap's proc mount still in its
+// temp dir) is cleaned up by the next build of the same key: the mount is
+// undone before anything is removed, and no entry appears.
+func TestStaleBuildRemoved(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "debootstrap", "dpkg")
+	cacheDir := t.TempDir()
+	t.Cleanup(func() { mounts.RemoveTree(cacheDir) })
+	spec := bookwormFrom("http://127.0.0.1:9/debian")
+	in, err := resolveInputs(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(cacheDir, "debootstrap", ".tmp-"+in.key()+"-crashed")
+	proc := filepath.Join(stale, "rootfs", "proc")
+	if err := os.MkdirAll(proc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("proc", proc, "proc", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	b := Builder{CacheDir: cacheDir}
+	_, err = b.Debootstrap(context.Background(), spec, filepath.Join(t.TempDir(), "rootfs"))
+	if err == nil {
+		t.Fatal("build from an unreachable mirror succeeded")
+	}
+	if _, err := os.Lstat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale build dir %s still there (%v)", stale, err)
+	}
+	if m, _ := mounts.Under(cacheDir); len(m) > 0 {
+		t.Errorf("mounts left: %v", m)
+	}
+	// /proc of this process is intact: removal did not go through the mount.
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		t.Errorf("/proc/self/status: %v", err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(cacheDir, "debootstrap"))
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("cache holds %s after a failed build", e.Name())
+		}
+	}
+}

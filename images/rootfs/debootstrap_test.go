@@ -1,0 +1,186 @@
+package rootfs_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/images/mounts"
+	"github.com/sovereign-stack/ssbuild/images/rootfs"
+	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// unreachable is a loopback port nothing listens on (discard).
+const unreachable = "http://127.0.0.1:9/debian"
+
+func TestDebootstrapBookwormIsCached(t *testing.T) {
+	rootfstest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	var log strings.Builder
+	b := rootfs.Builder{CacheDir: rootfstest.CacheDir(), Progress: progress.New(&log, progress.Plain)}
+	work := tempTree(t)
+
+	start := time.Now()
+	first, err := b.Debootstrap(ctx, rootfstest.Bookworm(), filepath.Join(work, "first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstTook := time.Since(start)
+	start = time.Now()
+	second, err := b.Debootstrap(ctx, rootfstest.Bookworm(), filepath.Join(work, "second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secondTook := time.Since(start)
+	t.Logf("first build %v (cache hit: %v), second build %v (cache hit: %v)",
+		firstTook.Round(time.Millisecond), first.CacheHit, secondTook.Round(time.Millisecond), second.CacheHit)
+	t.Logf("progress:\n%s", log.String())
+
+	if !second.CacheHit {
+		t.Errorf("second build with the same inputs was not a cache hit")
+	}
+	if first.CacheKey != second.CacheKey || len(first.CacheKey) != 64 {
+		t.Errorf("cache keys %q and %q: want the same sha256", first.CacheKey, second.CacheKey)
+	}
+	if !strings.Contains(log.String(), "copy rootfs") {
+		t.Errorf("no progress for the copy step in:\n%s", log.String())
+	}
+
+	root := second.Dir
+	osRelease, err := os.ReadFile(filepath.Join(root, "etc/os-release"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(osRelease), "VERSION_CODENAME=bookworm") {
+		t.Errorf("etc/os-release does not say bookworm:\n%s", osRelease)
+	}
+	sources, err := os.ReadFile(filepath.Join(root, "etc/apt/sources.list"))
+	if err != nil || !strings.Contains(string(sources), rootfstest.Mirror) {
+		t.Errorf("etc/apt/sources.list does not name %s: %q, %v", rootfstest.Mirror, sources, err)
+	}
+	// The build machine's identity stays out of the image.
+	if host, _ := os.ReadFile(filepath.Join(root, "etc/hostname")); string(host) != "localhost\n" {
+		t.Errorf("etc/hostname = %q, want the neutral localhost", host)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "etc/resolv.conf")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("etc/resolv.conf from the build machine is in the tree (%v)", err)
+	}
+	// The copy from the cache kept device nodes, owners and hard links.
+	var st syscall.Stat_t
+	if err := syscall.Lstat(filepath.Join(root, "dev/null"), &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFCHR {
+		t.Errorf("dev/null is not a character device in the copy (%v)", err)
+	}
+	if err := syscall.Lstat(filepath.Join(root, "etc/shadow"), &st); err != nil || st.Gid == 0 {
+		t.Errorf("etc/shadow lost its shadow group in the copy (gid %d, %v)", st.Gid, err)
+	}
+	a, errA := os.Stat(filepath.Join(root, "usr/bin/gunzip"))
+	c, errC := os.Stat(filepath.Join(root, "usr/bin/uncompress"))
+	if errA != nil || errC != nil || !os.SameFile(a, c) {
+		t.Errorf("usr/bin/gunzip and usr/bin/uncompress are no longer one hard-linked file (%v, %v)", errA, errC)
+	}
+	assertNoTemp(t, rootfstest.CacheDir())
+}
+
+func TestDebootstrapUnreachableMirror(t *testing.T) {
+	rootfstest.Require(t)
+	cacheDir := t.TempDir()
+	dest := filepath.Join(tempTree(t), "rootfs")
+	spec := rootfstest.Bookworm()
+	spec.Mirror = unreachable
+	b := rootfs.Builder{CacheDir: cacheDir}
+
+	_, err := b.Debootstrap(context.Background(), spec, dest)
+	if err == nil {
+		t.Fatal("debootstrap from an unreachable mirror succeeded")
+	}
+	t.Logf("error: %v", err)
+	for _, want := range []string{"debootstrap bookworm from " + unreachable, "Failed getting release file"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q: %v", want, err)
+		}
+	}
+	assertNoEntry(t, cacheDir)
+	if _, err := os.Lstat(dest); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("destination %s exists after a failed build (%v)", dest, err)
+	}
+}
+
+// A build cancelled while debootstrap has proc and sys mounted in its
+// target (Ctrl-C in the middle of the second stage) leaves no mount, no
+// temp dir and no cache entry.
+func TestDebootstrapCancelledLeavesNothing(t *testing.T) {
+	rootfstest.Require(t)
+	cacheDir := t.TempDir()
+	dest := filepath.Join(tempTree(t), "rootfs")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := rootfs.Builder{CacheDir: cacheDir}
+
+	sawMount := make(chan []string, 1)
+	go func() {
+		for ctx.Err() == nil {
+			if m, _ := mounts.Under(cacheDir); len(m) > 0 {
+				sawMount <- m
+				cancel()
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	_, err := b.Debootstrap(ctx, rootfstest.Bookworm(), dest)
+	select {
+	case m := <-sawMount:
+		t.Logf("cancelled while mounted: %v", m)
+	default:
+		t.Fatalf("debootstrap ended without ever mounting in its target (err %v); the test did not cancel it", err)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("error does not wrap context.Canceled: %v", err)
+	}
+	if left, _ := mounts.Under(cacheDir); len(left) > 0 {
+		t.Errorf("mounts left after cancel: %v", left)
+		mounts.UnmountAll(cacheDir)
+	}
+	assertNoEntry(t, cacheDir)
+}
+
+// tempTree is a t.TempDir whose content is unmounted and removed before the
+// testing package removes it, so a failing test cannot leave mounts behind.
+func tempTree(t *testing.T) string {
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if err := mounts.RemoveTree(dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return dir
+}
+
+// assertNoEntry checks that cacheDir holds no entry and no temp dir: only
+// lock files may remain after a failed build.
+func assertNoEntry(t *testing.T, cacheDir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(cacheDir, "debootstrap"))
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("cache holds %s after a failed build", e.Name())
+		}
+	}
+}
+
+func assertNoTemp(t *testing.T, cacheDir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(cacheDir, "debootstrap"))
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".tmp-") {
+			t.Errorf("temp dir %s left in the cache", e.Name())
+		}
+	}
+}
