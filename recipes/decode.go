@@ -20,14 +20,17 @@ var textUnmarshaler = reflect.TypeOf((*encoding.TextUnmarshaler)(nil)).Elem()
 // decoding it goes on after a problem, so every problem is reported at once
 // with its line and column, and it records where each value was written.
 type decoder struct {
-	rep   *report
-	nodes int
+	rep      *report
+	nodes    int
+	tooLarge bool
 }
 
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	if d.nodes++; d.nodes > maxNodes {
-		if d.nodes == maxNodes+1 {
-			d.problem(n, path, "document is too large (more than %d values, or aliases that expand too far)", maxNodes)
+		if !d.tooLarge {
+			d.tooLarge = true
+			d.rep.list = []Problem{{File: d.rep.file, Line: n.Line, Column: n.Column, Path: path,
+				Message: fmt.Sprintf("document is too large (more than %d values, or aliases that expand too far)", maxNodes)}}
 		}
 		return
 	}
@@ -126,8 +129,12 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[key] = true
+		before := len(d.rep.list)
 		d.decode(val, v.Field(f.index), fpath)
-		d.checkEnum(val, v.Field(f.index), fpath, f.enum)
+		if len(d.rep.list) == before { // rules apply only to values that decoded
+			d.checkEnum(val, v.Field(f.index), fpath, f.enum)
+			d.checkRange(v.Field(f.index), fpath, f)
+		}
 	}
 	for _, f := range fields.list {
 		if f.required && !seen[f.name] {
@@ -156,8 +163,39 @@ func (d *decoder) checkEnum(n *yaml.Node, v reflect.Value, path string, enum []s
 		}
 	case reflect.Slice:
 		for i := 0; i < v.Len(); i++ {
-			check(v.Index(i).String(), indexPath(path, i))
+			if s := v.Index(i).String(); s != "" { // "" is a type error, reported already
+				check(s, indexPath(path, i))
+			}
 		}
+	}
+}
+
+// checkRange applies a field's min/max rule to what the recipe wrote, before
+// defaults: an explicit 0 must not silently become the default.
+func (d *decoder) checkRange(v reflect.Value, path string, f fieldInfo) {
+	if f.min == "" && f.max == "" {
+		return
+	}
+	var val, lo, hi float64
+	parse := func(s string) float64 {
+		n, _ := strconv.ParseFloat(s, 64)
+		return n
+	}
+	shown := fmt.Sprint(v.Interface())
+	if v.Type() == sizeType {
+		val = float64(v.Uint())
+		parse = func(s string) float64 { z, _ := ParseSize(s); return float64(z) }
+	} else {
+		val = float64(v.Int())
+	}
+	lo, hi = parse(f.min), parse(f.max)
+	switch {
+	case f.min != "" && f.max != "" && (val < lo || val > hi):
+		d.rep.at(path, "%s is out of range (%s to %s)", shown, f.min, f.max)
+	case f.min != "" && val < lo:
+		d.rep.at(path, "%s is too small (at least %s)", shown, f.min)
+	case f.max != "" && val > hi:
+		d.rep.at(path, "%s is too large (at most %s)", shown, f.max)
 	}
 }
 
@@ -184,6 +222,7 @@ type fieldInfo struct {
 	index    int
 	required bool
 	enum     []string
+	min, max string // inclusive bounds, in the field's own notation
 	doc      string
 }
 
@@ -209,6 +248,10 @@ func structFields(t reflect.Type) fieldSet {
 				f.required = true
 			case strings.HasPrefix(r, "enum="):
 				f.enum = strings.Split(strings.TrimPrefix(r, "enum="), "|")
+			case strings.HasPrefix(r, "min="):
+				f.min = strings.TrimPrefix(r, "min=")
+			case strings.HasPrefix(r, "max="):
+				f.max = strings.TrimPrefix(r, "max=")
 			}
 		}
 		fs.list = append(fs.list, f)

@@ -105,7 +105,9 @@ func applyDeploymentDefaults(d *Deployment) {
 	setString(&d.Chain, "regtest")
 	setString(&d.Stack, "sovereign")
 	if d.PrimaryDomain != "" && !hasSite(d.Sites, d.PrimaryDomain) {
-		d.Sites = append([]Site{{Domain: d.PrimaryDomain}}, d.Sites...)
+		// Appended, not prepended: the sites the recipe wrote keep their
+		// indices, so problems point at the right line.
+		d.Sites = append(d.Sites, Site{Domain: d.PrimaryDomain})
 	}
 	for i := range d.Sites {
 		s := &d.Sites[i]

@@ -76,6 +76,10 @@ func Parse(file string, data []byte, dir string) (*Recipe, error) {
 	r := &Recipe{File: file, dir: dir}
 	d := &decoder{rep: rep}
 	d.decode(&root, reflect.ValueOf(r).Elem(), "")
+	if d.tooLarge {
+		// Validating a half-decoded giant would only bury the one problem.
+		return nil, &InvalidError{Problems: rep.list}
+	}
 	applyDefaults(r)
 	validate(r, rep)
 	if len(rep.list) > 0 {

@@ -95,9 +95,6 @@ func validateImage(r *Recipe, rep *report) {
 			rep.at("image.chainstate.network", "no deployment runs on %s (deployments: %s); the chainstate would never be used", cs.Network, chainList(r.Deployments))
 		}
 	}
-	if img.Reproducible.SourceDateEpoch < 0 {
-		rep.at("image.reproducible.sourceDateEpoch", "must be 0 or more seconds since 1970")
-	}
 	if len(img.Output.Formats) == 0 {
 		rep.at("image.output.formats", "lists no format; write container, vm or both")
 	}
@@ -106,12 +103,6 @@ func validateImage(r *Recipe, rep *report) {
 func validateInstaller(in *Installer, rep *report) {
 	checkTarget(rep, "installer.target", in.Target)
 	l := in.Layout
-	if l.ESP < 64*MiB || l.ESP > 4*GiB {
-		rep.at("installer.layout.esp", "%s is out of range (64MiB to 4GiB; FAT32 needs at least 64MiB, 512MiB is usual)", l.ESP)
-	}
-	if l.OS < 4*GiB {
-		rep.at("installer.layout.os", "%s is too small for the host OS (at least 4GiB; 50GiB is usual)", l.OS)
-	}
 	// GPT keeps 1MiB in front and 1MiB behind for its headers and alignment.
 	if need := l.ESP + l.OS + l.MinZFS + 2*MiB; need > l.MinDisk {
 		rep.at("installer.layout.os", "esp %s + os %s + minZFS %s (+2MiB for GPT) = %s do not fit on the smallest allowed disk (minDisk %s); lower os or raise minDisk",
@@ -177,7 +168,8 @@ func checkTarget(rep *report, path string, t Target) {
 
 func validateCluster(r *Recipe, rep *report) {
 	c := &r.Cluster
-	if c.Name != "" && !labelRe.MatchString(c.Name) {
+	// Unless written, the name is the recipe's, whose problem is reported once.
+	if rep.written("cluster.name") && !labelRe.MatchString(c.Name) {
 		rep.at("cluster.name", "%q is not a valid name (lower-case letters, digits and dashes)", c.Name)
 	}
 	if c.Initiator != "" && len(r.Installer.Hosts) > 0 && !hasHost(r.Installer.Hosts, c.Initiator) {
@@ -186,9 +178,7 @@ func validateCluster(r *Recipe, rep *report) {
 	if c.Secret.File != "" && c.Secret.Generate {
 		rep.at("cluster.secret", "has both file and generate; keep one")
 	}
-	if c.RegistrationPort < 1 || c.RegistrationPort > 65535 {
-		rep.at("cluster.registrationPort", "%d is not a TCP port (1 to 65535)", c.RegistrationPort)
-	} else if c.RegistrationPort == 8443 {
+	if c.RegistrationPort == 8443 {
 		rep.at("cluster.registrationPort", "8443 is LXD's own port; pick another (default %d)", defaultRegistration)
 	}
 	if !labelRe.MatchString(c.Storage.Pool) {
@@ -250,7 +240,9 @@ func validateDeployments(r *Recipe, rep *report) {
 			if s.Domain == "" {
 				continue // reported as missing by the decoder
 			}
-			checkDomain(rep, sp+".domain", s.Domain)
+			if rep.written(sp) { // the primary's site, when added by default, was checked as primaryDomain
+				checkDomain(rep, sp+".domain", s.Domain)
+			}
 			if first, dup := domains[s.Domain]; dup {
 				rep.at(sp+".domain", "%q is already a site at %s; a domain can be served once", s.Domain, first)
 			} else {
@@ -279,26 +271,6 @@ func validateDeployments(r *Recipe, rep *report) {
 					rep.at(sp+".nostrOwnerPubkey", "%v", err)
 				}
 			}
-		}
-		for _, role := range d.Instances.Roles() {
-			validateInstance(rep, p+".instances."+role.Name, role.Instance)
-		}
-	}
-}
-
-func validateInstance(rep *report, p string, in *Instance) {
-	if in.CPUs < 1 || in.CPUs > 256 {
-		rep.at(p+".cpus", "%d is out of range (1 to 256)", in.CPUs)
-	}
-	if in.Memory < 256*MiB {
-		rep.at(p+".memory", "%s is too little (at least 256MiB)", in.Memory)
-	}
-	for _, disk := range []struct {
-		name string
-		size Size
-	}{{"root", in.Disks.Root}, {"docker", in.Disks.Docker}, {"data", in.Disks.Data}, {"backup", in.Disks.Backup}} {
-		if disk.size < GiB {
-			rep.at(p+".disks."+disk.name, "%s is too small (at least 1GiB)", disk.size)
 		}
 	}
 }
