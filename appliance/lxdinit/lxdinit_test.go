@@ -16,6 +16,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/lxdinit"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
 )
 
 // TestApply runs LXD initialisation against real daemons of one shared bed;
@@ -135,7 +136,7 @@ func TestApply(t *testing.T) {
 		if err == nil {
 			t.Fatalf("Apply with driver nosuchfs succeeded: %v", steps)
 		}
-		for _, want := range []string{`"bad"`, `driver "nosuchfs" is not supported`, "supported: dir"} {
+		for _, want := range []string{`"bad"`, `driver "nosuchfs" is not supported`, "supported: ", "dir"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q does not say %s", err, want)
 			}
@@ -169,6 +170,39 @@ func TestApply(t *testing.T) {
 		}
 		wantActions(t, steps, lxdinit.InPlace) // the address step, not asked for
 	})
+}
+
+// TestApplyBtrfs creates a btrfs pool on a loop file, the driver tests use
+// where the appliance uses zfs, and refuses to turn it into another driver.
+func TestApplyBtrfs(t *testing.T) {
+	testenv.RequireTools(t, "mkfs.btrfs")
+	bed := testbed.New(t, testbed.Options{Hosts: 1})
+	c := bed.Hosts[0].LXD()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := lxdinit.Config{
+		Pool:    lxdinit.StoragePool{Name: "local", Driver: "btrfs", Config: map[string]string{"size": "1GiB"}},
+		Network: lxdinit.Network{Name: "lxdbr0", IPv4Address: "auto"},
+	}
+	steps, err := lxdinit.Apply(ctx, c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, steps, lxdinit.InPlace, lxdinit.Created, lxdinit.Created, lxdinit.Updated)
+	pool, _, err := c.GetStoragePool("local")
+	if err != nil || pool.Driver != "btrfs" || pool.Config["size"] != "1GiB" {
+		t.Fatalf("pool local: %+v, %v; want btrfs of 1GiB", pool, err)
+	}
+	if steps, err = lxdinit.Apply(ctx, c, cfg); err != nil {
+		t.Fatal(err)
+	}
+	wantActions(t, steps, lxdinit.InPlace, lxdinit.InPlace, lxdinit.InPlace, lxdinit.InPlace)
+
+	cfg.Pool = lxdinit.StoragePool{Name: "local", Driver: "dir"}
+	_, err = lxdinit.Apply(ctx, c, cfg)
+	if err == nil || !strings.Contains(err.Error(), `storage pool "local" exists with driver btrfs, want dir`) {
+		t.Errorf("err = %v, want a refusal to change pool local's driver", err)
+	}
 }
 
 func wantActions(t *testing.T, steps []lxdinit.Step, want ...lxdinit.Action) {

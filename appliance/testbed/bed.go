@@ -196,6 +196,7 @@ func (b *Bed) close() error {
 	}
 	wg.Wait()
 	errs = append(errs, hostErrs...)
+	errs = append(errs, b.releaseLoopDevices(ctx))
 	errs = append(errs, b.removeBridge(ctx))
 	errs = append(errs, b.removeDir(ctx))
 	return errors.Join(errs...)

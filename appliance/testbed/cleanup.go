@@ -257,3 +257,41 @@ func processAlive(pid int) bool {
 	}
 	return s[i+2] != 'Z' && s[i+2] != 'X'
 }
+
+// LoopDevices lists the loop devices backed by files in the bed's directory
+// (LXD's loop-file pools: btrfs, zfs without a source).
+func (b *Bed) LoopDevices() []string {
+	if b.Dir == "" {
+		return nil
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var devs []string
+	for _, f := range files {
+		backing, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		p := strings.TrimSuffix(strings.TrimSpace(string(backing)), " (deleted)")
+		if p == b.Dir || strings.HasPrefix(p, b.Dir+"/") {
+			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return devs
+}
+
+// releaseLoopDevices waits for the loop devices of the hosts' pools to go:
+// LXD attaches them with autoclear, so they detach once the mount namespace
+// that mounted them is gone. Any still attached after a while is detached.
+func (b *Bed) releaseLoopDevices(ctx context.Context) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for len(b.LoopDevices()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	var errs []error
+	for _, dev := range b.LoopDevices() {
+		if _, err := command.Output(ctx, "losetup", "-d", dev); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", dev, err))
+		}
+	}
+	return errors.Join(errs...)
+}

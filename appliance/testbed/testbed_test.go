@@ -149,6 +149,30 @@ func TestBed(t *testing.T) {
 		}
 	})
 
+	t.Run("loop-file pools work", func(t *testing.T) {
+		testenv.RequireTools(t, "mkfs.btrfs")
+		if err := h2.LXD().CreateStoragePool(api.StoragePoolsPost{Name: "loop", Driver: "btrfs",
+			StoragePoolPut: api.StoragePoolPut{Config: map[string]string{"size": "1GiB"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if devs := bed.LoopDevices(); len(devs) != 1 {
+			t.Errorf("loop devices of the bed: %v, want the one of pool loop", devs)
+		}
+		// The pool is mounted in host2's mount namespace only.
+		if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), "storage-pools/loop") {
+			t.Errorf("host2's pool is mounted in the machine's mount namespace")
+		}
+		if out, err := h2.Run(ctx, "findmnt", "-n", "-o", "FSTYPE", filepath.Join(h2.LXDDir, "storage-pools", "loop")); err != nil || out != "btrfs" {
+			t.Errorf("pool loop inside host2: %q, %v; want a btrfs mount", out, err)
+		}
+	})
+
+	if v, _ := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables"); strings.TrimSpace(string(v)) == "1" {
+		if rules, _ := exec.Command("iptables", "-S", "FORWARD").CombinedOutput(); !strings.Contains(string(rules), bed.Bridge) {
+			t.Errorf("br_netfilter is on but FORWARD has no rule for %s:\n%s", bed.Bridge, rules)
+		}
+	}
+
 	closeStart := time.Now()
 	if err := bed.Close(); err != nil {
 		t.Fatalf("close: %v", err)
@@ -183,6 +207,9 @@ func TestBed(t *testing.T) {
 		}
 		if _, err := os.Stat(bed.Dir); !os.IsNotExist(err) {
 			t.Errorf("bed directory %s still exists (%v)", bed.Dir, err)
+		}
+		if devs := bed.LoopDevices(); len(devs) > 0 {
+			t.Errorf("loop devices left: %v", devs)
 		}
 		if rules, err := exec.Command("iptables", "-S", "FORWARD").CombinedOutput(); err == nil && strings.Contains(string(rules), bed.ID) {
 			t.Errorf("iptables rules left:\n%s", grepLines(string(rules), bed.ID))

@@ -1,0 +1,95 @@
+package testbed_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+)
+
+// endingEnv makes TestBedInDyingTest start a bed and then fail or panic;
+// it is set only when TestCleanupWhenTestDies runs this binary again.
+const endingEnv = "SSBUILD_TESTBED_END"
+
+func TestBedInDyingTest(t *testing.T) {
+	how := os.Getenv(endingEnv)
+	if how == "" {
+		t.Skip("helper of TestCleanupWhenTestDies")
+	}
+	bed := testbed.New(t, testbed.Options{Hosts: 2})
+	// A network, so there is a dnsmasq to clean up too.
+	if _, err := bed.Hosts[0].Run(context.Background(), "lxc", "network", "create", "br9", "ipv6.address=none"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("BED %s %s", bed.ID, bed.Dir)
+	if how == "panic" {
+		panic("test panics with a bed running")
+	}
+	t.Fatal("test fails with a bed running")
+}
+
+// TestCleanupWhenTestDies checks that a test that fails or panics leaves
+// nothing of its bed behind.
+func TestCleanupWhenTestDies(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, testbed.Tools...)
+	for _, how := range []string{"fail", "panic"} {
+		t.Run(how, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestBedInDyingTest$", "-test.v")
+			cmd.Env = append(os.Environ(), endingEnv+"="+how)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("helper test passed, want it to %s:\n%s", how, out)
+			}
+			m := regexp.MustCompile(`BED (\w+) (\S+)`).FindSubmatch(out)
+			if m == nil {
+				t.Fatalf("helper did not start a bed:\n%s", out)
+			}
+			id, dir := string(m[1]), string(m[2])
+			if strings.Contains(string(out), "close:") {
+				t.Errorf("the bed's Close failed:\n%s", out)
+			}
+			if left := pidsOf(t, "", dir); len(left) > 0 {
+				t.Errorf("processes of bed %s still run: %v", id, left)
+			}
+			netns, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+			links, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput()
+			mounts, _ := os.ReadFile("/proc/self/mountinfo")
+			for what, s := range map[string]string{"network namespace": string(netns), "link": string(links), "mount": string(mounts)} {
+				if strings.Contains(s, id) {
+					t.Errorf("a %s of bed %s remains:\n%s", what, id, grepLines(s, id))
+				}
+			}
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("bed directory %s remains (%v)", dir, err)
+			}
+		})
+	}
+}
+
+// TestTwoBedsSideBySide runs two beds at once: each has its own names, and
+// closing one leaves the other working.
+func TestTwoBedsSideBySide(t *testing.T) {
+	a := testbed.New(t, testbed.Options{Hosts: 1})
+	b := testbed.New(t, testbed.Options{Hosts: 1})
+	if a.ID == b.ID || a.Bridge == b.Bridge || a.Hosts[0].Netns == b.Hosts[0].Netns || a.Dir == b.Dir {
+		t.Fatalf("beds share names: %+v / %+v", a, b)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Hosts[0].LXD().GetServer(); err != nil {
+		t.Errorf("bed %s stopped answering when bed %s closed: %v", b.ID, a.ID, err)
+	}
+	if out, err := b.Hosts[0].Run(context.Background(), "ip", "-o", "link", "show", "eth0"); err != nil || !strings.Contains(out, "UP") {
+		t.Errorf("bed %s's host lost its link when bed %s closed: %q %v", b.ID, a.ID, out, err)
+	}
+}
