@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/testenv"
 )
 
@@ -40,6 +41,8 @@ type Options struct {
 	StartTimeout time.Duration
 	// NoLXD creates the hosts' namespaces only; start daemons with StartLXD.
 	NoLXD bool
+	// Progress, when set, reports the hosts' start (for demos; tests leave it nil).
+	Progress *progress.Reporter
 }
 
 // Tools a bed needs in PATH.
@@ -130,6 +133,7 @@ func Start(ctx context.Context, opts Options) (b *Bed, err error) {
 	if opts.NoLXD {
 		return b, nil
 	}
+	task := cmp.Or(opts.Progress, progress.Discard()).Start(fmt.Sprintf("testbed %s: start LXD on %d hosts", id, len(b.Hosts)), int64(len(b.Hosts)), "hosts")
 	// Daemons start in parallel: each spends most of its start-up waiting.
 	errs := make([]error, len(b.Hosts))
 	var wg sync.WaitGroup
@@ -137,11 +141,15 @@ func Start(ctx context.Context, opts Options) (b *Bed, err error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = h.StartLXD(ctx)
+			if errs[i] = h.StartLXD(ctx); errs[i] == nil {
+				task.Add(1)
+			}
 		}()
 	}
 	wg.Wait()
-	return b, errors.Join(errs...)
+	err = errors.Join(errs...)
+	task.Done(err)
+	return b, err
 }
 
 func randomID() (string, error) {

@@ -26,7 +26,8 @@ type Host struct {
 	Name    string     // host1, host2, ...: also a good LXD member name
 	Address netip.Addr // on eth0 inside the host's network namespace
 	Netns   string     // network namespace name (ip netns)
-	LXDDir  string     // the daemon's LXD_DIR
+	Dir     string     // the host's own directory, for files a test hands it (appliance.yaml)
+	LXDDir  string     // the daemon's LXD_DIR, inside Dir
 	LogFile string     // the daemon's stdout and stderr, across restarts
 
 	bed     *Bed
@@ -61,6 +62,7 @@ func (b *Bed) createHost(ctx context.Context, i int) (*Host, error) {
 	h := &Host{
 		Name:    fmt.Sprintf("host%d", i),
 		Address: netip.AddrFrom4(base),
+		Dir:     dir,
 		LXDDir:  filepath.Join(dir, "lxd"),
 		LogFile: filepath.Join(dir, "lxd.log"),
 		bed:     b,
