@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -99,6 +100,7 @@ func Import(in Input) (*recipes.Recipe, []Warning, error) {
 type importer struct {
 	warns, errs []Warning
 	origins     map[string]Warning // recipe field path -> source location
+	rank        map[string]int     // file name -> its place in the input
 }
 
 func at(f *confFile, a *assignment) Warning {
@@ -368,6 +370,12 @@ func lineOf(a *assignment) int {
 // Stack creates a VM only when its MAC is set, so an empty MAC disables it.
 func (im *importer) instances(pc *projectConf, clamsAt *Warning) {
 	f := pc.file
+	var root recipes.Size
+	if a := pc.rootAt; a != nil {
+		if n, ok := im.number(f, a, 1<<20); ok {
+			root = recipes.Size(n) * recipes.GiB
+		}
+	}
 	for _, role := range pc.dep.Instances.Roles() {
 		in, p := role.Instance, "deployments[0].instances."+role.Name
 		macKey := map[string]string{"www": "WWW_SERVER_MAC_ADDRESS", "btcpay": "BTCPAY_SERVER_MAC_ADDRESS", "clams": "CLAMS_SERVER_MAC_ADDRESS"}[role.Name]
@@ -418,11 +426,9 @@ func (im *importer) instances(pc *projectConf, clamsAt *Warning) {
 				}
 			}
 		}
-		if a := pc.rootAt; a != nil {
-			if n, ok := im.number(f, a, 1<<20); ok {
-				in.Disks.Root = recipes.Size(n) * recipes.GiB
-				im.origins[p+".disks.root"] = at(f, a)
-			}
+		if root != 0 {
+			in.Disks.Root = root
+			im.origins[p+".disks.root"] = at(f, pc.rootAt)
 		}
 	}
 }
@@ -518,7 +524,7 @@ func (im *importer) site(f *confFile) *siteConf {
 	}
 	if sc.site.Domain == "" {
 		dir := filepath.Base(filepath.Dir(f.Name))
-		if !strings.Contains(dir, ".") {
+		if !strings.Contains(strings.Trim(dir, "."), ".") {
 			im.fail(Warning{File: f.Name, Line: sc.at.Line, Key: "DOMAIN_NAME"}, "missing; a site.conf names its domain")
 			return nil
 		}
@@ -605,8 +611,11 @@ func (im *importer) attachSites(pc *projectConf, sites []*siteConf) {
 
 // importSources maps parsed files onto the shipped default recipe.
 func importSources(remote, project *source, sites []source) (*recipes.Recipe, []Warning, error) {
-	im := &importer{origins: map[string]Warning{}}
+	im := &importer{origins: map[string]Warning{}, rank: map[string]int{}}
 	parse := func(s source) *confFile {
+		if _, ok := im.rank[s.name]; !ok {
+			im.rank[s.name] = len(im.rank)
+		}
 		f, warns, errs := parseConf(s.name, s.data)
 		im.warns = append(im.warns, warns...)
 		im.errs = append(im.errs, errs...)
@@ -624,7 +633,7 @@ func importSources(remote, project *source, sites []source) (*recipes.Recipe, []
 		sfs = append(sfs, parse(s))
 	}
 	if len(im.errs) > 0 {
-		return nil, im.warns, &Error{im.errs}
+		return nil, im.warns, im.failure()
 	}
 
 	rc := remoteConf{file: &confFile{Name: "remote.conf"}}
@@ -664,7 +673,7 @@ func importSources(remote, project *source, sites []source) (*recipes.Recipe, []
 		}
 	}
 	if len(im.errs) > 0 {
-		return nil, im.warns, &Error{im.errs}
+		return nil, im.warns, im.failure()
 	}
 
 	r, err := im.build(rc, deployments)
@@ -697,12 +706,30 @@ func (im *importer) build(rc remoteConf, deployments []recipes.Deployment) (*rec
 	if problems == nil {
 		return nil, fmt.Errorf("import: %w", err)
 	}
+	seen := map[string]bool{}
 	for _, p := range problems {
 		loc := im.originOf(p.Path)
+		loc.Message = p.Message
+		if seen[loc.String()] { // one value can break two fields: primaryDomain and its site
+			continue
+		}
+		seen[loc.String()] = true
 		loc.Message = fmt.Sprintf("%s (recipe field %s)", p.Message, p.Path)
 		im.errs = append(im.errs, loc)
 	}
-	return nil, &Error{im.errs}
+	return nil, im.failure()
+}
+
+// failure returns the errors in the order of the files and their lines.
+func (im *importer) failure() error {
+	sort.SliceStable(im.errs, func(i, j int) bool {
+		a, b := im.errs[i], im.errs[j]
+		if a.File != b.File {
+			return im.rank[a.File] < im.rank[b.File]
+		}
+		return a.Line < b.Line
+	})
+	return &Error{im.errs}
 }
 
 // originOf finds the source of a recipe field, or of its closest parent.

@@ -89,7 +89,8 @@ func parseLine(line string) (assignment, error) {
 	case strings.HasPrefix(strings.TrimLeft(s, " \t"), "="):
 		return a, fmt.Errorf("spaces around = are not allowed (the shell would run %s as a command); write KEY=value", key)
 	default:
-		return a, fmt.Errorf("not a KEY=value line")
+		// No key is named: a stray line may be a pasted secret.
+		return assignment{}, fmt.Errorf("not a KEY=value line")
 	}
 	v, uneval, err := parseValue(s[1:])
 	if err != nil {
