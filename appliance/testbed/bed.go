@@ -60,6 +60,7 @@ type Bed struct {
 	ownDir      bool // Dir was created by the bed
 	dirMounted  bool // Dir is bind-mounted on itself (private), for the mount namespaces' files
 	forwardRule []string
+	pivotBefore bool // liblxc's shared lxc.pivot cgroup existed before the bed
 	closeOnce   sync.Once
 	closeErr    error
 }
@@ -112,6 +113,8 @@ func Start(ctx context.Context, opts Options) (b *Bed, err error) {
 		}
 	}()
 
+	_, statErr := os.Stat(filepath.Join(cgroup2Root(), "lxc.pivot"))
+	b.pivotBefore = statErr == nil
 	if err := b.makeDir(); err != nil {
 		return b, err
 	}
@@ -192,9 +195,18 @@ func (b *Bed) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var errs []error
-	// Hosts in parallel: stopping a daemon is mostly waiting.
-	hostErrs := make([]error, len(b.Hosts))
+	// Hosts in parallel: stopping is mostly waiting. Instances first, while
+	// every daemon still answers.
 	var wg sync.WaitGroup
+	for _, h := range b.Hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.stopInstancesBriefly(ctx)
+		}()
+	}
+	wg.Wait()
+	hostErrs := make([]error, len(b.Hosts))
 	for i, h := range b.Hosts {
 		wg.Add(1)
 		go func() {
@@ -205,6 +217,12 @@ func (b *Bed) close() error {
 	wg.Wait()
 	errs = append(errs, hostErrs...)
 	errs = append(errs, b.releaseLoopDevices(ctx))
+	if root := cgroup2Root(); root != "" && !b.pivotBefore {
+		// liblxc parks processes in this shared cgroup while it tears down a
+		// container. Empty, it is harmless to remove (liblxc makes it again);
+		// in use by anyone, rmdir fails and it stays.
+		_ = os.Remove(filepath.Join(root, "lxc.pivot"))
+	}
 	errs = append(errs, b.removeBridge(ctx))
 	errs = append(errs, b.removeDir(ctx))
 	return errors.Join(errs...)

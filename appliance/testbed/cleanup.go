@@ -18,17 +18,34 @@ import (
 	"github.com/sovereign-stack/ssbuild/internal/command"
 )
 
-// destroy removes the host: its instances, daemon, the daemon's dnsmasq,
-// any other process left in its namespaces, the namespaces themselves (and
-// with the network namespace every link in it: eth0, LXD's bridges) and the
-// machine side of its veth.
+// stopInstancesBriefly asks the host's LXD to force-stop the instances that
+// run on it, so LXD tidies up after them (cgroups, host-side links). It runs
+// for every host before any daemon is killed: in a cluster, members need
+// each other to answer. It gives up after a while (a cluster that lost its
+// leader may not answer at all); destroy then kills what is left.
+func (h *Host) stopInstancesBriefly(ctx context.Context) {
+	c := h.LXD()
+	if c == nil || len(h.instanceProcesses()) == 0 {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = stopInstances(ctx, c)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+	case <-ctx.Done():
+	}
+}
+
+// destroy removes the host: its daemon, the daemon's dnsmasq, any other
+// process left in its namespaces and the instances they started, the
+// namespaces themselves (and with the network namespace every link in it:
+// eth0, LXD's bridges) and the machine side of its veth.
 func (h *Host) destroy(ctx context.Context) error {
 	var errs []error
-	if c := h.LXD(); c != nil {
-		if err := stopInstances(ctx, c); err != nil {
-			errs = append(errs, fmt.Errorf("%s: stop instances: %w", h.Name, err))
-		}
-	}
 	// The bed's state is thrown away: no need for a graceful stop, and a
 	// cluster member that shuts down while its peers do can wait a long time.
 	errs = append(errs, h.KillLXD())
@@ -158,20 +175,148 @@ func readPidFile(path string) (int, error) {
 }
 
 // killLeftovers kills every process still inside the host's network or
-// mount namespace. The bed created both, so whatever runs there was started
-// by it or by something it started (LXD's helpers, Host.Command).
+// mount namespace, and their children outside them (the init of each
+// container, whose parent is its monitor). The bed created both namespaces,
+// so whatever runs there was started by it or by something it started
+// (LXD's helpers, Host.Command). The cgroups LXD made for them go too.
 func (h *Host) killLeftovers() error {
-	var pids []int
-	if h.netnsID != (nsID{}) {
-		pids = append(pids, processesIn("net", h.netnsID)...)
+	inside := h.Processes()
+	pids := append(inside, childrenOutside(inside)...)
+	var cgroups []string
+	for _, pid := range pids {
+		if cg := lxcCgroup(pid); cg != "" {
+			cgroups = append(cgroups, cg)
+		}
 	}
-	if h.mountID != (nsID{}) {
-		pids = append(pids, processesIn("mnt", h.mountID)...)
+	err := killAndWait(pids)
+	if err == nil {
+		err = removeCgroups(cgroups)
 	}
-	if err := killAndWait(pids); err != nil {
+	if err != nil {
 		return fmt.Errorf("%s: %w", h.Name, err)
 	}
 	return nil
+}
+
+// instanceProcesses lists the inits of the host's running containers.
+func (h *Host) instanceProcesses() []int { return childrenOutside(h.Processes()) }
+
+// childrenOutside lists the children of parents that are not in parents.
+func childrenOutside(parents []int) []int {
+	if len(parents) == 0 {
+		return nil
+	}
+	isParent := map[int]bool{}
+	for _, p := range parents {
+		isParent[p] = true
+	}
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	var out []int
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil || isParent[pid] {
+			continue
+		}
+		if isParent[parentOf(pid)] && processAlive(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func parentOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:]) // state, ppid, ...
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// lxcCgroup returns the cgroup2 path of pid when it is one LXD made for a
+// container or its monitor (lxc.payload.NAME, lxc.monitor.NAME), else "".
+func lxcCgroup(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		path, ok := strings.CutPrefix(line, "0::")
+		if !ok {
+			continue
+		}
+		top := strings.Split(strings.TrimPrefix(path, "/"), "/")[0]
+		if strings.HasPrefix(top, "lxc.payload.") || strings.HasPrefix(top, "lxc.monitor.") {
+			return "/" + top
+		}
+	}
+	return ""
+}
+
+// removeCgroups removes the given cgroups (paths from the cgroup2 root)
+// with their sub-cgroups, deepest first. Their processes must be gone.
+func removeCgroups(paths []string) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	root := cgroup2Root()
+	if root == "" {
+		return nil
+	}
+	var errs []error
+	for _, p := range paths {
+		dir := filepath.Join(root, p)
+		var dirs []string
+		_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			// A cgroup whose last process just died can be busy for a moment.
+			var err error
+			for range 50 {
+				if err = os.Remove(dirs[i]); err == nil || os.IsNotExist(err) {
+					err = nil
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cgroup2Root is where the machine mounts the root of its cgroup2
+// hierarchy: /sys/fs/cgroup on a pure cgroup2 machine,
+// /sys/fs/cgroup/unified on a hybrid one.
+func cgroup2Root() string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f := strings.Fields(pre)
+		if !ok || len(f) < 5 || !strings.HasPrefix(post, "cgroup2 ") || f[3] != "/" {
+			continue
+		}
+		return unescapeMount(f[4])
+	}
+	return ""
 }
 
 // Processes returns the PIDs of the live processes inside the host's

@@ -1,11 +1,13 @@
 package testbed_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
@@ -27,6 +30,9 @@ func TestBed(t *testing.T) {
 	testenv.RequireTools(t, testbed.Tools...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
+
+	_, err := os.Stat(filepath.Join(cgroup2Root(t), "lxc.pivot"))
+	pivotBefore := err == nil
 
 	start := time.Now()
 	bed, err := testbed.Start(ctx, testbed.Options{Hosts: 3})
@@ -167,6 +173,12 @@ func TestBed(t *testing.T) {
 		}
 	})
 
+	var containerPID int
+	var containerCgroup string
+	t.Run("containers run", func(t *testing.T) {
+		containerPID, containerCgroup = launchBusybox(t, h1, "c"+bed.ID)
+	})
+
 	if v, _ := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables"); strings.TrimSpace(string(v)) == "1" {
 		if rules, _ := exec.Command("iptables", "-S", "FORWARD").CombinedOutput(); !strings.Contains(string(rules), bed.Bridge) {
 			t.Errorf("br_netfilter is on but FORWARD has no rule for %s:\n%s", bed.Bridge, rules)
@@ -207,6 +219,17 @@ func TestBed(t *testing.T) {
 		}
 		if _, err := os.Stat(bed.Dir); !os.IsNotExist(err) {
 			t.Errorf("bed directory %s still exists (%v)", bed.Dir, err)
+		}
+		if containerPID != 0 && processRuns(containerPID) {
+			t.Errorf("the container's init (pid %d) still runs", containerPID)
+		}
+		if containerCgroup != "" {
+			if _, err := os.Stat(containerCgroup); !os.IsNotExist(err) {
+				t.Errorf("the container's cgroup %s remains (%v)", containerCgroup, err)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(cgroup2Root(t), "lxc.pivot")); err == nil && !pivotBefore {
+			t.Errorf("cgroup lxc.pivot, made by the bed's containers, remains")
 		}
 		if devs := bed.LoopDevices(); len(devs) > 0 {
 			t.Errorf("loop devices left: %v", devs)
@@ -273,4 +296,142 @@ func grepLines(s, want string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// launchBusybox starts a container from a tiny busybox image on h and
+// returns its init's PID and cgroup directory (as seen on the machine).
+func launchBusybox(t *testing.T, h *testbed.Host, name string) (int, string) {
+	t.Helper()
+	testenv.RequireTools(t, "busybox")
+	c := h.LXD()
+	if err := c.CreateStoragePool(api.StoragePoolsPost{Name: "ctpool", Driver: "dir"}); err != nil {
+		t.Fatal(err)
+	}
+	profile, etag, err := c.GetProfile("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := profile.Writable()
+	put.Devices["root"] = map[string]string{"type": "disk", "path": "/", "pool": "ctpool"}
+	if err := c.UpdateProfile("default", put, etag); err != nil {
+		t.Fatal(err)
+	}
+	meta, rootfs := busyboxImage(t)
+	op, err := c.CreateImage(api.ImagesPost{},
+		&lxd.ImageCreateArgs{MetaFile: bytes.NewReader(meta), MetaName: "meta.tar", RootfsFile: bytes.NewReader(rootfs), RootfsName: "rootfs.tar"})
+	if err == nil {
+		err = op.Wait()
+	}
+	if err != nil {
+		t.Fatalf("import busybox image: %v", err)
+	}
+	fingerprint, _ := op.Get().Metadata["fingerprint"].(string)
+	op2, err := c.CreateInstance(api.InstancesPost{Name: name, Type: api.InstanceTypeContainer,
+		Source: api.InstanceSource{Type: "image", Fingerprint: fingerprint}})
+	if err == nil {
+		err = op2.Wait()
+	}
+	if err != nil {
+		t.Fatalf("create container: %v", err)
+	}
+	op3, err := c.UpdateInstanceState(name, api.InstanceStatePut{Action: "start", Timeout: -1}, "")
+	if err == nil {
+		err = op3.Wait()
+	}
+	if err != nil {
+		t.Fatalf("start container: %v\n%s", err, tail(h.LogFile))
+	}
+	state, _, err := c.GetInstanceState(name)
+	if err != nil || state.StatusCode != api.Running || state.Pid <= 0 {
+		t.Fatalf("container %s: %+v, %v; want running", name, state, err)
+	}
+	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", state.Pid))
+	var dir string
+	for _, line := range strings.Split(string(cg), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok && strings.Contains(p, "lxc.payload.") {
+			dir = filepath.Join(cgroup2Root(t), strings.SplitN(strings.TrimPrefix(p, "/"), "/", 2)[0])
+		}
+	}
+	if dir == "" {
+		t.Errorf("container init %d is in no lxc.payload cgroup: %q", state.Pid, cg)
+	}
+	return int(state.Pid), dir
+}
+
+// busyboxImage returns the metadata and rootfs tarballs of a split LXD image
+// whose init is a busybox shell that sleeps.
+func busyboxImage(t *testing.T) (meta, rootfs []byte) {
+	t.Helper()
+	bin, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta = tarball(t, []tarEntry{{name: "metadata.yaml", body: "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  os: busybox\n  description: testbed busybox\n"}})
+	rootfs = tarball(t, []tarEntry{
+		{name: "bin/", dir: true}, {name: "sbin/", dir: true}, {name: "dev/", dir: true}, {name: "proc/", dir: true},
+		{name: "sys/", dir: true}, {name: "tmp/", dir: true}, {name: "etc/", dir: true}, {name: "root/", dir: true},
+		{name: "bin/busybox", body: string(bin), mode: 0o755},
+		{name: "bin/sh", link: "busybox"},
+		{name: "sbin/init", body: "#!/bin/sh\nwhile true; do /bin/busybox sleep 3600; done\n", mode: 0o755},
+	})
+	return meta, rootfs
+}
+
+type tarEntry struct {
+	name, body, link string
+	dir              bool
+	mode             int64
+}
+
+func tarball(t *testing.T, entries []tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		hdr := &tar.Header{Name: e.name, Mode: 0o644, ModTime: time.Unix(1700000000, 0)}
+		switch {
+		case e.dir:
+			hdr.Typeflag, hdr.Mode = tar.TypeDir, 0o755
+		case e.link != "":
+			hdr.Typeflag, hdr.Linkname, hdr.Mode = tar.TypeSymlink, e.link, 0o777
+		default:
+			hdr.Typeflag, hdr.Size = tar.TypeReg, int64(len(e.body))
+			if e.mode != 0 {
+				hdr.Mode = e.mode
+			}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, e.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// cgroup2Root is where the machine mounts its cgroup2 hierarchy's root.
+func cgroup2Root(t *testing.T) string {
+	out, err := exec.Command("findmnt", "-n", "-t", "cgroup2", "-o", "TARGET,FSROOT").Output()
+	if err != nil {
+		t.Fatalf("findmnt cgroup2: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[1] == "/" {
+			return f[0]
+		}
+	}
+	t.Fatalf("no cgroup2 root mount:\n%s", out)
+	return ""
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
 }
