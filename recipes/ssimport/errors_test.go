@@ -2,6 +2,7 @@ package ssimport
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -41,9 +42,114 @@ type errCase struct {
 	remote, project        string
 	sites                  []string
 	wantErrs, wantWarnings []string
+	check                  func(*testing.T, *recipes.Recipe) // on success
 }
 
 var errCases = []errCase{
+	{name: "picked by BITCOIN_CHAIN",
+		wantWarnings: []string{
+			"project.conf: not in a <prefix>-<chain> directory; applied to deployment staging-testnet, the DEPLOYMENT_STRING entry on BITCOIN_CHAIN testnet",
+			"project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+			"remote.conf:1: DEPLOYMENT_STRING: (dev|regtest) not imported: no project.conf given for dev-regtest; import it with its own project.conf",
+		},
+		projectPath: "project.conf", remote: "DEPLOYMENT_STRING=\"(dev|regtest),(staging|testnet)\"\n",
+		project: okProject + "BITCOIN_CHAIN=testnet\n", check: wantProject("staging-testnet")},
+	{name: "picked as the first entry",
+		wantWarnings: []string{
+			"project.conf: not in a <prefix>-<chain> directory; applied to deployment dev-regtest, the first entry of DEPLOYMENT_STRING",
+			"project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+			"remote.conf:1: DEPLOYMENT_STRING: (staging|testnet) not imported: no project.conf given for staging-testnet; import it with its own project.conf",
+		},
+		projectPath: "project.conf", remote: "DEPLOYMENT_STRING=\"(dev|regtest),(staging|testnet)\"\n",
+		project: okProject, check: wantProject("dev-regtest")},
+	{name: "named after the chain",
+		wantWarnings: []string{
+			"project.conf: no DEPLOYMENT_STRING and not in a <prefix>-<chain> directory; the deployment is named production-mainnet",
+			"project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+		},
+		projectPath: "project.conf", project: okProject + "BITCOIN_CHAIN=mainnet\n", check: wantProject("production-mainnet")},
+	{name: "named after the default chain",
+		wantWarnings: []string{
+			"project.conf: no DEPLOYMENT_STRING and not in a <prefix>-<chain> directory; the deployment is named dev-regtest",
+			"project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+		},
+		projectPath: "project.conf", project: okProject, check: wantProject("dev-regtest")},
+	{name: "directory not in DEPLOYMENT_STRING",
+		wantWarnings: []string{
+			"remote.conf:1: DEPLOYMENT_STRING: does not list (dev|regtest); project.conf is in dev-regtest/, so that deployment is imported",
+			"dev-regtest/project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+			"remote.conf:1: DEPLOYMENT_STRING: (prod|mainnet) not imported: no project.conf given for prod-mainnet; import it with its own project.conf",
+		},
+		remote: "DEPLOYMENT_STRING=\"(prod|mainnet)\"\n", project: okProject, check: wantProject("dev-regtest")},
+	{name: "repeated and misplaced keys",
+		wantWarnings: []string{
+			"dev-regtest/project.conf:6: WWW_SERVER_CPU_COUNT: set again (first at line 5); the last value wins, as in the shell",
+			"remote.conf:1: PRIMARY_DOMAIN: not mapped: it belongs in project.conf, not in remote.conf",
+			"dev-regtest/project.conf:7: DOMAIN_NAME: not mapped: it belongs in site.conf, not in project.conf",
+			"dev-regtest/project.conf:8: LANGUAGE_CODE: not mapped: not a Sovereign Stack setting this importer knows",
+			"dev-regtest/project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+		},
+		remote:  "PRIMARY_DOMAIN=x.example\nREGISTRY_URL=\n",
+		project: okProject + "WWW_SERVER_CPU_COUNT=2\nWWW_SERVER_CPU_COUNT=3\nDOMAIN_NAME=a.example\nLANGUAGE_CODE=en\n",
+		check: func(t *testing.T, r *recipes.Recipe) {
+			if got := r.Deployments[0].Instances.WWW.CPUs; got != 3 {
+				t.Errorf("www cpus = %d, want 3 (the last assignment wins)", got)
+			}
+			if r.Image.RegistryMirror != "" {
+				t.Errorf("an empty REGISTRY_URL set registryMirror %q", r.Image.RegistryMirror)
+			}
+		}},
+	{name: "site details",
+		wantWarnings: []string{
+			"s1.conf:2: SITE_LANGUAGE_CODES: empty; Sovereign Stack's default en is used",
+			"s1.conf:4: DEPLOY_CLAMS: not mapped: the clams instance is set by CLAMS_SERVER_MAC_ADDRESS in project.conf",
+			"s1.conf:7: DEPLOY_CLBOSS_PLUGIN: not mapped: it had no effect in Sovereign Stack (the code that read it was commented out)",
+			"s1.conf:3: NOSTR_ACCOUNT_PUBKEY: not mapped: the nostr relay is not deployed (DEPLOY_NOSTR is not true)",
+			"dev-regtest/project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+			"s2.conf:1: DOMAIN_NAME: c.example is neither PRIMARY_DOMAIN nor in OTHER_SITES_LIST of dev-regtest/project.conf; added as a site of the deployment",
+		},
+		project: okProject + "OTHER_SITES_LIST=b.example\n", sites: []string{
+			"DOMAIN_NAME=b.example\nSITE_LANGUAGE_CODES=\nNOSTR_ACCOUNT_PUBKEY=0ae90d42f0c168b0e5aa78dd870388e05e89d6d7403bd5ae6ddc4b144798540b\n" +
+				"DEPLOY_CLAMS=false\nDEPLOY_GHOST=false\nexport BTCPAY_ALT_NAMES=' pay , tip ,'\nDEPLOY_CLBOSS_PLUGIN=true\n",
+			"DOMAIN_NAME=c.example\nDEPLOY_NOSTR_RELAY=true\nNOSTR_ACCOUNT_PUBKEY=npub1pt5s6shsc95tped20rwcwqugup0gn4khgqaattndm393g3uc2s9svzv06y\nDEPLOY_GITEA=true\nDEPLOY_NEXTCLOUD=\n"},
+		check: func(t *testing.T, r *recipes.Recipe) {
+			want := []recipes.Site{
+				{Domain: "a.example", Languages: []string{"en"}, BTCPayAltNames: []string{}, Services: []string{"ghost"}},
+				{Domain: "b.example", Languages: []string{"en"}, BTCPayAltNames: []string{"pay", "tip"}, Services: []string{}},
+				{Domain: "c.example", Languages: []string{"en"}, BTCPayAltNames: []string{}, Services: []string{"ghost", "gitea", "nostr-relay"},
+					NostrOwner: "npub1pt5s6shsc95tped20rwcwqugup0gn4khgqaattndm393g3uc2s9svzv06y"},
+			}
+			if got := r.Deployments[0].Sites; !reflect.DeepEqual(got, want) {
+				t.Errorf("sites:\n got %+v\nwant %+v", got, want)
+			}
+		}},
+	{name: "no project.conf",
+		wantWarnings: []string{
+			"remote.conf:1: LXD_REMOTE_PASSWORD: secret not imported; ssbuild generates its own cluster secret (value not shown)",
+			"s1.conf:2: GHOST_MYSQL_PASSWORD: secret not imported; ssbuild generates one per deployment (value not shown)",
+			"remote.conf:2: DEPLOYMENT_STRING: (dev|regtest) not imported: no project.conf given for dev-regtest",
+			"s1.conf:1: DOMAIN_NAME: not imported: without a project.conf there is no deployment for a.example",
+		},
+		remote: "LXD_REMOTE_PASSWORD=S3CRET-np\nDEPLOYMENT_STRING='(dev|regtest)'\nREGISTRY_URL=https://mirror.lan/\n", sites: []string{okSite},
+		check: func(t *testing.T, r *recipes.Recipe) {
+			if len(r.Deployments) != 0 || r.Image.RegistryMirror != "https://mirror.lan/" {
+				t.Errorf("deployments %+v, registryMirror %q; want none and https://mirror.lan/", r.Deployments, r.Image.RegistryMirror)
+			}
+		}},
+	{name: "no MAC keys at all",
+		wantWarnings: []string{
+			"dev-regtest/project.conf: WWW_SERVER_MAC_ADDRESS: not set, so Sovereign Stack would not create the www instance; imported as enabled: false",
+			"dev-regtest/project.conf: BTCPAY_SERVER_MAC_ADDRESS: not set, so Sovereign Stack would not create the btcpay instance; imported as enabled: false",
+			"dev-regtest/project.conf: CLAMS_SERVER_MAC_ADDRESS: not set, so Sovereign Stack would not create the clams instance; imported as enabled: false",
+			"dev-regtest/project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+		},
+		project: "PRIMARY_DOMAIN=a.example\n", check: func(t *testing.T, r *recipes.Recipe) {
+			for _, role := range r.Deployments[0].Instances.Roles() {
+				if role.Instance.IsEnabled() {
+					t.Errorf("%s is enabled without a MAC", role.Name)
+				}
+			}
+		}},
 	{name: "bad MAC", project: "PRIMARY_DOMAIN=a.example\nWWW_SERVER_MAC_ADDRESS=00:16:3e:zz:00:01\nBTCPAY_SERVER_MAC_ADDRESS=01:00:5e:00:00:01\nCLAMS_SERVER_MAC_ADDRESS=CHANGE_ME_REQUIRED\n",
 		wantErrs: []string{
 			"dev-regtest/project.conf:2: WWW_SERVER_MAC_ADDRESS: \"00:16:3e:zz:00:01\" is not a MAC address (six hex pairs, like 00:16:3e:12:34:56) (recipe field deployments[0].instances.www.mac)",
@@ -217,7 +323,7 @@ var errCases = []errCase{
 	},
 }
 
-func TestImportErrors(t *testing.T) {
+func TestImportCases(t *testing.T) {
 	for _, c := range errCases {
 		t.Run(c.name, func(t *testing.T) {
 			if c.projectPath == "" {
@@ -237,6 +343,9 @@ func TestImportErrors(t *testing.T) {
 					t.Fatalf("Render: %v", err)
 				}
 				noSecrets(t, string(out), "the rendered recipe")
+				if c.check != nil {
+					c.check(t, r)
+				}
 				return
 			}
 			var ie *Error
@@ -251,5 +360,13 @@ func TestImportErrors(t *testing.T) {
 				t.Errorf("a recipe was returned with the error")
 			}
 		})
+	}
+}
+
+func wantProject(p string) func(*testing.T, *recipes.Recipe) {
+	return func(t *testing.T, r *recipes.Recipe) {
+		if len(r.Deployments) != 1 || r.Deployments[0].Project() != p {
+			t.Errorf("deployments %+v, want one: %s", r.Deployments, p)
+		}
 	}
 }
