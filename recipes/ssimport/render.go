@@ -76,6 +76,16 @@ var kept = set("apiVersion", "name", "image.source.kind", "image.source.suite", 
 	"deployments[].name", "deployments[].chain", "deployments[].primaryDomain", "deployments[].sites",
 	"deployments[].sites[].domain")
 
+// mustKeep reports whether p is a kept field or holds one.
+func mustKeep(p string) bool {
+	for k := range kept {
+		if k == p || strings.HasPrefix(k, p+".") || strings.HasPrefix(k, p+"[]") {
+			return true
+		}
+	}
+	return false
+}
+
 // aligned are lists whose items the skeleton repeats one for one, so their
 // items can be compared field by field.
 var aligned = set("installer.hosts", "deployments", "deployments[].sites")
@@ -149,7 +159,7 @@ func prune(n, def *yaml.Node, path string) {
 			p = path + "." + k.Value
 		}
 		d := lookup(def, k.Value)
-		if d != nil && !kept[p] && equalNodes(v, d) {
+		if d != nil && !mustKeep(p) && equalNodes(v, d) {
 			continue
 		}
 		if d != nil {
@@ -162,7 +172,7 @@ func prune(n, def *yaml.Node, path string) {
 				}
 			}
 		}
-		if v.Kind == yaml.MappingNode && len(v.Content) == 0 && !kept[p] {
+		if v.Kind == yaml.MappingNode && len(v.Content) == 0 && !mustKeep(p) {
 			continue // everything in it was a default
 		}
 		out = append(out, k, v)
