@@ -39,7 +39,8 @@
 //     default volume sizes read Sovereign Stack's GB the same way).
 //     ROOT_DISK_SIZE_GB (2022) sets every instance's root disk. A 0 is an
 //     error, since a recipe reads "unset" as "use the default".
-//   - REGISTRY_URL becomes image.registryMirror unless it is Docker Hub.
+//   - REGISTRY_URL becomes image.registryMirror unless it is Docker Hub or
+//     holds a login (user:password@, a secret).
 //   - Each site.conf becomes the site of its DOMAIN_NAME (or, without one,
 //     of its directory name). The sites are the primary domain, then
 //     OTHER_SITES_LIST, then any other site.conf given (with a warning); a

@@ -136,6 +136,17 @@ var errCases = []errCase{
 				t.Errorf("deployments %+v, registryMirror %q; want none and https://mirror.lan/", r.Deployments, r.Image.RegistryMirror)
 			}
 		}},
+	{name: "registry login and unused PROJECT_NAME", remote: "REGISTRY_URL=https://bob:S3CRET-reg@registry.lan\nPROJECT_NAME=public\n", project: okProject,
+		wantWarnings: []string{
+			"remote.conf:1: REGISTRY_URL: not mapped: the URL holds a login, and a recipe holds no secrets (value not shown); set image.registryMirror to the URL without it",
+			"dev-regtest/project.conf:1: PRIMARY_DOMAIN: no site.conf given for a.example; imported with Sovereign Stack's site defaults (ghost, language en)",
+			"remote.conf:2: PROJECT_NAME: not mapped: the deployment is named by DEPLOYMENT_STRING or the project.conf directory",
+		},
+		check: func(t *testing.T, r *recipes.Recipe) {
+			if r.Image.RegistryMirror != "" {
+				t.Errorf("registryMirror %q: a URL with a login was imported", r.Image.RegistryMirror)
+			}
+		}},
 	{name: "no MAC keys at all",
 		wantWarnings: []string{
 			"dev-regtest/project.conf: WWW_SERVER_MAC_ADDRESS: not set, so Sovereign Stack would not create the www instance; imported as enabled: false",

@@ -3,6 +3,7 @@ package ssimport
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -100,6 +101,7 @@ func Import(in Input) (*recipes.Recipe, []Warning, error) {
 type importer struct {
 	warns, errs []Warning
 	origins     map[string]Warning // recipe field path -> source location
+	namedBy     bool               // PROJECT_NAME named the deployment
 	rank        map[string]int     // file name -> its place in the input
 }
 
@@ -197,6 +199,9 @@ func (im *importer) remote(f *confFile) remoteConf {
 			case v == "":
 			case dockerHub[host]:
 				im.warn(at(f, a), "not mapped: Docker Hub is the default registry; no mirror is set")
+			case hasUserinfo(v):
+				// A recipe holds no secrets; a login in the URL is one.
+				im.warn(at(f, a), "not mapped: the URL holds a login, and a recipe holds no secrets (value not shown); set image.registryMirror to the URL without it")
 			default:
 				rc.registry, rc.registryAt = v, a
 				im.origins["image.registryMirror"] = at(f, a)
@@ -275,6 +280,7 @@ func (im *importer) pickDeployment(pf *confFile, rc remoteConf, chain string, ch
 	}
 	if rc.projectName != "" {
 		e := entry{rc.projectName, chain}
+		im.namedBy = true
 		im.warn(at(rc.file, rc.projectAt), "used as the deployment name; its LXD project is %s", e.project())
 		return e, at(rc.file, rc.projectAt)
 	}
@@ -672,6 +678,9 @@ func importSources(remote, project *source, sites []source) (*recipes.Recipe, []
 			im.warn(sc.at, "not imported: without a project.conf there is no deployment for %s", sc.site.Domain)
 		}
 	}
+	if rc.projectAt != nil && !im.namedBy {
+		im.warn(at(rc.file, rc.projectAt), "not mapped: the deployment is named by DEPLOYMENT_STRING or the project.conf directory")
+	}
 	if len(im.errs) > 0 {
 		return nil, im.warns, im.failure()
 	}
@@ -784,4 +793,10 @@ func dropZeros(n *yaml.Node) {
 		out = append(out, k, v)
 	}
 	n.Content = out
+}
+
+// hasUserinfo reports whether a URL carries user:password@.
+func hasUserinfo(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.User != nil
 }
