@@ -203,12 +203,21 @@ func (d *decoder) want(n *yaml.Node, path string, kind yaml.Kind, what string) b
 	if n.Kind == kind {
 		return true
 	}
-	got := map[yaml.Kind]string{yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list", yaml.ScalarNode: "a single value"}[n.Kind]
-	if n.Kind == yaml.ScalarNode {
-		got = fmt.Sprintf("%q", n.Value)
-	}
-	d.problem(n, path, "must be %s, not %s", what, got)
+	d.problem(n, path, "must be %s, not %s", what, kindName(n))
 	return false
+}
+
+// kindName says what a node is, for messages.
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return fmt.Sprintf("%q", n.Value)
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	return "an alias"
 }
 
 func (d *decoder) problem(n *yaml.Node, path, format string, args ...any) {

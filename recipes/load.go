@@ -72,6 +72,10 @@ func Parse(file string, data []byte, dir string) (*Recipe, error) {
 		return nil, &InvalidError{Problems: []Problem{{File: file, Line: 1, Column: 1,
 			Message: "the recipe is empty; start from `ssbuild recipe show demo`"}}}
 	}
+	if doc := root.Content[0]; doc.Kind != yaml.MappingNode {
+		return nil, &InvalidError{Problems: []Problem{{File: file, Line: doc.Line, Column: doc.Column,
+			Message: "a recipe is a mapping of keys (apiVersion, name, image, installer, cluster, deployments), not " + kindName(doc)}}}
+	}
 	rep := &report{file: file, pos: positions{}}
 	r := &Recipe{File: file, dir: dir}
 	d := &decoder{rep: rep}

@@ -92,7 +92,7 @@ type Installer struct {
 	Wipe         bool     `yaml:"wipe" json:"wipe" doc:"allow installing over a disk that holds partitions or a filesystem (default: refuse such a disk)"`
 	Layout       Layout   `yaml:"layout" json:"layout" doc:"partition sizes of the target disk"`
 	AfterInstall string   `yaml:"afterInstall" json:"afterInstall" rule:"enum=reboot|poweroff" doc:"what the installer does when it is done"`
-	Hosts        []Host   `yaml:"hosts" json:"hosts" rule:"required" doc:"the cluster hosts this stick installs"`
+	Hosts        []Host   `yaml:"hosts" json:"hosts" doc:"the cluster hosts this stick installs"`
 	SSHKeys      []string `yaml:"sshKeys" json:"sshKeys" doc:"the system owner's SSH public keys (authorized_keys lines)"`
 }
 

@@ -141,8 +141,12 @@ func validateInstaller(in *Installer, rep *report) {
 			checkTarget(rep, p+".target", *h.Target)
 		}
 	}
-	if len(in.Hosts) == 0 && rep.written("installer.hosts") {
-		rep.at("installer.hosts", "lists no host; a cluster needs at least one")
+	if len(in.Hosts) == 0 {
+		if rep.written("installer.hosts") {
+			rep.at("installer.hosts", "lists no host; a cluster needs at least one")
+		} else {
+			rep.at("installer.hosts", "missing; list the hosts this installer installs (at least one)")
+		}
 	}
 	for i, k := range in.SSHKeys {
 		if err := checkAuthorizedKey(k); err != nil {

@@ -123,7 +123,7 @@ func TestStructureProblems(t *testing.T) {
 		expectProblems(t, "# nothing\n", "t.yaml:1:1: the recipe is empty; start from `ssbuild recipe show demo`")
 	})
 	t.Run("not a mapping", func(t *testing.T) {
-		expectProblems(t, "- a\n", `t.yaml:1:1: must be a mapping of keys to values, not a list`)
+		expectProblems(t, "- a\n", `t.yaml:1:1: a recipe is a mapping of keys (apiVersion, name, image, installer, cluster, deployments), not a list`)
 	})
 	t.Run("required top level", func(t *testing.T) {
 		expectProblems(t, "installer:\n  hosts:\n    - name: h1\n",
@@ -134,9 +134,12 @@ func TestStructureProblems(t *testing.T) {
 		expectProblems(t, "apiVersion: ssbuild/v1\nname: t\ninstaller:\n  hosts:\n    - mac: 00:16:3e:00:00:01\n",
 			`t.yaml:5:7: installer.hosts[0].name: missing; this field is required`)
 	})
+	t.Run("installer required", func(t *testing.T) {
+		expectProblems(t, "apiVersion: ssbuild/v1\nname: t\n", `t.yaml:1:1: installer.hosts: missing; list the hosts this installer installs (at least one)`)
+	})
 	t.Run("hosts required", func(t *testing.T) {
 		expectProblems(t, "apiVersion: ssbuild/v1\nname: t\ninstaller:\n  wipe: true\n",
-			`t.yaml:4:3: installer.hosts: missing; this field is required`)
+			`t.yaml:4:3: installer.hosts: missing; list the hosts this installer installs (at least one)`)
 	})
 	t.Run("unknown keys", func(t *testing.T) {
 		expectProblems(t, base+"imge: {}\ncluster:\n  secret:\n    value: hunter2\n",
