@@ -195,7 +195,9 @@ deployments:
 	t.Run("alias bomb", func(t *testing.T) {
 		// Anchors in an unknown (never decoded) key: 100 deployments of 100
 		// sites of 100 languages each, a million values from a few lines.
-		many := func(alias string) string { return "[" + strings.TrimSuffix(strings.Repeat(alias+", ", 100), ", ") + "]" }
+		many := func(alias string) string {
+			return "[" + strings.TrimSuffix(strings.Repeat(alias+", ", 100), ", ") + "]"
+		}
 		doc := base + "x-anchors:\n  l: &l en\n  s: &s {domain: a.example.com, languages: " + many("*l") +
 			"}\n  d: &d {name: p, primaryDomain: a.example.com, sites: " + many("*s") + "}\ndeployments: " + many("*d") + "\n"
 		got := problemsOf(t, doc)
