@@ -192,37 +192,7 @@ func TestBed(t *testing.T) {
 	t.Logf("close took %s", time.Since(closeStart).Round(time.Millisecond))
 
 	t.Run("nothing of the bed remains", func(t *testing.T) {
-		for _, pid := range append(lxdPIDs, dnsmasqPIDs...) {
-			if processRuns(pid) {
-				t.Errorf("process %d still runs", pid)
-			}
-		}
-		if left := pidsOf(t, "", bed.Dir); len(left) > 0 {
-			t.Errorf("processes still refer to %s: %v", bed.Dir, left)
-		}
-		for _, h := range bed.Hosts {
-			if left := h.Processes(); len(left) > 0 {
-				t.Errorf("%s: processes left in its namespaces: %v", h.Name, left)
-			}
-		}
-		netns, _ := exec.Command("ip", "netns", "list").CombinedOutput()
-		if strings.Contains(string(netns), bed.ID) {
-			t.Errorf("network namespaces left:\n%s", netns)
-		}
-		links, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput()
-		if strings.Contains(string(links), bed.ID) {
-			t.Errorf("links left:\n%s", links)
-		}
-		mounts, _ := os.ReadFile("/proc/self/mountinfo")
-		if strings.Contains(string(mounts), bed.ID) {
-			t.Errorf("mounts left:\n%s", grepLines(string(mounts), bed.ID))
-		}
-		if _, err := os.Stat(bed.Dir); !os.IsNotExist(err) {
-			t.Errorf("bed directory %s still exists (%v)", bed.Dir, err)
-		}
-		if containerPID != 0 && processRuns(containerPID) {
-			t.Errorf("the container's init (pid %d) still runs", containerPID)
-		}
+		assertBedGone(t, bed, append(append(lxdPIDs, dnsmasqPIDs...), containerPID)...)
 		if containerCgroup != "" {
 			if _, err := os.Stat(containerCgroup); !os.IsNotExist(err) {
 				t.Errorf("the container's cgroup %s remains (%v)", containerCgroup, err)
@@ -231,13 +201,47 @@ func TestBed(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(cgroup2Root(t), "lxc.pivot")); err == nil && !pivotBefore {
 			t.Errorf("cgroup lxc.pivot, made by the bed's containers, remains")
 		}
-		if devs := bed.LoopDevices(); len(devs) > 0 {
-			t.Errorf("loop devices left: %v", devs)
-		}
-		if rules, err := exec.Command("iptables", "-S", "FORWARD").CombinedOutput(); err == nil && strings.Contains(string(rules), bed.ID) {
-			t.Errorf("iptables rules left:\n%s", grepLines(string(rules), bed.ID))
-		}
 	})
+}
+
+// assertBedGone checks, the way a user would (ip, /proc, the file system),
+// that nothing of a closed bed remains, and that the given PIDs are gone.
+func assertBedGone(t *testing.T, bed *testbed.Bed, pids ...int) {
+	t.Helper()
+	for _, pid := range pids {
+		if pid != 0 && processRuns(pid) {
+			t.Errorf("process %d still runs", pid)
+		}
+	}
+	if left := pidsOf(t, "", bed.Dir); len(left) > 0 {
+		t.Errorf("processes still refer to %s: %v", bed.Dir, left)
+	}
+	for _, h := range bed.Hosts {
+		if left := h.Processes(); len(left) > 0 {
+			t.Errorf("%s: processes left in its namespaces: %v", h.Name, left)
+		}
+	}
+	netns, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+	if strings.Contains(string(netns), bed.ID) {
+		t.Errorf("network namespaces left:\n%s", netns)
+	}
+	links, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput()
+	if strings.Contains(string(links), bed.ID) {
+		t.Errorf("links left:\n%s", links)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), bed.ID) {
+		t.Errorf("mounts left:\n%s", grepLines(string(mounts), bed.ID))
+	}
+	if _, err := os.Stat(bed.Dir); !os.IsNotExist(err) {
+		t.Errorf("bed directory %s still exists (%v)", bed.Dir, err)
+	}
+	if devs := bed.LoopDevices(); len(devs) > 0 {
+		t.Errorf("loop devices left: %v", devs)
+	}
+	if rules, err := exec.Command("iptables", "-S", "FORWARD").CombinedOutput(); err == nil && strings.Contains(string(rules), bed.ID) {
+		t.Errorf("iptables rules left:\n%s", grepLines(string(rules), bed.ID))
+	}
 }
 
 func setConfig(t *testing.T, h *testbed.Host, key, value string) {
