@@ -3,7 +3,7 @@ module github.com/sovereign-stack/ssbuild
 go 1.26.8
 
 require (
-	github.com/canonical/lxd v0.0.0-20241209155119-76da976c6ee7 // indirect
+	github.com/canonical/lxd v0.0.0-20241209155119-76da976c6ee7
 	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect
 	github.com/flosch/pongo2 v0.0.0-20200913210552-0d938eb266f3 // indirect
 	github.com/go-jose/go-jose/v4 v4.0.4 // indirect
@@ -30,7 +30,7 @@ require (
 	golang.org/x/crypto v0.30.0 // indirect
 	golang.org/x/net v0.32.0 // indirect
 	golang.org/x/oauth2 v0.24.0 // indirect
-	golang.org/x/sys v0.28.0 // indirect
+	golang.org/x/sys v0.28.0
 	golang.org/x/term v0.27.0 // indirect
 	golang.org/x/text v0.21.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
