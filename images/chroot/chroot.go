@@ -95,10 +95,12 @@ func (s *Session) Root() string { return s.root }
 // Run runs argv inside the chroot with a clean environment and returns its
 // standard output. Errors carry the tool's stderr.
 func (s *Session) Run(ctx context.Context, argv ...string) ([]byte, error) {
-	return s.run(ctx, command.Cmd{}, argv...)
+	return s.RunWith(ctx, command.Cmd{}, argv...)
 }
 
-func (s *Session) run(ctx context.Context, c command.Cmd, argv ...string) ([]byte, error) {
+// RunWith is Run with c's Stdin, Stdout and Log wired to the command (to
+// stream data in or out); c's Name, Args and Env are set by the session.
+func (s *Session) RunWith(ctx context.Context, c command.Cmd, argv ...string) ([]byte, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("chroot: no command")
 	}
@@ -106,7 +108,7 @@ func (s *Session) run(ctx context.Context, c command.Cmd, argv ...string) ([]byt
 	// nothing inside the tree and must not leak into the image.
 	args := append([]string{"-i"}, s.env()...)
 	args = append(args, "chroot", s.root)
-	c.Name = "env"
+	c.Name, c.Env = "env", nil
 	c.Args = append(args, argv...)
 	out, err := command.Run(ctx, c)
 	if err != nil {
@@ -143,7 +145,8 @@ func (s *Session) WriteFile(path string, data []byte, perm fs.FileMode) error {
 }
 
 // Close undoes the session: restores resolv.conf and policy-rc.d, removes
-// apt's caches and lists, stops any process still running in the tree and
+// apt's caches and lists and the machine identity packages generated (SSH
+// host keys, machine-id), stops any process still running in the tree and
 // unmounts everything under it (lazily when busy). It always tries every
 // step and is safe to call more than once.
 func (s *Session) Close() error {
@@ -155,6 +158,9 @@ func (s *Session) Close() error {
 			}
 		}
 		if err := s.cleanApt(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.removeMachineIdentity(); err != nil {
 			errs = append(errs, err)
 		}
 		if err := killProcessesIn(s.root); err != nil {

@@ -231,4 +231,23 @@ func TestWriteFile(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(outside, "owned")); err == nil {
 		t.Errorf("WriteFile wrote outside the tree")
 	}
+
+	// Machine identity made during the build does not stay in the image.
+	s.WriteFile("/etc/ssh/ssh_host_ed25519_key", []byte("secret"), 0o600)
+	s.WriteFile("/etc/ssh/ssh_host_ed25519_key.pub", []byte("public"), 0o644)
+	s.WriteFile("/etc/machine-id", []byte("0123456789abcdef0123456789abcdef\n"), 0o444)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingMounted(t, root)
+	keys, _ := filepath.Glob(filepath.Join(root, "etc/ssh/ssh_host_*"))
+	if len(keys) > 0 {
+		t.Errorf("SSH host keys left in the image: %v", keys)
+	}
+	if id, err := os.ReadFile(filepath.Join(root, "etc/machine-id")); err != nil || len(id) != 0 {
+		t.Errorf("etc/machine-id = %q (%v), want an empty file", id, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(root, "etc/ssbuild/appliance.yaml")); err != nil || string(data) != "role: initiator\n" {
+		t.Errorf("written file after Close: %q, %v", data, err)
+	}
 }

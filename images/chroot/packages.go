@@ -24,7 +24,7 @@ func (s *Session) Install(ctx context.Context, packages ...string) error {
 	list := strings.Join(packages, " ")
 
 	task := rep.Start("apt-get update", 0, "")
-	_, err := s.run(ctx, command.Cmd{}, "apt-get", "update", "-q")
+	_, err := s.RunWith(ctx, command.Cmd{}, "apt-get", "update", "-q")
 	task.Done(err)
 	if err != nil {
 		return fmt.Errorf("install packages (%s): apt-get update: %w", list, err)
@@ -40,7 +40,7 @@ func (s *Session) Install(ctx context.Context, packages ...string) error {
 	// apt prints one "Setting up" line per configured package, dependencies
 	// included, so the total is not known up front.
 	task = rep.Start("apt-get install "+list, 0, "packages set up")
-	_, err = s.run(ctx, command.Cmd{Stdout: &prefixCounter{prefix: []byte("Setting up "), task: task}},
+	_, err = s.RunWith(ctx, command.Cmd{Stdout: &prefixCounter{prefix: []byte("Setting up "), task: task}},
 		append([]string{"apt-get"}, args...)...)
 	task.Done(err)
 	if err != nil {

@@ -193,6 +193,41 @@ func (s *Session) cleanApt() error {
 	return nil
 }
 
+// removeMachineIdentity removes what makes one machine unique and was
+// generated at install time (openssh-server makes host keys in its
+// postinst, systemd a machine-id): every instance of the image would share
+// them. An empty machine-id makes systemd generate one on first boot; SSH
+// host keys must be generated there too (cloud-init does, or ssh-keygen -A).
+func (s *Session) removeMachineIdentity() error {
+	var errs []error
+	keys, err := fs.Glob(s.files.FS(), "etc/ssh/ssh_host_*")
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range keys {
+		if err := s.files.Remove(k); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if info, err := s.files.Lstat("etc/machine-id"); err == nil && info.Mode().IsRegular() {
+		if err := s.files.WriteFile("etc/machine-id", nil, 0o444); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, name := range []string{"var/lib/dbus/machine-id", "var/lib/systemd/random-seed"} {
+		// dbus's is usually a symlink to /etc/machine-id: keep that.
+		if info, err := s.files.Lstat(name); err == nil && info.Mode().IsRegular() {
+			if err := s.files.Remove(name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove machine identity: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
 // killProcessesIn kills processes whose root directory is in the tree (a
 // gpg-agent or daemon a package script left running), so the unmounts that
 // follow are not busy and nothing keeps writing into the image.

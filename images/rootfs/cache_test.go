@@ -69,6 +69,7 @@ func TestCacheKey(t *testing.T) {
 // temp dir) is cleaned up by the next build of the same key: the mount is
 // undone before anything is removed, and no entry appears.
 func TestStaleBuildRemoved(t *testing.T) {
+	testenv.Short(t)
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "debootstrap", "dpkg")
 	cacheDir := t.TempDir()

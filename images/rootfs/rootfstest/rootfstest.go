@@ -35,9 +35,11 @@ func Bookworm() rootfs.Debootstrap {
 // the first debootstrap instead of running their own.
 func CacheDir() string { return filepath.Join(os.TempDir(), "ssbuild-test-rootfs-cache") }
 
-// Require skips (fails under CI) unless the machine can build a rootfs.
+// Require skips (fails under CI) unless the machine can build a rootfs;
+// it also skips under -short (the fast tier runs no debootstrap).
 func Require(t testing.TB) {
 	t.Helper()
+	testenv.Short(t)
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "debootstrap", "chroot", "cp", "tar")
 	if _, err := os.Stat(Bookworm().Keyring); err != nil {
