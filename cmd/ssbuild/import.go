@@ -1,8 +1,61 @@
 package main
 
-import "github.com/urfave/cli/v2"
+import (
+	"errors"
+	"fmt"
+	"os"
 
-// importCommand is wired to recipes/ssimport once it lands.
+	"github.com/urfave/cli/v2"
+
+	"github.com/sovereign-stack/ssbuild/recipes/ssimport"
+)
+
 func importCommand() *cli.Command {
-	return &cli.Command{Name: "import", Hidden: true, Action: func(*cli.Context) error { return usagef("import: not built yet") }}
+	return &cli.Command{
+		Name:  "import",
+		Usage: "convert a Sovereign Stack configuration (remote.conf, project.conf, site.conf) into a recipe",
+		Description: "Reads the shell-style KEY=value files of the old bash tooling and writes an\n" +
+			"equivalent recipe. Every key that cannot be carried over is named in a warning\n" +
+			"on stderr. Secrets (passwords, passphrases) are never imported nor printed:\n" +
+			"ssbuild generates its own.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "remote", Usage: "remote.conf of the LXD remote"},
+			&cli.StringFlag{Name: "project", Usage: "project.conf of the deployment"},
+			&cli.StringSliceFlag{Name: "site", Usage: "site.conf of a site (repeat for each domain)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the recipe to this file (0644) instead of stdout"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usagef("import takes its files as --remote, --project and --site")
+			}
+			in := ssimport.Input{Remote: c.String("remote"), Project: c.String("project"), Sites: c.StringSlice("site")}
+			if in.Remote == "" && in.Project == "" && len(in.Sites) == 0 {
+				return usagef("import needs at least one of --remote, --project, --site")
+			}
+			r, warnings, err := ssimport.Import(in)
+			for _, w := range warnings {
+				fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
+			}
+			var bad *ssimport.Error
+			if errors.As(err, &bad) {
+				return invalidError{err}
+			}
+			if err != nil {
+				return err
+			}
+			out, err := ssimport.Render(r, in)
+			if err != nil {
+				return err
+			}
+			if path := c.String("output"); path != "" {
+				if err := os.WriteFile(path, out, 0o644); err != nil {
+					return fmt.Errorf("write recipe: %w", err)
+				}
+				fmt.Fprintf(c.App.ErrWriter, "wrote %s (%d warnings)\n", path, len(warnings))
+				return nil
+			}
+			_, err = c.App.Writer.Write(out)
+			return err
+		},
+	}
 }
