@@ -93,3 +93,25 @@ func TestTwoBedsSideBySide(t *testing.T) {
 		t.Errorf("bed %s's host lost its link when bed %s closed: %q %v", b.ID, a.ID, out, err)
 	}
 }
+
+// TestStartTimeoutIsClear gives the daemons no time to start: the error
+// names the host and the socket and shows the daemon's log, and the
+// half-started bed is gone.
+func TestStartTimeoutIsClear(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, testbed.Tools...)
+	bed, err := testbed.Start(context.Background(), testbed.Options{Hosts: 1, StartTimeout: time.Nanosecond})
+	if err == nil {
+		bed.Close()
+		t.Fatal("Start succeeded with a start timeout of 1ns")
+	}
+	for _, want := range []string{"host1: lxd (pid", "did not answer on", "unix.socket", "--- tail of", "lxd.log", "=== testbed: starting lxd"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if bed == nil {
+		t.Fatal("Start returned no bed to check")
+	}
+	assertBedGone(t, bed)
+}

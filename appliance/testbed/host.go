@@ -281,8 +281,8 @@ func (h *Host) waitReady(ctx context.Context, d *daemon) (lxd.InstanceServer, er
 			return nil, fmt.Errorf("%s: lxd (pid %d) exited while starting: %v\n--- tail of %s:\n%s",
 				h.Name, d.cmd.Process.Pid, d.err, h.LogFile, logTail(h.LogFile))
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%s: lxd (pid %d) did not answer on %s within %s (last error: %v)\n--- tail of %s:\n%s",
-				h.Name, d.cmd.Process.Pid, h.Socket(), time.Since(start).Round(time.Millisecond), lastErr, h.LogFile, logTail(h.LogFile))
+			return nil, fmt.Errorf("%s: lxd (pid %d) did not answer on %s within %s (start timeout %s; last error: %v)\n--- tail of %s:\n%s",
+				h.Name, d.cmd.Process.Pid, h.Socket(), time.Since(start).Round(time.Millisecond), h.bed.opts.StartTimeout, lastErr, h.LogFile, logTail(h.LogFile))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
