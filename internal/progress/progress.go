@@ -85,7 +85,8 @@ func (r *Reporter) Info(format string, args ...any) {
 // Start begins a task. total is the amount of work in unit (bytes, files,
 // packages, hosts); zero means unknown.
 func (r *Reporter) Start(name string, total int64, unit string) *Task {
-	t := &Task{r: r, name: name, total: total, unit: unit, start: r.now()}
+	now := r.now()
+	t := &Task{r: r, name: name, total: total, unit: unit, start: now, last: now}
 	r.emit(Event{Task: name, Event: "start", Total: total, Unit: unit}, true)
 	return t
 }
