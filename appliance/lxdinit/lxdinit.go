@@ -138,9 +138,12 @@ func check(cfg Config, server *api.Server) error {
 	if cfg.Network.Name == "" {
 		errs = append(errs, errors.New("network: no name"))
 	}
-	for key, v := range map[string]string{"ipv4.address": cfg.Network.IPv4Address, "ipv6.address": cfg.Network.IPv6Address} {
-		if err := checkAddress(v, strings.HasPrefix(key, "ipv4")); err != nil {
-			errs = append(errs, fmt.Errorf("network %q: %s %q: %w", cfg.Network.Name, key, v, err))
+	for _, a := range []struct {
+		key, value string
+		v4         bool
+	}{{"ipv4.address", cfg.Network.IPv4Address, true}, {"ipv6.address", cfg.Network.IPv6Address, false}} {
+		if err := checkAddress(a.value, a.v4); err != nil {
+			errs = append(errs, fmt.Errorf("network %q: %s %q: %w", cfg.Network.Name, a.key, a.value, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -258,3 +258,61 @@ func isCIDR(s string) bool {
 	_, err := netip.ParsePrefix(s)
 	return err == nil
 }
+
+// TestApplyOnClusterMember re-runs initialisation on hosts that formed a
+// cluster after their first run, as the appliance does when it restarts
+// after the join: nothing may change, and the joiner, initialised the same
+// way, must be able to join at all.
+func TestApplyOnClusterMember(t *testing.T) {
+	bed := testbed.New(t, testbed.Options{Hosts: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	configFor := func(h *testbed.Host) lxdinit.Config {
+		return lxdinit.Config{
+			HTTPSAddress: net.JoinHostPort(h.Address.String(), "8443"),
+			Pool:         lxdinit.StoragePool{Name: "local", Driver: "dir"},
+			Network:      lxdinit.Network{Name: "lxdbr0", IPv4Address: "auto"},
+		}
+	}
+	for _, h := range bed.Hosts {
+		if _, err := lxdinit.Apply(ctx, h.LXD(), configFor(h)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1, h2 := bed.Hosts[0], bed.Hosts[1]
+	start := time.Now()
+	op, err := h1.LXD().UpdateCluster(api.ClusterPut{Cluster: api.Cluster{ServerName: h1.Name, Enabled: true}}, "")
+	if err == nil {
+		err = op.Wait()
+	}
+	if err != nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+	top, err := h1.LXD().CreateClusterMember(api.ClusterMembersPost{ServerName: h2.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opAPI := top.Get()
+	token, err := opAPI.ToClusterJoinToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The join as a plain script would do it.
+	join := h2.Command(ctx, "lxd", "init", "--preseed")
+	join.Stdin = strings.NewReader("cluster:\n  enabled: true\n  server_name: " + h2.Name +
+		"\n  server_address: " + net.JoinHostPort(h2.Address.String(), "8443") +
+		"\n  cluster_token: " + token.String() + "\n")
+	if out, err := join.CombinedOutput(); err != nil {
+		t.Fatalf("host2 joins: %v\n%s", err, out)
+	}
+	t.Logf("bootstrap and join took %s", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	defer func() { t.Logf("re-runs took %s", time.Since(start).Round(time.Millisecond)) }()
+	for _, h := range bed.Hosts {
+		steps, err := lxdinit.Apply(ctx, h.LXD(), configFor(h))
+		if err != nil {
+			t.Fatalf("%s: re-run on a cluster member: %v", h.Name, err)
+		}
+		wantActions(t, steps, lxdinit.InPlace, lxdinit.InPlace, lxdinit.InPlace, lxdinit.InPlace)
+	}
+}

@@ -66,9 +66,11 @@ type Bed struct {
 }
 
 // New starts a bed for a test and closes it when the test ends, also when it
-// fails or panics. It skips (fails under CI) without root or the tools.
+// fails or panics. It skips under -short (daemons are the slow tier), and
+// skips (fails under CI) without root or the tools.
 func New(t testing.TB, opts Options) *Bed {
 	t.Helper()
+	testenv.Short(t)
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, Tools...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -37,6 +37,7 @@ func TestBedInDyingTest(t *testing.T) {
 // TestCleanupWhenTestDies checks that a test that fails or panics leaves
 // nothing of its bed behind.
 func TestCleanupWhenTestDies(t *testing.T) {
+	testenv.Short(t)
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, testbed.Tools...)
 	for _, how := range []string{"fail", "panic"} {
@@ -98,6 +99,7 @@ func TestTwoBedsSideBySide(t *testing.T) {
 // names the host and the socket and shows the daemon's log, and the
 // half-started bed is gone.
 func TestStartTimeoutIsClear(t *testing.T) {
+	testenv.Short(t)
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, testbed.Tools...)
 	bed, err := testbed.Start(context.Background(), testbed.Options{Hosts: 1, StartTimeout: time.Nanosecond})

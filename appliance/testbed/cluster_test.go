@@ -18,6 +18,7 @@ import (
 // leader, and checks that Close still removes everything, quickly: cluster
 // tests end in that state.
 func TestClusterBedCloses(t *testing.T) {
+	testenv.Short(t)
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, testbed.Tools...)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -26,6 +26,7 @@ import (
 // TestBed starts three hosts and checks what a user of the bed relies on:
 // separate daemons, a shared network, restarts, and nothing left behind.
 func TestBed(t *testing.T) {
+	testenv.Short(t)
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, testbed.Tools...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
