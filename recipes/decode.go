@@ -72,6 +72,10 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
+			if isNull(item) && s.Index(i).Kind() == reflect.Struct {
+				d.problem(item, indexPath(path, i), "is an empty entry; write its fields")
+				continue
+			}
 			d.decode(item, s.Index(i), indexPath(path, i))
 		}
 		v.Set(s)
@@ -129,6 +133,10 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[key] = true
+		if f.required && isNull(val) {
+			d.problem(val, fpath, "is empty; this field is required")
+			continue
+		}
 		before := len(d.rep.list)
 		d.decode(val, v.Field(f.index), fpath)
 		if len(d.rep.list) == before { // rules apply only to values that decoded
@@ -205,6 +213,13 @@ func (d *decoder) want(n *yaml.Node, path string, kind yaml.Kind, what string) b
 	}
 	d.problem(n, path, "must be %s, not %s", what, kindName(n))
 	return false
+}
+
+func isNull(n *yaml.Node) bool {
+	for n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
 }
 
 // kindName says what a node is, for messages.

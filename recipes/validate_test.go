@@ -134,6 +134,12 @@ func TestStructureProblems(t *testing.T) {
 		expectProblems(t, "apiVersion: ssbuild/v1\nname: t\ninstaller:\n  hosts:\n    - mac: 00:16:3e:00:00:01\n",
 			`t.yaml:5:7: installer.hosts[0].name: missing; this field is required`)
 	})
+	t.Run("empty values", func(t *testing.T) {
+		expectProblems(t, "apiVersion:\nname: t\ninstaller:\n  hosts:\n  -\n  - name:\n",
+			`t.yaml:1:12: apiVersion: is empty; this field is required`,
+			`t.yaml:5:4: installer.hosts[0]: is an empty entry; write its fields`,
+			`t.yaml:6:10: installer.hosts[1].name: is empty; this field is required`)
+	})
 	t.Run("installer required", func(t *testing.T) {
 		expectProblems(t, "apiVersion: ssbuild/v1\nname: t\n", `t.yaml:1:1: installer.hosts: missing; list the hosts this installer installs (at least one)`)
 	})
