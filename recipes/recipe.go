@@ -108,10 +108,10 @@ func (t Target) Auto() bool { return t.Serial == "" && t.WWID == "" && t.Path ==
 
 // Layout is the partition layout; the ZFS partition takes the rest.
 type Layout struct {
-	ESP     Size `yaml:"esp" json:"esp" rule:"min=64MiB,max=4GiB" doc:"EFI system partition size"`
-	OS      Size `yaml:"os" json:"os" rule:"min=4GiB" doc:"OS (ext4) partition size"`
-	MinZFS  Size `yaml:"minZFS" json:"minZFS" rule:"min=1GiB" doc:"smallest ZFS partition the installer accepts; with esp and os it sets the smallest allowed disk"`
-	MinDisk Size `yaml:"minDisk" json:"minDisk" rule:"min=8GiB" doc:"smallest disk the installer will install onto"`
+	ESP     Size `yaml:"esp,omitempty" json:"esp,omitempty" rule:"min=64MiB,max=4GiB" doc:"EFI system partition size"`
+	OS      Size `yaml:"os,omitempty" json:"os,omitempty" rule:"min=4GiB" doc:"OS (ext4) partition size"`
+	MinZFS  Size `yaml:"minZFS,omitempty" json:"minZFS,omitempty" rule:"min=1GiB" doc:"smallest ZFS partition the installer accepts; with esp and os it sets the smallest allowed disk"`
+	MinDisk Size `yaml:"minDisk,omitempty" json:"minDisk,omitempty" rule:"min=8GiB" doc:"smallest disk the installer will install onto"`
 }
 
 // Host is one cluster host.
@@ -128,7 +128,7 @@ type Cluster struct {
 	Name             string    `yaml:"name" json:"name" doc:"cluster name"`
 	Initiator        string    `yaml:"initiator" json:"initiator" doc:"the host that bootstraps the cluster, the others join it (default: the first host)"`
 	Secret           Secret    `yaml:"secret" json:"secret" doc:"the pre-shared secret the hosts prove to each other; never inline"`
-	RegistrationPort int       `yaml:"registrationPort" json:"registrationPort" rule:"min=1,max=65535" doc:"TCP port of the initiator's registration endpoint"`
+	RegistrationPort int       `yaml:"registrationPort,omitempty" json:"registrationPort,omitempty" rule:"min=1,max=65535" doc:"TCP port of the initiator's registration endpoint"`
 	Storage          Storage   `yaml:"storage" json:"storage" doc:"the cluster's storage pool"`
 	Networks         []Network `yaml:"networks" json:"networks" doc:"LXD networks created on the cluster"`
 }
@@ -209,8 +209,8 @@ type Instance struct {
 	Enabled *bool  `yaml:"enabled,omitempty" json:"enabled,omitempty" doc:"create this instance (default true)"`
 	Type    string `yaml:"type" json:"type" rule:"enum=virtual-machine|container" doc:"LXD instance type"`
 	MAC     MAC    `yaml:"mac,omitempty" json:"mac,omitempty" doc:"pinned MAC address of the LAN NIC (for a DHCP reservation)"`
-	CPUs    int    `yaml:"cpus" json:"cpus" rule:"min=1,max=256" doc:"limits.cpu"`
-	Memory  Size   `yaml:"memory" json:"memory" rule:"min=256MiB" doc:"limits.memory"`
+	CPUs    int    `yaml:"cpus,omitempty" json:"cpus,omitempty" rule:"min=1,max=256" doc:"limits.cpu"`
+	Memory  Size   `yaml:"memory,omitempty" json:"memory,omitempty" rule:"min=256MiB" doc:"limits.memory"`
 	Disks   Disks  `yaml:"disks" json:"disks" doc:"root disk and custom volume sizes"`
 }
 
@@ -219,8 +219,8 @@ func (i Instance) IsEnabled() bool { return i.Enabled == nil || *i.Enabled }
 
 // Disks are an instance's root disk and custom volumes.
 type Disks struct {
-	Root   Size `yaml:"root" json:"root" rule:"min=1GiB" doc:"root disk size"`
-	Docker Size `yaml:"docker" json:"docker" rule:"min=1GiB" doc:"volume for /var/lib/docker"`
-	Data   Size `yaml:"data" json:"data" rule:"min=1GiB" doc:"volume for the site data (ss-data)"`
-	Backup Size `yaml:"backup" json:"backup" rule:"min=1GiB" doc:"volume for backups"`
+	Root   Size `yaml:"root,omitempty" json:"root,omitempty" rule:"min=1GiB" doc:"root disk size"`
+	Docker Size `yaml:"docker,omitempty" json:"docker,omitempty" rule:"min=1GiB" doc:"volume for /var/lib/docker"`
+	Data   Size `yaml:"data,omitempty" json:"data,omitempty" rule:"min=1GiB" doc:"volume for the site data (ss-data)"`
+	Backup Size `yaml:"backup,omitempty" json:"backup,omitempty" rule:"min=1GiB" doc:"volume for backups"`
 }
