@@ -94,15 +94,12 @@ func (c cache) newTemp(key string) (string, error) {
 			return "", fmt.Errorf("remove stale build %s: %w", dir, err)
 		}
 	}
-	// A directory at the entry's name without entry.json cannot come from
-	// commit; clear it so the rename below can succeed.
-	if err := mounts.RemoveTree(c.entryDir(key)); err != nil {
-		return "", err
-	}
 	return os.MkdirTemp(c.dir, ".tmp-"+key+"-")
 }
 
-// commit writes entry.json into tmp and renames tmp to the entry's name.
+// commit writes entry.json into tmp and renames tmp to the entry's name. An
+// older entry there (expired, or a directory without entry.json, which
+// commit never makes) is moved aside first and removed after.
 func (c cache) commit(key, tmp string, ent entry) error {
 	data, err := json.MarshalIndent(ent, "", "  ")
 	if err != nil {
@@ -111,8 +108,22 @@ func (c cache) commit(key, tmp string, ent entry) error {
 	if err := os.WriteFile(filepath.Join(tmp, "entry.json"), data, 0o644); err != nil {
 		return fmt.Errorf("rootfs cache: %w", err)
 	}
-	if err := os.Rename(tmp, c.entryDir(key)); err != nil {
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp made it 0700
 		return fmt.Errorf("rootfs cache: %w", err)
+	}
+	final := c.entryDir(key)
+	old := ""
+	if _, err := os.Lstat(final); err == nil {
+		old = tmp + "-replaced"
+		if err := os.Rename(final, old); err != nil {
+			return fmt.Errorf("rootfs cache: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("rootfs cache: %w", err)
+	}
+	if old != "" {
+		return mounts.RemoveTree(old)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/internal/testenv"
@@ -108,5 +109,59 @@ func TestStaleBuildRemoved(t *testing.T) {
 		if !strings.HasSuffix(e.Name(), ".lock") {
 			t.Errorf("cache holds %s after a failed build", e.Name())
 		}
+	}
+}
+
+// fakeEntry puts a complete-looking entry for spec into cacheDir, as a
+// build at created would have left it.
+func fakeEntry(t *testing.T, cacheDir string, spec Debootstrap, created time.Time) string {
+	t.Helper()
+	in, err := resolveInputs(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cache{dir: filepath.Join(cacheDir, "debootstrap")}
+	tmp := filepath.Join(c.dir, ".tmp-"+in.key()+"-fake")
+	if err := os.MkdirAll(filepath.Join(tmp, "rootfs/etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(tmp, "rootfs/etc/os-release"), []byte("VERSION_CODENAME=cached\n"), 0o644)
+	if err := c.commit(in.key(), tmp, entry{Inputs: in, Created: created, SizeBytes: 24}); err != nil {
+		t.Fatal(err)
+	}
+	return c.rootfs(in.key())
+}
+
+// Entries are reused without touching the mirror (it is unreachable here)
+// until they are older than MaxAge; an expired entry survives a failed
+// rebuild.
+func TestCacheHitAndExpiry(t *testing.T) {
+	testenv.Short(t)
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "debootstrap", "dpkg", "cp")
+	cacheDir := t.TempDir()
+	spec := bookwormFrom("http://127.0.0.1:9/debian")
+	cached := fakeEntry(t, cacheDir, spec, time.Now().Add(-2*time.Hour))
+
+	b := Builder{CacheDir: cacheDir}
+	dest := filepath.Join(t.TempDir(), "rootfs")
+	res, err := b.Debootstrap(context.Background(), spec, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.CacheHit {
+		t.Errorf("complete entry not used")
+	}
+	if data, _ := os.ReadFile(filepath.Join(dest, "etc/os-release")); string(data) != "VERSION_CODENAME=cached\n" {
+		t.Errorf("copied tree has etc/os-release %q", data)
+	}
+
+	b.MaxAge = time.Hour
+	_, err = b.Debootstrap(context.Background(), spec, filepath.Join(t.TempDir(), "rootfs"))
+	if err == nil || !strings.Contains(err.Error(), "Failed getting release file") {
+		t.Fatalf("an expired entry was not rebuilt (want the mirror's failure): %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cached, "etc/os-release")); err != nil {
+		t.Errorf("failed rebuild removed the expired entry: %v", err)
 	}
 }

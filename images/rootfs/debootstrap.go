@@ -54,6 +54,11 @@ func (b *Builder) Debootstrap(ctx context.Context, spec Debootstrap, dest string
 	if err != nil {
 		return Result{}, err
 	}
+	if ok && b.MaxAge > 0 && time.Since(ent.Created) > b.MaxAge {
+		b.progress().Info("debootstrap %s: cache entry %s built %s is older than %v: rebuilding",
+			spec.Suite, key[:12], ent.Created.Format(time.RFC3339), b.MaxAge)
+		ok = false
+	}
 	if ok {
 		res.CacheHit = true
 		b.progress().Info("debootstrap %s: cached (%s, built %s)", spec.Suite, key[:12], ent.Created.Format(time.RFC3339))

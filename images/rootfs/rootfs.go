@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
@@ -37,6 +38,10 @@ type Builder struct {
 	// CacheDir keeps debootstrapped trees between builds. Entries are
 	// directories named by a key of their inputs.
 	CacheDir string
+	// MaxAge makes debootstrap run again for entries older than this, so
+	// security updates from the mirror get in. Zero: entries never expire.
+	// An expired entry is replaced only once the new build succeeded.
+	MaxAge time.Duration
 	// Progress receives the long steps (debootstrap, copy, verify, unpack).
 	// Nil means no progress.
 	Progress *progress.Reporter
