@@ -75,6 +75,9 @@ func New(t testing.TB, opts Options) *Bed {
 	testenv.RequireTools(t, Tools...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	if removed, err := RemoveStale(ctx, opts.Dir); len(removed) > 0 || err != nil {
+		t.Logf("testbed: removed beds of killed test runs %v (errors: %v)", removed, err)
+	}
 	b, err := Start(ctx, opts)
 	if b != nil {
 		t.Cleanup(func() {
@@ -174,6 +177,11 @@ func (b *Bed) makeDir() error {
 		return fmt.Errorf("create bed directory: %w", err)
 	}
 	b.ownDir = true
+	// Who owns the bed, so RemoveStale can tell a bed whose test was killed
+	// from one still in use.
+	if err := os.WriteFile(filepath.Join(b.Dir, "owner"), []byte(processIdentity(os.Getpid())), 0o644); err != nil {
+		return fmt.Errorf("write bed owner: %w", err)
+	}
 	ctx := context.Background()
 	if _, err := command.Output(ctx, "mount", "--bind", b.Dir, b.Dir); err != nil {
 		return fmt.Errorf("bind-mount bed directory: %w", err)

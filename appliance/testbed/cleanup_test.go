@@ -2,9 +2,11 @@ package testbed_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,19 +19,25 @@ import (
 // it is set only when TestCleanupWhenTestDies runs this binary again.
 const endingEnv = "SSBUILD_TESTBED_END"
 
+// dirEnv gives the helper's bed a directory of its own.
+const dirEnv = "SSBUILD_TESTBED_DIR"
+
 func TestBedInDyingTest(t *testing.T) {
 	how := os.Getenv(endingEnv)
 	if how == "" {
 		t.Skip("helper of TestCleanupWhenTestDies")
 	}
-	bed := testbed.New(t, testbed.Options{Hosts: 2})
+	bed := testbed.New(t, testbed.Options{Hosts: 2, Dir: os.Getenv(dirEnv)})
 	// A network, so there is a dnsmasq to clean up too.
 	if _, err := bed.Hosts[0].Run(context.Background(), "lxc", "network", "create", "br9", "ipv6.address=none"); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("BED %s %s", bed.ID, bed.Dir)
-	if how == "panic" {
+	fmt.Printf("BED %s %s\n", bed.ID, bed.Dir)
+	switch how {
+	case "panic":
 		panic("test panics with a bed running")
+	case "exit":
+		os.Exit(3) // as go test's timeout does: no cleanup runs
 	}
 	t.Fatal("test fails with a bed running")
 }
@@ -58,21 +66,64 @@ func TestCleanupWhenTestDies(t *testing.T) {
 			if strings.Contains(string(out), "close:") {
 				t.Errorf("the bed's Close failed:\n%s", out)
 			}
-			if left := pidsOf(t, "", dir); len(left) > 0 {
-				t.Errorf("processes of bed %s still run: %v", id, left)
-			}
-			netns, _ := exec.Command("ip", "netns", "list").CombinedOutput()
-			links, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput()
-			mounts, _ := os.ReadFile("/proc/self/mountinfo")
-			for what, s := range map[string]string{"network namespace": string(netns), "link": string(links), "mount": string(mounts)} {
-				if strings.Contains(s, id) {
-					t.Errorf("a %s of bed %s remains:\n%s", what, id, grepLines(s, id))
-				}
-			}
-			if _, err := os.Stat(dir); !os.IsNotExist(err) {
-				t.Errorf("bed directory %s remains (%v)", dir, err)
-			}
+			assertGoneByID(t, id, dir)
 		})
+	}
+}
+
+// TestRemoveStaleAfterKilledTest kills a test with a bed running, so that
+// no cleanup runs, and removes what it left with RemoveStale.
+func TestRemoveStaleAfterKilledTest(t *testing.T) {
+	testenv.Short(t)
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, testbed.Tools...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestBedInDyingTest$", "-test.v")
+	// A directory of its own: New in other test binaries running now also
+	// removes stale beds, from the default directory.
+	dir := t.TempDir()
+	cmd.Env = append(os.Environ(), endingEnv+"=exit", dirEnv+"="+dir)
+	out, _ := cmd.CombinedOutput()
+	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 3 {
+		t.Fatalf("helper did not exit with 3 (%v):\n%s", cmd.ProcessState, out)
+	}
+	m := regexp.MustCompile(`BED (\w+) (\S+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("helper did not start a bed:\n%s", out)
+	}
+	id, bedDir := string(m[1]), string(m[2])
+	// The killed test left its bed: this is what RemoveStale is for.
+	if netns, _ := exec.Command("ip", "netns", "list").CombinedOutput(); !strings.Contains(string(netns), id) {
+		t.Fatalf("the killed test left no network namespace of bed %s: nothing to test", id)
+	}
+	removed, err := testbed.RemoveStale(ctx, dir)
+	if err != nil {
+		t.Errorf("RemoveStale: %v", err)
+	}
+	if !slices.Contains(removed, id) {
+		t.Errorf("RemoveStale removed %v, not the stale bed %s", removed, id)
+	}
+	assertGoneByID(t, id, bedDir)
+}
+
+// assertGoneByID checks that nothing named after bed id remains.
+func assertGoneByID(t *testing.T, id, dir string) {
+	t.Helper()
+	if left := pidsOf(t, "", dir); len(left) > 0 {
+		t.Errorf("processes of bed %s still run: %v", id, left)
+	}
+	netns, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+	links, _ := exec.Command("ip", "-o", "link", "show").CombinedOutput()
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	rules, _ := exec.Command("iptables", "-S", "FORWARD").CombinedOutput()
+	for what, s := range map[string]string{"network namespace": string(netns), "link": string(links), "mount": string(mounts), "iptables rule": string(rules)} {
+		if strings.Contains(s, id) {
+			t.Errorf("a %s of bed %s remains:\n%s", what, id, grepLines(s, id))
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("bed directory %s remains (%v)", dir, err)
 	}
 }
 
@@ -83,6 +134,11 @@ func TestTwoBedsSideBySide(t *testing.T) {
 	b := testbed.New(t, testbed.Options{Hosts: 1})
 	if a.ID == b.ID || a.Bridge == b.Bridge || a.Hosts[0].Netns == b.Hosts[0].Netns || a.Dir == b.Dir {
 		t.Fatalf("beds share names: %+v / %+v", a, b)
+	}
+	// Both beds' test (this one) runs: they are not stale.
+	removed, _ := testbed.RemoveStale(context.Background(), "")
+	if slices.Contains(removed, a.ID) || slices.Contains(removed, b.ID) {
+		t.Fatalf("RemoveStale removed live beds: %v", removed)
 	}
 	if err := a.Close(); err != nil {
 		t.Fatal(err)

@@ -101,14 +101,20 @@ func (b *Bed) createBridge(ctx context.Context) error {
 	// With br_netfilter loaded (dockerd loads it and sets FORWARD to DROP),
 	// traffic between bridge ports goes through iptables' FORWARD chain.
 	if v, err := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil && strings.TrimSpace(string(v)) == "1" {
-		rule := []string{"FORWARD", "-i", b.Bridge, "-o", b.Bridge, "-j", "ACCEPT",
-			"-m", "comment", "--comment", "ssbuild testbed " + b.ID}
+		rule := b.forwardRuleSpec()
 		if _, err := command.Output(ctx, "iptables", append([]string{"-I"}, rule...)...); err != nil {
 			return fmt.Errorf("allow forwarding on bridge %s (br_netfilter is loaded): %w", b.Bridge, err)
 		}
 		b.forwardRule = rule
 	}
 	return nil
+}
+
+// forwardRuleSpec is the FORWARD rule that lets the bed's bridge forward
+// between its ports, named after the bed.
+func (b *Bed) forwardRuleSpec() []string {
+	return []string{"FORWARD", "-i", b.Bridge, "-o", b.Bridge, "-j", "ACCEPT",
+		"-m", "comment", "--comment", "ssbuild testbed " + b.ID}
 }
 
 func (b *Bed) removeBridge(ctx context.Context) error {
