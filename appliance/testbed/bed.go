@@ -61,6 +61,7 @@ type Bed struct {
 	dirMounted  bool // Dir is bind-mounted on itself (private), for the mount namespaces' files
 	forwardRule []string
 	pivotBefore bool // liblxc's shared lxc.pivot cgroup existed before the bed
+	spawner     *spawner
 	closeOnce   sync.Once
 	closeErr    error
 }
@@ -108,7 +109,7 @@ func Start(ctx context.Context, opts Options) (b *Bed, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b = &Bed{ID: id, Bridge: "ssbr" + id, opts: opts}
+	b = &Bed{ID: id, Bridge: "ssbr" + id, opts: opts, spawner: newSpawner()}
 	defer func() {
 		if err != nil {
 			if cerr := b.Close(); cerr != nil {
@@ -235,6 +236,7 @@ func (b *Bed) close() error {
 	}
 	errs = append(errs, b.removeBridge(ctx))
 	errs = append(errs, b.removeDir(ctx))
+	b.spawner.stop()
 	return errors.Join(errs...)
 }
 

@@ -50,9 +50,6 @@ type daemon struct {
 	err  error         // exit status, valid after done
 }
 
-// Prefix is the length of the bed's subnet, for callers that need CIDR form.
-const Prefix = 24
-
 // createHost makes host i's namespaces and link. On error it returns the
 // host as far as it got, so Close can remove that part.
 func (b *Bed) createHost(ctx context.Context, i int) (*Host, error) {
@@ -89,7 +86,7 @@ func (b *Bed) createHost(ctx context.Context, i int) (*Host, error) {
 	steps := [][]string{
 		{"link", "set", veth, "master", b.Bridge, "up"},
 		{"-n", h.Netns, "link", "set", "lo", "up"},
-		{"-n", h.Netns, "addr", "add", fmt.Sprintf("%s/%d", h.Address, Prefix), "dev", "eth0"},
+		{"-n", h.Netns, "addr", "add", netip.PrefixFrom(h.Address, b.Subnet.Bits()).String(), "dev", "eth0"},
 		{"-n", h.Netns, "link", "set", "eth0", "up"},
 	}
 	for _, args := range steps {
@@ -158,7 +155,8 @@ func (h *Host) Run(ctx context.Context, name string, args ...string) (string, er
 }
 
 // DialContext connects from inside the host's network namespace, as a
-// process on that host would. Use it as http.Transport.DialContext.
+// process on that host would. Use it as http.Transport.DialContext. Give it
+// IP addresses: names would be resolved the machine's way.
 func (h *Host) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	type result struct {
 		conn net.Conn
@@ -169,38 +167,40 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 	// it, so create it on a locked thread switched into the host's namespace.
 	go func() {
 		runtime.LockOSThread()
-		conn, err := h.dialInNetns(ctx, network, address)
+		conn, err, tainted := h.dialInNetns(ctx, network, address)
+		// A thread that could not switch back ends with this goroutine.
+		if !tainted {
+			runtime.UnlockOSThread()
+		}
 		ch <- result{conn, err}
 	}()
 	r := <-ch
 	return r.conn, r.err
 }
 
-// dialInNetns runs on a locked thread. It unlocks it only when the thread is
-// back in its own namespace; otherwise the thread ends with the goroutine.
-func (h *Host) dialInNetns(ctx context.Context, network, address string) (net.Conn, error) {
+// dialInNetns runs on a locked thread; tainted reports that the thread is
+// left in the host's namespace.
+func (h *Host) dialInNetns(ctx context.Context, network, address string) (conn net.Conn, err error, tainted bool) {
 	orig, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
-		return nil, fmt.Errorf("%s: dial %s: %w", h.Name, address, err)
+		return nil, fmt.Errorf("%s: dial %s: %w", h.Name, address, err), false
 	}
 	defer orig.Close()
 	target, err := os.Open(h.netnsPath())
 	if err != nil {
-		return nil, fmt.Errorf("%s: dial %s: %w", h.Name, address, err)
+		return nil, fmt.Errorf("%s: dial %s: %w", h.Name, address, err), false
 	}
 	defer target.Close()
 	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("%s: dial %s: enter network namespace: %w", h.Name, address, err)
+		return nil, fmt.Errorf("%s: dial %s: enter network namespace: %w", h.Name, address, err), false
 	}
 	var d net.Dialer
 	conn, dialErr := d.DialContext(ctx, network, address)
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
-		runtime.UnlockOSThread()
-	}
+	tainted = unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) != nil
 	if dialErr != nil {
-		return nil, fmt.Errorf("%s: %w", h.Name, dialErr)
+		return nil, fmt.Errorf("%s: %w", h.Name, dialErr), tainted
 	}
-	return conn, nil
+	return conn, nil, tainted
 }
 
 // LXD returns the client connected to the host's daemon over its unix
@@ -233,9 +233,10 @@ func (h *Host) StartLXD(ctx context.Context) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a ^C to `go test` does not reach it directly.
 	// Pdeathsig: if the test binary dies without cleanup (timeout), so does
-	// the daemon.
+	// the daemon. It fires when the forking *thread* ends, so the fork runs
+	// on the bed's spawner thread, which lives as long as the bed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := h.bed.spawner.start(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("%s: start lxd: %w", h.Name, err)
 	}
