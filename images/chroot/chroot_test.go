@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/chroot"
+	"github.com/sovereign-stack/ssbuild/images/rootfs"
 	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
@@ -104,9 +106,12 @@ func TestInstallPackage(t *testing.T) {
 	if len(lists)+len(debs) > 0 {
 		t.Errorf("apt lists or downloaded packages left in the image: %v %v", lists, debs)
 	}
-	status, _ := os.ReadFile(filepath.Join(root, "var/lib/dpkg/status"))
-	if !strings.Contains(string(status), "Package: cron\n") {
-		t.Errorf("cron not in the image's dpkg status after Close")
+	pkgs, err := rootfs.Packages(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(pkgs, func(p rootfs.Package) bool { return p.Name == "cron" }) {
+		t.Errorf("cron not in the image's package list after Close")
 	}
 }
 

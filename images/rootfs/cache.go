@@ -26,10 +26,10 @@ type cache struct{ dir string }
 
 // entry is what entry.json records.
 type entry struct {
-	Inputs       cacheInputs `json:"inputs"`
-	Created      time.Time   `json:"created"`
-	SizeBytes    int64       `json:"size_bytes"`
-	BuildSeconds float64     `json:"build_seconds"`
+	Inputs       Inputs    `json:"inputs"`
+	Created      time.Time `json:"created"`
+	SizeBytes    int64     `json:"size_bytes"`
+	BuildSeconds float64   `json:"build_seconds"`
 }
 
 func (c cache) entryDir(key string) string { return filepath.Join(c.dir, key) }

@@ -49,7 +49,7 @@ func (b *Builder) Debootstrap(ctx context.Context, spec Debootstrap, dest string
 	}
 	defer unlock()
 
-	res := Result{Dir: dest, CacheKey: key}
+	res := Result{Dir: dest, CacheKey: key, Inputs: &inputs}
 	ent, ok, err := c.lookup(key)
 	if err != nil {
 		return Result{}, err
@@ -70,12 +70,14 @@ func (b *Builder) Debootstrap(ctx context.Context, spec Debootstrap, dest string
 	if err := b.copyTree(ctx, c.rootfs(key), dest, ent.SizeBytes); err != nil {
 		return Result{}, err
 	}
+	res.BuiltAt = ent.Created
 	return res, nil
 }
 
-// cacheInputs is everything that decides what debootstrap produces; its
-// digest is the cache key.
-type cacheInputs struct {
+// Inputs is everything that decides what debootstrap produces, resolved
+// (architecture, keyring digest, debootstrap version); its digest is the
+// cache key, and it is the tree's provenance for a build manifest.
+type Inputs struct {
 	Format         int      `json:"format"`
 	Suite          string   `json:"suite"`
 	Mirror         string   `json:"mirror"`
@@ -88,8 +90,8 @@ type cacheInputs struct {
 	DebootstrapVer string   `json:"debootstrap_version"`
 }
 
-func resolveInputs(ctx context.Context, spec Debootstrap) (cacheInputs, error) {
-	in := cacheInputs{
+func resolveInputs(ctx context.Context, spec Debootstrap) (Inputs, error) {
+	in := Inputs{
 		Format:     cacheFormat,
 		Suite:      spec.Suite,
 		Mirror:     spec.Mirror,
@@ -121,13 +123,13 @@ func resolveInputs(ctx context.Context, spec Debootstrap) (cacheInputs, error) {
 	return in, nil
 }
 
-func (in cacheInputs) key() string {
+func (in Inputs) key() string {
 	b, _ := json.Marshal(in)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
 
-func (in cacheInputs) args(target string) []string {
+func (in Inputs) args(target string) []string {
 	var args []string
 	if in.Variant != "" {
 		args = append(args, "--variant="+in.Variant)
@@ -147,7 +149,7 @@ func (in cacheInputs) args(target string) []string {
 
 // buildEntry runs debootstrap into a temporary directory next to the entry
 // and renames it into place only when everything succeeded.
-func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debootstrap, in cacheInputs) (entry, error) {
+func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debootstrap, in Inputs) (entry, error) {
 	fail := func(err error) (entry, error) {
 		return entry{}, fmt.Errorf("debootstrap %s from %s: %w", spec.Suite, spec.Mirror, err)
 	}

@@ -53,7 +53,25 @@ func TestDebootstrapBookwormIsCached(t *testing.T) {
 		t.Errorf("no progress for the copy step in:\n%s", log.String())
 	}
 
+	if second.Inputs == nil || !strings.HasPrefix(second.Inputs.DebootstrapVer, "debootstrap ") ||
+		second.Inputs.KeyringSHA256 == "" || second.BuiltAt.IsZero() {
+		t.Errorf("result lacks provenance: %+v", second)
+	}
+
 	root := second.Dir
+	pkgs, err := rootfs.Packages(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var baseFiles string
+	for _, p := range pkgs {
+		if p.Name == "base-files" {
+			baseFiles = p.Version
+		}
+	}
+	if !strings.HasPrefix(baseFiles, "12") || len(pkgs) < 50 {
+		t.Errorf("package list of the tree: %d packages, base-files %q; want bookworm's (12.x)", len(pkgs), baseFiles)
+	}
 	osRelease, err := os.ReadFile(filepath.Join(root, "etc/os-release"))
 	if err != nil {
 		t.Fatal(err)

@@ -52,6 +52,10 @@ type Result struct {
 	Dir      string // the root filesystem, owned by the caller
 	CacheHit bool   // debootstrap was skipped: the tree came from the cache
 	CacheKey string // the cache entry's key (debootstrap only)
+	// Provenance, for the build manifest.
+	Inputs  *Inputs   // debootstrap: what the tree was built from
+	BuiltAt time.Time // debootstrap: when it ran (before now on a cache hit)
+	SHA256  string    // tarball: the verified digest
 }
 
 func (b *Builder) progress() *progress.Reporter {

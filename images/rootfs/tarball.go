@@ -60,7 +60,7 @@ func (b *Builder) Unpack(ctx context.Context, tb Tarball, dest string) (Result, 
 	if err := b.extract(ctx, f, tb.Path, info.Size(), dest); err != nil {
 		return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.Path, err)
 	}
-	return Result{Dir: dest}, nil
+	return Result{Dir: dest, SHA256: want}, nil
 }
 
 // extract unpacks the (already verified) open file into a temp dir next to
