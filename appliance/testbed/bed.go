@@ -7,6 +7,26 @@
 // links, directories), so parallel beds never collide, and Close removes
 // exactly that: daemons by PID, the dnsmasq each LXD network starts, the
 // namespaces with every link in them, the bridge, the mounts and the files.
+// Running containers are force-stopped through LXD, else killed with their
+// cgroups. New also removes beds left by killed test runs (RemoveStale).
+//
+// What a host looks like from inside (Host.Command, Host.Run, DialContext):
+// eth0 with Address/24 on the bed's bridge, lo, and whatever LXD makes; its
+// hostname is its Name (LXD's server name); /sys belongs to its network
+// namespace and /sys/fs/cgroup is the machine's cgroup2 root. The rest of
+// the file system is the machine's: give a host files through Host.Dir.
+//
+// Things to know on Debian's LXD 5.0.2 with the pinned client:
+//   - Joining a cluster over the API: put the whole join token in
+//     ClusterPut.ClusterPassword. The client refuses ClusterToken without
+//     the explicit_trust_token extension, and sent raw, 5.0.2 fails the
+//     join with "Failed to update cluster trust ... not authorized". See
+//     joinCluster in cluster_test.go; `lxd init --preseed` with
+//     cluster_token also works.
+//   - Containers of different hosts share the machine's cgroup tree; LXC
+//     names a second "www" lxc.payload.www-1, so equal names still work.
+//   - LXD logs "Failed enabling VLAN filtering" here: the kernel lacks
+//     bridge VLAN filtering. Harmless unless a test needs VLANs.
 package testbed
 
 import (
