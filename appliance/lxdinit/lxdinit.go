@@ -3,6 +3,11 @@
 // instances to both. Each step reads the current state first and changes
 // only what differs, so running Apply again after a crash at any point
 // converges instead of failing on what the first run already did.
+//
+// It runs on a standalone server, before the host joins or bootstraps a
+// cluster; a joiner initialised the same way joins fine, and a re-run on a
+// cluster member finds everything in place. Creating a pool or network on
+// a cluster (pending per member) is the cluster step's job, not this one's.
 package lxdinit
 
 import (
