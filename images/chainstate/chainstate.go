@@ -1,0 +1,110 @@
+// Package chainstate packs a recipe's Bitcoin chainstate (a pruned datadir,
+// as a directory or a plain/gzip tarball, or an AssumeUTXO snapshot file)
+// into an artifact that LXD imports as a custom storage volume, and verifies
+// such an artifact before use.
+//
+// The artifact is exactly what `lxc storage volume export --compression none`
+// writes for a custom filesystem volume (checked against LXD 5.0.2): an
+// uncompressed tar with
+//
+//	backup/index.yaml           type custom; the volume's user.ssbuild.* config
+//	                            says network, kind, source and snapshot header
+//	backup/volume/              the volume root:
+//	backup/volume/...           the datadir's files, or the snapshot file
+//	backup/volume/.ssbuild-chainstate.sha256   the manifest, last
+//
+// so a host imports it once (`lxc storage volume import POOL FILE [NAME]`,
+// or the client's CreateStoragePoolVolumeFromBackup) and every deployment
+// gets its own copy with `lxc storage volume copy`, which on ZFS is a
+// snapshot clone and takes no time and no space. Chainstate data is already
+// compressed (LevelDB) or random (block files, hashes), so the tar is not.
+//
+// The manifest lists every regular file with its sha256 (see Manifest). Its
+// own sha256 (Artifact.ManifestSHA256) is what a deployment pins: Verify
+// with VerifyOptions.ManifestSHA256 then also catches a manifest rewritten
+// to match changed files. For a directory source the recipe's sha256 is this
+// same manifest digest; for a tarball or snapshot it is the file's sha256.
+//
+// The artifact is reproducible: entries in a fixed order, every mtime the
+// given SOURCE_DATE_EPOCH, owner 0:0 without names, modes 0644/0755.
+package chainstate
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Kinds of chainstate, as in the recipe.
+const (
+	KindPrunedDatadir = "pruned-datadir"
+	KindAssumeUTXO    = "assumeutxo"
+)
+
+// Volume config keys written into backup/index.yaml. LXD keeps user.* keys on
+// import, so `lxc storage volume show` tells what a volume holds.
+const (
+	keyNetwork       = "user.ssbuild.network"
+	keyKind          = "user.ssbuild.kind"
+	keySource        = "user.ssbuild.source"
+	keySnapshotHash  = "user.ssbuild.snapshot.base-blockhash"
+	keySnapshotCoins = "user.ssbuild.snapshot.coins"
+)
+
+// Options say what to pack and where.
+type Options struct {
+	Chainstate recipes.Chainstate
+	// BaseDir resolves a relative Chainstate.Source (the recipe's directory).
+	BaseDir string
+	// Output is the artifact's path, e.g. out/chainstate-mainnet.tar.
+	Output string
+	// VolumeName is the custom volume's name in the artifact; default
+	// "chainstate-<network>". `lxc storage volume import` can rename it.
+	VolumeName string
+	// SourceDateEpoch is stamped as the mtime of every entry (seconds since
+	// 1970). The caller resolves SOURCE_DATE_EPOCH and the recipe's setting.
+	SourceDateEpoch int64
+	// Progress reports the long steps in bytes; nil reports nothing.
+	Progress *progress.Reporter
+}
+
+// Artifact describes a packed (or verified) chainstate artifact.
+type Artifact struct {
+	Path   string
+	SHA256 string // of the artifact file
+	Size   int64  // of the artifact file
+
+	Volume  string // custom volume name
+	Network string
+	Kind    string
+	Source  string // base name of the source
+
+	ManifestSHA256 string // sha256 of the manifest, to pin
+	Files          int    // regular files in the volume (without the manifest)
+	Bytes          int64  // their total size
+
+	Snapshot *SnapshotHeader // for an AssumeUTXO snapshot
+}
+
+func (o Options) volumeName() string {
+	if o.VolumeName != "" {
+		return o.VolumeName
+	}
+	return "chainstate-" + o.Chainstate.Network
+}
+
+func (o Options) mtime() time.Time { return time.Unix(o.SourceDateEpoch, 0).UTC() }
+
+func checkRecipeDigest(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	d := strings.ToLower(strings.TrimPrefix(s, "sha256:"))
+	if !isHexDigest(d) {
+		return "", fmt.Errorf("sha256 %q: want 64 hex digits", s)
+	}
+	return d, nil
+}
