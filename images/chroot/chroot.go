@@ -37,6 +37,7 @@ type Session struct {
 	opts     Options
 	mounted  []string // in mount order; unmounted in reverse
 	restores []restore
+	opened   bool // Open finished: Close also cleans the tree for the image
 
 	closeOnce sync.Once
 	closeErr  error
@@ -86,6 +87,7 @@ func Open(ctx context.Context, root string, opts Options) (*Session, error) {
 			return nil, errors.Join(fmt.Errorf("chroot %s: %s: %w", abs, st.name, err), s.Close())
 		}
 	}
+	s.opened = true
 	return s, nil
 }
 
@@ -157,11 +159,13 @@ func (s *Session) Close() error {
 				errs = append(errs, fmt.Errorf("restore %s: %w", s.restores[i].name, err))
 			}
 		}
-		if err := s.cleanApt(); err != nil {
-			errs = append(errs, err)
-		}
-		if err := s.removeMachineIdentity(); err != nil {
-			errs = append(errs, err)
+		if s.opened { // a tree Open refused is left as it was
+			if err := s.cleanApt(); err != nil {
+				errs = append(errs, err)
+			}
+			if err := s.removeMachineIdentity(); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if err := killProcessesIn(s.root); err != nil {
 			errs = append(errs, err)

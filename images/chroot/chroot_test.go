@@ -137,6 +137,30 @@ func TestFailedInstallNamesStepAndUnmounts(t *testing.T) {
 	assertNothingMounted(t, root)
 }
 
+// The tree's mirror is unreachable: the error names apt-get update and the
+// source, not a later "Unable to locate package".
+func TestInstallFromUnreachableMirror(t *testing.T) {
+	root := rootfstest.Dir(t)
+	s := open(t, root, chroot.Options{})
+	if err := s.WriteFile("/etc/apt/sources.list", []byte("deb http://127.0.0.1:9/debian bookworm main\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Install(context.Background(), "cron")
+	if err == nil {
+		t.Fatal("install from an unreachable mirror succeeded")
+	}
+	t.Logf("error: %v", err)
+	for _, want := range []string{"apt-get update", "http://127.0.0.1:9/debian"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q: %v", want, err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingMounted(t, root)
+}
+
 // Ctrl-C (context cancel) in the middle of a command, with a process left
 // running in the background inside the tree: Close still leaves no mount
 // and no process behind.

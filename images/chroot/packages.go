@@ -24,7 +24,10 @@ func (s *Session) Install(ctx context.Context, packages ...string) error {
 	list := strings.Join(packages, " ")
 
 	task := rep.Start("apt-get update", 0, "")
-	_, err := s.RunWith(ctx, command.Cmd{}, "apt-get", "update", "-q")
+	// --error-on=any: without it apt-get update exits 0 when a source
+	// cannot be fetched, and the failure shows up later as a confusing
+	// "Unable to locate package".
+	_, err := s.RunWith(ctx, command.Cmd{}, "apt-get", "update", "-q", "--error-on=any")
 	task.Done(err)
 	if err != nil {
 		return fmt.Errorf("install packages (%s): apt-get update: %w", list, err)
