@@ -214,3 +214,178 @@ func run(t *testing.T, d *testdocker.Daemon, ref string, args ...string) string 
 	}
 	return stdout.String()
 }
+
+// TestWrongPinRefused: a pin that matches neither the image ID nor a repo
+// digest stops the save before anything is written.
+func TestWrongPinRefused(t *testing.T) {
+	a, ids := source(t)
+	dir := filepath.Join(t.TempDir(), "images")
+	wrong := "sha256:" + strings.Repeat("ab", 32)
+	_, err := dockerpreload.Save(context.Background(), a.Client,
+		[]dockerpreload.Image{{Ref: refOne, Digest: ids[refOne]}, {Ref: refTwo, Digest: wrong}}, dir, nil)
+	if err == nil {
+		t.Fatal("Save accepted a wrong pin")
+	}
+	for _, want := range []string{refTwo, wrong, ids[refTwo]} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+	if got := listDir(t, dir); len(got) != 0 {
+		t.Errorf("a refused save wrote %v", got)
+	}
+	if _, err := dockerpreload.ReadManifest(dir); err == nil {
+		t.Error("a refused save left a manifest")
+	}
+}
+
+// TestInterruptedSaveIsNotComplete: a save cancelled after its first archive
+// leaves no manifest, also where an earlier save had left one.
+func TestInterruptedSaveIsNotComplete(t *testing.T) {
+	a, _ := source(t)
+	dir := filepath.Join(t.TempDir(), "images")
+	images := []dockerpreload.Image{{Ref: refOne}, {Ref: refTwo}}
+	if _, err := dockerpreload.Save(context.Background(), a.Client, images, dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := &events{onDone: func(progress.Event) { cancel() }}
+	_, err := dockerpreload.Save(ctx, a.Client, images, dir, progress.New(ev, progress.JSON))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Save after cancel: %v, want context canceled", err)
+	}
+	if _, err := dockerpreload.ReadManifest(dir); err == nil {
+		t.Errorf("interrupted save left a manifest; directory holds %v", listDir(t, dir))
+	}
+	for _, name := range listDir(t, dir) {
+		if strings.HasSuffix(name, ".partial") {
+			t.Errorf("interrupted save left %s", name)
+		}
+	}
+}
+
+// TestPullFromUnreachableRegistry: an image the daemon lacks is pulled; with
+// no registry there, the error names the image.
+func TestPullFromUnreachableRegistry(t *testing.T) {
+	testenv.Short(t)
+	a := testdocker.Start(t)
+	// Port 1 on loopback: nothing listens, the daemon's pull fails at once.
+	ref := "127.0.0.1:1/ssbuild-test/absent:1"
+	dir := filepath.Join(t.TempDir(), "images")
+	_, err := dockerpreload.Save(context.Background(), a.Client, []dockerpreload.Image{{Ref: ref}}, dir, nil)
+	if err == nil || !strings.Contains(err.Error(), ref) || !strings.Contains(err.Error(), "pull") {
+		t.Fatalf("Save of an image on an unreachable registry: %v; want an error naming %s and the pull", err, ref)
+	}
+	t.Logf("error: %v", err)
+	if got := listDir(t, dir); len(got) != 0 {
+		t.Errorf("a failed save wrote %v", got)
+	}
+}
+
+// TestCorruptedArchiveRefused: one flipped byte in an archive stops the load
+// before the daemon gets it, naming the file; no stamp is written.
+func TestCorruptedArchiveRefused(t *testing.T) {
+	dir, _ := saved(t)
+	m, err := dockerpreload.ReadManifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, m.Images[1].File)
+	b, err := os.ReadFile(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(bad, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := testdocker.Start(t)
+	ctx := context.Background()
+	err = dockerpreload.LoadAll(ctx, d.Client, dir, nil)
+	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "corrupted") {
+		t.Fatalf("LoadAll with a corrupted archive: %v; want an error naming %s", err, bad)
+	}
+	if _, err := d.Client.ImageInspect(ctx, m.Images[1].Ref); err == nil {
+		t.Errorf("%s was loaded from a corrupted archive", m.Images[1].Ref)
+	}
+	if _, err := os.Stat(filepath.Join(dir, dockerpreload.StampName)); err == nil {
+		t.Error("stamp written although an image was refused")
+	}
+}
+
+// TestLoadResumesAfterInterruption: a first boot cut off after the first
+// image; the next run loads the rest, skipping what is in.
+func TestLoadResumesAfterInterruption(t *testing.T) {
+	dir, ids := saved(t)
+	d := testdocker.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := &events{onDone: func(progress.Event) { cancel() }}
+	if err := dockerpreload.LoadAll(ctx, d.Client, dir, progress.New(ev, progress.JSON)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted LoadAll: %v, want context canceled", err)
+	}
+	bg := context.Background()
+	if _, err := d.Client.ImageInspect(bg, refOne); err != nil {
+		t.Fatalf("first image not loaded before the interruption: %v", err)
+	}
+	if _, err := d.Client.ImageInspect(bg, refTwo); err == nil {
+		t.Fatal("second image loaded although LoadAll was cancelled before it")
+	}
+	if _, err := os.Stat(filepath.Join(dir, dockerpreload.StampName)); err == nil {
+		t.Fatal("stamp written by an interrupted LoadAll")
+	}
+
+	var again events
+	if err := dockerpreload.LoadAll(bg, d.Client, dir, progress.New(&again, progress.JSON)); err != nil {
+		t.Fatalf("LoadAll after the interruption: %v", err)
+	}
+	for ref, id := range ids {
+		if got, err := d.Client.ImageInspect(bg, ref); err != nil || got.ID != id {
+			t.Errorf("%s after the re-run: %s (%v), want %s", ref, got.ID, err, id)
+		}
+	}
+	if s := again.String(); !strings.Contains(s, refOne+": already loaded") || strings.Contains(s, "load docker image "+refOne) {
+		t.Errorf("re-run did not skip %s:\n%s", refOne, s)
+	}
+	if _, err := os.Stat(filepath.Join(dir, dockerpreload.StampName)); err != nil {
+		t.Errorf("no stamp after the re-run: %v", err)
+	}
+}
+
+// TestManifestFileNamesStayInDir: a manifest cannot make LoadAll read
+// outside its directory.
+func TestManifestFileNamesStayInDir(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"../etc/passwd", "/etc/passwd", ".loaded", ""} {
+		m := dockerpreload.Manifest{Version: 1, Images: []dockerpreload.Entry{{
+			Ref: refOne, ImageID: "sha256:" + strings.Repeat("0", 64), File: name, SHA256: strings.Repeat("0", 64)}}}
+		b, _ := json.Marshal(m)
+		if err := os.WriteFile(filepath.Join(dir, dockerpreload.ManifestName), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dockerpreload.ReadManifest(dir); err == nil || !strings.Contains(err.Error(), "bad file name") {
+			t.Errorf("file %q: ReadManifest: %v, want bad file name", name, err)
+		}
+	}
+}
+
+// TestUnit: the unit runs once, after Docker, with the stamp as condition.
+func TestUnit(t *testing.T) {
+	u := dockerpreload.Unit("/usr/local/bin/ssbuild", dockerpreload.DefaultDir)
+	for _, want := range []string{
+		"Type=oneshot\n",
+		"Requires=docker.service\n",
+		"After=docker.service\n",
+		"ConditionPathExists=!/var/lib/ssbuild/docker-images/.loaded\n",
+		"ExecStart=/usr/local/bin/ssbuild " + dockerpreload.LoadCommand + " --dir /var/lib/ssbuild/docker-images\n",
+		"WantedBy=multi-user.target\n",
+	} {
+		if !strings.Contains(u, want) {
+			t.Errorf("unit lacks %q:\n%s", want, u)
+		}
+	}
+	if strings.Contains(u, "@") {
+		t.Errorf("unit has an unreplaced placeholder:\n%s", u)
+	}
+}
