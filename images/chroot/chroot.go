@@ -60,6 +60,9 @@ func Open(ctx context.Context, root string, opts Options) (*Session, error) {
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = real
 	}
+	if abs == "/" {
+		return nil, errors.New("chroot: refusing to use the build machine's own / as the tree")
+	}
 	if _, err := os.Stat(filepath.Join(abs, "usr/bin")); err != nil {
 		return nil, fmt.Errorf("chroot %s: not a root filesystem: %w", abs, err)
 	}
@@ -80,10 +83,11 @@ func Open(ctx context.Context, root string, opts Options) (*Session, error) {
 		{"set up resolv.conf", s.provideDNS},
 	}
 	for _, st := range steps {
-		if err := ctx.Err(); err != nil {
-			return nil, errors.Join(fmt.Errorf("chroot %s: %s: %w", abs, st.name, err), s.Close())
+		err := ctx.Err()
+		if err == nil {
+			err = st.do()
 		}
-		if err := st.do(); err != nil {
+		if err != nil {
 			return nil, errors.Join(fmt.Errorf("chroot %s: %s: %w", abs, st.name, err), s.Close())
 		}
 	}

@@ -69,6 +69,9 @@ func Unmount(target string) error {
 // UnmountAll unmounts everything at or below dir, deepest first, and checks
 // that nothing is left.
 func UnmountAll(dir string) error {
+	if err := refuseWholeMachine(dir); err != nil {
+		return err
+	}
 	var errs []error
 	// Two rounds: a lazy detach of a parent also takes its children, and a
 	// mount made under dir while we worked gets a second chance.
@@ -102,6 +105,9 @@ func UnmountAll(dir string) error {
 // remove anything while a mount remains, since removing through a bind mount
 // of /dev or / would delete host files.
 func RemoveTree(dir string) error {
+	if err := refuseWholeMachine(dir); err != nil {
+		return err
+	}
 	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -110,6 +116,15 @@ func RemoveTree(dir string) error {
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// refuseWholeMachine guards UnmountAll and RemoveTree against a tree path
+// that resolves to / (an empty setting joined into a path, a "..").
+func refuseWholeMachine(dir string) error {
+	if real, err := realPath(dir); err != nil || real == "/" {
+		return fmt.Errorf("refusing to unmount or remove everything under %q", dir)
 	}
 	return nil
 }

@@ -74,3 +74,16 @@ func TestRemoveTreeNeverRemovesThroughMounts(t *testing.T) {
 		t.Errorf("mounts left: %v", left)
 	}
 }
+
+// Tested on the guard itself: a regression must not get to unmount or
+// remove the test machine.
+func TestRefusesTheWholeMachine(t *testing.T) {
+	for _, dir := range []string{"/", "/.", "//", "/tmp/.."} {
+		if err := refuseWholeMachine(dir); err == nil {
+			t.Errorf("refuseWholeMachine(%q) accepted it", dir)
+		}
+	}
+	if err := refuseWholeMachine(t.TempDir()); err != nil {
+		t.Errorf("a temp dir was refused: %v", err)
+	}
+}
