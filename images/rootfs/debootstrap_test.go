@@ -130,6 +130,31 @@ func TestDebootstrapUnreachableMirror(t *testing.T) {
 	}
 }
 
+// Packages that cannot be verified are never installed: a suite without a
+// keyring on the build machine (Ubuntu's on Debian) is refused up front.
+func TestDebootstrapRefusesUnverifiedSuite(t *testing.T) {
+	rootfstest.Require(t)
+	cacheDir := t.TempDir()
+	b := rootfs.Builder{CacheDir: cacheDir}
+	spec := rootfs.Debootstrap{Suite: "jammy", Mirror: "http://127.0.0.1:9/ubuntu", Variant: "minbase",
+		Keyring: filepath.Join(t.TempDir(), "missing.gpg")}
+	_, err := b.Debootstrap(context.Background(), spec, filepath.Join(t.TempDir(), "rootfs"))
+	if err == nil || !strings.Contains(err.Error(), "keyring") {
+		t.Fatalf("missing keyring file: want an error about the keyring, got %v", err)
+	}
+	if _, statErr := os.Stat("/usr/share/keyrings/ubuntu-archive-keyring.gpg"); statErr == nil {
+		return // this machine can verify jammy; the default-keyring case does not apply
+	}
+	spec.Keyring = ""
+	_, err = b.Debootstrap(context.Background(), spec, filepath.Join(t.TempDir(), "rootfs"))
+	if err == nil || !strings.Contains(err.Error(), "Keyring-based check was requested") ||
+		!strings.Contains(err.Error(), "ubuntu-archive-keyring.gpg") {
+		t.Fatalf("no keyring for jammy: want debootstrap's refusal naming the keyring, got %v", err)
+	}
+	t.Logf("error: %v", err)
+	assertNoEntry(t, cacheDir)
+}
+
 // A build cancelled while debootstrap has proc and sys mounted in its
 // target (Ctrl-C in the middle of the second stage) leaves no mount, no
 // temp dir and no cache entry.
