@@ -286,13 +286,23 @@ func ImportBusybox(t testing.TB, c *client.Client, ref, marker string) string {
 	if err != nil {
 		t.Fatalf("testdocker: %v", err)
 	}
+	return Import(t, c, ref, bytes.NewReader(rootfs(t, bin, marker)))
+}
+
+// Import makes an image named ref whose only layer is the rootfs tarball,
+// like `docker import`, and returns its image ID.
+func Import(t testing.TB, c *client.Client, ref string, tarball io.Reader) string {
+	t.Helper()
 	ctx := context.Background()
-	body, err := c.ImageImport(ctx, image.ImportSource{Source: bytes.NewReader(rootfs(t, bin, marker)), SourceName: "-"}, ref, image.ImportOptions{})
+	body, err := c.ImageImport(ctx, image.ImportSource{Source: tarball, SourceName: "-"}, ref, image.ImportOptions{})
 	if err != nil {
 		t.Fatalf("testdocker: import %s: %v", ref, err)
 	}
-	_, _ = io.Copy(io.Discard, body)
+	_, err = io.Copy(io.Discard, body)
 	body.Close()
+	if err != nil {
+		t.Fatalf("testdocker: import %s: %v", ref, err)
+	}
 	inspect, err := c.ImageInspect(ctx, ref)
 	if err != nil {
 		t.Fatalf("testdocker: inspect imported %s: %v", ref, err)
