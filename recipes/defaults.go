@@ -46,9 +46,10 @@ func applyDefaults(r *Recipe) {
 			setList(&src.Components, "main", "universe")
 		}
 	}
-	// What every site instance needs: Docker for the stacks, cloud-init for
-	// LXD's user-data, SSH for the owner.
-	setList(&img.Packages, "docker.io", "cloud-init", "openssh-server", "ca-certificates")
+	// What every site instance needs: an init to boot (debootstrap's
+	// minbase has none), Docker for the stacks, cloud-init for LXD's
+	// user-data, SSH for the owner.
+	setList(&img.Packages, "systemd-sysv", "docker.io", "cloud-init", "openssh-server", "ca-certificates")
 	setList(&img.Output.Formats, "container", "vm")
 	if img.DockerImages == nil {
 		img.DockerImages = []DockerImage{}
