@@ -50,10 +50,17 @@ type proc struct {
 	exited chan struct{}
 }
 
-// containerdConfig keeps containerd away from /etc/containerd/config.toml and
-// drops the CRI plugin, which would look for CNI and other host state.
+// containerdConfig keeps containerd away from /etc/containerd/config.toml,
+// drops the CRI plugin (it looks for CNI and other host state) and moves the
+// opt plugin's directory out of /opt/containerd. What stays outside Dir:
+// containerd 1.6 puts shim sockets in /run/containerd/s (named by a hash of
+// our socket path, so they never collide, and removed with the shims) and
+// dockerd creates an empty /run/docker/plugins.
 const containerdConfig = `version = 2
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
 `
 
 // Start starts a daemon for t and returns it connected. It skips (fails in
@@ -76,7 +83,9 @@ func Start(t testing.TB) *Daemon {
 	return d
 }
 
-func start() (*Daemon, error) {
+// start starts containerd and dockerd; extra goes to dockerd (for tests of
+// this package).
+func start(extra ...string) (*Daemon, error) {
 	// A short path under /tmp: unix socket paths are limited to 108 bytes,
 	// t.TempDir names can be longer.
 	dir, err := os.MkdirTemp("", "ssdocker-")
@@ -84,10 +93,14 @@ func start() (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{Dir: dir, Socket: filepath.Join(dir, "docker.sock"), Log: filepath.Join(dir, "dockerd.log")}
-	if err := os.WriteFile(filepath.Join(dir, "containerd.toml"), []byte(containerdConfig), 0o644); err != nil {
+	ctrdConfig := fmt.Sprintf(containerdConfig, filepath.Join(dir, "containerd-opt"))
+	if err := os.WriteFile(filepath.Join(dir, "containerd.toml"), []byte(ctrdConfig), 0o644); err != nil {
 		return d, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte("{}\n"), 0o644); err != nil {
+	// dockerd 20.10 would otherwise create its trust key in /etc/docker,
+	// next to the system daemon's.
+	daemonJSON := fmt.Sprintf("{%q: %q}\n", "deprecated-key-path", filepath.Join(dir, "key.json"))
+	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte(daemonJSON), 0o644); err != nil {
 		return d, err
 	}
 	ctrdSock := filepath.Join(dir, "containerd.sock")
@@ -104,15 +117,17 @@ func start() (*Daemon, error) {
 	if err := waitFor(func() bool { _, err := os.Stat(ctrdSock); return err == nil }, d.containerd); err != nil {
 		return d, fmt.Errorf("containerd did not start: %w", err)
 	}
-	d.dockerd, err = spawn(d.Log, "dockerd",
-		"--host", "unix://"+d.Socket,
+	args := []string{
+		"--host", "unix://" + d.Socket,
 		"--containerd", ctrdSock,
 		"--config-file", filepath.Join(dir, "daemon.json"),
 		"--data-root", filepath.Join(dir, "data"),
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"),
 		"--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
-		"--userland-proxy=false")
+		"--userland-proxy=false",
+	}
+	d.dockerd, err = spawn(d.Log, "dockerd", append(args, extra...)...)
 	if err != nil {
 		return d, err
 	}

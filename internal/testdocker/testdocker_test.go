@@ -3,7 +3,11 @@ package testdocker
 import (
 	"context"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
 )
 
 // TestStartImportStop: a daemon answers on its own socket, imports an image,
@@ -31,5 +35,38 @@ func TestStartImportStop(t *testing.T) {
 		default:
 			t.Fatalf("%s still running after Stop", p.cmd.Path)
 		}
+	}
+}
+
+// TestNothingOutsideDir: the daemon writes only below its own directory, not
+// its trust key in /etc/docker.
+func TestNothingOutsideDir(t *testing.T) {
+	d := Start(t)
+	if _, err := os.Stat(filepath.Join(d.Dir, "key.json")); err != nil {
+		t.Errorf("trust key not in the daemon's directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(d.Dir, "containerd-opt")); err != nil {
+		t.Errorf("containerd's opt directory not in the daemon's directory: %v", err)
+	}
+}
+
+// TestStartFailureShowsLog: a daemon that does not come up is reported with
+// the tail of its log, and Stop still cleans up.
+func TestStartFailureShowsLog(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "dockerd", "containerd")
+	d, err := start("--no-such-flag")
+	if d != nil {
+		defer func() {
+			if err := d.Stop(); err != nil {
+				t.Error(err)
+			}
+			if _, err := os.Stat(d.Dir); !os.IsNotExist(err) {
+				t.Errorf("%s left after Stop: %v", d.Dir, err)
+			}
+		}()
+	}
+	if err == nil || !strings.Contains(err.Error(), "dockerd did not start") || !strings.Contains(err.Error(), "no-such-flag") {
+		t.Fatalf("start with a bad flag: %v; want an error with dockerd's log", err)
 	}
 }
