@@ -389,3 +389,25 @@ func TestUnit(t *testing.T) {
 		t.Errorf("unit has an unreplaced placeholder:\n%s", u)
 	}
 }
+
+// TestSaveIsReproducible: saving the same images twice gives byte-identical
+// archives and manifests, which reproducible base images build on.
+func TestSaveIsReproducible(t *testing.T) {
+	a, _ := source(t)
+	images := []dockerpreload.Image{{Ref: refOne}, {Ref: refTwo}}
+	var manifests [2][]byte
+	for i := range manifests {
+		dir := filepath.Join(t.TempDir(), "images")
+		if _, err := dockerpreload.Save(context.Background(), a.Client, images, dir, nil); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, dockerpreload.ManifestName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		manifests[i] = b // it holds every archive's sha256
+	}
+	if !bytes.Equal(manifests[0], manifests[1]) {
+		t.Errorf("two saves differ:\n%s\n%s", manifests[0], manifests[1])
+	}
+}
