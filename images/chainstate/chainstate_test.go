@@ -505,3 +505,24 @@ func TestManifestCanonical(t *testing.T) {
 		t.Errorf("round trip: %v", err)
 	}
 }
+
+// A full disk fails the pack with the reason and leaves no artifact; the
+// output directory is a 1 MiB tmpfs, smaller than the datadir.
+func TestPackDiskFull(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "mount", "umount")
+	small := t.TempDir()
+	run(t, "", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small)
+	t.Cleanup(func() { run(t, "", "umount", small) })
+	src := makeDatadir(t) // ~550 KiB: make it bigger than the tmpfs
+	big := bytes.Repeat([]byte{1, 2, 3, 4}, 1<<18)
+	os.WriteFile(filepath.Join(src, "blocks", "blk00001.dat"), big, 0o600)
+	out := filepath.Join(small, "chainstate.tar")
+	_, err := chainstate.Pack(context.Background(), chainstate.Options{
+		Chainstate: recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: src}, Output: out,
+	})
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") || !strings.Contains(err.Error(), src) {
+		t.Fatalf("err = %v, want no space left naming %s", err, src)
+	}
+	assertNoArtifact(t, out)
+}

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -172,11 +173,18 @@ func writeAtomic(path string, a *Artifact, write func(io.Writer) error) (err err
 	}()
 	h := sha256.New()
 	cw := &countWriter{w: io.MultiWriter(f, h)}
-	bw := bufio.NewWriterSize(cw, 1<<20)
-	if err := write(bw); err != nil {
-		return err
+	// Writing and hashing the artifact run on their own goroutine, so they
+	// overlap with reading and hashing the source (two cores, not one).
+	aw := newAsyncWriter(cw)
+	bw := bufio.NewWriterSize(aw, 1<<20)
+	err = write(bw)
+	if err == nil {
+		err = bw.Flush()
 	}
-	if err := bw.Flush(); err != nil {
+	if cerr := aw.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
 	if err := f.Chmod(0o644); err != nil {
@@ -197,6 +205,60 @@ func writeAtomic(path string, a *Artifact, write func(io.Writer) error) (err err
 	}
 	a.Path, a.Size, a.SHA256 = path, cw.n, hex.EncodeToString(h.Sum(nil))
 	return nil
+}
+
+// asyncWriter hands each Write's bytes to a goroutine that writes them to
+// w. A write error stops the writing; later Writes and Close return it.
+type asyncWriter struct {
+	ch   chan []byte // filled buffers, in order
+	free chan []byte // buffers to reuse
+	done chan struct{}
+	mu   sync.Mutex
+	err  error
+}
+
+func newAsyncWriter(w io.Writer) *asyncWriter {
+	const depth = 4
+	a := &asyncWriter{ch: make(chan []byte, depth), free: make(chan []byte, depth+1), done: make(chan struct{})}
+	for range depth + 1 {
+		a.free <- nil
+	}
+	go func() {
+		defer close(a.done)
+		for b := range a.ch {
+			if a.error() == nil {
+				if _, err := w.Write(b); err != nil {
+					a.mu.Lock()
+					a.err = err
+					a.mu.Unlock()
+				}
+			}
+			a.free <- b
+		}
+	}()
+	return a
+}
+
+func (a *asyncWriter) error() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
+}
+
+func (a *asyncWriter) Write(p []byte) (int, error) {
+	if err := a.error(); err != nil {
+		return 0, err
+	}
+	b := <-a.free
+	a.ch <- append(b[:0], p...)
+	return len(p), nil
+}
+
+// Close waits until every queued byte is written; call it exactly once.
+func (a *asyncWriter) Close() error {
+	close(a.ch)
+	<-a.done
+	return a.error()
 }
 
 type countWriter struct {
