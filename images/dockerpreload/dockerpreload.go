@@ -40,6 +40,8 @@ import (
 	"github.com/distribution/reference"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 const (
@@ -198,4 +200,13 @@ func streamError(r io.Reader) error {
 			return errors.New(msg.Error)
 		}
 	}
+}
+
+// FromRecipe returns the images a recipe names, for Save.
+func FromRecipe(images []recipes.DockerImage) []Image {
+	out := make([]Image, len(images))
+	for i, img := range images {
+		out[i] = Image{Ref: img.Ref, Digest: img.Digest}
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -409,5 +410,25 @@ func TestSaveIsReproducible(t *testing.T) {
 	}
 	if !bytes.Equal(manifests[0], manifests[1]) {
 		t.Errorf("two saves differ:\n%s\n%s", manifests[0], manifests[1])
+	}
+}
+
+// TestResaveReplaces: saving a smaller set into a used directory leaves only
+// that set, and removes a stamp that would stop the unit from running.
+func TestResaveReplaces(t *testing.T) {
+	dir, _ := saved(t)
+	if err := os.WriteFile(filepath.Join(dir, dockerpreload.StampName), []byte("x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := testdocker.Start(t)
+	testdocker.ImportBusybox(t, a.Client, refTwo, "two")
+	m, err := dockerpreload.Save(context.Background(), a.Client, []dockerpreload.Image{{Ref: refTwo}}, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{dockerpreload.ManifestName, m.Images[0].File}
+	slices.Sort(want)
+	if got := listDir(t, dir); !slices.Equal(got, want) {
+		t.Errorf("directory holds %v, want %v", got, want)
 	}
 }

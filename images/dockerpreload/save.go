@@ -23,8 +23,9 @@ import (
 )
 
 // Save writes one archive per image and the manifest into outDir, which is
-// dedicated to the preload (created when missing). Images come from d, and
-// are pulled from their registry when d lacks them. Every image is found and
+// dedicated to the preload (created when missing; archives it no longer
+// lists are removed). Images come from d; one d lacks is pulled from its
+// registry by its ref, then its pin is checked. Every image is found and
 // its pin checked before anything is written; the manifest is written last
 // and atomically, after removing an older one, so an interrupted or failed
 // Save never leaves a directory that looks complete.
@@ -45,9 +46,14 @@ func Save(ctx context.Context, d Daemon, images []Image, outDir string, rep *pro
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return Manifest{}, fmt.Errorf("docker images: %w", err)
 	}
+	// An older manifest would vouch for archives about to change; a stamp
+	// (from a LoadAll run on this directory) would keep the instance's unit
+	// from ever running.
 	manifestPath := filepath.Join(outDir, ManifestName)
-	if err := os.Remove(manifestPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Manifest{}, fmt.Errorf("docker images: remove old manifest: %w", err)
+	for _, name := range []string{ManifestName, StampName} {
+		if err := os.Remove(filepath.Join(outDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return Manifest{}, fmt.Errorf("docker images: %w", err)
+		}
 	}
 	for i := range entries {
 		if err := saveArchive(ctx, d, &entries[i], outDir, rep); err != nil {
@@ -62,7 +68,31 @@ func Save(ctx context.Context, d Daemon, images []Image, outDir string, rep *pro
 	if err := writeFileAtomic(manifestPath, append(b, '\n')); err != nil {
 		return Manifest{}, fmt.Errorf("docker images: write manifest: %w", err)
 	}
+	if err := pruneArchives(outDir, entries); err != nil {
+		return Manifest{}, fmt.Errorf("docker images: %w", err)
+	}
 	return m, nil
+}
+
+// pruneArchives removes archives (and leftovers of interrupted saves) that
+// the manifest does not list, so an image dropped from the recipe does not
+// stay in the base image.
+func pruneArchives(dir string, keep []Entry) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, ent := range ents {
+		name := ent.Name()
+		ours := strings.HasSuffix(name, ".tar") || strings.HasSuffix(name, ".partial")
+		if !ours || slices.ContainsFunc(keep, func(e Entry) bool { return e.File == name }) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkImages checks refs and pins and returns the images sorted by ref, so
@@ -276,7 +306,10 @@ func (c archiveContent) holds(ref, id string) error {
 	if len(m) != 1 {
 		return fmt.Errorf("archive has %d images, want 1", len(m))
 	}
-	if got := "sha256:" + c.small[m[0].Config]; got != id {
+	// The classic image store's ID is the config's digest; the containerd
+	// store's is the manifest's (or index's), also a small file in the
+	// archive (blobs/sha256/...).
+	if got := "sha256:" + c.small[m[0].Config]; got != id && !c.hasDigest(id) {
 		return fmt.Errorf("archive holds image %s, want %s (did the tag move?)", got, id)
 	}
 	want, err := familiar(ref)
@@ -289,4 +322,14 @@ func (c archiveContent) holds(ref, id string) error {
 		}
 	}
 	return fmt.Errorf("archive tags %v do not include %s", m[0].RepoTags, want)
+}
+
+// hasDigest reports whether a small file of the archive has digest id.
+func (c archiveContent) hasDigest(id string) bool {
+	for _, sum := range c.small {
+		if "sha256:"+sum == id {
+			return true
+		}
+	}
+	return false
 }
