@@ -1,0 +1,113 @@
+package config_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+)
+
+const good = `host:
+  name: host2
+  address: 10.0.0.12
+cluster:
+  name: demo
+  initiator: host1
+  initiatorAddress: 10.0.0.11
+  members:
+    - {name: host1, address: 10.0.0.11}
+    - {name: host2, address: 10.0.0.12}
+  storage: {pool: local, driver: dir, source: /var/lib/ssbuild/pool}
+  networks:
+    - {name: lxdbr0, type: bridge, ipv4: 10.99.0.1/24}
+secretFile: /etc/ssbuild/cluster.secret
+stateDir: /var/lib/ssbuild
+`
+
+func TestParseGood(t *testing.T) {
+	a, err := config.Parse("appliance.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.IsInitiator() || a.Host.Name != "host2" || a.Cluster.RegistrationPort != config.DefaultRegistrationPort {
+		t.Errorf("unexpected: %+v", a)
+	}
+	if got := a.Cluster.RegistrationAddress(); got != "10.0.0.11:8444" {
+		t.Errorf("registration address %q", got)
+	}
+	// What Marshal writes loads back the same.
+	data, err := config.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := config.Parse("again.yaml", data)
+	if err != nil {
+		t.Fatalf("marshalled config does not load: %v\n%s", err, data)
+	}
+	if b.Cluster.Storage != a.Cluster.Storage || len(b.Cluster.Members) != 2 {
+		t.Errorf("round trip changed it: %+v", b)
+	}
+}
+
+func TestParseProblemsHaveLines(t *testing.T) {
+	for _, tc := range []struct{ name, from, to, want string }{
+		{"unknown key", "stateDir:", "statedir:", "appliance.yaml:15:"},
+		{"bad driver", "driver: dir", "driver: ext4", `appliance.yaml:11:34: cluster.storage.driver: "ext4"`},
+		{"host not member", "name: host2\n  address", "name: host9\n  address", `appliance.yaml:2:9: host.name: "host9" is not among`},
+		{"bad address", "address: 10.0.0.12\ncluster", "address: 10.0.0.12/24\ncluster", `appliance.yaml:3:12: host.address`},
+		{"wrong initiator address", "initiatorAddress: 10.0.0.11", "initiatorAddress: 10.0.0.13", `appliance.yaml:7:21: cluster.initiatorAddress`},
+		{"relative secret", "secretFile: /etc", "secretFile: etc", `appliance.yaml:14:13: secretFile`},
+		{"syntax", "members:", "members: [", "appliance.yaml:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(good, tc.from, tc.to, 1)
+			if src == good {
+				t.Fatalf("replacement %q not found", tc.from)
+			}
+			_, err := config.Parse("appliance.yaml", []byte(src))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestReadSecret(t *testing.T) {
+	dir := t.TempDir()
+	secret := []byte("correct horse battery staple")
+	path := filepath.Join(dir, "cluster.secret")
+	if err := config.WriteSecret(path, secret); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := os.Stat(path); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file mode: %v %v", info.Mode(), err)
+	}
+	if err := config.WriteSecret(path, secret); err == nil {
+		t.Fatal("WriteSecret overwrote an existing file")
+	}
+	got, err := config.ReadSecret(path)
+	if err != nil || string(got) != string(secret) {
+		t.Fatalf("ReadSecret: %q, %v", got, err)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o644} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		_, err := config.ReadSecret(path)
+		if err == nil {
+			t.Fatalf("mode %04o accepted", mode)
+		}
+		if strings.Contains(err.Error(), string(secret)) {
+			t.Fatalf("error reveals the secret: %v", err)
+		}
+	}
+	short := filepath.Join(dir, "short")
+	if err := config.WriteSecret(short, []byte("abc\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.ReadSecret(short); err == nil || strings.Contains(err.Error(), "abc") {
+		t.Fatalf("short secret: %v", err)
+	}
+}
