@@ -267,8 +267,8 @@ func TestPackSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Snapshot == nil || got.Snapshot.BaseBlockHash != h.BaseBlockHash || got.Source != "utxo-840000.dat" {
-		t.Errorf("Verify = %+v", got)
+	if got.Snapshot == nil || *got.Snapshot != *a.Snapshot || got.Source != "utxo-840000.dat" {
+		t.Errorf("Verify = %+v, snapshot %+v; want snapshot %+v", got, got.Snapshot, a.Snapshot)
 	}
 	// The volume holds the snapshot file itself, byte for byte.
 	x := t.TempDir()
@@ -525,4 +525,40 @@ func TestPackDiskFull(t *testing.T) {
 		t.Fatalf("err = %v, want no space left naming %s", err, src)
 	}
 	assertNoArtifact(t, out)
+}
+
+// Verify reads the snapshot's own header: a snapshot swapped for another
+// network's inside the artifact is refused, naming the file and networks.
+func TestVerifySnapshotNetworkInsideArtifact(t *testing.T) {
+	snap, _ := writeSnapshot(t, t.TempDir(), "utxo-840000.dat", "mainnet")
+	out := filepath.Join(t.TempDir(), "c.tar")
+	pack(t, recipes.Chainstate{Network: "mainnet", Kind: "assumeutxo", Source: snap}, out)
+	data, _ := os.ReadFile(out)
+	mainnet, _ := chainstate.NetworkMagic("mainnet")
+	testnet, _ := chainstate.NetworkMagic("testnet")
+	head := append([]byte("utxo\xff\x02\x00"), mainnet[:]...)
+	i := bytes.Index(data, head)
+	if i < 0 {
+		t.Fatal("snapshot header not found in the artifact")
+	}
+	copy(data[i+7:], testnet[:])
+	os.WriteFile(out, data, 0o644)
+	_, err := chainstate.Verify(context.Background(), out, chainstate.VerifyOptions{Network: "mainnet"})
+	if err == nil || !strings.Contains(err.Error(), "utxo-840000.dat: snapshot is for network testnet, the deployment's chain is mainnet") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestPackRefusesOutputInsideSource(t *testing.T) {
+	src := makeDatadir(t)
+	_, err := chainstate.Pack(context.Background(), chainstate.Options{
+		Chainstate: recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: src},
+		Output:     filepath.Join(src, "out", "c.tar"),
+	})
+	if err == nil || !strings.Contains(err.Error(), "inside the source directory") {
+		t.Errorf("err = %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(src, "out")); !os.IsNotExist(err) {
+		t.Errorf("a refused pack created its output directory: %v", err)
+	}
 }

@@ -60,6 +60,9 @@ func pack(ctx context.Context, o Options, src string) (*Artifact, error) {
 	if err != nil {
 		return nil, err
 	}
+	if st.IsDir() && inside(o.Output, src) {
+		return nil, fmt.Errorf("output %s is inside the source directory", o.Output)
+	}
 	a := &Artifact{Volume: o.volumeName(), Network: cs.Network, Kind: cs.Kind, Source: filepath.Base(src)}
 	switch cs.Kind {
 	case KindAssumeUTXO:
@@ -500,6 +503,17 @@ func (t *tarOut) fromTarball(src, want string) error {
 		return fmt.Errorf("sha256 changed to %s while packing (checked: %s)", got, want)
 	}
 	return nil
+}
+
+// inside reports whether path p is under directory dir.
+func inside(p, dir string) bool {
+	ap, err1 := filepath.Abs(p)
+	ad, err2 := filepath.Abs(dir)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	rel, err := filepath.Rel(ad, ap)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // walkDir calls fn for every directory and regular file under root (not

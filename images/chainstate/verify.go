@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -88,12 +87,18 @@ func verify(ctx context.Context, path string, o VerifyOptions) (*Artifact, error
 	}
 	a.Volume, a.Kind = idx.Config.Volume.Name, idx.Config.Volume.Config[keyKind]
 	a.Network, a.Source = idx.Config.Volume.Config[keyNetwork], idx.Config.Volume.Config[keySource]
-	if h := idx.Config.Volume.Config[keySnapshotHash]; h != "" {
-		coins, _ := strconv.ParseUint(idx.Config.Volume.Config[keySnapshotCoins], 10, 64)
-		a.Snapshot = &SnapshotHeader{Network: a.Network, BaseBlockHash: h, CoinsCount: coins}
-	}
 	if o.Network != "" && a.Network != o.Network {
 		return nil, fmt.Errorf("artifact is for network %q, the deployment's chain is %s", a.Network, o.Network)
+	}
+	if a.Kind == KindAssumeUTXO {
+		// The snapshot's own header, not only the index, must match.
+		if rd.snapshot == nil {
+			return nil, fmt.Errorf("%s: the snapshot named in backup/index.yaml is not in the volume", a.Source)
+		}
+		if err := rd.snapshot.CheckNetwork(a.Network); err != nil {
+			return nil, fmt.Errorf("%s: %w", a.Source, err)
+		}
+		a.Snapshot = rd.snapshot
 	}
 	m, err := checkManifest(rd.manifest, o.ManifestSHA256)
 	if err != nil {
@@ -115,15 +120,21 @@ type artifactReader struct {
 	bytes    int64
 	manifest []byte
 	idx      *index
+	snapshot *SnapshotHeader // read from the snapshot file of an assumeutxo volume
 }
 
 func (rd *artifactReader) entry(hdr *tar.Header, r io.Reader) error {
-	if rd.seen[hdr.Name] {
+	name := strings.TrimSuffix(hdr.Name, "/")
+	if rd.seen[name] {
 		// On extraction the later entry would win: never accept two.
 		return fmt.Errorf("%s: appears twice in the artifact", hdr.Name)
 	}
-	rd.seen[hdr.Name] = true
+	rd.seen[name] = true
 	switch {
+	case rd.idx == nil && hdr.Name != "backup/index.yaml":
+		// LXD writes the index first, and so do we; reading it first lets
+		// the snapshot header be checked on the way.
+		return fmt.Errorf("%s: first entry, want backup/index.yaml: not a chainstate artifact", hdr.Name)
 	case hdr.Name == "backup/index.yaml":
 		data, err := io.ReadAll(io.LimitReader(r, 1<<20))
 		if err != nil {
@@ -163,15 +174,25 @@ func (rd *artifactReader) entry(hdr *tar.Header, r io.Reader) error {
 		return err
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, r)
+	cr := &countWriter{w: h}
+	r = io.TeeReader(r, cr)
+	vol := rd.idx.Config.Volume.Config
+	if vol[keyKind] == KindAssumeUTXO && rel == vol[keySource] {
+		sh, err := ParseSnapshotHeader(r)
+		if err != nil {
+			return fmt.Errorf("%s: %w", rel, err)
+		}
+		rd.snapshot = &sh
+	}
+	_, err := io.Copy(io.Discard, r)
 	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return fmt.Errorf("%s: %d of %d bytes: artifact truncated", rel, n, hdr.Size)
+		return fmt.Errorf("%s: %d of %d bytes: artifact truncated", rel, cr.n, hdr.Size)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", rel, err)
 	}
 	rd.found[rel] = hex.EncodeToString(h.Sum(nil))
-	rd.bytes += n
+	rd.bytes += cr.n
 	return nil
 }
 
