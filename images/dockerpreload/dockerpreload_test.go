@@ -432,3 +432,45 @@ func TestResaveReplaces(t *testing.T) {
 		t.Errorf("directory holds %v, want %v", got, want)
 	}
 }
+
+// TestPullAndPinByRepoDigest: an image the daemon lacks is pulled from its
+// registry (one on loopback here), and a pin by its repo digest, or by its
+// image ID, holds; the archive loads into a fresh daemon as the same image.
+func TestPullAndPinByRepoDigest(t *testing.T) {
+	testenv.Short(t)
+	ctx := context.Background()
+	reg := testdocker.StartRegistry(t)
+	a := testdocker.Start(t)
+	ref := reg + "/ssbuild-test/pushed:1"
+	id := testdocker.ImportBusybox(t, a.Client, ref, "pushed")
+	repoDigest := testdocker.Push(t, a.Client, ref)
+	pin := repoDigest[strings.LastIndex(repoDigest, "@")+1:]
+	if pin == id {
+		t.Fatalf("repo digest %s equals the image ID: the test would not tell the two rules apart", pin)
+	}
+
+	empty := testdocker.Start(t)
+	dir := filepath.Join(t.TempDir(), "images")
+	var ev events
+	m, err := dockerpreload.Save(ctx, empty.Client, []dockerpreload.Image{{Ref: ref, Digest: pin}}, dir, progress.New(&ev, progress.JSON))
+	if err != nil {
+		t.Fatalf("Save with a repo digest pin: %v", err)
+	}
+	if !strings.Contains(ev.String(), "not in the daemon, pulling it") {
+		t.Errorf("Save did not report a pull:\n%s", ev.String())
+	}
+	if e := m.Images[0]; e.ImageID != id || e.RepoDigest != pin || e.Digest != pin {
+		t.Errorf("manifest entry %+v: want image ID %s, repo digest and pin %s", e, id, pin)
+	}
+	// The same image, now local, pinned by its image ID instead.
+	if _, err := dockerpreload.Save(ctx, empty.Client, []dockerpreload.Image{{Ref: ref, Digest: id}}, dir, nil); err != nil {
+		t.Errorf("Save with an image ID pin: %v", err)
+	}
+	b := testdocker.Start(t)
+	if err := dockerpreload.LoadAll(ctx, b.Client, dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Client.ImageInspect(ctx, ref); err != nil || got.ID != id {
+		t.Errorf("%s in daemon B: %s (%v), want %s", ref, got.ID, err, id)
+	}
+}
