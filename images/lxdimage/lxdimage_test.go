@@ -42,7 +42,7 @@ func build(t *testing.T, spec lxdimage.Spec) *lxdimage.Manifest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("built %v in %s", spec.Formats, time.Since(start).Round(time.Millisecond))
+	t.Logf("built %s in %s", filepath.Base(spec.OutDir), time.Since(start).Round(time.Millisecond))
 	cmd := exec.Command("sha256sum", "-c", "--strict", lxdimage.ChecksumsFile)
 	cmd.Dir = spec.OutDir
 	out, err := cmd.CombinedOutput()
