@@ -55,6 +55,9 @@ func Save(ctx context.Context, d Daemon, images []Image, outDir string, rep *pro
 			return Manifest{}, fmt.Errorf("docker images: %w", err)
 		}
 	}
+	if err := syncDir(outDir); err != nil { // the removals reach the disk before new archives do
+		return Manifest{}, fmt.Errorf("docker images: %w", err)
+	}
 	for i := range entries {
 		if err := saveArchive(ctx, d, &entries[i], outDir, rep); err != nil {
 			return Manifest{}, err
