@@ -151,8 +151,8 @@ func (s *Session) WriteFile(path string, data []byte, perm fs.FileMode) error {
 }
 
 // Close undoes the session: restores resolv.conf and policy-rc.d, removes
-// apt's caches and lists and the machine identity packages generated (SSH
-// host keys, machine-id), stops any process still running in the tree and
+// apt's caches, lists and logs and the machine identity packages generated
+// (SSH host keys, machine-id), stops any process still running in the tree and
 // unmounts everything under it (lazily when busy). It always tries every
 // step and is safe to call more than once.
 func (s *Session) Close() error {
@@ -168,6 +168,9 @@ func (s *Session) Close() error {
 				errs = append(errs, err)
 			}
 			if err := s.removeMachineIdentity(); err != nil {
+				errs = append(errs, err)
+			}
+			if err := s.removeBuildLogs(); err != nil {
 				errs = append(errs, err)
 			}
 		}

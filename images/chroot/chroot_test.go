@@ -2,10 +2,13 @@ package chroot_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -279,4 +282,76 @@ func TestWriteFile(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(root, "etc/ssbuild/appliance.yaml")); err != nil || string(data) != "role: initiator\n" {
 		t.Errorf("written file after Close: %q, %v", data, err)
 	}
+}
+
+// Two trees from the same rootfs with the same packages installed are the
+// same tree: contents, modes, owners, links and device numbers (times are
+// normalised later, when the image is packed).
+func TestSameInstallSameTree(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var trees []map[string]string
+	for i := 0; i < 2; i++ {
+		root := rootfstest.Dir(t)
+		s := open(t, root, chroot.Options{})
+		if err := s.Install(ctx, "cron"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		trees = append(trees, describeTree(t, root))
+	}
+	var diffs []string
+	for p, a := range trees[0] {
+		if b := trees[1][p]; a != b {
+			diffs = append(diffs, fmt.Sprintf("%s: %q vs %q", p, a, b))
+		}
+	}
+	for p := range trees[1] {
+		if _, ok := trees[0][p]; !ok {
+			diffs = append(diffs, p+": only in the second tree")
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > 0 {
+		t.Errorf("%d differences between two builds of the same inputs:\n%s", len(diffs), strings.Join(diffs[:min(len(diffs), 30)], "\n"))
+	}
+}
+
+// describeTree maps each path under root to its type, mode, owner and
+// content digest (or link target, or device number).
+func describeTree(t *testing.T, root string) map[string]string {
+	t.Helper()
+	desc := map[string]string{}
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(path, &st); err != nil {
+			return err
+		}
+		what := fmt.Sprintf("%o %d:%d", st.Mode, st.Uid, st.Gid)
+		switch st.Mode & syscall.S_IFMT {
+		case syscall.S_IFREG:
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			what += fmt.Sprintf(" %x", sha256.Sum256(data))
+		case syscall.S_IFLNK:
+			target, _ := os.Readlink(path)
+			what += " -> " + target
+		case syscall.S_IFCHR, syscall.S_IFBLK:
+			what += fmt.Sprintf(" dev %d", st.Rdev)
+		}
+		rel, _ := filepath.Rel(root, path)
+		desc[rel] = what
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return desc
 }

@@ -193,6 +193,28 @@ func (s *Session) cleanApt() error {
 	return nil
 }
 
+// removeBuildLogs removes the logs apt and dpkg wrote during the build:
+// they describe this build (with its times), not the image, and would make
+// two builds of the same inputs differ.
+func (s *Session) removeBuildLogs() error {
+	var errs []error
+	for _, pattern := range []string{"var/log/apt/*.log", "var/log/dpkg.log", "var/log/alternatives.log"} {
+		logs, err := fs.Glob(s.files.FS(), pattern)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, l := range logs {
+			if err := s.files.Remove(l); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove build logs: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
 // removeMachineIdentity removes what makes one machine unique and was
 // generated at install time (openssh-server makes host keys in its
 // postinst, systemd a machine-id): every instance of the image would share
