@@ -90,6 +90,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Commands: withUsageErrors([]*cli.Command{
 			recipeCommand(),
 			planCommand(),
+			loadDockerImagesCommand(),
 			versionCommand(),
 			completionCommand(),
 		}),

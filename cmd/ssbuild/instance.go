@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/docker/docker/client"
+	"github.com/urfave/cli/v2"
+
+	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// loadDockerImagesCommand is what ssbuild-preload.service runs once on an
+// instance's first boot: the images baked into the base image go into the
+// instance's Docker without touching a registry.
+func loadDockerImagesCommand() *cli.Command {
+	return &cli.Command{
+		Name:  dockerpreload.LoadCommand,
+		Usage: "on an instance: load the Docker images pre-loaded in the base image (run by " + dockerpreload.UnitName + ")",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "dir", Value: dockerpreload.DefaultDir, Usage: "directory with the image archives and their manifest"},
+			&cli.BoolFlag{Name: "json", Usage: "progress as JSON events"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usagef("%s takes no arguments", dockerpreload.LoadCommand)
+			}
+			// DOCKER_HOST and friends, as the docker CLI reads them.
+			docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+			if err != nil {
+				return fmt.Errorf("docker client: %w", err)
+			}
+			defer docker.Close()
+			rep := progress.New(c.App.ErrWriter, progress.Plain)
+			if c.Bool("json") {
+				rep = progress.New(c.App.ErrWriter, progress.JSON)
+			}
+			return dockerpreload.LoadAll(c.Context, docker, c.String("dir"), rep)
+		},
+	}
+}
