@@ -66,3 +66,22 @@ func BenchmarkCopy(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkVerify re-hashes a packed datadir, what a host does before use.
+func BenchmarkVerify(b *testing.B) {
+	src, total := benchDatadir(b)
+	out := filepath.Join(b.TempDir(), "c.tar")
+	a, err := chainstate.Pack(context.Background(), chainstate.Options{
+		Chainstate: recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: src}, Output: out,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(total)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := chainstate.Verify(context.Background(), out, chainstate.VerifyOptions{ManifestSHA256: a.ManifestSHA256}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

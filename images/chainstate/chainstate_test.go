@@ -170,7 +170,7 @@ func TestPackDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.SHA256 != a.SHA256 || got.Files != a.Files || got.Bytes != a.Bytes || got.Kind != "pruned-datadir" {
+	if got.ManifestSHA256 != a.ManifestSHA256 || got.Files != a.Files || got.Bytes != a.Bytes || got.Kind != "pruned-datadir" {
 		t.Errorf("Verify = %+v, Pack = %+v", got, a)
 	}
 }

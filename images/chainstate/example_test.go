@@ -17,10 +17,10 @@ import (
 // once, and gives each deployment a copy.
 func ExamplePack() {
 	ctx := context.Background()
-	r := &recipes.Chainstate{Network: "mainnet", Kind: "assumeutxo", Source: "utxo-880000.dat",
-		SHA256: "43b3b1ad…"} // the file's published sha256
+	// From the recipe; SHA256 is the snapshot file's published sha256.
+	r := recipes.Chainstate{Network: "mainnet", Kind: "assumeutxo", Source: "utxo-880000.dat", SHA256: "…"}
 	a, err := chainstate.Pack(ctx, chainstate.Options{
-		Chainstate:      *r,
+		Chainstate:      r,
 		BaseDir:         "/path/to/recipe/dir",
 		Output:          "out/chainstate-mainnet.tar",
 		SourceDateEpoch: 1700000000,

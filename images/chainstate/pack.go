@@ -286,7 +286,7 @@ type tarOut struct {
 	files        int
 	bytes        int64
 	task         *progress.Task
-	indexWritten bool
+	buf          []byte
 }
 
 // index is backup/index.yaml, the fields LXD 5.0's backup.Info reads.
@@ -379,7 +379,13 @@ func (t *tarOut) file(name string, size int64, r io.Reader) (string, error) {
 		return "", err
 	}
 	h := sha256.New()
-	n, err := io.CopyN(io.MultiWriter(t.tw, h), ctxReader{t.ctx, r}, size)
+	if t.buf == nil {
+		t.buf = make([]byte, 1<<20) // fewer, larger reads than io.Copy's 32 KiB
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(t.tw, h), io.LimitReader(ctxReader{t.ctx, r}, size), t.buf)
+	if err == nil && n < size {
+		err = io.EOF
+	}
 	if errors.Is(err, io.EOF) {
 		return "", fmt.Errorf("%s: %d of %d bytes: the file shrank while packing", name, n, size)
 	}
