@@ -278,15 +278,15 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // tarOut writes the volume's entries with normalised metadata and hashes
 // every file's bytes as they go into the tar.
 type tarOut struct {
-	ctx          context.Context
-	tw           *tar.Writer
-	mtime        time.Time
-	found        Manifest
-	seen         map[string]bool
-	files        int
-	bytes        int64
-	task         *progress.Task
-	buf          []byte
+	ctx   context.Context
+	tw    *tar.Writer
+	mtime time.Time
+	found Manifest
+	seen  map[string]bool
+	files int
+	bytes int64
+	task  *progress.Task
+	buf   []byte
 }
 
 // index is backup/index.yaml, the fields LXD 5.0's backup.Info reads.
