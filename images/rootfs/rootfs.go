@@ -26,17 +26,26 @@ type Debootstrap struct {
 }
 
 // Tarball is a root filesystem shipped as a tar archive (plain, gzip, xz,
-// zstd or bzip2), trusted only when its sha256 matches.
+// zstd or bzip2), trusted only when its sha256 matches. Give Path or URL.
 type Tarball struct {
-	Path   string
+	Path   string // a local file
+	URL    string // http(s); downloaded once into the cache, named by its digest
 	SHA256 string // hex digest of the file as stored
+}
+
+// source names the tarball in messages.
+func (tb Tarball) source() string {
+	if tb.URL != "" {
+		return tb.URL
+	}
+	return tb.Path
 }
 
 // Builder makes root filesystems. The zero value works for tarballs;
 // debootstrap needs CacheDir.
 type Builder struct {
-	// CacheDir keeps debootstrapped trees between builds. Entries are
-	// directories named by a key of their inputs.
+	// CacheDir keeps debootstrapped trees between builds (directories named
+	// by a key of their inputs) and downloaded tarballs (named by digest).
 	CacheDir string
 	// MaxAge makes debootstrap run again for entries older than this, so
 	// security updates from the mirror get in. Zero: entries never expire.

@@ -22,16 +22,27 @@ var ErrDigestMismatch = errors.New("sha256 mismatch")
 
 // Unpack verifies tb against its sha256 and unpacks it into dest. Nothing is
 // unpacked unless the digest matches; a failed unpack leaves no dest. dest
-// must not exist or be an empty directory.
+// must not exist or be an empty directory. A URL is downloaded into the
+// cache first (once: later builds find it by its digest).
 func (b *Builder) Unpack(ctx context.Context, tb Tarball, dest string) (Result, error) {
 	want := strings.ToLower(strings.TrimSpace(tb.SHA256))
 	if len(want) != sha256.Size*2 || strings.Trim(want, "0123456789abcdef") != "" {
-		return Result{}, fmt.Errorf("rootfs tarball %s: sha256 %q is not a hex sha256 digest", tb.Path, tb.SHA256)
+		return Result{}, fmt.Errorf("rootfs tarball %s: sha256 %q is not a hex sha256 digest", tb.source(), tb.SHA256)
+	}
+	if (tb.Path == "") == (tb.URL == "") {
+		return Result{}, fmt.Errorf("rootfs tarball: give a path or a URL, not both or neither (path %q, URL %q)", tb.Path, tb.URL)
 	}
 	if err := prepareDest(dest); err != nil {
 		return Result{}, err
 	}
-	f, err := os.Open(tb.Path)
+	path := tb.Path
+	if tb.URL != "" {
+		var err error
+		if path, err = b.download(ctx, tb.URL, want); err != nil {
+			return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.URL, err)
+		}
+	}
+	f, err := os.Open(path)
 	if err != nil {
 		return Result{}, fmt.Errorf("rootfs tarball: %w", err)
 	}
@@ -41,7 +52,8 @@ func (b *Builder) Unpack(ctx context.Context, tb Tarball, dest string) (Result, 
 		return Result{}, fmt.Errorf("rootfs tarball: %w", err)
 	}
 
-	task := b.progress().Start("verify "+filepath.Base(tb.Path), info.Size(), "bytes")
+	// Also for a download: the cached file is checked again on every use.
+	task := b.progress().Start("verify "+filepath.Base(path), info.Size(), "bytes")
 	h := sha256.New()
 	_, err = io.Copy(io.MultiWriter(h, task), readerCtx{ctx, f})
 	if err == nil {
@@ -51,14 +63,14 @@ func (b *Builder) Unpack(ctx context.Context, tb Tarball, dest string) (Result, 
 	}
 	task.Done(err)
 	if err != nil {
-		return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.Path, err)
+		return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.source(), err)
 	}
 
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.Path, err)
+		return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.source(), err)
 	}
-	if err := b.extract(ctx, f, tb.Path, info.Size(), dest); err != nil {
-		return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.Path, err)
+	if err := b.extract(ctx, f, path, info.Size(), dest); err != nil {
+		return Result{}, fmt.Errorf("rootfs tarball %s: %w", tb.source(), err)
 	}
 	return Result{Dir: dest, SHA256: want}, nil
 }

@@ -5,9 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -122,6 +125,7 @@ func TestUnpackRefusesBadInput(t *testing.T) {
 		"missing file":   {rootfs.Tarball{Path: tarball + ".nope", SHA256: strings.Repeat("0", 64)}, "no such file"},
 		"not a rootfs":   {rootfs.Tarball{Path: leadingDirTarball(t), SHA256: ""}, "not a root filesystem"},
 		"not a tar file": {rootfs.Tarball{Path: notATar(t), SHA256: ""}, "tar --extract"},
+		"path and URL":   {rootfs.Tarball{Path: tarball, URL: "http://127.0.0.1:9/x.tar", SHA256: strings.Repeat("0", 64)}, "give a path or a URL"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if tc.tb.SHA256 == "" && !strings.HasPrefix(name, "no ") {
@@ -158,4 +162,82 @@ func notATar(t *testing.T) string {
 	p := filepath.Join(t.TempDir(), "garbage.tar")
 	os.WriteFile(p, []byte(strings.Repeat("not a tar archive\n", 100)), 0o644)
 	return p
+}
+
+// serve serves the file at path on loopback and counts the requests.
+func serve(t *testing.T, path string) (url string, requests *atomic.Int32) {
+	t.Helper()
+	requests = new(atomic.Int32)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if r.URL.Path != "/rootfs.tar.gz" {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeFile(w, r, path)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/rootfs.tar.gz", requests
+}
+
+func TestUnpackFromURLDownloadsOnce(t *testing.T) {
+	tarball := smallRootfsTarball(t, "--gzip")
+	url, requests := serve(t, tarball)
+	b := rootfs.Builder{CacheDir: t.TempDir()}
+	tb := rootfs.Tarball{URL: url, SHA256: sha256File(t, tarball)}
+	for i := 0; i < 2; i++ {
+		dest := filepath.Join(t.TempDir(), "rootfs")
+		res, err := b.Unpack(context.Background(), tb, dest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data, err := os.ReadFile(filepath.Join(res.Dir, "etc/os-release")); err != nil || string(data) != "ID=test\n" {
+			t.Errorf("build %d: etc/os-release %q, %v", i+1, data, err)
+		}
+	}
+	if n := requests.Load(); n != 1 {
+		t.Errorf("%d downloads for two builds, want 1 (the second from the cache)", n)
+	}
+}
+
+func TestUnpackFromURLRefusesWrongDigestAndErrors(t *testing.T) {
+	tarball := smallRootfsTarball(t, "--gzip")
+	url, _ := serve(t, tarball)
+	cacheDir := t.TempDir()
+	b := rootfs.Builder{CacheDir: cacheDir}
+	wrong := strings.Repeat("cd", 32)
+	for name, tc := range map[string]struct {
+		tb   rootfs.Tarball
+		want []string
+	}{
+		"wrong digest": {rootfs.Tarball{URL: url, SHA256: wrong},
+			[]string{url, "sha256 mismatch", "expected " + wrong, "got " + sha256File(t, tarball)}},
+		"not found": {rootfs.Tarball{URL: url + ".missing", SHA256: wrong},
+			[]string{url + ".missing", "404 Not Found"}},
+		"nothing listening": {rootfs.Tarball{URL: "http://127.0.0.1:9/rootfs.tar.gz", SHA256: wrong},
+			[]string{"http://127.0.0.1:9/rootfs.tar.gz", "connection refused"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "rootfs")
+			_, err := b.Unpack(context.Background(), tc.tb, dest)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error does not say %q: %v", want, err)
+				}
+			}
+			if _, err := os.Lstat(dest); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s exists after a refused download (%v)", dest, err)
+			}
+		})
+	}
+	// Only lock files: no download is kept that did not verify.
+	entries, _ := os.ReadDir(filepath.Join(cacheDir, "tarballs"))
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("download cache holds %s", e.Name())
+		}
+	}
 }
