@@ -1,0 +1,204 @@
+package registry
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+)
+
+// opTimeout bounds every registry call in the tests; it is longer than a
+// failover, so a call that spans one still succeeds.
+const opTimeout = 30 * time.Second
+
+func opCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// freeAddress returns a loopback address with a port nothing listens on.
+func freeAddress(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// testNode is one registry node a test started, in this process.
+type testNode struct {
+	cfg Config
+	reg *Registry
+}
+
+// startNode opens a node and stops it when the test ends (Close, which
+// hands over; the test's TempDir removes its files).
+func startNode(t testing.TB, cfg Config) *testNode {
+	t.Helper()
+	if cfg.Logf == nil {
+		cfg.Logf = t.Logf
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	reg, err := Open(ctx, cfg)
+	if errors.Is(err, ErrNoDqlite) {
+		if testenv.InCI() {
+			t.Fatalf("CI=true but %v (scripts/install-deps.sh and the Makefile's GOFLAGS should provide it)", err)
+		}
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatalf("open node %s: %v", cfg.Address, err)
+	}
+	n := &testNode{cfg: cfg, reg: reg}
+	t.Cleanup(func() { n.stop(t) })
+	return n
+}
+
+// stop closes the node gracefully (handover); a stopped node is skipped.
+func (n *testNode) stop(t testing.TB) {
+	if n.reg == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.reg.Close(ctx); err != nil {
+		t.Logf("close %s: %v", n.cfg.Address, err)
+	}
+	n.reg = nil
+}
+
+// restart opens the node again on its directory and address.
+func (n *testNode) restart(t testing.TB) {
+	t.Helper()
+	m := startNode(t, n.cfg)
+	n.reg = m.reg
+	m.reg = nil // n's own cleanup stops it
+}
+
+// The helper process: TestMain runs one registry node in a child process
+// when the parent sets registryNodeEnv, so a test can SIGKILL a node the
+// way a host dies (no Close, no handover, no flush beyond what dqlite did).
+const registryNodeEnv = "SSBUILD_TEST_REGISTRY_NODE" // dir|address|join,join
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(registryNodeEnv); spec != "" {
+		os.Exit(runChildNode(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// runChildNode opens the node, says "ready" on stdout and serves until
+// killed. Each line on stdin is a host name to put, answered with "ok".
+func runChildNode(spec string) int {
+	parts := strings.Split(spec, "|")
+	cfg := Config{Dir: parts[0], Address: parts[1]}
+	if parts[2] != "" {
+		cfg.Join = strings.Split(parts[2], ",")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	reg, err := Open(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		err := reg.PutHost(ctx, Host{Name: in.Text(), Address: "10.0.0.1:8443", State: "member"})
+		cancel()
+		if err != nil {
+			fmt.Println("error:", err)
+			continue
+		}
+		fmt.Println("ok")
+	}
+	select {} // keep serving until killed
+}
+
+// childNode is a registry node in a child process.
+type childNode struct {
+	cfg   Config
+	cmd   *exec.Cmd
+	stdin *os.File
+	out   *bufio.Scanner
+}
+
+// startChildNode starts a node in a child process and waits until it is
+// ready. The test's cleanup kills it if the test did not.
+func startChildNode(t testing.TB, cfg Config) *childNode {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), registryNodeEnv+"="+cfg.Dir+"|"+cfg.Address+"|"+strings.Join(cfg.Join, ","))
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdin = r
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	c := &childNode{cfg: cfg, cmd: cmd, stdin: w, out: bufio.NewScanner(stdout)}
+	t.Cleanup(c.kill)
+	if line := c.readLine(t); line != "ready" {
+		t.Fatalf("node %s in child process: got %q, want ready", cfg.Address, line)
+	}
+	return c
+}
+
+func (c *childNode) readLine(t testing.TB) string {
+	t.Helper()
+	got := make(chan string, 1)
+	go func() {
+		if c.out.Scan() {
+			got <- c.out.Text()
+		}
+		close(got)
+	}()
+	select {
+	case line := <-got:
+		return line
+	case <-time.After(opTimeout + 5*time.Second):
+		t.Fatalf("node %s in child process: no answer", c.cfg.Address)
+		return ""
+	}
+}
+
+// putHost asks the child to write a host.
+func (c *childNode) putHost(t testing.TB, name string) {
+	t.Helper()
+	fmt.Fprintln(c.stdin, name)
+	if line := c.readLine(t); line != "ok" {
+		t.Fatalf("node %s in child process: put host %s: %s", c.cfg.Address, name, line)
+	}
+}
+
+// kill ends the child with SIGKILL, as a host that loses power.
+func (c *childNode) kill() {
+	if c.cmd.ProcessState != nil {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	_ = c.cmd.Wait()
+	c.stdin.Close()
+}

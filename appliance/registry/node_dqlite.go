@@ -1,0 +1,145 @@
+//go:build libsqlite3 && cgo
+
+package registry
+
+import (
+	"context"
+	sqldriver "database/sql/driver"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/canonical/go-dqlite/app"
+	"github.com/canonical/go-dqlite/client"
+	"github.com/canonical/go-dqlite/driver"
+)
+
+// database is the name of the one dqlite database the registry uses.
+const database = "registry"
+
+// Open starts this host's registry node, joins it to the cluster when
+// cfg.Join is set and it is new, waits until it is part of the cluster and
+// brings the schema up to date. The first node (no Join) bootstraps a
+// one-node cluster; every later node joins as a spare and app's role
+// management promotes it: the first three become voters, so the registry
+// tolerates the loss of any one of three hosts.
+func Open(ctx context.Context, cfg Config) (reg *Registry, err error) {
+	if cfg.Dir == "" || cfg.Address == "" {
+		return nil, fmt.Errorf("registry: Dir and Address are required")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("registry %s: %w", cfg.Address, err)
+	}
+	opts := []app.Option{
+		app.WithAddress(cfg.Address),
+		app.WithLogFunc(logFunc(cfg.Logf)),
+		// With fewer than 3 voters there is no fault tolerance; 3 voters
+		// survive one loss. Stand-bys (up to 3) take over a voter's role.
+		app.WithVoters(3),
+		app.WithStandBys(3),
+		app.WithRolesAdjustmentFrequency(rolesAdjustment),
+	}
+	if len(cfg.Join) > 0 {
+		opts = append(opts, app.WithCluster(cfg.Join))
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, app.WithTLS(cfg.TLS.Listen, cfg.TLS.Dial))
+	}
+	a, err := app.New(cfg.Dir, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: start node in %s: %w", cfg.Address, cfg.Dir, err)
+	}
+	n := &dqliteNode{app: a}
+	defer func() {
+		if err != nil {
+			_ = a.Close()
+		}
+	}()
+	// Ready means joined (for a new node) and roles settled; without it
+	// the first queries of a joiner would race its own join.
+	if err := a.Ready(ctx); err != nil {
+		return nil, fmt.Errorf("registry %s: wait until part of the cluster (join %v): %w", cfg.Address, cfg.Join, err)
+	}
+	db, err := a.Open(ctx, database)
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: open database: %w", cfg.Address, err)
+	}
+	reg = &Registry{db: db, node: n, address: cfg.Address}
+	if err := reg.migrate(ctx); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return reg, nil
+}
+
+// rolesAdjustment is how often the leader checks that there are 3 voters
+// and promotes a stand-by in place of a voter that went away (app's
+// default is 30 s). It does not affect leader election, which Raft does on
+// its own within seconds.
+const rolesAdjustment = 5 * time.Second
+
+type dqliteNode struct{ app *app.App }
+
+func (n *dqliteNode) handover(ctx context.Context) error { return n.app.Handover(ctx) }
+func (n *dqliteNode) close() error                       { return n.app.Close() }
+
+func (n *dqliteNode) leader(ctx context.Context) (string, error) {
+	cli, err := n.app.Leader(ctx)
+	if err != nil {
+		return "", fmt.Errorf("registry %s: find leader: %w", n.app.Address(), err)
+	}
+	defer cli.Close()
+	info, err := cli.Leader(ctx)
+	if err != nil {
+		return "", fmt.Errorf("registry %s: leader: %w", n.app.Address(), err)
+	}
+	if info == nil {
+		return "", fmt.Errorf("registry %s: no leader", n.app.Address())
+	}
+	return info.Address, nil
+}
+
+func (n *dqliteNode) members(ctx context.Context) ([]Member, error) {
+	cli, err := n.app.Leader(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: find leader: %w", n.app.Address(), err)
+	}
+	defer cli.Close()
+	nodes, err := cli.Cluster(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("registry %s: list members: %w", n.app.Address(), err)
+	}
+	out := make([]Member, 0, len(nodes))
+	for _, nd := range nodes {
+		out = append(out, Member{ID: nd.ID, Address: nd.Address, Role: nd.Role.String()})
+	}
+	return out, nil
+}
+
+// isRetriable reports errors that mean "ask again once there is a leader":
+// database/sql gives up on a bad connection after two tries, dqlite says
+// busy while a leader is being elected or catching up, and the driver
+// says no leader at all while an election runs.
+func isRetriable(err error) bool {
+	if errors.Is(err, driver.ErrNoAvailableLeader) || errors.Is(err, sqldriver.ErrBadConn) {
+		return true
+	}
+	var derr driver.Error
+	if errors.As(err, &derr) {
+		switch derr.Code & 0xff {
+		case driver.ErrBusy:
+			return true
+		}
+	}
+	return false
+}
+
+func logFunc(logf func(string, ...any)) client.LogFunc {
+	return func(l client.LogLevel, format string, args ...any) {
+		if logf == nil || l < client.LogWarn {
+			return
+		}
+		logf("dqlite "+l.String()+": "+format, args...)
+	}
+}
