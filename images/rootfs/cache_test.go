@@ -165,3 +165,32 @@ func TestCacheHitAndExpiry(t *testing.T) {
 		t.Errorf("failed rebuild removed the expired entry: %v", err)
 	}
 }
+
+func TestPrune(t *testing.T) {
+	testenv.RequireTools(t, "debootstrap", "dpkg")
+	cacheDir := t.TempDir()
+	old := fakeEntry(t, cacheDir, bookwormFrom("http://127.0.0.1:9/old"), time.Now().Add(-48*time.Hour))
+	fresh := fakeEntry(t, cacheDir, bookwormFrom("http://127.0.0.1:9/fresh"), time.Now())
+	tarballs := filepath.Join(cacheDir, "tarballs")
+	os.MkdirAll(tarballs, 0o755)
+	oldTar := filepath.Join(tarballs, strings.Repeat("a", 64))
+	os.WriteFile(oldTar, []byte("x"), 0o644)
+	os.Chtimes(oldTar, time.Now().Add(-48*time.Hour), time.Now().Add(-48*time.Hour))
+
+	b := Builder{CacheDir: cacheDir}
+	removed, err := b.Prune(context.Background(), 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 2 {
+		t.Errorf("removed %v, want the old tree and the old tarball", removed)
+	}
+	for _, gone := range []string{filepath.Dir(old), oldTar} {
+		if _, err := os.Stat(gone); !os.IsNotExist(err) {
+			t.Errorf("%s not pruned (%v)", gone, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(fresh, "etc/os-release")); err != nil {
+		t.Errorf("fresh entry pruned: %v", err)
+	}
+}
