@@ -23,10 +23,22 @@
 // own sha256 (Artifact.ManifestSHA256) is what a deployment pins: Verify
 // with VerifyOptions.ManifestSHA256 then also catches a manifest rewritten
 // to match changed files. For a directory source the recipe's sha256 is this
-// same manifest digest; for a tarball or snapshot it is the file's sha256.
+// same manifest digest (Manifest.Bytes shows how to compute it with
+// coreutils); for a tarball or snapshot it is the file's sha256. Either is
+// checked before anything is written.
 //
-// The artifact is reproducible: entries in a fixed order, every mtime the
-// given SOURCE_DATE_EPOCH, owner 0:0 without names, modes 0644/0755.
+// An AssumeUTXO snapshot's header is read (ReadSnapshotHeader) and its
+// network must be the recipe's, when packing and again when verifying.
+//
+// The artifact is reproducible: entries in a fixed order (a directory in
+// WalkDir order, a tarball in its own order), every mtime the given
+// SOURCE_DATE_EPOCH, owner 0:0 without names, modes 0644/0755.
+//
+// It is written as ".NAME.*.partial" next to Output and renamed when complete
+// and synced; an error or a cancelled context removes the partial file, and
+// the next Pack removes one a killed run left behind. Only directories and
+// regular files are packed: a symlink or device in the source, or a link
+// entry in a tarball, is refused, naming it.
 package chainstate
 
 import (
