@@ -17,7 +17,7 @@
 // or the client's CreateStoragePoolVolumeFromBackup) and every deployment
 // gets its own copy with `lxc storage volume copy`, which on ZFS is a
 // snapshot clone and takes no time and no space. Chainstate data is already
-// compressed (LevelDB) or random (block files, hashes), so the tar is not.
+// compressed (LevelDB) or random (block files, hashes): no compression.
 //
 // The manifest lists every regular file with its sha256 (see Manifest). Its
 // own sha256 (Artifact.ManifestSHA256) is what a deployment pins: Verify
