@@ -15,8 +15,10 @@
 //
 // so a host imports it once (`lxc storage volume import POOL FILE [NAME]`,
 // or the client's CreateStoragePoolVolumeFromBackup) and every deployment
-// gets its own copy with `lxc storage volume copy`, which on ZFS is a
-// snapshot clone and takes no time and no space. Chainstate data is already
+// gets its own copy with `lxc storage volume copy`, which on ZFS is a clone
+// of a snapshot and takes no time and no space (LXD's zfs driver clones when
+// zfs.clone_copy is not "false" and the source volume has no snapshots, as
+// an imported artifact has none). Chainstate data is already
 // compressed (LevelDB) or random (block files, hashes): no compression.
 //
 // The manifest lists every regular file with its sha256 (see Manifest). Its
