@@ -261,7 +261,10 @@ func TestPackSnapshot(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "chainstate-mainnet.tar")
 	a := pack(t, recipes.Chainstate{Network: "mainnet", Kind: "assumeutxo", Source: snap, SHA256: digest}, out)
 	if a.Snapshot == nil || a.Snapshot.BaseBlockHash != h.BaseBlockHash || a.Snapshot.CoinsCount != h.CoinsCount || a.Snapshot.Network != "mainnet" {
-		t.Errorf("snapshot header = %+v, want %+v", a.Snapshot, h)
+		t.Fatalf("snapshot header = %+v, want %+v", a.Snapshot, h)
+	}
+	if got, want := a.Snapshot.String(), "AssumeUTXO snapshot v2 for mainnet, base block 0000000000000000000320283a032748cef8227873ff4872689bf23f1cda83a5, 176948713 coins"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
 	}
 	got, err := chainstate.Verify(context.Background(), out, chainstate.VerifyOptions{Network: "mainnet", ManifestSHA256: a.ManifestSHA256})
 	if err != nil {
@@ -561,4 +564,34 @@ func TestPackRefusesOutputInsideSource(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(src, "out")); !os.IsNotExist(err) {
 		t.Errorf("a refused pack created its output directory: %v", err)
 	}
+}
+
+// Ctrl-C in the middle of the copy: the partial artifact is removed.
+func TestCancelMidPack(t *testing.T) {
+	src := makeDatadir(t)
+	big := make([]byte, 64<<20)
+	rand.NewChaCha8([32]byte{}).Read(big)
+	os.WriteFile(filepath.Join(src, "blocks", "blk00001.dat"), big, 0o600)
+	out := filepath.Join(t.TempDir(), "c.tar")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		// Cancel once the partial file has data in it.
+		for ctx.Err() == nil {
+			if m, _ := filepath.Glob(filepath.Join(filepath.Dir(out), ".c.tar.*.partial")); len(m) > 0 {
+				if st, err := os.Stat(m[0]); err == nil && st.Size() > 0 {
+					cancel()
+					return
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	_, err := chainstate.Pack(ctx, chainstate.Options{
+		Chainstate: recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: src}, Output: out,
+	})
+	if err == nil || !strings.Contains(err.Error(), "context canceled") {
+		t.Fatalf("err = %v, want the pack cancelled midway", err)
+	}
+	assertNoArtifact(t, out)
 }

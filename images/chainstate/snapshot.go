@@ -55,6 +55,11 @@ type SnapshotHeader struct {
 	CoinsCount    uint64
 }
 
+// String is the header as a user reads it in a build log.
+func (h SnapshotHeader) String() string {
+	return fmt.Sprintf("AssumeUTXO snapshot v%d for %s, base block %s, %d coins", h.Version, h.Network, h.BaseBlockHash, h.CoinsCount)
+}
+
 // ReadSnapshotHeader reads and checks the header of the snapshot file at path.
 func ReadSnapshotHeader(path string) (SnapshotHeader, error) {
 	f, err := os.Open(path)
