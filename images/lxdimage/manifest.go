@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -28,7 +29,9 @@ type Manifest struct {
 	Outputs         []Output          `json:"outputs"`
 	// Images are LXD's fingerprints of the images in the folder, as
 	// `lxc image list` will show them after an import.
-	Images   []Image           `json:"images"`
+	Images []Image `json:"images"`
+	// VMDisk holds the VM disk's fixed identifiers (for root=PARTUUID=...).
+	VMDisk   *DiskIDs          `json:"vm_disk,omitempty"`
 	Packages []string          `json:"packages"` // name=version from the rootfs's dpkg status
 	Tools    map[string]string `json:"tools"`    // tool -> its version line
 }
@@ -56,6 +59,10 @@ func (s Spec) writeManifest(ctx context.Context, dir string, tools []string) (*M
 			"description": s.Properties.Description, "name": s.Properties.Name},
 		Inputs: append([]Input{}, s.Inputs...),
 		Tools:  map[string]string{},
+	}
+	if slices.Contains(s.Formats, VM) {
+		ids := s.diskIDs()
+		m.VMDisk = &ids
 	}
 	var err error
 	if m.Packages, err = dpkgPackages(s.RootFS); err != nil {
@@ -162,13 +169,15 @@ func toolVersion(ctx context.Context, tool string) (string, error) {
 		"debugfs":    {"-V"},
 		"qemu-img":   {"--version"},
 	}[tool]
-	var buf bytes.Buffer
-	// mke2fs and debugfs print their version on stderr.
-	_, err := command.Run(ctx, command.Cmd{Name: tool, Args: args, Stdout: &buf, Log: &buf})
+	var stderr bytes.Buffer
+	out, err := command.Run(ctx, command.Cmd{Name: tool, Args: args, Log: &stderr})
 	if err != nil {
 		return "", fmt.Errorf("version of %s: %w", tool, err)
 	}
-	line, _, _ := strings.Cut(strings.TrimSpace(buf.String()), "\n")
+	if len(bytes.TrimSpace(out)) == 0 {
+		out = stderr.Bytes() // mke2fs and debugfs print their version there
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
 	return strings.TrimSpace(line), nil
 }
 
