@@ -6,12 +6,31 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/sovereign-stack/ssbuild/internal/version.Version=$(VERSION)
 FUZZTIME  ?= 5m
 
-.PHONY: all build deps test test-short vet demo fuzz bench clean
+# appliance/registry runs go-dqlite, which links Debian's libdqlite, libraft, libuv and
+# libsqlite3 through cgo (scripts/apt-packages.txt). The libsqlite3 tag makes
+# mattn/go-sqlite3 use that same system SQLite instead of compiling its own copy, and
+# go-dqlite's -Wl,-z,now must be allowed. Plain `go build` without them still works: the
+# registry then builds as a stub whose Open says ssbuild was built without dqlite.
+# (GOFLAGS starts from `go env GOFLAGS`, so flags set with `go env -w` are kept.)
+export GOFLAGS := $(strip $(shell $(GO) env GOFLAGS) -tags=libsqlite3)
+export CGO_LDFLAGS_ALLOW := -Wl,-z,now
+
+# build-static links those C libraries (and liblz4, libuv_a) statically, in the order
+# the static archives need, so bin/ssbuild starts on hosts whose libdqlite/libraft differ
+# from the build machine's (Ubuntu 22.04); netgo/osusergo keep glibc's NSS out.
+# `ldd bin/ssbuild` must say "not a dynamic executable".
+STATIC_CGO_LDFLAGS := -ldqlite -lraft -luv_a -llz4 -lsqlite3 -lm -lpthread -ldl -lrt
+
+.PHONY: all build build-static deps test test-short vet demo fuzz bench clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ssbuild
+
+build-static:
+	CGO_LDFLAGS='$(STATIC_CGO_LDFLAGS)' $(GO) build -trimpath -tags=libsqlite3,netgo,osusergo \
+		-ldflags '$(LDFLAGS) -linkmode external -extldflags "-static"' -o $(BIN) ./cmd/ssbuild
 
 deps:
 	bash scripts/install-deps.sh

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/canonical/go-dqlite/app"
@@ -135,9 +136,12 @@ func isRetriable(err error) bool {
 	return false
 }
 
+// logFunc forwards dqlite's warnings and errors, except the driver's
+// per-attempt "attempt N: server X: ..." warnings: during a failover they
+// come several times a second and say only that there is no leader yet.
 func logFunc(logf func(string, ...any)) client.LogFunc {
 	return func(l client.LogLevel, format string, args ...any) {
-		if logf == nil || l < client.LogWarn {
+		if logf == nil || l < client.LogWarn || strings.HasPrefix(format, "attempt ") {
 			return
 		}
 		logf("dqlite "+l.String()+": "+format, args...)
