@@ -12,6 +12,7 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/testenv"
 )
@@ -25,7 +26,9 @@ func TestImportAndLaunch(t *testing.T) {
 	testenv.RequireTools(t, "mksquashfs")
 	rootfs := rootfstest.Dir(t)
 	out := filepath.Join(t.TempDir(), "image")
-	m := build(t, bookwormSpec(rootfs, out))
+	spec := bookwormSpec(rootfs, out)
+	spec.Formats = []lxdimage.Format{lxdimage.Container, lxdimage.VM}
+	m := build(t, spec)
 
 	bed := testbed.New(t, testbed.Options{})
 	c := bed.Hosts[0].LXD()
@@ -44,6 +47,18 @@ func TestImportAndLaunch(t *testing.T) {
 
 	for _, img := range m.Images {
 		if img.Type != "container" {
+			// LXD cannot run VMs here (no vhost-vsock), but it imports
+			// the image and must see a VM image with our fingerprint.
+			t.Run(strings.Join(img.Files, "+"), func(t *testing.T) {
+				fp := importImage(t, c, out, img.Files)
+				image, _, err := c.GetImage(fp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fp != img.Fingerprint || image.Type != "virtual-machine" {
+					t.Errorf("LXD imported %s as %q, manifest predicts %s, virtual-machine", fp, image.Type, img.Fingerprint)
+				}
+			})
 			continue
 		}
 		name := "c-" + strings.TrimSuffix(strings.ReplaceAll(img.Files[len(img.Files)-1], ".", "-"), "-gz")
@@ -79,6 +94,9 @@ func importImage(t *testing.T, c lxd.InstanceServer, dir string, files []string)
 	args := &lxd.ImageCreateArgs{MetaFile: open(files[0]), MetaName: files[0]}
 	if len(files) == 2 {
 		args.RootfsFile, args.RootfsName = open(files[1]), files[1]
+		if strings.HasSuffix(files[1], ".qcow2") { // as `lxc image import` decides
+			args.Type = "virtual-machine"
+		}
 	}
 	op, err := c.CreateImage(api.ImagesPost{}, args)
 	if err == nil {
