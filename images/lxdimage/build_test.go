@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,6 +34,8 @@ func smallTree(t *testing.T) string {
 	must(t, os.MkdirAll(filepath.Join(dir, "dev"), 0o755))
 	must(t, os.MkdirAll(long, 0o755))
 	must(t, os.WriteFile(filepath.Join(dir, "etc", "os-release"), []byte("ID=test\n"), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "etc", "with space"), nil, 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "etc", `with"quote`), nil, 0o644))
 	must(t, os.WriteFile(filepath.Join(dir, "etc", "shadow"), []byte("root:*:1::::::\n"), 0o640))
 	must(t, os.Chown(filepath.Join(dir, "etc", "shadow"), 0, 42))
 	must(t, os.WriteFile(filepath.Join(dir, "usr", "tool"), []byte("#!/bin/sh\n"), 0o755))
@@ -268,10 +271,11 @@ func assertOnly(t *testing.T, dir string, names ...string) {
 // TestProgress checks that the long steps report through the progress
 // reporter, as ssbuild's --json shows them.
 func TestProgress(t *testing.T) {
-	testenv.RequireTools(t, "mksquashfs")
+	testenv.RequireTools(t, "mksquashfs", "mkfs.ext4", "debugfs", "qemu-img")
 	var buf bytes.Buffer
 	spec := smallSpec(smallTree(t), filepath.Join(t.TempDir(), "out"))
 	spec.Progress = progress.New(&buf, progress.JSON)
+	spec.Formats = []lxdimage.Format{lxdimage.Container, lxdimage.VM}
 	build(t, spec)
 	done := map[string]bool{}
 	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
@@ -281,9 +285,49 @@ func TestProgress(t *testing.T) {
 			done[ev.Task] = true
 		}
 	}
-	for _, task := range []string{"squashfs", "unified tarball"} {
+	for _, task := range []string{"squashfs", "unified tarball", "ext4", "qcow2"} {
 		if !done[task] {
 			t.Errorf("no done event for %q in:\n%s", task, buf.String())
 		}
+	}
+}
+
+// TestVMRootKeepsEveryEntry builds the VM disk from the small tree: names
+// debugfs must quote, a device node, a hard link and the xattr reach the
+// ext4 root, all stamped with the epoch, and e2fsck finds it clean.
+func TestVMRootKeepsEveryEntry(t *testing.T) {
+	testenv.RequireTools(t, "mkfs.ext4", "debugfs", "e2fsck", "qemu-img", "sgdisk")
+	tmp := t.TempDir()
+	spec := smallSpec(smallTree(t), filepath.Join(tmp, "out"))
+	spec.Formats = []lxdimage.Format{lxdimage.VM}
+	build(t, spec)
+	raw := filepath.Join(tmp, "disk.raw")
+	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", filepath.Join(spec.OutDir, lxdimage.DiskFile), raw)
+	parts := partitions(t, run(t, "sgdisk", "-p", raw))
+	if len(parts) != 2 {
+		t.Fatalf("partitions %+v", parts)
+	}
+	root := extract(t, raw, parts[1], filepath.Join(tmp, "root.ext4"))
+	if out, err := exec.Command("e2fsck", "-fn", root).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn: %v\n%s", err, out)
+	}
+	for path, want := range map[string][]string{
+		"/etc/with space": {"Type: regular", "mtime: 0x6553f100", "atime: 0x6553f100", "ctime: 0x6553f100"},
+		`/etc/with"quote`: {"Type: regular", "mtime: 0x6553f100", "ctime: 0x6553f100"},
+		"/dev/null":       {"Type: character special", "ctime: 0x6553f100", "Device major/minor number: 01:03"},
+		"/usr/tool":       {"Links: 2", "Mode:  04755", "ctime: 0x6553f100"},
+		"/usr/os-release": {"Type: symlink", "ctime: 0x6553f100", `Fast link dest: "../etc/os-release"`},
+		"/etc/shadow":     {"Group:    42"},
+	} {
+		// debugfs -R takes one command line; quote as the build does.
+		stat := run(t, "debugfs", "-R", `stat "`+strings.ReplaceAll(path, `"`, `""`)+`"`, root)
+		for _, w := range want {
+			if !strings.Contains(stat, w) {
+				t.Errorf("%s lacks %q:\n%s", path, w, stat)
+			}
+		}
+	}
+	if xattr := run(t, "debugfs", "-R", "ea_get /usr/tool user.ssbuild", root); !strings.Contains(xattr, "kept") {
+		t.Errorf("xattr user.ssbuild on /usr/tool: %q", xattr)
 	}
 }

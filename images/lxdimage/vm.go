@@ -112,6 +112,9 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 		}
 	}
 	rootSize = (rootSize + mib - 1) / mib * mib
+	if s.VM.RootSize == 0 { // whole block groups (32768 blocks of 4 KiB), all usable
+		rootSize = (rootSize + 128*mib - 1) / (128 * mib) * (128 * mib)
+	}
 	ext4 := filepath.Join(work, "rootfs.ext4")
 	if err := s.makeExt4(ctx, work, ext4, rootSize, ids); err != nil {
 		return fmt.Errorf("vm: ext4: %w", err)
@@ -167,6 +170,11 @@ func (s Spec) makeExt4(ctx context.Context, work, out string, size int64, ids Di
 			"-E", "hash_seed=" + ids.HashSeed + ",nodiscard",
 			"-d", s.RootFS, out, strconv.FormatInt(size/1024, 10) + "k",
 		}}); err != nil {
+			return err
+		}
+		// mke2fs leaves out a last block group too small for its metadata;
+		// the partition still gets the size asked for (sparse zeros).
+		if err := os.Truncate(out, size); err != nil {
 			return err
 		}
 		script, err := timesScript(s.RootFS, s.Epoch)
