@@ -1,0 +1,405 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/canonical/lxd/shared/api"
+	"golang.org/x/sys/unix"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// env is a test bed with an appliance.yaml and a secret file per host, and
+// the services' output and steps.
+type env struct {
+	t      testing.TB
+	bed    *testbed.Bed
+	cfgs   []*config.Appliance
+	secret []byte
+
+	mu    sync.Mutex
+	log   bytes.Buffer
+	steps map[string][]Step // host -> steps reached, in order
+	errs  []string          // every error a service returned
+}
+
+func newEnv(t testing.TB, hosts int) *env {
+	bed := testbed.New(t, testbed.Options{Hosts: hosts})
+	return envOn(t, bed)
+}
+
+func envOn(t testing.TB, bed *testbed.Bed) *env {
+	e := &env{t: t, bed: bed, steps: map[string][]Step{}}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	e.secret = []byte(hex.EncodeToString(raw))
+	var members []config.Member
+	for _, h := range bed.Hosts {
+		members = append(members, config.Member{Name: h.Name, Address: h.Address.String()})
+	}
+	init := bed.Hosts[0]
+	for _, h := range bed.Hosts {
+		// The pool's source: on a real host the ZFS partition, here an
+		// empty directory of the host's.
+		if err := os.Mkdir(filepath.Join(h.Dir, "pool"), 0o711); err != nil {
+			t.Fatal(err)
+		}
+		secretFile := filepath.Join(h.Dir, "cluster.secret")
+		if err := config.WriteSecret(secretFile, e.secret); err != nil {
+			t.Fatal(err)
+		}
+		a := &config.Appliance{
+			Host: config.Host{Name: h.Name, Address: h.Address.String()},
+			Cluster: config.Cluster{
+				Name: "bed" + bed.ID, Initiator: init.Name, InitiatorAddress: init.Address.String(),
+				Members:  members,
+				Storage:  config.Storage{Pool: "local", Driver: "dir", Source: filepath.Join(h.Dir, "pool")},
+				Networks: []config.Network{{Name: "ssbr0", Type: "bridge", IPv4: "10.222.0.1/24"}},
+			},
+			SecretFile: secretFile,
+			StateDir:   filepath.Join(h.Dir, "state"),
+		}
+		// What the installer would write, loaded the way the service will.
+		data, err := config.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(h.Dir, "appliance.yaml")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		loaded, err := config.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.cfgs = append(e.cfgs, loaded)
+	}
+	return e
+}
+
+// Write makes env the services' progress writer: kept for the leak check,
+// and shown in the test log.
+func (e *env) Write(p []byte) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+	return e.log.Write(p)
+}
+
+// service is one run of a host's service, in its own goroutine.
+type service struct {
+	host *testbed.Host
+	done chan error
+	stop context.CancelFunc
+}
+
+// start runs host i's service, talking to its own LXD, listening and
+// dialling inside its network namespace.
+func (e *env) start(i int, mod func(*Options)) *service {
+	e.t.Helper()
+	h := e.bed.Hosts[i]
+	secret, err := config.ReadSecret(e.cfgs[i].SecretFile)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	o := Options{
+		Config: e.cfgs[i], Secret: secret, LXD: h.LXD(), LXDDir: h.LXDDir,
+		Listen: listenIn(h), Dial: h.DialContext,
+		Progress:       progress.New(e, progress.Plain),
+		BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
+		OnStep: func(s Step) {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.steps[h.Name] = append(e.steps[h.Name], s)
+		},
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	svc, err := New(o)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	s := &service{host: h, done: make(chan error, 1), stop: cancel}
+	go func() {
+		err := svc.Run(ctx)
+		if err != nil {
+			e.mu.Lock()
+			e.errs = append(e.errs, err.Error())
+			e.mu.Unlock()
+			e.t.Logf("%s: service ended: %v", h.Name, err)
+		}
+		s.done <- err
+	}()
+	e.t.Cleanup(func() {
+		cancel()
+		select {
+		case <-s.done:
+		case <-time.After(30 * time.Second):
+			e.t.Errorf("%s: service did not stop", h.Name)
+		}
+	})
+	return s
+}
+
+// wait returns the service's result; it fails the test on timeout.
+func (s *service) wait(t testing.TB, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-s.done:
+		s.done <- err // later waits and the cleanup see it too
+		return err
+	case <-time.After(timeout):
+		t.Fatalf("%s: service still running after %s", s.host.Name, timeout)
+		return nil
+	}
+}
+
+func (e *env) reachedCount(host string, step Step) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, s := range e.steps[host] {
+		if s == step {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *env) waitStep(host string, step Step, count int, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for e.reachedCount(host, step) < count {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s did not reach %s (%d times) within %s", host, step, count, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *env) output() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.log.String()
+}
+
+// listenIn creates listeners inside h's network namespace. A socket
+// belongs to the namespace of the thread that creates it, so a goroutine
+// locked to a fresh OS thread enters the namespace, listens, and exits
+// still locked: Go then ends that thread instead of reusing it in the
+// wrong namespace.
+func listenIn(h *testbed.Host) func(network, address string) (net.Listener, error) {
+	return func(network, address string) (net.Listener, error) {
+		type result struct {
+			ln  net.Listener
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread()
+			f, err := os.Open("/run/netns/" + h.Netns)
+			if err != nil {
+				ch <- result{nil, err}
+				return
+			}
+			defer f.Close()
+			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+				ch <- result{nil, fmt.Errorf("%s: enter network namespace: %w", h.Name, err)}
+				return
+			}
+			ln, err := net.Listen(network, address)
+			ch <- result{ln, err}
+		}()
+		r := <-ch
+		return r.ln, r.err
+	}
+}
+
+// pendingTokens lists the join tokens LXD on h holds, by member name.
+func pendingTokens(t testing.TB, h *testbed.Host) []string {
+	t.Helper()
+	ops, err := h.LXD().GetOperations()
+	if err != nil {
+		t.Fatalf("%s: list operations: %v", h.Name, err)
+	}
+	var names []string
+	for _, op := range ops {
+		// A used token's operation lingers as a success: not pending.
+		if op.Class != "token" || op.StatusCode != api.Running {
+			continue
+		}
+		tok, err := op.ToClusterJoinToken()
+		if err != nil {
+			t.Fatalf("%s: token operation %s: %v", h.Name, op.ID, err)
+		}
+		names = append(names, tok.ServerName)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func memberNames(t testing.TB, h *testbed.Host) []string {
+	t.Helper()
+	c, _, err := h.LXD().GetCluster()
+	if err != nil {
+		t.Fatalf("%s: %v", h.Name, err)
+	}
+	if !c.Enabled {
+		return nil
+	}
+	members, err := h.LXD().GetClusterMembers()
+	if err != nil {
+		t.Fatalf("%s: list members: %v", h.Name, err)
+	}
+	var names []string
+	for _, m := range members {
+		names = append(names, m.ServerName)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// assertFormed checks what a user would with `lxc cluster list` on every
+// host: all the bed's hosts, online, holding database roles, the same
+// cluster everywhere, and no join token left pending.
+func (e *env) assertFormed(t testing.TB) {
+	t.Helper()
+	var want []string
+	for _, h := range e.bed.Hosts {
+		want = append(want, h.Name)
+	}
+	slices.Sort(want)
+	// LXD hands out database roles shortly after a join: give it time.
+	deadline := time.Now().Add(60 * time.Second)
+	for _, h := range e.bed.Hosts {
+		for {
+			members, err := h.LXD().GetClusterMembers()
+			if err != nil {
+				t.Fatalf("%s: list members: %v", h.Name, err)
+			}
+			var names, problems []string
+			for _, m := range members {
+				names = append(names, m.ServerName)
+				if m.Status != "Online" {
+					problems = append(problems, m.ServerName+" is "+m.Status)
+				}
+				// With three members every one is a voter.
+				if len(want) == 3 && !slices.Contains(m.Roles, "database") {
+					problems = append(problems, fmt.Sprintf("%s has roles %v", m.ServerName, m.Roles))
+				}
+			}
+			slices.Sort(names)
+			if !slices.Equal(names, want) {
+				problems = append(problems, fmt.Sprintf("members %v, want %v", names, want))
+			}
+			if len(problems) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s sees: %s", h.Name, strings.Join(problems, "; "))
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if toks := pendingTokens(t, h); len(toks) > 0 {
+			t.Errorf("%s: join tokens left pending for %v", h.Name, toks)
+		}
+	}
+}
+
+// assertNoLeak greps everything the services printed and returned for the
+// secret and the derived key.
+func (e *env) assertNoLeak(t testing.TB) {
+	t.Helper()
+	k := deriveKey(e.secret, e.cfgs[0].Cluster.Name)
+	e.mu.Lock()
+	all := e.log.String() + strings.Join(e.errs, "\n")
+	e.mu.Unlock()
+	for what, s := range map[string]string{
+		"secret":         string(e.secret),
+		"key (hex)":      hex.EncodeToString(k.b[:]),
+		"key (base64)":   base64.StdEncoding.EncodeToString(k.b[:]),
+		"key (raw)":      string(k.b[:]),
+		"secret (upper)": strings.ToUpper(string(e.secret)),
+	} {
+		if strings.Contains(all, s) {
+			t.Errorf("the services' output contains the %s", what)
+		}
+	}
+	if !strings.Contains(all, "registration") {
+		t.Errorf("no registration lines in the output: the leak check looked at nothing")
+	}
+}
+
+// post sends a raw registration request from inside h's network with h's
+// LXD certificate as client certificate; it returns the status and body.
+func (e *env) post(t testing.TB, from *testbed.Host, body []byte) (int, string) {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(from.LXDDir, "server.crt"), filepath.Join(from.LXDDir, "server.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		DialContext:       from.DialContext,
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}},
+		DisableKeepAlives: true,
+	}}
+	resp, err := client.Post("https://"+e.cfgs[0].Cluster.RegistrationAddress()+RegistrationPath, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("post from %s: %v", from.Name, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(data))
+}
+
+// request builds a request as host i would send it, signed with k.
+func (e *env) request(t testing.TB, i int, k key, edit func(*JoinRequest)) *JoinRequest {
+	t.Helper()
+	h := e.bed.Hosts[i]
+	cert, err := tls.LoadX509KeyPair(filepath.Join(h.LXDDir, "server.crt"), filepath.Join(h.LXDDir, "server.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := newJoinRequest(k, e.cfgs[0].Cluster.Name, h.Name, h.Address.String(), Fingerprint(cert.Leaf), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(r)
+		r.MAC = hex.EncodeToString(k.mac(r.macFields()...))
+	}
+	return r
+}
+
+func mustJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,0 +1,238 @@
+// Package cluster turns freshly installed hosts into one LXD cluster without
+// anyone typing a command. Every host runs the same Service with its
+// appliance.yaml: the initiator named there bootstraps the cluster and
+// serves a registration endpoint; every other host registers there and
+// joins with the LXD join token it gets back.
+//
+// Trust: the cluster secret never crosses the wire. A joiner proves it holds
+// it with an HMAC-SHA256 (key: Argon2id of the secret, salt from the cluster
+// name) over its name, address, LXD certificate fingerprint, a nonce and a
+// timestamp. The endpoint serves TLS with the initiator's LXD server
+// certificate and asks for the joiner's as a client certificate; each side
+// pins the certificate the other's proof names. The initiator answers with
+// its own HMAC over the joiner's nonce, its fingerprint and the token.
+//
+// Convergence: each step has a name (Step*) and a checkable end state, read
+// from LXD before acting, so running the service again after a crash at any
+// point ends in the same cluster: no second cluster, no duplicate member,
+// no token left pending. Options.FailAfter stops the service right after a
+// named step, for tests that prove it.
+package cluster
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/lxdinit"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// Step is a named end state of the service.
+type Step string
+
+// Steps of the initiator, in order.
+const (
+	StepLXDInitialised    Step = "lxd-initialised"      // lxdinit.Apply has nothing left to do
+	StepBootstrapped      Step = "cluster-bootstrapped" // LXD is clustered with this host as a member
+	StepServing           Step = "registration-serving" // the registration endpoint listens
+	StepTokenIssued       Step = "token-issued"         // a join token for one joiner exists (per request)
+	StepClusterFormed     Step = "cluster-formed"       // every listed member is online, no token pending
+	StepRegistered        Step = "registered"           // joiner: holds a token whose issuer proved the secret
+	StepJoined            Step = "joined"               // joiner: LXD is a member of the initiator's cluster
+	StepMemberOnline      Step = "member-online"        // joiner: the cluster sees it online
+	lxdPort                    = "8443"
+	defaultLXDDir              = "/var/lib/lxd"
+	defaultJoinTimeout         = 2 * time.Minute
+	defaultMaxFailures         = 5
+	defaultBlock               = time.Minute
+	defaultBackoffInitial      = time.Second
+	defaultBackoffMax          = 30 * time.Second
+)
+
+// ErrInjected is what Run returns when Options.FailAfter stopped it.
+var ErrInjected = errors.New("stopped by fault injection")
+
+// Options configure one host's service.
+type Options struct {
+	// Config is the host's appliance.yaml.
+	Config *config.Appliance
+	// Secret is the cluster secret (config.ReadSecret(Config.SecretFile)).
+	Secret []byte
+	// LXD is this host's LXD daemon (its unix socket).
+	LXD lxd.InstanceServer
+	// LXDDir holds the daemon's server.crt and server.key, the identity the
+	// host proves and pins (default /var/lib/lxd).
+	LXDDir string
+
+	// Listen creates the registration listener (default net.Listen); Dial
+	// connects to other hosts (default a net.Dialer). The test bed passes
+	// functions that work inside a host's network namespace.
+	Listen func(network, address string) (net.Listener, error)
+	Dial   func(ctx context.Context, network, address string) (net.Conn, error)
+
+	// Progress gets one status line per step and per registration attempt.
+	Progress *progress.Reporter
+	// FailAfter stops the service (Run returns ErrInjected) right after the
+	// named step is reached, for fault-injection tests.
+	FailAfter Step
+	// OnStep, when set, is called with every step reached (for tests and
+	// the status command).
+	OnStep func(Step)
+
+	// BackoffInitial and BackoffMax shape a joiner's retries (1s doubling
+	// to 30s by default).
+	BackoffInitial, BackoffMax time.Duration
+	// JoinTimeout is how long the initiator keeps the join slot for a
+	// joiner it gave a token to before it lets another joiner in (2 min).
+	JoinTimeout time.Duration
+	// MaxFailures refused requests from one address block it for Block,
+	// doubling with every further failure (5, 1 min).
+	MaxFailures int
+	Block       time.Duration
+
+	now func() time.Time // for tests of time; default time.Now
+}
+
+// Service is one host's cluster formation.
+type Service struct {
+	o    Options
+	cfg  *config.Appliance
+	key  key
+	cert tls.Certificate // the host's LXD server certificate and key
+	fp   string          // its fingerprint
+	log  *progress.Reporter
+}
+
+// New checks the options and derives the HMAC key from the secret (about
+// 0.2 s). The secret is not kept.
+func New(o Options) (*Service, error) {
+	if o.Config == nil || o.LXD == nil {
+		return nil, errors.New("cluster: Config and LXD are required")
+	}
+	if len(o.Secret) < config.MinSecretLength {
+		return nil, fmt.Errorf("cluster: secret shorter than %d bytes", config.MinSecretLength)
+	}
+	o.LXDDir = cmp.Or(o.LXDDir, defaultLXDDir)
+	if o.Listen == nil {
+		o.Listen = net.Listen
+	}
+	if o.Dial == nil {
+		var d net.Dialer
+		o.Dial = d.DialContext
+	}
+	o.BackoffInitial = cmp.Or(o.BackoffInitial, defaultBackoffInitial)
+	o.BackoffMax = cmp.Or(o.BackoffMax, defaultBackoffMax)
+	o.JoinTimeout = cmp.Or(o.JoinTimeout, defaultJoinTimeout)
+	o.MaxFailures = cmp.Or(o.MaxFailures, defaultMaxFailures)
+	o.Block = cmp.Or(o.Block, defaultBlock)
+	if o.now == nil {
+		o.now = time.Now
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(o.LXDDir, "server.crt"), filepath.Join(o.LXDDir, "server.key"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %s: LXD server certificate: %w", o.Config.Host.Name, err)
+	}
+	s := &Service{o: o, cfg: o.Config, cert: cert, log: cmp.Or(o.Progress, progress.Discard())}
+	s.fp = Fingerprint(cert.Leaf)
+	s.key = deriveKey(o.Secret, o.Config.Cluster.Name)
+	s.o.Secret = nil
+	return s, nil
+}
+
+// Run brings this host to its final step: StepClusterFormed on the
+// initiator, StepMemberOnline on a joiner. It is safe to run again after a
+// crash or an error at any point.
+func (s *Service) Run(ctx context.Context) error {
+	if err := s.initLXD(ctx); err != nil {
+		return err
+	}
+	if s.cfg.IsInitiator() {
+		return s.runInitiator(ctx)
+	}
+	return s.runJoiner(ctx)
+}
+
+// reached reports a step and says whether fault injection stops here.
+func (s *Service) reached(step Step, detail string) error {
+	if detail != "" {
+		s.log.Info("%s: %s: %s", s.cfg.Host.Name, step, detail)
+	} else {
+		s.log.Info("%s: %s", s.cfg.Host.Name, step)
+	}
+	if s.o.OnStep != nil {
+		s.o.OnStep(step)
+	}
+	if s.o.FailAfter == step {
+		return fmt.Errorf("%s: after %s: %w", s.cfg.Host.Name, step, ErrInjected)
+	}
+	return nil
+}
+
+func (s *Service) httpsAddress() string {
+	return net.JoinHostPort(s.cfg.Host.Address, lxdPort)
+}
+
+// initLXD is StepLXDInitialised: lxdinit reads the state of every item
+// before it changes it, so a re-run does nothing.
+func (s *Service) initLXD(ctx context.Context) error {
+	c := s.cfg.Cluster
+	lc := lxdinit.Config{
+		HTTPSAddress: s.httpsAddress(),
+		Pool:         lxdinit.StoragePool{Name: c.Storage.Pool, Driver: c.Storage.Driver, Source: c.Storage.Source},
+	}
+	for _, n := range c.Networks {
+		if n.Type == "bridge" {
+			lc.Network = lxdinit.Network{Name: n.Name, IPv4Address: cmp.Or(n.IPv4, "auto")}
+			break
+		}
+	}
+	clustered, err := s.clustered()
+	if err != nil {
+		return err
+	}
+	if clustered {
+		// Pools and networks are the cluster's now; lxdinit's job is done.
+		return s.reached(StepLXDInitialised, "already a cluster member")
+	}
+	steps, err := lxdinit.Apply(ctx, s.o.LXD, lc)
+	if err != nil {
+		return fmt.Errorf("cluster: %s: %w", s.cfg.Host.Name, err)
+	}
+	changed := 0
+	for _, st := range steps {
+		if st.Action != lxdinit.InPlace {
+			changed++
+		}
+	}
+	return s.reached(StepLXDInitialised, fmt.Sprintf("%d of %d items changed", changed, len(steps)))
+}
+
+// clustered reads whether this host's LXD is a cluster member.
+func (s *Service) clustered() (bool, error) {
+	c, _, err := s.o.LXD.GetCluster()
+	if err != nil {
+		return false, fmt.Errorf("cluster: %s: read cluster state (GET /1.0/cluster): %w", s.cfg.Host.Name, err)
+	}
+	return c.Enabled, nil
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

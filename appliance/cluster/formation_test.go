@@ -1,0 +1,137 @@
+package cluster
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFormation forms a three-member cluster on a bed: host2 starts before
+// the initiator and keeps retrying; while host3 has not started, requests
+// with a wrong secret, tampered fields, a replay, a stale timestamp, an
+// unlisted name, a malformed and an oversized body are all refused and
+// leave no member and no token; repeated failures block an address; then
+// host3 joins and every host sees the same three online members.
+func TestFormation(t *testing.T) {
+	e := newEnv(t, 3)
+	h1, h2, h3 := e.bed.Hosts[0], e.bed.Hosts[1], e.bed.Hosts[2]
+
+	// A joiner that starts first retries with a status line per attempt.
+	early := e.start(1, nil)
+	deadline := time.Now().Add(time.Minute)
+	for strings.Count(e.output(), h2.Name+": attempt ") < 2 {
+		if time.Now().After(deadline) || len(early.done) > 0 {
+			t.Fatalf("host2 did not report two failed attempts while the initiator is down")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	init := e.start(0, nil)
+	e.waitStep(h1.Name, StepServing, 1, 2*time.Minute)
+	if err := early.wait(t, 3*time.Minute); err != nil {
+		t.Fatalf("host2, started before the initiator: %v", err)
+	}
+	if got := memberNames(t, h1); !slices.Equal(got, []string{"host1", "host2"}) {
+		t.Fatalf("members after host2 joined: %v", got)
+	}
+
+	good := deriveKey(e.secret, e.cfgs[0].Cluster.Name)
+	wrong := deriveKey([]byte("not-the-cluster-secret-at-all!!"), e.cfgs[0].Cluster.Name)
+	nothingLeft := func(t *testing.T, tokens []string) {
+		t.Helper()
+		if got := memberNames(t, h1); !slices.Equal(got, []string{"host1", "host2"}) {
+			t.Errorf("members: %v", got)
+		}
+		if got := pendingTokens(t, h1); !slices.Equal(got, tokens) {
+			t.Errorf("pending tokens %v, want %v", got, tokens)
+		}
+	}
+	flip := func(s string, i int) string {
+		b := []byte(s)
+		b[i] ^= 0x01
+		return string(b)
+	}
+	refused := []struct {
+		name   string
+		from   int // host index the request comes from
+		body   func(t *testing.T) []byte
+		status int
+		reason string
+	}{
+		{"wrong secret", 2, func(t *testing.T) []byte { return mustJSON(t, e.request(t, 2, wrong, nil)) }, 401, "proof does not verify"},
+		{"tampered name", 2, func(t *testing.T) []byte {
+			r := e.request(t, 2, good, nil)
+			r.Name = flip(r.Name, len(r.Name)-1) // host3 -> host2
+			return mustJSON(t, r)
+		}, 401, "proof does not verify"},
+		{"tampered fingerprint", 2, func(t *testing.T) []byte {
+			r := e.request(t, 2, good, nil)
+			// Flip a bit of a hex digit 0-7, which stays a hex digit.
+			i := strings.IndexAny(r.Fingerprint, "01234567")
+			r.Fingerprint = flip(r.Fingerprint, i)
+			return mustJSON(t, r)
+		}, 401, "proof does not verify"},
+		{"stale", 1, func(t *testing.T) []byte {
+			return mustJSON(t, e.request(t, 2, good, func(r *JoinRequest) { r.Timestamp -= 180 }))
+		}, 401, "stale request"},
+		{"unlisted name", 1, func(t *testing.T) []byte {
+			return mustJSON(t, e.request(t, 2, good, func(r *JoinRequest) { r.Name = "host9" }))
+		}, 403, "not a member"},
+		{"malformed", 1, func(*testing.T) []byte { return []byte(`{"version":1,"name":`) }, 400, "malformed"},
+		{"unknown field", 1, func(*testing.T) []byte { return []byte(`{"version":1,"extra":true}`) }, 400, "malformed"},
+		{"oversized", 1, func(*testing.T) []byte {
+			return []byte(`{"name":"` + strings.Repeat("a", 1<<20) + `"}`)
+		}, 413, "larger than"},
+	}
+	for _, tc := range refused {
+		t.Run("refused/"+tc.name, func(t *testing.T) {
+			status, body := e.post(t, e.bed.Hosts[tc.from], tc.body(t))
+			if status != tc.status || !strings.Contains(body, tc.reason) {
+				t.Errorf("got %d %q, want %d and %q", status, body, tc.status, tc.reason)
+			}
+			nothingLeft(t, nil)
+		})
+	}
+
+	t.Run("refused/replay", func(t *testing.T) {
+		body := mustJSON(t, e.request(t, 2, good, nil))
+		status, resp := e.post(t, h3, body)
+		if status != 200 {
+			t.Fatalf("valid request: %d %s", status, resp)
+		}
+		var jr JoinResponse
+		if err := json.Unmarshal([]byte(resp), &jr); err != nil || jr.Token == "" {
+			t.Fatalf("valid request: answer %q: %v", resp, err)
+		}
+		nothingLeft(t, []string{"host3"})
+		status, resp = e.post(t, h3, body)
+		if status != 401 || !strings.Contains(resp, "replayed") {
+			t.Errorf("replay: got %d %q", status, resp)
+		}
+		// The replay issued nothing: still the one token from the original.
+		nothingLeft(t, []string{"host3"})
+	})
+
+	t.Run("rate limit", func(t *testing.T) {
+		// host2 is a member already, so blocking its address costs
+		// nothing: its five refused requests above (stale, unlisted name,
+		// malformed, unknown field, oversized) block even a valid one.
+		status, body := e.post(t, h2, mustJSON(t, e.request(t, 1, good, nil)))
+		if status != 429 {
+			t.Errorf("after 5 failures a valid request got %d %q, want 429", status, body)
+		}
+		nothingLeft(t, []string{"host3"})
+	})
+
+	// host3's own service replaces the token the test made and joins.
+	last := e.start(2, nil)
+	if err := last.wait(t, 3*time.Minute); err != nil {
+		t.Fatalf("host3: %v", err)
+	}
+	if err := init.wait(t, time.Minute); err != nil {
+		t.Fatalf("initiator: %v", err)
+	}
+	e.assertFormed(t)
+	e.assertNoLeak(t)
+}

@@ -1,0 +1,239 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/canonical/lxd/shared"
+	"github.com/canonical/lxd/shared/api"
+)
+
+func (s *Service) runJoiner(ctx context.Context) error {
+	name := s.cfg.Host.Name
+	joined, err := s.isMember()
+	if err != nil {
+		return err
+	}
+	if joined {
+		if err := s.reached(StepJoined, "already a member"); err != nil {
+			return err
+		}
+		return s.awaitOnline(ctx)
+	}
+	regAddr := s.cfg.Cluster.RegistrationAddress()
+	backoff := s.o.BackoffInitial
+	for attempt := 1; ; attempt++ {
+		err := s.registerAndJoin(ctx, regAddr)
+		if err == nil {
+			return s.awaitOnline(ctx)
+		}
+		if errors.Is(err, ErrInjected) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w (last error: %v)", name, attempt, ctx.Err(), err)
+		}
+		s.log.Info("%s: attempt %d to join via %s failed: %v; next attempt in %s", name, attempt, regAddr, err, backoff)
+		if err := sleep(ctx, backoff); err != nil {
+			return fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w", name, attempt, err)
+		}
+		backoff = min(2*backoff, s.o.BackoffMax)
+	}
+}
+
+// isMember is the end state of StepJoined: this LXD is clustered and knows
+// itself as a member under its own name.
+func (s *Service) isMember() (bool, error) {
+	clustered, err := s.clustered()
+	if err != nil || !clustered {
+		return false, err
+	}
+	name := s.cfg.Host.Name
+	if _, _, err := s.o.LXD.GetClusterMember(name); err != nil {
+		return false, fmt.Errorf("cluster: %s: clustered, but not as member %q (GET /1.0/cluster/members/%s): %w", name, name, name, err)
+	}
+	return true, nil
+}
+
+func (s *Service) registerAndJoin(ctx context.Context, regAddr string) error {
+	token, err := s.register(ctx, regAddr)
+	if err != nil {
+		return err
+	}
+	if err := s.reached(StepRegistered, "join token received from "+s.cfg.Cluster.Initiator); err != nil {
+		return err
+	}
+	if err := s.join(ctx, token); err != nil {
+		// LXD may have joined and failed after; the state says.
+		if ok, _ := s.isMember(); !ok {
+			return err
+		}
+	}
+	return s.reached(StepJoined, "member of cluster "+s.cfg.Cluster.Name)
+}
+
+// register asks the initiator for a join token and checks its proof.
+func (s *Service) register(ctx context.Context, regAddr string) (string, error) {
+	req, err := newJoinRequest(s.key, s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, s.o.now())
+	if err != nil {
+		return "", err
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return "", err
+	}
+	client := &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			DialContext: s.o.Dial,
+			// The initiator's certificate is not known beforehand: it is
+			// pinned below, by the fingerprint its proof covers.
+			TLSClientConfig: &tls.Config{
+				InsecureSkipVerify: true,
+				Certificates:       []tls.Certificate{s.cert},
+				MinVersion:         tls.VersionTLS13,
+			},
+			DisableKeepAlives: true,
+		},
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+regAddr+RegistrationPath, bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(hreq)
+	if err != nil {
+		return "", fmt.Errorf("registration endpoint not reachable: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return "", fmt.Errorf("registration answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("registration refused (%s): %s", resp.Status, strings.TrimSpace(string(data)))
+	}
+	var jr JoinResponse
+	if err := json.Unmarshal(data, &jr); err != nil {
+		return "", fmt.Errorf("registration answer: %w", err)
+	}
+	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 || Fingerprint(resp.TLS.PeerCertificates[0]) != jr.Fingerprint {
+		return "", errors.New("the registration endpoint's certificate is not the one the initiator's answer names")
+	}
+	if !verifyMAC(s.key, responseFields(req, &jr), jr.MAC) {
+		return "", errProofMismatch
+	}
+	return jr.Token, nil
+}
+
+// join joins this host's LXD with the token, after checking that the join
+// address serves the cluster certificate the token names.
+func (s *Service) join(ctx context.Context, token string) error {
+	name := s.cfg.Host.Name
+	tok, err := shared.JoinTokenDecode(token)
+	if err != nil {
+		return fmt.Errorf("join token: %w", err)
+	}
+	if tok.ServerName != name {
+		return fmt.Errorf("join token is for %q, not %q", tok.ServerName, name)
+	}
+	var clusterAddr string
+	var clusterCert *x509.Certificate
+	var lastErr error
+	for _, addr := range tok.Addresses {
+		cert, err := s.remoteCertificate(ctx, addr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if Fingerprint(cert) != tok.Fingerprint {
+			lastErr = fmt.Errorf("%s serves a certificate other than the cluster's in the token", addr)
+			continue
+		}
+		clusterAddr, clusterCert = addr, cert
+		break
+	}
+	if clusterCert == nil {
+		return fmt.Errorf("no join address in the token serves the cluster certificate: %v", lastErr)
+	}
+	put := api.ClusterPut{
+		Cluster:            api.Cluster{ServerName: name, Enabled: true, MemberConfig: s.memberConfig()},
+		ClusterAddress:     clusterAddr,
+		ClusterCertificate: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: clusterCert.Raw})),
+		ServerAddress:      s.httpsAddress(),
+		// LXD 5.0.2 with this client: the whole token goes here (see the
+		// testbed package doc).
+		ClusterPassword: token,
+	}
+	op, err := s.o.LXD.UpdateCluster(put, "")
+	if err == nil {
+		err = op.WaitContext(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("join cluster via %s (PUT /1.0/cluster): %w", clusterAddr, err)
+	}
+	return nil
+}
+
+// memberConfig is this host's own part of the cluster's pools and networks.
+func (s *Service) memberConfig() []api.ClusterMemberConfigKey {
+	c := s.cfg.Cluster
+	var mc []api.ClusterMemberConfigKey
+	if c.Storage.Source != "" {
+		mc = append(mc, api.ClusterMemberConfigKey{Entity: "storage-pool", Name: c.Storage.Pool, Key: "source", Value: c.Storage.Source})
+	}
+	for _, n := range c.Networks {
+		if n.Parent != "" {
+			mc = append(mc, api.ClusterMemberConfigKey{Entity: "network", Name: n.Name, Key: "parent", Value: n.Parent})
+		}
+	}
+	return mc
+}
+
+func (s *Service) remoteCertificate(ctx context.Context, addr string) (*x509.Certificate, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	raw, err := s.o.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer raw.Close()
+	// Checked against the token's fingerprint by the caller.
+	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS to %s: %w", addr, err)
+	}
+	return conn.ConnectionState().PeerCertificates[0], nil
+}
+
+// awaitOnline is StepMemberOnline: the cluster sees this member online.
+func (s *Service) awaitOnline(ctx context.Context) error {
+	name := s.cfg.Host.Name
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		m, _, err := s.o.LXD.GetClusterMember(name)
+		if err == nil && m.Status == "Online" {
+			return s.reached(StepMemberOnline, strings.Join(m.Roles, ","))
+		}
+		if time.Now().After(deadline) {
+			status := "unknown"
+			if m != nil {
+				status = m.Status
+			}
+			return fmt.Errorf("cluster: %s: member not online after 2 minutes (status %s, GET /1.0/cluster/members/%s: %v)", name, status, name, err)
+		}
+		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+			return fmt.Errorf("cluster: %s: waiting to be online: %w", name, err)
+		}
+	}
+}
