@@ -1,0 +1,161 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+)
+
+// Formation time from services start to every member online, against a
+// plain script doing the same with `lxd init --preseed` on the same kind of
+// bed (bootstrap, then one join after another with tokens made through the
+// API). A fresh bed per iteration; its start and close are not timed. Run:
+//
+//	go test -run XXX -bench Formation -benchtime 1x ./appliance/cluster/
+func BenchmarkFormation(b *testing.B) {
+	for _, n := range []int{3, 5} {
+		b.Run(fmt.Sprintf("service/hosts=%d", n), func(b *testing.B) {
+			benchFormation(b, n, func(e *env) {
+				svcs := make([]*service, n)
+				// Joiners first, as on a real first boot where nobody
+				// orders the machines.
+				for i := n - 1; i >= 0; i-- {
+					svcs[i] = e.start(i, nil)
+				}
+				for _, s := range svcs {
+					if err := s.wait(b, 5*time.Minute); err != nil {
+						b.Fatalf("%s: %v", s.host.Name, err)
+					}
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("preseed/hosts=%d", n), func(b *testing.B) {
+			benchFormation(b, n, formWithPreseed)
+		})
+	}
+}
+
+func benchFormation(b *testing.B, n int, form func(*env)) {
+	testenv.Short(b)
+	testenv.RequireRoot(b)
+	testenv.RequireTools(b, testbed.Tools...)
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		bed, err := testbed.Start(ctx, testbed.Options{Hosts: n})
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { bed.Close() })
+		e := envOn(b, bed)
+		e.quiet = true
+		b.StartTimer()
+		start := time.Now()
+		form(e)
+		e.waitAllOnline(n)
+		total += time.Since(start)
+		b.StopTimer()
+		if err := bed.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "s/formation")
+}
+
+// waitAllOnline polls the first host until n members are online.
+func (e *env) waitAllOnline(n int) {
+	e.t.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		members, err := e.bed.Hosts[0].LXD().GetClusterMembers()
+		online := 0
+		for _, m := range members {
+			if m.Status == "Online" {
+				online++
+			}
+		}
+		if err == nil && online == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d of %d members online after 5 minutes (%v)", online, n, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// formWithPreseed is what a plain script would do: `lxd init --preseed`
+// bootstraps the first host, then each other host joins in turn with a
+// token made on the first (as `lxc cluster add` would).
+func formWithPreseed(e *env) {
+	h1 := e.bed.Hosts[0]
+	c := e.cfgs[0].Cluster
+	https := func(h *testbed.Host) string { return net.JoinHostPort(h.Address.String(), "8443") }
+	local := func(i int) string {
+		h := e.bed.Hosts[i]
+		return fmt.Sprintf(`config:
+  core.https_address: %s
+networks:
+- name: %s
+  type: bridge
+  config: {ipv4.address: %s, ipv6.address: none}
+storage_pools:
+- name: %s
+  driver: %s
+  config: {source: %s}
+profiles:
+- name: default
+  devices:
+    root: {path: /, pool: %s, type: disk}
+    eth0: {name: eth0, network: %s, type: nic}
+`, https(h), c.Networks[0].Name, c.Networks[0].IPv4, c.Storage.Pool, c.Storage.Driver, e.cfgs[i].Cluster.Storage.Source, c.Storage.Pool, c.Networks[0].Name)
+	}
+	preseed(e, 0, local(0)+fmt.Sprintf("cluster:\n  server_name: %s\n  enabled: true\n", h1.Name))
+	server, _, err := h1.LXD().GetServer()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for i := 1; i < len(e.bed.Hosts); i++ {
+		h := e.bed.Hosts[i]
+		op, err := h1.LXD().CreateClusterMember(api.ClusterMembersPost{ServerName: h.Name})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		opAPI := op.Get()
+		tok, err := opAPI.ToClusterJoinToken()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		preseed(e, i, fmt.Sprintf(`cluster:
+  enabled: true
+  server_name: %s
+  server_address: %s
+  cluster_address: %s
+  cluster_certificate: %q
+  cluster_token: %s
+  member_config:
+  - {entity: storage-pool, name: %s, key: source, value: %s}
+`, h.Name, https(h), https(h1), server.Environment.Certificate, tok.String(), c.Storage.Pool, e.cfgs[i].Cluster.Storage.Source))
+	}
+}
+
+func preseed(e *env, i int, yaml string) {
+	h := e.bed.Hosts[i]
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := h.Command(ctx, "lxd", "init", "--preseed")
+	cmd.Stdin = bytes.NewReader([]byte(yaml))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		e.t.Fatalf("%s: lxd init --preseed: %v\n%s", h.Name, err, out)
+	}
+}
