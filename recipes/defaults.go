@@ -51,6 +51,7 @@ func applyDefaults(r *Recipe) {
 	// user-data, SSH for the owner.
 	setList(&img.Packages, "systemd-sysv", "docker.io", "cloud-init", "openssh-server", "ca-certificates")
 	setList(&img.Output.Formats, "container", "vm")
+	setString(&img.Output.Compression, "xz")
 	if img.DockerImages == nil {
 		img.DockerImages = []DockerImage{}
 	}

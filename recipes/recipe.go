@@ -77,7 +77,8 @@ type Chainstate struct {
 
 // ImageOutput selects the LXD image formats.
 type ImageOutput struct {
-	Formats []string `yaml:"formats" json:"formats" rule:"enum=container|vm" doc:"container: metadata + rootfs.squashfs and a unified tarball; vm: metadata + qcow2 disk with GPT/ESP"`
+	Formats     []string `yaml:"formats" json:"formats" rule:"enum=container|vm" doc:"container: metadata + rootfs.squashfs and a unified tarball; vm: metadata + qcow2 disk with GPT/ESP"`
+	Compression string   `yaml:"compression" json:"compression" rule:"enum=xz|gzip" doc:"squashfs compression: xz (smaller) or gzip (several times faster to build)"`
 }
 
 // Reproducible controls byte-identical builds.

@@ -7,7 +7,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
-	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
 // loadDockerImagesCommand is what ssbuild-preload.service runs once on an
@@ -31,11 +30,7 @@ func loadDockerImagesCommand() *cli.Command {
 				return fmt.Errorf("docker client: %w", err)
 			}
 			defer docker.Close()
-			rep := progress.New(c.App.ErrWriter, progress.Plain)
-			if c.Bool("json") {
-				rep = progress.New(c.App.ErrWriter, progress.JSON)
-			}
-			return dockerpreload.LoadAll(c.Context, docker, c.String("dir"), rep)
+			return dockerpreload.LoadAll(c.Context, docker, c.String("dir"), progressFor(c))
 		},
 	}
 }

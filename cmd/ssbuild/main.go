@@ -4,10 +4,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -30,7 +33,11 @@ func main() {
 // run is main without the process: tests call it with their own streams.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := newApp(stdin, stdout, stderr)
-	err := app.Run(args)
+	// Ctrl-C and SIGTERM cancel the context, so long steps unmount and
+	// remove their partial output before the process ends.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := app.RunContext(ctx, args)
 	if err == nil {
 		return exitOK
 	}
@@ -90,6 +97,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Commands: withUsageErrors([]*cli.Command{
 			recipeCommand(),
 			planCommand(),
+			imageCommand(),
 			loadDockerImagesCommand(),
 			versionCommand(),
 			completionCommand(),

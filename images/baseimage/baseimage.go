@@ -1,0 +1,333 @@
+// Package baseimage runs `ssbuild image`: it turns a recipe's image section
+// into the base image every site instance boots from, in named steps:
+//
+//	rootfs        debootstrap (cached by its inputs) or a verified tarball
+//	packages      the recipe's packages, installed in a chroot
+//	ssbuild       the ssbuild binary and its first-boot units
+//	docker-images the recipe's Docker images, saved into the tree
+//	chainstate    the recipe's chainstate, packed as its own artifact
+//	lxd-image     the tree written as LXD images (container and/or VM)
+//
+// The output folder appears complete or not at all: everything is written
+// into a temporary sibling that is renamed into place last.
+package baseimage
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/images/chainstate"
+	"github.com/sovereign-stack/ssbuild/images/chroot"
+	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
+	"github.com/sovereign-stack/ssbuild/images/lxdimage"
+	"github.com/sovereign-stack/ssbuild/images/mounts"
+	"github.com/sovereign-stack/ssbuild/images/rootfs"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Layout of the output folder.
+const (
+	ImageDir      = "image"      // the LXD image folder (lxdimage's layout)
+	ChecksumsFile = "SHA256SUMS" // every file of the output, sha256sum -c format
+	// BinaryPath is where the ssbuild binary goes in the image.
+	BinaryPath = "/usr/local/bin/ssbuild"
+)
+
+// Options are what a build needs besides the recipe.
+type Options struct {
+	OutDir   string // must not exist
+	CacheDir string // the debootstrap cache
+	// Docker is the daemon the recipe's images are taken from (pulled into
+	// it when missing). Needed only when the recipe lists images.
+	Docker dockerpreload.Daemon
+	// Binary is the ssbuild executable installed into the image, for the
+	// first-boot units. It must run on the image's OS (a static build).
+	Binary string
+	// Epoch is SOURCE_DATE_EPOCH: every file time and the creation date.
+	// Zero means the recipe's, then the environment's, then now.
+	Epoch    int64
+	Progress *progress.Reporter
+}
+
+// Result is a finished build.
+type Result struct {
+	OutDir     string
+	Image      *lxdimage.Manifest
+	Chainstate *chainstate.Artifact // nil without a chainstate
+	CacheHit   bool                 // debootstrap came from the cache
+	Epoch      int64
+}
+
+// ResolveEpoch picks SOURCE_DATE_EPOCH: the given value, the recipe's, the
+// environment's, else the current time (a build that is not reproducible).
+func ResolveEpoch(given int64, r *recipes.Recipe) (int64, error) {
+	if given > 0 {
+		return given, nil
+	}
+	if env := os.Getenv("SOURCE_DATE_EPOCH"); env != "" {
+		n, err := strconv.ParseInt(env, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, fmt.Errorf("SOURCE_DATE_EPOCH=%q is not a positive number of seconds", env)
+		}
+		return n, nil
+	}
+	if e := r.Image.Reproducible.SourceDateEpoch; e > 0 {
+		return e, nil
+	}
+	return time.Now().Unix(), nil
+}
+
+// Build runs every step. On error the output folder does not exist, no mount
+// is left, and the error names the step that failed.
+func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, err error) {
+	rep := opts.Progress
+	if rep == nil {
+		rep = progress.Discard()
+	}
+	if opts.OutDir == "" || opts.CacheDir == "" {
+		return res, errors.New("image: an output folder and a cache folder are needed")
+	}
+	if _, err := os.Lstat(opts.OutDir); err == nil {
+		return res, fmt.Errorf("image: output %s already exists; remove it or pick another", opts.OutDir)
+	}
+	if len(r.Image.DockerImages) > 0 && opts.Docker == nil {
+		return res, errors.New("image: the recipe pre-loads Docker images but no Docker daemon was given")
+	}
+	if res.Epoch, err = ResolveEpoch(opts.Epoch, r); err != nil {
+		return res, fmt.Errorf("image: %w", err)
+	}
+	parent := filepath.Dir(opts.OutDir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return res, fmt.Errorf("image: output: %w", err)
+	}
+	// A crashed earlier build may have left work folders (with mounts).
+	removeStale(parent, "."+filepath.Base(opts.OutDir)+".")
+	work, err := os.MkdirTemp(parent, "."+filepath.Base(opts.OutDir)+".work-")
+	if err != nil {
+		return res, fmt.Errorf("image: %w", err)
+	}
+	defer func() {
+		if rmErr := mounts.RemoveTree(work); rmErr != nil && err == nil {
+			err = fmt.Errorf("image: clean up %s: %w", work, rmErr)
+		}
+	}()
+	b := &build{r: r, opts: opts, rep: rep, work: work, epoch: res.Epoch,
+		tree: filepath.Join(work, "rootfs"), out: filepath.Join(work, "out")}
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"rootfs", b.rootfs},
+		{"packages", b.packages},
+		{"docker-images", b.dockerImages},
+		{"chainstate", b.chainstate},
+		{"lxd-image", b.lxdImage},
+		{"checksums", b.checksums},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("image: step %s: %w", s.name, err)
+		}
+		if err := s.run(ctx); err != nil {
+			return res, fmt.Errorf("image: step %s: %w", s.name, err)
+		}
+	}
+	if err := os.Rename(b.out, opts.OutDir); err != nil {
+		return res, fmt.Errorf("image: output: %w", err)
+	}
+	res.OutDir, res.Image, res.Chainstate, res.CacheHit = opts.OutDir, b.image, b.chain, b.cacheHit
+	return res, nil
+}
+
+// build carries the state between steps.
+type build struct {
+	r          *recipes.Recipe
+	opts       Options
+	rep        *progress.Reporter
+	work, tree string // work folder; the root filesystem inside it
+	out        string // the output folder being written
+	epoch      int64
+	inputs     []lxdimage.Input
+	cacheHit   bool
+	image      *lxdimage.Manifest
+	chain      *chainstate.Artifact
+}
+
+func (b *build) rootfs(ctx context.Context) error {
+	src := b.r.Image.Source
+	rb := rootfs.Builder{CacheDir: b.opts.CacheDir, Progress: b.rep}
+	var res rootfs.Result
+	var err error
+	if src.Kind == "tarball" {
+		res, err = rb.Unpack(ctx, rootfs.Tarball{Path: b.r.Path(src.Tarball), SHA256: src.SHA256}, b.tree)
+		b.inputs = append(b.inputs, lxdimage.Input{Name: "rootfs " + src.Tarball, SHA256: src.SHA256})
+	} else {
+		res, err = rb.Debootstrap(ctx, rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror,
+			Keyring: src.Keyring, Variant: src.Variant, Components: src.Components}, b.tree)
+		b.inputs = append(b.inputs, lxdimage.Input{Name: "debootstrap " + src.Suite, SHA256: res.CacheKey,
+			Detail: fmt.Sprintf("%s %s %s", src.Mirror, src.Variant, strings.Join(src.Components, ","))})
+	}
+	b.cacheHit = res.CacheHit
+	return err
+}
+
+// packages installs the recipe's packages and ssbuild's first-boot pieces.
+func (b *build) packages(ctx context.Context) (err error) {
+	s, err := chroot.Open(ctx, b.tree, chroot.Options{Progress: b.rep,
+		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.epoch, 10)}})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, s.Close()) }()
+	if err := s.Install(ctx, b.r.Image.Packages...); err != nil {
+		return err
+	}
+	if m := b.r.Image.RegistryMirror; m != "" {
+		cfg := fmt.Sprintf("{\n  \"registry-mirrors\": [%q]\n}\n", m)
+		if err := s.WriteFile("/etc/docker/daemon.json", []byte(cfg), 0o644); err != nil {
+			return err
+		}
+	}
+	if len(b.r.Image.DockerImages) == 0 {
+		return nil
+	}
+	bin, err := os.ReadFile(b.opts.Binary)
+	if err != nil {
+		return fmt.Errorf("ssbuild binary for the image: %w", err)
+	}
+	if err := s.WriteFile(BinaryPath, bin, 0o755); err != nil {
+		return err
+	}
+	unit := dockerpreload.Unit(BinaryPath, dockerpreload.DefaultDir)
+	if err := s.WriteFile("/etc/systemd/system/"+dockerpreload.UnitName, []byte(unit), 0o644); err != nil {
+		return err
+	}
+	// What `systemctl enable` does, without needing systemd to run here.
+	link := filepath.Join(b.tree, "etc/systemd/system/multi-user.target.wants", dockerpreload.UnitName)
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		return err
+	}
+	if err := os.Symlink("/etc/systemd/system/"+dockerpreload.UnitName, link); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("enable %s: %w", dockerpreload.UnitName, err)
+	}
+	return nil
+}
+
+func (b *build) dockerImages(ctx context.Context) error {
+	if len(b.r.Image.DockerImages) == 0 {
+		return nil
+	}
+	dir := filepath.Join(b.tree, dockerpreload.DefaultDir)
+	m, err := dockerpreload.Save(ctx, b.opts.Docker, dockerpreload.FromRecipe(b.r.Image.DockerImages), dir, b.rep)
+	if err != nil {
+		return err
+	}
+	for _, e := range m.Images {
+		b.inputs = append(b.inputs, lxdimage.Input{Name: "docker " + e.Ref, SHA256: strings.TrimPrefix(e.ImageID, "sha256:"),
+			Detail: "archive sha256 " + e.SHA256})
+	}
+	return nil
+}
+
+func (b *build) chainstate(ctx context.Context) error {
+	cs := b.r.Image.Chainstate
+	if cs == nil {
+		return nil
+	}
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		return err
+	}
+	a, err := chainstate.Pack(ctx, chainstate.Options{Chainstate: *cs, BaseDir: b.r.Path("."),
+		Output:          filepath.Join(b.out, "chainstate-"+cs.Network+".tar"),
+		SourceDateEpoch: b.epoch, Progress: b.rep})
+	if err != nil {
+		return err
+	}
+	b.chain = a
+	b.inputs = append(b.inputs, lxdimage.Input{Name: "chainstate " + cs.Network, SHA256: a.ManifestSHA256,
+		Detail: fmt.Sprintf("%s from %s (manifest sha256)", cs.Kind, cs.Source)})
+	return nil
+}
+
+func (b *build) lxdImage(ctx context.Context) error {
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		return err
+	}
+	var formats []lxdimage.Format
+	for _, f := range b.r.Image.Output.Formats {
+		formats = append(formats, lxdimage.Format(f))
+	}
+	src := b.r.Image.Source
+	m, err := lxdimage.Build(ctx, lxdimage.Spec{
+		RootFS: b.tree, OutDir: filepath.Join(b.out, ImageDir), Formats: formats, Epoch: b.epoch,
+		Properties: lxdimage.Properties{OS: osName(src), Release: src.Suite,
+			Description: fmt.Sprintf("%s base image (%s)", b.r.Name, src.Suite), Name: b.r.Name},
+		Inputs: b.inputs, Compression: b.r.Image.Output.Compression, Progress: b.rep,
+	})
+	b.image = m
+	return err
+}
+
+// checksums writes SHA256SUMS over every file of the output, the image
+// folder's included, so one `sha256sum -c` checks the whole delivery.
+func (b *build) checksums(context.Context) error {
+	var lines []string
+	err := filepath.WalkDir(b.out, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(b.out, p)
+		sum, err := fileSHA256(p)
+		if err != nil {
+			return err
+		}
+		lines = append(lines, sum+"  "+filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Slice(lines, func(i, j int) bool { return lines[i][66:] < lines[j][66:] })
+	return os.WriteFile(filepath.Join(b.out, ChecksumsFile), []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+}
+
+func osName(s recipes.Source) string {
+	if s.IsDebian() {
+		return "debian"
+	}
+	return "ubuntu"
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// removeStale removes work folders of builds that died (their mounts too).
+func removeStale(parent, prefix string) {
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), prefix+"work-") {
+			_ = mounts.RemoveTree(filepath.Join(parent, e.Name()))
+		}
+	}
+}
