@@ -114,6 +114,7 @@ func (e *env) Write(p []byte) (int, error) {
 // service is one run of a host's service, in its own goroutine.
 type service struct {
 	host *testbed.Host
+	cfg  *config.Appliance
 	done chan error
 	stop context.CancelFunc
 }
@@ -146,7 +147,7 @@ func (e *env) start(i int, mod func(*Options)) *service {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	s := &service{host: h, done: make(chan error, 1), stop: cancel}
+	s := &service{host: h, cfg: e.cfgs[i], done: make(chan error, 1), stop: cancel}
 	go func() {
 		err := svc.Run(ctx)
 		if err != nil {

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"sync"
 	"time"
 
 	lxd "github.com/canonical/lxd/client"
@@ -110,6 +111,9 @@ type Service struct {
 	cert tls.Certificate // the host's LXD server certificate and key
 	fp   string          // its fingerprint
 	log  *progress.Reporter
+
+	statusMu sync.Mutex
+	status   Status
 }
 
 // New checks the options and derives the HMAC key from the secret (about
@@ -151,7 +155,18 @@ func New(o Options) (*Service, error) {
 // Run brings this host to its final step: StepClusterFormed on the
 // initiator, StepMemberOnline on a joiner. It is safe to run again after a
 // crash or an error at any point.
+//
+// Its status (step reached, last error) goes to the state directory's
+// StatusFile as it goes.
 func (s *Service) Run(ctx context.Context) error {
+	err := s.run(ctx)
+	if err != nil {
+		s.record("", "", err)
+	}
+	return err
+}
+
+func (s *Service) run(ctx context.Context) error {
 	if err := s.initLXD(ctx); err != nil {
 		return err
 	}
@@ -167,6 +182,9 @@ func (s *Service) reached(step Step, detail string) error {
 		s.log.Info("%s: %s: %s", s.cfg.Host.Name, step, detail)
 	} else {
 		s.log.Info("%s: %s", s.cfg.Host.Name, step)
+	}
+	if step != StepTokenIssued { // per joiner, not where this host is
+		s.record(step, detail, nil)
 	}
 	if s.o.OnStep != nil {
 		s.o.OnStep(step)

@@ -52,6 +52,30 @@ func TestFormation(t *testing.T) {
 		b[i] ^= 0x01
 		return string(b)
 	}
+	t.Run("refused/wrong secret service", func(t *testing.T) {
+		bad := e.start(2, func(o *Options) {
+			o.Secret = []byte("not-the-cluster-secret-at-all!!")
+			o.BackoffInitial = time.Minute // one attempt is enough
+		})
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(e.output(), h3.Name+": attempt 1 ") {
+			if time.Now().After(deadline) {
+				t.Fatal("host3 with a wrong secret made no attempt")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		bad.stop()
+		err := bad.wait(t, 30*time.Second)
+		if err == nil || !strings.Contains(err.Error(), "proof does not verify") {
+			t.Errorf("service with a wrong secret ended with %v", err)
+		}
+		st, serr := ReadStatus(e.cfgs[2].StateDir)
+		if serr != nil || !strings.Contains(st.LastError, "proof does not verify") {
+			t.Errorf("host3's status does not show the refusal: %+v %v", st, serr)
+		}
+		nothingLeft(t, nil)
+	})
+
 	refused := []struct {
 		name   string
 		from   int // host index the request comes from

@@ -185,8 +185,9 @@ func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	if g.limiter.blocked(from, now) {
-		s.log.Info("%s: registration: refused request from %s: too many refused requests, blocked for now", s.cfg.Host.Name, from)
+	if left := g.limiter.blocked(from, now); left > 0 {
+		s.log.Info("%s: registration: refused request from %s: too many refused requests, blocked for %s", s.cfg.Host.Name, from, left.Round(time.Second))
+		w.Header().Set("Retry-After", fmt.Sprint(int(left.Seconds())+1))
 		http.Error(w, "too many refused requests from your address: retry later", http.StatusTooManyRequests)
 		return
 	}
@@ -209,6 +210,10 @@ func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		name = req.Name
 	}
 	s.log.Info("%s: registration: refused request from %s (name %q): %s", s.cfg.Host.Name, from, name, ref.reason)
+	if ref.status == http.StatusServiceUnavailable {
+		// Busy or stopping: worth a retry soon, not after a long backoff.
+		w.Header().Set("Retry-After", "1")
+	}
 	http.Error(w, ref.reason, ref.status)
 }
 

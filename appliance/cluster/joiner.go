@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,11 +44,19 @@ func (s *Service) runJoiner(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w (last error: %v)", name, attempt, ctx.Err(), err)
 		}
-		s.log.Info("%s: attempt %d to join via %s failed: %v; next attempt in %s", name, attempt, regAddr, err, backoff)
-		if err := sleep(ctx, backoff); err != nil {
-			return fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w", name, attempt, err)
+		wait := backoff
+		var ra *retryAfterError
+		if errors.As(err, &ra) {
+			// The initiator said when: busy with another joiner (soon) or
+			// blocking this address (later).
+			wait = ra.after
+		} else {
+			backoff = min(2*backoff, s.o.BackoffMax)
 		}
-		backoff = min(2*backoff, s.o.BackoffMax)
+		s.log.Info("%s: attempt %d to join via %s failed: %v; next attempt in %s", name, attempt, regAddr, err, wait)
+		if serr := sleep(ctx, wait); serr != nil {
+			return fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w (last error: %v)", name, attempt, serr, err)
+		}
 	}
 }
 
@@ -121,7 +130,11 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 		return "", fmt.Errorf("registration answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("registration refused (%s): %s", resp.Status, strings.TrimSpace(string(data)))
+		err := fmt.Errorf("registration refused (%s): %s", resp.Status, strings.TrimSpace(string(data)))
+		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
+			return "", &retryAfterError{after: min(time.Duration(secs)*time.Second, time.Hour), err: err}
+		}
+		return "", err
 	}
 	var jr JoinResponse
 	if err := json.Unmarshal(data, &jr); err != nil {
@@ -135,6 +148,15 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 	}
 	return jr.Token, nil
 }
+
+// retryAfterError is a refusal that says when to try again.
+type retryAfterError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *retryAfterError) Error() string { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error { return e.err }
 
 // join joins this host's LXD with the token, after checking that the join
 // address serves the cluster certificate the token names.

@@ -26,6 +26,22 @@ func TestResumesAfterStopAtEveryStep(t *testing.T) {
 		if !errors.Is(err, ErrInjected) {
 			t.Fatalf("%s: want a stop after %s, got %v", s.host.Name, step, err)
 		}
+		// What `ssbuild appliance status` will show on that host.
+		st, err := ReadStatus(s.cfg.StateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := step; step == StepTokenIssued {
+			want = StepServing // token-issued is per joiner, not the host's step
+			if st.Step != want {
+				t.Errorf("%s: status step %q, want %q", s.host.Name, st.Step, want)
+			}
+		} else if st.Step != want {
+			t.Errorf("%s: status step %q, want %q", s.host.Name, st.Step, want)
+		}
+		if !strings.Contains(st.LastError, "fault injection") {
+			t.Errorf("%s: status last error %q", s.host.Name, st.LastError)
+		}
 	}
 	expect := func(what string, got, want []string) {
 		t.Helper()
@@ -84,6 +100,16 @@ func TestResumesAfterStopAtEveryStep(t *testing.T) {
 		}
 	}
 	e.assertFormed(t)
+	for i, h := range e.bed.Hosts {
+		st, err := ReadStatus(e.cfgs[i].StateDir)
+		want := StepMemberOnline
+		if i == 0 {
+			want = StepClusterFormed
+		}
+		if err != nil || st.Step != want || st.LastError != "" {
+			t.Errorf("%s: status %+v (%v), want step %s and no error", h.Name, st, err, want)
+		}
+	}
 	for _, h := range []*testbed.Host{h1, h2, h3} {
 		s, _, err := h.LXD().GetServer()
 		if err != nil {

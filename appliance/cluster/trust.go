@@ -211,12 +211,14 @@ type failures struct {
 	until time.Time // blocked until then
 }
 
-// blocked reports whether addr may not try now.
-func (l *failureLimiter) blocked(addr netip.Addr, now time.Time) bool {
+// blocked says how much longer addr may not try; zero when it may.
+func (l *failureLimiter) blocked(addr netip.Addr, now time.Time) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f := l.failures[addr]
-	return f != nil && now.Before(f.until)
+	if f := l.failures[addr]; f != nil && now.Before(f.until) {
+		return f.until.Sub(now)
+	}
+	return 0
 }
 
 // fail records a refused request; from the limit on, every further failure

@@ -123,22 +123,22 @@ func TestFailureLimiter(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		l.fail(a, now)
 	}
-	if l.blocked(a, now) {
+	if l.blocked(a, now) > 0 {
 		t.Fatal("blocked below the limit")
 	}
 	l.fail(a, now)
-	if !l.blocked(a, now) || l.blocked(b, now) {
+	if l.blocked(a, now) != time.Minute || l.blocked(b, now) > 0 {
 		t.Fatal("the limit does not block exactly the failing address")
 	}
-	if l.blocked(a, now.Add(61*time.Second)) {
+	if l.blocked(a, now.Add(61*time.Second)) > 0 {
 		t.Fatal("still blocked after the block time")
 	}
 	l.fail(a, now.Add(61*time.Second))
-	if !l.blocked(a, now.Add(61*time.Second+90*time.Second)) {
+	if l.blocked(a, now.Add(61*time.Second+90*time.Second)) == 0 {
 		t.Fatal("a further failure does not block longer")
 	}
 	l.succeed(a)
-	if l.blocked(a, now.Add(62*time.Second)) {
+	if l.blocked(a, now.Add(62*time.Second)) > 0 {
 		t.Fatal("a valid request does not clear the address")
 	}
 }
