@@ -2,10 +2,11 @@ package lxdimage
 
 import (
 	"bytes"
-	"compress/gzip"
 	"fmt"
+	gzip "github.com/klauspost/compress/gzip"
 	"io"
 	"runtime"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -111,9 +112,12 @@ func metadataEntries(metaYAML []byte) []tarEntry {
 }
 
 // newGzip returns a gzip writer whose header carries no name and no time,
-// so equal input gives equal bytes.
+// so equal input gives equal bytes. klauspost's gzip is the standard
+// library's format at about three times the speed (single-threaded, so the
+// output does not depend on scheduling).
 func newGzip(w io.Writer) *gzip.Writer {
 	zw, _ := gzip.NewWriterLevel(w, gzip.DefaultCompression)
+	zw.ModTime = time.Unix(0, 0) // "no time"; the zero time.Time would wrap
 	return zw
 }
 
