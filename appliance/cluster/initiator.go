@@ -41,6 +41,7 @@ func (s *Service) runInitiator(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           reg,
 		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    8 << 10,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		TLSConfig: &tls.Config{
