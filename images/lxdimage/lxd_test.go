@@ -2,6 +2,7 @@ package lxdimage_test
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/images/chroot"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/testenv"
@@ -30,20 +32,8 @@ func TestImportAndLaunch(t *testing.T) {
 	spec.Formats = []lxdimage.Format{lxdimage.Container, lxdimage.VM}
 	m := build(t, spec)
 
-	bed := testbed.New(t, testbed.Options{})
-	c := bed.Hosts[0].LXD()
-	if err := c.CreateStoragePool(api.StoragePoolsPost{Name: "images", Driver: "dir"}); err != nil {
-		t.Fatal(err)
-	}
-	profile, etag, err := c.GetProfile("default")
-	if err != nil {
-		t.Fatal(err)
-	}
-	put := profile.Writable()
-	put.Devices["root"] = map[string]string{"type": "disk", "path": "/", "pool": "images"}
-	if err := c.UpdateProfile("default", put, etag); err != nil {
-		t.Fatal(err)
-	}
+	h := lxdHost(t)
+	c := h.LXD()
 
 	for _, img := range m.Images {
 		if img.Type != "container" {
@@ -76,9 +66,59 @@ func TestImportAndLaunch(t *testing.T) {
 				t.Errorf("LXD sees type %q, properties %v, architecture %q, created %s",
 					image.Type, image.Properties, image.Architecture, image.CreatedAt)
 			}
-			launch(t, bed.Hosts[0], fp, name, rootfs)
+			launch(t, h, fp, name, rootfs)
 		})
 	}
+}
+
+// TestSystemdBoots gives the bookworm tree an init (systemd-sysv, installed
+// in a chroot from the Debian mirror) and checks that a container from the
+// image boots systemd to a running system, as the base image must.
+func TestSystemdBoots(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs")
+	rootfs := rootfstest.Dir(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	session, err := chroot.Open(ctx, rootfs, chroot.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = session.Install(ctx, "systemd-sysv")
+	if cerr := session.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("install systemd-sysv: %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "image")
+	m := build(t, bookwormSpec(rootfs, out))
+	if !containsPrefix(m.Packages, "systemd-sysv=") {
+		t.Errorf("manifest's package list lacks systemd-sysv")
+	}
+	h := lxdHost(t)
+	fp := importImage(t, h.LXD(), out, m.Images[0].Files)
+	launch(t, h, fp, "systemd", rootfs)
+}
+
+// lxdHost starts a one-host test bed whose default profile puts root disks
+// on a dir pool.
+func lxdHost(t *testing.T) *testbed.Host {
+	t.Helper()
+	bed := testbed.New(t, testbed.Options{})
+	c := bed.Hosts[0].LXD()
+	if err := c.CreateStoragePool(api.StoragePoolsPost{Name: "images", Driver: "dir"}); err != nil {
+		t.Fatal(err)
+	}
+	profile, etag, err := c.GetProfile("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := profile.Writable()
+	put.Devices["root"] = map[string]string{"type": "disk", "path": "/", "pool": "images"}
+	if err := c.UpdateProfile("default", put, etag); err != nil {
+		t.Fatal(err)
+	}
+	return bed.Hosts[0]
 }
 
 func importImage(t *testing.T, c lxd.InstanceServer, dir string, files []string) string {
