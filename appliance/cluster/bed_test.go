@@ -299,7 +299,14 @@ func (e *env) assertFormed(t testing.TB) {
 	slices.Sort(want)
 	// LXD hands out database roles shortly after a join: give it time.
 	deadline := time.Now().Add(60 * time.Second)
+	certs := map[string]bool{}
 	for _, h := range e.bed.Hosts {
+		// One cluster: every member serves the same cluster certificate.
+		server, _, err := h.LXD().GetServer()
+		if err != nil {
+			t.Fatalf("%s: %v", h.Name, err)
+		}
+		certs[server.Environment.Certificate] = true
 		for {
 			members, err := h.LXD().GetClusterMembers()
 			if err != nil {
@@ -331,6 +338,9 @@ func (e *env) assertFormed(t testing.TB) {
 		if toks := pendingTokens(t, h); len(toks) > 0 {
 			t.Errorf("%s: join tokens left pending for %v", h.Name, toks)
 		}
+	}
+	if len(certs) != 1 {
+		t.Errorf("the hosts serve %d different cluster certificates, want 1", len(certs))
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"path"
 	"sync"
 	"time"
 
@@ -266,23 +265,20 @@ func (g *registrar) issue(req *JoinRequest) (*JoinResponse, *refusal) {
 	if g.closed {
 		return nil, &refusal{http.StatusConflict, "the cluster is formed: no more joins"}
 	}
-	members, err := s.o.LXD.GetClusterMemberNames()
+	members, err := s.o.LXD.GetClusterMembers()
 	if err != nil {
 		return nil, &refusal{http.StatusServiceUnavailable, "initiator cannot read its members: retry"}
 	}
-	isMember := func(name string) bool {
-		for _, u := range members {
-			// Older LXDs answer URLs, newer ones names.
-			if path.Base(u) == name {
-				return true
-			}
-		}
-		return false
+	status := map[string]string{}
+	for _, m := range members {
+		status[m.ServerName] = m.Status
 	}
-	if isMember(req.Name) {
+	if _, ok := status[req.Name]; ok {
 		return nil, &refusal{http.StatusConflict, fmt.Sprintf("%s is already a member", req.Name)}
 	}
-	if g.slot != "" && g.slot != req.Name && !isMember(g.slot) && s.o.now().Before(g.until) {
+	// A joiner is listed as soon as LXD accepts it, well before its join
+	// is done: the slot is free only once it is online.
+	if g.slot != "" && g.slot != req.Name && status[g.slot] != "Online" && s.o.now().Before(g.until) {
 		return nil, &refusal{http.StatusServiceUnavailable, fmt.Sprintf("busy: %s is joining; retry", g.slot)}
 	}
 	// A fresh token every time: the older one may be in a crashed joiner's
