@@ -224,6 +224,25 @@ func TestFailedBuildLeavesNothing(t *testing.T) {
 		}
 		assertOnly(t, dir)
 	})
+	t.Run("mkfs.ext4 fails", func(t *testing.T) {
+		testenv.RequireTools(t, "mksquashfs", "mkfs.ext4", "debugfs", "qemu-img")
+		tree := smallTree(t)
+		must(t, os.WriteFile(filepath.Join(tree, "big"), bytes.Repeat([]byte{1}, 3<<20), 0o644))
+		dir := t.TempDir()
+		spec := smallSpec(tree, filepath.Join(dir, "out"))
+		spec.Formats = []lxdimage.Format{lxdimage.Container, lxdimage.VM}
+		spec.VM.RootSize = 2 << 20 // smaller than the tree
+		_, err := lxdimage.Build(context.Background(), spec)
+		if err == nil {
+			t.Fatal("a root partition smaller than the tree was accepted")
+		}
+		for _, want := range []string{"vm: ext4:", "mkfs.ext4", "Could not allocate block"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q lacks %q", err, want)
+			}
+		}
+		assertOnly(t, dir) // the container image, already written, goes too
+	})
 	t.Run("output exists", func(t *testing.T) {
 		dir := t.TempDir()
 		must(t, os.Mkdir(filepath.Join(dir, "out"), 0o755))

@@ -13,6 +13,16 @@
 //
 // Everything is written into a temporary sibling folder that is renamed
 // into place last, so a folder at the output path is always complete.
+//
+// Reproducibility: the bytes depend only on the tree's content, modes,
+// owners and xattrs, the Spec and the tool versions (recorded in the
+// manifest), never on the tree's times or directory order. Every file time
+// is the epoch (mksquashfs -all-time; the Go tar writer; debugfs after
+// mkfs.ext4 -d). Tar entries are sorted, carry numeric owners without
+// names and no atime/ctime; generated entries (metadata, templates) are
+// owned by root, tree entries keep their owners (forcing 0 would break
+// groups like shadow). The VM disk's GUIDs, ext4 UUID and hash seed derive
+// from the image name and epoch. Gzip headers carry no name and no time.
 package lxdimage
 
 import (
@@ -79,6 +89,10 @@ func Build(ctx context.Context, s Spec) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lxd image: %w", err)
 	}
+	if err := os.MkdirAll(filepath.Dir(s.OutDir), 0o755); err != nil {
+		return nil, fmt.Errorf("lxd image: output: %w", err)
+	}
+	// A sibling, so the final rename stays on one filesystem.
 	tmp, err := os.MkdirTemp(filepath.Dir(s.OutDir), "."+filepath.Base(s.OutDir)+".partial-")
 	if err != nil {
 		return nil, fmt.Errorf("lxd image: output: %w", err)
