@@ -178,3 +178,42 @@ func TestCloseHandsOverLeadership(t *testing.T) {
 	}
 	wantHost(t, others[1].reg, "after-handover")
 }
+
+// A joiner whose host boots before the initiator's waits in Open and
+// joins once the initiator's node is up.
+func TestJoinerStartsBeforeInitiator(t *testing.T) {
+	testenv.Short(t)
+	startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t)}).stop(t) // skip early without dqlite
+	first := Config{Dir: t.TempDir(), Address: freeAddress(t)}
+	joined := make(chan *testNode, 1)
+	go func() {
+		// startNode's t.Fatal must not run here: report through the channel.
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		cfg := Config{Dir: t.TempDir(), Address: freeAddress(t), Join: []string{first.Address}}
+		reg, err := Open(ctx, cfg)
+		if err != nil {
+			t.Errorf("joiner: %v", err)
+			joined <- nil
+			return
+		}
+		joined <- &testNode{cfg: cfg, reg: reg}
+	}()
+	time.Sleep(2 * time.Second) // the joiner is retrying now
+	n1 := startNode(t, first)
+	j := <-joined
+	if j == nil {
+		return
+	}
+	t.Cleanup(func() { j.stop(t) })
+	if err := j.reg.PutHost(opCtx(t), Host{Name: "h2", Address: "10.0.0.12:8443", State: "joining"}); err != nil {
+		t.Fatal(err)
+	}
+	wantHost(t, n1.reg, "h2")
+	// Two nodes are one voter and a spare (two voters would only double
+	// the ways to lose quorum); a third node makes all three voters.
+	got := roles(t, j.reg)
+	if !strings.Contains(got, first.Address+"=voter") || !strings.Contains(got, j.cfg.Address+"=spare") {
+		t.Errorf("members %s, want %s a voter and %s a spare", got, first.Address, j.cfg.Address)
+	}
+}
