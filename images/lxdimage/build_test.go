@@ -49,6 +49,10 @@ func smallTree(t *testing.T) string {
 	if err := unix.Lsetxattr(filepath.Join(dir, "usr", "tool"), "user.ssbuild", []byte("kept"), 0); err != nil {
 		t.Fatalf("setxattr: %v", err)
 	}
+	// A build folder as MkdirTemp makes it: the image's / must still be
+	// 0755 root:root.
+	must(t, os.Chmod(dir, 0o700))
+	must(t, os.Chown(dir, 1000, 1000))
 	return dir
 }
 
@@ -348,5 +352,26 @@ func TestVMRootKeepsEveryEntry(t *testing.T) {
 	}
 	if xattr := run(t, "debugfs", "-R", "ea_get /usr/tool user.ssbuild", root); !strings.Contains(xattr, "kept") {
 		t.Errorf("xattr user.ssbuild on /usr/tool: %q", xattr)
+	}
+}
+
+// Without a compression asked for, the squashfs is xz (smaller to ship).
+func TestSquashfsRootIsRootOwned(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs", "unsquashfs")
+	spec := smallSpec(smallTree(t), filepath.Join(t.TempDir(), "out"))
+	build(t, spec)
+	out := run(t, "unsquashfs", "-lln", filepath.Join(spec.OutDir, lxdimage.SquashfsFile))
+	if first, _, _ := strings.Cut(out, "\n"); !strings.HasPrefix(first, "drwxr-xr-x 0/0 ") {
+		t.Errorf("squashfs root: %q, want drwxr-xr-x 0/0", first)
+	}
+}
+
+func TestDefaultCompressionIsXz(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs", "unsquashfs")
+	spec := smallSpec(smallTree(t), filepath.Join(t.TempDir(), "out"))
+	spec.Compression = ""
+	build(t, spec)
+	if out := run(t, "unsquashfs", "-s", filepath.Join(spec.OutDir, lxdimage.SquashfsFile)); !strings.Contains(out, "Compression xz") {
+		t.Errorf("unsquashfs -s:\n%s", out)
 	}
 }

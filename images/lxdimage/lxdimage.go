@@ -37,6 +37,11 @@ import (
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
+// rootDirMode is the image's / in every format, root-owned, whatever the
+// build folder's own mode and owner (a temp dir is 0700, which would lock
+// every service out of the instance's /).
+const rootDirMode = 0o755
+
 // Format is one kind of LXD image.
 type Format string
 

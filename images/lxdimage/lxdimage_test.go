@@ -84,16 +84,16 @@ func readManifest(t *testing.T, dir string) lxdimage.Manifest {
 	return m
 }
 
-// TestContainerImageReproducible builds the container image twice from the
-// shared bookworm tree with one epoch: every artifact must be byte-identical,
+// TestContainerImageReproducible builds the container image from two copies
+// of the shared bookworm tree (other ctimes, atimes and directory order, as
+// on two machines) with one epoch: every artifact must be byte-identical,
 // and the content must be the tree's (owners, device nodes, times).
 func TestContainerImageReproducible(t *testing.T) {
 	testenv.RequireTools(t, "mksquashfs", "unsquashfs", "sha256sum", "tar")
-	rootfs := rootfstest.Dir(t)
 	tmp := t.TempDir()
 	a, b := filepath.Join(tmp, "a"), filepath.Join(tmp, "b")
-	ma := build(t, bookwormSpec(rootfs, a))
-	build(t, bookwormSpec(rootfs, b))
+	ma := build(t, bookwormSpec(rootfstest.Dir(t), a))
+	build(t, bookwormSpec(rootfstest.Dir(t), b))
 
 	for _, name := range []string{lxdimage.MetadataFile, lxdimage.SquashfsFile, lxdimage.UnifiedFile,
 		lxdimage.ManifestFile, lxdimage.ChecksumsFile} {

@@ -17,7 +17,8 @@ import (
 func squashfsArgs(dir, out, comp string, epoch int64) []string {
 	e := strconv.FormatInt(epoch, 10)
 	return []string{dir, out, "-noappend", "-comp", comp, "-b", "1M", "-no-exports",
-		"-reproducible", "-mkfs-time", e, "-all-time", e, "-xattrs"}
+		"-reproducible", "-mkfs-time", e, "-all-time", e, "-xattrs",
+		"-root-mode", "755", "-root-uid", "0", "-root-gid", "0"} // see rootDirMode
 }
 
 // writeSquashfs packs dir into out with mksquashfs, reporting the files

@@ -91,11 +91,11 @@ func (r *reproducibleTar) writeTree(ctx context.Context, dir, prefix string) err
 			return err
 		}
 		name := path.Join(prefix, filepath.ToSlash(rel))
-		return r.writeFile(p, name)
+		return r.writeFile(p, name, rel == ".")
 	})
 }
 
-func (r *reproducibleTar) writeFile(p, name string) error {
+func (r *reproducibleTar) writeFile(p, name string, isRoot bool) error {
 	info, err := os.Lstat(p)
 	if err != nil {
 		return err
@@ -110,6 +110,9 @@ func (r *reproducibleTar) writeFile(p, name string) error {
 	switch m := info.Mode(); {
 	case m.IsDir():
 		h.Typeflag, h.Name = tar.TypeDir, name+"/"
+		if isRoot {
+			h.Mode, h.Uid, h.Gid = rootDirMode, 0, 0
+		}
 	case m.IsRegular():
 		id := fileID{uint64(st.Dev), st.Ino}
 		if first, seen := r.links[id]; seen && st.Nlink > 1 {

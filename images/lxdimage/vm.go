@@ -214,6 +214,9 @@ func timesScript(root string, epoch int64) ([]byte, error) {
 		}
 		// debugfs's parser reads "" inside quotes as one quote.
 		q := `"/` + strings.ReplaceAll(strings.TrimPrefix(rel, "."), `"`, `""`) + `"`
+		if rel == "." {
+			fmt.Fprintf(&b, "sif / mode 0%o\nsif / uid 0\nsif / gid 0\n", 0o40000|rootDirMode)
+		}
 		for _, field := range []string{"atime", "ctime", "mtime"} {
 			fmt.Fprintf(&b, "sif %s %s @%d\n", q, field, epoch)
 		}
