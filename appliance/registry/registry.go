@@ -45,16 +45,15 @@ type Config struct {
 	// node that bootstraps the cluster (the initiator); ignored once Dir
 	// holds a node, so a restart needs no change of config.
 	Join []string
-	// TLS, when set, encrypts and authenticates node-to-node traffic;
-	// every node must use certificates the others trust. Nil means plain
-	// TCP (tests on loopback).
+	// TLS, when set, encrypts and authenticates all traffic to and from
+	// the node (PinnedTLS builds it). Nil means plain TCP, which anyone
+	// who can reach Address may read and write: loopback tests only.
 	TLS *TLS
 	// Logf receives dqlite's warnings and errors; nil drops them.
 	Logf func(format string, args ...any)
 }
 
-// TLS is the node's server and client configuration; go-dqlite's
-// app.SimpleTLSConfig builds a matching pair from one certificate and pool.
+// TLS is the node's server and client configuration.
 type TLS struct {
 	Listen *tls.Config
 	Dial   *tls.Config
