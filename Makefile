@@ -26,7 +26,7 @@ STATIC_CGO_LDFLAGS := -ldqlite -lraft -luv_a -llz4 -lsqlite3 -lm -lpthread -ldl 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ssbuild
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ssbuild
 
 build-static:
 	CGO_LDFLAGS='$(STATIC_CGO_LDFLAGS)' $(GO) build -trimpath -tags=libsqlite3,netgo,osusergo \
@@ -46,8 +46,9 @@ test: deps vet
 test-short: vet
 	$(GO) test -short ./...
 
+# The binary goes into images too, so it is static.
 demo: build
-	$(BIN) plan --recipe demo
+	bash scripts/demo.sh
 
 fuzz:
 	$(GO) test ./recipes -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 5s

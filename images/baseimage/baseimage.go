@@ -1,12 +1,16 @@
 // Package baseimage runs `ssbuild image`: it turns a recipe's image section
 // into the base image every site instance boots from, in named steps:
 //
+//	docker-images the recipe's Docker images, verified and saved
+//	chainstate    the recipe's chainstate, verified and packed as its own artifact
 //	rootfs        debootstrap (cached by its inputs) or a verified tarball
-//	packages      the recipe's packages, installed in a chroot
-//	ssbuild       the ssbuild binary and its first-boot units
-//	docker-images the recipe's Docker images, saved into the tree
-//	chainstate    the recipe's chainstate, packed as its own artifact
+//	packages      the recipe's packages installed in a chroot, then the saved
+//	              Docker images, the ssbuild binary and its first-boot unit
 //	lxd-image     the tree written as LXD images (container and/or VM)
+//	checksums     SHA256SUMS over the whole output
+//
+// The inputs the user may have got wrong (image pins, chainstate digests
+// and network) are checked first, before minutes of package installs.
 //
 // The output folder appears complete or not at all: everything is written
 // into a temporary sibling that is renamed into place last.
@@ -128,10 +132,10 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		name string
 		run  func(context.Context) error
 	}{
-		{"rootfs", b.rootfs},
-		{"packages", b.packages},
 		{"docker-images", b.dockerImages},
 		{"chainstate", b.chainstate},
+		{"rootfs", b.rootfs},
+		{"packages", b.packages},
 		{"lxd-image", b.lxdImage},
 		{"checksums", b.checksums},
 	}
@@ -157,6 +161,7 @@ type build struct {
 	rep        *progress.Reporter
 	work, tree string // work folder; the root filesystem inside it
 	out        string // the output folder being written
+	saved      string // Docker image archives, until the tree exists
 	epoch      int64
 	inputs     []lxdimage.Input
 	cacheHit   bool
@@ -202,6 +207,14 @@ func (b *build) packages(ctx context.Context) (err error) {
 	if len(b.r.Image.DockerImages) == 0 {
 		return nil
 	}
+	// The archives were saved before the tree existed; same file system.
+	dest := filepath.Join(b.tree, dockerpreload.DefaultDir)
+	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(b.saved, dest); err != nil {
+		return fmt.Errorf("move docker images into the tree: %w", err)
+	}
 	bin, err := os.ReadFile(b.opts.Binary)
 	if err != nil {
 		return fmt.Errorf("ssbuild binary for the image: %w", err)
@@ -228,8 +241,8 @@ func (b *build) dockerImages(ctx context.Context) error {
 	if len(b.r.Image.DockerImages) == 0 {
 		return nil
 	}
-	dir := filepath.Join(b.tree, dockerpreload.DefaultDir)
-	m, err := dockerpreload.Save(ctx, b.opts.Docker, dockerpreload.FromRecipe(b.r.Image.DockerImages), dir, b.rep)
+	b.saved = filepath.Join(b.work, "docker-images")
+	m, err := dockerpreload.Save(ctx, b.opts.Docker, dockerpreload.FromRecipe(b.r.Image.DockerImages), b.saved, b.rep)
 	if err != nil {
 		return err
 	}

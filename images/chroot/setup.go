@@ -193,12 +193,16 @@ func (s *Session) cleanApt() error {
 	return nil
 }
 
-// removeBuildLogs removes the logs apt and dpkg wrote during the build:
+// removeBuildLogs removes the logs apt and dpkg wrote during the build (and
+// ldconfig's aux-cache):
 // they describe this build (with its times), not the image, and would make
 // two builds of the same inputs differ.
 func (s *Session) removeBuildLogs() error {
 	var errs []error
-	for _, pattern := range []string{"var/log/apt/*.log", "var/log/dpkg.log", "var/log/alternatives.log"} {
+	// ldconfig's aux-cache records inode numbers and times of the build
+	// machine: it differs on every build and ldconfig rebuilds it anyway.
+	for _, pattern := range []string{"var/log/apt/*.log", "var/log/dpkg.log", "var/log/alternatives.log",
+		"var/cache/ldconfig/aux-cache"} {
 		logs, err := fs.Glob(s.files.FS(), pattern)
 		if err != nil {
 			errs = append(errs, err)

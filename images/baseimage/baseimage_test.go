@@ -1,0 +1,180 @@
+package baseimage_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/images/baseimage"
+	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
+	"github.com/sovereign-stack/ssbuild/internal/testdocker"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+const epoch = 1_700_000_000
+
+// demoRecipe is the shipped demo recipe: what `make demo` builds.
+func demoRecipe(t *testing.T) *recipes.Recipe {
+	t.Helper()
+	r, err := recipes.Open("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// ssbuildBinary builds the ssbuild binary the image carries (static: it must
+// run on the image's OS, whatever the build machine has).
+func ssbuildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ssbuild")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/sovereign-stack/ssbuild/cmd/ssbuild")
+	// Without cgo (and so without the dqlite registry, which instances do
+	// not run): a static binary that starts on any image.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build ssbuild: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func requireBuild(t *testing.T) {
+	rootfstest.Require(t)
+	testenv.RequireTools(t, "mksquashfs", "dockerd", "lxd", "sha256sum")
+}
+
+// TestDemoImageBootsAndLoadsItsDockerImages is issue 3's user check: the
+// demo base image imports into a real LXD, a container from it boots
+// systemd, the first-boot unit loads the pre-loaded Docker image into the
+// instance's Docker without any registry, and a container from it runs.
+// A second build with the same SOURCE_DATE_EPOCH is byte-identical.
+func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
+	requireBuild(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	docker := testdocker.Start(t)
+	imageID := testdocker.ImportBusybox(t, docker.Client, "ssbuild-demo/web:1", "served-by-ssbuild")
+	bin := ssbuildBinary(t)
+	r := demoRecipe(t)
+
+	build := func(out string) baseimage.Result {
+		res, err := baseimage.Build(ctx, r, baseimage.Options{OutDir: out, CacheDir: rootfstest.CacheDir(),
+			Docker: docker.Client, Binary: bin, Epoch: epoch})
+		if err != nil {
+			t.Fatalf("build: %v", err)
+		}
+		return res
+	}
+	dir := t.TempDir()
+	first := build(filepath.Join(dir, "one"))
+
+	// The delivery checks itself.
+	cmd := exec.Command("sha256sum", "--quiet", "-c", baseimage.ChecksumsFile)
+	cmd.Dir = first.OutDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sha256sum -c: %v\n%s", err, out)
+	}
+
+	t.Run("reproducible", func(t *testing.T) {
+		second := build(filepath.Join(dir, "two"))
+		a, _ := os.ReadFile(filepath.Join(first.OutDir, baseimage.ChecksumsFile))
+		b, _ := os.ReadFile(filepath.Join(second.OutDir, baseimage.ChecksumsFile))
+		if string(a) != string(b) {
+			t.Errorf("two builds with SOURCE_DATE_EPOCH=%d differ:\n%s\n---\n%s", epoch, a, b)
+		}
+	})
+
+	bed := testbed.New(t, testbed.Options{})
+	c := bed.Hosts[0].LXD()
+	if err := testbed.UseDirPool(c, "images"); err != nil {
+		t.Fatal(err)
+	}
+	var meta, squash string
+	for _, img := range first.Image.Images {
+		if img.Type == "container" && len(img.Files) == 2 {
+			meta, squash = img.Files[0], img.Files[1]
+		}
+	}
+	fp, err := testbed.ImportImage(c, filepath.Join(first.OutDir, baseimage.ImageDir), meta, squash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Docker inside an instance needs nesting, as deploy will set it.
+	if err := testbed.Launch(c, "www", fp, map[string]string{"security.nesting": "true"}); err != nil {
+		t.Fatal(err)
+	}
+	bootCtx, bootCancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer bootCancel()
+	if _, err := testbed.WaitSystemd(bootCtx, c, "www"); err != nil {
+		t.Fatal(err)
+	}
+	result, _, _, _ := testbed.Exec(c, "www", "systemctl", "show", "-p", "Result", "--value", "ssbuild-preload.service")
+	if strings.TrimSpace(result) != "success" {
+		status, _, _, _ := testbed.Exec(c, "www", "journalctl", "-u", "ssbuild-preload.service", "--no-pager")
+		t.Fatalf("ssbuild-preload.service result %q\n%s", result, status)
+	}
+	id, _, code, err := testbed.Exec(c, "www", "docker", "image", "inspect", "-f", "{{.Id}}", "ssbuild-demo/web:1")
+	if err != nil || code != 0 || strings.TrimSpace(id) != imageID {
+		t.Fatalf("pre-loaded image in the instance: id %q (want %s), code %d, %v", id, imageID, code, err)
+	}
+	out, errOut, code, err := testbed.Exec(c, "www", "docker", "run", "--rm", "--network", "none", "ssbuild-demo/web:1", "cat", "/marker")
+	if err != nil || code != 0 || strings.TrimSpace(out) != "served-by-ssbuild" {
+		t.Errorf("container from the pre-loaded image: %q, code %d, %v\n%s", out, code, err, errOut)
+	}
+}
+
+// Bad inputs fail fast, name what is wrong, and leave no output folder.
+func TestBadInputsLeaveNoOutput(t *testing.T) {
+	requireBuild(t)
+	ctx := context.Background()
+	docker := testdocker.Start(t)
+	testdocker.ImportBusybox(t, docker.Client, "ssbuild-demo/web:1", "x")
+
+	for _, c := range []struct {
+		name   string
+		change func(r *recipes.Recipe)
+		want   []string
+	}{
+		{"wrong digest", func(r *recipes.Recipe) {
+			r.Image.DockerImages[0].Digest = "sha256:" + strings.Repeat("0", 64)
+		}, []string{"step docker-images", "ssbuild-demo/web:1", "sha256:" + strings.Repeat("0", 64)}},
+		{"corrupt chainstate", func(r *recipes.Recipe) {
+			p := filepath.Join(t.TempDir(), "utxo.dat")
+			os.WriteFile(p, []byte("not a snapshot"), 0o644)
+			r.Image.Chainstate = &recipes.Chainstate{Network: "regtest", Kind: "assumeutxo", Source: p}
+		}, []string{"step chainstate", "utxo.dat"}},
+		{"unreachable mirror", func(r *recipes.Recipe) {
+			r.Image.Source.Mirror = "http://127.0.0.1:9/debian"
+		}, []string{"step rootfs", "http://127.0.0.1:9/debian"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := demoRecipe(t)
+			c.change(r)
+			out := filepath.Join(t.TempDir(), "out")
+			_, err := baseimage.Build(ctx, r, baseimage.Options{OutDir: out, CacheDir: rootfstest.CacheDir(),
+				Docker: docker.Client, Binary: "/bin/true", Epoch: epoch})
+			if err == nil {
+				t.Fatal("build succeeded")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+			if _, statErr := os.Stat(out); !errors.Is(statErr, os.ErrNotExist) {
+				t.Errorf("output folder exists after a failed build")
+			}
+			entries, _ := os.ReadDir(filepath.Dir(out))
+			for _, e := range entries {
+				t.Errorf("left behind: %s", e.Name())
+			}
+		})
+	}
+}
