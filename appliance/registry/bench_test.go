@@ -8,9 +8,15 @@ import (
 // BenchmarkThreeNodes measures one registry write (PutHost: a transaction
 // with a read and an upsert, replicated to a quorum) and one read (Host)
 // on a 3-node cluster on loopback, through the leader's own node and
-// through a follower (which forwards to the leader).
+// through a follower (which forwards to the leader), over plain TCP and
+// over PinnedTLS.
 func BenchmarkThreeNodes(b *testing.B) {
-	nodes := startCluster(b, 3)
+	b.Run("tcp", func(b *testing.B) { benchCluster(b, startCluster(b, 3, nil)) })
+	cert, parsed := selfSigned(b, "cluster")
+	b.Run("tls", func(b *testing.B) { benchCluster(b, startCluster(b, 3, PinnedTLS(cert, parsed))) })
+}
+
+func benchCluster(b *testing.B, nodes []*testNode) {
 	leaderAddr, err := nodes[0].reg.Leader(opCtx(b))
 	if err != nil {
 		b.Fatal(err)

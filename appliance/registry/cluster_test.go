@@ -19,12 +19,12 @@ const failoverBound = 20 * time.Second
 
 // startCluster starts n nodes on loopback: node 0 bootstraps, the others
 // join it, each in its own directory.
-func startCluster(t testing.TB, n int) []*testNode {
+func startCluster(t testing.TB, n int, tlsConf *TLS) []*testNode {
 	t.Helper()
-	first := startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t)})
+	first := startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t), TLS: tlsConf})
 	nodes := []*testNode{first}
 	for i := 1; i < n; i++ {
-		nodes = append(nodes, startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t), Join: []string{first.cfg.Address}}))
+		nodes = append(nodes, startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t), Join: []string{first.cfg.Address}, TLS: tlsConf}))
 	}
 	return nodes
 }
@@ -66,7 +66,7 @@ func timedPut(t testing.TB, reg *Registry, name string) time.Duration {
 
 func TestThreeNodesReplicate(t *testing.T) {
 	testenv.Short(t)
-	nodes := startCluster(t, 3)
+	nodes := startCluster(t, 3, nil)
 	ctx := opCtx(t)
 
 	// app's role management makes all three voters: any one can go.
@@ -145,7 +145,7 @@ func TestLossOfBootstrapNode(t *testing.T) {
 // of waiting for an election.
 func TestCloseHandsOverLeadership(t *testing.T) {
 	testenv.Short(t)
-	nodes := startCluster(t, 3)
+	nodes := startCluster(t, 3, nil)
 	leaderAddr, err := nodes[1].reg.Leader(opCtx(t))
 	if err != nil {
 		t.Fatal(err)
