@@ -107,6 +107,9 @@ func Build(ctx context.Context, s Spec) (*Manifest, error) {
 		err = os.Chmod(tmp, 0o755) // MkdirTemp made it 0700
 	}
 	if err == nil {
+		err = syncFiles(tmp)
+	}
+	if err == nil {
 		if err = os.Rename(tmp, s.OutDir); err != nil {
 			err = fmt.Errorf("output: %w", err)
 		}
@@ -238,4 +241,26 @@ func writeFile(path string, fill func(io.Writer) error) error {
 		err = cerr
 	}
 	return err
+}
+
+// syncFiles flushes the folder's files to disk before the rename that
+// publishes them, so a crash cannot leave a complete-looking folder with
+// truncated files.
+func syncFiles(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", e.Name(), err)
+		}
+	}
+	return nil
 }
