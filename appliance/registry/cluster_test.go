@@ -103,7 +103,7 @@ func TestThreeNodesReplicate(t *testing.T) {
 // cluster then survives losing another node.
 func TestLossOfBootstrapNode(t *testing.T) {
 	testenv.Short(t)
-	startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t)}).stop(t) // skip early without dqlite
+	requireDqlite(t)
 	first := startChildNode(t, Config{Dir: filepath.Join(t.TempDir(), "n1"), Address: freeAddress(t)})
 	join := []string{first.cfg.Address}
 	n2 := startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t), Join: join})
@@ -183,7 +183,7 @@ func TestCloseHandsOverLeadership(t *testing.T) {
 // joins once the initiator's node is up.
 func TestJoinerStartsBeforeInitiator(t *testing.T) {
 	testenv.Short(t)
-	startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t)}).stop(t) // skip early without dqlite
+	requireDqlite(t)
 	first := Config{Dir: t.TempDir(), Address: freeAddress(t)}
 	joined := make(chan *testNode, 1)
 	go func() {

@@ -16,6 +16,9 @@ import (
 	"github.com/canonical/go-dqlite/driver"
 )
 
+// withDqlite says this build has the real node (tests skip without it).
+const withDqlite = true
+
 // database is the name of the one dqlite database the registry uses.
 const database = "registry"
 

@@ -4,6 +4,8 @@ package registry
 
 import "context"
 
+const withDqlite = false
+
 // Open fails: this binary was built without dqlite (see ErrNoDqlite).
 func Open(ctx context.Context, cfg Config) (*Registry, error) { return nil, ErrNoDqlite }
 

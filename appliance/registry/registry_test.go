@@ -219,7 +219,7 @@ func TestMigrationsIdempotentAcrossRestarts(t *testing.T) {
 
 // A node killed with SIGKILL (no Close) keeps every write it acknowledged.
 func TestReopenAfterKill(t *testing.T) {
-	startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t)}).stop(t) // skip early without dqlite
+	requireDqlite(t)
 	cfg := Config{Dir: filepath.Join(t.TempDir(), "node"), Address: freeAddress(t)}
 	c := startChildNode(t, cfg)
 	for _, name := range []string{"h1", "h2", "h3"} {
