@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -216,4 +217,41 @@ func TestJoinerStartsBeforeInitiator(t *testing.T) {
 	if !strings.Contains(got, first.Address+"=voter") || !strings.Contains(got, j.cfg.Address+"=spare") {
 		t.Errorf("members %s, want %s a voter and %s a spare", got, first.Address, j.cfg.Address)
 	}
+}
+
+// A joiner killed while it waits for the initiator, and again after it
+// joined, comes back with the same config and converges: one member per
+// host, three voters.
+func TestJoinerKilledAndRestarted(t *testing.T) {
+	testenv.Short(t)
+	requireDqlite(t)
+	first := Config{Dir: t.TempDir(), Address: freeAddress(t)}
+	join := []string{first.Address}
+	joiner := Config{Dir: filepath.Join(t.TempDir(), "joiner"), Address: freeAddress(t), Join: join}
+	early := spawnChildNode(t, joiner)
+	time.Sleep(time.Second) // it has recorded its identity and retries the join
+	early.kill()
+	if _, err := os.Stat(filepath.Join(joiner.Dir, "info.yaml")); err != nil {
+		t.Fatalf("the joiner was killed before it started: %v", err)
+	}
+
+	n1 := startNode(t, first)
+	startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t), Join: join})
+	j := startNode(t, joiner)
+	want := func(when string) {
+		t.Helper()
+		got := roles(t, n1.reg)
+		if strings.Count(got, "=voter") != 3 || strings.Count(got, joiner.Address) != 1 || strings.Count(got, "=") != 3 {
+			t.Errorf("%s: members %s, want three voters, the joiner once", when, got)
+		}
+	}
+	want("after the restart of a joiner killed before joining")
+
+	j.crash(t)
+	j.restart(t)
+	want("after the restart of a joiner killed after joining")
+	if err := j.reg.PutHost(opCtx(t), Host{Name: "h3", Address: "10.0.0.13:8443", State: "member"}); err != nil {
+		t.Fatal(err)
+	}
+	wantHost(t, n1.reg, "h3")
 }

@@ -169,6 +169,16 @@ type childNode struct {
 // ready. The test's cleanup kills it if the test did not.
 func startChildNode(t testing.TB, cfg Config) *childNode {
 	t.Helper()
+	c := spawnChildNode(t, cfg)
+	if line := c.readLine(t); line != "ready" {
+		t.Fatalf("node %s in child process: got %q, want ready", cfg.Address, line)
+	}
+	return c
+}
+
+// spawnChildNode starts a node in a child process without waiting for it.
+func spawnChildNode(t testing.TB, cfg Config) *childNode {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), registryNodeEnv+"="+cfg.Dir+"|"+cfg.Address+"|"+strings.Join(cfg.Join, ","))
 	cmd.Stderr = os.Stderr
@@ -187,9 +197,6 @@ func startChildNode(t testing.TB, cfg Config) *childNode {
 	r.Close()
 	c := &childNode{cfg: cfg, cmd: cmd, stdin: w, out: bufio.NewScanner(stdout)}
 	t.Cleanup(c.kill)
-	if line := c.readLine(t); line != "ready" {
-		t.Fatalf("node %s in child process: got %q, want ready", cfg.Address, line)
-	}
 	return c
 }
 
