@@ -15,20 +15,19 @@ FUZZTIME  ?= 5m
 export GOFLAGS := $(strip $(shell $(GO) env GOFLAGS) -tags=libsqlite3)
 export CGO_LDFLAGS_ALLOW := -Wl,-z,now
 
-# build-static links those C libraries (and liblz4, libuv_a) statically, in the order
+# build links those C libraries (and liblz4, libuv_a) statically, in the order
 # the static archives need, so bin/ssbuild starts on hosts whose libdqlite/libraft differ
 # from the build machine's (Ubuntu 22.04); netgo/osusergo keep glibc's NSS out.
 # `ldd bin/ssbuild` must say "not a dynamic executable".
 STATIC_CGO_LDFLAGS := -ldqlite -lraft -luv_a -llz4 -lsqlite3 -lm -lpthread -ldl -lrt
 
-.PHONY: all build build-static deps test test-short vet demo fuzz bench clean
+.PHONY: all build deps test test-short vet demo fuzz bench clean
 
 all: build
 
+# Static, with the dqlite registry: the binary runs on hosts and in images
+# whose libraries differ from the build machine's (see STATIC_CGO_LDFLAGS).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ssbuild
-
-build-static:
 	CGO_LDFLAGS='$(STATIC_CGO_LDFLAGS)' $(GO) build -trimpath -tags=libsqlite3,netgo,osusergo \
 		-ldflags '$(LDFLAGS) -linkmode external -extldflags "-static"' -o $(BIN) ./cmd/ssbuild
 
@@ -46,7 +45,6 @@ test: deps vet
 test-short: vet
 	$(GO) test -short ./...
 
-# The binary goes into images too, so it is static.
 demo: build
 	bash scripts/demo.sh
 

@@ -150,6 +150,9 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 	if err := os.Rename(b.out, opts.OutDir); err != nil {
 		return res, fmt.Errorf("image: output: %w", err)
 	}
+	if b.chain != nil { // it was packed inside the folder just renamed
+		b.chain.Path = filepath.Join(opts.OutDir, filepath.Base(b.chain.Path))
+	}
 	res.OutDir, res.Image, res.Chainstate, res.CacheHit = opts.OutDir, b.image, b.chain, b.cacheHit
 	return res, nil
 }

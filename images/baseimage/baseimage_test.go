@@ -12,6 +12,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
+	"github.com/sovereign-stack/ssbuild/images/chainstate"
 	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/testdocker"
 	"github.com/sovereign-stack/ssbuild/internal/testenv"
@@ -63,6 +64,12 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 	imageID := testdocker.ImportBusybox(t, docker.Client, "ssbuild-demo/web:1", "served-by-ssbuild")
 	bin := ssbuildBinary(t)
 	r := demoRecipe(t)
+	// A small pruned regtest datadir stands in for the chainstate.
+	datadir := t.TempDir()
+	os.MkdirAll(filepath.Join(datadir, "regtest", "blocks"), 0o755)
+	os.WriteFile(filepath.Join(datadir, "regtest", "blocks", "blk00000.dat"), []byte(strings.Repeat("block", 1000)), 0o644)
+	os.WriteFile(filepath.Join(datadir, "regtest", "chainstate.ldb"), []byte("coins"), 0o644)
+	r.Image.Chainstate = &recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: datadir}
 
 	build := func(out string) baseimage.Result {
 		res, err := baseimage.Build(ctx, r, baseimage.Options{OutDir: out, CacheDir: rootfstest.CacheDir(),
@@ -81,6 +88,16 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sha256sum -c: %v\n%s", err, out)
 	}
+
+	t.Run("chainstate verifies", func(t *testing.T) {
+		a := first.Chainstate
+		if a == nil || filepath.Dir(a.Path) != first.OutDir {
+			t.Fatalf("chainstate artifact %+v not in the output", a)
+		}
+		if _, err := chainstate.Verify(ctx, a.Path, chainstate.VerifyOptions{Network: "regtest", ManifestSHA256: a.ManifestSHA256}); err != nil {
+			t.Errorf("artifact does not verify: %v", err)
+		}
+	})
 
 	t.Run("reproducible", func(t *testing.T) {
 		second := build(filepath.Join(dir, "two"))
@@ -150,6 +167,13 @@ func TestBadInputsLeaveNoOutput(t *testing.T) {
 			os.WriteFile(p, []byte("not a snapshot"), 0o644)
 			r.Image.Chainstate = &recipes.Chainstate{Network: "regtest", Kind: "assumeutxo", Source: p}
 		}, []string{"step chainstate", "utxo.dat"}},
+		{"snapshot for another network", func(r *recipes.Recipe) {
+			// A valid v2 header for mainnet (magic f9beb4d9) in a regtest recipe.
+			hdr := append([]byte("utxo\xff\x02\x00\xf9\xbe\xb4\xd9"), make([]byte, 40)...)
+			p := filepath.Join(t.TempDir(), "utxo-mainnet.dat")
+			os.WriteFile(p, hdr, 0o644)
+			r.Image.Chainstate = &recipes.Chainstate{Network: "regtest", Kind: "assumeutxo", Source: p}
+		}, []string{"step chainstate", "utxo-mainnet.dat", "mainnet", "regtest"}},
 		{"unreachable mirror", func(r *recipes.Recipe) {
 			r.Image.Source.Mirror = "http://127.0.0.1:9/debian"
 		}, []string{"step rootfs", "http://127.0.0.1:9/debian"}},
