@@ -31,7 +31,7 @@ func BenchmarkFormation(b *testing.B) {
 					svcs[i] = e.start(i, nil)
 				}
 				for _, s := range svcs {
-					if err := s.wait(b, 5*time.Minute); err != nil {
+					if err := s.wait(b, 2*time.Minute); err != nil {
 						b.Fatalf("%s: %v", s.host.Name, err)
 					}
 				}
@@ -59,6 +59,11 @@ func benchFormation(b *testing.B, n int, form func(*env)) {
 		b.Cleanup(func() { bed.Close() })
 		e := envOn(b, bed)
 		e.quiet = true
+		b.Cleanup(func() {
+			if b.Failed() {
+				b.Logf("services' output:\n%s", e.output())
+			}
+		})
 		b.StartTimer()
 		start := time.Now()
 		form(e)

@@ -4,19 +4,37 @@
 // serves a registration endpoint; every other host registers there and
 // joins with the LXD join token it gets back.
 //
-// Trust: the cluster secret never crosses the wire. A joiner proves it holds
-// it with an HMAC-SHA256 (key: Argon2id of the secret, salt from the cluster
-// name) over its name, address, LXD certificate fingerprint, a nonce and a
-// timestamp. The endpoint serves TLS with the initiator's LXD server
-// certificate and asks for the joiner's as a client certificate; each side
-// pins the certificate the other's proof names. The initiator answers with
-// its own HMAC over the joiner's nonce, its fingerprint and the token.
+// Trust: the cluster secret never crosses the wire. A joiner POSTs a
+// JoinRequest to https://<initiator>:<registrationPort>/ssbuild/v1/join
+// whose MAC is HMAC-SHA256 (key: Argon2id of the secret, t=3, 64 MiB, p=4,
+// salt from the cluster name) over its name, address, LXD certificate
+// fingerprint, a random nonce and a timestamp. The endpoint serves TLS with
+// the initiator's LXD server certificate and requires the joiner's as client
+// certificate, which must match the fingerprint the proof covers. The
+// initiator refuses stale (±2 min), replayed, tampered, malformed, oversized
+// and unlisted requests, blocks an address after 5 refusals, and answers a
+// valid one with a fresh join token and its own MAC over the joiner's nonce,
+// its certificate fingerprint and the token; the joiner checks that MAC and
+// that the TLS certificate it saw is the one named, then checks the token's
+// cluster certificate before it joins. Errors and status lines say which
+// check failed, never anything derived from the secret.
 //
-// Convergence: each step has a name (Step*) and a checkable end state, read
-// from LXD before acting, so running the service again after a crash at any
-// point ends in the same cluster: no second cluster, no duplicate member,
-// no token left pending. Options.FailAfter stops the service right after a
-// named step, for tests that prove it.
+// Convergence: each step has a name (Step*) and an end state read from LXD
+// before acting, so running the service again after a crash at any point
+// ends in the same cluster:
+//
+//	lxd-initialised       lxdinit finds everything in place (or the host is a member)
+//	cluster-bootstrapped  GET /1.0/cluster is enabled with this host a member; never bootstrapped twice
+//	registration-serving  the endpoint listens
+//	token-issued          per joiner: older tokens for the name deleted, one fresh token pending
+//	cluster-formed        every listed member online; no token pending
+//	registered            joiner: holds a token from an initiator that proved the secret
+//	joined                joiner: its LXD is clustered and lists itself (checked before every attempt)
+//	member-online         joiner: the cluster sees it online
+//
+// Joins are serialised: the initiator gives one joiner a token at a time and
+// tells the others to retry (503, Retry-After) until that one is online.
+// Options.FailAfter stops the service right after a named step, for tests.
 package cluster
 
 import (

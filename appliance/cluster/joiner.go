@@ -21,20 +21,22 @@ import (
 
 func (s *Service) runJoiner(ctx context.Context) error {
 	name := s.cfg.Host.Name
-	joined, err := s.isMember()
-	if err != nil {
-		return err
-	}
-	if joined {
-		if err := s.reached(StepJoined, "already a member"); err != nil {
-			return err
-		}
-		return s.awaitOnline(ctx)
-	}
 	regAddr := s.cfg.Cluster.RegistrationAddress()
 	backoff := s.o.BackoffInitial
 	for attempt := 1; ; attempt++ {
-		err := s.registerAndJoin(ctx, regAddr)
+		// Checked before every attempt: a join a crashed run started may
+		// finish in LXD while this run retries.
+		joined, err := s.isMember()
+		if err != nil {
+			return err
+		}
+		if joined {
+			if err := s.reached(StepJoined, "already a member"); err != nil {
+				return err
+			}
+			return s.awaitOnline(ctx)
+		}
+		err = s.registerAndJoin(ctx, regAddr)
 		if err == nil {
 			return s.awaitOnline(ctx)
 		}

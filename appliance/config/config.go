@@ -26,8 +26,8 @@ import (
 const DefaultPath = "/etc/ssbuild/appliance.yaml"
 
 // DefaultRegistrationPort is the initiator's registration endpoint port when
-// the file names none (next to LXD's 8443).
-const DefaultRegistrationPort = 8444
+// the file names none (the recipe's default too).
+const DefaultRegistrationPort = 9443
 
 // Appliance is the content of appliance.yaml.
 type Appliance struct {

@@ -1,12 +1,14 @@
 package config_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 const good = `host:
@@ -34,7 +36,7 @@ func TestParseGood(t *testing.T) {
 	if a.IsInitiator() || a.Host.Name != "host2" || a.Cluster.RegistrationPort != config.DefaultRegistrationPort {
 		t.Errorf("unexpected: %+v", a)
 	}
-	if got := a.Cluster.RegistrationAddress(); got != "10.0.0.11:8444" {
+	if got := a.Cluster.RegistrationAddress(); got != "10.0.0.11:9443" {
 		t.Errorf("registration address %q", got)
 	}
 	// What Marshal writes loads back the same.
@@ -109,5 +111,34 @@ func TestReadSecret(t *testing.T) {
 	}
 	if _, err := config.ReadSecret(short); err == nil || strings.Contains(err.Error(), "abc") {
 		t.Fatalf("short secret: %v", err)
+	}
+}
+
+func TestFromRecipe(t *testing.T) {
+	src, err := recipes.BuiltinSource("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := recipes.Parse("builtin:demo", src, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := config.HostFiles{StorageSource: "/dev/disk/by-partlabel/zfs", SecretFile: "/etc/ssbuild/cluster.secret", StateDir: "/var/lib/ssbuild"}
+	if _, err := config.FromRecipe(r, "demo2", files); err == nil || !strings.Contains(err.Error(), "without a static address: demo1, demo2, demo3") {
+		t.Fatalf("DHCP hosts: %v", err)
+	}
+	for i := range r.Installer.Hosts {
+		r.Installer.Hosts[i].Address = fmt.Sprintf("192.168.1.%d/24", 11+i)
+	}
+	a, err := config.FromRecipe(r, "demo2", files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Host.Address != "192.168.1.12" || a.Cluster.InitiatorAddress != "192.168.1.11" || a.IsInitiator() ||
+		a.Cluster.RegistrationPort != r.Cluster.RegistrationPort || a.Cluster.Storage.Source != files.StorageSource || len(a.Cluster.Members) != 3 {
+		t.Errorf("unexpected: %+v", a)
+	}
+	if _, err := config.FromRecipe(r, "demo9", files); err == nil {
+		t.Error("a host outside the recipe got a config")
 	}
 }

@@ -1,0 +1,75 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// HostFiles are the per-host paths the installer chooses.
+type HostFiles struct {
+	StorageSource string // the host's ZFS partition (or directory), e.g. /dev/disk/by-partlabel/ssbuild-zfs
+	SecretFile    string // where it writes the secret, 0600
+	StateDir      string // e.g. /var/lib/ssbuild
+}
+
+// FromRecipe builds the appliance.yaml of one host from a recipe (what the
+// installer writes). Every host needs a static address: joiners must know
+// where the initiator is, and the initiator whom to expect. The result is
+// checked as Load would check it.
+func FromRecipe(r *recipes.Recipe, host string, files HostFiles) (*Appliance, error) {
+	a := &Appliance{SecretFile: files.SecretFile, StateDir: files.StateDir}
+	c := r.Cluster
+	a.Cluster = Cluster{
+		Name: c.Name, Initiator: c.Initiator, RegistrationPort: c.RegistrationPort,
+		Storage: Storage{Pool: c.Storage.Pool, Driver: c.Storage.Driver, Source: files.StorageSource},
+	}
+	if a.Cluster.Name == "" {
+		a.Cluster.Name = r.Name
+	}
+	var missing []string
+	for _, h := range r.Installer.Hosts {
+		addr := ""
+		if h.Address != "" {
+			p, err := netip.ParsePrefix(h.Address)
+			if err != nil {
+				return nil, fmt.Errorf("appliance config for %s: host %s: address %q: %w", host, h.Name, h.Address, err)
+			}
+			addr = p.Addr().String()
+		} else {
+			missing = append(missing, h.Name)
+		}
+		a.Cluster.Members = append(a.Cluster.Members, Member{Name: h.Name, Address: addr})
+		if h.Name == host {
+			a.Host = Host{Name: h.Name, Address: addr}
+		}
+		if h.Name == c.Initiator {
+			a.Cluster.InitiatorAddress = addr
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("appliance config for %s: hosts without a static address: %s (set installer.hosts[].address)", host, strings.Join(missing, ", "))
+	}
+	if a.Host.Name == "" {
+		return nil, fmt.Errorf("appliance config: %q is not among the recipe's installer.hosts", host)
+	}
+	for _, n := range c.Networks {
+		a.Cluster.Networks = append(a.Cluster.Networks, Network{Name: n.Name, Type: n.Type, IPv4: n.IPv4, Parent: n.Parent})
+	}
+	data, err := Marshal(a)
+	if err != nil {
+		return nil, err
+	}
+	checked, err := Parse("appliance.yaml for "+host, data)
+	if err != nil {
+		var inv *InvalidError
+		if errors.As(err, &inv) {
+			return nil, fmt.Errorf("appliance config from recipe %s: %w", r.File, err)
+		}
+		return nil, err
+	}
+	return checked, nil
+}
