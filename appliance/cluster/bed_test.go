@@ -3,13 +3,18 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -416,4 +421,44 @@ func mustJSON(t testing.TB, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// impostor serves the registration endpoint on h's address without the
+// secret: it answers every request with a token and a proof made with a
+// key of its own, over TLS with a certificate of its own.
+func (e *env) impostor(t testing.TB, h *testbed.Host) *http.Server {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "impostor"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+	leaf, _ := x509.ParseCertificate(der)
+	own := deriveKey([]byte("the impostor's guess at a secret"), e.cfgs[0].Cluster.Name)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var req JoinRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+				http.Error(w, "bad", 400)
+				return
+			}
+			resp := &JoinResponse{Token: "eyJmYWtlIjp0cnVlfQ==", Fingerprint: Fingerprint(leaf)}
+			signResponse(own, &req, resp)
+			_ = json.NewEncoder(w).Encode(resp)
+		}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert},
+	}
+	ln, err := listenIn(h)("tcp", e.cfgs[0].Cluster.RegistrationAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return srv
 }

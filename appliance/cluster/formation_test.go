@@ -27,6 +27,21 @@ func TestFormation(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
+	// An impostor on the initiator's address, without the secret, answers
+	// with a token and a made-up proof: host2 must refuse it and not join.
+	impostor := e.impostor(t, h1)
+	for !strings.Contains(e.output(), "the initiator's proof does not verify") {
+		if time.Now().After(deadline) || len(early.done) > 0 {
+			t.Fatalf("host2 did not refuse the impostor's answer")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	impostor.Close()
+	if got := memberNames(t, h2); got != nil {
+		t.Fatalf("host2 joined something after the impostor's answer: %v", got)
+	}
+
 	init := e.start(0, nil)
 	e.waitStep(h1.Name, StepServing, 1, 2*time.Minute)
 	if err := early.wait(t, 3*time.Minute); err != nil {
