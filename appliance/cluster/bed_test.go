@@ -377,7 +377,13 @@ func (e *env) assertNoLeak(t testing.TB) {
 // LXD certificate as client certificate; it returns the status and body.
 func (e *env) post(t testing.TB, from *testbed.Host, body []byte) (int, string) {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(filepath.Join(from.LXDDir, "server.crt"), filepath.Join(from.LXDDir, "server.key"))
+	return e.postAs(t, from, from, body)
+}
+
+// postAs sends from one host's network with another host's certificate.
+func (e *env) postAs(t testing.TB, from, certOf *testbed.Host, body []byte) (int, string) {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(certOf.LXDDir, "server.crt"), filepath.Join(certOf.LXDDir, "server.key"))
 	if err != nil {
 		t.Fatal(err)
 	}

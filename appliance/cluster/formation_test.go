@@ -150,6 +150,15 @@ func TestFormation(t *testing.T) {
 		}
 		// The replay issued nothing: still the one token from the original.
 		nothingLeft(t, []string{"host3"})
+
+		// A valid, fresh request over a connection whose certificate is
+		// not the one it names (what a replay after an initiator restart
+		// would be) is refused too.
+		status, resp = e.postAs(t, h3, h2, mustJSON(t, e.request(t, 2, good, nil)))
+		if status != 401 || !strings.Contains(resp, "client certificate does not match") {
+			t.Errorf("another certificate: got %d %q", status, resp)
+		}
+		nothingLeft(t, []string{"host3"})
 	})
 
 	t.Run("rate limit", func(t *testing.T) {

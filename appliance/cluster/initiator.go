@@ -116,7 +116,11 @@ func (s *Service) awaitFormation(ctx context.Context, reg *registrar) error {
 			// No request may issue a token after the sweep.
 			reg.mu.Lock()
 			reg.closed = true
-			n, err := s.deleteTokens(func(string) bool { return true })
+			// Only tokens for listed hosts: others are an operator's.
+			n, err := s.deleteTokens(func(name string) bool {
+				_, listed := s.cfg.Cluster.Member(name)
+				return listed
+			})
 			reg.mu.Unlock()
 			if err != nil {
 				return err
@@ -241,6 +245,9 @@ func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Add
 	if !verifyMAC(s.key, req.macFields(), req.MAC) {
 		return &req, &refusal{http.StatusUnauthorized, "proof does not verify: wrong cluster secret or altered request"}
 	}
+	// The cache lives as long as this process: a request replayed after a
+	// restart passes this check but not the client certificate's, which
+	// only the joiner's LXD key can present.
 	if !g.nonces.add(req.Nonce, now) {
 		return &req, &refusal{http.StatusUnauthorized, "replayed request: nonce already used"}
 	}
