@@ -58,23 +58,36 @@ import (
 // Step is a named end state of the service.
 type Step string
 
-// Steps of the initiator, in order.
+// Steps of the initiator, then of a joiner, in order.
 const (
-	StepLXDInitialised    Step = "lxd-initialised"      // lxdinit.Apply has nothing left to do
-	StepBootstrapped      Step = "cluster-bootstrapped" // LXD is clustered with this host as a member
-	StepServing           Step = "registration-serving" // the registration endpoint listens
-	StepTokenIssued       Step = "token-issued"         // a join token for one joiner exists (per request)
-	StepClusterFormed     Step = "cluster-formed"       // every listed member is online, no token pending
-	StepRegistered        Step = "registered"           // joiner: holds a token whose issuer proved the secret
-	StepJoined            Step = "joined"               // joiner: LXD is a member of the initiator's cluster
-	StepMemberOnline      Step = "member-online"        // joiner: the cluster sees it online
-	lxdPort                    = "8443"
-	defaultLXDDir              = "/var/lib/lxd"
-	defaultJoinTimeout         = 2 * time.Minute
-	defaultMaxFailures         = 5
-	defaultBlock               = time.Minute
-	defaultBackoffInitial      = time.Second
-	defaultBackoffMax          = 30 * time.Second
+	StepLXDInitialised Step = "lxd-initialised"      // lxdinit.Apply has nothing left to do
+	StepBootstrapped   Step = "cluster-bootstrapped" // LXD is clustered with this host as a member
+	StepServing        Step = "registration-serving" // the registration endpoint listens
+	StepTokenIssued    Step = "token-issued"         // a join token for one joiner exists (per request)
+	StepClusterFormed  Step = "cluster-formed"       // every listed member is online, no token pending
+	StepRegistered     Step = "registered"           // joiner: holds a token whose issuer proved the secret
+	StepJoined         Step = "joined"               // joiner: LXD is a member of the initiator's cluster
+	StepMemberOnline   Step = "member-online"        // joiner: the cluster sees it online
+)
+
+// Steps lists a role's steps in the order a run reaches them, for status
+// displays and tests.
+func Steps(initiator bool) []Step {
+	if initiator {
+		return []Step{StepLXDInitialised, StepBootstrapped, StepServing, StepTokenIssued, StepClusterFormed}
+	}
+	return []Step{StepLXDInitialised, StepRegistered, StepJoined, StepMemberOnline}
+}
+
+// Defaults of Options, and LXD's port on every host.
+const (
+	lxdPort               = "8443"
+	defaultLXDDir         = "/var/lib/lxd"
+	defaultJoinTimeout    = 2 * time.Minute
+	defaultMaxFailures    = 5
+	defaultBlock          = time.Minute
+	defaultBackoffInitial = time.Second
+	defaultBackoffMax     = 30 * time.Second
 )
 
 // ErrInjected is what Run returns when Options.FailAfter stopped it.
