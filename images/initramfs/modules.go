@@ -1,0 +1,234 @@
+package initramfs
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// DefaultModules are what the installer needs to find and write disks on
+// NUC-class hosts and in qemu: NVMe, SATA/AHCI, virtio, USB storage
+// (xHCI/EHCI, usb-storage, UAS), SCSI disks under them, and the
+// filesystems of the stick's payload and the target (ext4, vfat with its
+// code pages, squashfs). Dependencies and soft dependencies are added from
+// the kernel's modules.dep and modules.softdep.
+var DefaultModules = []string{
+	"nvme",
+	"ahci", "sd_mod",
+	"virtio_pci", "virtio_blk", "virtio_scsi",
+	"xhci_pci", "ehci_pci", "usb_storage", "uas",
+	"ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "squashfs",
+	"crc32c_generic", // ext4's metadata checksums
+}
+
+// LoadOrderFile is written next to modules.dep: one module path per line
+// (relative to lib/modules/<version>), dependencies before the modules
+// that need them. An init without modprobe loads them in this order with
+// finit_module(2); see LoadModules.
+const LoadOrderFile = "modules.load"
+
+// moduleIndex is what depmod wrote for one kernel.
+type moduleIndex struct {
+	dir     string              // lib/modules/<version> in the tree
+	paths   map[string]string   // module name -> path relative to dir
+	deps    map[string][]string // module name -> its dependencies' names
+	pre     map[string][]string // soft dependencies loaded before
+	post    map[string][]string // soft dependencies loaded after
+	aliases map[string]string   // alias (exact names only) -> module name
+	builtin map[string]bool
+}
+
+// moduleName turns "kernel/fs/ext4/ext4.ko.xz" into "ext4" and "usb-storage"
+// into "usb_storage": the kernel treats - and _ alike in module names.
+func moduleName(p string) string {
+	base := path.Base(p)
+	if i := strings.Index(base, ".ko"); i >= 0 {
+		base = base[:i]
+	}
+	return strings.ReplaceAll(base, "-", "_")
+}
+
+func readIndex(dir string) (*moduleIndex, error) {
+	ix := &moduleIndex{dir: dir, paths: map[string]string{}, deps: map[string][]string{},
+		pre: map[string][]string{}, post: map[string][]string{}, aliases: map[string]string{},
+		builtin: map[string]bool{}}
+	err := eachLine(filepath.Join(dir, "modules.dep"), true, func(line string) error {
+		mod, deps, ok := strings.Cut(line, ":")
+		if !ok {
+			return fmt.Errorf("no colon in %q", line)
+		}
+		name := moduleName(mod)
+		ix.paths[name] = mod
+		for _, d := range strings.Fields(deps) {
+			ix.deps[name] = append(ix.deps[name], moduleName(d))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = eachLine(filepath.Join(dir, "modules.builtin"), false, func(line string) error {
+		ix.builtin[moduleName(line)] = true
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = eachLine(filepath.Join(dir, "modules.softdep"), false, func(line string) error {
+		f := strings.Fields(line) // softdep MOD pre: A B post: C
+		if len(f) < 2 || f[0] != "softdep" {
+			return nil
+		}
+		name, list := moduleName(f[1]), ix.pre
+		for _, w := range f[2:] {
+			switch w {
+			case "pre:":
+				list = ix.pre
+			case "post:":
+				list = ix.post
+			default:
+				list[name] = append(list[name], w)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = eachLine(filepath.Join(dir, "modules.alias"), false, func(line string) error {
+		f := strings.Fields(line) // alias ALIAS MOD
+		if len(f) == 3 && f[0] == "alias" && !strings.ContainsAny(f[1], "*?[") {
+			ix.aliases[strings.ReplaceAll(f[1], "-", "_")] = moduleName(f[2])
+		}
+		return nil
+	})
+	return ix, err
+}
+
+// eachLine calls fn for each non-empty, non-comment line of file.
+func eachLine(file string, required bool, fn func(string) error) error {
+	f, err := os.Open(file)
+	if os.IsNotExist(err) && !required {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := fn(line); err != nil {
+			return fmt.Errorf("%s:%d: %w", file, n, err)
+		}
+	}
+	return sc.Err()
+}
+
+// lookup finds a module by name or by alias.
+func (ix *moduleIndex) lookup(name string) (string, bool) {
+	n := strings.ReplaceAll(name, "-", "_")
+	if _, ok := ix.paths[n]; ok || ix.builtin[n] {
+		return n, true
+	}
+	if m, ok := ix.aliases[n]; ok {
+		return m, true
+	}
+	return "", false
+}
+
+// resolve returns the modules to load for wanted, in load order
+// (dependencies and pre soft dependencies first), as paths relative to the
+// index's directory, and the wanted modules built into the kernel. A wanted
+// module the kernel has neither as a file nor built in is an error; a soft
+// dependency that is missing is not (modprobe skips those too).
+func (ix *moduleIndex) resolve(wanted []string) (order, builtin []string, err error) {
+	done := map[string]bool{}
+	var visit func(name string, soft bool) error
+	visit = func(name string, soft bool) error {
+		n, ok := ix.lookup(name)
+		if !ok {
+			if soft {
+				return nil
+			}
+			return fmt.Errorf("module %s: not in %s/modules.dep nor built in", name, ix.dir)
+		}
+		if done[n] {
+			return nil
+		}
+		done[n] = true // before the dependencies: softdeps may form cycles
+		if ix.builtin[n] {
+			builtin = append(builtin, n)
+			return nil
+		}
+		for _, d := range ix.pre[n] {
+			if err := visit(d, true); err != nil {
+				return err
+			}
+		}
+		for _, d := range ix.deps[n] {
+			if err := visit(d, false); err != nil {
+				return fmt.Errorf("%s needs %w", n, err)
+			}
+		}
+		order = append(order, ix.paths[n])
+		for _, d := range ix.post[n] {
+			if err := visit(d, true); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	sorted := append([]string(nil), wanted...)
+	sort.Strings(sorted) // the same order whatever order the caller listed them in
+	for _, w := range sorted {
+		if err := visit(w, false); err != nil {
+			return nil, nil, err
+		}
+	}
+	return order, builtin, nil
+}
+
+// filteredIndexes returns modules.dep, modules.softdep and modules.alias
+// restricted to the modules in order, so tools reading them (modprobe,
+// LoadModules) see only what is in the initramfs.
+func (ix *moduleIndex) filteredIndexes(order []string) (map[string][]byte, error) {
+	in := map[string]bool{}
+	for _, p := range order {
+		in[moduleName(p)] = true
+	}
+	out := map[string][]byte{}
+	var dep strings.Builder
+	for _, p := range order {
+		name := moduleName(p)
+		fmt.Fprintf(&dep, "%s:", p)
+		for _, d := range ix.deps[name] {
+			fmt.Fprintf(&dep, " %s", ix.paths[d])
+		}
+		dep.WriteString("\n")
+	}
+	out["modules.dep"] = []byte(dep.String())
+	for _, file := range []string{"modules.softdep", "modules.alias"} {
+		var b strings.Builder
+		err := eachLine(filepath.Join(ix.dir, file), false, func(line string) error {
+			f := strings.Fields(line)
+			if len(f) >= 3 && (f[0] == "softdep" && in[moduleName(f[1])] || f[0] == "alias" && in[moduleName(f[2])]) {
+				b.WriteString(line + "\n")
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		out[file] = []byte(b.String())
+	}
+	return out, nil
+}

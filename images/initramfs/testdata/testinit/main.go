@@ -1,0 +1,76 @@
+// testinit is the /init of the boot tests: it proves the kernel ran it,
+// loads the initramfs's modules the way the installer will, waits for the
+// block devices the test names on the kernel command line
+// (ssbuild.expect=vda,sda) and powers the machine off.
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sovereign-stack/ssbuild/images/initramfs"
+)
+
+func main() {
+	// The kernel gave init /dev/console as its standard streams; open it
+	// again in case it did not (no console node in the archive).
+	console, err := os.OpenFile("/dev/console", os.O_WRONLY, 0)
+	if err != nil {
+		console = os.Stdout
+	}
+	say := func(format string, args ...any) { fmt.Fprintf(console, "testinit: "+format+"\n", args...) }
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	// The marker is only in this program, never on the command line the
+	// kernel echoes, so seeing it means init ran.
+	say("SSBUILD-INIT-REACHED kernel=%s pid=%d", unix.ByteSliceToString(u.Release[:]), os.Getpid())
+	for _, m := range []struct{ fs, dir string }{{"proc", "/proc"}, {"sysfs", "/sys"}} {
+		if err := unix.Mount(m.fs, m.dir, m.fs, 0, ""); err != nil {
+			say("mount %s: %v", m.dir, err)
+		}
+	}
+	loaded, err := initramfs.LoadModules("")
+	say("modules loaded: %d (%s)", len(loaded), strings.Join(loaded, " "))
+	if err != nil {
+		say("module errors: %v", err)
+	}
+	var expect []string
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	for _, f := range strings.Fields(string(cmdline)) {
+		if v, ok := strings.CutPrefix(f, "ssbuild.expect="); ok {
+			expect = strings.Split(v, ",")
+		}
+	}
+	// USB devices appear a while after their host controller's module loads.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		missing := 0
+		for _, d := range expect {
+			if _, err := os.Stat("/sys/block/" + d); err != nil {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ents, _ := os.ReadDir("/sys/block")
+	var disks []string
+	for _, e := range ents {
+		disks = append(disks, e.Name())
+	}
+	sort.Strings(disks)
+	say("block devices: %s", strings.Join(disks, " "))
+	say("powering off")
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		say("power off: %v", err)
+	}
+	select {} // init must not exit: the kernel would panic
+}
