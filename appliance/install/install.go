@@ -1,0 +1,362 @@
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Partition labels (GPT partition names) the first boot finds the
+// partitions by (/dev/disk/by-partlabel/...), and the ESP's FAT label.
+const (
+	LabelESP     = "ESP"
+	LabelOS      = "ssbuild-os"
+	LabelZFS     = "ssbuild-zfs"
+	FATLabelESP  = "ESP"
+	alignment    = 1 << 20 // every partition starts on a 1 MiB boundary
+	copyBuffer   = 4 << 20
+	partESP      = 1
+	partOS       = 2
+	partZFS      = 3
+	zfsPartition = gpt.SolarisUsrAndAppleZFS // 6A898CC3-1DD2-11B2-99A6-080020736631, what zpool create makes
+)
+
+// File is one file the installer writes into the OS filesystem.
+type File struct {
+	Path string      // absolute path in the installed OS, e.g. /etc/ssbuild/appliance.yaml
+	Data []byte      //
+	Mode fs.FileMode // permission bits; parents are made 0755, owner is root
+}
+
+// Plan is one install onto one target.
+type Plan struct {
+	Target string // whole-disk device, or a disk image file in tests
+	Layout recipes.Layout
+	Host   string
+	Files  []File // identity and config, written into the OS filesystem
+}
+
+// Options are the install's surroundings.
+type Options struct {
+	Progress *progress.Reporter
+	DevRoot  string // where loop device nodes appear; default /dev
+	WorkDir  string // where the OS filesystem is mounted; default os.TempDir()
+	// AfterStep runs after each step is recorded in the journal; an error
+	// stops the install there (tests use it to cut the power).
+	AfterStep func(step string) error
+}
+
+// ErrAlreadyInstalled is returned when the target's journal says this
+// payload was installed for this host already.
+var ErrAlreadyInstalled = errors.New("already installed")
+
+// Install writes p onto plan.Target: GPT, OS, ESP, config, each as a
+// journalled step, continuing from the last completed step of an earlier
+// run of the same payload for the same host. The payload must have been
+// verified (VerifyPayload); nothing is written before Install is called.
+func Install(ctx context.Context, p *Payload, plan Plan, opt Options) (err error) {
+	if opt.Progress == nil {
+		opt.Progress = progress.Discard()
+	}
+	if opt.DevRoot == "" {
+		opt.DevRoot = "/dev"
+	}
+	flags := os.O_RDWR
+	if info, err := os.Stat(plan.Target); err == nil && info.Mode()&fs.ModeDevice != 0 {
+		flags |= os.O_EXCL // a block device in use (mounted, held) is refused by the kernel
+	}
+	f, err := os.OpenFile(plan.Target, flags, 0)
+	if err != nil {
+		return fmt.Errorf("install onto %s: open: %w", plan.Target, err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("install onto %s: close: %w", plan.Target, cerr)
+		}
+	}()
+	j, ok, err := ReadJournal(plan.Target)
+	if err != nil {
+		return err
+	}
+	if !ok || j.Payload != p.Digest || j.Host != plan.Host {
+		j = Journal{Payload: p.Digest, Host: plan.Host} // another payload's half-done install: start over
+	} else if j.Completed(StepDone) {
+		return fmt.Errorf("install onto %s for %s: %w", plan.Target, plan.Host, ErrAlreadyInstalled)
+	} else if j.Step != "" {
+		opt.Progress.Info("continuing the install on %s after step %s", plan.Target, j.Step)
+	}
+	w := &writer{f: f, target: plan.Target, p: p, plan: plan, opt: opt}
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{StepVerified, func(context.Context) error { return nil }},
+		{StepPartitioned, w.partition},
+		{StepOSWritten, w.writeOS},
+		{StepESPWritten, w.writeESP},
+		{StepConfigWritten, w.writeConfig},
+		{StepDone, func(context.Context) error { return nil }},
+	}
+	for _, s := range steps {
+		if j.Completed(s.name) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("install onto %s: %s: %w", plan.Target, s.name, err)
+		}
+		if err := s.run(ctx); err != nil {
+			return fmt.Errorf("install onto %s: %s: %w", plan.Target, s.name, err)
+		}
+		j.Step = s.name
+		if err := writeJournal(f, j); err != nil {
+			return err
+		}
+		if opt.AfterStep != nil {
+			if err := opt.AfterStep(s.name); err != nil {
+				return fmt.Errorf("install onto %s: after %s: %w", plan.Target, s.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+type writer struct {
+	f      *os.File
+	target string
+	p      *Payload
+	plan   Plan
+	opt    Options
+}
+
+// open gives a go-diskfs view of the target over the writer's descriptor.
+func (w *writer) open() (*disk.Disk, error) {
+	return diskfs.OpenBackend(file.New(w.f, false), diskfs.WithSectorSize(diskfs.SectorSizeDefault))
+}
+
+// Table is the target's partition table for a disk of size bytes with
+// sectors of sector bytes.
+func Table(size, sector int64, l recipes.Layout) (*gpt.Table, error) {
+	if size < MinDiskSize(l) {
+		return nil, fmt.Errorf("disk of %s is smaller than %s, the smallest the layout allows", humanBytes(size), humanBytes(MinDiskSize(l)))
+	}
+	espStart := int64(alignment)
+	osStart := espStart + alignUp(int64(l.ESP))
+	zfsStart := osStart + alignUp(int64(l.OS))
+	entrySectors := (128*128 + sector - 1) / sector
+	lastUsable := size/sector - 2 - entrySectors // backup entries and header at the end
+	lba := func(b int64) uint64 { return uint64(b / sector) }
+	return &gpt.Table{
+		LogicalSectorSize:  int(sector),
+		PhysicalSectorSize: int(sector),
+		ProtectiveMBR:      true,
+		Partitions: []*gpt.Partition{
+			{Index: partESP, Start: lba(espStart), End: lba(osStart) - 1, Type: gpt.EFISystemPartition, Name: LabelESP},
+			{Index: partOS, Start: lba(osStart), End: lba(zfsStart) - 1, Type: gpt.LinuxFilesystem, Name: LabelOS},
+			{Index: partZFS, Start: lba(zfsStart), End: uint64(lastUsable), Type: zfsPartition, Name: LabelZFS},
+		},
+	}, nil
+}
+
+func alignUp(n int64) int64 { return (n + alignment - 1) / alignment * alignment }
+
+// partition clears old signatures where blkid, zpool or the first boot
+// would find them, then writes the GPT.
+func (w *writer) partition(ctx context.Context) error {
+	d, err := w.open()
+	if err != nil {
+		return err
+	}
+	table, err := Table(d.Size, d.LogicalBlocksize, w.plan.Layout)
+	if err != nil {
+		return err
+	}
+	zero := func(off, n int64) error {
+		if _, err := w.f.WriteAt(make([]byte, n), off); err != nil {
+			return fmt.Errorf("clear %d bytes at %d: %w", n, off, err)
+		}
+		return nil
+	}
+	// Everything before the journal (old MBR, GPT, whole-disk filesystem
+	// and ZFS labels), the start of every partition and the end of the
+	// last one (ZFS keeps two labels there).
+	if err := zero(0, journalOffset); err != nil {
+		return err
+	}
+	for _, part := range table.Partitions {
+		if err := zero(int64(part.Start)*d.LogicalBlocksize, alignment); err != nil {
+			return err
+		}
+	}
+	last := table.Partitions[len(table.Partitions)-1]
+	if err := zero((int64(last.End)+1)*d.LogicalBlocksize-alignment, alignment); err != nil {
+		return err
+	}
+	if err := d.Partition(table); err != nil && !errors.Is(err, disk.ErrReReadDeferred) {
+		return fmt.Errorf("write GPT: %w", err)
+	}
+	return w.f.Sync()
+}
+
+// partitionRange is where partition n is on the target, in bytes.
+func (w *writer) partitionRange(n int) (start, size int64, err error) {
+	d, err := w.open()
+	if err != nil {
+		return 0, 0, err
+	}
+	t, err := d.GetPartitionTable()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read GPT: %w", err)
+	}
+	parts := t.GetPartitions()
+	if n < 1 || n > len(parts) {
+		return 0, 0, fmt.Errorf("GPT has no partition %d", n)
+	}
+	return parts[n-1].GetStart(), parts[n-1].GetSize(), nil
+}
+
+// writeOS copies the OS ext4 image into the OS partition block by block.
+// The image is smaller than the partition; writeConfig grows it.
+func (w *writer) writeOS(ctx context.Context) error {
+	start, size, err := w.partitionRange(partOS)
+	if err != nil {
+		return err
+	}
+	src, err := os.Open(w.p.Path(OSImageName))
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	info, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	if info.Size() > size {
+		return fmt.Errorf("OS image of %s does not fit the OS partition of %s", humanBytes(info.Size()), humanBytes(size))
+	}
+	task := w.opt.Progress.Start("write OS to "+w.target, info.Size(), "bytes")
+	_, err = copyAt(ctx, w.f, start, src, task)
+	if err == nil {
+		err = w.f.Sync()
+	}
+	task.Done(err)
+	return err
+}
+
+// copyAt copies src to dst at offset off in large blocks.
+func copyAt(ctx context.Context, dst *os.File, off int64, src io.Reader, task io.Writer) (int64, error) {
+	buf := make([]byte, copyBuffer)
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		r, rerr := io.ReadFull(src, buf)
+		if r > 0 {
+			if _, err := dst.WriteAt(buf[:r], off+n); err != nil {
+				return n, err
+			}
+			n += int64(r)
+			task.Write(buf[:r])
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+// writeESP makes a FAT32 filesystem on the ESP and copies the payload's
+// esp/ tree onto it, bootloader at EFI/BOOT/BOOTX64.EFI.
+func (w *writer) writeESP(ctx context.Context) error {
+	d, err := w.open()
+	if err != nil {
+		return err
+	}
+	if _, err := d.GetPartitionTable(); err != nil {
+		return fmt.Errorf("read GPT: %w", err)
+	}
+	esp, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: partESP, FSType: filesystem.TypeFat32, VolumeLabel: FATLabelESP})
+	if err != nil {
+		return fmt.Errorf("make FAT32: %w", err)
+	}
+	made := map[string]bool{}
+	for _, rel := range w.p.ESPFiles() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var parents []string // top-down: EFI, EFI/BOOT
+		for dir := path.Dir(rel); dir != "."; dir = path.Dir(dir) {
+			parents = append([]string{dir}, parents...)
+		}
+		for _, dir := range parents {
+			if made[dir] {
+				continue
+			}
+			if err := esp.Mkdir("/" + dir); err != nil {
+				return fmt.Errorf("mkdir %s: %w", dir, err)
+			}
+			made[dir] = true
+		}
+		if err := copyToFS(esp, "/"+rel, w.p.Path(ESPDir+"/"+rel)); err != nil {
+			return fmt.Errorf("copy %s: %w", rel, err)
+		}
+	}
+	start, size, err := w.partitionRange(partESP)
+	if err != nil {
+		return err
+	}
+	if err := fixFAT32(io.NewSectionReader(w.f, start, size), offsetWriter{w.f, start}); err != nil {
+		return err
+	}
+	return w.f.Sync()
+}
+
+// offsetWriter writes into a partition of the target.
+type offsetWriter struct {
+	f   *os.File
+	off int64
+}
+
+func (o offsetWriter) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, o.off+off) }
+
+func copyToFS(fsys filesystem.FileSystem, dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := fsys.OpenFile(dst, os.O_CREATE|os.O_RDWR|os.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// validFile checks a config file's path before it is joined under the
+// mount point.
+func validFile(f File) error {
+	if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || strings.Contains(f.Path, "\x00") {
+		return fmt.Errorf("file %q: want a clean absolute path", f.Path)
+	}
+	return nil
+}

@@ -1,0 +1,36 @@
+package install
+
+import (
+	"context"
+	"testing"
+
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+)
+
+var testFiles = []File{
+	{Path: "/etc/hostname", Data: []byte("nuc1\n"), Mode: 0o644},
+	{Path: "/etc/ssbuild/appliance.yaml", Data: []byte("host:\n  name: nuc1\n"), Mode: 0o644},
+	{Path: "/etc/ssbuild/cluster.secret", Data: []byte("0123456789abcdef0123456789abcdef\n"), Mode: 0o600},
+}
+
+func TestInstallSparseDisk(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "sgdisk", "blkid", "e2fsck", "dumpe2fs", "debugfs", "fsck.fat", "mtype", "losetup", "dd")
+	payloadDir := makePayload(t)
+	p, err := VerifyPayload(payloadDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := sparseDisk(t, t.TempDir(), "target.img", 80*GiB)
+	detachLoops(t, img)
+	plan := Plan{Target: img, Layout: testLayout, Host: "nuc1", Files: testFiles}
+	if err := Install(context.Background(), p, plan, Options{WorkDir: t.TempDir(), Progress: progress.New(testLog{t}, progress.Plain)}); err != nil {
+		t.Fatal(err)
+	}
+	checkInstalled(t, img, testLayout, testFiles)
+	j, ok, err := ReadJournal(img)
+	if err != nil || !ok || j.Step != StepDone || j.Host != "nuc1" || j.Payload != p.Digest {
+		t.Errorf("journal after the install: %+v %v %v", j, ok, err)
+	}
+}

@@ -1,0 +1,137 @@
+package install
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// The payload is a directory (the mounted payload partition of the stick):
+//
+//	SHA256SUMS          sha256sum format, "<hex>  <relative path>", every file below
+//	os.img              ext4 image of the host OS root filesystem
+//	esp/...             copied verbatim onto the target's ESP; must hold
+//	                    esp/EFI/BOOT/BOOTX64.EFI (plus kernel, initrd, loader entries)
+//
+// Only files listed in SHA256SUMS are ever read for the install.
+const (
+	ManifestName  = "SHA256SUMS"
+	OSImageName   = "os.img"
+	ESPDir        = "esp"
+	BootloaderESP = "EFI/BOOT/BOOTX64.EFI" // removable-media fallback path, firmware boots it without a boot entry
+)
+
+// Payload is a verified payload: its directory, its files and the digest of
+// its manifest (which names this payload in the install journal).
+type Payload struct {
+	Dir    string
+	Files  map[string]string // relative path -> sha256 hex
+	Digest string            // sha256 of SHA256SUMS
+}
+
+// ESPFiles lists the payload's ESP files, relative to esp/, sorted.
+func (p *Payload) ESPFiles() []string {
+	var files []string
+	for name := range p.Files {
+		if rel, ok := strings.CutPrefix(name, ESPDir+"/"); ok {
+			files = append(files, rel)
+		}
+	}
+	sort.Strings(files)
+	return files
+}
+
+// Path is the absolute path of a payload file.
+func (p *Payload) Path(rel string) string { return filepath.Join(p.Dir, filepath.FromSlash(rel)) }
+
+// VerifyPayload checks every file of the manifest against its sha256 and
+// that the files the install needs are listed. Nothing is written anywhere;
+// the installer calls it before it touches the target.
+func VerifyPayload(dir string, task io.Writer) (*Payload, error) {
+	manifest, err := os.ReadFile(filepath.Join(dir, ManifestName))
+	if err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
+	}
+	sum := sha256.Sum256(manifest)
+	p := &Payload{Dir: dir, Files: map[string]string{}, Digest: hex.EncodeToString(sum[:])}
+	sc := bufio.NewScanner(bytes.NewReader(manifest))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		hexsum, name, ok := strings.Cut(line, "  ")
+		name = strings.TrimPrefix(name, "./")
+		if !ok || len(hexsum) != 64 || !validRel(name) {
+			return nil, fmt.Errorf("payload %s line %d: want \"<sha256>  <relative path>\", got %q", ManifestName, n, line)
+		}
+		if _, dup := p.Files[name]; dup {
+			return nil, fmt.Errorf("payload %s line %d: %s listed twice", ManifestName, n, name)
+		}
+		p.Files[name] = strings.ToLower(hexsum)
+	}
+	for _, need := range []string{OSImageName, ESPDir + "/" + BootloaderESP} {
+		if _, ok := p.Files[need]; !ok {
+			return nil, fmt.Errorf("payload %s: %s is not listed (the install needs it)", ManifestName, need)
+		}
+	}
+	names := make([]string, 0, len(p.Files))
+	for name := range p.Files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		got, err := hashFile(p.Path(name), task)
+		if err != nil {
+			return nil, fmt.Errorf("payload %s: %w", name, err)
+		}
+		if got != p.Files[name] {
+			return nil, fmt.Errorf("payload %s: sha256 %s, manifest says %s: the stick is corrupt or was modified; rebuild or re-flash it", name, got, p.Files[name])
+		}
+	}
+	return p, nil
+}
+
+// validRel accepts clean relative slash paths that stay inside the payload.
+func validRel(name string) bool {
+	return name != "" && !path.IsAbs(name) && path.Clean(name) == name && name != ".." && !strings.HasPrefix(name, "../")
+}
+
+func hashFile(name string, task io.Writer) (string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	var w io.Writer = h
+	if task != nil {
+		w = io.MultiWriter(h, task)
+	}
+	if _, err := io.CopyBuffer(w, f, make([]byte, 1<<20)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// PayloadSize is the total size of the files of a manifest (for progress).
+func PayloadSize(dir string) int64 {
+	var total int64
+	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				total += info.Size()
+			}
+		}
+		return nil
+	})
+	return total
+}
