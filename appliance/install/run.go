@@ -1,0 +1,208 @@
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Payload files Run needs besides the OS image and the ESP tree.
+const (
+	RecipeName = "recipe.yaml"    // the recipe the stick was built from
+	SecretName = "cluster.secret" // the cluster's pre-shared secret
+)
+
+// Where the installed OS finds what the installer wrote.
+const (
+	SecretPath  = "/etc/ssbuild/cluster.secret" // 0600
+	StateDir    = "/var/lib/ssbuild"
+	ZFSSource   = "/dev/disk/by-partlabel/" + LabelZFS
+	NetworkFile = "/etc/systemd/network/10-ssbuild.network" // static address, when the recipe gives one
+)
+
+// Power is what the installer does when it is done; tests record it.
+type Power interface {
+	Reboot() error
+	PowerOff() error
+}
+
+// Machine is the real machine: sync, then reboot or power off.
+type Machine struct{}
+
+func (Machine) Reboot() error   { unix.Sync(); return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART) }
+func (Machine) PowerOff() error { unix.Sync(); return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) }
+
+// Env is where Run finds the machine and reports.
+type Env struct {
+	SysRoot, DevRoot, ProcRoot string // /sys, /dev, /proc
+	PayloadDir                 string // the mounted payload partition (MountPayload)
+	WorkDir                    string // for the OS filesystem's mount point; default os.TempDir()
+	Progress                   *progress.Reporter
+	Power                      Power
+	AfterStep                  func(step string) error // see Options
+}
+
+// Run is the whole unattended install: verify the payload, identify this
+// host, pick and check the target, install, then reboot or power off as the
+// recipe says. Nothing is written before the payload is verified and the
+// target accepted. On a disk this payload already installed for this host
+// it only powers off (the stick is still in; rebooting would loop).
+func Run(ctx context.Context, env Env) error {
+	rep := env.Progress
+	if rep == nil {
+		rep = progress.Discard()
+	}
+	task := rep.Start("verify payload", PayloadSize(env.PayloadDir), "bytes")
+	p, err := VerifyPayload(env.PayloadDir, task)
+	task.Done(err)
+	if err != nil {
+		return fmt.Errorf("verify: %w (nothing was written)", err)
+	}
+	for _, need := range []string{RecipeName, SecretName} {
+		if _, ok := p.Files[need]; !ok {
+			return fmt.Errorf("payload %s: %s is not listed", ManifestName, need)
+		}
+	}
+	r, err := recipes.Load(p.Path(RecipeName))
+	if err != nil {
+		return err
+	}
+	secret, err := os.ReadFile(p.Path(SecretName))
+	if err != nil {
+		return fmt.Errorf("payload: %w", err)
+	}
+	cmdline, err := Cmdline(env.ProcRoot)
+	if err != nil {
+		return err
+	}
+	host, err := IdentifyHost(r.Installer.Hosts, cmdline, MACs(env.SysRoot))
+	if err != nil {
+		return err
+	}
+	rep.Info("installing host %s", host.Name)
+	files, err := HostFiles(r, host, secret)
+	if err != nil {
+		return err
+	}
+
+	disks, err := ReadDisks(env.SysRoot, env.DevRoot)
+	if err != nil {
+		return err
+	}
+	boot, err := BootDisks(env.SysRoot, disks, env.PayloadDir)
+	if err != nil {
+		return err
+	}
+	for i, d := range disks {
+		if boot[d.Name] {
+			continue
+		}
+		if disks[i].Found, err = Probe(d.Path); err != nil {
+			return err
+		}
+	}
+	choice := Choice{Target: r.Installer.Target, Layout: r.Installer.Layout, Wipe: r.Installer.Wipe}
+	if host.Target != nil {
+		choice.Target = *host.Target
+	}
+	resumable := func(d Disk) bool {
+		j, ok, err := ReadJournal(d.Path)
+		return err == nil && ok && (j.Step != StepDone || (j.Payload == p.Digest && j.Host == host.Name))
+	}
+	target, err := SelectTarget(disks, boot, choice, resumable)
+	if err != nil {
+		return err
+	}
+	rep.Info("target disk: %s", target)
+
+	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files},
+		Options{Progress: rep, DevRoot: env.DevRoot, WorkDir: env.WorkDir, AfterStep: env.AfterStep})
+	if errors.Is(err, ErrAlreadyInstalled) {
+		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)
+		return env.Power.PowerOff()
+	}
+	if err != nil {
+		return err
+	}
+	rep.Info("installed %s onto %s", host.Name, target.Path)
+	if r.Installer.AfterInstall == "poweroff" {
+		return env.Power.PowerOff()
+	}
+	return env.Power.Reboot()
+}
+
+// HostFiles are the files the installer writes into host h's OS: its name,
+// /etc/ssbuild/appliance.yaml, the cluster secret (0600) and, with a static
+// address, a systemd-networkd file.
+func HostFiles(r *recipes.Recipe, h recipes.Host, secret []byte) ([]File, error) {
+	a, err := config.FromRecipe(r, h.Name, config.HostFiles{StorageSource: ZFSSource, SecretFile: SecretPath, StateDir: StateDir})
+	if err != nil {
+		return nil, err
+	}
+	yaml, err := config.Marshal(a)
+	if err != nil {
+		return nil, err
+	}
+	files := []File{
+		{Path: "/etc/hostname", Data: []byte(h.Name + "\n"), Mode: 0o644},
+		{Path: config.DefaultPath, Data: yaml, Mode: 0o644},
+		{Path: SecretPath, Data: secret, Mode: 0o600},
+	}
+	if h.Address != "" {
+		var b strings.Builder
+		b.WriteString("# Written by the ssbuild installer from the recipe.\n[Match]\n")
+		if h.MAC != "" {
+			fmt.Fprintf(&b, "MACAddress=%s\n", h.MAC)
+		} else {
+			b.WriteString("Name=en* eth*\n")
+		}
+		fmt.Fprintf(&b, "\n[Network]\nAddress=%s\n", h.Address)
+		if h.Gateway != "" {
+			fmt.Fprintf(&b, "Gateway=%s\n", h.Gateway)
+		}
+		files = append(files, File{Path: NetworkFile, Data: []byte(b.String()), Mode: 0o644})
+	}
+	return files, nil
+}
+
+// MountPayload mounts the stick's payload partition (GPT name PayloadLabel,
+// squashfs or ext4) read-only at dir. More than one such partition is an
+// error: the installer would not know which payload to trust.
+func MountPayload(sysRoot, devRoot, dir string) error {
+	disks, err := ReadDisks(sysRoot, devRoot)
+	if err != nil {
+		return err
+	}
+	var parts []string
+	for _, d := range disks {
+		for _, part := range d.Partitions {
+			if ueventValue(filepath.Join(sysRoot, "block", d.Name, part, "uevent"), "PARTNAME") == PayloadLabel {
+				parts = append(parts, filepath.Join(devRoot, part))
+			}
+		}
+	}
+	if len(parts) != 1 {
+		return fmt.Errorf("payload: want one partition labelled %s, found %d (%s)", PayloadLabel, len(parts), strings.Join(parts, " "))
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var errs []error
+	for _, fstype := range []string{"squashfs", "ext4"} {
+		err := unix.Mount(parts[0], dir, fstype, unix.MS_RDONLY, "")
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", fstype, err))
+	}
+	return fmt.Errorf("mount payload %s: %w", parts[0], errors.Join(errs...))
+}
