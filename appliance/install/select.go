@@ -3,6 +3,7 @@ package install
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -96,10 +97,23 @@ func holds(d Disk) []string {
 	if len(d.Partitions) > 0 {
 		held = append(held, fmt.Sprintf("partitions %s", strings.Join(d.Partitions, " ")))
 	}
+	gpt := slices.Contains(d.Found, "GPT")
 	for _, s := range d.Found {
-		held = append(held, "a "+s+" signature")
+		if s == "MBR" && gpt {
+			continue // the protective MBR in front of a GPT
+		}
+		held = append(held, signatureWords[s])
 	}
 	return held
+}
+
+var signatureWords = map[string]string{
+	"GPT":         "a GPT partition table",
+	"MBR":         "an MBR partition table",
+	"ext4":        "an ext4 filesystem",
+	"vfat":        "a FAT filesystem",
+	"zfs_member":  "a ZFS pool label",
+	"LVM2_member": "an LVM physical volume",
 }
 
 func explicitTarget(disks []Disk, t recipes.Target) (Disk, error) {

@@ -63,7 +63,7 @@ func TestSelectTarget(t *testing.T) {
 		{name: "signature refused", disks: with(func(ds []Disk) []Disk {
 			ds[1].Found = []string{"zfs_member"}
 			return ds
-		}), errWants: "it holds a zfs_member signature"},
+		}), errWants: "it holds a ZFS pool label"},
 		{name: "wipe allows", disks: with(func(ds []Disk) []Disk {
 			ds[1].Partitions, ds[1].Found = []string{"nvme1n1p1"}, []string{"GPT", "MBR"}
 			return ds
