@@ -1,0 +1,232 @@
+package installer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/sovereign-stack/ssbuild/images/gptimage"
+)
+
+const (
+	mib        = int64(1) << 20
+	sectorSize = 512
+	espStart   = mib
+	// The ESP holds the kernel and initramfs, plus room for FAT's tables
+	// and for systemd-boot's random seed; at least 64 MiB keeps it FAT32
+	// (65525 clusters) with any cluster size.
+	espMinSize = 64 * mib
+	espSlack   = 32 * mib
+	gptBackup  = mib // the backup GPT (33 sectors), rounded up
+)
+
+// DiskIDs are the image's fixed GUIDs.
+type DiskIDs struct {
+	Disk, ESP, Payload string
+}
+
+func (s Spec) diskIDs() DiskIDs {
+	id := func(role string) string {
+		return gptimage.GUID(fmt.Sprintf("ssbuild installer %s %d %s", s.Name, s.Epoch, role))
+	}
+	return DiskIDs{Disk: id("disk"), ESP: id("esp"), Payload: id("payload")}
+}
+
+func (s Spec) espFiles() ([]espFile, error) {
+	cmdline := s.Cmdline
+	if cmdline == "" {
+		cmdline = DefaultCmdline
+	}
+	if strings.ContainsAny(cmdline, "\n\r") {
+		return nil, fmt.Errorf("kernel command line: no newlines allowed")
+	}
+	// timeout 0: no menu (a key held at boot still shows it); editor no:
+	// nobody edits the command line of an unattended installer.
+	loader := "default ssbuild-installer.conf\ntimeout 0\neditor no\n"
+	entry := fmt.Sprintf("title ssbuild installer (%s)\nlinux /%s\ninitrd /%s\noptions %s\n",
+		s.Name, KernelFile, InitrdFile, cmdline)
+	return []espFile{
+		{name: "EFI/BOOT/BOOTX64.EFI", src: s.SystemdBoot},
+		{name: "loader/loader.conf", data: []byte(loader)},
+		{name: EntryFile, data: []byte(entry)},
+		{name: KernelFile, src: s.Kernel},
+		{name: InitrdFile, src: s.Initramfs},
+	}, nil
+}
+
+type espFile struct {
+	name string
+	src  string // file to copy, or
+	data []byte
+}
+
+func (f espFile) size() (int64, error) {
+	if f.src == "" {
+		return int64(len(f.data)), nil
+	}
+	info, err := os.Stat(f.src)
+	if err != nil {
+		return 0, err
+	}
+	return info.Size(), nil
+}
+
+// writeDisk creates the sparse image at img: partition table, ESP with its
+// files, and the payload image written into partition 2.
+func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, err error) {
+	files, err := s.espFiles()
+	if err != nil {
+		return res, err
+	}
+	var espData int64
+	for _, f := range files {
+		n, err := f.size()
+		if err != nil {
+			return res, fmt.Errorf("ESP: %w", err)
+		}
+		espData += n
+	}
+	res.ESPSize = espSizeFor(max(espMinSize, roundUp(espData*11/10+espSlack, mib)))
+	info, err := os.Stat(payload)
+	if err != nil {
+		return res, err
+	}
+	// WritePartitionContents fills the whole partition: the squashfs is
+	// padded with zeros to it (mksquashfs pads to 4 KiB itself).
+	res.PayloadSize = roundUp(info.Size(), mib)
+	if err := os.Truncate(payload, res.PayloadSize); err != nil {
+		return res, err
+	}
+	res.Size = espStart + res.ESPSize + res.PayloadSize + gptBackup
+	res.IDs = s.diskIDs()
+
+	d, err := diskfs.Create(img, res.Size, diskfs.SectorSize512)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if cerr := d.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	payloadStart := espStart + res.ESPSize
+	table := &gpt.Table{
+		LogicalSectorSize:  sectorSize,
+		PhysicalSectorSize: sectorSize,
+		ProtectiveMBR:      true,
+		GUID:               res.IDs.Disk,
+		Partitions: []*gpt.Partition{
+			{Index: 1, Start: uint64(espStart / sectorSize), End: uint64(payloadStart/sectorSize - 1),
+				Type: gpt.EFISystemPartition, Name: ESPLabel, GUID: res.IDs.ESP},
+			{Index: 2, Start: uint64(payloadStart / sectorSize), End: uint64((payloadStart+res.PayloadSize)/sectorSize - 1),
+				Type: gpt.LinuxFilesystem, Name: PayloadLabel, GUID: res.IDs.Payload},
+		},
+	}
+	if err := d.Partition(table); err != nil {
+		return res, fmt.Errorf("partition table: %w", err)
+	}
+
+	task := s.Progress.Start("ESP", espData, "bytes")
+	err = gptimage.WithEpoch(s.Epoch, func() error {
+		fs, err := d.CreateFilesystem(gptimage.FAT32(1, ESPLabel))
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			if err := writeESPFile(ctx, fs, f, task); err != nil {
+				return fmt.Errorf("%s: %w", f.name, err)
+			}
+		}
+		return nil
+	})
+	task.Done(err)
+	if err != nil {
+		return res, fmt.Errorf("ESP: %w", err)
+	}
+	if err := fixFAT32(img, espStart, res.ESPSize); err != nil {
+		return res, fmt.Errorf("ESP: %w", err)
+	}
+
+	p, err := os.Open(payload)
+	if err != nil {
+		return res, err
+	}
+	defer p.Close()
+	task = s.Progress.Start("payload partition", res.PayloadSize, "bytes")
+	_, err = d.WritePartitionContents(2, io.TeeReader(ctxReader{ctx, p}, task))
+	task.Done(err)
+	if err != nil {
+		return res, fmt.Errorf("payload partition: %w", err)
+	}
+	return res, nil
+}
+
+func writeESPFile(ctx context.Context, fs filesystem.FileSystem, f espFile, task io.Writer) error {
+	if dir := path.Dir("/" + f.name); dir != "/" {
+		if err := fs.Mkdir(dir); err != nil {
+			return err
+		}
+	}
+	out, err := fs.OpenFile("/"+f.name, os.O_CREATE|os.O_RDWR)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	var in io.Reader
+	if f.src != "" {
+		src, err := os.Open(f.src)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		in = src
+	} else {
+		in = strings.NewReader(string(f.data))
+	}
+	// One large write: go-diskfs's FAT32 grows a file's cluster chain per
+	// write, so few big writes are much faster than many small ones.
+	b, err := io.ReadAll(ctxReader{ctx, in})
+	if err != nil {
+		return err
+	}
+	if _, err := out.Write(b); err != nil {
+		return err
+	}
+	_, _ = task.Write(b)
+	return out.Close()
+}
+
+// espSizeFor returns the smallest size from min up, in MiB steps, whose
+// FAT32 go-diskfs v1.9.4 lays out with room in the FAT for every cluster.
+// Its sectors-per-FAT formula leaves out the two reserved FAT entries, so
+// for some sizes (64 MiB among them) the last two clusters have no FAT
+// entry, and fsck.fat and mtools refuse the file system. fixFAT32 checks
+// the result.
+func espSizeFor(min int64) int64 {
+	for size := min; ; size += mib {
+		sectors := size / sectorSize
+		spc := int64(1) // sectors per cluster: go-diskfs uses 512-byte clusters up to 260 MB
+		switch {
+		case size > 8<<30:
+			spc = 16
+		case size > 260_000_000:
+			spc = 8
+		}
+		const reserved = 32
+		denom := sectorSize*spc + 8
+		fatSectors := (4*(sectors-reserved) + denom - 1) / denom
+		clusters := (sectors - reserved - 2*fatSectors) / spc
+		if fatSectors*sectorSize/4 >= clusters+2 {
+			return size
+		}
+	}
+}
+
+func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }

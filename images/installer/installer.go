@@ -1,0 +1,226 @@
+// Package installer assembles the USB installer image: a raw GPT disk
+// image (dd it to a stick) that UEFI firmware boots through systemd-boot
+// into the kernel and the installer initramfs (images/initramfs), whose
+// init then installs the host from the payload partition.
+//
+// The image:
+//
+//	sector 0     protective MBR, GPT (disk and partition GUIDs derived from Name and Epoch)
+//	1 MiB        partition 1 "SSBUILD-ESP": EFI system partition, FAT32 (go-diskfs,
+//	             reproducible), volume label SSBUILD-ESP:
+//	               EFI/BOOT/BOOTX64.EFI                 systemd-boot (removable-media path,
+//	                                                   so no firmware boot entry is needed)
+//	               loader/loader.conf                   default entry, no menu, no editor
+//	               loader/entries/ssbuild-installer.conf
+//	               ssbuild/vmlinuz, ssbuild/initrd.img  the kernel and the installer initramfs
+//	after it     partition 2 "SSBUILD-PAYLOAD": squashfs (mksquashfs, reproducible)
+//	             holding the payload files under their names and SHA256SUMS, the
+//	             sha256 of every other file in it (sha256sum -c format)
+//	end          backup GPT
+//
+// The installer finds its partitions by their GPT names (PARTLABEL). Build
+// writes <Output> and SHA256SUMS next to it; each is complete or absent.
+package installer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// The stable names the installer and tests look for.
+const (
+	ESPLabel        = "SSBUILD-ESP"     // GPT name and FAT volume label of partition 1
+	PayloadLabel    = "SSBUILD-PAYLOAD" // GPT name of partition 2
+	PayloadManifest = "SHA256SUMS"      // in the payload's root
+	EntryFile       = "loader/entries/ssbuild-installer.conf"
+	KernelFile      = "ssbuild/vmlinuz"
+	InitrdFile      = "ssbuild/initrd.img"
+	ChecksumsFile   = "SHA256SUMS" // next to the image
+)
+
+// DefaultCmdline shows the installer on the screen (the last console= is
+// /dev/console) and kernel messages on the serial port too.
+const DefaultCmdline = "console=ttyS0,115200 console=tty0"
+
+// PayloadFile is one file or directory of the payload partition.
+type PayloadFile struct {
+	// Name is its path in the payload, e.g. "os.img", "base-image",
+	// "recipe.yaml", "appliance.yaml".
+	Name string
+	// Path is the file or directory on the build machine.
+	Path string
+}
+
+// Spec says what goes into an installer image.
+type Spec struct {
+	// Name identifies the image: with Epoch it seeds the GUIDs, so
+	// rebuilds match and different images differ.
+	Name string
+	// Epoch is every timestamp in the image (SOURCE_DATE_EPOCH).
+	Epoch int64
+	// Kernel is the kernel image (an EFI stub kernel, e.g. Debian's
+	// /boot/vmlinuz-*), Initramfs the installer initramfs for it.
+	Kernel    string
+	Initramfs string
+	// SystemdBoot is systemd-bootx64.efi from the OS root filesystem
+	// (usr/lib/systemd/boot/efi/, package systemd-boot-efi).
+	SystemdBoot string
+	// Cmdline is the kernel command line; empty means DefaultCmdline.
+	Cmdline string
+	// Payload are the files of the payload partition.
+	Payload []PayloadFile
+	// Compression is mksquashfs's -comp for the payload; empty: zstd.
+	Compression string
+	// Output is the image's path (…/installer.img).
+	Output string
+	// Progress reports the steps; nil: none.
+	Progress *progress.Reporter
+}
+
+// Result describes a built image.
+type Result struct {
+	Size   int64
+	SHA256 string
+	// Partitions' sizes in bytes.
+	ESPSize, PayloadSize int64
+	IDs                  DiskIDs
+}
+
+// Build assembles the image at s.Output and writes SHA256SUMS next to it.
+// The work happens in a temporary directory beside the output, removed at
+// the end whatever happens.
+func Build(ctx context.Context, s Spec) (Result, error) {
+	var res Result
+	if err := s.check(); err != nil {
+		return res, err
+	}
+	if s.Progress == nil {
+		s.Progress = progress.Discard()
+	}
+	outDir := filepath.Dir(s.Output)
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	work, err := os.MkdirTemp(outDir, ".installer-")
+	if err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	defer os.RemoveAll(work)
+
+	payload := filepath.Join(work, "payload.squashfs")
+	if err := s.buildPayload(ctx, work, payload); err != nil {
+		return res, fmt.Errorf("installer image: payload: %w", err)
+	}
+	img := filepath.Join(work, "image.img")
+	if res, err = s.writeDisk(ctx, img, payload); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	sum, err := sha256File(ctx, s.Progress, img)
+	if err != nil {
+		return res, fmt.Errorf("installer image: checksum: %w", err)
+	}
+	res.SHA256 = sum
+	sums := filepath.Join(work, ChecksumsFile)
+	line := sum + "  " + filepath.Base(s.Output) + "\n"
+	if err := writeSynced(sums, []byte(line)); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	if err := syncFile(img); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	// The image first: a SHA256SUMS never names an image that is not there.
+	if err := os.Rename(img, s.Output); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	if err := os.Rename(sums, filepath.Join(outDir, ChecksumsFile)); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	return res, syncFile(outDir)
+}
+
+func (s Spec) check() error {
+	if s.Output == "" || s.Name == "" {
+		return fmt.Errorf("installer image: Output and Name are required")
+	}
+	for what, p := range map[string]string{"kernel": s.Kernel, "initramfs": s.Initramfs, "systemd-boot": s.SystemdBoot} {
+		info, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("installer image: %s: %w", what, err)
+		}
+		if !info.Mode().IsRegular() {
+			return fmt.Errorf("installer image: %s: %s is not a regular file", what, p)
+		}
+	}
+	seen := map[string]bool{PayloadManifest: true}
+	for _, f := range s.Payload {
+		n := filepath.Clean(f.Name)
+		if n == "." || filepath.IsAbs(n) || strings.HasPrefix(n, "..") || strings.Contains(n, "/") {
+			return fmt.Errorf("installer image: payload name %q: want a plain name in the payload's root", f.Name)
+		}
+		if seen[n] {
+			return fmt.Errorf("installer image: payload name %q used twice (or reserved)", f.Name)
+		}
+		seen[n] = true
+		if _, err := os.Lstat(f.Path); err != nil {
+			return fmt.Errorf("installer image: payload %s: %w", f.Name, err)
+		}
+	}
+	return nil
+}
+
+func sha256File(ctx context.Context, rep *progress.Reporter, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	task := rep.Start("sha256 "+filepath.Base(path), info.Size(), "bytes")
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(h, task), ctxReader{ctx, f})
+	task.Done(err)
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// ctxReader stops a long copy when the context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func writeSynced(path string, b []byte) error {
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return err
+	}
+	return syncFile(path)
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

@@ -1,0 +1,180 @@
+package installer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/sovereign-stack/ssbuild/internal/command"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// buildPayload stages the payload files under work/payload (hard links
+// where the file system allows, copies otherwise), writes the manifest and
+// packs the tree with mksquashfs into out.
+func (s Spec) buildPayload(ctx context.Context, work, out string) error {
+	stage := filepath.Join(work, "payload")
+	if err := os.Mkdir(stage, 0o755); err != nil {
+		return err
+	}
+	task := s.Progress.Start("payload files", 0, "bytes")
+	var sums []string
+	err := func() error {
+		for _, f := range s.Payload {
+			if err := stageTree(ctx, f.Path, filepath.Join(stage, f.Name), f.Name, task, &sums); err != nil {
+				return fmt.Errorf("%s: %w", f.Name, err)
+			}
+		}
+		return nil
+	}()
+	task.Done(err)
+	if err != nil {
+		return err
+	}
+	// By path (after "<64 hex>  "), as sha256sum lists a sorted tree.
+	sort.Slice(sums, func(i, j int) bool { return sums[i][66:] < sums[j][66:] })
+	if err := os.WriteFile(filepath.Join(stage, PayloadManifest), []byte(strings.Join(sums, "")), 0o644); err != nil {
+		return err
+	}
+	return writeSquashfs(ctx, s.Progress, stage, out, s.Compression, s.Epoch)
+}
+
+// stageTree puts src at dest and adds a manifest line ("<sha256>  <name>")
+// for every regular file. Symlinks are kept as they are; other special
+// files are refused, the installer has no use for them.
+func stageTree(ctx context.Context, src, dest, name string, task *progress.Task, sums *[]string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		target, relName := filepath.Join(dest, rel), filepath.ToSlash(filepath.Join(name, rel))
+		if strings.ContainsAny(relName, "\n\\") { // sha256sum would escape the line
+			return fmt.Errorf("%q: newline or backslash in a payload file name", relName)
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case info.IsDir():
+			return os.Mkdir(target, info.Mode().Perm())
+		case info.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(link, target)
+		case !info.Mode().IsRegular():
+			return fmt.Errorf("%s: not a regular file, directory or symlink", p)
+		}
+		sum, err := linkOrCopy(ctx, p, target, task)
+		if err != nil {
+			return err
+		}
+		*sums = append(*sums, sum+"  "+relName+"\n")
+		return nil
+	})
+}
+
+// linkOrCopy hard-links src to dest (copies across file systems) and
+// returns the content's sha256.
+func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	h := sha256.New()
+	var w io.Writer = h
+	var out *os.File
+	if err := os.Link(src, dest); err != nil {
+		if !errors.Is(err, syscall.EXDEV) && !errors.Is(err, syscall.EPERM) {
+			return "", err
+		}
+		if out, err = os.OpenFile(dest, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err != nil {
+			return "", err
+		}
+		defer out.Close()
+		w = io.MultiWriter(h, out)
+	}
+	if _, err := io.Copy(io.MultiWriter(w, task), ctxReader{ctx, in}); err != nil {
+		return "", err
+	}
+	if out != nil {
+		info, err := in.Stat()
+		if err != nil {
+			return "", err
+		}
+		if err := out.Chmod(info.Mode().Perm()); err != nil {
+			return "", err
+		}
+		if err := out.Close(); err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeSquashfs packs dir reproducibly: every file owned by root, every
+// time the epoch, no xattrs (the payload's files are data for the
+// installer; their owners inside images are kept by those images).
+func writeSquashfs(ctx context.Context, rep *progress.Reporter, dir, out, comp string, epoch int64) error {
+	if comp == "" {
+		comp = "zstd"
+	}
+	e := strconv.FormatInt(epoch, 10)
+	task := rep.Start("payload squashfs", 0, "files")
+	_, err := command.Run(ctx, command.Cmd{Name: "mksquashfs", Args: []string{
+		dir, out, "-noappend", "-comp", comp, "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
+		"-reproducible", "-mkfs-time", e, "-all-time", e}, Stdout: &squashfsProgress{task: task}})
+	task.Done(err)
+	if err != nil {
+		return fmt.Errorf("squashfs: %w", err)
+	}
+	return nil
+}
+
+// squashfsProgress reads mksquashfs's bar, "\r[===  ] 1700/6300  26%".
+type squashfsProgress struct {
+	task *progress.Task
+	line []byte
+}
+
+var squashfsBar = regexp.MustCompile(`\]\s+(\d+)/(\d+)\s+\d+%`)
+
+func (s *squashfsProgress) Write(p []byte) (int, error) {
+	for _, b := range p {
+		if b != '\r' && b != '\n' {
+			s.line = append(s.line, b)
+			continue
+		}
+		if m := squashfsBar.FindSubmatch(s.line); m != nil {
+			done, _ := strconv.ParseInt(string(m[1]), 10, 64)
+			s.task.Set(done)
+		}
+		s.line = s.line[:0]
+	}
+	if len(s.line) > 4096 {
+		s.line = bytes.Clone(s.line[len(s.line)-256:])
+	}
+	return len(p), nil
+}
