@@ -29,6 +29,10 @@ const DefaultPath = "/etc/ssbuild/appliance.yaml"
 // the file names none (the recipe's default too).
 const DefaultRegistrationPort = 9443
 
+// DefaultRegistryPort is where every host's registry (dqlite) node listens
+// when the file names no port: next to the registration endpoint's.
+const DefaultRegistryPort = 9444
+
 // Appliance is the content of appliance.yaml.
 type Appliance struct {
 	Host       Host    `yaml:"host"`
@@ -52,6 +56,7 @@ type Cluster struct {
 	Initiator        string    `yaml:"initiator"`        // name of the host that bootstraps the cluster
 	InitiatorAddress string    `yaml:"initiatorAddress"` // where joiners reach its registration endpoint
 	RegistrationPort int       `yaml:"registrationPort"` // default DefaultRegistrationPort
+	RegistryPort     int       `yaml:"registryPort"`     // every host's registry node; default DefaultRegistryPort
 	Members          []Member  `yaml:"members"`          // every host of the cluster, the initiator included
 	Storage          Storage   `yaml:"storage"`
 	Networks         []Network `yaml:"networks"`
@@ -82,6 +87,12 @@ type Network struct {
 func (c Cluster) RegistrationAddress() string {
 	a, _ := netip.ParseAddr(c.InitiatorAddress)
 	return netip.AddrPortFrom(a, uint16(c.RegistrationPort)).String()
+}
+
+// RegistryAddress is host:port of the registry node on the host at addr.
+func (c Cluster) RegistryAddress(addr string) string {
+	a, _ := netip.ParseAddr(addr)
+	return netip.AddrPortFrom(a, uint16(c.RegistryPort)).String()
 }
 
 // Member returns the member called name.
@@ -170,6 +181,9 @@ func Parse(file string, data []byte) (*Appliance, error) {
 	}
 	if a.Cluster.RegistrationPort == 0 {
 		a.Cluster.RegistrationPort = DefaultRegistrationPort
+	}
+	if a.Cluster.RegistryPort == 0 {
+		a.Cluster.RegistryPort = DefaultRegistryPort
 	}
 	c := checker{file: file, doc: root.Content[0]}
 	c.validate(a)
@@ -261,6 +275,11 @@ func (c *checker) validate(a *Appliance) {
 	c.address(cl.InitiatorAddress, "cluster", "initiatorAddress")
 	if cl.RegistrationPort < 1 || cl.RegistrationPort > 65535 {
 		c.addf([]string{"cluster", "registrationPort"}, "%d is not a TCP port", cl.RegistrationPort)
+	}
+	if cl.RegistryPort < 1 || cl.RegistryPort > 65535 {
+		c.addf([]string{"cluster", "registryPort"}, "%d is not a TCP port", cl.RegistryPort)
+	} else if cl.RegistryPort == cl.RegistrationPort {
+		c.addf([]string{"cluster", "registryPort"}, "%d is the registrationPort too: give the registry its own port", cl.RegistryPort)
 	}
 	if len(cl.Members) == 0 {
 		c.addf([]string{"cluster", "members"}, "empty: list every host of the cluster, the initiator included")

@@ -39,6 +39,9 @@ func TestParseGood(t *testing.T) {
 	if got := a.Cluster.RegistrationAddress(); got != "10.0.0.11:9443" {
 		t.Errorf("registration address %q", got)
 	}
+	if got := a.Cluster.RegistryAddress(a.Host.Address); got != "10.0.0.12:9444" {
+		t.Errorf("registry address %q, want the default port 9444", got)
+	}
 	// What Marshal writes loads back the same.
 	data, err := config.Marshal(a)
 	if err != nil {
@@ -57,6 +60,7 @@ func TestParseProblemsHaveLines(t *testing.T) {
 	for _, tc := range []struct{ name, from, to, want string }{
 		{"unknown key", "stateDir:", "statedir:", "appliance.yaml:15:"},
 		{"bad driver", "driver: dir", "driver: ext4", `appliance.yaml:11:34: cluster.storage.driver: "ext4"`},
+		{"registry port on the registration port", "  members:", "  registryPort: 9443\n  members:", `appliance.yaml:8:17: cluster.registryPort: 9443 is the registrationPort too`},
 		{"host not member", "name: host2\n  address", "name: host9\n  address", `appliance.yaml:2:9: host.name: "host9" is not among`},
 		{"bad address", "address: 10.0.0.12\ncluster", "address: 10.0.0.12/24\ncluster", `appliance.yaml:3:12: host.address`},
 		{"wrong initiator address", "initiatorAddress: 10.0.0.11", "initiatorAddress: 10.0.0.13", `appliance.yaml:7:21: cluster.initiatorAddress`},
