@@ -14,7 +14,7 @@ import (
 
 // PayloadLabel is the GPT partition name of the stick's payload partition.
 // Every disk holding one is an installer medium and never a target.
-const PayloadLabel = "ssbuild-payload"
+const PayloadLabel = "SSBUILD-PAYLOAD" // as images/installer names it
 
 // Kernel command line parameters the installer reads.
 const (

@@ -68,8 +68,9 @@ func VerifyPayload(dir string, task io.Writer) (*Payload, error) {
 		if strings.TrimSpace(line) == "" {
 			continue
 		}
-		hexsum, name, ok := strings.Cut(line, "  ")
-		name = strings.TrimPrefix(name, "./")
+		// sha256sum's text ("  ") and binary (" *") forms.
+		hexsum, name, ok := strings.Cut(line, " ")
+		name = strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(name, " "), "*"), "./")
 		if !ok || len(hexsum) != 64 || !validRel(name) {
 			return nil, fmt.Errorf("payload %s line %d: want \"<sha256>  <relative path>\", got %q", ManifestName, n, line)
 		}
