@@ -1,7 +1,6 @@
 package lxdimage_test
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -105,17 +104,7 @@ func TestSystemdBoots(t *testing.T) {
 func lxdHost(t *testing.T) *testbed.Host {
 	t.Helper()
 	bed := testbed.New(t, testbed.Options{})
-	c := bed.Hosts[0].LXD()
-	if err := c.CreateStoragePool(api.StoragePoolsPost{Name: "images", Driver: "dir"}); err != nil {
-		t.Fatal(err)
-	}
-	profile, etag, err := c.GetProfile("default")
-	if err != nil {
-		t.Fatal(err)
-	}
-	put := profile.Writable()
-	put.Devices["root"] = map[string]string{"type": "disk", "path": "/", "pool": "images"}
-	if err := c.UpdateProfile("default", put, etag); err != nil {
+	if err := testbed.UseDirPool(bed.Hosts[0].LXD(), "images"); err != nil {
 		t.Fatal(err)
 	}
 	return bed.Hosts[0]
@@ -123,29 +112,10 @@ func lxdHost(t *testing.T) *testbed.Host {
 
 func importImage(t *testing.T, c lxd.InstanceServer, dir string, files []string) string {
 	t.Helper()
-	open := func(name string) *os.File {
-		f, err := os.Open(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		return f
-	}
-	args := &lxd.ImageCreateArgs{MetaFile: open(files[0]), MetaName: files[0]}
-	if len(files) == 2 {
-		args.RootfsFile, args.RootfsName = open(files[1]), files[1]
-		if strings.HasSuffix(files[1], ".qcow2") { // as `lxc image import` decides
-			args.Type = "virtual-machine"
-		}
-	}
-	op, err := c.CreateImage(api.ImagesPost{}, args)
-	if err == nil {
-		err = op.Wait()
-	}
+	fp, err := testbed.ImportImage(c, dir, files...)
 	if err != nil {
-		t.Fatalf("import %v: %v", files, err)
+		t.Fatal(err)
 	}
-	fp, _ := op.Get().Metadata["fingerprint"].(string)
 	return fp
 }
 
@@ -161,21 +131,8 @@ func launch(t *testing.T, h *testbed.Host, fingerprint, name, rootfs string) {
 	if !hasInit {
 		config["raw.lxc"] = "lxc.init.cmd = /usr/bin/sleep infinity"
 	}
-	op, err := c.CreateInstance(api.InstancesPost{Name: name, Type: api.InstanceTypeContainer,
-		InstancePut: api.InstancePut{Config: config},
-		Source:      api.InstanceSource{Type: "image", Fingerprint: fingerprint}})
-	if err == nil {
-		err = op.Wait()
-	}
-	if err != nil {
-		t.Fatalf("create %s: %v", name, err)
-	}
-	op, err = c.UpdateInstanceState(name, api.InstanceStatePut{Action: "start", Timeout: -1}, "")
-	if err == nil {
-		err = op.Wait()
-	}
-	if err != nil {
-		t.Fatalf("start %s: %v\n%s", name, err, tail(filepath.Join(h.LXDDir, "logs", name, "lxc.log")))
+	if err := testbed.Launch(c, name, fingerprint, config); err != nil {
+		t.Fatalf("%v\n%s", err, tail(filepath.Join(h.LXDDir, "logs", name, "lxc.log")))
 	}
 	state, _, err := c.GetInstanceState(name)
 	if err != nil || state.StatusCode != api.Running {
@@ -200,40 +157,27 @@ func launch(t *testing.T, h *testbed.Host, fingerprint, name, rootfs string) {
 	}
 	// systemd as PID 1 reaching a running (or degraded: no network here)
 	// system is what "boots" means for a base image.
-	var sysState string
-	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
-		sysState = strings.TrimSpace(inside(t, c, name, "systemctl", "is-system-running"))
-		if sysState == "running" || sysState == "degraded" {
-			break
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	sysState, err := testbed.WaitSystemd(ctx, c, name)
+	if err != nil {
+		t.Error(err)
 	}
 	if comm := strings.TrimSpace(inside(t, c, name, "cat", "/proc/1/comm")); comm != "systemd" {
 		t.Errorf("%s: PID 1 is %q, want systemd", name, comm)
 	}
-	if sysState != "running" && sysState != "degraded" {
-		t.Errorf("%s: systemctl is-system-running: %q\n%s", name, sysState,
-			inside(t, c, name, "systemctl", "--failed", "--no-pager"))
-	}
 	t.Logf("%s: systemd %s", name, sysState)
 }
 
-// inside runs a command in the instance through LXD's exec API and returns its
-// standard output; a non-zero exit is fine (systemctl uses it), a failed
-// exec is not.
+// inside runs a command in the instance and returns its standard output;
+// a non-zero exit is fine (systemctl uses it), a failed exec is not.
 func inside(t *testing.T, c lxd.InstanceServer, name string, command ...string) string {
 	t.Helper()
-	var stdout, stderr bytes.Buffer
-	done := make(chan bool)
-	op, err := c.ExecInstance(name, api.InstanceExecPost{Command: command, WaitForWS: true},
-		&lxd.InstanceExecArgs{Stdout: &stdout, Stderr: &stderr, DataDone: done})
-	if err == nil {
-		err = op.Wait()
-	}
+	out, _, _, err := testbed.Exec(c, name, command...)
 	if err != nil {
-		t.Fatalf("%s: exec %v: %v", name, command, err)
+		t.Fatal(err)
 	}
-	<-done
-	return stdout.String()
+	return out
 }
 
 func tail(path string) string {
