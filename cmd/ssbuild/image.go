@@ -62,7 +62,7 @@ func imageCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "%s: base image of %s written (SOURCE_DATE_EPOCH=%d, rootfs cache hit: %v)\n",
+			fmt.Fprintf(c.App.Writer, "%s: base image of %s written (SOURCE_DATE_EPOCH=%d, rootfs and packages from the cache: %v)\n",
 				res.OutDir, r.Name, res.Epoch, res.CacheHit)
 			return nil
 		},

@@ -3,9 +3,11 @@
 //
 //	docker-images the recipe's Docker images, verified and saved
 //	chainstate    the recipe's chainstate, verified and packed as its own artifact
-//	rootfs        debootstrap (cached by its inputs) or a verified tarball
-//	packages      the recipe's packages installed in a chroot, then the saved
-//	              Docker images, the ssbuild binary and its first-boot unit
+//	rootfs        debootstrap or a verified tarball, with the recipe's packages
+//	              installed in a chroot; both cached by their inputs, so a
+//	              rebuild that changes only later stages copies a cached tree
+//	files         the saved Docker images, the ssbuild binary, its
+//	              first-boot unit and the registry mirror setting
 //	lxd-image     the tree written as LXD images (container and/or VM)
 //	checksums     SHA256SUMS over the whole output
 //
@@ -69,7 +71,7 @@ type Result struct {
 	OutDir     string
 	Image      *lxdimage.Manifest
 	Chainstate *chainstate.Artifact // nil without a chainstate
-	CacheHit   bool                 // debootstrap came from the cache
+	CacheHit   bool                 // the rootfs with its packages came from the cache
 	Epoch      int64
 }
 
@@ -135,7 +137,7 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		{"docker-images", b.dockerImages},
 		{"chainstate", b.chainstate},
 		{"rootfs", b.rootfs},
-		{"packages", b.packages},
+		{"files", b.files},
 		{"lxd-image", b.lxdImage},
 		{"checksums", b.checksums},
 	}
@@ -167,43 +169,78 @@ type build struct {
 	saved      string // Docker image archives, until the tree exists
 	epoch      int64
 	inputs     []lxdimage.Input
-	cacheHit   bool
+	cacheHit   bool // the packages layer came from the cache
 	image      *lxdimage.Manifest
 	chain      *chainstate.Artifact
 }
 
+// layerFormat changes when what the packages layer holds changes.
+const layerFormat = 1
+
 func (b *build) rootfs(ctx context.Context) error {
 	src := b.r.Image.Source
-	rb := rootfs.Builder{CacheDir: b.opts.CacheDir, Progress: b.rep}
-	var res rootfs.Result
-	var err error
+	rb := &rootfs.Builder{CacheDir: b.opts.CacheDir, Progress: b.rep}
+	var base func(context.Context, string) error
+	var baseKey string
 	if src.Kind == "tarball" {
-		res, err = rb.Unpack(ctx, rootfs.Tarball{Path: b.r.Path(src.Tarball), SHA256: src.SHA256}, b.tree)
+		tb := rootfs.Tarball{Path: b.r.Path(src.Tarball), SHA256: src.SHA256}
+		baseKey = "tarball:" + src.SHA256
+		base = func(ctx context.Context, dir string) error { _, err := rb.Unpack(ctx, tb, dir); return err }
 		b.inputs = append(b.inputs, lxdimage.Input{Name: "rootfs " + src.Tarball, SHA256: src.SHA256})
 	} else {
-		res, err = rb.Debootstrap(ctx, rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror,
-			Keyring: src.Keyring, Variant: src.Variant, Components: src.Components}, b.tree)
-		b.inputs = append(b.inputs, lxdimage.Input{Name: "debootstrap " + src.Suite, SHA256: res.CacheKey,
+		spec := rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror, Keyring: src.Keyring,
+			Variant: src.Variant, Components: src.Components}
+		var err error
+		if baseKey, err = rootfs.DebootstrapKey(ctx, spec); err != nil {
+			return err
+		}
+		base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
+		b.inputs = append(b.inputs, lxdimage.Input{Name: "debootstrap " + src.Suite, SHA256: baseKey,
 			Detail: fmt.Sprintf("%s %s %s", src.Mirror, src.Variant, strings.Join(src.Components, ","))})
 	}
+	// The epoch is part of the key: tools that honour SOURCE_DATE_EPOCH
+	// (useradd, ...) write it into the tree.
+	key := sha256.Sum256([]byte(fmt.Sprintf("%d\x00%s\x00%s\x00%d", layerFormat, baseKey,
+		strings.Join(b.r.Image.Packages, ","), b.epoch)))
+	res, err := rb.Derive(ctx, rootfs.Layer{Name: "packages", Key: hex.EncodeToString(key[:]),
+		Base: base, Build: b.installPackages}, b.tree)
 	b.cacheHit = res.CacheHit
 	return err
 }
 
-// packages installs the recipe's packages and ssbuild's first-boot pieces.
-func (b *build) packages(ctx context.Context) (err error) {
-	s, err := chroot.Open(ctx, b.tree, chroot.Options{Progress: b.rep,
+// installPackages installs the recipe's packages in a chroot; Close leaves
+// the tree clean (no apt lists, logs, machine identity).
+func (b *build) installPackages(ctx context.Context, dir string) (err error) {
+	s, err := chroot.Open(ctx, dir, chroot.Options{Progress: b.rep,
 		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.epoch, 10)}})
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, s.Close()) }()
-	if err := s.Install(ctx, b.r.Image.Packages...); err != nil {
+	return s.Install(ctx, b.r.Image.Packages...)
+}
+
+// files adds what ssbuild puts into every image. Writes go through an
+// os.Root, so a symlink in an untrusted tree cannot lead them outside it.
+func (b *build) files(context.Context) error {
+	root, err := os.OpenRoot(b.tree)
+	if err != nil {
 		return err
+	}
+	defer root.Close()
+	write := func(name string, data []byte, perm os.FileMode) error {
+		name = strings.TrimPrefix(name, "/")
+		if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			return fmt.Errorf("write /%s: %w", name, err)
+		}
+		if err := root.WriteFile(name, data, perm); err != nil {
+			return fmt.Errorf("write /%s: %w", name, err)
+		}
+		return root.Chmod(name, perm)
 	}
 	if m := b.r.Image.RegistryMirror; m != "" {
 		cfg := fmt.Sprintf("{\n  \"registry-mirrors\": [%q]\n}\n", m)
-		if err := s.WriteFile("/etc/docker/daemon.json", []byte(cfg), 0o644); err != nil {
+		if err := write("/etc/docker/daemon.json", []byte(cfg), 0o644); err != nil {
 			return err
 		}
 	}
@@ -211,30 +248,30 @@ func (b *build) packages(ctx context.Context) (err error) {
 		return nil
 	}
 	// The archives were saved before the tree existed; same file system.
-	dest := filepath.Join(b.tree, dockerpreload.DefaultDir)
-	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+	parent := strings.TrimPrefix(filepath.Dir(dockerpreload.DefaultDir), "/")
+	if err := root.MkdirAll(parent, 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(b.saved, dest); err != nil {
+	if err := os.Rename(b.saved, filepath.Join(b.tree, dockerpreload.DefaultDir)); err != nil {
 		return fmt.Errorf("move docker images into the tree: %w", err)
 	}
 	bin, err := os.ReadFile(b.opts.Binary)
 	if err != nil {
 		return fmt.Errorf("ssbuild binary for the image: %w", err)
 	}
-	if err := s.WriteFile(BinaryPath, bin, 0o755); err != nil {
+	if err := write(BinaryPath, bin, 0o755); err != nil {
 		return err
 	}
-	unit := dockerpreload.Unit(BinaryPath, dockerpreload.DefaultDir)
-	if err := s.WriteFile("/etc/systemd/system/"+dockerpreload.UnitName, []byte(unit), 0o644); err != nil {
+	unit := "/etc/systemd/system/" + dockerpreload.UnitName
+	if err := write(unit, []byte(dockerpreload.Unit(BinaryPath, dockerpreload.DefaultDir)), 0o644); err != nil {
 		return err
 	}
 	// What `systemctl enable` does, without needing systemd to run here.
-	link := filepath.Join(b.tree, "etc/systemd/system/multi-user.target.wants", dockerpreload.UnitName)
-	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+	wants := "etc/systemd/system/multi-user.target.wants"
+	if err := root.MkdirAll(wants, 0o755); err != nil {
 		return err
 	}
-	if err := os.Symlink("/etc/systemd/system/"+dockerpreload.UnitName, link); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := root.Symlink(unit, filepath.Join(wants, dockerpreload.UnitName)); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("enable %s: %w", dockerpreload.UnitName, err)
 	}
 	return nil

@@ -101,6 +101,9 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 
 	t.Run("reproducible", func(t *testing.T) {
 		second := build(filepath.Join(dir, "two"))
+		if !second.CacheHit {
+			t.Error("the second build did not take the rootfs with its packages from the cache")
+		}
 		a, _ := os.ReadFile(filepath.Join(first.OutDir, baseimage.ChecksumsFile))
 		b, _ := os.ReadFile(filepath.Join(second.OutDir, baseimage.ChecksumsFile))
 		if string(a) != string(b) {
