@@ -1,7 +1,6 @@
 package installer
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,13 +10,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 
-	"github.com/sovereign-stack/ssbuild/internal/command"
+	"github.com/sovereign-stack/ssbuild/images/squashfs"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -136,45 +134,13 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 
 // writeSquashfs packs dir reproducibly: every file owned by root, every
 // time the epoch, no xattrs (the payload's files are data for the
-// installer; their owners inside images are kept by those images).
+// installer; the owners inside images are kept by those images).
 func writeSquashfs(ctx context.Context, rep *progress.Reporter, dir, out, comp string, epoch int64) error {
 	if comp == "" {
 		comp = "zstd"
 	}
 	e := strconv.FormatInt(epoch, 10)
-	task := rep.Start("payload squashfs", 0, "files")
-	_, err := command.Run(ctx, command.Cmd{Name: "mksquashfs", Args: []string{
+	return squashfs.Make(ctx, rep, "payload squashfs", []string{
 		dir, out, "-noappend", "-comp", comp, "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
-		"-reproducible", "-mkfs-time", e, "-all-time", e}, Stdout: &squashfsProgress{task: task}})
-	task.Done(err)
-	if err != nil {
-		return fmt.Errorf("squashfs: %w", err)
-	}
-	return nil
-}
-
-// squashfsProgress reads mksquashfs's bar, "\r[===  ] 1700/6300  26%".
-type squashfsProgress struct {
-	task *progress.Task
-	line []byte
-}
-
-var squashfsBar = regexp.MustCompile(`\]\s+(\d+)/(\d+)\s+\d+%`)
-
-func (s *squashfsProgress) Write(p []byte) (int, error) {
-	for _, b := range p {
-		if b != '\r' && b != '\n' {
-			s.line = append(s.line, b)
-			continue
-		}
-		if m := squashfsBar.FindSubmatch(s.line); m != nil {
-			done, _ := strconv.ParseInt(string(m[1]), 10, 64)
-			s.task.Set(done)
-		}
-		s.line = s.line[:0]
-	}
-	if len(s.line) > 4096 {
-		s.line = bytes.Clone(s.line[len(s.line)-256:])
-	}
-	return len(p), nil
+		"-reproducible", "-mkfs-time", e, "-all-time", e})
 }

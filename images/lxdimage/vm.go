@@ -3,7 +3,6 @@ package lxdimage
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"os"
@@ -11,13 +10,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/disk"
-	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/sovereign-stack/ssbuild/images/gptimage"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
@@ -87,11 +84,7 @@ type DiskIDs struct {
 // diskIDs derives the identifiers of the disk for s.
 func (s Spec) diskIDs() DiskIDs {
 	id := func(role string) string {
-		sum := sha256.Sum256([]byte(fmt.Sprintf("ssbuild lxd image %s %d %s", s.Properties.Name, s.Epoch, role)))
-		b := sum[:16]
-		b[6] = b[6]&0x0f | 0x40 // version 4 layout: random-looking, as tools expect
-		b[8] = b[8]&0x3f | 0x80
-		return strings.ToUpper(fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]))
+		return gptimage.GUID(fmt.Sprintf("ssbuild lxd image %s %d %s", s.Properties.Name, s.Epoch, role))
 	}
 	return DiskIDs{Disk: id("disk"), ESP: id("esp"), RootPartition: id("root partition"),
 		RootFS: strings.ToLower(id("rootfs")), HashSeed: strings.ToLower(id("hash seed"))}
@@ -225,10 +218,6 @@ func timesScript(root string, epoch int64) ([]byte, error) {
 	return b.Bytes(), err
 }
 
-// fatEpoch serialises the ESP builds: go-diskfs takes FAT timestamps from
-// the SOURCE_DATE_EPOCH environment variable only, which is per process.
-var fatEpoch sync.Mutex
-
 // makeRawDisk writes the GPT, the ESP and the ext4 image into a sparse raw
 // disk image.
 func (s Spec) makeRawDisk(path, ext4 string, rootSize int64, ids DiskIDs) (err error) {
@@ -257,18 +246,7 @@ func (s Spec) makeRawDisk(path, ext4 string, rootSize int64, ids DiskIDs) (err e
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("partition table: %w", err)
 	}
-	fatEpoch.Lock()
-	old, had := os.LookupEnv("SOURCE_DATE_EPOCH")
-	os.Setenv("SOURCE_DATE_EPOCH", strconv.FormatInt(s.Epoch, 10))
-	_, err = d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32,
-		VolumeLabel: "UEFI", Reproducible: true})
-	if had {
-		os.Setenv("SOURCE_DATE_EPOCH", old)
-	} else {
-		os.Unsetenv("SOURCE_DATE_EPOCH")
-	}
-	fatEpoch.Unlock()
-	if err != nil {
+	if _, err := gptimage.CreateFAT32(d, 1, "UEFI", s.Epoch); err != nil {
 		return fmt.Errorf("ESP: %w", err)
 	}
 	f, err := os.Open(ext4)
