@@ -1,0 +1,95 @@
+// Package install is the installer that runs as the init of the USB
+// stick's initramfs (images/initramfs, images/installer): it installs one
+// cluster host onto the machine's disk unattended. Everything is Go; the
+// initramfs holds only the ssbuild binary and kernel modules.
+//
+// # How the init calls it
+//
+// After mounting /proc, /sys and devtmpfs on /dev and loading the modules
+// (storage drivers, squashfs, ext4, loop):
+//
+//	if err := install.MountPayload("/sys", "/dev", "/run/payload"); err != nil { ... }
+//	err := install.Run(ctx, install.Env{
+//		SysRoot: "/sys", DevRoot: "/dev", ProcRoot: "/proc",
+//		PayloadDir: "/run/payload", WorkDir: "/run",
+//		Progress: progress.New(console, progress.Terminal),
+//		Power:    install.Machine{},
+//	})
+//
+// Run reboots or powers off on success (install.Machine), so it returns
+// only with an error: the init prints it and stays, for the user to read
+// (PID 1 must not exit). Run's errors name the device and the step.
+//
+// # What Run does, in order
+//
+//  1. Verifies every payload file against SHA256SUMS. Nothing is written
+//     before this succeeds; a tampered or corrupt stick aborts here.
+//  2. Reads recipe.yaml and cluster.secret from the payload, and decides
+//     which recipe host this machine is: ssbuild.host=NAME on the kernel
+//     command line, else the host whose mac matches a NIC, else the only host.
+//  3. Lists disks from /sys/block, excludes the installer media (every disk
+//     with a partition named SSBUILD-PAYLOAD, and the disk the payload is
+//     mounted from), probes each for partition tables and filesystem
+//     signatures, and selects the target (SelectTarget): the recipe's
+//     serial, WWID or path (per host or installer-wide), or the largest
+//     non-removable writable disk; refused when too small, read-only, or
+//     holding partitions or filesystems without installer.wipe.
+//  4. Installs (Install) as journalled steps: verified, partitioned,
+//     os-written, esp-written, config-written, done.
+//  5. Powers off or reboots as installer.afterInstall says.
+//
+// # The payload (the stick's SSBUILD-PAYLOAD partition, squashfs)
+//
+//	SHA256SUMS       "<sha256>  <relative path>" for every file below
+//	os.img           ext4 image of the host OS root filesystem (4 KiB blocks)
+//	esp/...          the target's ESP, copied verbatim: esp/EFI/BOOT/BOOTX64.EFI
+//	                 (required), loader/, the kernel and initrd of the host OS
+//	recipe.yaml      the recipe
+//	cluster.secret   the cluster's pre-shared secret
+//
+// # The target disk
+//
+//	0 .. 1 MiB-4 KiB    protective MBR, GPT
+//	1 MiB-4 KiB         the install journal (one 4 KiB block, see journal.go)
+//	1 MiB               1 "ESP"          EFI system partition, FAT32 labelled ESP
+//	                    2 "ssbuild-os"   Linux filesystem, ext4 from os.img
+//	                    3 "ssbuild-zfs"  6A898CC3-1DD2-11B2-99A6-080020736631, the rest,
+//	                                     unformatted, for the LXD ZFS pool
+//
+// Every partition starts on a 1 MiB boundary; sizes come from
+// installer.layout. The first boot finds them as /dev/disk/by-partlabel/
+// ssbuild-os and ssbuild-zfs.
+//
+// # Where the host's config goes
+//
+// Into the OS filesystem itself, written by the kernel: the installer
+// attaches a loop device to the OS partition's byte range of the target,
+// mounts it as ext4 and writes, root-owned:
+//
+//	/etc/hostname
+//	/etc/ssbuild/appliance.yaml             (appliance/config, 0644)
+//	/etc/ssbuild/cluster.secret             (0600)
+//	/etc/systemd/network/10-ssbuild.network (with a static address in the recipe)
+//
+// While mounted it grows the filesystem to the whole partition
+// (EXT4_IOC_RESIZE_FS, what resize2fs does online). If the kernel refuses
+// (no CAP_SYS_RESOURCE, which an initramfs init always has), it writes
+// /var/lib/ssbuild/grow-rootfs instead: the first boot must then run
+// resize2fs on /dev/disk/by-partlabel/ssbuild-os. Enabling the first-boot
+// unit is the OS image's job (enable it there, with
+// ConditionPathExists=/etc/ssbuild/appliance.yaml).
+//
+// # Power cuts
+//
+// Each step is recorded in the journal after it completes, and a re-run
+// (the stick booted again) continues after the last recorded step; a disk
+// holding an unfinished journal of any ssbuild payload is not refused, and
+// its install starts over when the payload or host differs. Every step
+// rewrites its whole region, so a half-done step is redone, not patched. A
+// disk whose journal says done for this payload and host is left alone and
+// the machine powers off (the stick is still in; rebooting would loop).
+//
+// go-diskfs v1.9.4's FAT32 writer leaves two faults fsck.fat reports
+// ("..'" of a directory in the root, the FSInfo free count); fixFAT32
+// corrects them after the ESP is written.
+package install
