@@ -205,10 +205,24 @@ func (w *writer) partition(ctx context.Context) error {
 	if err := zero((int64(last.End)+1)*d.LogicalBlocksize-alignment, alignment); err != nil {
 		return err
 	}
-	if err := d.Partition(table); err != nil && !errors.Is(err, disk.ErrReReadDeferred) {
+	rw, err := d.Backend.Writable()
+	if err != nil {
+		return err
+	}
+	if err := table.Write(rw, d.Size); err != nil {
 		return fmt.Errorf("write GPT: %w", err)
 	}
-	return w.f.Sync()
+	if err := w.f.Sync(); err != nil {
+		return err
+	}
+	// The installer reaches the partitions through byte ranges, never the
+	// kernel's partition devices, and the installed system reads the table
+	// at boot: a kernel that cannot re-read it now (busy, or a loop device
+	// without partscan) only gets a note.
+	if err := d.ReReadPartitionTable(); err != nil {
+		w.opt.Progress.Info("%s: kernel keeps the old partition table until reboot: %v", w.target, err)
+	}
+	return nil
 }
 
 // partitionRange is where partition n is on the target, in bytes.

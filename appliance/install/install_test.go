@@ -34,3 +34,24 @@ func TestInstallSparseDisk(t *testing.T) {
 		t.Errorf("journal after the install: %+v %v %v", j, ok, err)
 	}
 }
+
+// TestInstallLoopDevice installs onto a block device (a loop device over a
+// sparse file, without partition scanning), as on a real disk: exclusive
+// open, size from the device, no kernel partition devices needed.
+func TestInstallLoopDevice(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "sgdisk", "blkid", "e2fsck", "dumpe2fs", "debugfs", "fsck.fat", "mtype", "losetup", "dd")
+	p, err := VerifyPayload(makePayload(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := sparseDisk(t, t.TempDir(), "target.img", 80*GiB)
+	detachLoops(t, img)
+	dev := run(t, "losetup", "-f", "--show", img)
+	plan := Plan{Target: dev, Layout: testLayout, Host: "nuc1", Files: testFiles}
+	if err := Install(context.Background(), p, plan, Options{WorkDir: t.TempDir(), Progress: progress.New(testLog{t}, progress.Plain)}); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "losetup", "-d", dev)
+	checkInstalled(t, img, testLayout, testFiles)
+}

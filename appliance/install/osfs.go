@@ -56,7 +56,7 @@ func (w *writer) writeConfig(ctx context.Context) error {
 		}
 	}()
 	if err := grow(dir, size); err != nil {
-		w.opt.Progress.Info("could not grow the OS filesystem (%v): the first boot will (%s)", err, GrowMarker)
+		w.opt.Progress.Info("could not grow the OS filesystem on %s (%v): the first boot must (marker %s)", w.target, err, GrowMarker)
 		if err := writeFile(dir, File{Path: GrowMarker, Data: []byte(err.Error() + "\n"), Mode: 0o644}); err != nil {
 			return err
 		}
