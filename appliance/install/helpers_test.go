@@ -3,8 +3,10 @@ package install
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -62,8 +64,24 @@ func makePayload(t testing.TB) string {
 			t.Fatal(err)
 		}
 	}
+	// A kernel-and-initrd-sized file: many clusters, several FAT sectors.
+	if err := os.WriteFile(filepath.Join(dir, ESPDir, bigESPFile), bigESPData(), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	writeManifest(t, dir)
 	return dir
+}
+
+const bigESPFile = "initrd-large.img"
+
+// bigESPData is the same 40 MiB of pseudo-random bytes every time.
+func bigESPData() []byte {
+	b := make([]byte, 40<<20)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+	return b
 }
 
 func writeManifest(t testing.TB, dir string) {
@@ -232,6 +250,13 @@ func checkInstalled(t *testing.T, img string, l recipes.Layout, files []File) {
 	espImg := filepath.Join(t.TempDir(), "esp.img")
 	run(t, "dd", "if="+img, "of="+espImg, "bs=1M", "skip=1", fmt.Sprintf("count=%d", int64(l.ESP)/MiB), "status=none")
 	run(t, "fsck.fat", "-n", espImg)
+	sum := sha256.New()
+	if _, err := command.Run(context.Background(), command.Cmd{Name: "mtype", Args: []string{"-i", espImg, "::/" + bigESPFile}, Stdout: sum}); err != nil {
+		t.Fatal(err)
+	}
+	if want := sha256.Sum256(bigESPData()); hex.EncodeToString(sum.Sum(nil)) != hex.EncodeToString(want[:]) {
+		t.Errorf("ESP %s: content differs from the payload's", bigESPFile)
+	}
 	for name, data := range espFiles {
 		if got := run(t, "mtype", "-i", espImg, "::/"+name); got != strings.TrimSpace(data) {
 			t.Errorf("ESP %s: %q, want %q", name, got, data)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/backend/file"
@@ -118,9 +119,11 @@ func Install(ctx context.Context, p *Payload, plan Plan, opt Options) (err error
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("install onto %s: %s: %w", plan.Target, s.name, err)
 		}
+		began := time.Now()
 		if err := s.run(ctx); err != nil {
 			return fmt.Errorf("install onto %s: %s: %w", plan.Target, s.name, err)
 		}
+		opt.Progress.Info("%s: %s (%s)", plan.Target, s.name, time.Since(began).Round(time.Millisecond))
 		j.Step = s.name
 		if err := writeJournal(f, j); err != nil {
 			return err
@@ -310,6 +313,7 @@ func (w *writer) writeESP(ctx context.Context) error {
 		return fmt.Errorf("make FAT32: %w", err)
 	}
 	made := map[string]bool{}
+	buf := make([]byte, 64<<20)
 	for _, rel := range w.p.ESPFiles() {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -327,7 +331,7 @@ func (w *writer) writeESP(ctx context.Context) error {
 			}
 			made[dir] = true
 		}
-		if err := copyToFS(esp, "/"+rel, w.p.Path(ESPDir+"/"+rel)); err != nil {
+		if err := copyToFS(esp, "/"+rel, w.p.Path(ESPDir+"/"+rel), buf); err != nil {
 			return fmt.Errorf("copy %s: %w", rel, err)
 		}
 	}
@@ -349,7 +353,7 @@ type offsetWriter struct {
 
 func (o offsetWriter) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, o.off+off) }
 
-func copyToFS(fsys filesystem.FileSystem, dst, src string) error {
+func copyToFS(fsys filesystem.FileSystem, dst, src string, buf []byte) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -359,7 +363,11 @@ func copyToFS(fsys filesystem.FileSystem, dst, src string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	// Few large writes: go-diskfs allocates clusters and rewrites the FAT
+	// on every Write; io.Copy's 32 KiB writes took 6 s for a 40 MiB file,
+	// 64 MiB writes 0.23 s. (The struct wrappers keep io.CopyBuffer from
+	// using WriteTo/ReadFrom, which would fall back to 32 KiB.)
+	if _, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, buf); err != nil {
 		out.Close()
 		return err
 	}

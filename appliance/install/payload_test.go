@@ -17,7 +17,7 @@ func TestVerifyPayload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(p.ESPFiles(), " "); got != "EFI/BOOT/BOOTX64.EFI initrd.img loader/entries/ssbuild.conf loader/loader.conf vmlinuz" {
+	if got := strings.Join(p.ESPFiles(), " "); got != "EFI/BOOT/BOOTX64.EFI initrd-large.img initrd.img loader/entries/ssbuild.conf loader/loader.conf vmlinuz" {
 		t.Errorf("ESP files: %s", got)
 	}
 	for _, tc := range []struct {
