@@ -77,7 +77,8 @@ type Spec struct {
 	Cmdline string
 	// Payload are the files of the payload partition.
 	Payload []PayloadFile
-	// Compression is mksquashfs's -comp for the payload; empty: zstd.
+	// Compression is mksquashfs's -comp for the payload, at the tool's
+	// default level; empty: zstd at level 3.
 	Compression string
 	// Output is the image's path (…/installer.img).
 	Output string

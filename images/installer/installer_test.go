@@ -336,3 +336,48 @@ func TestImage(t *testing.T) {
 		}
 	})
 }
+
+// A failed build leaves neither the image, nor SHA256SUMS, nor its
+// temporary work folder in the output folder.
+func TestFailedBuildLeavesNothing(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs", "mkfifo")
+	in := t.TempDir()
+	file := func(name string) string {
+		p := filepath.Join(in, name)
+		if err := os.WriteFile(p, []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	base := installer.Spec{Name: "x", Epoch: epoch, Kernel: file("vmlinuz"), Initramfs: file("initrd.img"),
+		SystemdBoot: file("systemd-bootx64.efi")}
+	fifoDir := filepath.Join(in, "with-fifo")
+	if err := os.Mkdir(fifoDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mkfifo", filepath.Join(fifoDir, "pipe"))
+
+	for _, c := range []struct {
+		name    string
+		payload []installer.PayloadFile
+		want    string
+	}{
+		{"missing payload file", []installer.PayloadFile{{Name: "os.img", Path: filepath.Join(in, "nope")}}, "payload os.img"},
+		{"name with a slash", []installer.PayloadFile{{Name: "a/b", Path: file("recipe.yaml")}}, `payload name "a/b"`},
+		{"manifest name taken", []installer.PayloadFile{{Name: installer.PayloadManifest, Path: file("recipe.yaml")}}, "reserved"},
+		{"special file in a folder", []installer.PayloadFile{{Name: "base-image", Path: fifoDir}}, "base-image/pipe"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := t.TempDir()
+			spec := base
+			spec.Payload, spec.Output = c.payload, filepath.Join(out, "installer.img")
+			_, err := installer.Build(context.Background(), spec)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %v, want one mentioning %q", err, c.want)
+			}
+			if ents, _ := os.ReadDir(out); len(ents) != 0 {
+				t.Errorf("output folder holds %v after a failed build", ents)
+			}
+		})
+	}
+}

@@ -82,7 +82,7 @@ func stageTree(ctx context.Context, src, dest, name string, task *progress.Task,
 			}
 			return os.Symlink(link, target)
 		case !info.Mode().IsRegular():
-			return fmt.Errorf("%s: not a regular file, directory or symlink", p)
+			return fmt.Errorf("%s (%s): not a regular file, directory or symlink", relName, p)
 		}
 		sum, err := linkOrCopy(ctx, p, target, task)
 		if err != nil {
@@ -136,11 +136,16 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 // time the epoch, no xattrs (the payload's files are data for the
 // installer; the owners inside images are kept by those images).
 func writeSquashfs(ctx context.Context, rep *progress.Reporter, dir, out, comp string, epoch int64) error {
-	if comp == "" {
-		comp = "zstd"
-	}
 	e := strconv.FormatInt(epoch, 10)
-	return squashfs.Make(ctx, rep, "payload squashfs", []string{
-		dir, out, "-noappend", "-comp", comp, "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
-		"-reproducible", "-mkfs-time", e, "-all-time", e})
+	args := []string{dir, out, "-noappend", "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
+		"-reproducible", "-mkfs-time", e, "-all-time", e}
+	if comp == "" {
+		// zstd's default level (15) packs an incompressible 512 MiB file
+		// in 9 s here, level 3 in 1.1 s; payloads are mostly compressed
+		// images already.
+		args = append(args, "-comp", "zstd", "-Xcompression-level", "3")
+	} else {
+		args = append(args, "-comp", comp)
+	}
+	return squashfs.Make(ctx, rep, "payload squashfs", args)
 }

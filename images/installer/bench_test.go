@@ -1,0 +1,94 @@
+package installer_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sovereign-stack/ssbuild/images/installer"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+)
+
+// benchInputs writes stand-ins for an installer's inputs, sized like the
+// real ones: kernel 8 MiB, initramfs 40 MiB (with the ssbuild binary),
+// systemd-boot, and a 512 MiB incompressible OS image (an already
+// compressed file system, the common case) plus a recipe.
+func benchInputs(b *testing.B) (installer.Spec, int64) {
+	b.Helper()
+	dir := b.TempDir()
+	r := rand.New(rand.NewSource(1))
+	write := func(name string, size int64) string {
+		p := filepath.Join(dir, name)
+		f, err := os.Create(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.CopyN(f, r, size); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+		return p
+	}
+	spec := installer.Spec{Name: "bench", Epoch: 1700000000,
+		Kernel: write("vmlinuz", 8<<20), Initramfs: write("initrd.img", 40<<20), SystemdBoot: write("systemd-bootx64.efi", 140<<10),
+		Payload: []installer.PayloadFile{
+			{Name: "os.img", Path: write("os.img", 512<<20)},
+			{Name: "recipe.yaml", Path: write("recipe.yaml", 4<<10)},
+		}}
+	total := int64(8<<20 + 40<<20 + 140<<10 + 512<<20 + 4<<10)
+	return spec, total
+}
+
+// BenchmarkAssemble builds the image from the inputs; compare with
+// BenchmarkCopyInputs, cp of the same bytes on the same disk.
+func BenchmarkAssemble(b *testing.B) {
+	testenv.RequireTools(b, "mksquashfs")
+	spec, total := benchInputs(b)
+	b.SetBytes(total)
+	var events bytes.Buffer
+	for i := 0; i < b.N; i++ {
+		spec.Output = filepath.Join(b.TempDir(), "installer.img")
+		events.Reset()
+		spec.Progress = progress.New(&events, progress.JSON)
+		if _, err := installer.Build(context.Background(), spec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	// The last build's steps, for the figures.
+	for _, line := range strings.Split(strings.TrimSpace(events.String()), "\n") {
+		var ev progress.Event
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.Event == "done" {
+			b.Logf("%-22s %6d ms", ev.Task, ev.ElapsedMS)
+		}
+	}
+}
+
+func BenchmarkCopyInputs(b *testing.B) {
+	spec, total := benchInputs(b)
+	b.SetBytes(total)
+	for i := 0; i < b.N; i++ {
+		dest := b.TempDir()
+		args := []string{spec.Kernel, spec.Initramfs, spec.SystemdBoot}
+		for _, p := range spec.Payload {
+			args = append(args, p.Path)
+		}
+		if out, err := exec.Command("cp", append(args, dest)...).CombinedOutput(); err != nil {
+			b.Fatalf("cp: %v: %s", err, out)
+		}
+		// The image is synced before it is renamed: so is the copy.
+		if out, err := exec.Command("sync", "-f", dest).CombinedOutput(); err != nil {
+			b.Fatalf("sync: %v: %s", err, out)
+		}
+	}
+}
