@@ -2,6 +2,8 @@ package install
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -265,7 +267,13 @@ func (w *writer) writeOS(ctx context.Context) error {
 		return fmt.Errorf("OS image of %s does not fit the OS partition of %s", humanBytes(info.Size()), humanBytes(size))
 	}
 	task := w.opt.Progress.Start("write OS to "+w.target, info.Size(), "bytes")
-	_, err = copyAt(ctx, w.f, start, src, task)
+	// The bytes are hashed as they are read: a stick that reads back
+	// differently than when it was verified fails the step.
+	h := sha256.New()
+	_, err = copyAt(ctx, w.f, start, io.TeeReader(src, h), task)
+	if got := hex.EncodeToString(h.Sum(nil)); err == nil && got != w.p.Files[OSImageName] {
+		err = fmt.Errorf("%s read back from the stick with sha256 %s, verified as %s: the stick is failing", OSImageName, got, w.p.Files[OSImageName])
+	}
 	if err == nil {
 		err = w.f.Sync()
 	}

@@ -2,6 +2,9 @@ package install
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -54,4 +57,31 @@ func TestInstallLoopDevice(t *testing.T) {
 	}
 	run(t, "losetup", "-d", dev)
 	checkInstalled(t, img, testLayout, testFiles)
+}
+
+// TestInstallStickChangesAfterVerify: an OS image that reads back
+// differently during the write (a failing stick) fails the step, and the
+// journal does not record it.
+func TestInstallStickChangesAfterVerify(t *testing.T) {
+	dir := makePayload(t)
+	p, err := VerifyPayload(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, OSImageName), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff}, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	img := sparseDisk(t, t.TempDir(), "target.img", 80*GiB)
+	err = Install(context.Background(), p, Plan{Target: img, Layout: testLayout, Host: "nuc1"}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "os-written") || !strings.Contains(err.Error(), "the stick is failing") {
+		t.Fatalf("Install: %v", err)
+	}
+	if j, _, _ := ReadJournal(img); j.Step != StepPartitioned {
+		t.Errorf("journal: %+v, want step %s", j, StepPartitioned)
+	}
 }

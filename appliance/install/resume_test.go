@@ -32,7 +32,6 @@ func TestRunResumesAfterPowerCut(t *testing.T) {
 	for _, cut := range Steps[:len(Steps)-1] {
 		t.Run(cut, func(t *testing.T) {
 			env, power := fakeMachine(t, fakeDisk{name: "sda", size: 80 * GiB}, fakeDisk{name: "sdc", size: 64 * MiB, removable: true, payload: true})
-			env.DevRoot = realDevFor(t, env.DevRoot)
 			disk := filepath.Join(env.DevRoot, "sda")
 			first := env
 			first.AfterStep = func(step string) error {

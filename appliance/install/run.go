@@ -1,6 +1,7 @@
 package install
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,6 +45,7 @@ func (Machine) PowerOff() error { unix.Sync(); return unix.Reboot(unix.LINUX_REB
 // Env is where Run finds the machine and reports.
 type Env struct {
 	SysRoot, DevRoot, ProcRoot string // /sys, /dev, /proc
+	LoopDevRoot                string // where loop device nodes are; default DevRoot (tests: the real /dev beside fabricated disks)
 	PayloadDir                 string // the mounted payload partition (MountPayload)
 	WorkDir                    string // for the OS filesystem's mount point; default os.TempDir()
 	Progress                   *progress.Reporter
@@ -125,7 +127,7 @@ func Run(ctx context.Context, env Env) error {
 	rep.Info("target disk: %s", target)
 
 	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files},
-		Options{Progress: rep, DevRoot: env.DevRoot, WorkDir: env.WorkDir, AfterStep: env.AfterStep})
+		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: env.AfterStep})
 	if errors.Is(err, ErrAlreadyInstalled) {
 		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)
 		return env.Power.PowerOff()
