@@ -1,0 +1,156 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
+)
+
+// statusPath is the status socket's one endpoint.
+const statusPath = "/v1/registry"
+
+// RegistryView is what the status socket answers: the registry as this
+// host's node sees it at the time of the request.
+type RegistryView struct {
+	Node         string                 `json:"node"`   // this host's node address
+	Leader       string                 `json:"leader"` // the Raft leader's address
+	Members      []registry.Member      `json:"members"`
+	Hosts        []registry.Host        `json:"hosts"`
+	JoinAttempts []registry.JoinAttempt `json:"joinAttempts"`
+}
+
+// viewTimeout bounds a status request: a status that waits out a whole
+// election would look hung, so it says "not answering" instead.
+const viewTimeout = 8 * time.Second
+
+// serve is StepServing: the status socket answers, and the host's row is
+// rewritten every Heartbeat until ctx ends.
+func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
+	name := s.cfg.Host.Name
+	sock := filepath.Join(s.cfg.StateDir, SocketName)
+	// A socket file left by a killed run refuses connections: replace it.
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("service: %s: remove stale %s: %w", name, sock, err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("service: %s: status socket: %w", name, err)
+	}
+	// Status shows hosts, addresses and fingerprints: root only.
+	if err := os.Chmod(sock, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("service: %s: status socket: %w", name, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+statusPath, func(w http.ResponseWriter, r *http.Request) {
+		vctx, cancel := context.WithTimeout(r.Context(), viewTimeout)
+		defer cancel()
+		v, err := view(vctx, reg)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(v)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-served
+		_ = os.Remove(sock)
+	}()
+	if err := s.reached(StepServing, sock); err != nil {
+		return err
+	}
+	return s.heartbeat(ctx, reg)
+}
+
+// heartbeat rewrites the host's row until ctx ends. A failed write (no
+// leader during a failover, or no quorum) is reported and retried on the
+// next beat: the service keeps serving status meanwhile.
+func (s *svc) heartbeat(ctx context.Context, reg *registry.Registry) error {
+	name := s.cfg.Host.Name
+	t := time.NewTicker(s.o.Heartbeat)
+	defer t.Stop()
+	failing := false
+	for {
+		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		err := reg.SetHostState(wctx, name, StateOnline, string(StepServing), "")
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && !failing:
+			s.log.Info("%s: registry: heartbeat: %v", name, err)
+			failing = true
+		case err == nil && failing:
+			s.log.Info("%s: registry: heartbeat written again", name)
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			s.log.Info("%s: stopping", name)
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
+	v := &RegistryView{Node: reg.Address()}
+	var err error
+	if v.Leader, err = reg.Leader(ctx); err != nil {
+		return nil, err
+	}
+	if v.Members, err = reg.Members(ctx); err != nil {
+		return nil, err
+	}
+	if v.Hosts, err = reg.Hosts(ctx); err != nil {
+		return nil, err
+	}
+	if v.JoinAttempts, err = reg.JoinAttempts(ctx, ""); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// record keeps the step and last error in the state directory's StatusFile
+// (atomically), for status when the registry does not answer.
+func (s *svc) record(step cluster.Step, detail string, runErr error) {
+	dir := s.cfg.StateDir
+	st := &s.st
+	st.Host, st.Role, st.Updated = s.cfg.Host.Name, "joiner", time.Now().UTC()
+	if s.cfg.IsInitiator() {
+		st.Role = "initiator"
+	}
+	if runErr != nil {
+		st.LastError = runErr.Error()
+	} else {
+		st.Step, st.Detail, st.LastError = step, detail, ""
+	}
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err == nil {
+		err = os.MkdirAll(dir, 0o700)
+	}
+	if err == nil {
+		tmp := filepath.Join(dir, StatusFile+".tmp")
+		if err = os.WriteFile(tmp, data, 0o644); err == nil {
+			err = os.Rename(tmp, filepath.Join(dir, StatusFile))
+		}
+	}
+	if err != nil {
+		s.log.Info("%s: cannot record status in %s: %v", s.cfg.Host.Name, dir, err)
+	}
+}

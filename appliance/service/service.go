@@ -1,0 +1,310 @@
+// Package service is what `ssbuild appliance run` does on every host at
+// first boot, and on every boot after: form the LXD cluster
+// (appliance/cluster), then run this host's node of the registry
+// (appliance/registry) until it is stopped.
+//
+// Steps after the cluster's (cluster.Steps), each with an end state that a
+// re-run checks or re-establishes:
+//
+//	registry-open   this host's registry node is part of the registry cluster:
+//	                the initiator bootstraps it, every other host joins it; a
+//	                restart re-uses the node in <stateDir>/registry
+//	host-recorded   the registry holds this host's row (name, LXD address,
+//	                step, server-certificate fingerprint) and, for a joiner,
+//	                one successful join attempt (recorded only if none is)
+//	serving         <stateDir>/service.sock answers status requests; the
+//	                host's row is rewritten every Heartbeat, so its update
+//	                time says the host and the registry are alive
+//
+// Trust: registry nodes talk TLS with LXD's cluster certificate and key
+// (cluster.crt, cluster.key in the LXD directory) and accept exactly that
+// certificate (registry.PinnedTLS). Every member holds that key once it has
+// joined the LXD cluster, and nobody else does, so membership of the LXD
+// cluster (which the cluster secret gates) is what admits a registry node.
+// Before using it, the service checks that the file is the certificate
+// LXD serves, so a stale file cannot pin the wrong cluster.
+//
+// Limitation: an initiator whose registry directory is lost bootstraps a
+// new registry of its own; re-install it as a joiner instead.
+package service
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// Steps after cluster formation (see the package doc).
+const (
+	StepRegistryOpen cluster.Step = "registry-open"
+	StepHostRecorded cluster.Step = "host-recorded"
+	StepServing      cluster.Step = "serving"
+)
+
+// Steps lists a role's steps in order: the cluster's, then the service's.
+func Steps(initiator bool) []cluster.Step {
+	return append(cluster.Steps(initiator), StepRegistryOpen, StepHostRecorded, StepServing)
+}
+
+// Host states written to the registry.
+const (
+	StateOnline = "online" // the service serves; its row is refreshed every Heartbeat
+)
+
+// Names in the state directory.
+const (
+	RegistryDir = "registry"            // the registry node's Raft log and identity
+	SocketName  = "service.sock"        // the status socket
+	StatusFile  = "service-status.json" // the last step and error, also without the registry
+)
+
+// DefaultHeartbeat is how often a serving host rewrites its registry row.
+const DefaultHeartbeat = 5 * time.Second
+
+// ErrInjected is returned when Options.FailAfter stopped the service.
+var ErrInjected = cluster.ErrInjected
+
+// Options configure one host's service.
+type Options struct {
+	Config *config.Appliance
+	Secret []byte // the cluster secret; handed to cluster formation, never kept
+	LXD    lxd.InstanceServer
+	LXDDir string // server.crt/.key and cluster.crt/.key (default /var/lib/lxd)
+
+	Progress *progress.Reporter
+	// FailAfter stops the service right after the named step, cluster
+	// steps included (for fault-injection tests).
+	FailAfter cluster.Step
+	// OnStep is called with every step reached.
+	OnStep func(cluster.Step)
+	// Cluster, when set, adjusts the cluster formation's options (tests
+	// shorten its backoff).
+	Cluster func(*cluster.Options)
+	// Heartbeat is how often the host's registry row is rewritten
+	// (DefaultHeartbeat).
+	Heartbeat time.Duration
+}
+
+// Run brings the host through every step and serves until ctx ends; it
+// then closes the registry node (handing over leadership) and returns nil.
+// It is safe to run again after a crash at any point.
+func Run(ctx context.Context, o Options) error {
+	if o.Config == nil || o.LXD == nil {
+		return errors.New("service: Config and LXD are required")
+	}
+	o.LXDDir = cmp.Or(o.LXDDir, "/var/lib/lxd")
+	o.Heartbeat = cmp.Or(o.Heartbeat, DefaultHeartbeat)
+	s := &svc{o: o, cfg: o.Config, log: cmp.Or(o.Progress, progress.Discard())}
+	if prev, err := ReadStatus(o.Config.StateDir); err == nil {
+		s.st = *prev // a failure before the first step keeps the step reached before
+	}
+	err := s.run(ctx)
+	if err != nil {
+		s.record("", "", err)
+	}
+	return err
+}
+
+type svc struct {
+	o   Options
+	cfg *config.Appliance
+	log *progress.Reporter
+	st  cluster.Status
+}
+
+func (s *svc) run(ctx context.Context) error {
+	name := s.cfg.Host.Name
+	co := cluster.Options{
+		Config: s.cfg, Secret: s.o.Secret, LXD: s.o.LXD, LXDDir: s.o.LXDDir,
+		Progress: s.log, FailAfter: s.o.FailAfter,
+		OnStep: func(st cluster.Step) {
+			if st != cluster.StepTokenIssued { // per joiner, not where this host is
+				s.record(st, "", nil)
+			}
+			if s.o.OnStep != nil {
+				s.o.OnStep(st)
+			}
+		},
+	}
+	if s.o.Cluster != nil {
+		s.o.Cluster(&co)
+	}
+	s.o.Secret = nil
+	formation, err := cluster.New(co)
+	if err != nil {
+		return err
+	}
+	if err := formation.Run(ctx); err != nil {
+		return err
+	}
+
+	reg, err := s.openRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Leadership goes to another node first, so the others keep
+		// answering without an election.
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := reg.Close(cctx); err != nil {
+			s.log.Info("%s: registry: %v", name, err)
+		} else {
+			s.log.Info("%s: registry node closed", name)
+		}
+	}()
+	if err := s.reached(StepRegistryOpen, reg.Address()); err != nil {
+		return err
+	}
+	if err := s.recordHost(ctx, reg); err != nil {
+		return err
+	}
+	return s.serve(ctx, reg)
+}
+
+// reached records a step of the service's own and says whether fault
+// injection stops here.
+func (s *svc) reached(step cluster.Step, detail string) error {
+	if detail != "" {
+		s.log.Info("%s: %s: %s", s.cfg.Host.Name, step, detail)
+	} else {
+		s.log.Info("%s: %s", s.cfg.Host.Name, step)
+	}
+	s.record(step, detail, nil)
+	if s.o.OnStep != nil {
+		s.o.OnStep(step)
+	}
+	if s.o.FailAfter == step {
+		return fmt.Errorf("%s: after %s: %w", s.cfg.Host.Name, step, ErrInjected)
+	}
+	return nil
+}
+
+// openRegistry starts this host's node: TLS pinned to the LXD cluster
+// certificate, bootstrapped by the initiator, joined by the others through
+// any member's node (the initiator's may be the one that is down).
+func (s *svc) openRegistry(ctx context.Context) (*registry.Registry, error) {
+	name := s.cfg.Host.Name
+	cert, leaf, err := s.clusterCertificate()
+	if err != nil {
+		return nil, err
+	}
+	c := s.cfg.Cluster
+	rc := registry.Config{
+		Dir:     filepath.Join(s.cfg.StateDir, RegistryDir),
+		Address: c.RegistryAddress(s.cfg.Host.Address),
+		TLS:     registry.PinnedTLS(cert, leaf),
+		Logf: func(format string, args ...any) {
+			s.log.Info("%s: registry: %s", name, fmt.Sprintf(format, args...))
+		},
+	}
+	if !s.cfg.IsInitiator() {
+		for _, m := range c.Members {
+			if m.Name != name {
+				rc.Join = append(rc.Join, c.RegistryAddress(m.Address))
+			}
+		}
+	}
+	_, statErr := os.Stat(filepath.Join(rc.Dir, "info.yaml"))
+	switch {
+	case statErr == nil:
+		s.log.Info("%s: registry: starting the node in %s on %s", name, rc.Dir, rc.Address)
+	case s.cfg.IsInitiator():
+		s.log.Info("%s: registry: bootstrapping on %s", name, rc.Address)
+	default:
+		s.log.Info("%s: registry: joining via %s", name, strings.Join(rc.Join, ", "))
+	}
+	reg, err := registry.Open(ctx, rc)
+	if err != nil {
+		return nil, fmt.Errorf("service: %s: %w", name, err)
+	}
+	return reg, nil
+}
+
+// clusterCertificate loads LXD's cluster certificate and key and checks the
+// certificate is the one this host's LXD serves as a cluster member.
+func (s *svc) clusterCertificate() (tls.Certificate, *x509.Certificate, error) {
+	name := s.cfg.Host.Name
+	crt, key := filepath.Join(s.o.LXDDir, "cluster.crt"), filepath.Join(s.o.LXDDir, "cluster.key")
+	cert, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("service: %s: LXD cluster certificate for the registry: %w", name, err)
+	}
+	server, _, err := s.o.LXD.GetServer()
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("service: %s: read LXD's certificate (GET /1.0): %w", name, err)
+	}
+	block, _ := pem.Decode([]byte(server.Environment.Certificate))
+	if block == nil || cluster.Fingerprint(cert.Leaf) != registry.Fingerprint(block.Bytes) {
+		return tls.Certificate{}, nil, fmt.Errorf("service: %s: %s is not the certificate LXD serves (GET /1.0 environment.certificate): is LXD clustered?", name, crt)
+	}
+	return cert, cert.Leaf, nil
+}
+
+// serverFingerprint is the fingerprint of the host's own LXD server
+// certificate, the one it proved at registration.
+func (s *svc) serverFingerprint() (string, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(s.o.LXDDir, "server.crt"), filepath.Join(s.o.LXDDir, "server.key"))
+	if err != nil {
+		return "", fmt.Errorf("service: %s: LXD server certificate: %w", s.cfg.Host.Name, err)
+	}
+	return cluster.Fingerprint(cert.Leaf), nil
+}
+
+// writeTimeout bounds one registry write: longer than a failover (up to
+// about 7 s here, see appliance/registry/README.md).
+const writeTimeout = 30 * time.Second
+
+// recordHost is StepHostRecorded: an upsert of the host's row, and a
+// joiner's join attempt only when the registry holds none that succeeded.
+func (s *svc) recordHost(ctx context.Context, reg *registry.Registry) error {
+	name := s.cfg.Host.Name
+	fp, err := s.serverFingerprint()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	h := registry.Host{
+		Name: name, Address: net.JoinHostPort(s.cfg.Host.Address, "8443"),
+		State: StateOnline, Step: string(StepHostRecorded), Fingerprint: fp,
+	}
+	if err := reg.PutHost(ctx, h); err != nil {
+		return fmt.Errorf("service: %s: record host: %w", name, err)
+	}
+	detail := "host row written"
+	if !s.cfg.IsInitiator() {
+		attempts, err := reg.JoinAttempts(ctx, name)
+		if err != nil {
+			return fmt.Errorf("service: %s: %w", name, err)
+		}
+		joined := false
+		for _, a := range attempts {
+			joined = joined || a.Result == registry.JoinSucceeded
+		}
+		if !joined {
+			if _, err := reg.RecordJoinAttempt(ctx, registry.JoinAttempt{Host: name, Result: registry.JoinSucceeded,
+				Detail: fmt.Sprintf("member of LXD cluster %s, registry node %s", s.cfg.Cluster.Name, reg.Address())}); err != nil {
+				return fmt.Errorf("service: %s: %w", name, err)
+			}
+			detail += ", join recorded"
+		}
+	}
+	return s.reached(StepHostRecorded, detail)
+}
