@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -267,22 +268,29 @@ func (w *writer) writeOS(ctx context.Context) error {
 		return fmt.Errorf("OS image of %s does not fit the OS partition of %s", humanBytes(info.Size()), humanBytes(size))
 	}
 	task := w.opt.Progress.Start("write OS to "+w.target, info.Size(), "bytes")
-	// The bytes are hashed as they are read: a stick that reads back
-	// differently than when it was verified fails the step.
-	h := sha256.New()
-	_, err = copyAt(ctx, w.f, start, io.TeeReader(src, h), task)
-	if got := hex.EncodeToString(h.Sum(nil)); err == nil && got != w.p.Files[OSImageName] {
-		err = fmt.Errorf("%s read back from the stick with sha256 %s, verified as %s: the stick is failing", OSImageName, got, w.p.Files[OSImageName])
-	}
-	if err == nil {
-		err = w.f.Sync()
-	}
+	err = writeImage(ctx, w.f, start, src, w.p.Files[OSImageName], task)
 	task.Done(err)
 	return err
 }
 
-// copyAt copies src to dst at offset off in large blocks.
-func copyAt(ctx context.Context, dst *os.File, off int64, src io.Reader, task io.Writer) (int64, error) {
+// writeImage copies src to dst at off and syncs. The bytes are hashed as
+// they are read: a stick that reads back differently than when it was
+// verified (want) fails the step.
+func writeImage(ctx context.Context, dst *os.File, off int64, src io.Reader, want string, task io.Writer) error {
+	h := sha256.New()
+	if _, err := copyAt(ctx, dst, off, src, h, task); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("%s read back from the stick with sha256 %s, verified as %s: the stick is failing", OSImageName, got, want)
+	}
+	return dst.Sync()
+}
+
+// copyAt copies src to dst at offset off in large blocks, feeding h (when
+// not nil) each block while the block is written: on two cores hashing
+// then writing in turn halved the rate (SHA-256 here runs at ~1.4 GB/s).
+func copyAt(ctx context.Context, dst *os.File, off int64, src io.Reader, h hash.Hash, task io.Writer) (int64, error) {
 	buf := make([]byte, copyBuffer)
 	var n int64
 	for {
@@ -291,8 +299,17 @@ func copyAt(ctx context.Context, dst *os.File, off int64, src io.Reader, task io
 		}
 		r, rerr := io.ReadFull(src, buf)
 		if r > 0 {
-			if _, err := dst.WriteAt(buf[:r], off+n); err != nil {
-				return n, err
+			hashed := make(chan struct{})
+			go func() {
+				if h != nil {
+					h.Write(buf[:r])
+				}
+				close(hashed)
+			}()
+			_, werr := dst.WriteAt(buf[:r], off+n)
+			<-hashed
+			if werr != nil {
+				return n, werr
 			}
 			n += int64(r)
 			task.Write(buf[:r])
