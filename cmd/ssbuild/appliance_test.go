@@ -1,0 +1,464 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
+	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+)
+
+// asCLIEnv makes the test binary be ssbuild itself: the tests run
+// `ssbuild appliance run` and `status` inside a test-bed host as the
+// host's systemd unit and its operator would, as processes of their own.
+const asCLIEnv = "SSBUILD_TEST_AS_CLI"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asCLIEnv) == "1" {
+		os.Exit(run(append([]string{"ssbuild"}, os.Args[1:]...), os.Stdin, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// Without a service or LXD, status still answers from the host's status
+// file and says what did not answer; a broken config is invalid input.
+func TestApplianceStatusWithNothingRunning(t *testing.T) {
+	dir := t.TempDir()
+	cfg := strings.NewReplacer("STATE", filepath.Join(dir, "state")).Replace(`host: {name: host2, address: 10.0.0.12}
+cluster:
+  name: demo
+  initiator: host1
+  initiatorAddress: 10.0.0.11
+  members: [{name: host1, address: 10.0.0.11}, {name: host2, address: 10.0.0.12}]
+  storage: {pool: local, driver: dir}
+secretFile: /etc/ssbuild/cluster.secret
+stateDir: STATE
+`)
+	path := filepath.Join(dir, "appliance.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st := cluster.Status{Host: "host2", Role: "joiner", Step: cluster.StepRegistered,
+		LastError: "cluster: host2: join via 10.0.0.11:9443: connection refused", Updated: time.Now()}
+	data, _ := json.Marshal(st)
+	if err := os.WriteFile(filepath.Join(dir, "state", service.StatusFile), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errOut := ssbuild(t, "appliance", "status", "--config", path, "--lxd-dir", dir)
+	if code != 0 {
+		t.Fatalf("status: code %d: %s", code, errOut)
+	}
+	for _, want := range []string{"LXD not answering", "registry not answering", "local status file only",
+		"host2  registered", "last error: cluster: host2: join via 10.0.0.11:9443: connection refused", "not known"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = ssbuild(t, "appliance", "status", "--config", path, "--lxd-dir", dir, "--json")
+	var r service.Report
+	if code != 0 || json.Unmarshal([]byte(out), &r) != nil {
+		t.Fatalf("status --json: code %d: %s", code, out)
+	}
+	if r.Registry != nil || r.RegistryError == "" || r.LXDError == "" || len(r.Hosts) != 2 ||
+		r.Hosts[1].Source != service.FromStatusFile || r.Hosts[1].Step != string(cluster.StepRegistered) {
+		t.Errorf("status --json: %+v", r)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte(strings.Replace(cfg, "driver: dir", "driver: ext4", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut = ssbuild(t, "appliance", "status", "--config", bad)
+	if code != exitInvalid || !strings.Contains(errOut, "bad.yaml:7:") {
+		t.Errorf("bad config: code %d, %q; want %d and file:line", code, errOut, exitInvalid)
+	}
+}
+
+// Three hosts form one LXD cluster and one 3-node registry, each host's
+// `ssbuild appliance run` a process of its own inside the host; two of them
+// are killed right after a service step and restarted. Then the initiator
+// host is lost (its LXD and its service SIGKILLed): the two others still
+// answer status, elect a registry leader and write to the registry; a
+// survivor's service killed and restarted then converges.
+func TestApplianceInitiatorLost(t *testing.T) {
+	bed := testbed.New(t, testbed.Options{Hosts: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	hosts := newApplianceHosts(t, bed)
+
+	began := time.Now()
+	hosts[0].start(ctx, t, "")
+	hosts[1].start(ctx, t, service.StepRegistryOpen) // before its host row and join attempt
+	hosts[2].start(ctx, t, service.StepHostRecorded) // after them
+	for _, h := range hosts {
+		h.waitFor(t, 4*time.Minute, "3 LXD members online, 3 registry voters, every host serving", func(r *service.Report) string {
+			return formed(r, 3)
+		})
+	}
+	t.Logf("figure: services started to 3 LXD members online + 3-voter registry + every host serving: %s", time.Since(began).Round(100*time.Millisecond))
+	for i := 1; i < 3; i++ {
+		if n := hosts[i].kills(); n != 1 {
+			t.Errorf("%s's service was killed %d times, want 1", hosts[i].bed.Name, n)
+		}
+	}
+	r := hosts[0].status(t)
+	checkRecords(t, hosts, r)
+	out := hosts[0].statusText(t)
+	for _, want := range []string{"LXD cluster (from host1's LXD)", "leader " + r.Registry.Leader, "Hosts (from the registry)", "host3  serving"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("host1's status lacks %q:\n%s", want, out)
+		}
+	}
+
+	// The initiator host goes away at once, as a power cut would.
+	lost := time.Now()
+	if err := hosts[0].bed.KillLXD(); err != nil {
+		t.Fatal(err)
+	}
+	hosts[0].kill()
+	deadReg := config.Cluster{RegistryPort: hosts[0].cfg.Cluster.RegistryPort}.RegistryAddress(hosts[0].cfg.Host.Address)
+	for i, h := range hosts[1:] {
+		other := hosts[2-i]
+		h.waitFor(t, 90*time.Second, "a new registry leader and "+other.bed.Name+"'s heartbeat written after the loss", func(r *service.Report) string {
+			switch {
+			case r.LXDError != "" || len(r.LXDMembers) != 3:
+				return fmt.Sprintf("LXD: %d members, %s", len(r.LXDMembers), r.LXDError)
+			case r.Registry == nil:
+				return r.RegistryError
+			case r.Registry.Leader == deadReg:
+				return "leader is still the lost initiator's node"
+			case len(r.Hosts) != 3:
+				return fmt.Sprintf("%d hosts", len(r.Hosts))
+			}
+			for _, hs := range r.Hosts {
+				if hs.Name == other.bed.Name && (hs.Source != service.FromRegistry || !hs.Updated.After(lost)) {
+					return fmt.Sprintf("%s last written %s, before the loss at %s", hs.Name, hs.Updated.Format(time.TimeOnly), lost.Format(time.TimeOnly))
+				}
+			}
+			return ""
+		})
+	}
+	t.Logf("figure: initiator lost to a new leader and writes seen on both survivors: %s", time.Since(lost).Round(100*time.Millisecond))
+
+	// A survivor's service crashes and comes back with the initiator still
+	// gone: its node rejoins from its own directory and the registry has
+	// quorum again.
+	hosts[1].kill()
+	restarted := time.Now()
+	hosts[1].start(ctx, t, "")
+	hosts[1].waitFor(t, 2*time.Minute, "host2 serving again with a leader", func(r *service.Report) string {
+		if r.Registry == nil {
+			return r.RegistryError
+		}
+		for _, hs := range r.Hosts {
+			if hs.Name == "host2" && (hs.Step != string(service.StepServing) || !hs.Updated.After(restarted)) {
+				return fmt.Sprintf("host2 at %s, written %s", hs.Step, hs.Updated.Format(time.TimeOnly))
+			}
+		}
+		return ""
+	})
+	t.Logf("figure: survivor's service restarted to serving: %s", time.Since(restarted).Round(100*time.Millisecond))
+	checkRecords(t, hosts, hosts[2].status(t))
+}
+
+// formed says what is missing before n hosts are formed, from one host's view.
+func formed(r *service.Report, n int) string {
+	online := 0
+	for _, m := range r.LXDMembers {
+		if m.Status == "Online" {
+			online++
+		}
+	}
+	if online != n {
+		return fmt.Sprintf("%d LXD members online %s", online, r.LXDError)
+	}
+	if r.Registry == nil {
+		return r.RegistryError
+	}
+	voters := 0
+	for _, m := range r.Registry.Members {
+		if m.Role == "voter" {
+			voters++
+		}
+	}
+	if voters != n || r.Registry.Leader == "" {
+		return fmt.Sprintf("registry: %d voters, leader %q", voters, r.Registry.Leader)
+	}
+	for _, h := range r.Hosts {
+		if h.Source != service.FromRegistry || h.Step != string(service.StepServing) {
+			return fmt.Sprintf("%s at %q (%s)", h.Name, h.Step, h.Source)
+		}
+	}
+	return ""
+}
+
+// checkRecords: one row per host with the fingerprint of its own LXD server
+// certificate, and exactly one successful join per joiner, whatever the
+// kills and restarts.
+func checkRecords(t *testing.T, hosts []*applianceHost, r *service.Report) {
+	t.Helper()
+	var names []string
+	for _, h := range r.Registry.Hosts {
+		names = append(names, h.Name)
+		for _, ah := range hosts {
+			if ah.bed.Name != h.Name {
+				continue
+			}
+			cert, err := tls.LoadX509KeyPair(filepath.Join(ah.bed.LXDDir, "server.crt"), filepath.Join(ah.bed.LXDDir, "server.key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fp := cluster.Fingerprint(cert.Leaf); h.Fingerprint != fp {
+				t.Errorf("%s: registry fingerprint %s, its LXD server certificate's is %s", h.Name, h.Fingerprint, fp)
+			}
+		}
+	}
+	if !slices.Equal(names, []string{"host1", "host2", "host3"}) {
+		t.Errorf("registry hosts %v", names)
+	}
+	joins := map[string]int{}
+	for _, a := range r.Registry.JoinAttempts {
+		if a.Result == registry.JoinSucceeded {
+			joins[a.Host]++
+		}
+	}
+	if joins["host1"] != 0 || joins["host2"] != 1 || joins["host3"] != 1 {
+		t.Errorf("successful joins recorded %v, want host2 and host3 once each", joins)
+	}
+}
+
+// applianceHost is one test-bed host with its appliance.yaml and its
+// service process.
+type applianceHost struct {
+	bed  *testbed.Host
+	cfg  *config.Appliance
+	path string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{} // closed when the current process has been waited for
+	killed int
+}
+
+func newApplianceHosts(t *testing.T, bed *testbed.Bed) []*applianceHost {
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte(hex.EncodeToString(raw))
+	var members []config.Member
+	for _, h := range bed.Hosts {
+		members = append(members, config.Member{Name: h.Name, Address: h.Address.String()})
+	}
+	init := bed.Hosts[0]
+	var out []*applianceHost
+	for _, h := range bed.Hosts {
+		if err := os.Mkdir(filepath.Join(h.Dir, "pool"), 0o711); err != nil {
+			t.Fatal(err)
+		}
+		secretFile := filepath.Join(h.Dir, "cluster.secret")
+		if err := config.WriteSecret(secretFile, secret); err != nil {
+			t.Fatal(err)
+		}
+		a := &config.Appliance{
+			Host: config.Host{Name: h.Name, Address: h.Address.String()},
+			Cluster: config.Cluster{
+				Name: "bed" + bed.ID, Initiator: init.Name, InitiatorAddress: init.Address.String(),
+				Members:  members,
+				Storage:  config.Storage{Pool: "local", Driver: "dir", Source: filepath.Join(h.Dir, "pool")},
+				Networks: []config.Network{{Name: "ssbr0", Type: "bridge", IPv4: "10.222.0.1/24"}},
+			},
+			SecretFile: secretFile,
+			StateDir:   filepath.Join(h.Dir, "state"),
+		}
+		data, err := config.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(h.Dir, "appliance.yaml")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		loaded, err := config.Load(path) // as the service will: the registry port defaulted
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, &applianceHost{bed: h, cfg: loaded, path: path})
+	}
+	t.Cleanup(func() {
+		for _, h := range out {
+			h.stop(t)
+		}
+	})
+	return out
+}
+
+// start runs `ssbuild appliance run` inside the host. With killAt set, the
+// process is SIGKILLed as soon as it reports that step and started again.
+func (h *applianceHost) start(ctx context.Context, t *testing.T, killAt cluster.Step) {
+	cmd := h.bed.Command(ctx, os.Args[0], "appliance", "run", "--config", h.path)
+	cmd.Env = append(cmd.Env, asCLIEnv+"=1")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 40 * time.Second
+	stderr, err := cmd.StderrPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		// Errorf: this also runs in the goroutine that restarts a killed service.
+		t.Errorf("%s: start the service: %v", h.bed.Name, err)
+		return
+	}
+	done := make(chan struct{})
+	h.mu.Lock()
+	h.cmd, h.done = cmd, done
+	h.mu.Unlock()
+	go func() {
+		defer close(done)
+		killed := false
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			t.Logf("%s", line)
+			if killAt != "" && !killed && (line == h.bed.Name+": "+string(killAt) || strings.HasPrefix(line, h.bed.Name+": "+string(killAt)+": ")) {
+				// nsenter execs the service in its place: this PID is the service's.
+				_ = cmd.Process.Kill()
+				killed = true
+				t.Logf("test: killed %s's service at %s (pid %d)", h.bed.Name, killAt, cmd.Process.Pid)
+			}
+		}
+		err := cmd.Wait()
+		if killed {
+			h.mu.Lock()
+			h.killed++
+			h.mu.Unlock()
+			if ctx.Err() == nil {
+				h.start(ctx, t, "")
+			}
+			return
+		}
+		if err != nil && ctx.Err() == nil {
+			t.Logf("%s: service ended: %v", h.bed.Name, err)
+		}
+	}()
+}
+
+func (h *applianceHost) kills() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.killed
+}
+
+// current is the running process and its done channel.
+func (h *applianceHost) current() (*exec.Cmd, chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cmd, h.done
+}
+
+// kill SIGKILLs the service and waits until it is gone.
+func (h *applianceHost) kill() {
+	cmd, done := h.current()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// stop ends the service as systemctl stop would (SIGTERM), then kills it.
+func (h *applianceHost) stop(t *testing.T) {
+	for {
+		cmd, done := h.current()
+		if cmd == nil {
+			return
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(40 * time.Second):
+			t.Errorf("%s: service did not stop on SIGTERM within 40 s", h.bed.Name)
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if again, _ := h.current(); again == cmd { // no restart in between
+			return
+		}
+	}
+}
+
+func (h *applianceHost) statusCmd(args ...string) *exec.Cmd {
+	cmd := h.bed.Command(context.Background(), os.Args[0], append([]string{"appliance", "status", "--config", h.path}, args...)...)
+	cmd.Env = append(cmd.Env, asCLIEnv+"=1")
+	return cmd
+}
+
+func (h *applianceHost) status(t *testing.T) *service.Report {
+	t.Helper()
+	r, err := h.tryStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (h *applianceHost) tryStatus() (*service.Report, error) {
+	out, err := h.statusCmd("--json").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: ssbuild appliance status --json: %w", h.bed.Name, err)
+	}
+	var r service.Report
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, fmt.Errorf("%s: status --json: %w\n%s", h.bed.Name, err, out)
+	}
+	return &r, nil
+}
+
+func (h *applianceHost) statusText(t *testing.T) string {
+	t.Helper()
+	out, err := h.statusCmd().Output()
+	if err != nil {
+		t.Fatalf("%s: ssbuild appliance status: %v", h.bed.Name, err)
+	}
+	return string(out)
+}
+
+// waitFor polls the host's status until missing returns "".
+func (h *applianceHost) waitFor(t *testing.T, timeout time.Duration, what string, missing func(*service.Report) string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		r, err := h.tryStatus()
+		if err != nil {
+			last = err.Error()
+		} else if last = missing(r); last == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no %s within %s; last: %s", h.bed.Name, what, timeout, last)
+		}
+		time.Sleep(time.Second)
+	}
+}
