@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
 	"os"
 	"slices"
 	"strings"
@@ -103,4 +105,47 @@ func writeJournal(f *os.File, j Journal) error {
 		return fmt.Errorf("install journal on %s: record %s: sync: %w", f.Name(), j.Step, err)
 	}
 	return nil
+}
+
+// Resumable reports whether the installer may continue on a disk that
+// holds partitions or signatures: its journal shows an unfinished install
+// whose partition table, once written, is still ours (not replaced since by
+// someone's own partitions), or this very install finished (Install then
+// leaves it alone).
+func Resumable(path, payload, host string) bool {
+	j, ok, err := ReadJournal(path)
+	switch {
+	case err != nil || !ok:
+		return false
+	case j.Step == StepDone:
+		return j.Payload == payload && j.Host == host
+	case !j.Completed(StepPartitioned):
+		return true // nothing of ours to compare with yet
+	}
+	names, err := partitionNames(path)
+	return err == nil && slices.Equal(names, []string{LabelESP, LabelOS, LabelZFS})
+}
+
+// partitionNames reads the GPT partition names of a disk.
+func partitionNames(path string) ([]string, error) {
+	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	t, err := d.GetPartitionTable()
+	if err != nil {
+		return nil, err
+	}
+	gt, ok := t.(*gpt.Table)
+	if !ok {
+		return nil, fmt.Errorf("%s: not a GPT", path)
+	}
+	var names []string
+	for _, p := range gt.Partitions {
+		if p.Type != gpt.Unused {
+			names = append(names, p.Name)
+		}
+	}
+	return names, nil
 }

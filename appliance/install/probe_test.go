@@ -1,7 +1,9 @@
 package install
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"os"
 	"reflect"
 	"strings"
@@ -92,5 +94,55 @@ func TestJournalTorn(t *testing.T) {
 	}
 	if got, ok, _ := ReadJournal(img); !ok || got.Step != "" || got.Completed(StepVerified) {
 		t.Errorf("torn journal: %+v %v; want ours with no step completed", got, ok)
+	}
+}
+
+// TestResumable: an unfinished install continues only while the disk still
+// holds our partition table; someone's own partitions written since win.
+func TestResumable(t *testing.T) {
+	testenv.RequireTools(t, "sgdisk", "mkfs.ext4")
+	p, err := VerifyPayload(makePayload(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := sparseDisk(t, t.TempDir(), "d.img", 80*GiB)
+	if Resumable(img, p.Digest, "nuc1") {
+		t.Error("blank disk resumable")
+	}
+	stopAt := func(step string) Options {
+		return Options{AfterStep: func(s string) error {
+			if s == step {
+				return errPowerCut
+			}
+			return nil
+		}}
+	}
+	plan := Plan{Target: img, Layout: testLayout, Host: "nuc1"}
+	if err := Install(context.Background(), p, plan, stopAt(StepVerified)); !errors.Is(err, errPowerCut) {
+		t.Fatal(err)
+	}
+	if !Resumable(img, p.Digest, "nuc1") {
+		t.Error("after verified: not resumable")
+	}
+	if err := Install(context.Background(), p, plan, stopAt(StepPartitioned)); !errors.Is(err, errPowerCut) {
+		t.Fatal(err)
+	}
+	if !Resumable(img, p.Digest, "nuc1") {
+		t.Error("after partitioned: not resumable")
+	}
+	run(t, "sgdisk", "-o", "-n", "1:2048:+1G", "-c", "1:data", img)
+	if Resumable(img, p.Digest, "nuc1") {
+		t.Error("repartitioned by someone else since: still resumable")
+	}
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := writeJournal(f, Journal{Payload: p.Digest, Host: "nuc1", Step: StepDone}); err != nil {
+		t.Fatal(err)
+	}
+	if !Resumable(img, p.Digest, "nuc1") || Resumable(img, p.Digest, "nuc2") || Resumable(img, "other", "nuc1") {
+		t.Error("done: resumable only for the same payload and host")
 	}
 }

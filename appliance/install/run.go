@@ -116,10 +116,7 @@ func Run(ctx context.Context, env Env) error {
 	if host.Target != nil {
 		choice.Target = *host.Target
 	}
-	resumable := func(d Disk) bool {
-		j, ok, err := ReadJournal(d.Path)
-		return err == nil && ok && (j.Step != StepDone || (j.Payload == p.Digest && j.Host == host.Name))
-	}
+	resumable := func(d Disk) bool { return Resumable(d.Path, p.Digest, host.Name) }
 	target, err := SelectTarget(disks, boot, choice, resumable)
 	if err != nil {
 		return err
