@@ -82,9 +82,10 @@
 // # Power cuts
 //
 // Each step is recorded in the journal after it completes, and a re-run
-// (the stick booted again) continues after the last recorded step; a disk
-// holding an unfinished journal of any ssbuild payload is not refused, and
-// its install starts over when the payload or host differs. Every step
+// (the stick booted again) continues after the last recorded step. A disk
+// holding an unfinished journal is not refused as long as its partition
+// table is still the one the install wrote (Resumable); its install starts
+// over when the payload or host differs. Every step
 // rewrites its whole region, so a half-done step is redone, not patched. A
 // disk whose journal says done for this payload and host is left alone and
 // the machine powers off (the stick is still in; rebooting would loop).
