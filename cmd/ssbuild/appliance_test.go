@@ -254,6 +254,7 @@ type applianceHost struct {
 	bed  *testbed.Host
 	cfg  *config.Appliance
 	path string
+	out  *sharedLog // every line the services and status printed, for the leak check
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -273,6 +274,7 @@ func newApplianceHosts(t *testing.T, bed *testbed.Bed) []*applianceHost {
 	}
 	init := bed.Hosts[0]
 	var out []*applianceHost
+	log := &sharedLog{}
 	for _, h := range bed.Hosts {
 		if err := os.Mkdir(filepath.Join(h.Dir, "pool"), 0o711); err != nil {
 			t.Fatal(err)
@@ -304,14 +306,39 @@ func newApplianceHosts(t *testing.T, bed *testbed.Bed) []*applianceHost {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = append(out, &applianceHost{bed: h, cfg: loaded, path: path})
+		out = append(out, &applianceHost{bed: h, cfg: loaded, path: path, out: log})
 	}
 	t.Cleanup(func() {
 		for _, h := range out {
 			h.stop(t)
 		}
+		// Secrets never printed: not by the services, not by status.
+		all := log.String()
+		if !strings.Contains(all, "registration") || !strings.Contains(all, "Registry") {
+			t.Errorf("the leak check saw no service or status output")
+		}
+		if strings.Contains(all, string(secret)) || strings.Contains(strings.ToLower(all), string(secret)) {
+			t.Errorf("the cluster secret appears in the services' or status output")
+		}
 	})
 	return out
+}
+
+type sharedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *sharedLog) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(s + "\n")
+}
+
+func (l *sharedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // start runs `ssbuild appliance run` inside the host. With killAt set, the
@@ -341,6 +368,7 @@ func (h *applianceHost) start(ctx context.Context, t *testing.T, killAt cluster.
 		for sc.Scan() {
 			line := sc.Text()
 			t.Logf("%s", line)
+			h.out.add(line)
 			if killAt != "" && !killed && (line == h.bed.Name+": "+string(killAt) || strings.HasPrefix(line, h.bed.Name+": "+string(killAt)+": ")) {
 				// nsenter execs the service in its place: this PID is the service's.
 				_ = cmd.Process.Kill()
@@ -425,6 +453,7 @@ func (h *applianceHost) status(t *testing.T) *service.Report {
 
 func (h *applianceHost) tryStatus() (*service.Report, error) {
 	out, err := h.statusCmd("--json").Output()
+	h.out.add(string(out))
 	if err != nil {
 		return nil, fmt.Errorf("%s: ssbuild appliance status --json: %w", h.bed.Name, err)
 	}
@@ -438,6 +467,7 @@ func (h *applianceHost) tryStatus() (*service.Report, error) {
 func (h *applianceHost) statusText(t *testing.T) string {
 	t.Helper()
 	out, err := h.statusCmd().Output()
+	h.out.add(string(out))
 	if err != nil {
 		t.Fatalf("%s: ssbuild appliance status: %v", h.bed.Name, err)
 	}
