@@ -96,8 +96,8 @@ stateDir: STATE
 }
 
 // Three hosts form one LXD cluster and one 3-node registry, each host's
-// `ssbuild appliance run` a process of its own inside the host; two of them
-// are killed right after a service step and restarted. Then the initiator
+// `ssbuild appliance run` a process of its own inside the host; each is
+// killed right after a service step and restarted. Then the initiator
 // host is lost (its LXD and its service SIGKILLed): the two others still
 // answer status, elect a registry leader and write to the registry; a
 // survivor's service killed and restarted then converges.
@@ -108,7 +108,7 @@ func TestApplianceInitiatorLost(t *testing.T) {
 	hosts := newApplianceHosts(t, bed)
 
 	began := time.Now()
-	hosts[0].start(ctx, t, "")
+	hosts[0].start(ctx, t, service.StepRegistryOpen) // right after it bootstrapped the registry
 	hosts[1].start(ctx, t, service.StepRegistryOpen) // before its host row and join attempt
 	hosts[2].start(ctx, t, service.StepHostRecorded) // after them
 	for _, h := range hosts {
@@ -117,7 +117,7 @@ func TestApplianceInitiatorLost(t *testing.T) {
 		})
 	}
 	t.Logf("figure: services started to 3 LXD members online + 3-voter registry + every host serving: %s", time.Since(began).Round(100*time.Millisecond))
-	for i := 1; i < 3; i++ {
+	for i := range hosts {
 		if n := hosts[i].kills(); n != 1 {
 			t.Errorf("%s's service was killed %d times, want 1", hosts[i].bed.Name, n)
 		}
