@@ -241,14 +241,23 @@ func TestDebianKernel(t *testing.T) {
 	})
 
 	t.Run("boots in qemu", func(t *testing.T) {
-		disk := filepath.Join(t.TempDir(), "disk.raw")
-		if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
-			t.Fatal(err)
+		// One disk per kind of controller the installer must drive:
+		// virtio, NVMe, and SATA on q35's AHCI controller.
+		disk := func(name string) string {
+			p := filepath.Join(t.TempDir(), name)
+			if err := os.WriteFile(p, make([]byte, 1<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return p
 		}
 		serial, exited := kerneltest.RunQEMU(t, 3*time.Minute,
 			"-kernel", k.Vmlinuz(), "-initrd", first,
-			"-append", "console=ttyS0 panic=-1 ssbuild.expect=vda",
-			"-drive", "if=virtio,format=raw,file="+disk)
+			"-append", "console=ttyS0 panic=-1 ssbuild.expect=vda,nvme0n1,sda",
+			"-drive", "if=virtio,format=raw,file="+disk("virtio.raw"),
+			"-drive", "if=none,id=nvme,format=raw,file="+disk("nvme.raw"),
+			"-device", "nvme,drive=nvme,serial=ssbuild-test",
+			"-drive", "if=none,id=sata,format=raw,file="+disk("sata.raw"),
+			"-device", "ide-hd,drive=sata,bus=ide.0")
 		for _, l := range kerneltest.Lines(serial, "testinit:") {
 			t.Log("guest: " + l)
 		}
@@ -262,8 +271,14 @@ func TestDebianKernel(t *testing.T) {
 		if errs := kerneltest.Lines(serial, "module errors"); len(errs) > 0 {
 			t.Errorf("module errors: %q", errs)
 		}
-		if got := kerneltest.Lines(serial, "testinit: block devices:"); len(got) != 1 || !strings.Contains(got[0], "vda") {
-			t.Errorf("virtio disk not seen by the guest: %q", got)
+		got := kerneltest.Lines(serial, "testinit: block devices:")
+		if len(got) != 1 {
+			t.Fatalf("block device lines: %q", got)
+		}
+		for _, d := range []string{"vda", "nvme0n1", "sda"} {
+			if !slices.Contains(strings.Fields(got[0]), d) {
+				t.Errorf("the guest did not see %s: %q", d, got[0])
+			}
 		}
 		if !exited {
 			t.Errorf("the guest did not power off; serial console:\n%s", serial)

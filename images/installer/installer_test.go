@@ -123,8 +123,8 @@ func sha256Of(t *testing.T, path string) string {
 }
 
 // testCmdline: the serial console for the test to read, and the USB
-// stick the test init must see.
-const testCmdline = "console=tty0 console=ttyS0,115200 panic=-1 ssbuild.expect=sda"
+// stick the test init must see, and its partitions it mounts and lists.
+const testCmdline = "console=tty0 console=ttyS0,115200 panic=-1 ssbuild.expect=sda ssbuild.mount=sda1:vfat,sda2:squashfs"
 
 // partition is one row of sgdisk -p.
 type partition struct {
@@ -330,6 +330,14 @@ func TestImage(t *testing.T) {
 		}
 		if got := kerneltest.Lines(serial, "testinit: block devices:"); len(got) != 1 || !strings.Contains(got[0], "sda") {
 			t.Errorf("the init did not see the USB stick as sda: %q", got)
+		}
+		// The stick's file systems, mounted by the installer's kernel
+		// with the initramfs's modules.
+		for _, want := range []string{"mounted sda1 (vfat): EFI loader ssbuild",
+			"mounted sda2 (squashfs): " + installer.PayloadManifest + " appliance.yaml base-image os.img recipe.yaml"} {
+			if len(kerneltest.Lines(serial, want)) != 1 {
+				t.Errorf("the guest did not print %q; serial console:\n%s", want, serial)
+			}
 		}
 		if !exited {
 			t.Errorf("the guest did not power off")
