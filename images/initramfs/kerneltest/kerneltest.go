@@ -66,6 +66,11 @@ func Get(t testing.TB) Tree {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
+	// Under the lock, a temporary tree can only be a crashed build's.
+	stale, _ := filepath.Glob(filepath.Join(dir, ".tmp-*"))
+	for _, s := range stale {
+		os.RemoveAll(s)
+	}
 	entry := filepath.Join(dir, key)
 	if _, err := os.Stat(entry); errors.Is(err, os.ErrNotExist) {
 		start := time.Now()
