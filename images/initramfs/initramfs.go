@@ -22,6 +22,14 @@
 // to the kernel with MODULE_INIT_COMPRESSED_FILE, which kernels with
 // CONFIG_MODULE_DECOMPRESS accept; Debian 12's modules are plain .ko.
 //
+// What else the init has to do, since nothing runs before it (no udev):
+// mount proc, sysfs and devtmpfs; after loading the modules, wait for the
+// disks, their partitions and their /dev nodes to appear (USB storage and
+// partition scans come seconds after the module loads; devtmpfs makes
+// nodes asynchronously); find partitions by GPT name through PARTNAME= in
+// /sys/class/block/<dev>/uevent. testdata/testinit does all of this and
+// the boot tests check it.
+//
 // The archive is reproducible: entries sorted, one fixed mtime (the epoch),
 // owner 0:0, inode numbers in entry order, and a gzip header without name
 // or time. The same inputs give the same bytes.

@@ -331,10 +331,11 @@ func TestImage(t *testing.T) {
 		if got := kerneltest.Lines(serial, "testinit: block devices:"); len(got) != 1 || !strings.Contains(got[0], "sda") {
 			t.Errorf("the init did not see the USB stick as sda: %q", got)
 		}
-		// The stick's file systems, mounted by the installer's kernel
-		// with the initramfs's modules.
-		for _, want := range []string{"mounted sda1 (vfat): EFI loader ssbuild",
-			"mounted sda2 (squashfs): " + installer.PayloadManifest + " appliance.yaml base-image os.img recipe.yaml"} {
+		// The stick's file systems, found by their GPT names and mounted
+		// by the installer's kernel with the initramfs's modules.
+		for _, want := range []string{"mounted sda1 (vfat, PARTNAME=" + installer.ESPLabel + "): EFI loader ssbuild",
+			"mounted sda2 (squashfs, PARTNAME=" + installer.PayloadLabel + "): " +
+				installer.PayloadManifest + " appliance.yaml base-image os.img recipe.yaml"} {
 			if len(kerneltest.Lines(serial, want)) != 1 {
 				t.Errorf("the guest did not print %q; serial console:\n%s", want, serial)
 			}

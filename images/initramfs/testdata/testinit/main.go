@@ -95,7 +95,16 @@ func main() {
 		for _, e := range ents {
 			names = append(names, e.Name())
 		}
-		say("mounted %s (%s): %s", dev, fstype, strings.Join(names, " "))
+		// The GPT name, as an init without udev finds a partition by it.
+		partname := ""
+		if uevent, err := os.ReadFile("/sys/class/block/" + dev + "/uevent"); err == nil {
+			for _, l := range strings.Split(string(uevent), "\n") {
+				if v, ok := strings.CutPrefix(l, "PARTNAME="); ok {
+					partname = v
+				}
+			}
+		}
+		say("mounted %s (%s, PARTNAME=%s): %s", dev, fstype, partname, strings.Join(names, " "))
 		_ = unix.Unmount(dir, 0)
 	}
 	say("powering off")
