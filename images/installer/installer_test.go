@@ -104,6 +104,7 @@ func run(t *testing.T, name string, args ...string) string {
 	testenv.RequireTools(t, name)
 	var stderr bytes.Buffer
 	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), "TZ=UTC", "LC_ALL=C") // listings in golden files
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -366,21 +367,29 @@ func TestFailedBuildLeavesNothing(t *testing.T) {
 	}
 	run(t, "mkfifo", filepath.Join(fifoDir, "pipe"))
 
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
 	for _, c := range []struct {
 		name    string
 		payload []installer.PayloadFile
 		want    string
+		ctx     context.Context
 	}{
-		{"missing payload file", []installer.PayloadFile{{Name: "os.img", Path: filepath.Join(in, "nope")}}, "payload os.img"},
-		{"name with a slash", []installer.PayloadFile{{Name: "a/b", Path: file("recipe.yaml")}}, `payload name "a/b"`},
-		{"manifest name taken", []installer.PayloadFile{{Name: installer.PayloadManifest, Path: file("recipe.yaml")}}, "reserved"},
-		{"special file in a folder", []installer.PayloadFile{{Name: "base-image", Path: fifoDir}}, "base-image/pipe"},
+		{"cancelled", []installer.PayloadFile{{Name: "recipe.yaml", Path: file("recipe.yaml")}}, "context canceled", cancelled},
+		{"missing payload file", []installer.PayloadFile{{Name: "os.img", Path: filepath.Join(in, "nope")}}, "payload os.img", nil},
+		{"name with a slash", []installer.PayloadFile{{Name: "a/b", Path: file("recipe.yaml")}}, `payload name "a/b"`, nil},
+		{"manifest name taken", []installer.PayloadFile{{Name: installer.PayloadManifest, Path: file("recipe.yaml")}}, "reserved", nil},
+		{"special file in a folder", []installer.PayloadFile{{Name: "base-image", Path: fifoDir}}, "base-image/pipe", nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out := t.TempDir()
 			spec := base
 			spec.Payload, spec.Output = c.payload, filepath.Join(out, "installer.img")
-			_, err := installer.Build(context.Background(), spec)
+			ctx := c.ctx
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			_, err := installer.Build(ctx, spec)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Errorf("error %v, want one mentioning %q", err, c.want)
 			}

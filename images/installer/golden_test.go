@@ -1,0 +1,86 @@
+package installer_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/sovereign-stack/ssbuild/images/installer"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "re-record testdata/*.golden")
+
+// TestGoldenLayout records what a user sees of an image built from fixed
+// stand-in inputs: the partition table with its GUIDs, the ESP's files
+// and loader configuration, the payload's listing, and the image's
+// sha256, which pins the bytes across machines (same Debian 12 tools).
+// Re-record with go test -run TestGoldenLayout -update.
+func TestGoldenLayout(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs", "sgdisk", "mdir", "mtype", "unsquashfs")
+	in := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(in, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	file("base-image/metadata.yaml", "architecture: x86_64\n")
+	spec := installer.Spec{Name: "golden", Epoch: epoch,
+		Kernel: file("vmlinuz", strings.Repeat("kernel", 100000)), Initramfs: file("initrd.img", strings.Repeat("initrd", 50000)),
+		SystemdBoot: file("systemd-bootx64.efi", "MZ systemd-boot stand-in"),
+		Payload: []installer.PayloadFile{
+			{Name: "os.img", Path: file("os.img", strings.Repeat("os", 300000))},
+			{Name: "base-image", Path: filepath.Join(in, "base-image")},
+			{Name: "recipe.yaml", Path: file("recipe.yaml", "name: golden\n")},
+		},
+		Output: filepath.Join(t.TempDir(), "installer.img")}
+	res, err := installer.Build(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "sha256 %s\nsize %d\n\n", res.SHA256, res.Size)
+	// The first line names the (temporary) file.
+	table := run(t, "sgdisk", "-p", spec.Output)
+	b.WriteString(table[strings.Index(table, "\n")+1:])
+	for _, p := range []string{"1", "2"} {
+		info := run(t, "sgdisk", "-i", p, spec.Output)
+		b.WriteString("\npartition " + p + ":\n" + info)
+	}
+	parts := partitions(t, spec.Output)
+	esp := extract(t, spec.Output, parts[0])
+	b.WriteString("\nESP:\n" + run(t, "mdir", "-/", "-b", "-i", esp, "::/"))
+	for _, f := range []string{"loader/loader.conf", installer.EntryFile} {
+		b.WriteString("\n" + f + ":\n" + run(t, "mtype", "-i", esp, "::/"+f))
+	}
+	payload := extract(t, spec.Output, parts[1])
+	listing := run(t, "unsquashfs", "-lln", "-d", "", payload)
+	b.WriteString("\npayload:\n" + regexp.MustCompile(`(?m)^Parallel unsquashfs.*\n|^\d+ inodes.*\n`).ReplaceAllString(listing, ""))
+
+	golden := filepath.Join("testdata", "layout.golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (record it with -update)", err)
+	}
+	if string(want) != b.String() {
+		t.Errorf("layout differs from %s (re-record with -update if intended):\n%s", golden, b.String())
+	}
+}
