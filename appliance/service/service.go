@@ -103,7 +103,8 @@ type Options struct {
 
 // Run brings the host through every step and serves until ctx ends; it
 // then closes the registry node (handing over leadership) and returns nil.
-// It is safe to run again after a crash at any point.
+// Stopped before it serves, it returns an error wrapping ctx's. It is safe
+// to run again after a crash at any point.
 func Run(ctx context.Context, o Options) error {
 	if o.Config == nil || o.LXD == nil {
 		return errors.New("service: Config and LXD are required")
@@ -115,8 +116,8 @@ func Run(ctx context.Context, o Options) error {
 		s.st = *prev // a failure before the first step keeps the step reached before
 	}
 	err := s.run(ctx)
-	if err != nil {
-		s.record("", "", err)
+	if err != nil && ctx.Err() == nil {
+		s.record("", "", err) // a stop is not an error worth showing in status
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -79,11 +80,17 @@ func applianceRun(c *cli.Context) error {
 		return err
 	}
 	// SIGTERM (systemctl stop) ends the context: the registry node hands
-	// over leadership and stops, and run returns nil.
-	return service.Run(c.Context, service.Options{
+	// over leadership and stops. A stop is a clean exit at any step: the
+	// next start continues from there.
+	err = service.Run(c.Context, service.Options{
 		Config: a, Secret: secret, LXD: lxdc, LXDDir: c.String("lxd-dir"),
 		Progress: progressFor(c),
 	})
+	if err != nil && c.Context.Err() != nil && errors.Is(err, context.Canceled) {
+		fmt.Fprintf(c.App.ErrWriter, "%s: stopped: %v\n", a.Host.Name, err)
+		return nil
+	}
+	return err
 }
 
 func applianceStatus(c *cli.Context) error {

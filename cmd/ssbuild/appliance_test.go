@@ -107,6 +107,13 @@ func TestApplianceInitiatorLost(t *testing.T) {
 	defer cancel()
 	hosts := newApplianceHosts(t, bed)
 
+	// Stopped (SIGTERM, as systemctl stop) while it waits for the
+	// initiator, a joiner exits cleanly; status says where it was.
+	hosts[1].stopWhileJoining(ctx, t)
+	if r := hosts[1].status(t); r.Hosts[1].Source != service.FromStatusFile || r.Hosts[1].Step != string(cluster.StepLXDInitialised) || r.Hosts[1].LastError != "" {
+		t.Errorf("host2's status after a stop while joining: %+v", r.Hosts[1])
+	}
+
 	began := time.Now()
 	hosts[0].start(ctx, t, service.StepRegistryOpen) // right after it bootstrapped the registry
 	hosts[1].start(ctx, t, service.StepRegistryOpen) // before its host row and join attempt
@@ -390,6 +397,36 @@ func (h *applianceHost) start(ctx context.Context, t *testing.T, killAt cluster.
 			t.Logf("%s: service ended: %v", h.bed.Name, err)
 		}
 	}()
+}
+
+// stopWhileJoining starts the service with no initiator to answer it and
+// stops it with SIGTERM at its first failed join attempt: it must exit 0.
+func (h *applianceHost) stopWhileJoining(ctx context.Context, t *testing.T) {
+	t.Helper()
+	cmd := h.bed.Command(ctx, os.Args[0], "appliance", "run", "--config", h.path)
+	cmd.Env = append(cmd.Env, asCLIEnv+"=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		h.out.add(sc.Text())
+		if strings.HasPrefix(sc.Text(), h.bed.Name+": attempt 1 to join") {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("%s: service stopped while joining: %v (want exit 0)\n%s", h.bed.Name, err, strings.Join(lines, "\n"))
+	}
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, h.bed.Name+": stopped: ") {
+		t.Errorf("%s: last line %q, want it to say it stopped", h.bed.Name, last)
+	}
 }
 
 func (h *applianceHost) kills() int {
