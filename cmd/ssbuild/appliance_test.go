@@ -167,6 +167,15 @@ func TestApplianceInitiatorLost(t *testing.T) {
 		})
 	}
 	t.Logf("figure: initiator lost to a new leader and writes seen on both survivors: %s", time.Since(lost).Round(100*time.Millisecond))
+	out = hosts[2].statusText(t)
+	for _, want := range []string{"Registry:\n  leader 10.", "host1  serving", "host2  serving", "host3  serving"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("host3's status after the loss lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "leader "+deadReg) {
+		t.Errorf("host3's status names the lost initiator's node as leader:\n%s", out)
+	}
 
 	// A survivor's service crashes and comes back with the initiator still
 	// gone: its node rejoins from its own directory and the registry has
