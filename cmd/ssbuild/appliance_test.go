@@ -196,6 +196,25 @@ func TestApplianceInitiatorLost(t *testing.T) {
 	})
 	t.Logf("figure: survivor's service restarted to serving: %s", time.Since(restarted).Round(100*time.Millisecond))
 	checkRecords(t, hosts, hosts[2].status(t))
+
+	// The initiator's power comes back: the same service converges to the
+	// same cluster and registry, without bootstrapping either again.
+	back := time.Now()
+	if err := hosts[0].bed.StartLXD(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hosts[0].start(ctx, t, "")
+	for _, h := range hosts {
+		h.waitFor(t, 2*time.Minute, "the initiator back: 3 LXD members online, 3 registry voters, every host serving", func(r *service.Report) string {
+			return formed(r, 3)
+		})
+	}
+	t.Logf("figure: initiator host back to all 3 serving: %s", time.Since(back).Round(100*time.Millisecond))
+	r = hosts[0].status(t)
+	checkRecords(t, hosts, r)
+	if out := hosts[0].out.String(); strings.Count(out, "host1: cluster-bootstrapped: bootstrapped") != 1 || strings.Count(out, "host1: registry: bootstrapping") != 1 {
+		t.Errorf("the initiator bootstrapped the LXD cluster or the registry more than once")
+	}
 }
 
 // formed says what is missing before n hosts are formed, from one host's view.
