@@ -32,7 +32,7 @@ func writeFile(t *testing.T, name, text string) string {
 const badRecipe = `apiVersion: ssbuild/v1
 name: t
 installer:
-  hosts: [{name: nuc1}, {name: nuc1}]
+  hosts: [{name: nuc1, address: 10.0.0.1/24}, {name: nuc1, address: 10.0.0.2/24}]
 cluster:
   initiator: nuc7
   storage: {driver: lvm}
@@ -65,7 +65,7 @@ func TestValidateReportsEveryProblemWithExitCode3(t *testing.T) {
 		t.Fatalf("exit code %d, want %d", code, exitInvalid)
 	}
 	want := []string{
-		path + `:4:32: installer.hosts[1].name: "nuc1" is already the name of installer.hosts[0]`,
+		path + `:4:54: installer.hosts[1].name: "nuc1" is already the name of installer.hosts[0]`,
 		path + `:6:14: cluster.initiator: "nuc7" is not one of installer.hosts (nuc1, nuc1)`,
 		path + `:7:21: cluster.storage.driver: "lvm" is not allowed (allowed: zfs, btrfs, dir)`,
 		"3 problems",
@@ -133,7 +133,7 @@ func TestPlan(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("plan: %d %s", code, errOut)
 	}
-	for _, want := range []string{"debootstrap bookworm", "install 3 hosts: demo1, demo2, demo3",
+	for _, want := range []string{"debootstrap bookworm", "install 3 hosts: demo1 (10.99.0.11/24), demo2 (10.99.0.12/24), demo3 (10.99.0.13/24)",
 		"demo1 bootstraps it", "project demo-regtest", "clams: disabled"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan lacks %q:\n%s", want, out)

@@ -72,7 +72,7 @@ func sameRecipe(data, full []byte) bool {
 // kept are fields written even when they equal their default: the ones a
 // reader looks for, and the ones the defaults are computed from.
 var kept = set("apiVersion", "name", "image.source.kind", "image.source.suite", "image.source.tarball",
-	"image.source.sha256", "installer", "installer.hosts", "installer.hosts[].name", "deployments",
+	"image.source.sha256", "installer", "installer.hosts", "installer.hosts[].name", "installer.hosts[].address", "deployments",
 	"deployments[].name", "deployments[].chain", "deployments[].primaryDomain", "deployments[].sites",
 	"deployments[].sites[].domain")
 
@@ -131,7 +131,11 @@ func skeleton(r *recipes.Recipe) []byte {
 	}
 	hosts := []m{}
 	for _, h := range r.Installer.Hosts {
-		hosts = append(hosts, m{"name": h.Name})
+		host := m{"name": h.Name}
+		if h.Address != "" { // a cluster's hosts need one to load at all
+			host["address"] = h.Address
+		}
+		hosts = append(hosts, host)
 	}
 	deps := []m{}
 	for _, d := range r.Deployments {
