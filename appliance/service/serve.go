@@ -72,6 +72,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		<-served
 		_ = os.Remove(sock)
 	}()
+	s.serving.Store(true)
 	if err := s.reached(StepServing, sock); err != nil {
 		return err
 	}
@@ -103,6 +104,12 @@ func (s *svc) heartbeat(ctx context.Context, reg *registry.Registry) error {
 		case <-ctx.Done():
 			s.log.Info("%s: stopping", name)
 			return nil
+		case err := <-s.formed:
+			s.formed = nil
+			if err != nil && ctx.Err() == nil {
+				s.log.Info("%s: cluster formation (alongside the registry): %v", name, err)
+				s.record("", "", err)
+			}
 		case <-t.C:
 		}
 	}
@@ -129,6 +136,8 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 // record keeps the step and last error in the state directory's StatusFile
 // (atomically), for status when the registry does not answer.
 func (s *svc) record(step cluster.Step, detail string, runErr error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	dir := s.cfg.StateDir
 	st := &s.st
 	st.Host, st.Role, st.Updated = s.cfg.Host.Name, "joiner", time.Now().UTC()

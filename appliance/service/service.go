@@ -16,6 +16,11 @@
 //	                host's row is rewritten every Heartbeat, so its update
 //	                time says the host and the registry are alive
 //
+// A host that is an LXD member and has run its registry node before opens
+// it at once and runs cluster formation alongside: a restarted initiator
+// would otherwise serve no registry while a lost member keeps formation
+// waiting for every member to be online.
+//
 // Trust: registry nodes talk TLS with LXD's cluster certificate and key
 // (cluster.crt, cluster.key in the LXD directory) and accept exactly that
 // certificate (registry.PinnedTLS). Every member holds that key once it has
@@ -40,6 +45,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	lxd "github.com/canonical/lxd/client"
@@ -126,7 +133,22 @@ type svc struct {
 	o   Options
 	cfg *config.Appliance
 	log *progress.Reporter
-	st  cluster.Status
+
+	formed  <-chan error // formation's result when it runs alongside the registry
+	serving atomic.Bool
+
+	mu sync.Mutex // record is called from formation's goroutine too
+	st cluster.Status
+}
+
+// resuming reports whether this host is an LXD cluster member whose
+// registry node has started before (its identity is in the directory).
+func (s *svc) resuming() bool {
+	if _, err := os.Stat(filepath.Join(s.cfg.StateDir, RegistryDir, "info.yaml")); err != nil {
+		return false
+	}
+	c, _, err := s.o.LXD.GetCluster()
+	return err == nil && c.Enabled
 }
 
 func (s *svc) run(ctx context.Context) error {
@@ -135,7 +157,9 @@ func (s *svc) run(ctx context.Context) error {
 		Config: s.cfg, Secret: s.o.Secret, LXD: s.o.LXD, LXDDir: s.o.LXDDir,
 		Progress: s.log, FailAfter: s.o.FailAfter,
 		OnStep: func(st cluster.Step) {
-			if st != cluster.StepTokenIssued { // per joiner, not where this host is
+			// A token is per joiner, not where this host is; once serving,
+			// the host's step stays "serving" whatever formation reports.
+			if st != cluster.StepTokenIssued && !s.serving.Load() {
 				s.record(st, "", nil)
 			}
 			if s.o.OnStep != nil {
@@ -151,7 +175,23 @@ func (s *svc) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := formation.Run(ctx); err != nil {
+	if s.resuming() {
+		// This host has served its registry node before: serve it again at
+		// once, so a restarted initiator answers even while a lost member
+		// keeps its formation waiting; formation runs alongside.
+		s.log.Info("%s: registry node found: serving it while cluster formation runs", name)
+		fctx, stopFormation := context.WithCancel(ctx)
+		formed := make(chan error, 1)
+		go func() {
+			formed <- formation.Run(fctx)
+			close(formed) // the deferred receive below returns after heartbeat took the result
+		}()
+		defer func() {
+			stopFormation()
+			<-formed
+		}()
+		s.formed = formed
+	} else if err := formation.Run(ctx); err != nil {
 		return err
 	}
 

@@ -215,6 +215,40 @@ func TestApplianceInitiatorLost(t *testing.T) {
 	if out := hosts[0].out.String(); strings.Count(out, "host1: cluster-bootstrapped: bootstrapped") != 1 || strings.Count(out, "host1: registry: bootstrapping") != 1 {
 		t.Errorf("the initiator bootstrapped the LXD cluster or the registry more than once")
 	}
+
+	// With a joiner host lost, the initiator's service restarts: formation
+	// waits for the lost member, but the registry is served meanwhile.
+	if err := hosts[2].bed.KillLXD(); err != nil {
+		t.Fatal(err)
+	}
+	hosts[2].kill()
+	hosts[0].kill()
+	// Until LXD marks host3 offline (about 20 s), formation would complete.
+	hosts[0].waitFor(t, 90*time.Second, "host3 offline in LXD", func(r *service.Report) string {
+		for _, m := range r.LXDMembers {
+			if m.Name == "host3" && m.Status == "Online" {
+				return "host3 is still Online"
+			}
+		}
+		return ""
+	})
+	restarted = time.Now()
+	hosts[0].start(ctx, t, "")
+	hosts[0].waitFor(t, 90*time.Second, "host1 serving the registry while host3 is lost", func(r *service.Report) string {
+		if r.Registry == nil {
+			return r.RegistryError
+		}
+		for _, hs := range r.Hosts {
+			if hs.Name == "host1" && (hs.Step != string(service.StepServing) || !hs.Updated.After(restarted)) {
+				return fmt.Sprintf("host1 at %s, written %s", hs.Step, hs.Updated.Format(time.TimeOnly))
+			}
+		}
+		return ""
+	})
+	t.Logf("figure: initiator restarted with a joiner lost, to serving: %s", time.Since(restarted).Round(100*time.Millisecond))
+	if out := hosts[0].out.String(); !strings.Contains(out[strings.LastIndex(out, "host1: registry node found"):], "host1: 2 of 3 members online") {
+		t.Errorf("host1's formation did not wait for the lost member: the test did not test serving alongside it")
+	}
 }
 
 // formed says what is missing before n hosts are formed, from one host's view.
