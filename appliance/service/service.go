@@ -96,7 +96,9 @@ type Options struct {
 
 	Progress *progress.Reporter
 	// FailAfter stops the service right after the named step, cluster
-	// steps included (for fault-injection tests).
+	// steps included (for fault-injection tests). When formation runs
+	// alongside the registry (see the package doc), a cluster step stops
+	// only formation.
 	FailAfter cluster.Step
 	// OnStep is called with every step reached.
 	OnStep func(cluster.Step)
