@@ -24,7 +24,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -38,6 +37,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
+	"github.com/sovereign-stack/ssbuild/internal/digest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
@@ -341,7 +341,7 @@ func (b *build) checksums(context.Context) error {
 			return err
 		}
 		rel, _ := filepath.Rel(b.out, p)
-		sum, err := fileSHA256(p)
+		sum, _, err := digest.File(p)
 		if err != nil {
 			return err
 		}
@@ -360,19 +360,6 @@ func osName(s recipes.Source) string {
 		return "debian"
 	}
 	return "ubuntu"
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // removeStale removes work folders of builds that died (their mounts too).

@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"encoding/hex"
 	"fmt"
+	"github.com/sovereign-stack/ssbuild/internal/digest"
 	"io"
 	"os"
 	"path/filepath"
@@ -30,7 +31,7 @@ func LoadAll(ctx context.Context, d Daemon, dir string, rep *progress.Reporter) 
 	if err != nil {
 		return err
 	}
-	manifestSum, _, err := fileSHA256(filepath.Join(dir, ManifestName))
+	manifestSum, _, err := digest.File(filepath.Join(dir, ManifestName))
 	if err != nil {
 		return fmt.Errorf("docker image manifest: %w", err)
 	}
@@ -63,7 +64,7 @@ func load(ctx context.Context, d Daemon, dir string, e Entry, rep *progress.Repo
 	}
 	path := filepath.Join(dir, e.File)
 	// Check the whole archive before the daemon sees a byte of it.
-	sum, size, err := fileSHA256(path)
+	sum, size, err := digest.File(path)
 	if err != nil {
 		return fmt.Errorf("docker image %s: %w", e.Ref, err)
 	}
