@@ -3,7 +3,6 @@ package lxdimage
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"strings"
 	"testing"
 
@@ -47,23 +46,5 @@ func TestDiskIDsAreFixedPerImage(t *testing.T) {
 	}
 	if len(a.Disk) != 36 || a.Disk[14] != '4' || a.Disk == a.ESP || a.RootFS == a.HashSeed {
 		t.Errorf("IDs %+v", a)
-	}
-}
-
-func TestDebugfsScriptQuotes(t *testing.T) {
-	dir := t.TempDir()
-	for _, name := range []string{`with space`, `with"quote`} {
-		if err := writeFile(dir+"/"+name, func(w io.Writer) error { return nil }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	script, err := timesScript(dir, 7)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{`sif "/" mtime @7`, `sif "/with space" atime @7`, `sif "/with""quote" ctime @7`} {
-		if !strings.Contains(string(script), want+"\n") {
-			t.Errorf("script lacks %q:\n%s", want, script)
-		}
 	}
 }

@@ -1,10 +1,8 @@
 package lxdimage
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +12,7 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/sovereign-stack/ssbuild/images/ext4image"
 	"github.com/sovereign-stack/ssbuild/images/gptimage"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -54,23 +53,6 @@ const (
 	gptReserved = mib // room for the backup GPT at the end
 )
 
-// mke2fsConf pins the ext4 features, so the root filesystem does not
-// depend on the build machine's /etc/mke2fs.conf. These are Debian 12's
-// and Ubuntu 22.04's ext4 defaults, which grub 2.06 and their kernels read.
-const mke2fsConf = `[defaults]
-	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
-	default_mntopts = acl,user_xattr
-	enable_periodic_fsck = 0
-	blocksize = 4096
-	inode_size = 256
-	inode_ratio = 16384
-
-[fs_types]
-	ext4 = {
-		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
-	}
-`
-
 // DiskIDs are the fixed identifiers of a VM disk, derived from the image
 // name and epoch so that rebuilds match and different images differ.
 type DiskIDs struct {
@@ -100,7 +82,7 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 
 	rootSize := s.VM.RootSize
 	if rootSize == 0 {
-		if rootSize, err = rootSizeFor(s.RootFS); err != nil {
+		if rootSize, err = ext4image.SizeFor(s.RootFS); err != nil {
 			return fmt.Errorf("vm: size of %s: %w", s.RootFS, err)
 		}
 	}
@@ -109,7 +91,8 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 		rootSize = (rootSize + 128*mib - 1) / (128 * mib) * (128 * mib)
 	}
 	ext4 := filepath.Join(work, "rootfs.ext4")
-	if err := s.makeExt4(ctx, work, ext4, rootSize, ids); err != nil {
+	if err := ext4image.Make(ctx, ext4image.Spec{Root: s.RootFS, Output: ext4, Size: rootSize, Label: "rootfs",
+		UUID: ids.RootFS, HashSeed: ids.HashSeed, Epoch: s.Epoch, WorkDir: work, Progress: s.Progress}); err != nil {
 		return fmt.Errorf("vm: ext4: %w", err)
 	}
 	raw := filepath.Join(work, "disk.raw")
@@ -123,99 +106,6 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 		return fmt.Errorf("vm: %w", err)
 	}
 	return nil
-}
-
-// rootSizeFor sizes the root partition: the tree's blocks and inodes, a
-// fifth more for ext4's metadata, and 256 MiB for the journal and the
-// first boot's writes.
-func rootSizeFor(root string) (int64, error) {
-	var blocks int64
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		blocks += (info.Size()+4095)/4096 + 1 // data rounded to blocks, and one for the inode's share
-		return nil
-	})
-	return blocks*4096*6/5 + 256*mib, err
-}
-
-// makeExt4 builds the root filesystem image with mkfs.ext4 -d. mke2fs
-// 1.47.0 (Debian 12) sorts directory entries and takes its own times from
-// E2FSPROGS_FAKE_TIME, but copies each file's atime/ctime/mtime from the
-// tree; debugfs then sets those to the epoch, as mksquashfs -all-time does.
-func (s Spec) makeExt4(ctx context.Context, work, out string, size int64, ids DiskIDs) error {
-	task := s.Progress.Start("ext4", 0, "")
-	err := func() error {
-		conf := filepath.Join(work, "mke2fs.conf")
-		if err := os.WriteFile(conf, []byte(mke2fsConf), 0o644); err != nil {
-			return err
-		}
-		epoch := strconv.FormatInt(s.Epoch, 10)
-		env := []string{"MKE2FS_CONFIG=" + conf, "E2FSPROGS_FAKE_TIME=" + epoch, "SOURCE_DATE_EPOCH=" + epoch,
-			"LC_ALL=C"} // scandir's alphasort follows the locale
-		if _, err := command.Run(ctx, command.Cmd{Name: "mkfs.ext4", Env: env, Args: []string{
-			"-q", "-F", "-t", "ext4", "-L", "rootfs", "-U", ids.RootFS,
-			"-E", "hash_seed=" + ids.HashSeed + ",nodiscard",
-			"-d", s.RootFS, out, strconv.FormatInt(size/1024, 10) + "k",
-		}}); err != nil {
-			return err
-		}
-		// mke2fs leaves out a last block group too small for its metadata;
-		// the partition still gets the size asked for (sparse zeros).
-		if err := os.Truncate(out, size); err != nil {
-			return err
-		}
-		script, err := timesScript(s.RootFS, s.Epoch)
-		if err != nil {
-			return err
-		}
-		var stderr bytes.Buffer
-		if _, err := command.Run(ctx, command.Cmd{Name: "debugfs", Env: env, Args: []string{"-w", "-f", "-", out},
-			Stdin: bytes.NewReader(script), Log: &stderr}); err != nil {
-			return err
-		}
-		// debugfs reports a failed command on stderr and still exits 0.
-		for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
-			if line != "" && !strings.HasPrefix(line, "debugfs ") {
-				return fmt.Errorf("debugfs: setting times: %s", line)
-			}
-		}
-		return nil
-	}()
-	task.Done(err)
-	return err
-}
-
-// timesScript is a debugfs script that sets every inode's times to epoch.
-func timesScript(root string, epoch int64) ([]byte, error) {
-	var b bytes.Buffer
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
-		}
-		if strings.ContainsAny(rel, "\n\r") {
-			return fmt.Errorf("%q: a newline in a file name cannot be passed to debugfs", p)
-		}
-		// debugfs's parser reads "" inside quotes as one quote.
-		q := `"/` + strings.ReplaceAll(strings.TrimPrefix(rel, "."), `"`, `""`) + `"`
-		if rel == "." {
-			fmt.Fprintf(&b, "sif / mode 0%o\nsif / uid 0\nsif / gid 0\n", 0o40000|rootDirMode)
-		}
-		for _, field := range []string{"atime", "ctime", "mtime"} {
-			fmt.Fprintf(&b, "sif %s %s @%d\n", q, field, epoch)
-		}
-		return nil
-	})
-	return b.Bytes(), err
 }
 
 // makeRawDisk writes the GPT, the ESP and the ext4 image into a sparse raw

@@ -1,0 +1,339 @@
+// Package hostos builds the host OS that the USB installer writes to a
+// cluster host: the recipe's rootfs (the same source as the base image)
+// with installer.packages (kernel, systemd-boot, LXD, ...), the ssbuild
+// binary and its first-boot unit, packed as the payload's os.img (ext4)
+// and esp/ (the target's EFI system partition), in the layout
+// appliance/install expects (see its doc.go).
+//
+// The steps, in order, each named in errors and progress:
+//
+//	rootfs    debootstrap (or the recipe's tarball), then a cached layer with
+//	          installer.packages installed in a chroot (rootfs.Builder.Derive)
+//	files     /usr/local/bin/ssbuild, ssbuild-appliance.service (enabled),
+//	          /etc/fstab by PARTLABEL, root's authorized_keys
+//	esp       systemd-boot as EFI/BOOT/BOOTX64.EFI (the removable-media path:
+//	          no firmware boot entry is needed), loader.conf, one entry
+//	          booting the tree's kernel and Debian's initramfs-tools initrd
+//	          with root=PARTLABEL=ssbuild-os
+//	os-image  os.img, ext4 (images/ext4image, reproducible for an epoch)
+package hostos
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/sovereign-stack/ssbuild/images/chroot"
+	"github.com/sovereign-stack/ssbuild/images/ext4image"
+	"github.com/sovereign-stack/ssbuild/images/gptimage"
+	"github.com/sovereign-stack/ssbuild/images/rootfs"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Paths in the host OS and on its ESP that the installer, the first boot
+// and the tests rely on.
+const (
+	BinaryPath   = "/usr/local/bin/ssbuild"
+	UnitName     = "ssbuild-appliance.service"
+	UnitPath     = "/etc/systemd/system/" + UnitName
+	OSLabel      = "ssbuild-os" // GPT name of the OS partition (appliance/install), and the ext4 label
+	ESPLabel     = "ESP"        // GPT name of the target's ESP (appliance/install)
+	BootLoader   = "EFI/BOOT/BOOTX64.EFI"
+	LoaderConf   = "loader/loader.conf"
+	EntryFile    = "loader/entries/ssbuild.conf"
+	KernelFile   = "ssbuild/vmlinuz"
+	InitrdFile   = "ssbuild/initrd.img"
+	SystemdBoot  = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+	OSImageName  = "os.img"
+	ESPDirName   = "esp"
+	layerVersion = 1 // bump when the layer's build step changes
+)
+
+// Unit is the first-boot unit: it runs only on a host the installer gave an
+// appliance.yaml, so the same OS image boots inertly anywhere else.
+const Unit = `[Unit]
+Description=ssbuild appliance: LXD init, join the cluster, deploy the recipe
+ConditionPathExists=/etc/ssbuild/appliance.yaml
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart=` + BinaryPath + ` appliance run
+Restart=on-failure
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// Fstab mounts the installer's partitions by their GPT names, which stay
+// the same on every host (file system UUIDs come from the image).
+const Fstab = `PARTLABEL=` + OSLabel + ` / ext4 errors=remount-ro 0 1
+PARTLABEL=` + ESPLabel + ` /boot/efi vfat umask=0077 0 2
+`
+
+// Cmdline is the installed kernel's command line.
+const Cmdline = "root=PARTLABEL=" + OSLabel + " rw console=ttyS0,115200 console=tty0"
+
+// Spec says what Build makes.
+type Spec struct {
+	Recipe   *recipes.Recipe
+	CacheDir string // rootfs.Builder's cache (debootstrap and the packages layer)
+	Binary   string // the static ssbuild binary installed in the OS
+	Epoch    int64  // SOURCE_DATE_EPOCH
+	// WorkDir receives rootfs/ (the tree), os.img and esp/; it must exist.
+	WorkDir  string
+	Progress *progress.Reporter
+}
+
+// Result is where Build put things.
+type Result struct {
+	Root          string // the OS tree (its kernel modules feed the installer initramfs)
+	OSImage       string // ext4 image of Root
+	ESPDir        string // the target's ESP files
+	KernelVersion string
+	CacheHit      bool // the packages layer came from the cache
+}
+
+// Kernel is the tree's kernel image.
+func (r Result) Kernel() string { return filepath.Join(r.Root, "boot", "vmlinuz-"+r.KernelVersion) }
+
+// SystemdBoot is the tree's systemd-boot EFI binary.
+func (r Result) SystemdBoot() string { return filepath.Join(r.Root, SystemdBoot) }
+
+// Build runs the steps. On error the caller removes WorkDir.
+func Build(ctx context.Context, s Spec) (Result, error) {
+	if s.Progress == nil {
+		s.Progress = progress.Discard()
+	}
+	b := &build{Spec: s, res: Result{Root: filepath.Join(s.WorkDir, "rootfs"),
+		OSImage: filepath.Join(s.WorkDir, OSImageName), ESPDir: filepath.Join(s.WorkDir, ESPDirName)}}
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"rootfs", b.rootfs},
+		{"files", b.files},
+		{"esp", b.esp},
+		{"os-image", b.osImage},
+	}
+	for _, st := range steps {
+		if err := ctx.Err(); err != nil {
+			return b.res, fmt.Errorf("host os: step %s: %w", st.name, err)
+		}
+		if err := st.run(ctx); err != nil {
+			return b.res, fmt.Errorf("host os: step %s: %w", st.name, err)
+		}
+	}
+	return b.res, nil
+}
+
+type build struct {
+	Spec
+	res Result
+}
+
+func (b *build) rootfs(ctx context.Context) error {
+	src := b.Recipe.Image.Source
+	rb := &rootfs.Builder{CacheDir: b.CacheDir, Progress: b.Progress}
+	var base func(context.Context, string) error
+	var baseKey string
+	if src.Kind == "tarball" {
+		tb := rootfs.Tarball{Path: b.Recipe.Path(src.Tarball), SHA256: src.SHA256}
+		baseKey = "tarball:" + src.SHA256
+		base = func(ctx context.Context, dir string) error { _, err := rb.Unpack(ctx, tb, dir); return err }
+	} else {
+		spec := rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror, Keyring: src.Keyring,
+			Variant: src.Variant, Components: src.Components}
+		var err error
+		if baseKey, err = rootfs.DebootstrapKey(ctx, spec); err != nil {
+			return err
+		}
+		base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
+	}
+	// The epoch is part of the key: packages are installed with it as
+	// SOURCE_DATE_EPOCH, so it shapes the tree.
+	key := sha256.Sum256([]byte(fmt.Sprintf("hostos\x00%d\x00%s\x00%s\x00%d", layerVersion, baseKey,
+		strings.Join(b.Recipe.Installer.Packages, ","), b.Epoch)))
+	res, err := rb.Derive(ctx, rootfs.Layer{Name: "host-os-packages", Key: hex.EncodeToString(key[:]),
+		Base: base, Build: b.installPackages}, b.res.Root)
+	b.res.CacheHit = res.CacheHit
+	if err != nil {
+		return err
+	}
+	b.res.KernelVersion, err = kernelVersion(b.res.Root)
+	return err
+}
+
+func (b *build) installPackages(ctx context.Context, dir string) (err error) {
+	s, err := chroot.Open(ctx, dir, chroot.Options{Progress: b.Progress,
+		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.Epoch, 10)}})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, s.Close()) }()
+	return s.Install(ctx, b.Recipe.Installer.Packages...)
+}
+
+// kernelVersion is the version of the tree's only kernel; the host OS
+// needs exactly one (installer.packages must name a kernel package).
+func kernelVersion(root string) (string, error) {
+	ents, err := os.ReadDir(filepath.Join(root, "lib/modules"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	var versions []string
+	for _, e := range ents {
+		if _, err := os.Stat(filepath.Join(root, "boot", "vmlinuz-"+e.Name())); err == nil {
+			versions = append(versions, e.Name())
+		}
+	}
+	if len(versions) != 1 {
+		return "", fmt.Errorf("want one kernel (boot/vmlinuz-* with lib/modules/*) in the host OS, found %d %v: installer.packages needs one kernel package (linux-image-amd64, linux-generic)", len(versions), versions)
+	}
+	return versions[0], nil
+}
+
+func (b *build) files(context.Context) error {
+	root, err := os.OpenRoot(b.res.Root)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	write := func(name string, data []byte, perm os.FileMode) error {
+		name = strings.TrimPrefix(name, "/")
+		if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			return fmt.Errorf("write /%s: %w", name, err)
+		}
+		if err := root.WriteFile(name, data, perm); err != nil {
+			return fmt.Errorf("write /%s: %w", name, err)
+		}
+		return root.Chmod(name, perm)
+	}
+	bin, err := os.ReadFile(b.Binary)
+	if err != nil {
+		return fmt.Errorf("ssbuild binary for the host OS: %w", err)
+	}
+	if err := write(BinaryPath, bin, 0o755); err != nil {
+		return err
+	}
+	if err := write(UnitPath, []byte(Unit), 0o644); err != nil {
+		return err
+	}
+	if err := write("/etc/fstab", []byte(Fstab), 0o644); err != nil {
+		return err
+	}
+	if err := root.MkdirAll("boot/efi", 0o755); err != nil {
+		return err
+	}
+	// Enabled the way systemctl enable would, without running systemd.
+	enable := func(unit, target string) error {
+		wants := "etc/systemd/system/" + target + ".wants"
+		if err := root.MkdirAll(wants, 0o755); err != nil {
+			return err
+		}
+		err := root.Symlink(unit, filepath.Join(wants, filepath.Base(unit)))
+		if err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("enable %s: %w", filepath.Base(unit), err)
+		}
+		return nil
+	}
+	if err := enable(UnitPath, "multi-user.target"); err != nil {
+		return err
+	}
+	// The installer writes a systemd-networkd file for a static address;
+	// networkd must run for it to apply.
+	if _, err := root.Stat("lib/systemd/system/systemd-networkd.service"); err == nil {
+		if err := enable("/lib/systemd/system/systemd-networkd.service", "multi-user.target"); err != nil {
+			return err
+		}
+	}
+	if keys := b.Recipe.Installer.SSHKeys; len(keys) > 0 {
+		if err := root.MkdirAll("root/.ssh", 0o700); err != nil {
+			return err
+		}
+		if err := root.Chmod("root/.ssh", 0o700); err != nil {
+			return err
+		}
+		if err := write("/root/.ssh/authorized_keys", []byte(strings.Join(keys, "\n")+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *build) esp(context.Context) error {
+	version := b.res.KernelVersion
+	initrd := filepath.Join(b.res.Root, "boot", "initrd.img-"+version)
+	copies := []struct{ from, to string }{
+		{b.res.SystemdBoot(), BootLoader},
+		{b.res.Kernel(), KernelFile},
+		{initrd, InitrdFile},
+	}
+	for _, c := range copies {
+		if err := copyFile(c.from, filepath.Join(b.res.ESPDir, c.to)); err != nil {
+			return err
+		}
+	}
+	entry := fmt.Sprintf("title %s host OS (%s)\nlinux /%s\ninitrd /%s\noptions %s\n",
+		b.Recipe.Name, version, KernelFile, InitrdFile, Cmdline)
+	files := map[string]string{
+		LoaderConf: "default ssbuild.conf\ntimeout 0\neditor no\n",
+		EntryFile:  entry,
+	}
+	for name, data := range files {
+		p := filepath.Join(b.res.ESPDir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *build) osImage(ctx context.Context) error {
+	size, err := ext4image.SizeFor(b.res.Root)
+	if err != nil {
+		return fmt.Errorf("size of %s: %w", b.res.Root, err)
+	}
+	// Whole block groups (32768 blocks of 4 KiB); the installer grows the
+	// file system to the partition.
+	const group = 128 << 20
+	size = (size + group - 1) / group * group
+	seed := fmt.Sprintf("%s %d host os", b.Recipe.Name, b.Epoch)
+	return ext4image.Make(ctx, ext4image.Spec{Root: b.res.Root, Output: b.res.OSImage, Size: size,
+		Label: OSLabel, UUID: strings.ToLower(gptimage.GUID(seed + " uuid")),
+		HashSeed: strings.ToLower(gptimage.GUID(seed + " hash seed")),
+		Epoch:    b.Epoch, WorkDir: b.WorkDir, Progress: b.Progress})
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", from, err)
+	}
+	return out.Close()
+}
