@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sovereign-stack/ssbuild/appliance/install"
 	"github.com/sovereign-stack/ssbuild/internal/version"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
@@ -27,6 +28,10 @@ const (
 )
 
 func main() {
+	// As the installer initramfs's /init, ssbuild is the installer.
+	if install.IsInit() {
+		install.Init() // never returns: PID 1 must not exit
+	}
 	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
 }
 
@@ -98,6 +103,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			recipeCommand(),
 			planCommand(),
 			imageCommand(),
+			installerCommand(),
 			loadDockerImagesCommand(),
 			applianceCommand(),
 			versionCommand(),

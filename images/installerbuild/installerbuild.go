@@ -1,0 +1,256 @@
+// Package installerbuild is `ssbuild installer`: from a recipe it builds
+// the host OS (images/hostos), the installer initramfs with the static
+// ssbuild binary as /init (images/initramfs), the payload that
+// appliance/install reads, and the USB image (images/installer).
+//
+// Steps, in order, each named in errors and progress:
+//
+//	hosts      every recipe host gets an appliance.yaml (config.FromRecipe),
+//	           so a recipe the installer would refuse on the machine is
+//	           refused here, before anything is built
+//	secret     the cluster secret: the recipe's file, or a fresh one (0600)
+//	host-os    rootfs + installer.packages (cached layer), os.img, esp/
+//	initramfs  ssbuild as /init, the storage and file system modules
+//	image      installer.img (GPT: SSBUILD-ESP | SSBUILD-PAYLOAD) + SHA256SUMS
+//
+// The output folder holds installer.img, SHA256SUMS and, when it was
+// generated, cluster.secret (0600: keep it to build more sticks for the
+// same cluster). It appears complete or not at all.
+package installerbuild
+
+import (
+	"context"
+	"crypto/rand"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/install"
+	"github.com/sovereign-stack/ssbuild/images/baseimage"
+	"github.com/sovereign-stack/ssbuild/images/hostos"
+	"github.com/sovereign-stack/ssbuild/images/initramfs"
+	"github.com/sovereign-stack/ssbuild/images/installer"
+	"github.com/sovereign-stack/ssbuild/images/mounts"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Names in the output folder.
+const (
+	ImageFile  = "installer.img"
+	SecretFile = "cluster.secret" // only when generated
+)
+
+// Options say where things come from and go.
+type Options struct {
+	OutDir   string // must not exist
+	CacheDir string // the rootfs cache (shared with ssbuild image)
+	// Binary is the ssbuild binary for the initramfs's /init and the host
+	// OS. It must be statically linked: the initramfs holds no libraries.
+	Binary string
+	// BaseImage is an `ssbuild image` output folder to carry in the
+	// payload as base-image/; empty: none.
+	BaseImage string
+	Epoch     int64 // 0: baseimage.ResolveEpoch's rules
+	Progress  *progress.Reporter
+}
+
+// Result describes the built installer.
+type Result struct {
+	OutDir, Image   string
+	Installer       installer.Result // size, sha256, partition sizes and GUIDs
+	KernelVersion   string
+	SecretGenerated bool
+	HostOSCached    bool
+	Epoch           int64
+}
+
+// Build runs the steps. Nothing is left behind on error.
+func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, err error) {
+	rep := opts.Progress
+	if rep == nil {
+		rep = progress.Discard()
+		opts.Progress = rep
+	}
+	if opts.OutDir == "" || opts.CacheDir == "" || opts.Binary == "" {
+		return res, errors.New("installer: an output folder, a cache folder and the ssbuild binary are needed")
+	}
+	if _, err := os.Lstat(opts.OutDir); err == nil {
+		return res, fmt.Errorf("installer: output %s already exists; remove it or pick another", opts.OutDir)
+	}
+	if res.Epoch, err = baseimage.ResolveEpoch(opts.Epoch, r); err != nil {
+		return res, fmt.Errorf("installer: %w", err)
+	}
+	parent := filepath.Dir(opts.OutDir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return res, fmt.Errorf("installer: output: %w", err)
+	}
+	work, err := os.MkdirTemp(parent, "."+filepath.Base(opts.OutDir)+".work-")
+	if err != nil {
+		return res, fmt.Errorf("installer: %w", err)
+	}
+	defer func() {
+		if rmErr := mounts.RemoveTree(work); rmErr != nil && err == nil {
+			err = fmt.Errorf("installer: clean up %s: %w", work, rmErr)
+		}
+	}()
+	b := &build{r: r, opts: opts, epoch: res.Epoch, work: work, out: filepath.Join(work, "out")}
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"hosts", b.hosts},
+		{"secret", b.secret},
+		{"host-os", b.hostOS},
+		{"initramfs", b.initramfs},
+		{"image", b.image},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("installer: step %s: %w", s.name, err)
+		}
+		if err := s.run(ctx); err != nil {
+			return res, fmt.Errorf("installer: step %s: %w", s.name, err)
+		}
+	}
+	if err := os.Rename(b.out, opts.OutDir); err != nil {
+		return res, fmt.Errorf("installer: output: %w", err)
+	}
+	res.OutDir, res.Image = opts.OutDir, filepath.Join(opts.OutDir, ImageFile)
+	res.Installer, res.KernelVersion = b.img, b.host.KernelVersion
+	res.SecretGenerated, res.HostOSCached = b.secretGenerated, b.host.CacheHit
+	return res, nil
+}
+
+type build struct {
+	r               *recipes.Recipe
+	opts            Options
+	epoch           int64
+	work, out       string
+	secretPath      string
+	secretGenerated bool
+	host            hostos.Result
+	initrd          string
+	img             installer.Result
+}
+
+// hosts refuses, at build time, a recipe the installer would refuse on
+// the machine: every host must get a valid appliance.yaml.
+func (b *build) hosts(context.Context) error {
+	if len(b.r.Installer.Hosts) == 0 {
+		return errors.New("the recipe lists no installer.hosts")
+	}
+	var errs []error
+	for _, h := range b.r.Installer.Hosts {
+		if _, err := config.FromRecipe(b.r, h.Name, config.HostFiles{StorageSource: install.ZFSSource,
+			SecretFile: install.SecretPath, StateDir: install.StateDir}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return checkStatic(b.opts.Binary)
+}
+
+// checkStatic refuses a dynamically linked binary: as the initramfs's
+// init it would not start (there is no dynamic loader), and the kernel
+// would panic with a message that does not say why.
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("ssbuild binary %s: %w", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("ssbuild binary %s is dynamically linked; the installer's /init must be static (build it with `make build`)", path)
+		}
+	}
+	return nil
+}
+
+func (b *build) secret(context.Context) error {
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		return err
+	}
+	if f := b.r.Cluster.Secret.File; f != "" {
+		// ReadSecret checks the file is the owner's only.
+		if _, err := config.ReadSecret(b.r.Path(f)); err != nil {
+			return err
+		}
+		b.secretPath = b.r.Path(f)
+		return nil
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	b.secretPath = filepath.Join(b.out, SecretFile)
+	b.secretGenerated = true
+	return config.WriteSecret(b.secretPath, []byte(hex.EncodeToString(raw)+"\n"))
+}
+
+func (b *build) hostOS(ctx context.Context) error {
+	dir := filepath.Join(b.work, "hostos")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var err error
+	b.host, err = hostos.Build(ctx, hostos.Spec{Recipe: b.r, CacheDir: b.opts.CacheDir, Binary: b.opts.Binary,
+		Epoch: b.epoch, WorkDir: dir, Progress: b.opts.Progress})
+	return err
+}
+
+func (b *build) initramfs(ctx context.Context) error {
+	b.initrd = filepath.Join(b.work, "installer-initrd.img")
+	_, err := initramfs.Build(ctx, initramfs.Spec{Init: b.opts.Binary, Root: b.host.Root,
+		KernelVersion: b.host.KernelVersion, Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
+	return err
+}
+
+func (b *build) image(ctx context.Context) error {
+	recipeFile := filepath.Join(b.work, "recipe.yaml")
+	text, err := b.recipeText()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(recipeFile, text, 0o644); err != nil {
+		return err
+	}
+	payload := []installer.PayloadFile{
+		{Name: hostos.OSImageName, Path: b.host.OSImage},
+		{Name: hostos.ESPDirName, Path: b.host.ESPDir},
+		{Name: install.RecipeName, Path: recipeFile},
+		{Name: install.SecretName, Path: b.secretPath},
+	}
+	if b.opts.BaseImage != "" {
+		if fi, err := os.Stat(b.opts.BaseImage); err != nil || !fi.IsDir() {
+			return fmt.Errorf("base image folder %s: not a folder (%v)", b.opts.BaseImage, err)
+		}
+		payload = append(payload, installer.PayloadFile{Name: "base-image", Path: b.opts.BaseImage})
+	}
+	b.img, err = installer.Build(ctx, installer.Spec{
+		Name: b.r.Name, Epoch: b.epoch,
+		Kernel: b.host.Kernel(), Initramfs: b.initrd, SystemdBoot: b.host.SystemdBoot(),
+		Payload: payload, Output: filepath.Join(b.out, ImageFile), Progress: b.opts.Progress,
+	})
+	return err
+}
+
+// recipeText is the recipe as its author wrote it (comments included).
+func (b *build) recipeText() ([]byte, error) {
+	if name, ok := strings.CutPrefix(b.r.File, "builtin:"); ok {
+		return recipes.BuiltinSource(name)
+	}
+	data, err := os.ReadFile(b.r.File)
+	if err != nil {
+		return nil, fmt.Errorf("recipe for the payload: %w", err)
+	}
+	return data, nil
+}
