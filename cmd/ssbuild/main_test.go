@@ -178,7 +178,9 @@ func TestUsageAndFailureExitCodes(t *testing.T) {
 func TestHelpOnEveryCommand(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"recipe", "--help"}, {"recipe", "validate", "--help"},
 		{"recipe", "show", "--help"}, {"recipe", "schema", "--help"}, {"recipe", "import", "--help"},
-		{"plan", "--help"}, {"version", "--help"}, {"completion", "--help"}} {
+		{"plan", "--help"}, {"image", "--help"}, {"installer", "--help"}, {"load-docker-images", "--help"},
+		{"appliance", "--help"}, {"appliance", "run", "--help"}, {"appliance", "status", "--help"},
+		{"version", "--help"}, {"completion", "--help"}} {
 		code, out, _ := ssbuild(t, args...)
 		if code != 0 || !strings.Contains(out, "USAGE:") {
 			t.Errorf("%v: code %d, no usage:\n%s", args, code, out)
@@ -206,7 +208,7 @@ func TestCompletion(t *testing.T) {
 	defer func() { os.Args = saved }()
 	os.Args = []string{"ssbuild", "--generate-bash-completion"}
 	_, out, _ := ssbuild(t, "--generate-bash-completion")
-	for _, want := range []string{"recipe", "plan", "version", "completion"} {
+	for _, want := range []string{"recipe", "plan", "image", "installer", "appliance", "version", "completion"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("top-level completion lacks %q: %q", want, out)
 		}
