@@ -232,6 +232,7 @@ func TestFailedBuildLeavesNothing(t *testing.T) {
 		testenv.RequireTools(t, "mksquashfs", "mkfs.ext4", "debugfs", "qemu-img")
 		tree := smallTree(t)
 		must(t, os.WriteFile(filepath.Join(tree, "big"), bytes.Repeat([]byte{1}, 3<<20), 0o644))
+		addBootFiles(t, tree)
 		dir := t.TempDir()
 		spec := smallSpec(tree, filepath.Join(dir, "out"))
 		spec.Formats = []lxdimage.Format{lxdimage.Container, lxdimage.VM}
@@ -296,7 +297,9 @@ func assertOnly(t *testing.T, dir string, names ...string) {
 func TestProgress(t *testing.T) {
 	testenv.RequireTools(t, "mksquashfs", "mkfs.ext4", "debugfs", "qemu-img")
 	var buf bytes.Buffer
-	spec := smallSpec(smallTree(t), filepath.Join(t.TempDir(), "out"))
+	tree := smallTree(t)
+	addBootFiles(t, tree)
+	spec := smallSpec(tree, filepath.Join(t.TempDir(), "out"))
 	spec.Progress = progress.New(&buf, progress.JSON)
 	spec.Formats = []lxdimage.Format{lxdimage.Container, lxdimage.VM}
 	build(t, spec)
@@ -308,7 +311,7 @@ func TestProgress(t *testing.T) {
 			done[ev.Task] = true
 		}
 	}
-	for _, task := range []string{"squashfs", "unified tarball", "ext4", "qcow2"} {
+	for _, task := range []string{"squashfs", "unified tarball", "ext4", "ESP", "qcow2"} {
 		if !done[task] {
 			t.Errorf("no done event for %q in:\n%s", task, buf.String())
 		}
@@ -321,7 +324,9 @@ func TestProgress(t *testing.T) {
 func TestVMRootKeepsEveryEntry(t *testing.T) {
 	testenv.RequireTools(t, "mkfs.ext4", "debugfs", "e2fsck", "qemu-img", "sgdisk")
 	tmp := t.TempDir()
-	spec := smallSpec(smallTree(t), filepath.Join(tmp, "out"))
+	tree := smallTree(t)
+	addBootFiles(t, tree)
+	spec := smallSpec(tree, filepath.Join(tmp, "out"))
 	spec.Formats = []lxdimage.Format{lxdimage.VM}
 	build(t, spec)
 	raw := filepath.Join(tmp, "disk.raw")

@@ -26,6 +26,7 @@ import (
 func TestImportAndLaunch(t *testing.T) {
 	testenv.RequireTools(t, "mksquashfs")
 	rootfs := rootfstest.Dir(t)
+	addBootFiles(t, rootfs) // imported, not booted: TestVMImage boots one
 	out := filepath.Join(t.TempDir(), "image")
 	spec := bookwormSpec(rootfs, out)
 	spec.Formats = []lxdimage.Format{lxdimage.Container, lxdimage.VM}

@@ -151,6 +151,12 @@ func (s Spec) withDefaults() (Spec, error) {
 			return s, err
 		}
 	}
+	if slices.Contains(s.Formats, VM) {
+		// Before any output: without these the disk cannot boot.
+		if _, err := findBootFiles(s.RootFS, s.Architecture); err != nil {
+			return s, err
+		}
+	}
 	if s.Properties.Name == "" {
 		s.Properties.Name = fmt.Sprintf("%s-%s-%s", s.Properties.OS, s.Properties.Release, s.Architecture)
 	}

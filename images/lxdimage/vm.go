@@ -21,21 +21,31 @@ import (
 // The VM disk, disk.qcow2:
 //
 //	sector 0        protective MBR, GPT (fixed disk and partition GUIDs)
-//	1 MiB           partition 1 "UEFI": ESP, FAT32 (go-diskfs, reproducible), 100 MiB
+//	1 MiB           partition 1 "UEFI": ESP, FAT32 (go-diskfs, reproducible), 100 MiB:
+//	                systemd-boot, loader config, the tree's kernel and initrd
 //	101 MiB         partition 2 "rootfs": ext4 made by mkfs.ext4 -d from the tree
 //	end             backup GPT
 //
-// The ESP is empty for now (volume label only). To boot under LXD (OVMF,
-// secure boot optional) it will need EFI/BOOT/BOOTX64.EFI (shim or
-// systemd-boot, or grub-efi with a grub.cfg), a kernel and initramfs from
-// the tree (linux-image-virtual / linux-image-amd64 installed by the
-// recipe), a command line with root=PARTUUID=<RootPartitionGUID> (stable,
-// since the GUIDs are fixed), and the lxd-agent units from LXD's agent
-// share. LXD grows the disk to the instance's root size but not the
+// The ESP boots the tree (esp.go): systemd-boot from systemd-boot-efi as
+// EFI/BOOT/BOOTX64.EFI (the removable-media path OVMF tries without NVRAM
+// entries), loader.conf with timeout 0, one entry with the tree's kernel
+// and initrd (copied into the ESP) and root=PARTUUID=<root partition GUID>
+// rw console=tty1 console=ttyS0. The GUID is fixed per image (name and
+// epoch), so the command line is too; the root is mounted by the initrd
+// from it, whatever the disk's bus or device name, and needs no fstab
+// line. A tree without a kernel, its initrd or systemd-boot fails the
+// build before any output, naming the package the recipe lacks
+// (linux-image-amd64 / linux-image-virtual, systemd-boot-efi).
+// Not done: secure boot (systemd-boot is not signed; LXD VMs need
+// security.secureboot=false), the lxd-agent units from LXD's agent share,
+// and kernel updates inside the VM do not reach the ESP (no kernel-install
+// hook). LXD grows the disk to the instance's root size but not the
 // partition: the image needs cloud-init's growpart (or an equivalent
 // first-boot unit) to fill it; resize_inode lets ext4 grow online.
-// LXD VMs cannot run on the build machines here (no vhost-vsock), so the
-// tests check the structure with sgdisk, blkid, e2fsck and qemu-img.
+// LXD VMs cannot run on the build machines here (no vhost-vsock); the
+// tests check the structure with sgdisk, blkid, e2fsck, fsck.fat, mtools
+// and qemu-img, and boot the disk in qemu with OVMF (TCG) to systemd's
+// multi-user.target.
 
 // VMOptions shape the VM disk.
 type VMOptions struct {
@@ -79,6 +89,10 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 	}
 	defer os.RemoveAll(work)
 	ids := s.diskIDs()
+	boot, err := findBootFiles(s.RootFS, s.Architecture)
+	if err != nil {
+		return err
+	}
 
 	rootSize := s.VM.RootSize
 	if rootSize == 0 {
@@ -96,8 +110,11 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 		return fmt.Errorf("vm: ext4: %w", err)
 	}
 	raw := filepath.Join(work, "disk.raw")
-	if err := s.makeRawDisk(raw, ext4, rootSize, ids); err != nil {
+	if err := s.makeRawDisk(raw, ext4, rootSize, ids, boot); err != nil {
 		return fmt.Errorf("vm: disk: %w", err)
+	}
+	if err := gptimage.FixFAT32(raw, espStart, espSize); err != nil {
+		return fmt.Errorf("vm: ESP: %w", err)
 	}
 	if err := os.Remove(ext4); err != nil {
 		return fmt.Errorf("vm: %w", err)
@@ -108,9 +125,9 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 	return nil
 }
 
-// makeRawDisk writes the GPT, the ESP and the ext4 image into a sparse raw
-// disk image.
-func (s Spec) makeRawDisk(path, ext4 string, rootSize int64, ids DiskIDs) (err error) {
+// makeRawDisk writes the GPT, the ESP with its boot files and the ext4
+// image into a sparse raw disk image.
+func (s Spec) makeRawDisk(path, ext4 string, rootSize int64, ids DiskIDs, boot bootFiles) (err error) {
 	size := rootStart + rootSize + gptReserved
 	d, err := diskfs.Create(path, size, diskfs.SectorSize512)
 	if err != nil {
@@ -136,7 +153,18 @@ func (s Spec) makeRawDisk(path, ext4 string, rootSize int64, ids DiskIDs) (err e
 	if err := d.Partition(table); err != nil {
 		return fmt.Errorf("partition table: %w", err)
 	}
-	if _, err := gptimage.CreateFAT32(d, 1, "UEFI", s.Epoch); err != nil {
+	esp, err := gptimage.CreateFAT32(d, 1, "UEFI", s.Epoch)
+	if err != nil {
+		return fmt.Errorf("ESP: %w", err)
+	}
+	title := s.Properties.Description
+	if title == "" {
+		title = s.Properties.Name
+	}
+	task := s.Progress.Start("ESP", 0, "")
+	err = gptimage.WithEpoch(s.Epoch, func() error { return writeESPFiles(esp, boot.espFiles(ids, title)) })
+	task.Done(err)
+	if err != nil {
 		return fmt.Errorf("ESP: %w", err)
 	}
 	f, err := os.Open(ext4)
