@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/appliance/install"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
+	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
 	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/testenv"
@@ -45,6 +47,40 @@ func TestInstallerRefusesAHostWithoutAddress(t *testing.T) {
 	}
 }
 
+// A dynamically linked ssbuild cannot be the initramfs's /init (no loader
+// there): the build says so instead of making a stick whose kernel panics.
+// The test binary is this command, dynamically linked (cgo).
+func TestInstallerRefusesADynamicBinary(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := exec.Command("file", "-L", self).Output(); !strings.Contains(string(b), "dynamically linked") {
+		t.Skipf("the test binary is not dynamically linked: %s", b)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	code, _, stderr := ssbuild(t, "installer", "--recipe", "demo", "--out", out, "--cache", t.TempDir())
+	if code != exitFailed || !strings.Contains(stderr, "dynamically linked") || !strings.Contains(stderr, "make build") {
+		t.Errorf("exit %d, stderr %q: want exit %d saying the binary must be static", code, stderr, exitFailed)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("output %s exists after a refused build", out)
+	}
+}
+
+// buildInstaller runs `ssbuild installer` with the tests' shared rootfs cache.
+func buildInstaller(t *testing.T, bin, recipe, out string) (stdout, stderr bytes.Buffer) {
+	t.Helper()
+	start := time.Now()
+	cmd := exec.Command(bin, "installer", "--recipe", recipe, "--out", out, "--cache", rootfstest.CacheDir(), "--epoch", "1700000000")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("ssbuild installer: %v\n%s\n%s", err, stdout.String(), stderr.String())
+	}
+	t.Logf("built in %v: %s", time.Since(start).Round(time.Second), stdout.String())
+	return stdout, stderr
+}
+
 // staticSSBuild builds bin/ssbuild the way `make build` does (static), the
 // binary that becomes the installer's /init.
 func staticSSBuild(t *testing.T) string {
@@ -66,14 +102,7 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 	testenv.RequireTools(t, "sgdisk", "blkid", "unsquashfs", "sha256sum", "e2fsck", "mkfs.ext4", "debugfs", "mksquashfs")
 	bin := staticSSBuild(t)
 	out := filepath.Join(t.TempDir(), "out")
-	start := time.Now()
-	cmd := exec.Command(bin, "installer", "--recipe", "demo", "--out", out, "--cache", rootfstest.CacheDir(), "--epoch", "1700000000")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("ssbuild installer: %v\n%s\n%s", err, stdout.String(), stderr.String())
-	}
-	t.Logf("built in %v: %s", time.Since(start).Round(time.Second), stdout.String())
+	stdout, stderr := buildInstaller(t, bin, "demo", out)
 
 	ents, _ := os.ReadDir(out)
 	var names []string
@@ -187,4 +216,116 @@ func runTool(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, b)
 	}
 	return string(b)
+}
+
+// The whole path under qemu (TCG) with OVMF: the stick of a one-host recipe
+// as a USB device, a blank 80 GiB sparse virtio disk as the target. The
+// installer (ssbuild as the initramfs's /init) installs and powers off;
+// then sgdisk, blkid, e2fsck and fsck.fat check the target as a user would.
+func TestInstallerInstallsAHostInQEMU(t *testing.T) {
+	rootfstest.Require(t)
+	kerneltest.Require(t)
+	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir")
+	const ovmfCode, ovmfVars = "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"
+	vars, err := os.ReadFile(ovmfVars)
+	if err != nil {
+		t.Skip(err)
+	}
+	// One host: the installer needs no MAC or kernel argument to know
+	// which host this machine is.
+	demo, err := recipes.BuiltinSource("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := "    - {name: demo1, address: 10.99.0.11/24}\n    - {name: demo2, address: 10.99.0.12/24}\n    - {name: demo3, address: 10.99.0.13/24}\n"
+	if !strings.Contains(string(demo), hosts) {
+		t.Fatal("demo recipe changed: its hosts are not where the test expects")
+	}
+	rcp := writeFile(t, "one-host.yaml", strings.Replace(string(demo), hosts, "    - {name: demo1, address: 10.99.0.11/24}\n", 1))
+	bin := staticSSBuild(t)
+	out := filepath.Join(t.TempDir(), "out")
+	buildInstaller(t, bin, rcp, out)
+
+	tmp := t.TempDir()
+	varsCopy := filepath.Join(tmp, "OVMF_VARS.fd")
+	if err := os.WriteFile(varsCopy, vars, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(tmp, "target.raw")
+	if err := os.WriteFile(target, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(target, 80<<30); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	serial, exited := kerneltest.RunQEMU(t, 10*time.Minute, "-m", "1024",
+		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
+		"-drive", "if=pflash,format=raw,file="+varsCopy,
+		"-device", "qemu-xhci",
+		"-drive", "if=none,id=stick,format=raw,snapshot=on,file="+filepath.Join(out, "installer.img"),
+		"-device", "usb-storage,drive=stick",
+		"-drive", "if=virtio,format=raw,file="+target)
+	t.Logf("install under TCG: %v", time.Since(start).Round(time.Second))
+	installerLines := kerneltest.Lines(serial, "ssbuild installer")
+	if !exited || len(kerneltest.Lines(serial, "FAILED")) > 0 || len(kerneltest.Lines(serial, "payload mounted")) == 0 {
+		t.Fatalf("the install did not finish (qemu exited: %v); installer lines:\n%s\nserial tail:\n%s",
+			exited, strings.Join(installerLines, "\n"), tail(serial, 4000))
+	}
+	t.Logf("installer on the serial console:\n%s", strings.Join(installerLines, "\n"))
+
+	parts := gptParts(t, target)
+	want := []struct{ name, code string }{{install.LabelESP, "EF00"}, {install.LabelOS, "8300"}, {install.LabelZFS, "BF01"}}
+	if len(parts) != len(want) {
+		t.Fatalf("sgdisk -p of the target: %+v, want %v", parts, want)
+	}
+	for i, w := range want {
+		if parts[i].name != w.name || parts[i].code != w.code || parts[i].start%2048 != 0 {
+			t.Errorf("target partition %d: %+v, want %s (%s) on a 1 MiB boundary", i+1, parts[i], w.name, w.code)
+		}
+	}
+	if last := parts[2].end; (last+1)*512 < 80<<30-(2<<20) {
+		t.Errorf("the ZFS partition ends at sector %d, not at the end of the 80 GiB disk", last)
+	}
+	if v := runTool(t, "sgdisk", "-v", target); !strings.Contains(v, "No problems found") {
+		t.Errorf("sgdisk -v of the target:\n%s", v)
+	}
+	esp := sparseCopy(t, target, parts[0])
+	if got := runTool(t, "blkid", "-p", "-o", "export", esp); !strings.Contains(got, "TYPE=vfat\n") {
+		t.Errorf("blkid of the target's ESP:\n%s", got)
+	}
+	t.Log(runTool(t, "fsck.fat", "-n", esp))
+	if got := runTool(t, "mdir", "-i", esp, "::/EFI/BOOT"); !strings.Contains(got, "BOOTX64") {
+		t.Errorf("the target's ESP has no EFI/BOOT/BOOTX64.EFI:\n%s", got)
+	}
+	osPart := sparseCopy(t, target, parts[1])
+	if got := runTool(t, "blkid", "-p", "-o", "export", osPart); !strings.Contains(got, "TYPE=ext4\n") {
+		t.Errorf("blkid of the OS partition:\n%s", got)
+	}
+	if b, err := exec.Command("e2fsck", "-fn", osPart).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn of the OS partition: %v\n%s", err, b)
+	}
+	if got := runTool(t, "debugfs", "-R", "cat /etc/ssbuild/appliance.yaml", osPart); !strings.Contains(got, "demo1") {
+		t.Errorf("appliance.yaml on the target:\n%s", got)
+	}
+	if got := runTool(t, "debugfs", "-R", "stat /etc/ssbuild/cluster.secret", osPart); !strings.Contains(got, "Mode:  0600") {
+		t.Errorf("cluster.secret on the target is not 0600:\n%s", got)
+	}
+}
+
+// sparseCopy copies a partition of a sparse disk image into its own sparse
+// file (holes stay holes, so an 8 GiB partition costs what it holds).
+func sparseCopy(t *testing.T, img string, p gptPart) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), p.name+".img")
+	runTool(t, "dd", "if="+img, "of="+out, "bs=4M", "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none",
+		"skip="+strconv.FormatInt(p.start*512, 10), "count="+strconv.FormatInt((p.end-p.start+1)*512, 10))
+	return out
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
@@ -210,8 +211,15 @@ func (b *build) hostOS(ctx context.Context) error {
 func (b *build) initramfs(ctx context.Context) error {
 	b.initrd = filepath.Join(b.work, "installer-initrd.img")
 	_, err := initramfs.Build(ctx, initramfs.Spec{Init: b.opts.Binary, Root: b.host.Root,
-		KernelVersion: b.host.KernelVersion, Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
+		KernelVersion: b.host.KernelVersion, Modules: installerModules(), Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
 	return err
+}
+
+// installerModules are initramfs.DefaultModules and loop: the installer
+// writes the host's config through a loop device over the OS partition
+// (appliance/install), and Debian builds loop as a module.
+func installerModules() []string {
+	return append(slices.Clone(initramfs.DefaultModules), "loop")
 }
 
 func (b *build) image(ctx context.Context) error {
