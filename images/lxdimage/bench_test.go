@@ -80,7 +80,7 @@ func BenchmarkSquashfsXz(b *testing.B)   { benchSquashfs(b, "xz") }
 func benchTarball(b *testing.B, compress bool) {
 	tree, size := benchTree(b)
 	b.SetBytes(size)
-	meta, err := metadataYAML("x86_64", 1700000000, Properties{OS: "debian", Release: "bookworm"})
+	meta, err := metadataYAML("x86_64", 1700000000, Properties{OS: "debian", Release: "bookworm"}, false)
 	if err != nil {
 		b.Fatal(err)
 	}

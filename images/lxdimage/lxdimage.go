@@ -170,7 +170,7 @@ func (s Spec) withDefaults() (Spec, error) {
 }
 
 func (s Spec) build(ctx context.Context, dir string) (*Manifest, error) {
-	metaYAML, err := metadataYAML(s.Architecture, s.Epoch, s.Properties)
+	metaYAML, err := metadataYAML(s.Architecture, s.Epoch, s.Properties, slices.Contains(s.Formats, VM))
 	if err != nil {
 		return nil, err
 	}

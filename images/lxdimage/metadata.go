@@ -69,8 +69,11 @@ func lxdArchitecture(goarch string) (string, error) {
 	return "", fmt.Errorf("no LXD architecture name for GOARCH %s", goarch)
 }
 
-// metadataYAML renders metadata.yaml.
-func metadataYAML(arch string, epoch int64, p Properties) ([]byte, error) {
+// metadataYAML renders metadata.yaml. With a VM image it declares
+// requirements.secureboot=false: the ESP's systemd-boot is not signed, and
+// LXD then refuses to start the VM under secure boot with a message naming
+// the image, rather than leaving it stuck in the firmware.
+func metadataYAML(arch string, epoch int64, p Properties, vm bool) ([]byte, error) {
 	m := metadata{
 		Architecture: arch,
 		CreationDate: epoch,
@@ -82,6 +85,9 @@ func metadataYAML(arch string, epoch int64, p Properties) ([]byte, error) {
 			"name":         p.Name,
 		},
 		Templates: map[string]template{},
+	}
+	if vm {
+		m.Properties["requirements.secureboot"] = "false"
 	}
 	for file, t := range templateFiles {
 		m.Templates[t.target] = template{When: []string{"create", "copy"}, Template: file, Properties: map[string]string{}}

@@ -36,10 +36,11 @@ import (
 // line. A tree without a kernel, its initrd or systemd-boot fails the
 // build before any output, naming the package the recipe lacks
 // (linux-image-amd64 / linux-image-virtual, systemd-boot-efi).
-// Not done: secure boot (systemd-boot is not signed; LXD VMs need
-// security.secureboot=false), the lxd-agent units from LXD's agent share,
-// and kernel updates inside the VM do not reach the ESP (no kernel-install
-// hook). LXD grows the disk to the instance's root size but not the
+// Not done: secure boot (systemd-boot is not signed: metadata.yaml says
+// requirements.secureboot=false, so LXD asks for security.secureboot=false
+// instead of hanging in the firmware), the lxd-agent units from LXD's
+// agent share, and kernel updates inside the VM do not reach the ESP (no
+// kernel-install hook). LXD grows the disk to the instance's root size but not the
 // partition: the image needs cloud-init's growpart (or an equivalent
 // first-boot unit) to fill it; resize_inode lets ext4 grow online.
 // LXD VMs cannot run on the build machines here (no vhost-vsock); the

@@ -55,6 +55,10 @@ func TestVMImage(t *testing.T) {
 			}
 		}
 	}
+	// LXD must refuse secure boot for it (systemd-boot is not signed).
+	if meta := run(t, "tar", "-xzOf", filepath.Join(a, lxdimage.MetadataFile), "metadata.yaml"); !strings.Contains(meta, `requirements.secureboot: "false"`) {
+		t.Errorf("metadata.yaml does not declare requirements.secureboot false:\n%s", meta)
+	}
 	m := readManifest(t, a)
 	if m.VMDisk == nil || len(m.Images) != 1 || m.Images[0].Type != "virtual-machine" {
 		t.Fatalf("manifest: vm disk %+v, images %+v", m.VMDisk, m.Images)
