@@ -8,7 +8,8 @@
 // The steps, in order, each named in errors and progress:
 //
 //	rootfs    debootstrap (or the recipe's tarball), then a cached layer with
-//	          installer.packages installed in a chroot (rootfs.Builder.Derive)
+//	          installer.packages and systemd-sysv installed in a chroot
+//	          (rootfs.Builder.Derive)
 //	files     /usr/local/bin/ssbuild, ssbuild-appliance.service (enabled),
 //	          /etc/fstab by PARTLABEL, root's authorized_keys
 //	esp       systemd-boot as EFI/BOOT/BOOTX64.EFI (the removable-media path:
@@ -27,6 +28,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -68,6 +70,7 @@ After=network-online.target
 [Service]
 Type=simple
 ExecStart=` + BinaryPath + ` appliance run
+StandardOutput=journal+console
 Restart=on-failure
 RestartSec=10
 
@@ -76,13 +79,18 @@ WantedBy=multi-user.target
 `
 
 // Fstab mounts the installer's partitions by their GPT names, which stay
-// the same on every host (file system UUIDs come from the image).
+// the same on every host (file system UUIDs come from the image). The ESP
+// is nofail: the running system does not need it, and a failed mount must
+// not hold the first boot in emergency mode.
 const Fstab = `PARTLABEL=` + OSLabel + ` / ext4 errors=remount-ro 0 1
-PARTLABEL=` + ESPLabel + ` /boot/efi vfat umask=0077 0 2
+PARTLABEL=` + ESPLabel + ` /boot/efi vfat umask=0077,nofail 0 2
 `
 
-// Cmdline is the installed kernel's command line.
-const Cmdline = "root=PARTLABEL=" + OSLabel + " rw console=ttyS0,115200 console=tty0"
+// Cmdline is the installed kernel's command line. The serial port is the
+// last console, so /dev/console (systemd's status, the first-boot unit's
+// output) goes there as on cloud images: cluster hosts run headless; the
+// screen still gets the kernel's messages.
+const Cmdline = "root=PARTLABEL=" + OSLabel + " rw console=tty0 console=ttyS0,115200"
 
 // Spec says what Build makes.
 type Spec struct {
@@ -163,7 +171,7 @@ func (b *build) rootfs(ctx context.Context) error {
 	// The epoch is part of the key: packages are installed with it as
 	// SOURCE_DATE_EPOCH, so it shapes the tree.
 	key := sha256.Sum256([]byte(fmt.Sprintf("hostos\x00%d\x00%s\x00%s\x00%d", layerVersion, baseKey,
-		strings.Join(b.Recipe.Installer.Packages, ","), b.Epoch)))
+		strings.Join(b.packages(), ","), b.Epoch)))
 	res, err := rb.Derive(ctx, rootfs.Layer{Name: "host-os-packages", Key: hex.EncodeToString(key[:]),
 		Base: base, Build: b.installPackages}, b.res.Root)
 	b.res.CacheHit = res.CacheHit
@@ -181,7 +189,17 @@ func (b *build) installPackages(ctx context.Context, dir string) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, s.Close()) }()
-	return s.Install(ctx, b.Recipe.Installer.Packages...)
+	return s.Install(ctx, b.packages()...)
+}
+
+// packages are installer.packages and systemd-sysv: a minbase tree has no
+// /sbin/init, and the first-boot unit needs systemd as the init.
+func (b *build) packages() []string {
+	pkgs := slices.Clone(b.Recipe.Installer.Packages)
+	if !slices.Contains(pkgs, "systemd-sysv") {
+		pkgs = append(pkgs, "systemd-sysv")
+	}
+	return pkgs
 }
 
 // kernelVersion is the version of the tree's only kernel; the host OS

@@ -55,12 +55,15 @@ func TestBuildDemoHostOS(t *testing.T) {
 		!strings.Contains(got, "ExecStart=/usr/local/bin/ssbuild appliance run") {
 		t.Errorf("unit in os.img:\n%s", got)
 	}
-	if got := cat("/etc/fstab"); !strings.Contains(got, "PARTLABEL=ssbuild-os / ext4") || !strings.Contains(got, "PARTLABEL=ESP /boot/efi vfat") {
+	if got := cat("/etc/fstab"); !strings.Contains(got, "PARTLABEL=ssbuild-os / ext4") || !strings.Contains(got, "PARTLABEL=ESP /boot/efi vfat umask=0077,nofail") {
 		t.Errorf("fstab in os.img:\n%s", got)
 	}
 	self, _ := os.ReadFile(os.Args[0])
 	if got := cat(hostos.BinaryPath); got != string(self) {
 		t.Errorf("%s in os.img: %d bytes, want the binary's %d", hostos.BinaryPath, len(got), len(self))
+	}
+	if got, err := exec.Command("debugfs", "-R", "stat /sbin/init", res.OSImage).Output(); err != nil || !strings.Contains(string(got), "systemd") {
+		t.Errorf("/sbin/init in os.img is not systemd: %v\n%s", err, got)
 	}
 	link, err := exec.Command("debugfs", "-R", "stat /etc/systemd/system/multi-user.target.wants/"+hostos.UnitName, res.OSImage).Output()
 	if err != nil || !strings.Contains(string(link), "Fast link dest: \""+hostos.UnitPath+"\"") {
