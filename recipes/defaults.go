@@ -1,5 +1,7 @@
 package recipes
 
+import "slices"
+
 // This file is the one place where recipe defaults live. `ssbuild recipe
 // show` prints a recipe after applyDefaults, so every value in effect is
 // visible.
@@ -49,8 +51,18 @@ func applyDefaults(r *Recipe) {
 	// What every site instance needs: an init to boot (debootstrap's
 	// minbase has none), Docker for the stacks, cloud-init for LXD's
 	// user-data, SSH for the owner.
-	setList(&img.Packages, "systemd-sysv", "docker.io", "cloud-init", "openssh-server", "ca-certificates")
 	setList(&img.Output.Formats, "container", "vm")
+	if img.Packages == nil {
+		img.Packages = []string{"systemd-sysv", "docker.io", "cloud-init", "openssh-server", "ca-certificates"}
+		// A VM image boots its own kernel with systemd-boot from its ESP.
+		if slices.Contains(img.Output.Formats, "vm") {
+			if src.IsDebian() {
+				img.Packages = append(img.Packages, "linux-image-amd64", "systemd-boot-efi")
+			} else {
+				img.Packages = append(img.Packages, "linux-virtual", "systemd-boot-efi")
+			}
+		}
+	}
 	setString(&img.Output.Compression, "xz")
 	if img.DockerImages == nil {
 		img.DockerImages = []DockerImage{}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -94,6 +95,9 @@ func validateImage(r *Recipe, rep *report) {
 		if cs.Network != "" && len(r.Deployments) > 0 && !anyChain(r.Deployments, cs.Network) {
 			rep.at("image.chainstate.network", "no deployment runs on %s (deployments: %s); the chainstate would never be used", cs.Network, chainList(r.Deployments))
 		}
+	}
+	if slices.Contains(img.Output.Formats, "vm") && !slices.ContainsFunc(img.Packages, isKernelPackage) {
+		rep.at("image.packages", "lists no kernel, but a VM image boots its own: add linux-virtual (Ubuntu) or linux-image-amd64 (Debian), or drop vm from image.output.formats")
 	}
 	if len(img.Output.Formats) == 0 {
 		rep.at("image.output.formats", "lists no format; write container, vm or both")
@@ -315,6 +319,11 @@ func validateUniqueMACs(r *Recipe, rep *report) {
 			check(indexPath("deployments", i)+".instances."+role.Name+".mac", role.Instance.MAC)
 		}
 	}
+}
+
+// isKernelPackage reports whether a package installs a bootable kernel.
+func isKernelPackage(p string) bool {
+	return strings.HasPrefix(p, "linux-image-") || p == "linux-generic" || p == "linux-virtual" || p == "linux-kvm"
 }
 
 func checkDomain(rep *report, path, d string) {

@@ -368,6 +368,10 @@ installer:
 			`t.yaml:13:35: image.reproducible.sourceDateEpoch: -5 is too small (at least 0)`,
 			`t.yaml:14:21: image.output.formats: lists no format; write container, vm or both`)
 	})
+	t.Run("vm needs a kernel", func(t *testing.T) {
+		expectProblems(t, base+"image:\n  packages: [docker.io]\n  output: {formats: [container, vm]}\n",
+			`t.yaml:7:13: image.packages: lists no kernel, but a VM image boots its own: add linux-virtual (Ubuntu) or linux-image-amd64 (Debian), or drop vm from image.output.formats`)
+	})
 	t.Run("chainstate", func(t *testing.T) {
 		expectProblems(t, base+`image:
   chainstate: {network: signet, kind: assumeutxo, source: utxo.dat, sha256: XYZ}
