@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -311,6 +313,81 @@ func TestInstallerInstallsAHostInQEMU(t *testing.T) {
 	if got := runTool(t, "debugfs", "-R", "stat /etc/ssbuild/cluster.secret", osPart); !strings.Contains(got, "Mode:  0600") {
 		t.Errorf("cluster.secret on the target is not 0600:\n%s", got)
 	}
+	if t.Failed() {
+		return
+	}
+
+	// The target alone, as the host boots once the stick is out: its
+	// firmware finds systemd-boot on the ESP's removable-media path, the
+	// kernel mounts root=PARTLABEL=ssbuild-os, systemd starts the first-boot
+	// unit (its Condition holds: the installer wrote appliance.yaml).
+	varsCopy2 := filepath.Join(tmp, "OVMF_VARS-2.fd")
+	if err := os.WriteFile(varsCopy2, vars, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	// systemd colours the unit name and shortens it to fit the line.
+	marker := regexp.MustCompile(`Started \S*` + regexp.QuoteMeta(strings.TrimSuffix(hostos.UnitName, "service")))
+	serial, found := qemuUntil(t, 6*time.Minute, marker, "-m", "1024",
+		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
+		"-drive", "if=pflash,format=raw,file="+varsCopy2,
+		"-drive", "if=virtio,format=raw,file="+target)
+	if !found {
+		t.Fatalf("booting the installed target did not reach %s; serial tail:\n%s", marker, tail(serial, 6000))
+	}
+	t.Logf("installed target booted to the first-boot unit under TCG in %v:\n%s", time.Since(start).Round(time.Second),
+		strings.Join(kerneltest.Lines(serial, "ssbuild-appliance"), "\n"))
+}
+
+// qemuUntil boots qemu (TCG, no network, serial on stdout) until the serial
+// output matches marker or timeout passes, then kills it by its PID.
+func qemuUntil(t *testing.T, timeout time.Duration, marker *regexp.Regexp, args ...string) (serial string, found bool) {
+	t.Helper()
+	base := []string{"-accel", "tcg", "-machine", "q35", "-nic", "none", "-display", "none", "-monitor", "none",
+		"-serial", "stdio", "-no-reboot"}
+	cmd := exec.Command("qemu-system-x86_64", append(base, args...)...)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("qemu: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited }) // by PID
+	deadline := time.After(timeout)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for !found {
+		select {
+		case <-exited:
+			return out.String(), marker.MatchString(out.String())
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			return out.String(), false
+		case <-tick.C:
+			found = marker.MatchString(out.String())
+		}
+	}
+	_ = cmd.Process.Kill()
+	return out.String(), true
+}
+
+// lockedBuffer collects qemu's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // sparseCopy copies a partition of a sparse disk image into its own sparse

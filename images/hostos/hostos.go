@@ -78,6 +78,26 @@ RestartSec=10
 WantedBy=multi-user.target
 `
 
+// SSHKeysUnit makes the host's own SSH host keys on its first boot, before
+// sshd starts: the OS image carries none (the same keys on every host would
+// let one host impersonate another), and Debian's sshd does not start
+// without them.
+const SSHKeysUnit = `[Unit]
+Description=ssbuild: generate this host's SSH host keys
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service
+`
+
+// SSHKeysUnitName is SSHKeysUnit's file name.
+const SSHKeysUnitName = "ssbuild-ssh-host-keys.service"
+
 // Fstab mounts the installer's partitions by their GPT names, which stay
 // the same on every host (file system UUIDs come from the image). The ESP
 // is nofail: the running system does not need it, and a failed mount must
@@ -272,6 +292,22 @@ func (b *build) files(context.Context) error {
 	// networkd must run for it to apply.
 	if _, err := root.Stat("lib/systemd/system/systemd-networkd.service"); err == nil {
 		if err := enable("/lib/systemd/system/systemd-networkd.service", "multi-user.target"); err != nil {
+			return err
+		}
+	}
+	if _, err := root.Stat("lib/systemd/system/ssh.service"); err == nil {
+		for _, k := range []string{"rsa", "ecdsa", "ed25519"} {
+			for _, suffix := range []string{"", ".pub"} {
+				if err := root.Remove("etc/ssh/ssh_host_" + k + "_key" + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+			}
+		}
+		unit := "/etc/systemd/system/" + SSHKeysUnitName
+		if err := write(unit, []byte(SSHKeysUnit), 0o644); err != nil {
+			return err
+		}
+		if err := enable(unit, "ssh.service"); err != nil {
 			return err
 		}
 	}

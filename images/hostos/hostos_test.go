@@ -69,6 +69,17 @@ func TestBuildDemoHostOS(t *testing.T) {
 	if err != nil || !strings.Contains(string(link), "Fast link dest: \""+hostos.UnitPath+"\"") {
 		t.Errorf("first-boot unit not enabled by a symlink to %s: %v\n%s", hostos.UnitPath, err, link)
 	}
+	// openssh-server is in the demo's packages: each host makes its own
+	// host keys on first boot, none are shipped.
+	if keys, err := exec.Command("debugfs", "-R", "ls /etc/ssh", res.OSImage).Output(); err != nil || strings.Contains(string(keys), "ssh_host_") {
+		t.Errorf("os.img ships SSH host keys (or /etc/ssh is unreadable: %v):\n%s", err, keys)
+	}
+	if got := cat("/etc/systemd/system/" + hostos.SSHKeysUnitName); !strings.Contains(got, "ExecStart=/usr/bin/ssh-keygen -A") {
+		t.Errorf("%s:\n%s", hostos.SSHKeysUnitName, got)
+	}
+	if got, _ := exec.Command("debugfs", "-R", "stat /etc/systemd/system/ssh.service.wants/"+hostos.SSHKeysUnitName, res.OSImage).Output(); !strings.Contains(string(got), "Fast link dest") {
+		t.Errorf("%s not enabled for ssh.service:\n%s", hostos.SSHKeysUnitName, got)
+	}
 	for _, f := range []string{hostos.BootLoader, hostos.KernelFile, hostos.InitrdFile, hostos.LoaderConf} {
 		if fi, err := os.Stat(filepath.Join(res.ESPDir, f)); err != nil || fi.Size() == 0 {
 			t.Errorf("esp/%s: %v", f, err)
