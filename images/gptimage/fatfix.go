@@ -15,8 +15,7 @@ import (
 //
 // It also checks that the FAT has an entry for every cluster. The file
 // system starts at offset start of img and is size bytes long; call it
-// after the disk is closed. (images/installer's fixFAT32 is the same and
-// can be replaced by it.)
+// after the disk is closed.
 func FixFAT32(img string, start, size int64) error {
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {

@@ -152,7 +152,7 @@ func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, e
 	if err != nil {
 		return res, fmt.Errorf("ESP: %w", err)
 	}
-	if err := fixFAT32(img, espStart, res.ESPSize); err != nil {
+	if err := gptimage.FixFAT32(img, espStart, res.ESPSize); err != nil {
 		return res, fmt.Errorf("ESP: %w", err)
 	}
 
@@ -210,7 +210,7 @@ func writeESPFile(ctx context.Context, fs filesystem.FileSystem, f espFile, task
 // FAT32 go-diskfs v1.9.4 lays out with room in the FAT for every cluster.
 // Its sectors-per-FAT formula leaves out the two reserved FAT entries, so
 // for some sizes (64 MiB among them) the last two clusters have no FAT
-// entry, and fsck.fat and mtools refuse the file system. fixFAT32 checks
+// entry, and fsck.fat and mtools refuse the file system. FixFAT32 checks
 // the result.
 func espSizeFor(min int64) int64 {
 	for size := min; ; size += mib {
