@@ -20,8 +20,6 @@ package baseimage
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -32,10 +30,10 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/chainstate"
-	"github.com/sovereign-stack/ssbuild/images/chroot"
 	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
+	"github.com/sovereign-stack/ssbuild/images/osbase"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
 	"github.com/sovereign-stack/ssbuild/internal/digest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -174,50 +172,14 @@ type build struct {
 	chain      *chainstate.Artifact
 }
 
-// layerFormat changes when what the packages layer holds changes.
-const layerFormat = 1
-
 func (b *build) rootfs(ctx context.Context) error {
-	src := b.r.Image.Source
 	rb := &rootfs.Builder{CacheDir: b.opts.CacheDir, Progress: b.rep}
-	var base func(context.Context, string) error
-	var baseKey string
-	if src.Kind == "tarball" {
-		tb := rootfs.Tarball{Path: b.r.Path(src.Tarball), SHA256: src.SHA256}
-		baseKey = "tarball:" + src.SHA256
-		base = func(ctx context.Context, dir string) error { _, err := rb.Unpack(ctx, tb, dir); return err }
-		b.inputs = append(b.inputs, lxdimage.Input{Name: "rootfs " + src.Tarball, SHA256: src.SHA256})
-	} else {
-		spec := rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror, Keyring: src.Keyring,
-			Variant: src.Variant, Components: src.Components}
-		var err error
-		if baseKey, err = rootfs.DebootstrapKey(ctx, spec); err != nil {
-			return err
-		}
-		base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
-		b.inputs = append(b.inputs, lxdimage.Input{Name: "debootstrap " + src.Suite, SHA256: baseKey,
-			Detail: fmt.Sprintf("%s %s %s", src.Mirror, src.Variant, strings.Join(src.Components, ","))})
+	res, err := osbase.Build(ctx, rb, "packages", b.r, b.r.Image.Packages, b.epoch, b.tree)
+	if res.Source != "" {
+		b.inputs = append(b.inputs, lxdimage.Input{Name: res.Source, SHA256: res.SourceKey, Detail: res.SourceDetail})
 	}
-	// The epoch is part of the key: tools that honour SOURCE_DATE_EPOCH
-	// (useradd, ...) write it into the tree.
-	key := sha256.Sum256([]byte(fmt.Sprintf("%d\x00%s\x00%s\x00%d", layerFormat, baseKey,
-		strings.Join(b.r.Image.Packages, ","), b.epoch)))
-	res, err := rb.Derive(ctx, rootfs.Layer{Name: "packages", Key: hex.EncodeToString(key[:]),
-		Base: base, Build: b.installPackages}, b.tree)
 	b.cacheHit = res.CacheHit
 	return err
-}
-
-// installPackages installs the recipe's packages in a chroot; Close leaves
-// the tree clean (no apt lists, logs, machine identity).
-func (b *build) installPackages(ctx context.Context, dir string) (err error) {
-	s, err := chroot.Open(ctx, dir, chroot.Options{Progress: b.rep,
-		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.epoch, 10)}})
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, s.Close()) }()
-	return s.Install(ctx, b.r.Image.Packages...)
 }
 
 // files adds what ssbuild puts into every image. Writes go through an

@@ -21,20 +21,17 @@ package hostos
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
-	"github.com/sovereign-stack/ssbuild/images/chroot"
 	"github.com/sovereign-stack/ssbuild/images/ext4image"
 	"github.com/sovereign-stack/ssbuild/images/gptimage"
+	"github.com/sovereign-stack/ssbuild/images/osbase"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -43,20 +40,19 @@ import (
 // Paths in the host OS and on its ESP that the installer, the first boot
 // and the tests rely on.
 const (
-	BinaryPath   = "/usr/local/bin/ssbuild"
-	UnitName     = "ssbuild-appliance.service"
-	UnitPath     = "/etc/systemd/system/" + UnitName
-	OSLabel      = "ssbuild-os" // GPT name of the OS partition (appliance/install), and the ext4 label
-	ESPLabel     = "ESP"        // GPT name of the target's ESP (appliance/install)
-	BootLoader   = "EFI/BOOT/BOOTX64.EFI"
-	LoaderConf   = "loader/loader.conf"
-	EntryFile    = "loader/entries/ssbuild.conf"
-	KernelFile   = "ssbuild/vmlinuz"
-	InitrdFile   = "ssbuild/initrd.img"
-	SystemdBoot  = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-	OSImageName  = "os.img"
-	ESPDirName   = "esp"
-	layerVersion = 1 // bump when the layer's build step changes
+	BinaryPath  = "/usr/local/bin/ssbuild"
+	UnitName    = "ssbuild-appliance.service"
+	UnitPath    = "/etc/systemd/system/" + UnitName
+	OSLabel     = "ssbuild-os" // GPT name of the OS partition (appliance/install), and the ext4 label
+	ESPLabel    = "ESP"        // GPT name of the target's ESP (appliance/install)
+	BootLoader  = "EFI/BOOT/BOOTX64.EFI"
+	LoaderConf  = "loader/loader.conf"
+	EntryFile   = "loader/entries/ssbuild.conf"
+	KernelFile  = "ssbuild/vmlinuz"
+	InitrdFile  = "ssbuild/initrd.img"
+	SystemdBoot = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+	OSImageName = "os.img"
+	ESPDirName  = "esp"
 )
 
 // Unit is the first-boot unit: it runs only on a host the installer gave an
@@ -171,45 +167,14 @@ type build struct {
 }
 
 func (b *build) rootfs(ctx context.Context) error {
-	src := b.Recipe.Image.Source
 	rb := &rootfs.Builder{CacheDir: b.CacheDir, Progress: b.Progress}
-	var base func(context.Context, string) error
-	var baseKey string
-	if src.Kind == "tarball" {
-		tb := rootfs.Tarball{Path: b.Recipe.Path(src.Tarball), SHA256: src.SHA256}
-		baseKey = "tarball:" + src.SHA256
-		base = func(ctx context.Context, dir string) error { _, err := rb.Unpack(ctx, tb, dir); return err }
-	} else {
-		spec := rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror, Keyring: src.Keyring,
-			Variant: src.Variant, Components: src.Components}
-		var err error
-		if baseKey, err = rootfs.DebootstrapKey(ctx, spec); err != nil {
-			return err
-		}
-		base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
-	}
-	// The epoch is part of the key: packages are installed with it as
-	// SOURCE_DATE_EPOCH, so it shapes the tree.
-	key := sha256.Sum256([]byte(fmt.Sprintf("hostos\x00%d\x00%s\x00%s\x00%d", layerVersion, baseKey,
-		strings.Join(b.packages(), ","), b.Epoch)))
-	res, err := rb.Derive(ctx, rootfs.Layer{Name: "host-os-packages", Key: hex.EncodeToString(key[:]),
-		Base: base, Build: b.installPackages}, b.res.Root)
+	res, err := osbase.Build(ctx, rb, "host-os-packages", b.Recipe, b.packages(), b.Epoch, b.res.Root)
 	b.res.CacheHit = res.CacheHit
 	if err != nil {
 		return err
 	}
 	b.res.KernelVersion, err = kernelVersion(b.res.Root)
 	return err
-}
-
-func (b *build) installPackages(ctx context.Context, dir string) (err error) {
-	s, err := chroot.Open(ctx, dir, chroot.Options{Progress: b.Progress,
-		Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(b.Epoch, 10)}})
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, s.Close()) }()
-	return s.Install(ctx, b.packages()...)
 }
 
 // packages are installer.packages and systemd-sysv: a minbase tree has no

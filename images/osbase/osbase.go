@@ -1,0 +1,73 @@
+// Package osbase makes the tree both images start from: the recipe's root
+// filesystem (debootstrap or a verified tarball) with a set of packages
+// installed in a chroot, cached as one layer keyed by every input, so a
+// rebuild that changes only later stages copies a tree instead of running
+// debootstrap and apt again. The base image (images/baseimage) and the host
+// OS (images/hostos) differ only in the packages and the layer name.
+package osbase
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/sovereign-stack/ssbuild/images/chroot"
+	"github.com/sovereign-stack/ssbuild/images/rootfs"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// layerFormat changes when what a layer holds changes.
+const layerFormat = 1
+
+// Result is the tree in dest and what it came from.
+type Result struct {
+	rootfs.Result
+	// Source says where the base tree came from, for build manifests:
+	// "debootstrap bookworm" or "rootfs <tarball>", with its key (the
+	// debootstrap cache key or the tarball's sha256) and details.
+	Source, SourceKey, SourceDetail string
+}
+
+// Build puts the recipe's root filesystem with packages installed into dest.
+// name tells layers apart (e.g. "packages", "host-os-packages"). The epoch
+// is part of the key: packages are installed with it as SOURCE_DATE_EPOCH,
+// and tools that honour it (useradd, ...) write it into the tree.
+func Build(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.Recipe, packages []string, epoch int64, dest string) (Result, error) {
+	src := r.Image.Source
+	var res Result
+	var base func(context.Context, string) error
+	if src.Kind == "tarball" {
+		tb := rootfs.Tarball{Path: r.Path(src.Tarball), SHA256: src.SHA256}
+		res.Source, res.SourceKey = "rootfs "+src.Tarball, src.SHA256
+		base = func(ctx context.Context, dir string) error { _, err := rb.Unpack(ctx, tb, dir); return err }
+	} else {
+		spec := rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror, Keyring: src.Keyring,
+			Variant: src.Variant, Components: src.Components}
+		key, err := rootfs.DebootstrapKey(ctx, spec)
+		if err != nil {
+			return res, err
+		}
+		res.Source, res.SourceKey = "debootstrap "+src.Suite, key
+		res.SourceDetail = fmt.Sprintf("%s %s %s", src.Mirror, src.Variant, strings.Join(src.Components, ","))
+		base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
+	}
+	key := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%s:%s\x00%s\x00%d", name, layerFormat,
+		src.Kind, res.SourceKey, strings.Join(packages, ","), epoch)))
+	install := func(ctx context.Context, dir string) (err error) {
+		s, err := chroot.Open(ctx, dir, chroot.Options{Progress: rb.Progress,
+			Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(epoch, 10)}})
+		if err != nil {
+			return err
+		}
+		// Close leaves the tree clean: no apt lists, logs, machine identity.
+		defer func() { err = errors.Join(err, s.Close()) }()
+		return s.Install(ctx, packages...)
+	}
+	var err error
+	res.Result, err = rb.Derive(ctx, rootfs.Layer{Name: name, Key: hex.EncodeToString(key[:]), Base: base, Build: install}, dest)
+	return res, err
+}
