@@ -35,18 +35,11 @@ func ReadStatus(stateDir string) (*Status, error) {
 	return &st, nil
 }
 
-// record updates the status file (atomically: a crash leaves the old one).
-// A step reached clears the last error; a failure keeps the step.
-func (s *Service) record(step Step, detail string, runErr error) {
-	dir := s.cfg.StateDir
-	if dir == "" {
-		return
-	}
-	s.statusMu.Lock()
-	defer s.statusMu.Unlock()
-	st := &s.status
-	st.Host, st.Role, st.Updated = s.cfg.Host.Name, "joiner", s.o.now().UTC()
-	if s.cfg.IsInitiator() {
+// Update applies one step's outcome for host: a step reached clears the
+// last error; a failure keeps the step and records the error.
+func (st *Status) Update(host string, initiator bool, step Step, detail string, runErr error, now time.Time) {
+	st.Host, st.Role, st.Updated = host, "joiner", now.UTC()
+	if initiator {
 		st.Role = "initiator"
 	}
 	if runErr != nil {
@@ -54,17 +47,34 @@ func (s *Service) record(step Step, detail string, runErr error) {
 	} else {
 		st.Step, st.Detail, st.LastError = step, detail, ""
 	}
+}
+
+// SaveStatus writes st as dir/name atomically (a crash leaves the old file),
+// creating dir with mode dirMode.
+func SaveStatus(dir, name string, dirMode os.FileMode, st *Status) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {
-		err = os.MkdirAll(dir, 0o755)
+		err = os.MkdirAll(dir, dirMode)
 	}
 	if err == nil {
-		tmp := filepath.Join(dir, StatusFile+".tmp")
+		tmp := filepath.Join(dir, name+".tmp")
 		if err = os.WriteFile(tmp, data, 0o644); err == nil {
-			err = os.Rename(tmp, filepath.Join(dir, StatusFile))
+			err = os.Rename(tmp, filepath.Join(dir, name))
 		}
 	}
-	if err != nil {
+	return err
+}
+
+// record updates the status file; status must work without the registry.
+func (s *Service) record(step Step, detail string, runErr error) {
+	dir := s.cfg.StateDir
+	if dir == "" {
+		return
+	}
+	s.statusMu.Lock()
+	defer s.statusMu.Unlock()
+	s.status.Update(s.cfg.Host.Name, s.cfg.IsInitiator(), step, detail, runErr, s.o.now())
+	if err := SaveStatus(dir, StatusFile, 0o755, &s.status); err != nil {
 		s.log.Info("%s: cannot record status in %s: %v", s.cfg.Host.Name, dir, err)
 	}
 }

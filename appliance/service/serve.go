@@ -138,28 +138,8 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 func (s *svc) record(step cluster.Step, detail string, runErr error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	dir := s.cfg.StateDir
-	st := &s.st
-	st.Host, st.Role, st.Updated = s.cfg.Host.Name, "joiner", time.Now().UTC()
-	if s.cfg.IsInitiator() {
-		st.Role = "initiator"
-	}
-	if runErr != nil {
-		st.LastError = runErr.Error()
-	} else {
-		st.Step, st.Detail, st.LastError = step, detail, ""
-	}
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err == nil {
-		err = os.MkdirAll(dir, 0o700)
-	}
-	if err == nil {
-		tmp := filepath.Join(dir, StatusFile+".tmp")
-		if err = os.WriteFile(tmp, data, 0o644); err == nil {
-			err = os.Rename(tmp, filepath.Join(dir, StatusFile))
-		}
-	}
-	if err != nil {
-		s.log.Info("%s: cannot record status in %s: %v", s.cfg.Host.Name, dir, err)
+	s.st.Update(s.cfg.Host.Name, s.cfg.IsInitiator(), step, detail, runErr, time.Now())
+	if err := cluster.SaveStatus(s.cfg.StateDir, StatusFile, 0o700, &s.st); err != nil {
+		s.log.Info("%s: cannot record status in %s: %v", s.cfg.Host.Name, s.cfg.StateDir, err)
 	}
 }
