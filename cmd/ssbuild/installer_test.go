@@ -2,7 +2,7 @@ package main
 
 import (
 	"bytes"
-	"io"
+	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,19 +130,19 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 		t.Error("the cluster secret appears in the command's output")
 	}
 
-	parts := gptParts(t, img)
-	if len(parts) != 2 || parts[0].name != installer.ESPLabel || parts[0].code != "EF00" ||
-		parts[1].name != installer.PayloadLabel {
+	parts := gpttest.Partitions(t, img)
+	if len(parts) != 2 || parts[0].Name != installer.ESPLabel || parts[0].Code != "EF00" ||
+		parts[1].Name != installer.PayloadLabel {
 		t.Fatalf("sgdisk -p: %+v, want %s (EF00) and %s", parts, installer.ESPLabel, installer.PayloadLabel)
 	}
 	if v := runTool(t, "sgdisk", "-v", img); !strings.Contains(v, "No problems found") {
 		t.Errorf("sgdisk -v:\n%s", v)
 	}
-	esp := extractPart(t, img, parts[0])
+	esp := gpttest.Extract(t, img, parts[0])
 	if got := runTool(t, "blkid", "-p", "-o", "export", esp); !strings.Contains(got, "TYPE=vfat\n") || !strings.Contains(got, "LABEL="+installer.ESPLabel+"\n") {
 		t.Errorf("blkid of the ESP:\n%s", got)
 	}
-	payload := extractPart(t, img, parts[1])
+	payload := gpttest.Extract(t, img, parts[1])
 	if got := runTool(t, "blkid", "-p", "-o", "value", "-s", "TYPE", payload); strings.TrimSpace(got) != "squashfs" {
 		t.Errorf("payload type %q, want squashfs", got)
 	}
@@ -168,47 +168,6 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 	if _, err := recipes.Load(filepath.Join(x, "recipe.yaml")); err != nil {
 		t.Errorf("payload recipe.yaml does not load: %v", err)
 	}
-}
-
-type gptPart struct {
-	start, end int64 // sectors
-	code, name string
-}
-
-func gptParts(t *testing.T, img string) []gptPart {
-	t.Helper()
-	var out []gptPart
-	for _, line := range strings.Split(runTool(t, "sgdisk", "-p", img), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 7 || f[0] != strconv.Itoa(len(out)+1) {
-			continue
-		}
-		start, _ := strconv.ParseInt(f[1], 10, 64)
-		end, _ := strconv.ParseInt(f[2], 10, 64)
-		out = append(out, gptPart{start: start, end: end, code: f[5], name: f[6]})
-	}
-	return out
-}
-
-// extractPart copies a partition into its own file for the tools that read
-// a file system from a file.
-func extractPart(t *testing.T, img string, p gptPart) string {
-	t.Helper()
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := filepath.Join(t.TempDir(), p.name+".img")
-	o, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	if _, err := io.Copy(o, io.NewSectionReader(f, p.start*512, (p.end-p.start+1)*512)); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 func runTool(t *testing.T, name string, args ...string) string {
@@ -276,17 +235,17 @@ func TestInstallerInstallsAHostInQEMU(t *testing.T) {
 	}
 	t.Logf("installer on the serial console:\n%s", strings.Join(installerLines, "\n"))
 
-	parts := gptParts(t, target)
+	parts := gpttest.Partitions(t, target)
 	want := []struct{ name, code string }{{install.LabelESP, "EF00"}, {install.LabelOS, "8300"}, {install.LabelZFS, "BF01"}}
 	if len(parts) != len(want) {
 		t.Fatalf("sgdisk -p of the target: %+v, want %v", parts, want)
 	}
 	for i, w := range want {
-		if parts[i].name != w.name || parts[i].code != w.code || parts[i].start%2048 != 0 {
+		if parts[i].Name != w.name || parts[i].Code != w.code || parts[i].Start%2048 != 0 {
 			t.Errorf("target partition %d: %+v, want %s (%s) on a 1 MiB boundary", i+1, parts[i], w.name, w.code)
 		}
 	}
-	if last := parts[2].end; (last+1)*512 < 80<<30-(2<<20) {
+	if last := parts[2].End; (last+1)*512 < 80<<30-(2<<20) {
 		t.Errorf("the ZFS partition ends at sector %d, not at the end of the 80 GiB disk", last)
 	}
 	if v := runTool(t, "sgdisk", "-v", target); !strings.Contains(v, "No problems found") {
@@ -392,11 +351,11 @@ func (l *lockedBuffer) String() string {
 
 // sparseCopy copies a partition of a sparse disk image into its own sparse
 // file (holes stay holes, so an 8 GiB partition costs what it holds).
-func sparseCopy(t *testing.T, img string, p gptPart) string {
+func sparseCopy(t *testing.T, img string, p gpttest.Partition) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), p.name+".img")
+	out := filepath.Join(t.TempDir(), p.Name+".img")
 	runTool(t, "dd", "if="+img, "of="+out, "bs=4M", "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none",
-		"skip="+strconv.FormatInt(p.start*512, 10), "count="+strconv.FormatInt((p.end-p.start+1)*512, 10))
+		"skip="+strconv.FormatInt(p.Start*512, 10), "count="+strconv.FormatInt((p.End-p.Start+1)*512, 10))
 	return out
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -57,13 +58,13 @@ func TestGoldenLayout(t *testing.T) {
 		info := run(t, "sgdisk", "-i", p, spec.Output)
 		b.WriteString("\npartition " + p + ":\n" + info)
 	}
-	parts := partitions(t, spec.Output)
-	esp := extract(t, spec.Output, parts[0])
+	parts := gpttest.Partitions(t, spec.Output)
+	esp := gpttest.Extract(t, spec.Output, parts[0])
 	b.WriteString("\nESP:\n" + run(t, "mdir", "-/", "-b", "-i", esp, "::/"))
 	for _, f := range []string{"loader/loader.conf", installer.EntryFile} {
 		b.WriteString("\n" + f + ":\n" + run(t, "mtype", "-i", esp, "::/"+f))
 	}
-	payload := extract(t, spec.Output, parts[1])
+	payload := gpttest.Extract(t, spec.Output, parts[1])
 	listing := run(t, "unsquashfs", "-lln", "-d", "", payload)
 	b.WriteString("\npayload:\n" + regexp.MustCompile(`(?m)^Parallel unsquashfs.*\n|^\d+ inodes.*\n`).ReplaceAllString(listing, ""))
 

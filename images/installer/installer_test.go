@@ -5,12 +5,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"io"
+	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -127,48 +126,6 @@ func sha256Of(t *testing.T, path string) string {
 // stick the test init must see, and its partitions it mounts and lists.
 const testCmdline = "console=tty0 console=ttyS0,115200 panic=-1 ssbuild.expect=sda ssbuild.mount=sda1:vfat,sda2:squashfs"
 
-// partition is one row of sgdisk -p.
-type partition struct {
-	start, end int64 // sectors
-	code, name string
-}
-
-func partitions(t *testing.T, img string) []partition {
-	t.Helper()
-	var out []partition
-	for _, line := range strings.Split(run(t, "sgdisk", "-p", img), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 7 || f[0] != strconv.Itoa(len(out)+1) {
-			continue
-		}
-		start, _ := strconv.ParseInt(f[1], 10, 64)
-		end, _ := strconv.ParseInt(f[2], 10, 64)
-		out = append(out, partition{start: start, end: end, code: f[5], name: f[6]})
-	}
-	return out
-}
-
-// extract copies partition p of img into its own file, for the tools that
-// read a file system from a file.
-func extract(t *testing.T, img string, p partition) string {
-	t.Helper()
-	f, err := os.Open(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := filepath.Join(t.TempDir(), p.name+".img")
-	o, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	if _, err := io.Copy(o, io.NewSectionReader(f, p.start*512, (p.end-p.start+1)*512)); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func TestImage(t *testing.T) {
 	in := getInputs(t)
 	dir := t.TempDir()
@@ -183,18 +140,18 @@ func TestImage(t *testing.T) {
 		t.Errorf("output folder holds %v, want the image and SHA256SUMS only (no temporary files)", ents)
 	}
 
-	parts := partitions(t, out)
+	parts := gpttest.Partitions(t, out)
 	t.Run("layout", func(t *testing.T) {
-		want := []partition{
-			{start: 2048, code: "EF00", name: installer.ESPLabel},
-			{start: 2048 + res.ESPSize/512, code: "8300", name: installer.PayloadLabel},
+		want := []gpttest.Partition{
+			{Start: 2048, Code: "EF00", Name: installer.ESPLabel},
+			{Start: 2048 + res.ESPSize/512, Code: "8300", Name: installer.PayloadLabel},
 		}
 		if len(parts) != len(want) {
 			t.Fatalf("sgdisk -p shows %d partitions, want 2: %+v", len(parts), parts)
 		}
 		for i, w := range want {
-			if p := parts[i]; p.start != w.start || p.code != w.code || p.name != w.name {
-				t.Errorf("partition %d: %+v, want start %d, type %s, name %s", i+1, p, w.start, w.code, w.name)
+			if p := parts[i]; p.Start != w.Start || p.Code != w.Code || p.Name != w.Name {
+				t.Errorf("partition %d: %+v, want start %d, type %s, name %s", i+1, p, w.Start, w.Code, w.Name)
 			}
 		}
 		if v := run(t, "sgdisk", "-v", out); !strings.Contains(v, "No problems found") {
@@ -206,7 +163,7 @@ func TestImage(t *testing.T) {
 	})
 
 	t.Run("ESP", func(t *testing.T) {
-		esp := extract(t, out, parts[0])
+		esp := gpttest.Extract(t, out, parts[0])
 		got := run(t, "blkid", "-p", "-o", "export", esp)
 		for _, w := range []string{"TYPE=vfat", "VERSION=FAT32", "LABEL=" + installer.ESPLabel} {
 			if !strings.Contains(got, w+"\n") {
@@ -235,7 +192,7 @@ func TestImage(t *testing.T) {
 	})
 
 	t.Run("payload", func(t *testing.T) {
-		payload := extract(t, out, parts[1])
+		payload := gpttest.Extract(t, out, parts[1])
 		if got := run(t, "blkid", "-p", "-o", "value", "-s", "TYPE", payload); strings.TrimSpace(got) != "squashfs" {
 			t.Errorf("blkid: payload type %q, want squashfs", got)
 		}
