@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"io"
 	"math/big"
 	"net"
@@ -56,51 +57,10 @@ func newEnv(t testing.TB, hosts int) *env {
 
 func envOn(t testing.TB, bed *testbed.Bed) *env {
 	e := &env{t: t, bed: bed, steps: map[string][]Step{}}
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
-	}
-	e.secret = []byte(hex.EncodeToString(raw))
-	var members []config.Member
-	for _, h := range bed.Hosts {
-		members = append(members, config.Member{Name: h.Name, Address: h.Address.String()})
-	}
-	init := bed.Hosts[0]
-	for _, h := range bed.Hosts {
-		// The pool's source: on a real host the ZFS partition, here an
-		// empty directory of the host's.
-		if err := os.Mkdir(filepath.Join(h.Dir, "pool"), 0o711); err != nil {
-			t.Fatal(err)
-		}
-		secretFile := filepath.Join(h.Dir, "cluster.secret")
-		if err := config.WriteSecret(secretFile, e.secret); err != nil {
-			t.Fatal(err)
-		}
-		a := &config.Appliance{
-			Host: config.Host{Name: h.Name, Address: h.Address.String()},
-			Cluster: config.Cluster{
-				Name: "bed" + bed.ID, Initiator: init.Name, InitiatorAddress: init.Address.String(),
-				Members:  members,
-				Storage:  config.Storage{Pool: "local", Driver: "dir", Source: filepath.Join(h.Dir, "pool")},
-				Networks: []config.Network{{Name: "ssbr0", Type: "bridge", IPv4: "10.222.0.1/24"}},
-			},
-			SecretFile: secretFile,
-			StateDir:   filepath.Join(h.Dir, "state"),
-		}
-		// What the installer would write, loaded the way the service will.
-		data, err := config.Marshal(a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(h.Dir, "appliance.yaml")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		loaded, err := config.Load(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.cfgs = append(e.cfgs, loaded)
+	hosts, secret := configtest.ForBed(t, bed)
+	e.secret = secret
+	for _, h := range hosts {
+		e.cfgs = append(e.cfgs, h.Config)
 	}
 	return e
 }

@@ -3,11 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -332,50 +331,11 @@ type applianceHost struct {
 }
 
 func newApplianceHosts(t *testing.T, bed *testbed.Bed) []*applianceHost {
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
-	}
-	secret := []byte(hex.EncodeToString(raw))
-	var members []config.Member
-	for _, h := range bed.Hosts {
-		members = append(members, config.Member{Name: h.Name, Address: h.Address.String()})
-	}
-	init := bed.Hosts[0]
+	hosts, secret := configtest.ForBed(t, bed)
 	var out []*applianceHost
 	log := &sharedLog{}
-	for _, h := range bed.Hosts {
-		if err := os.Mkdir(filepath.Join(h.Dir, "pool"), 0o711); err != nil {
-			t.Fatal(err)
-		}
-		secretFile := filepath.Join(h.Dir, "cluster.secret")
-		if err := config.WriteSecret(secretFile, secret); err != nil {
-			t.Fatal(err)
-		}
-		a := &config.Appliance{
-			Host: config.Host{Name: h.Name, Address: h.Address.String()},
-			Cluster: config.Cluster{
-				Name: "bed" + bed.ID, Initiator: init.Name, InitiatorAddress: init.Address.String(),
-				Members:  members,
-				Storage:  config.Storage{Pool: "local", Driver: "dir", Source: filepath.Join(h.Dir, "pool")},
-				Networks: []config.Network{{Name: "ssbr0", Type: "bridge", IPv4: "10.222.0.1/24"}},
-			},
-			SecretFile: secretFile,
-			StateDir:   filepath.Join(h.Dir, "state"),
-		}
-		data, err := config.Marshal(a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(h.Dir, "appliance.yaml")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		loaded, err := config.Load(path) // as the service will: the registry port defaulted
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, &applianceHost{bed: h, cfg: loaded, path: path, out: log})
+	for _, h := range hosts {
+		out = append(out, &applianceHost{bed: h.Bed, cfg: h.Config, path: h.Path, out: log})
 	}
 	t.Cleanup(func() {
 		for _, h := range out {

@@ -1,0 +1,74 @@
+// Package configtest writes, for every host of a test bed, what the
+// installer would: a fresh cluster secret (0600) and an appliance.yaml, read
+// back the way the service reads it.
+package configtest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+)
+
+// Host is one bed host's appliance config as loaded, and where it is.
+type Host struct {
+	Bed    *testbed.Host
+	Config *config.Appliance
+	Path   string // its appliance.yaml
+}
+
+// ForBed makes the first host the initiator, gives every host a dir pool in
+// its own directory, and returns the configs with the shared secret.
+func ForBed(t testing.TB, bed *testbed.Bed) (hosts []Host, secret []byte) {
+	t.Helper()
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	secret = []byte(hex.EncodeToString(raw))
+	var members []config.Member
+	for _, h := range bed.Hosts {
+		members = append(members, config.Member{Name: h.Name, Address: h.Address.String()})
+	}
+	init := bed.Hosts[0]
+	for _, h := range bed.Hosts {
+		// The pool's source: on a real host the ZFS partition, here an
+		// empty directory of the host's.
+		if err := os.Mkdir(filepath.Join(h.Dir, "pool"), 0o711); err != nil {
+			t.Fatal(err)
+		}
+		secretFile := filepath.Join(h.Dir, "cluster.secret")
+		if err := config.WriteSecret(secretFile, secret); err != nil {
+			t.Fatal(err)
+		}
+		a := &config.Appliance{
+			Host: config.Host{Name: h.Name, Address: h.Address.String()},
+			Cluster: config.Cluster{
+				Name: "bed" + bed.ID, Initiator: init.Name, InitiatorAddress: init.Address.String(),
+				Members:  members,
+				Storage:  config.Storage{Pool: "local", Driver: "dir", Source: filepath.Join(h.Dir, "pool")},
+				Networks: []config.Network{{Name: "ssbr0", Type: "bridge", IPv4: "10.222.0.1/24"}},
+			},
+			SecretFile: secretFile,
+			StateDir:   filepath.Join(h.Dir, "state"),
+		}
+		data, err := config.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(h.Dir, "appliance.yaml")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		loaded, err := config.Load(path) // as the service will: defaults applied
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, Host{Bed: h, Config: loaded, Path: path})
+	}
+	return hosts, secret
+}
