@@ -16,11 +16,8 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -28,7 +25,6 @@ import (
 	"time"
 
 	"github.com/canonical/lxd/shared/api"
-	"golang.org/x/sys/unix"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
@@ -95,7 +91,7 @@ func (e *env) start(i int, mod func(*Options)) *service {
 	}
 	o := Options{
 		Config: e.cfgs[i], Secret: secret, LXD: h.LXD(), LXDDir: h.LXDDir,
-		Listen: listenIn(h), Dial: h.DialContext,
+		Listen: h.Listen, Dial: h.DialContext,
 		Progress:       progress.New(e, progress.Plain),
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
 		OnStep: func(s Step) {
@@ -174,38 +170,6 @@ func (e *env) output() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.log.String()
-}
-
-// listenIn creates listeners inside h's network namespace. A socket
-// belongs to the namespace of the thread that creates it, so a goroutine
-// locked to a fresh OS thread enters the namespace, listens, and exits
-// still locked: Go then ends that thread instead of reusing it in the
-// wrong namespace.
-func listenIn(h *testbed.Host) func(network, address string) (net.Listener, error) {
-	return func(network, address string) (net.Listener, error) {
-		type result struct {
-			ln  net.Listener
-			err error
-		}
-		ch := make(chan result, 1)
-		go func() {
-			runtime.LockOSThread()
-			f, err := os.Open("/run/netns/" + h.Netns)
-			if err != nil {
-				ch <- result{nil, err}
-				return
-			}
-			defer f.Close()
-			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-				ch <- result{nil, fmt.Errorf("%s: enter network namespace: %w", h.Name, err)}
-				return
-			}
-			ln, err := net.Listen(network, address)
-			ch <- result{ln, err}
-		}()
-		r := <-ch
-		return r.ln, r.err
-	}
 }
 
 // pendingTokens lists the join tokens LXD on h holds, by member name.
@@ -420,7 +384,7 @@ func (e *env) impostor(t testing.TB, h *testbed.Host) *http.Server {
 		}),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert},
 	}
-	ln, err := listenIn(h)("tcp", e.cfgs[0].Cluster.RegistrationAddress())
+	ln, err := h.Listen("tcp", e.cfgs[0].Cluster.RegistrationAddress())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -158,49 +158,68 @@ func (h *Host) Run(ctx context.Context, name string, args ...string) (string, er
 // process on that host would. Use it as http.Transport.DialContext. Give it
 // IP addresses: names would be resolved the machine's way.
 func (h *Host) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	type result struct {
-		conn net.Conn
-		err  error
+	var conn net.Conn
+	err := h.inNetns(func() (err error) {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, network, address)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: dial %s: %w", h.Name, address, err)
 	}
-	ch := make(chan result, 1)
-	// A socket belongs to the network namespace of the thread that creates
-	// it, so create it on a locked thread switched into the host's namespace.
+	return conn, nil
+}
+
+// Listen creates a listener inside the host's network namespace, as a
+// server on that host would (the appliance's registration endpoint).
+func (h *Host) Listen(network, address string) (net.Listener, error) {
+	var ln net.Listener
+	err := h.inNetns(func() (err error) {
+		ln, err = net.Listen(network, address)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen %s: %w", h.Name, address, err)
+	}
+	return ln, nil
+}
+
+// inNetns runs fn on a thread switched into the host's network namespace:
+// a socket belongs to the namespace of the thread that creates it, and
+// keeps it afterwards.
+func (h *Host) inNetns(fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		conn, err, tainted := h.dialInNetns(ctx, network, address)
+		err, tainted := h.switchAndRun(fn)
 		// A thread that could not switch back ends with this goroutine.
 		if !tainted {
 			runtime.UnlockOSThread()
 		}
-		ch <- result{conn, err}
+		ch <- err
 	}()
-	r := <-ch
-	return r.conn, r.err
+	return <-ch
 }
 
-// dialInNetns runs on a locked thread; tainted reports that the thread is
+// switchAndRun runs on a locked thread; tainted reports that the thread is
 // left in the host's namespace.
-func (h *Host) dialInNetns(ctx context.Context, network, address string) (conn net.Conn, err error, tainted bool) {
+func (h *Host) switchAndRun(fn func() error) (err error, tainted bool) {
 	orig, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
-		return nil, fmt.Errorf("%s: dial %s: %w", h.Name, address, err), false
+		return err, false
 	}
 	defer orig.Close()
 	target, err := os.Open(h.netnsPath())
 	if err != nil {
-		return nil, fmt.Errorf("%s: dial %s: %w", h.Name, address, err), false
+		return err, false
 	}
 	defer target.Close()
 	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("%s: dial %s: enter network namespace: %w", h.Name, address, err), false
+		return fmt.Errorf("enter network namespace: %w", err), false
 	}
-	var d net.Dialer
-	conn, dialErr := d.DialContext(ctx, network, address)
+	err = fn()
 	tainted = unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) != nil
-	if dialErr != nil {
-		return nil, fmt.Errorf("%s: %w", h.Name, dialErr), tainted
-	}
-	return conn, nil, tainted
+	return err, tainted
 }
 
 // LXD returns the client connected to the host's daemon over its unix

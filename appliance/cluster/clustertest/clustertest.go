@@ -1,0 +1,57 @@
+// Package clustertest forms a real LXD cluster on a test bed the way
+// installed hosts do on their first boot (cluster.Service on every host,
+// with the appliance.yaml the installer writes), for tests of what runs on
+// a formed cluster.
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// Form runs every bed host's cluster service until each has returned (the
+// cluster is formed, every member online) and returns the hosts' configs.
+// The first host is the initiator; every host has a dir pool "local" and a
+// bridge "ssbr0" (configtest.ForBed).
+func Form(t testing.TB, bed *testbed.Bed) []configtest.Host {
+	t.Helper()
+	hosts, _ := configtest.ForBed(t, bed)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	errs := make(chan error, len(hosts))
+	for _, h := range hosts {
+		go func() { errs <- run(ctx, h) }()
+	}
+	for range hosts {
+		if err := <-errs; err != nil {
+			cancel()
+			t.Fatalf("form the cluster: %v", err)
+		}
+	}
+	return hosts
+}
+
+func run(ctx context.Context, h configtest.Host) error {
+	secret, err := config.ReadSecret(h.Config.SecretFile)
+	if err != nil {
+		return err
+	}
+	svc, err := cluster.New(cluster.Options{
+		Config: h.Config, Secret: secret, LXD: h.Bed.LXD(), LXDDir: h.Bed.LXDDir,
+		Listen: h.Bed.Listen, Dial: h.Bed.DialContext,
+		Progress:       progress.Discard(),
+		BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", h.Bed.Name, err)
+	}
+	return svc.Run(ctx)
+}

@@ -1,0 +1,131 @@
+// Package instancedocker gives a Docker API client for the daemon inside an
+// LXD instance. Every connection is an LXD exec of `docker system
+// dial-stdio` in the instance (the Docker CLI's own stdio bridge, which the
+// base image has), so it reaches an instance on any cluster member through
+// the LXD API and its authentication, and no Docker socket is ever exposed
+// on a host or the network.
+package instancedocker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+	"github.com/docker/docker/client"
+)
+
+// Client returns a Docker client for instance's daemon, reached through c
+// (scoped to the instance's project). Close it when done.
+func Client(c lxd.InstanceServer, instance string) (*client.Client, error) {
+	cli, err := client.NewClientWithOpts(
+		// The host name is never resolved: every connection is dialled below.
+		client.WithHost("http://docker"),
+		client.WithDialContext(func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return Dial(ctx, c, instance)
+		}),
+		client.WithAPIVersionNegotiation(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("docker client for instance %s: %w", instance, err)
+	}
+	return cli, nil
+}
+
+// Dial opens one byte stream to the Docker daemon of instance.
+func Dial(ctx context.Context, c lxd.InstanceServer, instance string) (net.Conn, error) {
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	cn := &conn{in: inW, out: outR, instance: instance}
+	done := make(chan bool)
+	op, err := c.ExecInstance(instance, api.InstanceExecPost{
+		Command:   []string{"docker", "system", "dial-stdio"},
+		WaitForWS: true,
+	}, &lxd.InstanceExecArgs{Stdin: inR, Stdout: outW, Stderr: &cn.stderr, DataDone: done})
+	if err != nil {
+		inW.Close()
+		outW.Close()
+		return nil, fmt.Errorf("instance %s: exec docker system dial-stdio: %w", instance, err)
+	}
+	go func() {
+		<-done
+		err := op.Wait()
+		if err == nil {
+			if rc, ok := op.Get().Metadata["return"].(float64); ok && rc != 0 {
+				err = fmt.Errorf("docker system dial-stdio exited %d: %s", int(rc), strings.TrimSpace(cn.stderr.String()))
+			}
+		}
+		if err != nil {
+			err = fmt.Errorf("instance %s: %w", instance, err)
+		} else {
+			err = io.EOF
+		}
+		outW.CloseWithError(err)
+		inR.CloseWithError(err)
+	}()
+	return cn, nil
+}
+
+// conn is the exec's stdin and stdout as a net.Conn. Deadlines are not
+// supported (as with Docker's own command connections); contexts bound the
+// requests instead.
+type conn struct {
+	in       *io.PipeWriter
+	out      *io.PipeReader
+	instance string
+	stderr   lockedBuffer
+	once     sync.Once
+}
+
+func (c *conn) Read(p []byte) (int, error)  { return c.out.Read(p) }
+func (c *conn) Write(p []byte) (int, error) { return c.in.Write(p) }
+
+// Close ends stdin (dial-stdio then closes its side to the daemon and
+// exits) and stops reading.
+func (c *conn) Close() error {
+	c.once.Do(func() {
+		c.in.Close()
+		c.out.CloseWithError(net.ErrClosed)
+	})
+	return nil
+}
+
+func (c *conn) LocalAddr() net.Addr              { return addr("ssbuild") }
+func (c *conn) RemoteAddr() net.Addr             { return addr(c.instance) }
+func (c *conn) SetDeadline(time.Time) error      { return nil }
+func (c *conn) SetReadDeadline(time.Time) error  { return nil }
+func (c *conn) SetWriteDeadline(time.Time) error { return nil }
+func (c *conn) CloseWrite() error                { return c.in.Close() }
+func (c *conn) String() string                   { return "docker in " + c.instance }
+
+type addr string
+
+func (a addr) Network() string { return "lxd-exec" }
+func (a addr) String() string  { return string(a) }
+
+// lockedBuffer keeps the first KiB of stderr for the error message.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := 1024 - b.buf.Len(); room > 0 {
+		b.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
