@@ -1,0 +1,219 @@
+// Package deploy puts a recipe's deployments onto an LXD cluster (or a
+// standalone LXD): per deployment an LXD project <name>-<chain>, its
+// instances (www, btcpay, clams) spread over the members with their custom
+// volumes and cloud-init user-data, all from the one base image, and in
+// each instance the Docker services of the deployment's stack, reached
+// through LXD (appliance/instancedocker).
+//
+// Deploy is a reconcile: every step reads what exists first and changes
+// only what differs, so a re-run with no change makes no LXD or Docker
+// mutation (Report.Mutations counts them), a changed service is the only
+// one recreated, and a run cut short anywhere converges when run again.
+// Instances are deployed in parallel (Options.Parallel bounds it).
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// Options are what a deploy needs.
+type Options struct {
+	// LXD is any member of the cluster, or a standalone server.
+	LXD    lxd.InstanceServer
+	Recipe *recipes.Recipe
+	// Deployments limits the run to these deployment names (default: all).
+	Deployments []string
+	// ImageDir is the output folder of `ssbuild image`, imported when the
+	// base image is not in LXD yet.
+	ImageDir string
+	// StateDir keeps the generated secrets, one 0600 file per deployment.
+	StateDir string
+	// Parallel is how many instances are deployed at once (default: all).
+	Parallel int
+	// ReadyTimeout bounds the wait for an instance's systemd and Docker
+	// (default 5 minutes).
+	ReadyTimeout time.Duration
+	Progress     *progress.Reporter
+}
+
+// Report says what a deploy did.
+type Report struct {
+	// Mutations counts every changing LXD and Docker call; 0 means the
+	// cluster already was as the recipe says.
+	Mutations int
+	Instances []InstanceReport
+}
+
+// InstanceReport is one instance's outcome.
+type InstanceReport struct {
+	Project, Name, Member string
+	Created                bool
+	Services               ServiceChanges
+}
+
+// ServiceChanges lists what happened to the instance's Docker services.
+type ServiceChanges struct {
+	Created, Recreated, Unchanged, Removed []string
+}
+
+func (o *Options) defaults() error {
+	if o.LXD == nil || o.Recipe == nil {
+		return errors.New("deploy: LXD and Recipe are required")
+	}
+	if o.StateDir == "" {
+		return errors.New("deploy: StateDir (where the deployments' secrets are kept) is required")
+	}
+	if o.ReadyTimeout == 0 {
+		o.ReadyTimeout = 5 * time.Minute
+	}
+	if o.Progress == nil {
+		o.Progress = progress.Discard()
+	}
+	return nil
+}
+
+// selected returns the recipe's deployments the run is about.
+func (o *Options) selected() ([]recipes.Deployment, error) {
+	if len(o.Deployments) == 0 {
+		return o.Recipe.Deployments, nil
+	}
+	var out []recipes.Deployment
+	for _, name := range o.Deployments {
+		found := false
+		for _, d := range o.Recipe.Deployments {
+			if d.Name == name || d.Project() == name {
+				out = append(out, d)
+				found = true
+			}
+		}
+		if !found {
+			var have []string
+			for _, d := range o.Recipe.Deployments {
+				have = append(have, d.Name)
+			}
+			return nil, fmt.Errorf("deploy: the recipe has no deployment %q (it has: %s)", name, strings.Join(have, ", "))
+		}
+	}
+	return out, nil
+}
+
+// target is where instances go, from the recipe's cluster section.
+func (o *Options) target() (Target, error) {
+	c := o.Recipe.Cluster
+	if len(c.Networks) == 0 {
+		return Target{}, errors.New("deploy: the recipe's cluster has no network for the instances (cluster.networks)")
+	}
+	return Target{Pool: c.Storage.Pool, Driver: c.Storage.Driver, Network: c.Networks[0].Name}, nil
+}
+
+// work is one instance to deploy.
+type work struct {
+	dep    recipes.Deployment
+	spec   InstanceSpec
+	member string
+}
+
+// Deploy brings the cluster to what the recipe's deployments say.
+func Deploy(ctx context.Context, o Options) (Report, error) {
+	if err := o.defaults(); err != nil {
+		return Report{}, err
+	}
+	deps, err := o.selected()
+	if err != nil {
+		return Report{}, err
+	}
+	t, err := o.target()
+	if err != nil {
+		return Report{}, err
+	}
+	var m mutations
+	task := o.Progress.Start("base image "+BaseImageAlias, 0, "")
+	_, err = ensureBaseImage(o.LXD, o.ImageDir, &m)
+	task.Done(err)
+	if err != nil {
+		return Report{}, err
+	}
+	var todo []work
+	for _, d := range deps {
+		specs, err := Specs(o.Recipe, d, t)
+		if err != nil {
+			return Report{}, err
+		}
+		if _, err := ensureProject(o.LXD, d.Project(), &m); err != nil {
+			return Report{}, err
+		}
+		where, err := place(o.LXD, specs)
+		if err != nil {
+			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
+		}
+		for _, s := range specs {
+			todo = append(todo, work{dep: d, spec: s, member: where[s.Name]})
+		}
+	}
+
+	reports := make([]InstanceReport, len(todo))
+	errs := make([]error, len(todo))
+	limit := o.Parallel
+	if limit <= 0 {
+		limit = len(todo)
+	}
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i, w := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				errs[i] = ctx.Err()
+				return
+			}
+			defer func() { <-sem }()
+			reports[i], errs[i] = o.deployInstance(ctx, w, &m)
+		}()
+	}
+	wg.Wait()
+	rep := Report{Instances: reports, Mutations: int(m.n.Load())}
+	return rep, errors.Join(errs...)
+}
+
+// deployInstance makes one instance and its services as the recipe says.
+func (o *Options) deployInstance(ctx context.Context, w work, m *mutations) (InstanceReport, error) {
+	s := w.spec
+	r := InstanceReport{Project: s.Project, Name: s.Name, Member: w.member}
+	label := s.Project + "/" + s.Name
+	task := o.Progress.Start(label+": instance on "+memberName(w.member), 0, "")
+	before := m.n.Load()
+	err := ensureVolumes(o.LXD, o.Recipe.Cluster.Storage.Pool, s, w.member, m)
+	if err == nil {
+		err = ensureInstance(o.LXD, s, w.member, m)
+	}
+	r.Created = m.n.Load() != before
+	task.Done(err)
+	if err != nil {
+		return r, err
+	}
+	pc := o.LXD.UseProject(s.Project)
+	task = o.Progress.Start(label+": waiting for systemd and Docker", 0, "")
+	rctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
+	err = waitReady(rctx, pc, s.Name)
+	cancel()
+	task.Done(err)
+	if err != nil {
+		return r, err
+	}
+	changes, err := o.deployServices(ctx, pc, w, m)
+	r.Services = changes
+	return r, err
+}

@@ -1,0 +1,282 @@
+package deploy
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync/atomic"
+
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/images/lxdimage"
+)
+
+// mutations counts the changing calls made to LXD and Docker, so a
+// re-deploy with no change can show it made none.
+type mutations struct{ n atomic.Int64 }
+
+func (m *mutations) add(n int) { m.n.Add(int64(n)) }
+
+func isNotFound(err error) bool { return api.StatusErrorCheck(err, http.StatusNotFound) }
+
+func wait(op lxd.Operation, err error) error {
+	if err != nil {
+		return err
+	}
+	return op.Wait()
+}
+
+// ensureProject creates the deployment's project when missing. It keeps
+// its own profiles and custom volumes, and uses the default project's
+// images, so the base image is imported once for every deployment.
+func ensureProject(c lxd.InstanceServer, name string, m *mutations) (bool, error) {
+	if _, _, err := c.GetProject(name); err == nil {
+		return false, nil
+	} else if !isNotFound(err) {
+		return false, fmt.Errorf("project %s: %w", name, err)
+	}
+	err := c.CreateProject(api.ProjectsPost{Name: name, ProjectPut: api.ProjectPut{
+		Description: "ssbuild deployment " + name,
+		Config: map[string]string{
+			"features.images": "false", "features.profiles": "true",
+			"features.storage.volumes": "true", "features.networks": "false",
+		},
+	}})
+	if err != nil {
+		return false, fmt.Errorf("create project %s: %w", name, err)
+	}
+	m.add(1)
+	return true, nil
+}
+
+// ensureBaseImage makes sure BaseImageAlias exists in the default project,
+// importing it from dir (an `ssbuild image` output) when missing.
+func ensureBaseImage(c lxd.InstanceServer, dir string, m *mutations) (string, error) {
+	if alias, _, err := c.GetImageAlias(BaseImageAlias); err == nil {
+		return alias.Target, nil
+	} else if !isNotFound(err) {
+		return "", fmt.Errorf("base image %s: %w", BaseImageAlias, err)
+	}
+	if dir == "" {
+		return "", fmt.Errorf("base image %s is not in LXD: pass --image DIR, the output folder of `ssbuild image`", BaseImageAlias)
+	}
+	imageDir := filepath.Join(dir, "image")
+	if _, err := os.Stat(filepath.Join(imageDir, lxdimage.MetadataFile)); err != nil {
+		imageDir = dir // the image folder itself
+	}
+	meta, err := os.Open(filepath.Join(imageDir, lxdimage.MetadataFile))
+	if err != nil {
+		return "", fmt.Errorf("base image: %w (is %s the output of `ssbuild image`?)", err, dir)
+	}
+	defer meta.Close()
+	rootfs, err := os.Open(filepath.Join(imageDir, lxdimage.SquashfsFile))
+	if err != nil {
+		return "", fmt.Errorf("base image: %w (the image must include the container format)", err)
+	}
+	defer rootfs.Close()
+	op, err := c.CreateImage(api.ImagesPost{}, &lxd.ImageCreateArgs{
+		MetaFile: meta, MetaName: lxdimage.MetadataFile, RootfsFile: rootfs, RootfsName: lxdimage.SquashfsFile})
+	if err := wait(op, err); err != nil {
+		return "", fmt.Errorf("import base image from %s: %w", imageDir, err)
+	}
+	m.add(1)
+	fp, _ := op.Get().Metadata["fingerprint"].(string)
+	err = c.CreateImageAlias(api.ImageAliasesPost{ImageAliasesEntry: api.ImageAliasesEntry{
+		Name: BaseImageAlias, Type: "container", Target: fp}})
+	if err != nil {
+		return "", fmt.Errorf("alias base image %s as %s: %w", fp, BaseImageAlias, err)
+	}
+	m.add(1)
+	return fp, nil
+}
+
+// members returns the online cluster members by name, or "" alone for a
+// standalone server.
+func members(c lxd.InstanceServer) ([]string, error) {
+	cl, _, err := c.GetCluster()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if !cl.Enabled {
+		return []string{""}, nil
+	}
+	ms, err := c.GetClusterMembers()
+	if err != nil {
+		return nil, fmt.Errorf("cluster members: %w", err)
+	}
+	var out []string
+	for _, mb := range ms {
+		if mb.Status == "Online" {
+			out = append(out, mb.ServerName)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no cluster member is online")
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// place chooses a member for every instance in specs: an instance that
+// exists stays where it is; a new one goes to the member with the fewest
+// instances (in every project), ties by name, so a deployment's instances
+// spread over the cluster.
+func place(c lxd.InstanceServer, specs []InstanceSpec) (map[string]string, error) {
+	names, err := members(c)
+	if err != nil {
+		return nil, err
+	}
+	where := map[string]string{}
+	if len(names) == 1 && names[0] == "" {
+		for _, s := range specs {
+			where[s.Name] = ""
+		}
+		return where, nil
+	}
+	all, err := c.GetInstancesAllProjects(api.InstanceTypeAny)
+	if err != nil {
+		return nil, fmt.Errorf("list instances: %w", err)
+	}
+	load := map[string]int{}
+	for _, n := range names {
+		load[n] = 0
+	}
+	for _, in := range all {
+		if _, ok := load[in.Location]; ok {
+			load[in.Location]++
+		}
+		if len(specs) > 0 && in.Project == specs[0].Project {
+			where[in.Name] = in.Location
+		}
+	}
+	for _, s := range specs {
+		if _, ok := where[s.Name]; ok {
+			continue
+		}
+		best := names[0]
+		for _, n := range names[1:] {
+			if load[n] < load[best] {
+				best = n
+			}
+		}
+		where[s.Name] = best
+		load[best]++
+	}
+	return where, nil
+}
+
+// ensureVolumes creates the instance's custom volumes on its member.
+func ensureVolumes(c lxd.InstanceServer, pool string, s InstanceSpec, member string, m *mutations) error {
+	pc := c.UseProject(s.Project)
+	if member != "" {
+		pc = pc.UseTarget(member)
+	}
+	for _, v := range s.Volumes {
+		if _, _, err := pc.GetStoragePoolVolume(pool, "custom", v.Name); err == nil {
+			continue
+		} else if !isNotFound(err) {
+			return fmt.Errorf("volume %s/%s: %w", s.Project, v.Name, err)
+		}
+		err := pc.CreateStoragePoolVolume(pool, api.StorageVolumesPost{Name: v.Name, Type: "custom",
+			StorageVolumePut: api.StorageVolumePut{Config: v.Config, Description: "ssbuild " + v.Kind + " volume of " + s.Name}})
+		if err != nil {
+			return fmt.Errorf("create volume %s/%s on %s: %w", s.Project, v.Name, memberName(member), err)
+		}
+		m.add(1)
+	}
+	return nil
+}
+
+// ensureInstance creates the instance on member when missing, brings its
+// managed config and devices to the spec, and starts it.
+func ensureInstance(c lxd.InstanceServer, s InstanceSpec, member string, m *mutations) error {
+	pc := c.UseProject(s.Project)
+	cur, etag, err := pc.GetInstance(s.Name)
+	switch {
+	case isNotFound(err):
+		tc := pc
+		if member != "" {
+			tc = pc.UseTarget(member)
+		}
+		op, err := tc.CreateInstance(api.InstancesPost{Name: s.Name, Type: api.InstanceType(s.Type),
+			Source:      api.InstanceSource{Type: "image", Alias: BaseImageAlias},
+			InstancePut: api.InstancePut{Config: s.Config, Devices: s.Devices, Profiles: []string{"default"}}})
+		if err := wait(op, err); err != nil {
+			return fmt.Errorf("create instance %s/%s on %s: %w", s.Project, s.Name, memberName(member), err)
+		}
+		m.add(1)
+		if cur, etag, err = pc.GetInstance(s.Name); err != nil {
+			return fmt.Errorf("instance %s/%s: %w", s.Project, s.Name, err)
+		}
+	case err != nil:
+		return fmt.Errorf("instance %s/%s: %w", s.Project, s.Name, err)
+	default:
+		if !configMatches(cur.Config, s.Config) || !maps.EqualFunc(cur.Devices, s.Devices, maps.Equal) {
+			put := cur.Writable()
+			maps.Copy(put.Config, s.Config)
+			put.Devices = s.Devices
+			if err := wait(pc.UpdateInstance(s.Name, put, etag)); err != nil {
+				return fmt.Errorf("update instance %s/%s: %w", s.Project, s.Name, err)
+			}
+			m.add(1)
+		}
+	}
+	if cur.StatusCode != api.Running {
+		op, err := pc.UpdateInstanceState(s.Name, api.InstanceStatePut{Action: "start", Timeout: -1}, "")
+		if err := wait(op, err); err != nil {
+			return fmt.Errorf("start instance %s/%s: %w", s.Project, s.Name, err)
+		}
+		m.add(1)
+	}
+	return nil
+}
+
+// configMatches reports whether every key the spec sets has its value
+// (LXD adds volatile keys of its own, which are not ours to compare).
+func configMatches(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func memberName(m string) string {
+	if m == "" {
+		return "the server"
+	}
+	return "member " + m
+}
+
+// instancesOf lists the instances of a project that ssbuild made, by name.
+func instancesOf(c lxd.InstanceServer, project string) ([]api.Instance, error) {
+	all, err := c.UseProject(project).GetInstances(api.InstanceTypeAny)
+	if err != nil {
+		return nil, fmt.Errorf("list instances of %s: %w", project, err)
+	}
+	var out []api.Instance
+	for _, in := range all {
+		if in.Config[keyDeployment] == project {
+			out = append(out, in)
+		}
+	}
+	slices.SortFunc(out, func(a, b api.Instance) int { return compareStrings(a.Name, b.Name) })
+	return out, nil
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

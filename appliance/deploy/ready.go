@@ -1,0 +1,61 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+)
+
+// exec runs a command in an instance and returns its stdout and exit code.
+func exec(c lxd.InstanceServer, instance string, command ...string) (string, int, error) {
+	var out bytes.Buffer
+	done := make(chan bool)
+	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
+		&lxd.InstanceExecArgs{Stdout: &out, DataDone: done})
+	if err := wait(op, err); err != nil {
+		return "", -1, fmt.Errorf("exec %s in %s: %w", strings.Join(command, " "), instance, err)
+	}
+	<-done
+	code := -1
+	if rc, ok := op.Get().Metadata["return"].(float64); ok {
+		code = int(rc)
+	}
+	return strings.TrimSpace(out.String()), code, nil
+}
+
+// waitReady waits until the instance's systemd has booted and the base
+// image's pre-loaded Docker images are in its Docker (the preload unit has
+// finished), so services start from local images.
+func waitReady(ctx context.Context, c lxd.InstanceServer, instance string) error {
+	var last string
+	for {
+		state, _, err := exec(c, instance, "systemctl", "is-system-running")
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = "systemd is " + state
+			if state == "running" || state == "degraded" {
+				preload, _, _ := exec(c, instance, "systemctl", "show", "-p", "ActiveState", "--value", "ssbuild-preload.service")
+				docker, code, _ := exec(c, instance, "docker", "version", "--format", "{{.Server.Version}}")
+				switch {
+				case preload == "failed":
+					return fmt.Errorf("instance %s: loading the pre-loaded Docker images failed (journalctl -u ssbuild-preload.service in the instance)", instance)
+				case preload != "activating" && code == 0:
+					return nil
+				default:
+					last = fmt.Sprintf("preload %s, docker %q", preload, docker)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("instance %s not ready (%s): %w", instance, last, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
