@@ -57,8 +57,8 @@ type Report struct {
 // InstanceReport is one instance's outcome.
 type InstanceReport struct {
 	Project, Name, Member string
-	Created                bool
-	Services               ServiceChanges
+	Created               bool
+	Services              ServiceChanges
 }
 
 // ServiceChanges lists what happened to the instance's Docker services.
