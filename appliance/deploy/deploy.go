@@ -16,12 +16,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
 	lxd "github.com/canonical/lxd/client"
 
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
@@ -89,20 +89,11 @@ func (o *Options) selected() ([]recipes.Deployment, error) {
 	}
 	var out []recipes.Deployment
 	for _, name := range o.Deployments {
-		found := false
-		for _, d := range o.Recipe.Deployments {
-			if d.Name == name || d.Project() == name {
-				out = append(out, d)
-				found = true
-			}
+		d, err := FindDeployment(o.Recipe, name)
+		if err != nil {
+			return nil, fmt.Errorf("deploy: %w", err)
 		}
-		if !found {
-			var have []string
-			for _, d := range o.Recipe.Deployments {
-				have = append(have, d.Name)
-			}
-			return nil, fmt.Errorf("deploy: the recipe has no deployment %q (it has: %s)", name, strings.Join(have, ", "))
-		}
+		out = append(out, d)
 	}
 	return out, nil
 }
@@ -118,9 +109,10 @@ func (o *Options) target() (Target, error) {
 
 // work is one instance to deploy.
 type work struct {
-	dep    recipes.Deployment
-	spec   InstanceSpec
-	member string
+	dep     recipes.Deployment
+	spec    InstanceSpec
+	member  string
+	secrets secrets.Set
 }
 
 // Deploy brings the cluster to what the recipe's deployments say.
@@ -149,6 +141,10 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		if err != nil {
 			return Report{}, err
 		}
+		sec, err := o.deploymentSecrets(d)
+		if err != nil {
+			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
+		}
 		if _, err := ensureProject(o.LXD, d.Project(), &m); err != nil {
 			return Report{}, err
 		}
@@ -157,7 +153,7 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
 		}
 		for _, s := range specs {
-			todo = append(todo, work{dep: d, spec: s, member: where[s.Name]})
+			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], secrets: sec})
 		}
 	}
 

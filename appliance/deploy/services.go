@@ -7,19 +7,42 @@ import (
 	lxd "github.com/canonical/lxd/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
+	"github.com/sovereign-stack/ssbuild/appliance/stack"
+	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/recipes/stacks"
 )
+
+// deploymentSecrets returns the deployment's secrets, generating the
+// missing ones (kept in StateDir, 0600).
+func (o *Options) deploymentSecrets(d recipes.Deployment) (secrets.Set, error) {
+	names, err := stack.SecretNames(d)
+	if err != nil {
+		return secrets.Set{}, err
+	}
+	return secrets.Ensure(o.StateDir, d.Project(), names)
+}
 
 // deployServices applies the deployment's stack to the instance's Docker.
 func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w work, m *mutations) (ServiceChanges, error) {
+	if !stacks.Has(w.dep.Stack, w.spec.Name) {
+		return ServiceChanges{}, nil // an instance without services of its own
+	}
+	s, err := stack.Render(o.Recipe, w.dep, w.spec.Name, w.secrets)
+	if err != nil {
+		return ServiceChanges{}, err
+	}
 	docker, err := instancedocker.Client(pc, w.spec.Name)
 	if err != nil {
 		return ServiceChanges{}, err
 	}
 	defer docker.Close()
-	v, err := docker.ServerVersion(ctx)
+	res, err := stack.Apply(ctx, docker, s, o.Progress)
+	m.add(res.Mutations)
+	changes := ServiceChanges{Created: res.Created, Recreated: res.Recreated,
+		Unchanged: append(res.Unchanged, res.Started...), Removed: res.Removed}
 	if err != nil {
-		return ServiceChanges{}, fmt.Errorf("%s/%s: docker: %w", w.spec.Project, w.spec.Name, err)
+		return changes, fmt.Errorf("%s/%s: %w", w.spec.Project, w.spec.Name, err)
 	}
-	o.Progress.Info("%s/%s: Docker %s", w.spec.Project, w.spec.Name, v.Version)
-	return ServiceChanges{}, nil
+	return changes, nil
 }
