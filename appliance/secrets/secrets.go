@@ -1,0 +1,258 @@
+// Package secrets generates and keeps the passwords and keys of a
+// deployment's services (database passwords, admin passwords, RPC
+// credentials): one file per deployment, readable only by root, values from
+// crypto/rand, kept across runs so a re-deploy finds the same passwords its
+// databases were initialised with. A Set never prints its values.
+package secrets
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+// ValueBytes is how many random bytes a generated value holds; it is
+// written as hex (twice as many characters), which every config format
+// and connection string takes without quoting.
+const ValueBytes = 32
+
+var (
+	nameRE       = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+	deploymentRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+)
+
+// Set is the secrets of one deployment. Its zero value is empty. Printing a
+// Set (fmt, %v, %#v, JSON) shows only its names' count, never a value.
+type Set struct {
+	deployment string
+	values     map[string]string
+}
+
+// New makes a Set from values kept elsewhere (and for tests). The map is
+// copied.
+func New(deployment string, values map[string]string) Set {
+	m := make(map[string]string, len(values))
+	for k, v := range values {
+		m[k] = v
+	}
+	return Set{deployment: deployment, values: m}
+}
+
+// Get returns the value of a secret.
+func (s Set) Get(name string) (string, bool) {
+	v, ok := s.values[name]
+	return v, ok
+}
+
+// Names lists the secrets of the set, sorted.
+func (s Set) Names() []string {
+	names := make([]string, 0, len(s.values))
+	for k := range s.values {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Deployment is the deployment the set belongs to.
+func (s Set) Deployment() string { return s.deployment }
+
+// Redact replaces every value of the set in text with <secret NAME>, for
+// messages that quote configuration or a daemon's answer.
+func (s Set) Redact(text string) string {
+	for _, name := range s.Names() {
+		if v := s.values[name]; v != "" {
+			text = strings.ReplaceAll(text, v, "<secret "+name+">")
+		}
+	}
+	return text
+}
+
+func (s Set) redacted() string {
+	return fmt.Sprintf("secrets.Set{deployment: %q, %d values redacted}", s.deployment, len(s.values))
+}
+
+// String never shows a value.
+func (s Set) String() string { return s.redacted() }
+
+// GoString never shows a value.
+func (s Set) GoString() string { return s.redacted() }
+
+// Format never shows a value, whatever the verb.
+func (s Set) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(s.redacted())) }
+
+// MarshalJSON never shows a value.
+func (s Set) MarshalJSON() ([]byte, error) {
+	return []byte(fmt.Sprintf(`{"deployment":%q,"values":"redacted","count":%d}`, s.deployment, len(s.values))), nil
+}
+
+// File is the path of a deployment's secrets file under dir.
+func File(dir, deployment string) string { return filepath.Join(dir, deployment+".secrets") }
+
+// Ensure returns the secrets of a deployment with at least the given names:
+// values already in its file under dir are kept, missing ones are generated
+// and the file rewritten atomically (dir 0700, file 0600). Running it again
+// with the same names changes nothing.
+func Ensure(dir, deployment string, names []string) (Set, error) {
+	if !deploymentRE.MatchString(deployment) {
+		return Set{}, fmt.Errorf("secrets: deployment name %q: want letters, digits, '.', '_' or '-'", deployment)
+	}
+	for _, n := range names {
+		if !nameRE.MatchString(n) {
+			return Set{}, fmt.Errorf("secrets: secret name %q: want lowercase letters, digits, '.', '_' or '-'", n)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Set{}, fmt.Errorf("secrets: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return Set{}, fmt.Errorf("secrets: %w", err)
+	}
+	path := File(dir, deployment)
+	unlock, err := lock(path + ".lock")
+	if err != nil {
+		return Set{}, err
+	}
+	defer unlock()
+
+	set := Set{deployment: deployment, values: map[string]string{}}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if set.values, err = parse(path, data); err != nil {
+			return Set{}, err
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return Set{}, fmt.Errorf("secrets: %w", err)
+	}
+	changed := false
+	for _, n := range names {
+		if _, ok := set.values[n]; ok {
+			continue
+		}
+		v, err := generate()
+		if err != nil {
+			return Set{}, err
+		}
+		set.values[n] = v
+		changed = true
+	}
+	if !changed && data != nil {
+		// Still make sure nobody else can read it.
+		if err := os.Chmod(path, 0o600); err != nil {
+			return Set{}, fmt.Errorf("secrets: %w", err)
+		}
+		return set, nil
+	}
+	if err := writeAtomic(path, set.encode()); err != nil {
+		return Set{}, err
+	}
+	return set, nil
+}
+
+func generate() (string, error) {
+	b := make([]byte, ValueBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("secrets: random: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+const header = "# Generated by ssbuild: the secrets of one deployment. Keep this file private (0600).\n# Deleting a line makes a new value on the next deploy; a database keeps the old one.\n"
+
+func (s Set) encode() []byte {
+	var b bytes.Buffer
+	b.WriteString(header)
+	for _, n := range s.Names() {
+		fmt.Fprintf(&b, "%s=%s\n", n, s.values[n])
+	}
+	return b.Bytes()
+}
+
+// parse reads name=value lines; errors name the line, never the value.
+func parse(path string, data []byte) (map[string]string, error) {
+	m := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for line := 1; sc.Scan(); line++ {
+		t := strings.TrimSpace(sc.Text())
+		if t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(t, "=")
+		if !ok || !nameRE.MatchString(name) || value == "" {
+			return nil, fmt.Errorf("secrets: %s:%d: not a name=value line", path, line)
+		}
+		m[name] = value
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("secrets: read %s: %w", path, err)
+	}
+	return m, nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".secrets-*")
+	if err != nil {
+		return fmt.Errorf("secrets: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op once renamed
+	err = f.Chmod(0o600)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return fmt.Errorf("secrets: write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// lock takes an exclusive lock so two runs for one deployment do not
+// generate two different values for the same name.
+func lock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("secrets: lock %s: %w", path, err)
+	}
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+// Missing lists the names not in the set, sorted.
+func (s Set) Missing(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if _, ok := s.values[n]; !ok && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,392 @@
+package stack
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/go-connections/nat"
+
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// StopTimeout is how long a container gets to stop (databases flush) before
+// it is killed, when it is recreated or taken down.
+const StopTimeout = 30 * time.Second
+
+// Result says what Apply or Down did, by service (containers), network and
+// volume name as in the stack file.
+type Result struct {
+	Created   []string // services whose container was made (none existed)
+	Recreated []string // services whose container was replaced: config or image changed
+	Started   []string // services whose unchanged container was not running
+	Unchanged []string // services left as they were
+	Removed   []string // services (and, for Down, networks and volumes) removed
+	// Mutations counts the mutating Docker API calls made (create, start,
+	// stop, remove, connect, copy): 0 when there was nothing to do.
+	Mutations int
+}
+
+// Apply makes the instance's Docker run the stack: it creates missing
+// networks and volumes, creates or recreates the containers whose spec hash
+// differs, starts stopped ones, and removes the containers (and networks)
+// of the project and instance that are no longer in the stack. Volumes are
+// never removed here. Images must already be in Docker (pre-loaded): a
+// missing one is an error naming it, before anything changes.
+func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Reporter) (Result, error) {
+	var res Result
+	if rep == nil {
+		rep = progress.Discard()
+	}
+	where := s.Project + "/" + s.Instance
+
+	// Images first: nothing changes when one is missing.
+	imageIDs := map[string]string{}
+	for _, ref := range s.Images() {
+		id, err := imageID(ctx, c, s, ref)
+		if err != nil {
+			return res, err
+		}
+		imageIDs[ref] = id
+	}
+
+	own := filters.NewArgs(filters.Arg("label", LabelProject+"="+s.Project), filters.Arg("label", LabelInstance+"="+s.Instance))
+	networkIDs, err := ensureNetworks(ctx, c, s, own, &res)
+	if err != nil {
+		return res, err
+	}
+	if err := ensureVolumes(ctx, c, s, own, &res); err != nil {
+		return res, err
+	}
+
+	existing, err := c.ContainerList(ctx, container.ListOptions{All: true, Filters: own})
+	if err != nil {
+		return res, s.errorf("%s: list containers: %w", where, err)
+	}
+	byService := map[string][]container.Summary{}
+	for _, ct := range existing {
+		byService[ct.Labels[LabelService]] = append(byService[ct.Labels[LabelService]], ct)
+	}
+
+	for i := range s.Services {
+		svc := &s.Services[i]
+		hash := specHash(svc, imageIDs[svc.Image])
+		cts := byService[svc.Name]
+		delete(byService, svc.Name)
+		var keep *container.Summary
+		var stale []container.Summary
+		for j := range cts {
+			if keep == nil && cts[j].Labels[LabelSpec] == hash && cts[j].Names != nil && strings.TrimPrefix(cts[j].Names[0], "/") == s.ContainerName(svc.Name) {
+				keep = &cts[j]
+			} else {
+				stale = append(stale, cts[j])
+			}
+		}
+		if keep != nil && len(stale) == 0 {
+			if keep.State == "running" || keep.State == "restarting" {
+				res.Unchanged = append(res.Unchanged, svc.Name)
+				rep.Info("%s: %s unchanged", where, svc.Name)
+				continue
+			}
+			task := rep.Start(fmt.Sprintf("%s: start %s", where, svc.Name), 0, "")
+			err := c.ContainerStart(ctx, keep.ID, container.StartOptions{})
+			res.Mutations++
+			if err != nil {
+				err = s.errorf("%s: start %s: %w", where, svc.Name, err)
+			}
+			task.Done(err)
+			if err != nil {
+				return res, err
+			}
+			res.Started = append(res.Started, svc.Name)
+			continue
+		}
+		verb := "create"
+		if len(cts) > 0 {
+			verb = "recreate"
+		}
+		task := rep.Start(fmt.Sprintf("%s: %s %s", where, verb, svc.Name), 0, "")
+		err := removeContainers(ctx, c, cts, &res)
+		if err == nil {
+			err = createService(ctx, c, s, svc, hash, networkIDs, &res)
+		}
+		if err != nil {
+			err = s.errorf("%s: %s %s: %w", where, verb, svc.Name, err)
+		}
+		task.Done(err)
+		if err != nil {
+			return res, err
+		}
+		if verb == "create" {
+			res.Created = append(res.Created, svc.Name)
+		} else {
+			res.Recreated = append(res.Recreated, svc.Name)
+		}
+	}
+
+	// Services no longer in the stack.
+	for _, name := range sortedKeys(byService) {
+		task := rep.Start(fmt.Sprintf("%s: remove %s", where, name), 0, "")
+		err := removeContainers(ctx, c, byService[name], &res)
+		if err != nil {
+			err = s.errorf("%s: remove %s: %w", where, name, err)
+		}
+		task.Done(err)
+		if err != nil {
+			return res, err
+		}
+		res.Removed = append(res.Removed, name)
+	}
+	// Networks no longer in the stack (their containers are gone now).
+	nets, err := c.NetworkList(ctx, network.ListOptions{Filters: own})
+	if err != nil {
+		return res, s.errorf("%s: list networks: %w", where, err)
+	}
+	for _, n := range nets {
+		if s.hasNetwork(n.Labels[LabelNetwork]) {
+			continue
+		}
+		res.Mutations++
+		if err := c.NetworkRemove(ctx, n.ID); err != nil {
+			return res, s.errorf("%s: remove network %s: %w", where, n.Name, err)
+		}
+		rep.Info("%s: network %s removed", where, n.Name)
+		res.Removed = append(res.Removed, "network "+n.Labels[LabelNetwork])
+	}
+	return res, nil
+}
+
+func (s *Stack) hasNetwork(name string) bool {
+	return slices.ContainsFunc(s.Networks, func(n Network) bool { return n.Name == name })
+}
+
+// imageID finds a pre-loaded image and checks the recipe's pin.
+func imageID(ctx context.Context, c client.APIClient, s *Stack, ref string) (string, error) {
+	info, err := c.ImageInspect(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		var users []string
+		for _, svc := range s.Services {
+			if svc.Image == ref {
+				users = append(users, svc.Name)
+			}
+		}
+		return "", s.errorf("%s/%s: image %s (services %s) is not in this Docker: it is pre-loaded from the base image (ssbuild load-docker-images); no registry is used",
+			s.Project, s.Instance, ref, strings.Join(users, ", "))
+	}
+	if err != nil {
+		return "", s.errorf("%s/%s: inspect image %s: %w", s.Project, s.Instance, ref, err)
+	}
+	for _, svc := range s.Services {
+		if svc.Image != ref || svc.ImageDigest == "" || svc.ImageDigest == info.ID {
+			continue
+		}
+		ok := false
+		for _, rd := range info.RepoDigests {
+			if strings.HasSuffix(rd, "@"+svc.ImageDigest) {
+				ok = true
+			}
+		}
+		if !ok {
+			return "", s.errorf("%s/%s: image %s is %s, not the digest %s pinned in the recipe's image.dockerImages",
+				s.Project, s.Instance, ref, info.ID, svc.ImageDigest)
+		}
+	}
+	return info.ID, nil
+}
+
+// specHash covers everything Apply puts into a container: the rendered
+// service and the image ID its ref points at.
+func specHash(svc *Service, imageID string) string {
+	b, _ := json.Marshal(struct {
+		S       *Service
+		ImageID string
+	}{svc, imageID})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+func (s *Stack) labels(kind, name string) map[string]string {
+	return map[string]string{LabelProject: s.Project, LabelInstance: s.Instance, kind: name}
+}
+
+func ensureNetworks(ctx context.Context, c client.APIClient, s *Stack, own filters.Args, res *Result) (map[string]string, error) {
+	list, err := c.NetworkList(ctx, network.ListOptions{Filters: own})
+	if err != nil {
+		return nil, s.errorf("%s/%s: list networks: %w", s.Project, s.Instance, err)
+	}
+	ids := map[string]string{}
+	for _, n := range list {
+		ids[n.Labels[LabelNetwork]] = n.ID
+	}
+	for _, n := range s.Networks {
+		if _, ok := ids[n.Name]; ok {
+			continue
+		}
+		res.Mutations++
+		resp, err := c.NetworkCreate(ctx, s.NetworkName(n.Name), network.CreateOptions{
+			Driver: "bridge", Internal: n.Internal, Labels: s.labels(LabelNetwork, n.Name)})
+		if err != nil {
+			return nil, s.errorf("%s/%s: create network %s: %w", s.Project, s.Instance, s.NetworkName(n.Name), err)
+		}
+		ids[n.Name] = resp.ID
+	}
+	return ids, nil
+}
+
+func ensureVolumes(ctx context.Context, c client.APIClient, s *Stack, own filters.Args, res *Result) error {
+	list, err := c.VolumeList(ctx, volume.ListOptions{Filters: own})
+	if err != nil {
+		return s.errorf("%s/%s: list volumes: %w", s.Project, s.Instance, err)
+	}
+	have := map[string]bool{}
+	for _, v := range list.Volumes {
+		have[v.Name] = true
+	}
+	for _, v := range s.Volumes {
+		if have[s.VolumeName(v.Name)] {
+			continue
+		}
+		res.Mutations++
+		if _, err := c.VolumeCreate(ctx, volume.CreateOptions{Name: s.VolumeName(v.Name), Labels: s.labels(LabelVolume, v.Name)}); err != nil {
+			return s.errorf("%s/%s: create volume %s: %w", s.Project, s.Instance, s.VolumeName(v.Name), err)
+		}
+	}
+	return nil
+}
+
+// removeContainers stops (with StopTimeout) and removes containers; their
+// volumes stay.
+func removeContainers(ctx context.Context, c client.APIClient, cts []container.Summary, res *Result) error {
+	for _, ct := range cts {
+		if ct.State == "running" || ct.State == "restarting" {
+			secs := int(StopTimeout / time.Second)
+			res.Mutations++
+			if err := c.ContainerStop(ctx, ct.ID, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
+				return fmt.Errorf("stop container %s: %w", strings.Join(ct.Names, ","), err)
+			}
+		}
+		res.Mutations++
+		if err := c.ContainerRemove(ctx, ct.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove container %s: %w", strings.Join(ct.Names, ","), err)
+		}
+	}
+	return nil
+}
+
+func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Service, hash string, networkIDs map[string]string, res *Result) error {
+	labels := map[string]string{}
+	for k, v := range svc.Labels {
+		labels[k] = v
+	}
+	for k, v := range s.labels(LabelService, svc.Name) {
+		labels[k] = v
+	}
+	labels[LabelSpec] = hash
+
+	env := make([]string, 0, len(svc.Environment))
+	for _, k := range sortedKeys(svc.Environment) {
+		env = append(env, k+"="+svc.Environment[k])
+	}
+	exposed := nat.PortSet{}
+	bindings := nat.PortMap{}
+	for _, p := range svc.Ports {
+		port := nat.Port(strconv.Itoa(p.ContainerPort) + "/" + p.Protocol)
+		exposed[port] = struct{}{}
+		bindings[port] = append(bindings[port], nat.PortBinding{HostIP: p.HostIP, HostPort: strconv.Itoa(p.HostPort)})
+	}
+	var mounts []mount.Mount
+	for _, m := range svc.Mounts {
+		mm := mount.Mount{Type: mount.TypeVolume, Source: s.VolumeName(m.Source), Target: m.Target, ReadOnly: m.ReadOnly}
+		if m.Type == "bind" {
+			mm.Type, mm.Source = mount.TypeBind, m.Source
+		}
+		mounts = append(mounts, mm)
+	}
+	cfg := &container.Config{
+		Hostname: svc.Name, Image: svc.Image, Env: env, Labels: labels, ExposedPorts: exposed,
+		Entrypoint: svc.Entrypoint, Cmd: svc.Command,
+	}
+	host := &container.HostConfig{
+		Mounts: mounts, PortBindings: bindings,
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
+	}
+	if svc.Init {
+		yes := true
+		host.Init = &yes
+	}
+	if svc.Restart == "" {
+		host.RestartPolicy.Name = container.RestartPolicyDisabled
+	}
+	// Docker before API 1.44 takes one network at create; the others are
+	// connected before the container starts.
+	endpoint := func(n ServiceNetwork) *network.EndpointSettings {
+		return &network.EndpointSettings{NetworkID: networkIDs[n.Name], Aliases: append([]string{svc.Name}, n.Aliases...)}
+	}
+	var netCfg *network.NetworkingConfig
+	if len(svc.Networks) > 0 {
+		first := svc.Networks[0]
+		host.NetworkMode = container.NetworkMode(s.NetworkName(first.Name))
+		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{s.NetworkName(first.Name): endpoint(first)}}
+	}
+	res.Mutations++
+	created, err := c.ContainerCreate(ctx, cfg, host, netCfg, nil, s.ContainerName(svc.Name))
+	if err != nil {
+		return fmt.Errorf("create container %s: %w", s.ContainerName(svc.Name), err)
+	}
+	for _, n := range svc.Networks[min(1, len(svc.Networks)):] {
+		res.Mutations++
+		if err := c.NetworkConnect(ctx, networkIDs[n.Name], created.ID, endpoint(n)); err != nil {
+			return fmt.Errorf("connect %s to network %s: %w", s.ContainerName(svc.Name), s.NetworkName(n.Name), err)
+		}
+	}
+	for _, f := range svc.Files {
+		// Into the existing parent directory: the image's directories keep
+		// their owners and modes.
+		archive, err := fileTar(f)
+		if err != nil {
+			return err
+		}
+		res.Mutations++
+		if err := c.CopyToContainer(ctx, created.ID, path.Dir(f.Path), archive, container.CopyToContainerOptions{}); err != nil {
+			return fmt.Errorf("copy %s into %s: %w", f.Path, s.ContainerName(svc.Name), err)
+		}
+	}
+	res.Mutations++
+	if err := c.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		return fmt.Errorf("start %s: %w", s.ContainerName(svc.Name), err)
+	}
+	return nil
+}
+
+// fileTar packs one file for extraction in its parent directory.
+func fileTar(f File) (*bytes.Reader, error) {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	hdr := &tar.Header{Name: path.Base(f.Path), Typeflag: tar.TypeReg, Mode: f.Mode, Size: int64(len(f.Content)), ModTime: time.Unix(0, 0)}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return nil, err
+	}
+	if _, err := tw.Write([]byte(f.Content)); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return bytes.NewReader(b.Bytes()), nil
+}
