@@ -1,47 +1,285 @@
 package deploy_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/canonical/lxd/shared/api"
+
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
-type logWriter struct{ t testing.TB }
+// logBuffer keeps every progress line (to search for secrets) and shows
+// them in the test log.
+type logBuffer struct {
+	t  testing.TB
+	mu sync.Mutex
+	b  bytes.Buffer
+}
 
-func (w logWriter) Write(p []byte) (int, error) { w.t.Logf("%s", p); return len(p), nil }
+func (w *logBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
+	return w.b.Write(p)
+}
+
+func (w *logBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
 
 // TestDeployDemoOnThreeHosts is issue 6's user check on a real three-host
-// LXD cluster.
+// LXD cluster formed by the hosts' own cluster service, with real Docker
+// inside the instances: the demo deployment's instances land on different
+// members and the reverse proxy answers for every site with the right
+// backend; a re-deploy changes nothing; a changed recipe recreates only
+// what it changes; down keeps the data for the next deploy; down --purge
+// removes it; the generated secrets are 0600 and never in the output.
 func TestDeployDemoOnThreeHosts(t *testing.T) {
 	img := demoImage(t)
 	bed := formedBed(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	o := deploy.Options{LXD: bed.Hosts[0].LXD(), Recipe: demoRecipe(t), ImageDir: img,
-		StateDir: t.TempDir(), Progress: progress.New(logWriter{t}, progress.Plain)}
+	log := &logBuffer{t: t}
+	r := demoRecipe(t)
+	o := deploy.Options{LXD: bed.Hosts[0].LXD(), Recipe: r, ImageDir: img,
+		StateDir: t.TempDir(), Progress: progress.New(log, progress.Plain)}
+	d := r.Deployments[0]
+	project := d.Project()
+
 	start := time.Now()
 	rep, err := deploy.Deploy(ctx, o)
 	if err != nil {
 		t.Fatalf("deploy: %v", err)
 	}
-	t.Logf("first deploy: %s, %d mutations", time.Since(start), rep.Mutations)
+	t.Logf("first deploy: %s, %d mutations", time.Since(start).Round(time.Millisecond), rep.Mutations)
 	members := map[string]string{}
 	for _, in := range rep.Instances {
 		if prev, ok := members[in.Member]; ok {
-			t.Errorf("%s and %s both on member %s", prev, in.Name, in.Member)
+			t.Errorf("instances %s and %s both on member %s", prev, in.Name, in.Member)
 		}
 		members[in.Member] = in.Name
 	}
+	if len(rep.Instances) != 2 {
+		t.Fatalf("deployed %d instances, want www and btcpay: %+v", len(rep.Instances), rep.Instances)
+	}
+
+	www := instanceOn(t, bed, o, project, "www")
+	for host, want := range map[string]string{
+		"demo.example": "ghost demo.example", "www.demo.example": "ghost demo.example",
+		"www.blog.example": "ghost blog.example", "relay.blog.example": "nostr-relay blog.example",
+	} {
+		if got := httpGet(t, ctx, www, host); got != want {
+			t.Errorf("www proxy for %s answered %q, want %q", host, got, want)
+		}
+	}
+	if got := httpGet(t, ctx, www, "nowhere.example"); !strings.Contains(got, "nowhere.example") {
+		t.Errorf("www proxy for an unknown host answered %q", got)
+	}
+	// BTCPay is not published on its member (the www proxy is the way in);
+	// ask it from inside its instance.
+	if got := dockerExec(t, o, project, "btcpay", project+"-btcpay", "wget", "-qO-", "http://127.0.0.1/"); !strings.Contains(got, "btcpay") {
+		t.Errorf("btcpay service answered %q", got)
+	}
+
+	t.Run("secrets", func(t *testing.T) {
+		path := secrets.File(o.StateDir, project)
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", path, fi.Mode().Perm())
+		}
+		set, err := secrets.Ensure(o.StateDir, project, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(set.Names()) == 0 {
+			t.Fatal("the demo deployment has no generated secrets")
+		}
+		for _, n := range set.Names() {
+			v, _ := set.Get(n)
+			if len(v) < 16 || strings.Contains(log.String(), v) {
+				t.Errorf("secret %s is short or appears in the deploy output", n)
+			}
+		}
+	})
+
 	start = time.Now()
 	rep, err = deploy.Deploy(ctx, o)
 	if err != nil {
 		t.Fatalf("second deploy: %v", err)
 	}
-	t.Logf("second deploy: %s, %d mutations", time.Since(start), rep.Mutations)
+	t.Logf("no-change re-deploy: %s, %d mutations", time.Since(start).Round(time.Millisecond), rep.Mutations)
 	if rep.Mutations != 0 {
-		t.Errorf("a deploy with no change made %d mutations", rep.Mutations)
+		t.Errorf("a deploy with no change made %d mutations: %+v", rep.Mutations, rep.Instances)
 	}
+
+	// The owner adds Gitea to demo.example: the new backend is created and
+	// the proxy (its routes changed) recreated; nothing else is touched.
+	r.Deployments[0].Sites[0].Services = append(r.Deployments[0].Sites[0].Services, "gitea")
+	rep, err = deploy.Deploy(ctx, o)
+	if err != nil {
+		t.Fatalf("deploy with gitea: %v", err)
+	}
+	for _, in := range rep.Instances {
+		ch := in.Services
+		switch in.Name {
+		case "www":
+			if !slices.Equal(ch.Created, []string{"gitea-demo-example"}) || !slices.Equal(ch.Recreated, []string{"proxy"}) {
+				t.Errorf("www: created %v, recreated %v; want only gitea-demo-example created and proxy recreated", ch.Created, ch.Recreated)
+			}
+		default:
+			if len(ch.Created)+len(ch.Recreated)+len(ch.Removed) > 0 {
+				t.Errorf("%s changed though its stack did not: %+v", in.Name, ch)
+			}
+		}
+	}
+	if got := httpGet(t, ctx, www, "git.demo.example"); got != "gitea demo.example" {
+		t.Errorf("git.demo.example answered %q after adding gitea", got)
+	}
+
+	// Data survives down and a later deploy.
+	dockerExec(t, o, project, "www", project+"-ghost-blog-example", "sh", "-c", "echo kept > /data/marker")
+	if _, err := deploy.Down(ctx, o, d, false); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	if ins, _ := o.LXD.UseProject(project).GetInstanceNames(api.InstanceTypeAny); len(ins) != 0 {
+		t.Errorf("instances left after down: %v", ins)
+	}
+	doomed, err := deploy.Doomed(o, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := countPrefix(doomed, "volume "); n != 6 {
+		t.Errorf("after down, purge would delete %d volumes, want the 6 kept (3 per instance): %v", n, doomed)
+	}
+	if _, err := deploy.Deploy(ctx, o); err != nil {
+		t.Fatalf("deploy after down: %v", err)
+	}
+	if got := dockerExec(t, o, project, "www", project+"-ghost-blog-example", "cat", "/data/marker"); got != "kept" {
+		t.Errorf("the site's data after down and deploy: %q, want %q", got, "kept")
+	}
+	www = instanceOn(t, bed, o, project, "www")
+	if got := httpGet(t, ctx, www, "www.blog.example"); got != "ghost blog.example" {
+		t.Errorf("after down and deploy, www.blog.example answered %q", got)
+	}
+
+	state, err := deploy.Show(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	state.WriteText(&text)
+	t.Logf("show:\n%s", text.String())
+	for _, want := range []string{"host1", "host2", "host3", "www", "btcpay", "proxy", "running"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("show does not mention %q", want)
+		}
+	}
+
+	if _, err := deploy.Down(ctx, o, d, true); err != nil {
+		t.Fatalf("down --purge: %v", err)
+	}
+	if _, _, err := o.LXD.GetProject(project); err == nil {
+		t.Error("the project is still there after down --purge")
+	}
+	if _, err := os.Stat(secrets.File(o.StateDir, project)); err == nil {
+		t.Error("the secrets file is still there after down --purge")
+	}
+	if left, _ := deploy.Doomed(o, d); len(left) != 0 {
+		t.Errorf("left after down --purge: %v", left)
+	}
+}
+
+// endpoint is the member an instance runs on, and its address.
+type endpoint struct {
+	host   *testbed.Host
+	addr   string
+	client *testbed.Host // another host, the one the test asks from
+}
+
+func instanceOn(t *testing.T, bed *testbed.Bed, o deploy.Options, project, name string) endpoint {
+	t.Helper()
+	in, _, err := o.LXD.UseProject(project).GetInstance(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range bed.Hosts {
+		if h.Name == in.Location {
+			client := bed.Hosts[0]
+			if client == h {
+				client = bed.Hosts[1]
+			}
+			return endpoint{host: h, addr: h.Address.String(), client: client}
+		}
+	}
+	t.Fatalf("%s runs on %q, not a bed host", name, in.Location)
+	return endpoint{}
+}
+
+// httpGet asks port 80 of the member the instance runs on for / with the
+// given Host header, from another bed host (as a machine on the LAN would),
+// and returns the trimmed body.
+func httpGet(t *testing.T, ctx context.Context, e endpoint, host string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return e.client.DialContext(ctx, network, net.JoinHostPort(e.addr, "80"))
+		}}}
+	defer client.CloseIdleConnections()
+	var last error
+	for range 30 { // the proxy may still be starting
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+host+"/", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNotFound {
+				return strings.TrimSpace(string(body))
+			}
+			err = fmt.Errorf("HTTP %s: %s", resp.Status, body)
+		}
+		last = err
+		time.Sleep(time.Second)
+	}
+	t.Errorf("GET http://%s/ on %s: %v", host, e.addr, last)
+	return ""
+}
+
+// dockerExec runs a command in a service's container through the
+// instance's Docker CLI, as the owner would.
+func dockerExec(t *testing.T, o deploy.Options, project, instance, ctr string, cmd ...string) string {
+	t.Helper()
+	out, _, code, err := testbed.Exec(o.LXD.UseProject(project), instance, append([]string{"docker", "exec", ctr}, cmd...)...)
+	if err != nil || code != 0 {
+		t.Fatalf("docker exec %s %v in %s: code %d, %v\n%s", ctr, cmd, instance, code, err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+func countPrefix(list []string, prefix string) int {
+	n := 0
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			n++
+		}
+	}
+	return n
 }

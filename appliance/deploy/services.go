@@ -2,7 +2,6 @@ package deploy
 
 import (
 	"context"
-	"fmt"
 
 	lxd "github.com/canonical/lxd/client"
 
@@ -41,8 +40,5 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 	m.add(res.Mutations)
 	changes := ServiceChanges{Created: res.Created, Recreated: res.Recreated,
 		Unchanged: append(res.Unchanged, res.Started...), Removed: res.Removed}
-	if err != nil {
-		return changes, fmt.Errorf("%s/%s: %w", w.spec.Project, w.spec.Name, err)
-	}
-	return changes, nil
+	return changes, err // Apply's errors name the project and instance
 }

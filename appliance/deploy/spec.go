@@ -78,6 +78,14 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 				"eth0": {"type": "nic", "network": t.Network, "name": "eth0"},
 			},
 		}
+		if role.Name == "www" {
+			// The sites answer on the member's own address: its ports 80
+			// and 443 lead to the reverse proxy the instance publishes.
+			for name, port := range map[string]string{"http": "80", "https": "443"} {
+				s.Devices[name] = map[string]string{"type": "proxy", "bind": "host",
+					"listen": "tcp:0.0.0.0:" + port, "connect": "tcp:127.0.0.1:" + port}
+			}
+		}
 		if in.Type == "container" {
 			// Docker runs inside: it needs nested containers.
 			s.Config["security.nesting"] = "true"

@@ -363,7 +363,7 @@ func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Servi
 			return err
 		}
 		res.Mutations++
-		if err := c.CopyToContainer(ctx, created.ID, path.Dir(f.Path), archive, container.CopyToContainerOptions{}); err != nil {
+		if err := c.CopyToContainer(ctx, created.ID, "/", archive, container.CopyToContainerOptions{}); err != nil {
 			return fmt.Errorf("copy %s into %s: %w", f.Path, s.ContainerName(svc.Name), err)
 		}
 	}
@@ -378,7 +378,18 @@ func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Servi
 func fileTar(f File) (*bytes.Reader, error) {
 	var b bytes.Buffer
 	tw := tar.NewWriter(&b)
-	hdr := &tar.Header{Name: path.Base(f.Path), Typeflag: tar.TypeReg, Mode: f.Mode, Size: int64(len(f.Content)), ModTime: time.Unix(0, 0)}
+	// Extracted at /, with its parent folders, so the image need not have them.
+	rel := strings.TrimPrefix(path.Clean(f.Path), "/")
+	var dirs []string
+	for d := path.Dir(rel); d != "."; d = path.Dir(d) {
+		dirs = append([]string{d}, dirs...)
+	}
+	for _, d := range dirs {
+		if err := tw.WriteHeader(&tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0)}); err != nil {
+			return nil, err
+		}
+	}
+	hdr := &tar.Header{Name: rel, Typeflag: tar.TypeReg, Mode: f.Mode, Size: int64(len(f.Content)), ModTime: time.Unix(0, 0)}
 	if err := tw.WriteHeader(hdr); err != nil {
 		return nil, err
 	}

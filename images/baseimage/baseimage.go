@@ -206,6 +206,17 @@ func (b *build) files(context.Context) error {
 			return err
 		}
 	}
+	// Without cloud-init nothing would configure the instance's network:
+	// DHCP on eth0 through systemd-networkd, which the systemd package has.
+	_, errCloudInit := root.Stat("usr/bin/cloud-init")
+	if _, err := root.Stat("lib/systemd/system/systemd-networkd.service"); err == nil && errors.Is(errCloudInit, os.ErrNotExist) {
+		if err := write(osbase.DHCPNetworkFile, []byte(osbase.DHCPNetwork), 0o644); err != nil {
+			return err
+		}
+		if err := osbase.EnableUnit(root, "/lib/systemd/system/systemd-networkd.service", "multi-user.target"); err != nil {
+			return err
+		}
+	}
 	if len(b.r.Image.DockerImages) == 0 {
 		return nil
 	}
@@ -228,15 +239,7 @@ func (b *build) files(context.Context) error {
 	if err := write(unit, []byte(dockerpreload.Unit(BinaryPath, dockerpreload.DefaultDir)), 0o644); err != nil {
 		return err
 	}
-	// What `systemctl enable` does, without needing systemd to run here.
-	wants := "etc/systemd/system/multi-user.target.wants"
-	if err := root.MkdirAll(wants, 0o755); err != nil {
-		return err
-	}
-	if err := root.Symlink(unit, filepath.Join(wants, dockerpreload.UnitName)); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("enable %s: %w", dockerpreload.UnitName, err)
-	}
-	return nil
+	return osbase.EnableUnit(root, unit, "multi-user.target")
 }
 
 func (b *build) dockerImages(ctx context.Context) error {

@@ -238,18 +238,7 @@ func (b *build) files(context.Context) error {
 	if err := root.MkdirAll("boot/efi", 0o755); err != nil {
 		return err
 	}
-	// Enabled the way systemctl enable would, without running systemd.
-	enable := func(unit, target string) error {
-		wants := "etc/systemd/system/" + target + ".wants"
-		if err := root.MkdirAll(wants, 0o755); err != nil {
-			return err
-		}
-		err := root.Symlink(unit, filepath.Join(wants, filepath.Base(unit)))
-		if err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("enable %s: %w", filepath.Base(unit), err)
-		}
-		return nil
-	}
+	enable := func(unit, target string) error { return osbase.EnableUnit(root, unit, target) }
 	if err := enable(UnitPath, "multi-user.target"); err != nil {
 		return err
 	}
