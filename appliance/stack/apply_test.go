@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -287,4 +288,40 @@ func mustEnsure(t testing.TB, deployment string, names ...string) secrets.Set {
 		t.Fatal(err)
 	}
 	return sec
+}
+
+// TestNetworkChange: a network whose settings change is replaced, and the
+// services on it are recreated on the new one.
+func TestNetworkChange(t *testing.T) {
+	e := newDemoEnv(t)
+	ctx := context.Background()
+	st := e.render(t, "btcpay")
+	e.apply(t, st)
+	before := containerIDs(t, e.c, st.Project)["btcpay"]
+	st.Networks[0].Internal = true
+	res := e.apply(t, st)
+	if !slices.Equal(res.Recreated, []string{"btcpay"}) {
+		t.Fatalf("Apply with the network made internal: %+v", res)
+	}
+	n, err := e.c.NetworkInspect(ctx, st.NetworkName("btcpay"), network.InspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.Internal {
+		t.Error("network not internal after Apply")
+	}
+	after := containerIDs(t, e.c, st.Project)["btcpay"]
+	if after == before {
+		t.Error("btcpay kept its container")
+	}
+	info, err := e.c.ContainerInspect(ctx, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep := info.NetworkSettings.Networks[st.NetworkName("btcpay")]; ep == nil || ep.NetworkID != n.ID {
+		t.Errorf("btcpay not on the new network: %v", info.NetworkSettings.Networks)
+	}
+	if res := e.apply(t, st); res.Mutations != 0 {
+		t.Errorf("third Apply: %+v; want no mutations", res)
+	}
 }
