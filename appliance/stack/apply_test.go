@@ -325,3 +325,24 @@ func TestNetworkChange(t *testing.T) {
 		t.Errorf("third Apply: %+v; want no mutations", res)
 	}
 }
+
+// TestImagePin: an image whose ID is not the recipe's pin is refused before
+// anything is created; the right pin (the image ID of a locally made image)
+// applies.
+func TestImagePin(t *testing.T) {
+	e := newDemoEnv(t)
+	st := e.render(t, "btcpay")
+	info, err := e.c.ImageInspect(context.Background(), "ssbuild-demo/web:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Services[0].ImageDigest = "sha256:" + strings.Repeat("0", 64)
+	res, err := Apply(context.Background(), e.c, st, progress.Discard())
+	if err == nil || !strings.Contains(err.Error(), "not the digest sha256:000") || res.Mutations != 0 {
+		t.Fatalf("Apply with a wrong pin: %v (%d mutations); want a refusal naming the pin, no mutation", err, res.Mutations)
+	}
+	st.Services[0].ImageDigest = info.ID
+	if res := e.apply(t, st); len(res.Created) != 1 {
+		t.Fatalf("Apply with the right pin: %+v", res)
+	}
+}

@@ -270,3 +270,17 @@ func TestRenderDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// TestNoStackForRole: the demo stack has no clams file; Roles leaves the
+// role out and Render says which file is missing.
+func TestNoStackForRole(t *testing.T) {
+	r := openRecipe(t, "demo")
+	d := r.Deployments[0]
+	if got := Roles(d); !slices.Equal(got, []string{"www", "btcpay"}) {
+		t.Errorf("Roles(demo) = %v", got)
+	}
+	_, err := Render(r, d, "clams", goldenSecrets(t, d))
+	if err == nil || !strings.Contains(err.Error(), "recipes/stacks/demo/clams.yaml") {
+		t.Fatalf("Render(demo, clams): %v", err)
+	}
+}
