@@ -284,3 +284,17 @@ func TestNoStackForRole(t *testing.T) {
 		t.Fatalf("Render(demo, clams): %v", err)
 	}
 }
+
+// TestURLs: the addresses show prints for the demo deployment.
+func TestURLs(t *testing.T) {
+	d := openRecipe(t, "demo").Deployments[0]
+	var got []string
+	for _, u := range URLs(d) {
+		got = append(got, u.Service+" "+u.URL)
+	}
+	want := []string{"ghost http://www.demo.example/", "btcpay http://btcpay.demo.example/",
+		"ghost http://www.blog.example/", "nostr-relay ws://relay.blog.example/", "btcpay http://btcpay.blog.example/"}
+	if !slices.Equal(got, want) {
+		t.Errorf("URLs(demo) =\n%q\nwant\n%q", got, want)
+	}
+}
