@@ -399,6 +399,10 @@ func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Servi
 		Mounts: mounts, PortBindings: bindings,
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
 	}
+	if h := svc.Healthcheck; h != nil {
+		cfg.Healthcheck = &container.HealthConfig{Test: append([]string{"CMD"}, h.Test...),
+			Interval: h.Interval, Timeout: h.Timeout, Retries: h.Retries, StartPeriod: h.StartPeriod}
+	}
 	if svc.Init {
 		yes := true
 		host.Init = &yes

@@ -77,6 +77,10 @@ func TestDemoStackEndToEnd(t *testing.T) {
 		t.Errorf("unknown host: %d %q; want 404 naming it", code, body)
 	}
 
+	// Docker's health checks (busybox wget; the proxy's /healthz) pass, as
+	// show reports them.
+	waitHealthy(t, e, st.Project, 4)
+
 	// No change: zero mutations, and Docker saw nothing happen.
 	before := containerIDs(t, e.c, st.Project)
 	t0 := time.Now()
@@ -344,5 +348,32 @@ func TestImagePin(t *testing.T) {
 	st.Services[0].ImageDigest = info.ID
 	if res := e.apply(t, st); len(res.Created) != 1 {
 		t.Fatalf("Apply with the right pin: %+v", res)
+	}
+}
+
+// waitHealthy waits until n containers of the project report healthy.
+func waitHealthy(t *testing.T, e *demoEnv, project string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		obj, err := Inventory(context.Background(), e.c, project)
+		if err != nil {
+			t.Fatal(err)
+		}
+		healthy := 0
+		var states []string
+		for _, ct := range obj.Containers {
+			if ct.Health == "healthy" {
+				healthy++
+			}
+			states = append(states, ct.Service+"="+ct.State+"/"+ct.Health)
+		}
+		if healthy == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 60s %d of %d containers healthy: %v", healthy, n, states)
+		}
+		time.Sleep(time.Second)
 	}
 }

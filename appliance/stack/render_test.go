@@ -126,6 +126,8 @@ func TestStackFileErrors(t *testing.T) {
 			"bad.yaml:6: service a: network m is not defined"},
 		{"bad port", "networks:\n  n: {}\nservices:\n  a:\n    image: ssbuild-demo/web\n    networks: {n: {}}\n    ports: [\"http\"]\n",
 			"bad.yaml:7: service a: port \"http\""},
+		{"bad healthcheck", "networks:\n  n: {}\nservices:\n  a:\n    image: ssbuild-demo/web\n    networks: {n: {}}\n    healthcheck: {test: [wget, x]}\n",
+			"bad.yaml:7: service a: healthcheck: test: want [CMD, program, args...]"},
 		{"missing secret", "services:\n  a:\n    image: ssbuild-demo/web\n    environment: {X: \"{{secret \"never-generated\"}}\"}\n",
 			"bad.yaml: secrets never-generated of deployment demo were not generated"},
 	}
