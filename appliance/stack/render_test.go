@@ -300,3 +300,20 @@ func TestURLs(t *testing.T) {
 		t.Errorf("URLs(demo) =\n%q\nwant\n%q", got, want)
 	}
 }
+
+// TestChainstateDir: with the instance's chainstate directory given,
+// bitcoind keeps its data there (a bind mount), not in a Docker volume.
+func TestChainstateDir(t *testing.T) {
+	r := openRecipe(t, "default")
+	d := r.Deployments[0]
+	opts := DefaultOptions
+	opts.ChainstateDir = "/var/lib/ssbuild/chainstate"
+	st, err := RenderWith(r, d, "btcpay", goldenSecrets(t, d), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := st.Service("bitcoind").Mounts
+	if len(m) != 1 || m[0].Type != "bind" || m[0].Source != opts.ChainstateDir || m[0].Target != "/data" {
+		t.Fatalf("bitcoind mounts %+v", m)
+	}
+}
