@@ -14,7 +14,7 @@ func NostrPubkeyHex(k string) (string, error) {
 		return "", err
 	}
 	if !strings.HasPrefix(k, "npub1") {
-		return strings.ToLower(k), nil
+		return k, nil
 	}
 	data, err := bech32Decode(k, "npub")
 	if err != nil {

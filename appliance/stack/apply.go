@@ -9,9 +9,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
-	"slices"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -22,6 +23,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/go-connections/nat"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
@@ -29,6 +31,9 @@ import (
 // StopTimeout is how long a container gets to stop (databases flush) before
 // it is killed, when it is recreated or taken down.
 const StopTimeout = 30 * time.Second
+
+// Parallel is how many services of one instance Apply changes at once.
+const Parallel = 4
 
 // Result says what Apply or Down did, by service (containers), network and
 // volume name as in the stack file.
@@ -67,77 +72,108 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 	}
 
 	own := filters.NewArgs(filters.Arg("label", LabelProject+"="+s.Project), filters.Arg("label", LabelInstance+"="+s.Instance))
-	networkIDs, err := ensureNetworks(ctx, c, s, own, &res)
+	existing, err := c.ContainerList(ctx, container.ListOptions{All: true, Filters: own})
+	if err != nil {
+		return res, s.errorf("%s: list containers: %w", where, err)
+	}
+	networkIDs, replaced, err := ensureNetworks(ctx, c, s, own, existing, &res)
 	if err != nil {
 		return res, err
 	}
 	if err := ensureVolumes(ctx, c, s, own, &res); err != nil {
 		return res, err
 	}
-
-	existing, err := c.ContainerList(ctx, container.ListOptions{All: true, Filters: own})
-	if err != nil {
-		return res, s.errorf("%s: list containers: %w", where, err)
-	}
 	byService := map[string][]container.Summary{}
 	for _, ct := range existing {
-		byService[ct.Labels[LabelService]] = append(byService[ct.Labels[LabelService]], ct)
+		if !replaced[ct.ID] {
+			byService[ct.Labels[LabelService]] = append(byService[ct.Labels[LabelService]], ct)
+		}
+	}
+	wasReplaced := map[string]bool{}
+	for _, ct := range existing {
+		if replaced[ct.ID] {
+			wasReplaced[ct.Labels[LabelService]] = true
+		}
 	}
 
+	// Decide per service, then do the work in parallel (Docker creates
+	// and starts containers concurrently; on a busy host this is most of
+	// the time of a cold Apply).
+	type job struct {
+		svc   *Service
+		hash  string
+		cts   []container.Summary // to remove first
+		start *container.Summary  // unchanged but stopped: start it
+		verb  string
+	}
+	var jobs []job
 	for i := range s.Services {
 		svc := &s.Services[i]
 		hash := specHash(svc, imageIDs[svc.Image])
 		cts := byService[svc.Name]
 		delete(byService, svc.Name)
 		var keep *container.Summary
-		var stale []container.Summary
 		for j := range cts {
-			if keep == nil && cts[j].Labels[LabelSpec] == hash && cts[j].Names != nil && strings.TrimPrefix(cts[j].Names[0], "/") == s.ContainerName(svc.Name) {
+			if cts[j].Labels[LabelSpec] == hash && len(cts[j].Names) > 0 && strings.TrimPrefix(cts[j].Names[0], "/") == s.ContainerName(svc.Name) {
 				keep = &cts[j]
-			} else {
-				stale = append(stale, cts[j])
 			}
 		}
-		if keep != nil && len(stale) == 0 {
-			if keep.State == "running" || keep.State == "restarting" {
-				res.Unchanged = append(res.Unchanged, svc.Name)
-				rep.Info("%s: %s unchanged", where, svc.Name)
-				continue
+		switch {
+		case keep != nil && len(cts) == 1 && (keep.State == "running" || keep.State == "restarting"):
+			res.Unchanged = append(res.Unchanged, svc.Name)
+			rep.Info("%s: %s unchanged", where, svc.Name)
+		case keep != nil && len(cts) == 1:
+			jobs = append(jobs, job{svc: svc, start: keep, verb: "start"})
+		case len(cts) > 0 || wasReplaced[svc.Name]:
+			jobs = append(jobs, job{svc: svc, hash: hash, cts: cts, verb: "recreate"})
+		default:
+			jobs = append(jobs, job{svc: svc, hash: hash, verb: "create"})
+		}
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(Parallel)
+	for _, j := range jobs {
+		g.Go(func() error {
+			var one Result
+			task := rep.Start(fmt.Sprintf("%s: %s %s", where, j.verb, j.svc.Name), 0, "")
+			var err error
+			if j.start != nil {
+				one.Mutations++
+				err = c.ContainerStart(gctx, j.start.ID, container.StartOptions{})
+			} else {
+				err = removeContainers(gctx, c, j.cts, &one)
+				if err == nil {
+					err = createService(gctx, c, s, j.svc, j.hash, networkIDs, &one)
+				}
 			}
-			task := rep.Start(fmt.Sprintf("%s: start %s", where, svc.Name), 0, "")
-			err := c.ContainerStart(ctx, keep.ID, container.StartOptions{})
-			res.Mutations++
 			if err != nil {
-				err = s.errorf("%s: start %s: %w", where, svc.Name, err)
+				err = s.errorf("%s: %s %s: %w", where, j.verb, j.svc.Name, err)
 			}
 			task.Done(err)
+			mu.Lock()
+			defer mu.Unlock()
+			res.Mutations += one.Mutations
 			if err != nil {
-				return res, err
+				return err
 			}
-			res.Started = append(res.Started, svc.Name)
-			continue
-		}
-		verb := "create"
-		if len(cts) > 0 {
-			verb = "recreate"
-		}
-		task := rep.Start(fmt.Sprintf("%s: %s %s", where, verb, svc.Name), 0, "")
-		err := removeContainers(ctx, c, cts, &res)
-		if err == nil {
-			err = createService(ctx, c, s, svc, hash, networkIDs, &res)
-		}
-		if err != nil {
-			err = s.errorf("%s: %s %s: %w", where, verb, svc.Name, err)
-		}
-		task.Done(err)
-		if err != nil {
-			return res, err
-		}
-		if verb == "create" {
-			res.Created = append(res.Created, svc.Name)
-		} else {
-			res.Recreated = append(res.Recreated, svc.Name)
-		}
+			switch j.verb {
+			case "start":
+				res.Started = append(res.Started, j.svc.Name)
+			case "create":
+				res.Created = append(res.Created, j.svc.Name)
+			default:
+				res.Recreated = append(res.Recreated, j.svc.Name)
+			}
+			return nil
+		})
+	}
+	err = g.Wait()
+	for _, l := range [][]string{res.Created, res.Recreated, res.Started, res.Unchanged} {
+		sort.Strings(l)
+	}
+	if err != nil {
+		return res, err
 	}
 
 	// Services no longer in the stack.
@@ -159,7 +195,7 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		return res, s.errorf("%s: list networks: %w", where, err)
 	}
 	for _, n := range nets {
-		if s.hasNetwork(n.Labels[LabelNetwork]) {
+		if s.network(n.Labels[LabelNetwork]) != nil {
 			continue
 		}
 		res.Mutations++
@@ -170,10 +206,6 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		res.Removed = append(res.Removed, "network "+n.Labels[LabelNetwork])
 	}
 	return res, nil
-}
-
-func (s *Stack) hasNetwork(name string) bool {
-	return slices.ContainsFunc(s.Networks, func(n Network) bool { return n.Name == name })
 }
 
 // imageID finds a pre-loaded image and checks the recipe's pin.
@@ -225,28 +257,69 @@ func (s *Stack) labels(kind, name string) map[string]string {
 	return map[string]string{LabelProject: s.Project, LabelInstance: s.Instance, kind: name}
 }
 
-func ensureNetworks(ctx context.Context, c client.APIClient, s *Stack, own filters.Args, res *Result) (map[string]string, error) {
+// ensureNetworks creates the stack's missing networks and replaces those
+// whose settings changed; the containers on a replaced network are removed
+// first (their IDs are returned) so Apply recreates them.
+func ensureNetworks(ctx context.Context, c client.APIClient, s *Stack, own filters.Args, existing []container.Summary, res *Result) (map[string]string, map[string]bool, error) {
+	where := s.Project + "/" + s.Instance
 	list, err := c.NetworkList(ctx, network.ListOptions{Filters: own})
 	if err != nil {
-		return nil, s.errorf("%s/%s: list networks: %w", s.Project, s.Instance, err)
+		return nil, nil, s.errorf("%s: list networks: %w", where, err)
 	}
 	ids := map[string]string{}
+	replaced := map[string]bool{}
 	for _, n := range list {
-		ids[n.Labels[LabelNetwork]] = n.ID
+		name := n.Labels[LabelNetwork]
+		want := s.network(name)
+		if want == nil || n.Labels[LabelSpec] == networkHash(*want) {
+			ids[name] = n.ID
+			continue
+		}
+		var on []container.Summary
+		for _, ct := range existing {
+			if ct.NetworkSettings != nil && ct.NetworkSettings.Networks[n.Name] != nil {
+				on = append(on, ct)
+				replaced[ct.ID] = true
+			}
+		}
+		if err := removeContainers(ctx, c, on, res); err != nil {
+			return nil, nil, s.errorf("%s: replace network %s: %w", where, n.Name, err)
+		}
+		res.Mutations++
+		if err := c.NetworkRemove(ctx, n.ID); err != nil {
+			return nil, nil, s.errorf("%s: replace network %s: %w", where, n.Name, err)
+		}
 	}
 	for _, n := range s.Networks {
 		if _, ok := ids[n.Name]; ok {
 			continue
 		}
+		labels := s.labels(LabelNetwork, n.Name)
+		labels[LabelSpec] = networkHash(n)
 		res.Mutations++
 		resp, err := c.NetworkCreate(ctx, s.NetworkName(n.Name), network.CreateOptions{
-			Driver: "bridge", Internal: n.Internal, Labels: s.labels(LabelNetwork, n.Name)})
+			Driver: "bridge", Internal: n.Internal, Labels: labels})
 		if err != nil {
-			return nil, s.errorf("%s/%s: create network %s: %w", s.Project, s.Instance, s.NetworkName(n.Name), err)
+			return nil, nil, s.errorf("%s: create network %s: %w", where, s.NetworkName(n.Name), err)
 		}
 		ids[n.Name] = resp.ID
 	}
-	return ids, nil
+	return ids, replaced, nil
+}
+
+func (s *Stack) network(name string) *Network {
+	for i := range s.Networks {
+		if s.Networks[i].Name == name {
+			return &s.Networks[i]
+		}
+	}
+	return nil
+}
+
+func networkHash(n Network) string {
+	b, _ := json.Marshal(n)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 func ensureVolumes(ctx context.Context, c client.APIClient, s *Stack, own filters.Args, res *Result) error {
@@ -325,6 +398,10 @@ func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Servi
 	host := &container.HostConfig{
 		Mounts: mounts, PortBindings: bindings,
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
+	}
+	if h := svc.Healthcheck; h != nil {
+		cfg.Healthcheck = &container.HealthConfig{Test: append([]string{"CMD"}, h.Test...),
+			Interval: h.Interval, Timeout: h.Timeout, Retries: h.Retries, StartPeriod: h.StartPeriod}
 	}
 	if svc.Init {
 		yes := true

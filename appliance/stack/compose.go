@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -42,6 +43,15 @@ type composeService struct {
 	Init        bool                          `yaml:"init"`
 	Labels      map[string]string             `yaml:"labels"`
 	Configs     []composeConfigRef            `yaml:"configs"`
+	Healthcheck *composeHealthcheck           `yaml:"healthcheck"`
+}
+
+type composeHealthcheck struct {
+	Test        []string `yaml:"test"`
+	Interval    string   `yaml:"interval"`
+	Timeout     string   `yaml:"timeout"`
+	Retries     int      `yaml:"retries"`
+	StartPeriod string   `yaml:"start_period"`
 }
 
 type composeServiceNet struct {
@@ -223,12 +233,43 @@ func parse(file, text string, lines []int, images []recipes.DockerImage) (*Stack
 			svc.Files = append(svc.Files, File{Path: ref.Target, Mode: mode, Content: c.Content})
 		}
 		sort.Slice(svc.Files, func(i, j int) bool { return svc.Files[i].Path < svc.Files[j].Path })
+		if hc := cs.Healthcheck; hc != nil {
+			h, err := parseHealthcheck(hc)
+			if err != nil {
+				p.at(at("healthcheck"), "service %s: healthcheck: %v", name, err)
+			}
+			svc.Healthcheck = h
+		}
 		st.Services = append(st.Services, svc)
 	}
 	if err := p.err(); err != nil {
 		return nil, err
 	}
 	return st, nil
+}
+
+// parseHealthcheck takes the CMD form (test: [CMD, prog, args...]) and
+// durations such as 10s.
+func parseHealthcheck(hc *composeHealthcheck) (*Healthcheck, error) {
+	if len(hc.Test) < 2 || hc.Test[0] != "CMD" {
+		return nil, errors.New("test: want [CMD, program, args...]")
+	}
+	h := &Healthcheck{Test: hc.Test[1:], Retries: hc.Retries}
+	for _, d := range []struct {
+		name string
+		in   string
+		out  *time.Duration
+	}{{"interval", hc.Interval, &h.Interval}, {"timeout", hc.Timeout, &h.Timeout}, {"start_period", hc.StartPeriod, &h.StartPeriod}} {
+		if d.in == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.in)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("%s %q: want a duration such as 10s", d.name, d.in)
+		}
+		*d.out = v
+	}
+	return h, nil
 }
 
 // parseMount reads "volume:/target[:ro]" or "/host/path:/target[:ro]".

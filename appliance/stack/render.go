@@ -24,6 +24,11 @@ type Options struct {
 	// SSBuildBinary is where the instance has the static ssbuild binary
 	// (the demo's reverse proxy runs it).
 	SSBuildBinary string
+	// ChainstateDir, when set, is the instance's directory holding the
+	// deployment's chainstate volume (made from the pre-loaded one); the
+	// btcpay instance's bitcoind then uses it as its data directory instead
+	// of a Docker volume.
+	ChainstateDir string
 }
 
 // DefaultOptions: the instance named btcpay, ssbuild where the base image
@@ -133,7 +138,7 @@ func dedupe(s []string) []string {
 // What a stack template sees (recipes/stacks/README.md lists it).
 type tmplData struct {
 	Project, Deployment, Chain, PrimaryDomain, Role string
-	BTCPayHost, SSBuildBinary                       string
+	BTCPayHost, SSBuildBinary, ChainstateDir        string
 	Bitcoin                                         bitcoinData
 	Sites                                           []siteData
 	BTCPayNames                                     []string // every BTCPay host name of every site
@@ -176,7 +181,7 @@ func templateData(d recipes.Deployment, role string, opts Options) (tmplData, er
 		return tmplData{}, fmt.Errorf("deployment %s: chain %q is not mainnet, testnet, signet or regtest", d.Name, d.Chain)
 	}
 	t := tmplData{Project: d.Project(), Deployment: d.Name, Chain: d.Chain, PrimaryDomain: d.PrimaryDomain,
-		Role: role, BTCPayHost: opts.BTCPayHost, SSBuildBinary: opts.SSBuildBinary, Bitcoin: btc}
+		Role: role, BTCPayHost: opts.BTCPayHost, SSBuildBinary: opts.SSBuildBinary, ChainstateDir: opts.ChainstateDir, Bitcoin: btc}
 	for _, s := range d.Sites {
 		sd := siteData{Domain: s.Domain, ID: siteID(s.Domain), Services: s.Services,
 			Ghost: s.Has("ghost"), Nextcloud: s.Has("nextcloud"), Gitea: s.Has("gitea"), Nostr: s.Has("nostr-relay")}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Labels on every container, network and volume Apply makes.
@@ -62,6 +63,17 @@ type Service struct {
 	Init        bool              `yaml:"init,omitempty" json:"init,omitempty"`               // run docker-init as PID 1
 	Labels      map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`           // the stack file's own labels
 	Files       []File            `yaml:"files,omitempty" json:"files,omitempty"`             // copied in before the container starts
+	Healthcheck *Healthcheck      `yaml:"healthcheck,omitempty" json:"healthcheck,omitempty"` // Docker's health check
+}
+
+// Healthcheck is a command Docker runs in the container to report it
+// healthy (exit 0) or unhealthy.
+type Healthcheck struct {
+	Test        []string      `yaml:"test" json:"test"` // the program and its arguments
+	Interval    time.Duration `yaml:"interval,omitempty" json:"interval,omitempty"`
+	Timeout     time.Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	Retries     int           `yaml:"retries,omitempty" json:"retries,omitempty"`
+	StartPeriod time.Duration `yaml:"startPeriod,omitempty" json:"startPeriod,omitempty"`
 }
 
 // Mount is a named volume or a bind mount of a path of the instance.

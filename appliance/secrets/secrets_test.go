@@ -1,0 +1,157 @@
+package secrets
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestEnsure: the file is 0600 in a 0700 directory, values are 64 hex
+// digits, distinct per name and per deployment, stable across runs, and a
+// new name is added without touching the others.
+func TestEnsure(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "secrets")
+	a, err := Ensure(dir, "prod-mainnet", []string{"postgres", "ghost-mysql-example-com-en"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Ensure(dir, "demo-regtest", []string{"postgres"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(File(dir, "prod-mainnet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("secrets file mode %v; want 0600", st.Mode().Perm())
+	}
+	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("secrets dir: %v %v; want mode 0700", st.Mode().Perm(), err)
+	}
+	pa, _ := a.Get("postgres")
+	pb, _ := b.Get("postgres")
+	g, _ := a.Get("ghost-mysql-example-com-en")
+	if len(pa) != 2*ValueBytes || strings.Trim(pa, "0123456789abcdef") != "" {
+		t.Errorf("value %d chars, want %d hex digits", len(pa), 2*ValueBytes)
+	}
+	if pa == pb || pa == g {
+		t.Error("two secrets have the same value")
+	}
+
+	again, err := Ensure(dir, "prod-mainnet", []string{"postgres", "bitcoind-rpc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := again.Get("postgres"); v != pa {
+		t.Error("postgres changed on a second Ensure")
+	}
+	if v, _ := again.Get("ghost-mysql-example-com-en"); v != g {
+		t.Error("a name not asked for again was dropped or changed")
+	}
+	if v, ok := again.Get("bitcoind-rpc"); !ok || v == pa {
+		t.Error("new name bitcoind-rpc not generated")
+	}
+	if got := again.Names(); strings.Join(got, ",") != "bitcoind-rpc,ghost-mysql-example-com-en,postgres" {
+		t.Errorf("names %v", got)
+	}
+	// Nothing else is left in the directory (no temp files).
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".secrets") && !strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("stray file %s", e.Name())
+		}
+	}
+}
+
+// TestEnsureConcurrent: two runs at once agree on every value.
+func TestEnsureConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	got := make([]Set, 8)
+	for i := range got {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			s, err := Ensure(dir, "d", []string{"a", "b"})
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = s
+		}(i)
+	}
+	wg.Wait()
+	for _, s := range got[1:] {
+		for _, n := range []string{"a", "b"} {
+			x, _ := s.Get(n)
+			y, _ := got[0].Get(n)
+			if x != y {
+				t.Fatalf("concurrent Ensure gave two values for %s", n)
+			}
+		}
+	}
+}
+
+// TestNeverPrinted: no way of printing a Set shows a value.
+func TestNeverPrinted(t *testing.T) {
+	s, err := Ensure(t.TempDir(), "prod-mainnet", []string{"postgres"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := s.Get("postgres")
+	js, _ := json.Marshal(map[string]any{"set": s})
+	for _, out := range []string{
+		fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s %q %x", s, s, s, s, s, s), fmt.Sprintf("%v", &s), s.String(), s.GoString(), string(js),
+		fmt.Errorf("wrapped: %v", s).Error(),
+	} {
+		if strings.Contains(out, v) || strings.Contains(out, fmt.Sprintf("%x", v)) {
+			t.Fatalf("value printed in %q", out)
+		}
+		if !strings.Contains(out, "redacted") {
+			t.Errorf("%q does not say it is redacted", out)
+		}
+	}
+	if got := s.Redact("password=" + v + ";"); got != "password=<secret postgres>;" {
+		t.Errorf("Redact: %q", got)
+	}
+}
+
+// TestBadInput: bad names and a damaged file are errors that name the line
+// but never a value.
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Ensure(dir, "../etc", nil); err == nil {
+		t.Error("deployment ../etc accepted")
+	}
+	if _, err := Ensure(dir, "d", []string{"Bad Name"}); err == nil {
+		t.Error("secret name with a space accepted")
+	}
+	if err := os.WriteFile(File(dir, "d"), []byte("# c\nok=1\ntopsecretvalue\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Ensure(dir, "d", []string{"ok"})
+	if err == nil || !strings.Contains(err.Error(), "d.secrets:3:") || strings.Contains(err.Error(), "topsecretvalue") {
+		t.Fatalf("damaged file: %v; want file:3 without the line's text", err)
+	}
+}
+
+// TestLooseModeFixed: a file someone made world-readable is made 0600 again.
+func TestLooseModeFixed(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Ensure(dir, "d", []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(File(dir, "d"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Ensure(dir, "d", []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(File(dir, "d")); st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v after Ensure; want 0600", st.Mode().Perm())
+	}
+}
