@@ -93,7 +93,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	}
 	// BTCPay is not published on its member (the www proxy is the way in);
 	// ask it from inside its instance.
-	if got := dockerExec(t, o, project, "btcpay", project+"-btcpay", "wget", "-qO-", "http://127.0.0.1/"); !strings.Contains(got, "btcpay") {
+	if got := dockerExec(t, o, project, "btcpay", project+"-btcpay", "/bin/busybox", "wget", "-qO-", "http://127.0.0.1/"); !strings.Contains(got, "btcpay") {
 		t.Errorf("btcpay service answered %q", got)
 	}
 
@@ -118,6 +118,12 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 			if len(v) < 16 || strings.Contains(log.String(), v) {
 				t.Errorf("secret %s is short or appears in the deploy output", n)
 			}
+		}
+		// The service got the generated value (compared, never printed).
+		want, _ := set.Get("btcpay-admin")
+		out, _, code, err := testbed.Exec(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay", "/bin/busybox", "printenv", "ADMIN_PASSWORD")
+		if err != nil || code != 0 || strings.TrimSpace(out) != want {
+			t.Errorf("the btcpay service's ADMIN_PASSWORD is not the generated secret (exec: code %d, %v)", code, err)
 		}
 	})
 

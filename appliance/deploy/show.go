@@ -33,7 +33,7 @@ type DeploymentState struct {
 	Name      string          `json:"name"`
 	Project   string          `json:"project"`
 	Deployed  bool            `json:"deployed"` // the LXD project exists
-	URLs      []string        `json:"urls"`
+	URLs      []stack.SiteURL `json:"urls"`
 	Instances []InstanceState `json:"instances"`
 }
 
@@ -65,7 +65,7 @@ func Show(ctx context.Context, o Options) (State, error) {
 		sort.Slice(st.Members, func(i, j int) bool { return st.Members[i].Name < st.Members[j].Name })
 	}
 	for _, d := range o.Recipe.Deployments {
-		ds := DeploymentState{Name: d.Name, Project: d.Project(), URLs: URLs(d)}
+		ds := DeploymentState{Name: d.Name, Project: d.Project(), URLs: stack.URLs(d)}
 		if _, _, err := o.LXD.GetProject(d.Project()); isNotFound(err) {
 			st.Deployments = append(st.Deployments, ds)
 			continue
@@ -117,27 +117,6 @@ func addresses(s *api.InstanceState) []string {
 	return out
 }
 
-// URLs are the addresses the deployment's sites answer at.
-func URLs(d recipes.Deployment) []string {
-	var out []string
-	for _, s := range d.Sites {
-		out = append(out, "https://"+s.Domain)
-		for _, svc := range []struct{ name, host string }{{"ghost", "www"}, {"nextcloud", "nextcloud"}, {"gitea", "git"}, {"nostr-relay", "relay"}} {
-			if s.Has(svc.name) {
-				scheme := "https://"
-				if svc.name == "nostr-relay" {
-					scheme = "wss://"
-				}
-				out = append(out, scheme+svc.host+"."+s.Domain)
-			}
-		}
-		for _, alt := range s.BTCPayAltNames {
-			out = append(out, "https://"+alt+"."+s.Domain)
-		}
-	}
-	return out
-}
-
 // WriteText prints the state for a person.
 func (st State) WriteText(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -153,7 +132,11 @@ func (st State) WriteText(w io.Writer) error {
 			fmt.Fprintf(tw, "deployment %s (project %s): not deployed\n\n", d.Name, d.Project)
 			continue
 		}
-		fmt.Fprintf(tw, "deployment %s (project %s): %s\n", d.Name, d.Project, strings.Join(d.URLs, " "))
+		var urls []string
+		for _, u := range d.URLs {
+			urls = append(urls, u.URL)
+		}
+		fmt.Fprintf(tw, "deployment %s (project %s): %s\n", d.Name, d.Project, strings.Join(urls, " "))
 		fmt.Fprintln(tw, "INSTANCE\tMEMBER\tSTATUS\tADDRESS\tSERVICE\tSTATE")
 		for _, in := range d.Instances {
 			addr := strings.Join(in.Addresses, ",")
