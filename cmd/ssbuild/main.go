@@ -99,7 +99,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			return usageError{err}
 		},
 		Action: helpOrUnknown,
-		Commands: withUsageErrors([]*cli.Command{
+		Commands: withUsageErrors(append([]*cli.Command{
 			recipeCommand(),
 			planCommand(),
 			imageCommand(),
@@ -109,7 +109,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			proxyCommand(),
 			versionCommand(),
 			completionCommand(),
-		}),
+		}, deployCommands()...)),
 	}
 }
 

@@ -167,6 +167,10 @@ func TestUsageAndFailureExitCodes(t *testing.T) {
 		{[]string{"completion", "fish"}, exitUsage, "completion needs a shell: bash or zsh"},
 		{[]string{"recipe", "validate", "/nonexistent/r.yaml"}, exitFailed, "read recipe: open /nonexistent/r.yaml: no such file or directory"},
 		{[]string{"recipe", "show", "nosuch"}, exitFailed, `no shipped recipe "nosuch" (shipped: default, demo)`},
+		{[]string{"down", "--recipe", "demo"}, exitUsage, "down takes one deployment name"},
+		{[]string{"down", "--recipe", "demo", "nosuch"}, exitUsage, `the recipe has no deployment "nosuch" (it has: demo)`},
+		{[]string{"deploy", "--recipe", "demo", "--lxd-dir", "/nonexistent"}, exitFailed, "connect to LXD at /nonexistent/unix.socket"},
+		{[]string{"show", "--recipe", "demo", "extra"}, exitUsage, "show takes no arguments"},
 	} {
 		code, _, errOut := ssbuild(t, c.args...)
 		if code != c.code || !strings.Contains(errOut, c.msg) {
@@ -180,7 +184,8 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		{"recipe", "show", "--help"}, {"recipe", "schema", "--help"}, {"recipe", "import", "--help"},
 		{"plan", "--help"}, {"image", "--help"}, {"installer", "--help"}, {"load-docker-images", "--help"},
 		{"appliance", "--help"}, {"appliance", "run", "--help"}, {"appliance", "status", "--help"},
-		{"version", "--help"}, {"completion", "--help"}} {
+		{"version", "--help"}, {"completion", "--help"}, {"deploy", "--help"}, {"down", "--help"},
+		{"show", "--help"}, {"proxy", "--help"}} {
 		code, out, _ := ssbuild(t, args...)
 		if code != 0 || !strings.Contains(out, "USAGE:") {
 			t.Errorf("%v: code %d, no usage:\n%s", args, code, out)
