@@ -51,3 +51,10 @@ tar -C "$work/web" --sort=name --mtime=@0 --owner=0 --group=0 -c . |
 rm -rf "$out"
 "$bin" image --recipe demo --out "$out" --docker-host "$DOCKER_HOST" --epoch "${SOURCE_DATE_EPOCH:-1700000000}"
 (cd "$out" && sha256sum --quiet -c SHA256SUMS && echo "demo: $out verified (SHA256SUMS)")
+
+# Deploy the demo sites onto three throw-away hosts on this machine (network
+# namespaces, one LXD each, formed into a cluster by their own cluster
+# service) and ask every site through a member's port 80.
+echo
+echo "demo: deploying the demo sites onto a three-host cluster on this machine"
+go run ./scripts/demo-deploy --image "$out"

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -63,6 +64,11 @@ func demoImage(t testing.TB) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 		defer cancel()
 		r := demoRecipe(t)
+		// A small pruned regtest datadir stands in for the chainstate.
+		datadir := filepath.Join(dir, "datadir")
+		os.MkdirAll(filepath.Join(datadir, "regtest", "blocks"), 0o755)
+		os.WriteFile(filepath.Join(datadir, "regtest", "blocks", "blk00000.dat"), []byte(strings.Repeat("block", 1000)), 0o644)
+		r.Image.Chainstate = &recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: datadir}
 		_, imageErr = baseimage.Build(ctx, r, baseimage.Options{OutDir: filepath.Join(dir, "out"),
 			CacheDir: rootfstest.CacheDir(), Docker: docker.Client, Binary: bin, Epoch: 1_700_000_000})
 	})

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -113,6 +114,8 @@ type work struct {
 	spec    InstanceSpec
 	member  string
 	secrets secrets.Set
+	// chainstate: the instance has its copy of the pre-loaded chainstate.
+	chainstate bool
 }
 
 // Deploy brings the cluster to what the recipe's deployments say.
@@ -191,7 +194,16 @@ func (o *Options) deployInstance(ctx context.Context, w work, m *mutations) (Ins
 	label := s.Project + "/" + s.Name
 	task := o.Progress.Start(label+": instance on "+memberName(w.member), 0, "")
 	before := m.n.Load()
-	err := ensureVolumes(o.LXD, o.Recipe.Cluster.Storage.Pool, s, w.member, m)
+	pool := o.Recipe.Cluster.Storage.Pool
+	err := ensureVolumes(o.LXD, pool, s, w.member, m)
+	if err == nil && s.Name == "btcpay" {
+		// bitcoind starts from the pre-loaded chainstate, not from genesis.
+		w.chainstate, err = ensureChainstate(ctx, o.LXD, pool, o.ImageDir, w.dep.Chain, s, w.member, m)
+		if w.chainstate {
+			s.Devices = maps.Clone(s.Devices)
+			s.Devices["chainstate"] = map[string]string{"type": "disk", "pool": pool, "source": s.Name + "-chainstate", "path": ChainstatePath}
+		}
+	}
 	if err == nil {
 		err = ensureInstance(o.LXD, s, w.member, m)
 	}

@@ -97,6 +97,11 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		t.Errorf("btcpay service answered %q", got)
 	}
 
+	// bitcoind's data starts as the deployment's copy of the pre-loaded chainstate.
+	if got := strings.TrimSpace(execIn(t, o, project, "btcpay", "sh", "-c", "wc -c < "+deploy.ChainstatePath+"/regtest/blocks/blk00000.dat")); got != "5000" {
+		t.Errorf("the btcpay instance's chainstate block file has %q bytes, want 5000 (the pre-loaded one)", got)
+	}
+
 	t.Run("secrets", func(t *testing.T) {
 		path := secrets.File(o.StateDir, project)
 		fi, err := os.Stat(path)
@@ -121,7 +126,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		}
 		// The service got the generated value (compared, never printed).
 		want, _ := set.Get("btcpay-admin")
-		out, _, code, err := testbed.Exec(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay", "/bin/busybox", "printenv", "ADMIN_PASSWORD")
+		out, _, code, err := testbed.Exec(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay", "/bin/sh", "-c", "echo \"$ADMIN_PASSWORD\"")
 		if err != nil || code != 0 || strings.TrimSpace(out) != want {
 			t.Errorf("the btcpay service's ADMIN_PASSWORD is not the generated secret (exec: code %d, %v)", code, err)
 		}
@@ -173,8 +178,8 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := countPrefix(doomed, "volume "); n != 6 {
-		t.Errorf("after down, purge would delete %d volumes, want the 6 kept (3 per instance): %v", n, doomed)
+	if n := countPrefix(doomed, "volume "); n != 7 {
+		t.Errorf("after down, purge would delete %d volumes, want the 7 kept (3 per instance, btcpay's chainstate): %v", n, doomed)
 	}
 	if _, err := deploy.Deploy(ctx, o); err != nil {
 		t.Fatalf("deploy after down: %v", err)
@@ -273,11 +278,17 @@ func httpGet(t *testing.T, ctx context.Context, e endpoint, host string) string 
 // instance's Docker CLI, as the owner would.
 func dockerExec(t *testing.T, o deploy.Options, project, instance, ctr string, cmd ...string) string {
 	t.Helper()
-	out, _, code, err := testbed.Exec(o.LXD.UseProject(project), instance, append([]string{"docker", "exec", ctr}, cmd...)...)
+	return strings.TrimSpace(execIn(t, o, project, instance, append([]string{"docker", "exec", ctr}, cmd...)...))
+}
+
+// execIn runs a command in an instance and returns its output.
+func execIn(t *testing.T, o deploy.Options, project, instance string, cmd ...string) string {
+	t.Helper()
+	out, _, code, err := testbed.Exec(o.LXD.UseProject(project), instance, cmd...)
 	if err != nil || code != 0 {
-		t.Fatalf("docker exec %s %v in %s: code %d, %v\n%s", ctr, cmd, instance, code, err, out)
+		t.Fatalf("%v in %s: code %d, %v\n%s", cmd, instance, code, err, out)
 	}
-	return strings.TrimSpace(out)
+	return out
 }
 
 func countPrefix(list []string, prefix string) int {

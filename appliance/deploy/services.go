@@ -27,7 +27,11 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 	if !stacks.Has(w.dep.Stack, w.spec.Name) {
 		return ServiceChanges{}, nil // an instance without services of its own
 	}
-	s, err := stack.Render(o.Recipe, w.dep, w.spec.Name, w.secrets)
+	opts := stack.DefaultOptions
+	if w.chainstate {
+		opts.ChainstateDir = ChainstatePath
+	}
+	s, err := stack.RenderWith(o.Recipe, w.dep, w.spec.Name, w.secrets, opts)
 	if err != nil {
 		return ServiceChanges{}, err
 	}

@@ -23,20 +23,33 @@ import (
 // bridge "ssbr0" (configtest.ForBed).
 func Form(t testing.TB, bed *testbed.Bed) []configtest.Host {
 	t.Helper()
-	hosts, _ := configtest.ForBed(t, bed)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	hosts, err := FormBed(context.Background(), bed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hosts
+}
+
+// FormBed is Form for programs (the demo): it returns its error.
+func FormBed(ctx context.Context, bed *testbed.Bed) ([]configtest.Host, error) {
+	hosts, _, err := configtest.Write(bed)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	errs := make(chan error, len(hosts))
 	for _, h := range hosts {
 		go func() { errs <- run(ctx, h) }()
 	}
+	var first error
 	for range hosts {
-		if err := <-errs; err != nil {
+		if err := <-errs; err != nil && first == nil {
+			first = fmt.Errorf("form the cluster: %w", err)
 			cancel()
-			t.Fatalf("form the cluster: %v", err)
 		}
 	}
-	return hosts
+	return hosts, first
 }
 
 func run(ctx context.Context, h configtest.Host) error {

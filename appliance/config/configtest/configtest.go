@@ -25,9 +25,18 @@ type Host struct {
 // its own directory, and returns the configs with the shared secret.
 func ForBed(t testing.TB, bed *testbed.Bed) (hosts []Host, secret []byte) {
 	t.Helper()
+	hosts, secret, err := Write(bed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hosts, secret
+}
+
+// Write is ForBed for programs (the demo): it returns its error.
+func Write(bed *testbed.Bed) (hosts []Host, secret []byte, err error) {
 	raw := make([]byte, 24)
 	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	secret = []byte(hex.EncodeToString(raw))
 	var members []config.Member
@@ -39,11 +48,11 @@ func ForBed(t testing.TB, bed *testbed.Bed) (hosts []Host, secret []byte) {
 		// The pool's source: on a real host the ZFS partition, here an
 		// empty directory of the host's.
 		if err := os.Mkdir(filepath.Join(h.Dir, "pool"), 0o711); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		secretFile := filepath.Join(h.Dir, "cluster.secret")
 		if err := config.WriteSecret(secretFile, secret); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		a := &config.Appliance{
 			Host: config.Host{Name: h.Name, Address: h.Address.String()},
@@ -58,17 +67,17 @@ func ForBed(t testing.TB, bed *testbed.Bed) (hosts []Host, secret []byte) {
 		}
 		data, err := config.Marshal(a)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		path := filepath.Join(h.Dir, "appliance.yaml")
 		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		loaded, err := config.Load(path) // as the service will: defaults applied
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		hosts = append(hosts, Host{Bed: h, Config: loaded, Path: path})
 	}
-	return hosts, secret
+	return hosts, secret, nil
 }

@@ -1,0 +1,36 @@
+// demo-deploy is the last step of `make demo` (scripts/demo.sh): it deploys
+// the demo recipe onto three throw-away hosts on this machine and asks every
+// site. Needs root and the packages of scripts/apt-packages.txt.
+//
+//	go run ./scripts/demo-deploy --image out/demo-image
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sovereign-stack/ssbuild/appliance/demobed"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+func main() {
+	image := flag.String("image", "out/demo-image", "the demo base image (output of ssbuild image --recipe demo)")
+	recipe := flag.String("recipe", "demo", "recipe file or shipped name")
+	flag.Parse()
+	r, err := recipes.Open(*recipe)
+	if err == nil {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err = demobed.Run(ctx, demobed.Options{Recipe: r, ImageDir: *image, Out: os.Stdout,
+			Progress: progress.ForFile(os.Stderr, false)})
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo-deploy:", err)
+		os.Exit(1)
+	}
+}
