@@ -75,7 +75,7 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 			},
 			Devices: map[string]map[string]string{
 				"root": {"type": "disk", "path": "/", "pool": t.Pool},
-				"eth0": {"type": "nic", "network": t.Network, "name": "eth0"},
+				"eth0": {"type": "nic", "network": t.Network},
 			},
 		}
 		if role.Name == "www" {
