@@ -11,8 +11,8 @@ import (
 	"github.com/canonical/lxd/shared/api"
 )
 
-// exec runs a command in an instance and returns its stdout and exit code.
-func exec(c lxd.InstanceServer, instance string, command ...string) (string, int, error) {
+// runIn runs a command in an instance and returns its stdout and exit code.
+func runIn(c lxd.InstanceServer, instance string, command ...string) (string, int, error) {
 	var out bytes.Buffer
 	done := make(chan bool)
 	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
@@ -34,14 +34,14 @@ func exec(c lxd.InstanceServer, instance string, command ...string) (string, int
 func waitReady(ctx context.Context, c lxd.InstanceServer, instance string) error {
 	var last string
 	for {
-		state, _, err := exec(c, instance, "systemctl", "is-system-running")
+		state, _, err := runIn(c, instance, "systemctl", "is-system-running")
 		if err != nil {
 			last = err.Error()
 		} else {
 			last = "systemd is " + state
 			if state == "running" || state == "degraded" {
-				preload, _, _ := exec(c, instance, "systemctl", "show", "-p", "ActiveState", "--value", "ssbuild-preload.service")
-				docker, code, _ := exec(c, instance, "docker", "version", "--format", "{{.Server.Version}}")
+				preload, _, _ := runIn(c, instance, "systemctl", "show", "-p", "ActiveState", "--value", "ssbuild-preload.service")
+				docker, code, _ := runIn(c, instance, "docker", "version", "--format", "{{.Server.Version}}")
 				switch {
 				case preload == "failed":
 					return fmt.Errorf("instance %s: loading the pre-loaded Docker images failed (journalctl -u ssbuild-preload.service in the instance)", instance)
