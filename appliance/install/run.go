@@ -87,7 +87,11 @@ func Run(ctx context.Context, env Env) error {
 	if err != nil {
 		return fmt.Errorf("payload: %w", err)
 	}
-	host, err := identify(ctx, env, rep, r.Installer.Hosts)
+	cmdline, err := Cmdline(env.ProcRoot)
+	if err != nil {
+		return err
+	}
+	host, err := identify(ctx, env, rep, cmdline, r.Installer.Hosts)
 	if err != nil {
 		return err
 	}
@@ -129,8 +133,17 @@ func Run(ctx context.Context, env Env) error {
 	if err != nil {
 		return fmt.Errorf("verify: %w (nothing was written)", err)
 	}
+	afterStep := env.AfterStep
+	var bench *benchRun
+	if cmdline[CmdlineBench] == "dd" {
+		bench = &benchRun{procRoot: env.ProcRoot}
+		afterStep = bench.afterStep(afterStep)
+		if err := dropCaches(env.ProcRoot); err != nil {
+			return err
+		}
+	}
 	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files},
-		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: env.AfterStep})
+		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: afterStep})
 	if errors.Is(err, ErrAlreadyInstalled) {
 		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)
 		return env.Power.PowerOff()
@@ -139,6 +152,13 @@ func Run(ctx context.Context, env Env) error {
 		return err
 	}
 	rep.Info("installed %s onto %s", host.Name, target.Path)
+	if bench != nil {
+		res, err := bench.finish(ctx, p.Path(OSImageName), target.Path)
+		if err != nil {
+			return err
+		}
+		rep.Info("%s", res)
+	}
 	if r.Installer.AfterInstall == "poweroff" {
 		return env.Power.PowerOff()
 	}
@@ -148,11 +168,7 @@ func Run(ctx context.Context, env Env) error {
 // identify is IdentifyHost over this machine's NICs and kernel command
 // line. NIC drivers probe asynchronously after their modules load, so
 // while no host matches it looks again for up to env.NICWait.
-func identify(ctx context.Context, env Env, rep *progress.Reporter, hosts []recipes.Host) (recipes.Host, error) {
-	cmdline, err := Cmdline(env.ProcRoot)
-	if err != nil {
-		return recipes.Host{}, err
-	}
+func identify(ctx context.Context, env Env, rep *progress.Reporter, cmdline map[string]string, hosts []recipes.Host) (recipes.Host, error) {
 	deadline := time.Now().Add(env.NICWait)
 	for {
 		nics := NICs(env.SysRoot)
