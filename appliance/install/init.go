@@ -25,6 +25,10 @@ func IsInit() bool { return os.Getpid() == 1 && os.Args[0] == "/init" }
 // devtmpfs makes nodes asynchronously.
 const payloadWait = 60 * time.Second
 
+// nicWait is how long Init gives NIC drivers to show the MAC that names
+// this host before saying no host matches.
+const nicWait = 10 * time.Second
+
 // Init is the installer as the initramfs's init (PID 1): it mounts /proc,
 // /sys and devtmpfs, loads the initramfs's kernel modules, waits for the
 // payload partition, mounts it and runs the install (Run), which reboots
@@ -99,6 +103,7 @@ func initAndRun(console io.Writer, say func(string, ...any)) error {
 		PayloadDir: "/run/payload", WorkDir: "/run",
 		Progress: progress.New(console, progress.Plain),
 		Power:    Machine{},
+		NICWait:  nicWait,
 	})
 }
 

@@ -56,6 +56,16 @@ func (p *Payload) Path(rel string) string { return filepath.Join(p.Dir, filepath
 // that the files the install needs are listed. Nothing is written anywhere;
 // the installer calls it before it touches the target.
 func VerifyPayload(dir string, task io.Writer) (*Payload, error) {
+	p, err := ReadManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	return p, p.Verify(task)
+}
+
+// ReadManifest reads the payload's manifest without checking the files: the
+// names, their sums and the manifest's digest. Verify checks them.
+func ReadManifest(dir string) (*Payload, error) {
 	manifest, err := os.ReadFile(filepath.Join(dir, ManifestName))
 	if err != nil {
 		return nil, fmt.Errorf("payload: %w", err)
@@ -84,21 +94,38 @@ func VerifyPayload(dir string, task io.Writer) (*Payload, error) {
 			return nil, fmt.Errorf("payload %s: %s is not listed (the install needs it)", ManifestName, need)
 		}
 	}
+	return p, nil
+}
+
+// Verify checks every file of the manifest against its sha256.
+func (p *Payload) Verify(task io.Writer) error {
 	names := make([]string, 0, len(p.Files))
 	for name := range p.Files {
 		names = append(names, name)
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		got, err := hashFile(p.Path(name), task)
-		if err != nil {
-			return nil, fmt.Errorf("payload %s: %w", name, err)
-		}
-		if got != p.Files[name] {
-			return nil, fmt.Errorf("payload %s: sha256 %s, manifest says %s: the stick is corrupt or was modified; rebuild or re-flash it", name, got, p.Files[name])
+		if err := p.VerifyFile(name, task); err != nil {
+			return err
 		}
 	}
-	return p, nil
+	return nil
+}
+
+// VerifyFile checks one file of the manifest against its sha256.
+func (p *Payload) VerifyFile(name string, task io.Writer) error {
+	want, ok := p.Files[name]
+	if !ok {
+		return fmt.Errorf("payload %s: %s is not listed", ManifestName, name)
+	}
+	got, err := hashFile(p.Path(name), task)
+	if err != nil {
+		return fmt.Errorf("payload %s: %w", name, err)
+	}
+	if got != want {
+		return fmt.Errorf("payload %s: sha256 %s, manifest says %s: the stick is corrupt or was modified; rebuild or re-flash it", name, got, want)
+	}
+	return nil
 }
 
 // validRel accepts clean relative slash paths that stay inside the payload.

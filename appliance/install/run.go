@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -51,27 +52,31 @@ type Env struct {
 	Progress                   *progress.Reporter
 	Power                      Power
 	AfterStep                  func(step string) error // see Options
+	// NICWait is how long to wait for a NIC whose MAC names a host when
+	// none does yet (drivers probe after their modules load); 0: look once.
+	NICWait time.Duration
 }
 
-// Run is the whole unattended install: verify the payload, identify this
-// host, pick and check the target, install, then reboot or power off as the
-// recipe says. Nothing is written before the payload is verified and the
-// target accepted. On a disk this payload already installed for this host
-// it only powers off (the stick is still in; rebooting would loop).
+// Run is the whole unattended install: identify this host and pick and
+// check the target (reading only the recipe and the secret, each checked
+// against the manifest, so a machine the stick does not know or a disk it
+// must refuse is reported in seconds), verify the whole payload, install,
+// then reboot or power off as the recipe says. Nothing is written before
+// the payload is verified and the target accepted. On a disk this payload
+// already installed for this host it only powers off (the stick is still
+// in; rebooting would loop).
 func Run(ctx context.Context, env Env) error {
 	rep := env.Progress
 	if rep == nil {
 		rep = progress.Discard()
 	}
-	task := rep.Start("verify payload", PayloadSize(env.PayloadDir), "bytes")
-	p, err := VerifyPayload(env.PayloadDir, task)
-	task.Done(err)
+	p, err := ReadManifest(env.PayloadDir)
 	if err != nil {
 		return fmt.Errorf("verify: %w (nothing was written)", err)
 	}
 	for _, need := range []string{RecipeName, SecretName} {
-		if _, ok := p.Files[need]; !ok {
-			return fmt.Errorf("payload %s: %s is not listed", ManifestName, need)
+		if err := p.VerifyFile(need, nil); err != nil {
+			return fmt.Errorf("verify: %w (nothing was written)", err)
 		}
 	}
 	r, err := recipes.Load(p.Path(RecipeName))
@@ -86,11 +91,10 @@ func Run(ctx context.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	host, err := IdentifyHost(r.Installer.Hosts, cmdline, MACs(env.SysRoot))
+	host, err := identify(ctx, env, rep, cmdline, r.Installer.Hosts)
 	if err != nil {
 		return err
 	}
-	rep.Info("installing host %s", host.Name)
 	files, err := HostFiles(r, host, secret)
 	if err != nil {
 		return err
@@ -123,8 +127,23 @@ func Run(ctx context.Context, env Env) error {
 	}
 	rep.Info("target disk: %s", target)
 
+	task := rep.Start("verify payload", PayloadSize(env.PayloadDir), "bytes")
+	err = p.Verify(task)
+	task.Done(err)
+	if err != nil {
+		return fmt.Errorf("verify: %w (nothing was written)", err)
+	}
+	afterStep := env.AfterStep
+	var bench *benchRun
+	if cmdline[CmdlineBench] == "dd" {
+		bench = &benchRun{procRoot: env.ProcRoot}
+		afterStep = bench.afterStep(afterStep)
+		if err := dropCaches(env.ProcRoot); err != nil {
+			return err
+		}
+	}
 	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files},
-		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: env.AfterStep})
+		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: afterStep})
 	if errors.Is(err, ErrAlreadyInstalled) {
 		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)
 		return env.Power.PowerOff()
@@ -133,10 +152,64 @@ func Run(ctx context.Context, env Env) error {
 		return err
 	}
 	rep.Info("installed %s onto %s", host.Name, target.Path)
+	if bench != nil {
+		res, err := bench.finish(ctx, p.Path(OSImageName), target.Path)
+		if err != nil {
+			return err
+		}
+		rep.Info("%s", res)
+	}
 	if r.Installer.AfterInstall == "poweroff" {
 		return env.Power.PowerOff()
 	}
 	return env.Power.Reboot()
+}
+
+// identify is IdentifyHost over this machine's NICs and kernel command
+// line. NIC drivers probe asynchronously after their modules load, so
+// while no host matches it looks again for up to env.NICWait.
+func identify(ctx context.Context, env Env, rep *progress.Reporter, cmdline map[string]string, hosts []recipes.Host) (recipes.Host, error) {
+	deadline := time.Now().Add(env.NICWait)
+	for {
+		nics := NICs(env.SysRoot)
+		h, err := IdentifyHost(hosts, cmdline, nics)
+		var unknown *UnknownHostError
+		if err == nil || !errors.As(err, &unknown) || unknown.Named != "" || len(unknown.Matched) > 0 || time.Now().After(deadline) {
+			if err == nil {
+				rep.Info("this machine is host %s (%s; NICs: %s)", h.Name, how(h, cmdline, nics), nicList(nics))
+			}
+			return h, err
+		}
+		select {
+		case <-ctx.Done():
+			return recipes.Host{}, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// how says why IdentifyHost chose h.
+func how(h recipes.Host, cmdline map[string]string, nics []NIC) string {
+	if _, ok := cmdline[CmdlineHost]; ok {
+		return "chosen in the boot menu: " + CmdlineHost + "=" + h.Name
+	}
+	for _, n := range nics {
+		if h.MAC != "" && strings.EqualFold(n.MAC, string(h.MAC)) {
+			return "MAC " + n.MAC + " of " + n.Name
+		}
+	}
+	return "the recipe's only host"
+}
+
+func nicList(nics []NIC) string {
+	if len(nics) == 0 {
+		return "none"
+	}
+	var s []string
+	for _, n := range nics {
+		s = append(s, n.String())
+	}
+	return strings.Join(s, ", ")
 }
 
 // HostFiles are the files the installer writes into host h's OS: its name,

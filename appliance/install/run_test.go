@@ -1,6 +1,7 @@
 package install
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -234,5 +236,40 @@ func TestRunRefusesPartitionedDisk(t *testing.T) {
 	t.Log(err)
 	if fingerprint(t, disk) != before {
 		t.Error("the refused disk changed")
+	}
+}
+
+// TestRunBench: with ssbuild.bench=dd the install runs, then os.img is
+// written once more, dd-style, at the start of the ZFS partition, and both
+// times are reported.
+func TestRunBench(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "sgdisk", "blkid", "e2fsck", "dumpe2fs", "debugfs", "fsck.fat", "mtype", "losetup", "dd")
+	env, _ := fakeMachine(t, fakeDisk{name: "sda", size: 80 * GiB}, fakeDisk{name: "sdc", size: 64 * MiB, removable: true, payload: true})
+	if err := os.WriteFile(filepath.Join(env.ProcRoot, "cmdline"), []byte("console=ttyS0 "+CmdlineBench+"=dd\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(env.ProcRoot, "sys/vm"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	env.Progress = progress.New(io.MultiWriter(&log, testLog{t}), progress.Plain)
+	if err := Run(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(env.DevRoot, "sda")
+	if !regexp.MustCompile(`bench: os.img \d+ bytes: install OS write [\d.]+ s \([\d.]+ MiB/s\), dd-equivalent write [\d.]+ s`).MatchString(log.String()) {
+		t.Errorf("no bench line in the output:\n%s", log.String())
+	}
+	parts := sgdiskParts(t, target)
+	want, _ := os.ReadFile(filepath.Join(env.PayloadDir, OSImageName))
+	got := make([]byte, len(want))
+	f, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(got, parts[2].start*512); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("the ZFS partition does not start with os.img (%v)", err)
 	}
 }

@@ -151,22 +151,75 @@ func TestReadDisks(t *testing.T) {
 
 func TestIdentifyHost(t *testing.T) {
 	hosts := []recipes.Host{{Name: "nuc1", MAC: "aa:bb:cc:00:00:01"}, {Name: "nuc2", MAC: "aa:bb:cc:00:00:02"}, {Name: "nuc3"}}
+	qemuNIC := NIC{"eth0", "52:54:00:12:34:56"}
 	for _, tc := range []struct {
+		what    string
 		cmdline map[string]string
-		macs    []string
+		nics    []NIC
 		want    string
 	}{
-		{map[string]string{CmdlineHost: "nuc3"}, []string{"AA:BB:CC:00:00:01"}, "nuc3"},
-		{nil, []string{"52:54:00:12:34:56", "AA:BB:CC:00:00:02"}, "nuc2"},
-		{nil, []string{"52:54:00:12:34:56"}, ""},
-		{map[string]string{CmdlineHost: "nuc9"}, nil, ""},
+		{"the boot menu entry wins over a matching MAC", map[string]string{CmdlineHost: "nuc3"}, []NIC{{"eth0", "AA:BB:CC:00:00:01"}}, "nuc3"},
+		{"MAC on the second NIC, other case", nil, []NIC{qemuNIC, {"eth1", "AA:BB:CC:00:00:02"}}, "nuc2"},
+		{"MAC of the first host", nil, []NIC{{"enp1s0", "aa:bb:cc:00:00:01"}}, "nuc1"},
+		{"no MAC matches", nil, []NIC{qemuNIC}, ""},
+		{"no NIC at all", nil, nil, ""},
+		{"two hosts' MACs on one machine", nil, []NIC{{"eth0", "aa:bb:cc:00:00:01"}, {"eth1", "aa:bb:cc:00:00:02"}}, ""},
+		{"menu entry names a host the recipe lacks", map[string]string{CmdlineHost: "nuc9"}, []NIC{{"eth0", "aa:bb:cc:00:00:01"}}, ""},
 	} {
-		h, err := IdentifyHost(hosts, tc.cmdline, tc.macs)
+		h, err := IdentifyHost(hosts, tc.cmdline, tc.nics)
 		if h.Name != tc.want || (tc.want == "") != (err != nil) {
-			t.Errorf("cmdline %v MACs %v: %q, %v; want %q", tc.cmdline, tc.macs, h.Name, err, tc.want)
+			t.Errorf("%s: %q, %v; want %q", tc.what, h.Name, err, tc.want)
+		}
+		var unknown *UnknownHostError
+		if err != nil && !errors.As(err, &unknown) {
+			t.Errorf("%s: %T, want *UnknownHostError", tc.what, err)
 		}
 	}
-	if h, err := IdentifyHost(hosts[2:], nil, nil); err != nil || h.Name != "nuc3" {
+	// One host: no MAC or menu entry needed, even if its MAC is not here.
+	if h, err := IdentifyHost([]recipes.Host{{Name: "solo", MAC: "aa:bb:cc:00:00:09"}}, nil, []NIC{qemuNIC}); err != nil || h.Name != "solo" {
 		t.Errorf("single host: %q, %v", h.Name, err)
+	}
+	if h, err := IdentifyHost(hosts[2:], nil, nil); err != nil || h.Name != "nuc3" {
+		t.Errorf("single host without MAC: %q, %v", h.Name, err)
+	}
+}
+
+// What the owner reads on the console when the stick does not know the
+// machine: the MACs it saw, the hosts with theirs, and both ways to choose.
+func TestUnknownHostMessage(t *testing.T) {
+	hosts := []recipes.Host{{Name: "nuc1", MAC: "aa:bb:cc:00:00:01"}, {Name: "nuc2"}}
+	_, err := IdentifyHost(hosts, map[string]string{"console": "ttyS0"}, []NIC{{"enp2s0", "52:54:00:12:34:56"}, {"wlp3s0", "52:54:00:ab:cd:ef"}})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	msg := err.Error()
+	for _, want := range []string{"no disk was touched", "enp2s0 52:54:00:12:34:56", "wlp3s0 52:54:00:ab:cd:ef",
+		"nuc1 (aa:bb:cc:00:00:01)", "nuc2 (no mac)", `"install host NAME"`, "ssbuild.host=NAME", "installer.hosts[].mac"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message lacks %q:\n%s", want, msg)
+		}
+	}
+	_, err = IdentifyHost(hosts, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "none found") {
+		t.Errorf("without NICs: %v", err)
+	}
+}
+
+// NICs reads sysfs: interfaces with a hardware address, sorted by name.
+func TestNICs(t *testing.T) {
+	sys := t.TempDir()
+	for name, addr := range map[string]string{"lo": "00:00:00:00:00:00", "eth1": "52:54:00:00:00:02", "eth0": "52:54:00:00:00:01", "wg0": ""} {
+		dir := filepath.Join(sys, "class", "net", name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "address"), []byte(addr+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := NICs(sys)
+	want := []NIC{{"eth0", "52:54:00:00:00:01"}, {"eth1", "52:54:00:00:00:02"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("NICs: %v, want %v", got, want)
 	}
 }

@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/install"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
@@ -32,8 +37,9 @@ func TestInstallerRefusesAHostWithoutAddress(t *testing.T) {
 	}
 	// One host: the recipe itself is valid (a lone host may use DHCP),
 	// but the appliance needs an address for every member.
-	hosts := "    - {name: demo1, address: 10.99.0.11/24}\n    - {name: demo2, address: 10.99.0.12/24}\n    - {name: demo3, address: 10.99.0.13/24}\n"
-	text := strings.Replace(string(demo), hosts, "    - {name: demo3}\n", 1)
+	hosts := regexp.MustCompile(`(?m)^    - \{name: demo\d, .*\n`)
+	text := hosts.ReplaceAllLiteralString(string(demo), "")
+	text = strings.Replace(text, "  hosts:\n", "  hosts:\n    - {name: demo3}\n", 1)
 	text = strings.Replace(text, "initiator: demo1", "initiator: demo3", 1)
 	if text == string(demo) {
 		t.Fatal("demo recipe changed: its hosts are not where the test expects")
@@ -179,62 +185,168 @@ func runTool(t *testing.T, name string, args ...string) string {
 	return string(b)
 }
 
-// The whole path under qemu (TCG) with OVMF: the stick of a one-host recipe
-// as a USB device, a blank 80 GiB sparse virtio disk as the target. The
-// installer (ssbuild as the initramfs's /init) installs and powers off;
-// then sgdisk, blkid, e2fsck and fsck.fat check the target as a user would.
-func TestInstallerInstallsAHostInQEMU(t *testing.T) {
-	rootfstest.Require(t)
-	kerneltest.Require(t)
-	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir")
-	const ovmfCode, ovmfVars = "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"
-	vars, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		t.Skip(err)
-	}
-	// One host: the installer needs no MAC or kernel argument to know
-	// which host this machine is.
+// The stick of the qemu tests: the demo recipe (three hosts, each with a
+// MAC) with a small layout, so sparse disks of a few GiB can be hashed
+// whole in seconds.
+const (
+	macDemo1, macDemo2, macDemo3 = "02:5e:00:00:01:01", "02:5e:00:00:01:02", "02:5e:00:00:01:03"
+	macStranger                  = "02:5e:00:00:09:09" // no host has it
+	smallDisk                    = 8 << 30             // fits the test layout (minDisk 8 GiB)
+	testOSSize                   = 4 << 30
+)
+
+func qemuTestRecipe(t *testing.T) string {
+	t.Helper()
 	demo, err := recipes.BuiltinSource("demo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	hosts := "    - {name: demo1, address: 10.99.0.11/24}\n    - {name: demo2, address: 10.99.0.12/24}\n    - {name: demo3, address: 10.99.0.13/24}\n"
-	if !strings.Contains(string(demo), hosts) {
-		t.Fatal("demo recipe changed: its hosts are not where the test expects")
+	text := string(demo)
+	for _, r := range []struct{ old, new string }{
+		{"    esp: 256MiB\n    os: 8GiB\n    minZFS: 4GiB\n    minDisk: 16GiB\n",
+			"    esp: 256MiB\n    os: 4GiB\n    minZFS: 1GiB\n    minDisk: 8GiB\n"},
+		{`mac: "` + macDemo1 + `"`, `mac: "` + macDemo1 + `"`},
+		{`mac: "` + macDemo2 + `"`, `mac: "` + macDemo2 + `"`},
+		{`mac: "` + macDemo3 + `"`, `mac: "` + macDemo3 + `"`},
+	} {
+		if !strings.Contains(text, r.old) {
+			t.Fatalf("demo recipe changed: %q is not where the test expects", r.old)
+		}
+		text = strings.Replace(text, r.old, r.new, 1)
 	}
-	rcp := writeFile(t, "one-host.yaml", strings.Replace(string(demo), hosts, "    - {name: demo1, address: 10.99.0.11/24}\n", 1))
-	bin := staticSSBuild(t)
-	out := filepath.Join(t.TempDir(), "out")
-	buildInstaller(t, bin, rcp, out)
+	return writeFile(t, "small-layout.yaml", text)
+}
 
-	tmp := t.TempDir()
-	varsCopy := filepath.Join(tmp, "OVMF_VARS.fd")
+// qemuMachine is one boot of a test machine under TCG with OVMF: the stick
+// (if any) on USB, the disks on virtio in order (vda, vdb, ...), and a NIC
+// with mac (none when empty).
+type qemuMachine struct {
+	stick string
+	disks []string
+	mac   string
+}
+
+const ovmfCode, ovmfVars = "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"
+
+func (m qemuMachine) args(t *testing.T) []string {
+	t.Helper()
+	vars, err := os.ReadFile(ovmfVars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	varsCopy := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
 	if err := os.WriteFile(varsCopy, vars, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	target := filepath.Join(tmp, "target.raw")
-	if err := os.WriteFile(target, nil, 0o644); err != nil {
-		t.Fatal(err)
+	args := []string{"-m", "1024",
+		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
+		"-drive", "if=pflash,format=raw,file=" + varsCopy}
+	if m.stick != "" {
+		// snapshot=on: the guest cannot change the shared stick.
+		args = append(args, "-device", "qemu-xhci",
+			"-drive", "if=none,id=stick,format=raw,snapshot=on,file="+m.stick,
+			"-device", "usb-storage,drive=stick")
 	}
-	if err := os.Truncate(target, 80<<30); err != nil {
-		t.Fatal(err)
+	for _, d := range m.disks {
+		args = append(args, "-drive", "if=virtio,format=raw,file="+d)
 	}
-	start := time.Now()
-	serial, exited := kerneltest.RunQEMU(t, 10*time.Minute, "-m", "1024",
-		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
-		"-drive", "if=pflash,format=raw,file="+varsCopy,
-		"-device", "qemu-xhci",
-		"-drive", "if=none,id=stick,format=raw,snapshot=on,file="+filepath.Join(out, "installer.img"),
-		"-device", "usb-storage,drive=stick",
-		"-drive", "if=virtio,format=raw,file="+target)
-	t.Logf("install under TCG: %v", time.Since(start).Round(time.Second))
-	installerLines := kerneltest.Lines(serial, "ssbuild installer")
-	if !exited || len(kerneltest.Lines(serial, "FAILED")) > 0 || len(kerneltest.Lines(serial, "payload mounted")) == 0 {
-		t.Fatalf("the install did not finish (qemu exited: %v); installer lines:\n%s\nserial tail:\n%s",
-			exited, strings.Join(installerLines, "\n"), tail(serial, 4000))
+	if m.mac != "" {
+		// e1000 without its option ROM: the installer's e1000 driver sees
+		// the MAC, the firmware has no driver and so no network boot to try.
+		args = append(args, "-netdev", "user,id=n0,restrict=on", "-device", "e1000,netdev=n0,romfile=,mac="+m.mac)
 	}
-	t.Logf("installer on the serial console:\n%s", strings.Join(installerLines, "\n"))
+	return args
+}
 
+// blankDisk is a sparse file of size bytes.
+func blankDisk(t *testing.T, name string, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// neverWritten fails unless the sparse file has no block allocated: a
+// single byte written would allocate one.
+func neverWritten(t *testing.T, disk string) {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(disk, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks != 0 {
+		t.Errorf("%s was written: %d blocks allocated", filepath.Base(disk), st.Blocks)
+	}
+}
+
+// sha256sum is the sha256 of the whole file, holes read as zeros (Go's
+// SHA-NI code: several times faster than coreutils on a sparse 8 GiB disk).
+func sha256sum(t *testing.T, file string) string {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 4<<20)); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// installOn boots m until the installer powers it off and fails the test
+// unless it finished.
+func installOn(t *testing.T, m qemuMachine) string {
+	t.Helper()
+	start := time.Now()
+	serial, exited := qemuUntil(t, 10*time.Minute, nil, m.args(t)...)
+	t.Logf("install under TCG: %v", time.Since(start).Round(time.Second))
+	lines := installerLines(serial)
+	if !exited || len(kerneltest.Lines(serial, "FAILED")) > 0 || !regexp.MustCompile(`installed \S+ onto /dev/`).MatchString(serial) {
+		t.Fatalf("the install did not finish (qemu exited: %v); installer lines:\n%s\nserial tail:\n%s",
+			exited, strings.Join(lines, "\n"), tail(serial, 4000))
+	}
+	t.Logf("installer on the serial console:\n%s", strings.Join(lines, "\n"))
+	return serial
+}
+
+// installerLines are the installer's lines of the serial console: its own
+// and the steps' (not the kernel's or the firmware's, nor progress ticks).
+func installerLines(serial string) []string {
+	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|bench:|  )`)
+	var out []string
+	for _, l := range strings.Split(strings.ReplaceAll(serial, "\r", ""), "\n") {
+		if re.MatchString(l) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// refuse boots m until the installer prints FAILED and the marker, then
+// kills qemu; it returns the installer's lines.
+func refuse(t *testing.T, m qemuMachine, marker string) string {
+	t.Helper()
+	start := time.Now()
+	re := regexp.MustCompile(`FAILED: (?s:.*)` + regexp.QuoteMeta(marker))
+	serial, found := qemuUntil(t, 8*time.Minute, re, m.args(t)...)
+	t.Logf("boot to the refusal under TCG: %v", time.Since(start).Round(time.Second))
+	if !found {
+		t.Fatalf("no FAILED ... %q on the console; serial tail:\n%s", marker, tail(serial, 4000))
+	}
+	return serial[strings.Index(serial, "ssbuild installer"):]
+}
+
+// checkInstalled checks the installed target as a user would: sgdisk,
+// blkid, e2fsck, fsck.fat, and the host's files in the OS partition.
+func checkInstalled(t *testing.T, target string, size int64, host string) {
+	t.Helper()
 	parts := gpttest.Partitions(t, target)
 	want := []struct{ name, code string }{{install.LabelESP, "EF00"}, {install.LabelOS, "8300"}, {install.LabelZFS, "BF01"}}
 	if len(parts) != len(want) {
@@ -245,8 +357,11 @@ func TestInstallerInstallsAHostInQEMU(t *testing.T) {
 			t.Errorf("target partition %d: %+v, want %s (%s) on a 1 MiB boundary", i+1, parts[i], w.name, w.code)
 		}
 	}
-	if last := parts[2].End; (last+1)*512 < 80<<30-(2<<20) {
-		t.Errorf("the ZFS partition ends at sector %d, not at the end of the 80 GiB disk", last)
+	if got := (parts[1].End - parts[1].Start + 1) * 512; got != testOSSize {
+		t.Errorf("OS partition of %d bytes, want the recipe's 4 GiB", got)
+	}
+	if last := parts[2].End; (last+1)*512 < size-(2<<20) {
+		t.Errorf("the ZFS partition ends at sector %d, not at the end of the %d-byte disk", last, size)
 	}
 	if v := runTool(t, "sgdisk", "-v", target); !strings.Contains(v, "No problems found") {
 		t.Errorf("sgdisk -v of the target:\n%s", v)
@@ -255,7 +370,9 @@ func TestInstallerInstallsAHostInQEMU(t *testing.T) {
 	if got := runTool(t, "blkid", "-p", "-o", "export", esp); !strings.Contains(got, "TYPE=vfat\n") {
 		t.Errorf("blkid of the target's ESP:\n%s", got)
 	}
-	t.Log(runTool(t, "fsck.fat", "-n", esp))
+	if b, err := exec.Command("fsck.fat", "-n", esp).CombinedOutput(); err != nil {
+		t.Errorf("fsck.fat -n of the ESP: %v\n%s", err, b)
+	}
 	if got := runTool(t, "mdir", "-i", esp, "::/EFI/BOOT"); !strings.Contains(got, "BOOTX64") {
 		t.Errorf("the target's ESP has no EFI/BOOT/BOOTX64.EFI:\n%s", got)
 	}
@@ -266,40 +383,168 @@ func TestInstallerInstallsAHostInQEMU(t *testing.T) {
 	if b, err := exec.Command("e2fsck", "-fn", osPart).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck -fn of the OS partition: %v\n%s", err, b)
 	}
-	if got := runTool(t, "debugfs", "-R", "cat /etc/ssbuild/appliance.yaml", osPart); !strings.Contains(got, "demo1") {
-		t.Errorf("appliance.yaml on the target:\n%s", got)
+	if got := debugfsCat(t, osPart, "/etc/hostname"); strings.TrimSpace(got) != host {
+		t.Errorf("/etc/hostname on the target: %q, want %s", got, host)
+	}
+	yaml := debugfsCat(t, osPart, "/etc/ssbuild/appliance.yaml")
+	if a, err := config.Parse("appliance.yaml", []byte(yaml)); err != nil || a.Host.Name != host {
+		t.Errorf("appliance.yaml on the target: %v; want host %s:\n%s", err, host, yaml)
 	}
 	if got := runTool(t, "debugfs", "-R", "stat /etc/ssbuild/cluster.secret", osPart); !strings.Contains(got, "Mode:  0600") {
 		t.Errorf("cluster.secret on the target is not 0600:\n%s", got)
 	}
-	if t.Failed() {
-		return
-	}
-
-	// The target alone, as the host boots once the stick is out: its
-	// firmware finds systemd-boot on the ESP's removable-media path, the
-	// kernel mounts root=PARTLABEL=ssbuild-os, systemd starts the first-boot
-	// unit (its Condition holds: the installer wrote appliance.yaml).
-	varsCopy2 := filepath.Join(tmp, "OVMF_VARS-2.fd")
-	if err := os.WriteFile(varsCopy2, vars, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	start = time.Now()
-	// systemd colours the unit name and shortens it to fit the line.
-	marker := regexp.MustCompile(`Started \S*` + regexp.QuoteMeta(strings.TrimSuffix(hostos.UnitName, "service")))
-	serial, found := qemuUntil(t, 6*time.Minute, marker, "-m", "1024",
-		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
-		"-drive", "if=pflash,format=raw,file="+varsCopy2,
-		"-drive", "if=virtio,format=raw,file="+target)
-	if !found {
-		t.Fatalf("booting the installed target did not reach %s; serial tail:\n%s", marker, tail(serial, 6000))
-	}
-	t.Logf("installed target booted to the first-boot unit under TCG in %v:\n%s", time.Since(start).Round(time.Second),
-		strings.Join(kerneltest.Lines(serial, "ssbuild-appliance"), "\n"))
 }
 
-// qemuUntil boots qemu (TCG, no network, serial on stdout) until the serial
-// output matches marker or timeout passes, then kills it by its PID.
+// debugfsCat is a file of an ext4 image (debugfs's banner goes to stderr).
+func debugfsCat(t *testing.T, img, path string) string {
+	t.Helper()
+	b, err := exec.Command("debugfs", "-R", "cat "+path, img).Output()
+	if err != nil {
+		t.Fatalf("debugfs cat %s: %v", path, err)
+	}
+	return string(b)
+}
+
+// The installer under qemu (TCG) with OVMF, against one stick built once
+// from a three-host recipe (each host with a MAC) and shared by the cases,
+// which run one after the other (each boot takes a core).
+func TestInstallerQEMU(t *testing.T) {
+	rootfstest.Require(t)
+	kerneltest.Require(t)
+	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "cp")
+	if _, err := os.Stat(ovmfVars); err != nil {
+		if testenv.InCI() {
+			t.Fatalf("CI=true but %v (install ovmf)", err)
+		}
+		t.Skip(err)
+	}
+	bin := staticSSBuild(t)
+	out := filepath.Join(t.TempDir(), "out")
+	buildInstaller(t, bin, qemuTestRecipe(t), out)
+	stick := filepath.Join(out, "installer.img")
+
+	// The NIC's MAC is the second host's; two blank disks, the larger
+	// second: the installer installs demo2 onto vdb and leaves vda alone.
+	// The installed disk then boots alone to the first-boot unit as demo2.
+	t.Run("MAC picks the host and the larger disk is the target", func(t *testing.T) {
+		small, large := blankDisk(t, "small.raw", smallDisk+(6<<30)), blankDisk(t, "large.raw", 80<<30)
+		serial := installOn(t, qemuMachine{stick: stick, disks: []string{small, large}, mac: macDemo2})
+		if !strings.Contains(serial, "this machine is host demo2 (MAC "+macDemo2) || !strings.Contains(serial, "target disk: /dev/vdb") {
+			t.Errorf("the console does not say demo2 by MAC onto /dev/vdb")
+		}
+		neverWritten(t, small)
+		checkInstalled(t, large, 80<<30, "demo2")
+		if t.Failed() {
+			return
+		}
+		start := time.Now()
+		// The login prompt names the host; before it, systemd started the
+		// first-boot unit (it colours the unit name and shortens it to fit).
+		started := regexp.MustCompile(`Started \S*` + regexp.QuoteMeta(strings.TrimSuffix(hostos.UnitName, "service")))
+		serial, found := qemuUntil(t, 6*time.Minute, regexp.MustCompile(`demo2 login:`), qemuMachine{disks: []string{large}}.args(t)...)
+		if !found || !started.MatchString(serial) {
+			t.Fatalf("booting the installed target did not reach %s and then demo2's login prompt; serial tail:\n%s", started, tail(serial, 6000))
+		}
+		t.Logf("installed target booted to the first-boot unit and demo2's login prompt under TCG in %v:\n%s", time.Since(start).Round(time.Second),
+			strings.Join(kerneltest.Lines(serial, "ssbuild-appliance"), "\n"))
+	})
+
+	// A machine no host's MAC names: the console lists its MACs, the
+	// stick's hosts and how to choose; no disk is touched.
+	t.Run("unknown machine is told how to choose and no disk is touched", func(t *testing.T) {
+		disk := blankDisk(t, "disk.raw", smallDisk)
+		lines := refuse(t, qemuMachine{stick: stick, disks: []string{disk}, mac: macStranger}, "to choose:")
+		for _, want := range []string{macStranger, "demo1 (" + macDemo1 + ")", "demo2 (" + macDemo2 + ")", "demo3 (" + macDemo3 + ")",
+			`"install host NAME"`, "installer.hosts[].mac", "no disk was touched"} {
+			if !strings.Contains(lines, want) {
+				t.Errorf("the console does not say %q:\n%s", want, lines)
+			}
+		}
+		neverWritten(t, disk)
+	})
+
+	// A disk holding a partition table and a filesystem, the only disk:
+	// refused (the recipe does not say wipe), every byte unchanged.
+	t.Run("disk with partitions refused and unchanged", func(t *testing.T) {
+		disk := blankDisk(t, "used.raw", smallDisk)
+		runTool(t, "sgdisk", "-n", "1:2048:+1G", "-t", "1:8300", "-c", "1:data", disk)
+		runTool(t, "dd", "if=/dev/urandom", "of="+disk, "bs=1M", "count=4", "seek=1", "conv=notrunc,fsync", "status=none")
+		before := sha256sum(t, disk)
+		lines := refuse(t, qemuMachine{stick: stick, disks: []string{disk}, mac: macDemo1}, "refusing to install onto /dev/vda")
+		if !strings.Contains(lines, "wipe") {
+			t.Errorf("the refusal does not say how to allow it (wipe):\n%s", lines)
+		}
+		if after := sha256sum(t, disk); after != before {
+			t.Errorf("the refused disk changed: sha256 %s before, %s after", before, after)
+		}
+	})
+
+	// Bytes of the stick's os.img flipped: verification fails, the blank
+	// target stays blank.
+	t.Run("tampered payload leaves the target untouched", func(t *testing.T) {
+		tampered := tamperedStick(t, stick)
+		disk := blankDisk(t, "disk.raw", smallDisk)
+		lines := refuse(t, qemuMachine{stick: tampered, disks: []string{disk}, mac: macDemo3}, "nothing was written")
+		if !strings.Contains(lines, "verify: payload os.img") {
+			t.Errorf("the console does not name os.img:\n%s", lines)
+		}
+		neverWritten(t, disk)
+	})
+
+	// The power cut: qemu killed while the OS is being written, then the
+	// same machine boots the stick again and the install finishes clean.
+	t.Run("killed while writing the OS then booted again gives a clean install", func(t *testing.T) {
+		disk := blankDisk(t, "disk.raw", smallDisk)
+		m := qemuMachine{stick: stick, disks: []string{disk}, mac: macDemo1}
+		midway := regexp.MustCompile(`write OS to /dev/vda: .*\(([2-8]\d)%\)`)
+		start := time.Now()
+		serial, found := qemuUntil(t, 8*time.Minute, midway, m.args(t)...)
+		if !found {
+			t.Fatalf("the OS write did not get under way; serial tail:\n%s", tail(serial, 4000))
+		}
+		t.Logf("qemu killed after %v: %s", time.Since(start).Round(time.Second), midway.FindString(serial))
+		if parts := gpttest.Partitions(t, disk); len(parts) != 3 {
+			t.Fatalf("after the cut the disk has partitions %+v, want the install's three", parts)
+		}
+		serial = installOn(t, m)
+		if !strings.Contains(serial, "continuing the install on /dev/vda") {
+			t.Errorf("the second boot did not continue the install")
+		}
+		checkInstalled(t, disk, smallDisk, "demo1")
+	})
+}
+
+// tamperedStick is a copy of stick with bytes flipped in the middle of its
+// payload partition, inside os.img's data (by far the largest file of the
+// squashfs): reading os.img then gives other bytes or a read error.
+func tamperedStick(t *testing.T, stick string) string {
+	t.Helper()
+	parts := gpttest.Partitions(t, stick)
+	out := filepath.Join(t.TempDir(), "tampered.img")
+	runTool(t, "cp", "--sparse=always", stick, out)
+	f, err := os.OpenFile(out, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	off := (parts[1].Start + (parts[1].End-parts[1].Start)/2) * 512
+	b := make([]byte, 16)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	for i := range b {
+		b[i] ^= 0x5a
+	}
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// qemuUntil boots qemu (TCG, serial on stdout) until the serial output
+// matches marker (nil: until qemu exits) or timeout passes, then kills it
+// by its PID. found is whether the marker matched, or with a nil marker
+// whether qemu exited by itself.
 func qemuUntil(t *testing.T, timeout time.Duration, marker *regexp.Regexp, args ...string) (serial string, found bool) {
 	t.Helper()
 	base := []string{"-accel", "tcg", "-machine", "q35", "-nic", "none", "-display", "none", "-monitor", "none",
@@ -312,23 +557,26 @@ func qemuUntil(t *testing.T, timeout time.Duration, marker *regexp.Regexp, args 
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited }) // by PID
+	stop := func() { _ = cmd.Process.Kill(); <-exited } // by PID
+	t.Cleanup(stop)
+	matched := func() bool { return marker != nil && marker.MatchString(out.String()) }
 	deadline := time.After(timeout)
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	for !found {
+	for {
 		select {
 		case <-exited:
-			return out.String(), marker.MatchString(out.String())
+			return out.String(), marker == nil || matched()
 		case <-deadline:
-			_ = cmd.Process.Kill()
+			stop()
 			return out.String(), false
 		case <-tick.C:
-			found = marker.MatchString(out.String())
+			if matched() {
+				stop()
+				return out.String(), true
+			}
 		}
 	}
-	_ = cmd.Process.Kill()
-	return out.String(), true
 }
 
 // lockedBuffer collects qemu's output while the test reads it.

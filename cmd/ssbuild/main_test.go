@@ -133,7 +133,7 @@ func TestPlan(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("plan: %d %s", code, errOut)
 	}
-	for _, want := range []string{"debootstrap bookworm", "install 3 hosts: demo1 (10.99.0.11/24), demo2 (10.99.0.12/24), demo3 (10.99.0.13/24)",
+	for _, want := range []string{"debootstrap bookworm", "install 3 hosts: demo1 (10.99.0.11/24, 02:5e:00:00:01:01), demo2 (10.99.0.12/24, 02:5e:00:00:01:02), demo3 (10.99.0.13/24, 02:5e:00:00:01:03)",
 		"demo1 bootstraps it", "project demo-regtest", "clams: disabled"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan lacks %q:\n%s", want, out)

@@ -64,6 +64,9 @@ type Spec struct {
 	// Modules are the modules to include, by name or alias; nil means
 	// DefaultModules. Dependencies are added.
 	Modules []string
+	// OptionalModules are included with their dependencies when the
+	// kernel has them and left out (Result.Skipped) when it does not.
+	OptionalModules []string
 	// Epoch is every entry's mtime (SOURCE_DATE_EPOCH).
 	Epoch int64
 	// Progress reports the build; nil: none.
@@ -78,6 +81,9 @@ type Result struct {
 	Modules []string
 	// Builtin are wanted modules the kernel has built in.
 	Builtin []string
+	// Skipped are optional modules the kernel has neither as a file nor
+	// built in.
+	Skipped []string
 	Size    int64
 	SHA256  string
 }
@@ -99,7 +105,7 @@ func (s Spec) Archive() (*Archive, Result, error) {
 	if wanted == nil {
 		wanted = DefaultModules
 	}
-	if res.Modules, res.Builtin, err = ix.resolve(wanted); err != nil {
+	if res.Modules, res.Builtin, res.Skipped, err = ix.resolve(wanted, s.OptionalModules); err != nil {
 		return nil, res, fmt.Errorf("initramfs: kernel %s: %w", ver, err)
 	}
 

@@ -174,6 +174,18 @@ func TestModulesResolvedInLoadOrder(t *testing.T) {
 	if _, _, err := spec.Archive(); err == nil || !strings.Contains(err.Error(), "module nvme") {
 		t.Errorf("a module the kernel lacks: err %v, want one naming nvme", err)
 	}
+	// Optional modules (the NIC drivers): included with their
+	// dependencies when the kernel has them, named in Skipped when not.
+	spec.Modules = []string{"vfat"}
+	spec.OptionalModules = []string{"igc", "usb_storage"}
+	_, res, err = spec.Archive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"kernel/drivers/scsi/scsi_mod.ko", "kernel/drivers/usb/storage/usb-storage.ko"}; !slices.Equal(res.Modules, want) ||
+		!slices.Equal(res.Skipped, []string{"igc"}) {
+		t.Errorf("optional: modules %q skipped %q, want %q and igc", res.Modules, res.Skipped, want)
+	}
 }
 
 // TestDebianKernel builds the installer-style initramfs for Debian 12's
@@ -182,7 +194,7 @@ func TestDebianKernel(t *testing.T) {
 	k := kerneltest.Get(t)
 	initBin := kerneltest.TestInit(t)
 	dir := t.TempDir()
-	spec := initramfs.Spec{Init: initBin, Root: k.Root, Epoch: epoch}
+	spec := initramfs.Spec{Init: initBin, Root: k.Root, OptionalModules: initramfs.NICModules, Epoch: epoch}
 	ctx := context.Background()
 	first := filepath.Join(dir, "initrd.img")
 	start := time.Now()
@@ -191,6 +203,9 @@ func TestDebianKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("initramfs: %d modules, %d bytes, built in %v", len(res.Modules), res.Size, time.Since(start).Round(time.Millisecond))
+	if len(res.Skipped) > 0 {
+		t.Errorf("Debian's kernel lacks NIC drivers %v", res.Skipped)
+	}
 
 	t.Run("reproducible", func(t *testing.T) {
 		second := filepath.Join(dir, "again.img")
@@ -224,7 +239,8 @@ func TestDebianKernel(t *testing.T) {
 		for _, mod := range []string{"nvme.ko", "nvme-core.ko", "ahci.ko", "libahci.ko", "libata.ko", "sd_mod.ko",
 			"scsi_mod.ko", "virtio_blk.ko", "xhci-pci.ko", "xhci-hcd.ko", "ehci-pci.ko", "ehci-hcd.ko",
 			"usb-storage.ko", "uas.ko", "usbcore.ko", "ext4.ko", "jbd2.ko", "mbcache.ko", "vfat.ko", "fat.ko",
-			"squashfs.ko", "nls_cp437.ko"} {
+			"squashfs.ko", "nls_cp437.ko",
+			"virtio_net.ko", "e1000.ko", "e1000e.ko", "igb.ko", "igc.ko", "r8169.ko", "r8152.ko"} {
 			if !slices.ContainsFunc(names, func(n string) bool { return strings.HasSuffix(n, "/"+mod) }) {
 				t.Errorf("archive lacks module %s", mod)
 			}

@@ -25,6 +25,17 @@ var DefaultModules = []string{
 	"crc32c_generic", // ext4's metadata checksums
 }
 
+// NICModules are the drivers of the network cards NUC-class hosts and
+// virtual machines have (Intel e1000/e1000e/igb/igc/ixgbe, Realtek r8169,
+// Broadcom tg3, Aquantia atlantic, virtio-net, common USB Ethernet
+// adapters): the installer reads the NICs' MACs to tell which recipe host a
+// machine is. They are optional: a kernel without one of them still gets
+// an initramfs (Result.Skipped names what was left out).
+var NICModules = []string{
+	"virtio_net", "e1000", "e1000e", "igb", "igc", "ixgbe", "r8169", "tg3", "atlantic",
+	"r8152", "ax88179_178a", "cdc_ether",
+}
+
 // LoadOrderFile is written next to modules.dep: one module path per line
 // (relative to lib/modules/<version>), dependencies before the modules
 // that need them. An init without modprobe loads them in this order with
@@ -145,12 +156,13 @@ func (ix *moduleIndex) lookup(name string) (string, bool) {
 	return "", false
 }
 
-// resolve returns the modules to load for wanted, in load order
+// resolve returns the modules to load for wanted and optional, in load order
 // (dependencies and pre soft dependencies first), as paths relative to the
-// index's directory, and the wanted modules built into the kernel. A wanted
-// module the kernel has neither as a file nor built in is an error; a soft
+// index's directory, the wanted modules built into the kernel and the
+// optional ones the kernel lacks. A wanted module the kernel has neither as
+// a file nor built in is an error; an optional one is skipped; a soft
 // dependency that is missing is not (modprobe skips those too).
-func (ix *moduleIndex) resolve(wanted []string) (order, builtin []string, err error) {
+func (ix *moduleIndex) resolve(wanted, optional []string) (order, builtin, skipped []string, err error) {
 	done := map[string]bool{}
 	var visit func(name string, soft bool) error
 	visit = func(name string, soft bool) error {
@@ -191,10 +203,21 @@ func (ix *moduleIndex) resolve(wanted []string) (order, builtin []string, err er
 	sort.Strings(sorted) // the same order whatever order the caller listed them in
 	for _, w := range sorted {
 		if err := visit(w, false); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
-	return order, builtin, nil
+	opt := append([]string(nil), optional...)
+	sort.Strings(opt)
+	for _, w := range opt {
+		if _, ok := ix.lookup(w); !ok {
+			skipped = append(skipped, w)
+			continue
+		}
+		if err := visit(w, false); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return order, builtin, skipped, nil
 }
 
 // filteredIndexes returns modules.dep, modules.softdep and modules.alias

@@ -49,18 +49,68 @@ func (s Spec) espFiles() ([]espFile, error) {
 	if strings.ContainsAny(cmdline, "\n\r") {
 		return nil, fmt.Errorf("kernel command line: no newlines allowed")
 	}
-	// timeout 0: no menu (a key held at boot still shows it); editor no:
-	// nobody edits the command line of an unattended installer.
-	loader := "default ssbuild-installer.conf\ntimeout 0\neditor no\n"
-	entry := fmt.Sprintf("title ssbuild installer (%s)\nlinux /%s\ninitrd /%s\noptions %s\n",
-		s.Name, KernelFile, InitrdFile, cmdline)
-	return []espFile{
+	// timeout 0: no menu (a key held at boot still shows it); with entries
+	// per host a short menu lets the owner pick one. editor no: nobody
+	// edits the command line of an unattended installer.
+	timeout := 0
+	title := s.Name
+	if len(s.Menu) > 0 {
+		timeout = MenuTimeout
+		title += ", the host by this machine's MAC"
+	}
+	loader := fmt.Sprintf("default %s\ntimeout %d\neditor no\n", path.Base(EntryFile), timeout)
+	// sort-key keeps the menu in this order: the default, then the hosts
+	// as the recipe lists them.
+	entry := fmt.Sprintf("title ssbuild installer (%s)\nsort-key ssbuild-0\nlinux /%s\ninitrd /%s\noptions %s\n",
+		title, KernelFile, InitrdFile, cmdline)
+	files := []espFile{
 		{name: "EFI/BOOT/BOOTX64.EFI", src: s.SystemdBoot},
 		{name: "loader/loader.conf", data: []byte(loader)},
 		{name: EntryFile, data: []byte(entry)},
 		{name: KernelFile, src: s.Kernel},
 		{name: InitrdFile, src: s.Initramfs},
-	}, nil
+	}
+	seen := map[string]bool{}
+	for i, m := range s.Menu {
+		if !validEntryID(m.ID) || seen[m.ID] {
+			return nil, fmt.Errorf("boot menu entry %q: want a unique id of letters, digits and dashes", m.ID)
+		}
+		seen[m.ID] = true
+		if strings.ContainsAny(m.Title+m.Options, "\n\r") {
+			return nil, fmt.Errorf("boot menu entry %s: no newlines allowed", m.ID)
+		}
+		e := fmt.Sprintf("title %s\nsort-key ssbuild-1-%03d\nlinux /%s\ninitrd /%s\noptions %s %s\n",
+			m.Title, i, KernelFile, InitrdFile, cmdline, m.Options)
+		files = append(files, espFile{name: MenuEntryFile(m.ID), data: []byte(e)})
+	}
+	return files, nil
+}
+
+// MenuTimeout is the boot menu's timeout in seconds when the image has
+// menu entries besides the default.
+const MenuTimeout = 4
+
+// MenuEntry is a boot menu entry besides the default: the same kernel and
+// initramfs with more kernel command line options.
+type MenuEntry struct {
+	ID      string // file name part: letters, digits, dashes
+	Title   string // what the menu shows
+	Options string // appended to the kernel command line
+}
+
+// MenuEntryFile is the ESP path of the menu entry with this id.
+func MenuEntryFile(id string) string { return "loader/entries/ssbuild-installer-" + id + ".conf" }
+
+func validEntryID(id string) bool {
+	if id == "" {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 type espFile struct {

@@ -44,6 +44,8 @@ func TestGoldenLayout(t *testing.T) {
 			{Name: "base-image", Path: filepath.Join(in, "base-image")},
 			{Name: "recipe.yaml", Path: file("recipe.yaml", "name: golden\n")},
 		},
+		Menu: []installer.MenuEntry{{ID: "host-nuc1", Title: "install host nuc1", Options: "ssbuild.host=nuc1"},
+			{ID: "host-nuc2", Title: "install host nuc2", Options: "ssbuild.host=nuc2"}},
 		Output: filepath.Join(t.TempDir(), "installer.img")}
 	res, err := installer.Build(context.Background(), spec)
 	if err != nil {
@@ -61,7 +63,7 @@ func TestGoldenLayout(t *testing.T) {
 	parts := gpttest.Partitions(t, spec.Output)
 	esp := gpttest.Extract(t, spec.Output, parts[0])
 	b.WriteString("\nESP:\n" + run(t, "mdir", "-/", "-b", "-i", esp, "::/"))
-	for _, f := range []string{"loader/loader.conf", installer.EntryFile} {
+	for _, f := range []string{"loader/loader.conf", installer.EntryFile, installer.MenuEntryFile("host-nuc1"), installer.MenuEntryFile("host-nuc2")} {
 		b.WriteString("\n" + f + ":\n" + run(t, "mtype", "-i", esp, "::/"+f))
 	}
 	payload := gpttest.Extract(t, spec.Output, parts[1])

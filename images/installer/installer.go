@@ -10,8 +10,10 @@
 //	             reproducible), volume label SSBUILD-ESP:
 //	               EFI/BOOT/BOOTX64.EFI                 systemd-boot (removable-media path,
 //	                                                   so no firmware boot entry is needed)
-//	               loader/loader.conf                   default entry, no menu, no editor
+//	               loader/loader.conf                   default entry, no editor; no menu,
+//	                                                   or MenuTimeout s with Spec.Menu
 //	               loader/entries/ssbuild-installer.conf
+//	               loader/entries/ssbuild-installer-<id>.conf  Spec.Menu, if any
 //	               ssbuild/vmlinuz, ssbuild/initrd.img  the kernel and the installer initramfs
 //	after it     partition 2 "SSBUILD-PAYLOAD": squashfs (mksquashfs, reproducible)
 //	             holding the payload files under their names and SHA256SUMS, the
@@ -75,6 +77,10 @@ type Spec struct {
 	SystemdBoot string
 	// Cmdline is the kernel command line; empty means DefaultCmdline.
 	Cmdline string
+	// Menu are boot menu entries besides the default one (e.g. one per
+	// host, passing ssbuild.host=NAME); with any, the menu shows for
+	// MenuTimeout seconds.
+	Menu []MenuEntry
 	// Payload are the files of the payload partition.
 	Payload []PayloadFile
 	// Compression is mksquashfs's -comp for the payload, at the tool's

@@ -10,8 +10,9 @@
 //	           refused here, before anything is built
 //	secret     the cluster secret: the recipe's file, or a fresh one (0600)
 //	host-os    rootfs + installer.packages (cached layer), os.img, esp/
-//	initramfs  ssbuild as /init, the storage and file system modules
-//	image      installer.img (GPT: SSBUILD-ESP | SSBUILD-PAYLOAD) + SHA256SUMS
+//	initramfs  ssbuild as /init, the storage, file system and NIC modules
+//	image      installer.img (GPT: SSBUILD-ESP | SSBUILD-PAYLOAD) + SHA256SUMS;
+//	           with several hosts, a boot menu entry per host (ssbuild.host=NAME)
 //
 // The output folder holds installer.img, SHA256SUMS and, when it was
 // generated, cluster.secret (0600: keep it to build more sticks for the
@@ -210,9 +211,30 @@ func (b *build) hostOS(ctx context.Context) error {
 
 func (b *build) initramfs(ctx context.Context) error {
 	b.initrd = filepath.Join(b.work, "installer-initrd.img")
-	_, err := initramfs.Build(ctx, initramfs.Spec{Init: b.opts.Binary, Root: b.host.Root,
-		KernelVersion: b.host.KernelVersion, Modules: installerModules(), Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
+	res, err := initramfs.Build(ctx, initramfs.Spec{Init: b.opts.Binary, Root: b.host.Root,
+		KernelVersion: b.host.KernelVersion, Modules: installerModules(), OptionalModules: initramfs.NICModules,
+		Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
+	if err == nil && len(res.Skipped) > 0 {
+		b.opts.Progress.Info("initramfs: kernel %s has no NIC driver %s; machines with those NICs can only be told apart by the boot menu",
+			res.KernelVersion, strings.Join(res.Skipped, ", "))
+	}
 	return err
+}
+
+// menu is one boot menu entry per host when the stick installs several:
+// the default entry finds the host by MAC, these name it on the kernel
+// command line.
+func (b *build) menu() []installer.MenuEntry {
+	hosts := b.r.Installer.Hosts
+	if len(hosts) < 2 {
+		return nil
+	}
+	var m []installer.MenuEntry
+	for _, h := range hosts {
+		m = append(m, installer.MenuEntry{ID: "host-" + h.Name, Title: install.MenuTitle(h.Name),
+			Options: install.CmdlineHost + "=" + h.Name})
+	}
+	return m
 }
 
 // installerModules are initramfs.DefaultModules and loop: the installer
@@ -245,7 +267,7 @@ func (b *build) image(ctx context.Context) error {
 	}
 	b.img, err = installer.Build(ctx, installer.Spec{
 		Name: b.r.Name, Epoch: b.epoch,
-		Kernel: b.host.Kernel(), Initramfs: b.initrd, SystemdBoot: b.host.SystemdBoot(),
+		Kernel: b.host.Kernel(), Initramfs: b.initrd, SystemdBoot: b.host.SystemdBoot(), Menu: b.menu(),
 		Payload: payload, Output: filepath.Join(b.out, ImageFile), Progress: b.opts.Progress,
 	})
 	return err
