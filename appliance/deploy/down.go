@@ -87,7 +87,7 @@ func Down(ctx context.Context, o Options, d recipes.Deployment, purge bool) (Rep
 // downInstance takes the services down cleanly, then the instance.
 func downInstance(ctx context.Context, pc lxd.InstanceServer, in api.Instance, m *mutations, o Options) error {
 	if in.StatusCode == api.Running {
-		docker, err := instancedocker.Client(pc, in.Name)
+		docker, err := instancedocker.Client(ctx, pc, in.Name)
 		if err != nil {
 			return err
 		}

@@ -35,7 +35,7 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 	if err != nil {
 		return ServiceChanges{}, err
 	}
-	docker, err := instancedocker.Client(pc, w.spec.Name)
+	docker, err := instancedocker.Client(ctx, pc, w.spec.Name)
 	if err != nil {
 		return ServiceChanges{}, err
 	}

@@ -94,7 +94,7 @@ func Show(ctx context.Context, o Options) (State, error) {
 }
 
 func services(ctx context.Context, o Options, d recipes.Deployment, instance string) ([]stack.ContainerStatus, string) {
-	docker, err := instancedocker.Client(o.LXD.UseProject(d.Project()), instance)
+	docker, err := instancedocker.Client(ctx, o.LXD.UseProject(d.Project()), instance)
 	if err != nil {
 		return nil, err.Error()
 	}

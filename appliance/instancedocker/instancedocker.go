@@ -22,8 +22,11 @@ import (
 )
 
 // Client returns a Docker client for instance's daemon, reached through c
-// (scoped to the instance's project). Close it when done.
-func Client(c lxd.InstanceServer, instance string) (*client.Client, error) {
+// (scoped to the instance's project), with the API version agreed with the
+// daemon already: the client's lazy negotiation races when the first
+// requests go out in parallel, and one may go out with a version the
+// daemon refuses. Close it when done.
+func Client(ctx context.Context, c lxd.InstanceServer, instance string) (*client.Client, error) {
 	cli, err := client.NewClientWithOpts(
 		// The host name is never resolved: every connection is dialled below.
 		client.WithHost("http://docker"),
@@ -35,6 +38,12 @@ func Client(c lxd.InstanceServer, instance string) (*client.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client for instance %s: %w", instance, err)
 	}
+	ping, err := cli.Ping(ctx)
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("docker in instance %s: %w", instance, err)
+	}
+	cli.NegotiateAPIVersionPing(ping)
 	return cli, nil
 }
 
