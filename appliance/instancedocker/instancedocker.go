@@ -47,14 +47,36 @@ func Client(ctx context.Context, c lxd.InstanceServer, instance string) (*client
 	return cli, nil
 }
 
+// ready is what the exec prints before it becomes dial-stdio: reading it
+// proves the process started, so an exec LXD failed to start (5.0.2 under
+// load: "Failed to retrieve PID of executing child process") is retried
+// before a request is sent into it.
+const ready = "ssbuild-dial-stdio\n"
+
 // Dial opens one byte stream to the Docker daemon of instance.
 func Dial(ctx context.Context, c lxd.InstanceServer, instance string) (net.Conn, error) {
+	var err error
+	for attempt := 1; attempt <= 5; attempt++ {
+		var cn net.Conn
+		if cn, err = dialOnce(ctx, c, instance); err == nil {
+			return cn, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
+	return nil, err
+}
+
+func dialOnce(ctx context.Context, c lxd.InstanceServer, instance string) (net.Conn, error) {
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	cn := &conn{in: inW, out: outR, instance: instance}
 	done := make(chan bool)
 	op, err := c.ExecInstance(instance, api.InstanceExecPost{
-		Command:   []string{"docker", "system", "dial-stdio"},
+		Command:   []string{"sh", "-c", "printf '" + strings.TrimSpace(ready) + "\\n' && exec docker system dial-stdio"},
 		WaitForWS: true,
 	}, &lxd.InstanceExecArgs{Stdin: inR, Stdout: outW, Stderr: &cn.stderr, DataDone: done})
 	if err != nil {
@@ -78,6 +100,24 @@ func Dial(ctx context.Context, c lxd.InstanceServer, instance string) (net.Conn,
 		outW.CloseWithError(err)
 		inR.CloseWithError(err)
 	}()
+	got := make(chan error, 1)
+	go func() {
+		buf := make([]byte, len(ready))
+		_, err := io.ReadFull(outR, buf)
+		if err == nil && string(buf) != ready {
+			err = fmt.Errorf("instance %s: unexpected start of the Docker stream %q", instance, buf)
+		}
+		got <- err
+	}()
+	select {
+	case err = <-got:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		cn.Close()
+		return nil, err
+	}
 	return cn, nil
 }
 
