@@ -411,7 +411,7 @@ func debugfsCat(t *testing.T, img, path string) string {
 func TestInstallerQEMU(t *testing.T) {
 	rootfstest.Require(t)
 	kerneltest.Require(t)
-	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "cp")
+	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp")
 	if _, err := os.Stat(ovmfVars); err != nil {
 		if testenv.InCI() {
 			t.Fatalf("CI=true but %v (install ovmf)", err)
@@ -493,9 +493,12 @@ func TestInstallerQEMU(t *testing.T) {
 
 	// The power cut: qemu killed while the OS is being written, then the
 	// same machine boots the stick again and the install finishes clean.
+	// The machine's MAC is no host's: it is demo1 by the stick's boot menu
+	// entry "install host demo1", made the menu's default on a copy of the
+	// stick (what the owner picks with the arrow keys).
 	t.Run("killed while writing the OS then booted again gives a clean install", func(t *testing.T) {
 		disk := blankDisk(t, "disk.raw", smallDisk)
-		m := qemuMachine{stick: stick, disks: []string{disk}, mac: macDemo1}
+		m := qemuMachine{stick: withDefaultEntry(t, stick, "host-demo1"), disks: []string{disk}, mac: macStranger}
 		midway := regexp.MustCompile(`write OS to /dev/vda: .*\(([2-8]\d)%\)`)
 		start := time.Now()
 		serial, found := qemuUntil(t, 8*time.Minute, midway, m.args(t)...)
@@ -510,8 +513,32 @@ func TestInstallerQEMU(t *testing.T) {
 		if !strings.Contains(serial, "continuing the install on /dev/vda") {
 			t.Errorf("the second boot did not continue the install")
 		}
+		if !strings.Contains(serial, "this machine is host demo1 (chosen in the boot menu: ssbuild.host=demo1") {
+			t.Errorf("the console does not say demo1 was chosen in the boot menu")
+		}
 		checkInstalled(t, disk, smallDisk, "demo1")
 	})
+}
+
+// withDefaultEntry is a copy of stick whose boot menu default is the entry
+// with this id (installer.MenuEntryFile) instead of the MAC-matching one.
+func withDefaultEntry(t *testing.T, stick, id string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "stick.img")
+	runTool(t, "cp", "--sparse=always", stick, out)
+	esp := out + "@@" + strconv.FormatInt(gpttest.Partitions(t, stick)[0].Start*512, 10)
+	entry := "::/" + installer.MenuEntryFile(id)
+	if got := runTool(t, "mtype", "-i", esp, entry); !strings.Contains(got, "ssbuild.host=") {
+		t.Fatalf("menu entry %s: %q", entry, got)
+	}
+	conf := filepath.Join(t.TempDir(), "loader.conf")
+	loader := runTool(t, "mtype", "-i", esp, "::/loader/loader.conf")
+	loader = regexp.MustCompile(`(?m)^default .*$`).ReplaceAllString(loader, "default "+filepath.Base(installer.MenuEntryFile(id)))
+	if err := os.WriteFile(conf, []byte(loader), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, "mcopy", "-o", "-i", esp, conf, "::/loader/loader.conf")
+	return out
 }
 
 // tamperedStick is a copy of stick with bytes flipped in the middle of its
