@@ -319,7 +319,7 @@ func installOn(t *testing.T, m qemuMachine) string {
 // installerLines are the installer's lines of the serial console: its own
 // and the steps' (not the kernel's or the firmware's, nor progress ticks).
 func installerLines(serial string) []string {
-	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|bench:|  )`)
+	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|bench:|  [A-Za-z])`)
 	var out []string
 	for _, l := range strings.Split(strings.ReplaceAll(serial, "\r", ""), "\n") {
 		if re.MatchString(l) {
