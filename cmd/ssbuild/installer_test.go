@@ -340,6 +340,7 @@ func refuse(t *testing.T, m qemuMachine, marker string) string {
 	if !found {
 		t.Fatalf("no FAILED ... %q on the console; serial tail:\n%s", marker, tail(serial, 4000))
 	}
+	t.Logf("the installer refused:\n%s", strings.Join(installerLines(serial[max(0, strings.Index(serial, "ssbuild installer: FAILED")):]), "\n"))
 	return serial[strings.Index(serial, "ssbuild installer"):]
 }
 
@@ -543,7 +544,10 @@ func withDefaultEntry(t *testing.T, stick, id string) string {
 
 // tamperedStick is a copy of stick with bytes flipped in the middle of its
 // payload partition, inside os.img's data (by far the largest file of the
-// squashfs): reading os.img then gives other bytes or a read error.
+// squashfs): reading os.img then gives other bytes or, as seen so far, a
+// read error (the compressed block no longer decompresses). A well-formed
+// payload whose file differs from SHA256SUMS is appliance/install's
+// TestRunTamperedPayload; rebuilding the squashfs here cost minutes.
 func tamperedStick(t *testing.T, stick string) string {
 	t.Helper()
 	parts := gpttest.Partitions(t, stick)
