@@ -412,7 +412,7 @@ func debugfsCat(t *testing.T, img, path string) string {
 func TestInstallerQEMU(t *testing.T) {
 	rootfstest.Require(t)
 	kerneltest.Require(t)
-	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp")
+	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs")
 	if _, err := os.Stat(ovmfVars); err != nil {
 		if testenv.InCI() {
 			t.Fatalf("CI=true but %v (install ovmf)", err)
@@ -480,14 +480,14 @@ func TestInstallerQEMU(t *testing.T) {
 		}
 	})
 
-	// Bytes of the stick's os.img flipped: verification fails, the blank
-	// target stays blank.
+	// A byte of a payload file changed, the manifest not: verification
+	// fails, the blank target stays blank.
 	t.Run("tampered payload leaves the target untouched", func(t *testing.T) {
 		tampered := tamperedStick(t, stick)
 		disk := blankDisk(t, "disk.raw", smallDisk)
 		lines := refuse(t, qemuMachine{stick: tampered, disks: []string{disk}, mac: macDemo3}, "nothing was written")
-		if !strings.Contains(lines, "verify: payload os.img") {
-			t.Errorf("the console does not name os.img:\n%s", lines)
+		if !strings.Contains(lines, "verify: payload "+hostos.ESPDirName+"/"+hostos.KernelFile+": sha256 ") || !strings.Contains(lines, "manifest says") {
+			t.Errorf("the console does not name the changed file and its wrong sha256:\n%s", lines)
 		}
 		neverWritten(t, disk)
 	})
@@ -542,15 +542,32 @@ func withDefaultEntry(t *testing.T, stick, id string) string {
 	return out
 }
 
-// tamperedStick is a copy of stick with bytes flipped in the middle of its
-// payload partition, inside os.img's data (by far the largest file of the
-// squashfs): reading os.img then gives other bytes or, as seen so far, a
-// read error (the compressed block no longer decompresses). A well-formed
-// payload whose file differs from SHA256SUMS is appliance/install's
-// TestRunTamperedPayload; rebuilding the squashfs here cost minutes.
+// tamperedStick is a copy of stick whose payload, still a well-formed
+// squashfs, holds the target's kernel (esp/ssbuild/vmlinuz) with one byte
+// changed: squashfs stores the kernel's already-compressed blocks as they
+// are, so the byte is found in the partition by a 4 KiB sample from the
+// middle of the file and flipped at its first copy. The manifest then disagrees with
+// the file, as with a payload rebuilt with a changed file and the old
+// SHA256SUMS.
 func tamperedStick(t *testing.T, stick string) string {
 	t.Helper()
 	parts := gpttest.Partitions(t, stick)
+	payload := gpttest.Extract(t, stick, parts[1])
+	kernel, err := exec.Command("unsquashfs", "-cat", payload, hostos.ESPDirName+"/"+hostos.KernelFile).Output()
+	if err != nil || len(kernel) < 1<<20 {
+		t.Fatalf("unsquashfs -cat the kernel: %v (%d bytes)", err, len(kernel))
+	}
+	sample := kernel[len(kernel)/2 : len(kernel)/2+4096]
+	data, err := os.ReadFile(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first copy is esp/'s (squashfs writes file data in name order;
+	// os.img holds the kernel too, as /boot/vmlinuz-*).
+	at := bytes.Index(data, sample)
+	if at < 0 {
+		t.Fatal("a 4 KiB sample of the kernel is not found uncompressed in the payload")
+	}
 	out := filepath.Join(t.TempDir(), "tampered.img")
 	runTool(t, "cp", "--sparse=always", stick, out)
 	f, err := os.OpenFile(out, os.O_RDWR, 0)
@@ -558,15 +575,8 @@ func tamperedStick(t *testing.T, stick string) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	off := (parts[1].Start + (parts[1].End-parts[1].Start)/2) * 512
-	b := make([]byte, 16)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	for i := range b {
-		b[i] ^= 0x5a
-	}
-	if _, err := f.WriteAt(b, off); err != nil {
+	off := parts[1].Start*512 + int64(at) + 100
+	if _, err := f.WriteAt([]byte{sample[100] ^ 0xff}, off); err != nil {
 		t.Fatal(err)
 	}
 	return out
