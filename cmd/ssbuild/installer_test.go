@@ -319,7 +319,7 @@ func installOn(t *testing.T, m qemuMachine) string {
 // installerLines are the installer's lines of the serial console: its own
 // and the steps' (not the kernel's or the firmware's, nor progress ticks).
 func installerLines(serial string) []string {
-	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|bench:|  )`)
+	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|bench:|  [A-Za-z])`)
 	var out []string
 	for _, l := range strings.Split(strings.ReplaceAll(serial, "\r", ""), "\n") {
 		if re.MatchString(l) {
@@ -340,6 +340,7 @@ func refuse(t *testing.T, m qemuMachine, marker string) string {
 	if !found {
 		t.Fatalf("no FAILED ... %q on the console; serial tail:\n%s", marker, tail(serial, 4000))
 	}
+	t.Logf("the installer refused:\n%s", strings.Join(installerLines(serial[max(0, strings.Index(serial, "ssbuild installer: FAILED")):]), "\n"))
 	return serial[strings.Index(serial, "ssbuild installer"):]
 }
 
@@ -411,7 +412,7 @@ func debugfsCat(t *testing.T, img, path string) string {
 func TestInstallerQEMU(t *testing.T) {
 	rootfstest.Require(t)
 	kerneltest.Require(t)
-	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "cp")
+	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs")
 	if _, err := os.Stat(ovmfVars); err != nil {
 		if testenv.InCI() {
 			t.Fatalf("CI=true but %v (install ovmf)", err)
@@ -479,23 +480,26 @@ func TestInstallerQEMU(t *testing.T) {
 		}
 	})
 
-	// Bytes of the stick's os.img flipped: verification fails, the blank
-	// target stays blank.
+	// A byte of a payload file changed, the manifest not: verification
+	// fails, the blank target stays blank.
 	t.Run("tampered payload leaves the target untouched", func(t *testing.T) {
 		tampered := tamperedStick(t, stick)
 		disk := blankDisk(t, "disk.raw", smallDisk)
 		lines := refuse(t, qemuMachine{stick: tampered, disks: []string{disk}, mac: macDemo3}, "nothing was written")
-		if !strings.Contains(lines, "verify: payload os.img") {
-			t.Errorf("the console does not name os.img:\n%s", lines)
+		if !strings.Contains(lines, "verify: payload "+hostos.ESPDirName+"/"+hostos.KernelFile+": sha256 ") || !strings.Contains(lines, "manifest says") {
+			t.Errorf("the console does not name the changed file and its wrong sha256:\n%s", lines)
 		}
 		neverWritten(t, disk)
 	})
 
 	// The power cut: qemu killed while the OS is being written, then the
 	// same machine boots the stick again and the install finishes clean.
+	// The machine's MAC is no host's: it is demo1 by the stick's boot menu
+	// entry "install host demo1", made the menu's default on a copy of the
+	// stick (what the owner picks with the arrow keys).
 	t.Run("killed while writing the OS then booted again gives a clean install", func(t *testing.T) {
 		disk := blankDisk(t, "disk.raw", smallDisk)
-		m := qemuMachine{stick: stick, disks: []string{disk}, mac: macDemo1}
+		m := qemuMachine{stick: withDefaultEntry(t, stick, "host-demo1"), disks: []string{disk}, mac: macStranger}
 		midway := regexp.MustCompile(`write OS to /dev/vda: .*\(([2-8]\d)%\)`)
 		start := time.Now()
 		serial, found := qemuUntil(t, 8*time.Minute, midway, m.args(t)...)
@@ -510,16 +514,60 @@ func TestInstallerQEMU(t *testing.T) {
 		if !strings.Contains(serial, "continuing the install on /dev/vda") {
 			t.Errorf("the second boot did not continue the install")
 		}
+		if !strings.Contains(serial, "this machine is host demo1 (chosen in the boot menu: ssbuild.host=demo1") {
+			t.Errorf("the console does not say demo1 was chosen in the boot menu")
+		}
 		checkInstalled(t, disk, smallDisk, "demo1")
 	})
 }
 
-// tamperedStick is a copy of stick with bytes flipped in the middle of its
-// payload partition, inside os.img's data (by far the largest file of the
-// squashfs): reading os.img then gives other bytes or a read error.
+// withDefaultEntry is a copy of stick whose boot menu default is the entry
+// with this id (installer.MenuEntryFile) instead of the MAC-matching one.
+func withDefaultEntry(t *testing.T, stick, id string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "stick.img")
+	runTool(t, "cp", "--sparse=always", stick, out)
+	esp := out + "@@" + strconv.FormatInt(gpttest.Partitions(t, stick)[0].Start*512, 10)
+	entry := "::/" + installer.MenuEntryFile(id)
+	if got := runTool(t, "mtype", "-i", esp, entry); !strings.Contains(got, "ssbuild.host=") {
+		t.Fatalf("menu entry %s: %q", entry, got)
+	}
+	conf := filepath.Join(t.TempDir(), "loader.conf")
+	loader := runTool(t, "mtype", "-i", esp, "::/loader/loader.conf")
+	loader = regexp.MustCompile(`(?m)^default .*$`).ReplaceAllString(loader, "default "+filepath.Base(installer.MenuEntryFile(id)))
+	if err := os.WriteFile(conf, []byte(loader), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, "mcopy", "-o", "-i", esp, conf, "::/loader/loader.conf")
+	return out
+}
+
+// tamperedStick is a copy of stick whose payload, still a well-formed
+// squashfs, holds the target's kernel (esp/ssbuild/vmlinuz) with one byte
+// changed: squashfs stores the kernel's already-compressed blocks as they
+// are, so the byte is found in the partition by a 4 KiB sample from the
+// middle of the file and flipped at its first copy. The manifest then disagrees with
+// the file, as with a payload rebuilt with a changed file and the old
+// SHA256SUMS.
 func tamperedStick(t *testing.T, stick string) string {
 	t.Helper()
 	parts := gpttest.Partitions(t, stick)
+	payload := gpttest.Extract(t, stick, parts[1])
+	kernel, err := exec.Command("unsquashfs", "-cat", payload, hostos.ESPDirName+"/"+hostos.KernelFile).Output()
+	if err != nil || len(kernel) < 1<<20 {
+		t.Fatalf("unsquashfs -cat the kernel: %v (%d bytes)", err, len(kernel))
+	}
+	sample := kernel[len(kernel)/2 : len(kernel)/2+4096]
+	data, err := os.ReadFile(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first copy is esp/'s (squashfs writes file data in name order;
+	// os.img holds the kernel too, as /boot/vmlinuz-*).
+	at := bytes.Index(data, sample)
+	if at < 0 {
+		t.Fatal("a 4 KiB sample of the kernel is not found uncompressed in the payload")
+	}
 	out := filepath.Join(t.TempDir(), "tampered.img")
 	runTool(t, "cp", "--sparse=always", stick, out)
 	f, err := os.OpenFile(out, os.O_RDWR, 0)
@@ -527,15 +575,8 @@ func tamperedStick(t *testing.T, stick string) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	off := (parts[1].Start + (parts[1].End-parts[1].Start)/2) * 512
-	b := make([]byte, 16)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	for i := range b {
-		b[i] ^= 0x5a
-	}
-	if _, err := f.WriteAt(b, off); err != nil {
+	off := parts[1].Start*512 + int64(at) + 100
+	if _, err := f.WriteAt([]byte{sample[100] ^ 0xff}, off); err != nil {
 		t.Fatal(err)
 	}
 	return out
