@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
@@ -208,10 +210,12 @@ func (d *Daemon) Stop() error {
 	}
 	d.stopped = true
 	var errs []error
+	var bridges []string
 	if d.Client != nil {
 		// Containers first: their shims leave containerd's process group, so
 		// stopping the daemons would not end them.
 		errs = append(errs, d.removeContainers())
+		bridges = d.removeNetworks()
 		d.Client.Close()
 	}
 	for _, p := range []*proc{d.dockerd, d.containerd} {
@@ -219,11 +223,45 @@ func (d *Daemon) Stop() error {
 			errs = append(errs, p.stop())
 		}
 	}
+	// A bridge of a network the daemon made outlives the daemon on the
+	// machine; left behind, they use up Docker's default address pools and
+	// later daemons cannot create networks.
+	for _, br := range bridges {
+		if _, err := net.InterfaceByName(br); err == nil {
+			if out, err := exec.Command("ip", "link", "delete", br).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("delete bridge %s: %v: %s", br, err, out))
+			}
+		}
+	}
 	errs = append(errs, unmountUnder(d.Dir))
 	if err := os.RemoveAll(d.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// removeNetworks removes the bridge networks made in the daemon and
+// returns their bridges' names, to delete any the daemon leaves.
+func (d *Daemon) removeNetworks() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := d.Client.NetworkList(ctx, network.ListOptions{})
+	if err != nil {
+		return nil
+	}
+	var bridges []string
+	for _, n := range list {
+		if n.Driver != "bridge" || n.Name == "bridge" {
+			continue
+		}
+		br := n.Options["com.docker.network.bridge.name"]
+		if br == "" {
+			br = "br-" + n.ID[:12]
+		}
+		bridges = append(bridges, br)
+		d.Client.NetworkRemove(ctx, n.ID)
+	}
+	return bridges
 }
 
 func (d *Daemon) removeContainers() error {

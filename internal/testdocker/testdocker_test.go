@@ -2,10 +2,13 @@ package testdocker
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/docker/docker/api/types/network"
 
 	"github.com/sovereign-stack/ssbuild/internal/testenv"
 )
@@ -68,5 +71,26 @@ func TestStartFailureShowsLog(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "dockerd did not start") || !strings.Contains(err.Error(), "no-such-flag") {
 		t.Fatalf("start with a bad flag: %v; want an error with dockerd's log", err)
+	}
+}
+
+// TestStopRemovesNetworkBridges: a network's bridge outlives dockerd on the
+// machine unless Stop removes it; left over, they use up Docker's address
+// pools and later daemons cannot create networks.
+func TestStopRemovesNetworkBridges(t *testing.T) {
+	d := Start(t)
+	n, err := d.Client.NetworkCreate(context.Background(), "leak-check", network.CreateOptions{Driver: "bridge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := "br-" + n.ID[:12]
+	if _, err := net.InterfaceByName(br); err != nil {
+		t.Fatalf("network bridge %s not on the machine: %v", br, err)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := net.InterfaceByName(br); err == nil {
+		t.Errorf("bridge %s is still on the machine after Stop", br)
 	}
 }
