@@ -1,7 +1,8 @@
 // Package config reads /etc/ssbuild/appliance.yaml, the file the installer
 // writes on every host: who this host is, the cluster it belongs to (name,
 // initiator, members, storage, networks), where its secret file lives and
-// where the first-boot service keeps its state. The secret itself is never
+// where the first-boot service keeps its state and, on the initiator, what
+// it deploys once the cluster has formed. The secret itself is never
 // in this file: ReadSecret reads it from a 0600 file and refuses anything
 // group or world readable.
 package config
@@ -33,12 +34,21 @@ const DefaultRegistrationPort = 9443
 // when the file names no port: next to the registration endpoint's.
 const DefaultRegistryPort = 9444
 
+// Where the installer puts what the initiator deploys (the deploy section).
+const (
+	DefaultRecipePath = "/etc/ssbuild/recipe.yaml"    // on every host
+	DefaultImageDir   = "/var/lib/ssbuild/base-image" // the initiator's, when the stick carries one
+)
+
 // Appliance is the content of appliance.yaml.
 type Appliance struct {
 	Host       Host    `yaml:"host"`
 	Cluster    Cluster `yaml:"cluster"`
 	SecretFile string  `yaml:"secretFile"` // absolute path of the 0600 file holding the cluster secret
 	StateDir   string  `yaml:"stateDir"`   // where the service keeps its state (0700)
+	// Deploy is what this host deploys once the cluster has formed; nil:
+	// it never deploys. Only the initiator has one, so one host deploys.
+	Deploy *Deploy `yaml:"deploy,omitempty"`
 
 	// File is where it was read from, for messages.
 	File string `yaml:"-"`
@@ -81,6 +91,16 @@ type Network struct {
 	Type   string `yaml:"type"`   // bridge or macvlan
 	IPv4   string `yaml:"ipv4"`   // bridge address with prefix, auto or none
 	Parent string `yaml:"parent"` // host interface of a macvlan network
+}
+
+// Deploy says what the first-boot service deploys: the recipe's deployments
+// (ssbuild deploy), re-run on every start as a reconcile.
+type Deploy struct {
+	Recipe string `yaml:"recipe"` // absolute path of the recipe file
+	// Image is the absolute path of an `ssbuild image` output folder,
+	// imported into LXD when its base image is not there yet; empty: the
+	// base image must be in LXD already.
+	Image string `yaml:"image,omitempty"`
 }
 
 // RegistrationAddress is host:port of the initiator's registration endpoint.
@@ -158,7 +178,7 @@ func Parse(file string, data []byte) (*Appliance, error) {
 		return nil, &InvalidError{[]Problem{syntaxProblem(file, err)}}
 	}
 	if len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
-		return nil, &InvalidError{[]Problem{{File: file, Line: 1, Column: 1, Message: "not a mapping of keys (host, cluster, secretFile, stateDir)"}}}
+		return nil, &InvalidError{[]Problem{{File: file, Line: 1, Column: 1, Message: "not a mapping of keys (host, cluster, secretFile, stateDir, deploy)"}}}
 	}
 	a := &Appliance{File: file}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -331,6 +351,15 @@ func (c *checker) validate(a *Appliance) {
 	}
 	c.absolute(a.SecretFile, "secretFile")
 	c.absolute(a.StateDir, "stateDir")
+	if d := a.Deploy; d != nil {
+		if !a.IsInitiator() {
+			c.addf([]string{"deploy"}, "only the initiator (%s) deploys: remove this section from %s's config", cl.Initiator, a.Host.Name)
+		}
+		c.absolute(d.Recipe, "deploy", "recipe")
+		if d.Image != "" {
+			c.absolute(d.Image, "deploy", "image")
+		}
+	}
 }
 
 // MinSecretLength is the shortest secret ReadSecret accepts (bytes, after a

@@ -66,6 +66,8 @@ func TestParseProblemsHaveLines(t *testing.T) {
 		{"wrong initiator address", "initiatorAddress: 10.0.0.11", "initiatorAddress: 10.0.0.13", `appliance.yaml:7:21: cluster.initiatorAddress`},
 		{"relative secret", "secretFile: /etc", "secretFile: etc", `appliance.yaml:14:13: secretFile`},
 		{"syntax", "members:", "members: [", "appliance.yaml:"},
+		{"deploy on a joiner", "stateDir: /var/lib/ssbuild\n", "stateDir: /var/lib/ssbuild\ndeploy: {recipe: /etc/ssbuild/recipe.yaml}\n", `appliance.yaml:16:9: deploy: only the initiator (host1) deploys`},
+		{"unknown deploy key", "stateDir: /var/lib/ssbuild\n", "stateDir: /var/lib/ssbuild\ndeploy: {recipe: /r.yaml, images: /i}\n", `appliance.yaml:16:`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := strings.Replace(good, tc.from, tc.to, 1)
@@ -77,6 +79,36 @@ func TestParseProblemsHaveLines(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// The initiator's deploy section: absolute paths, the image optional.
+func TestParseDeploy(t *testing.T) {
+	initiator := strings.NewReplacer("name: host2\n  address: 10.0.0.12", "name: host1\n  address: 10.0.0.11").Replace(good)
+	a, err := config.Parse("appliance.yaml", []byte(initiator))
+	if err != nil || a.Deploy != nil {
+		t.Fatalf("no deploy section: %+v, %v", a, err)
+	}
+	with := initiator + "deploy:\n  recipe: /etc/ssbuild/recipe.yaml\n  image: /var/lib/ssbuild/base-image\n"
+	a, err = config.Parse("appliance.yaml", []byte(with))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *a.Deploy != (config.Deploy{Recipe: config.DefaultRecipePath, Image: config.DefaultImageDir}) {
+		t.Errorf("deploy section %+v", *a.Deploy)
+	}
+	data, _ := config.Marshal(a)
+	if b, err := config.Parse("again.yaml", data); err != nil || *b.Deploy != *a.Deploy {
+		t.Errorf("round trip of the deploy section: %v\n%s", err, data)
+	}
+	if _, err := config.Parse("appliance.yaml", []byte(initiator+"deploy: {recipe: /etc/ssbuild/recipe.yaml}\n")); err != nil {
+		t.Errorf("a deploy without image: %v", err)
+	}
+	_, err = config.Parse("appliance.yaml", []byte(initiator+"deploy:\n  recipe: recipe.yaml\n  image: base-image\n"))
+	for _, want := range []string{`appliance.yaml:17:11: deploy.recipe: "recipe.yaml": want an absolute path`, `appliance.yaml:18:10: deploy.image`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("relative paths: %v, want %q", err, want)
+		}
 	}
 }
 

@@ -11,9 +11,10 @@ import (
 
 // HostFiles are the per-host paths the installer chooses.
 type HostFiles struct {
-	StorageSource string // the host's ZFS partition (or directory), e.g. /dev/disk/by-partlabel/ssbuild-zfs
-	SecretFile    string // where it writes the secret, 0600
-	StateDir      string // e.g. /var/lib/ssbuild
+	StorageSource string  // the host's ZFS partition (or directory), e.g. /dev/disk/by-partlabel/ssbuild-zfs
+	SecretFile    string  // where it writes the secret, 0600
+	StateDir      string  // e.g. /var/lib/ssbuild
+	Deploy        *Deploy // the initiator's deploy section; nil: none
 }
 
 // FromRecipe builds the appliance.yaml of one host from a recipe (what the
@@ -21,7 +22,7 @@ type HostFiles struct {
 // where the initiator is, and the initiator whom to expect. The result is
 // checked as Load would check it.
 func FromRecipe(r *recipes.Recipe, host string, files HostFiles) (*Appliance, error) {
-	a := &Appliance{SecretFile: files.SecretFile, StateDir: files.StateDir}
+	a := &Appliance{SecretFile: files.SecretFile, StateDir: files.StateDir, Deploy: files.Deploy}
 	c := r.Cluster
 	a.Cluster = Cluster{
 		Name: c.Name, Initiator: c.Initiator, RegistrationPort: c.RegistrationPort,
