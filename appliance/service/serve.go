@@ -76,6 +76,12 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 	if err := s.reached(StepServing, sock); err != nil {
 		return err
 	}
+	dctx, stopDeploy := context.WithCancel(ctx)
+	waitDeploy := s.startDeploy(dctx)
+	defer func() {
+		stopDeploy()
+		waitDeploy()
+	}()
 	return s.heartbeat(ctx, reg)
 }
 
@@ -89,7 +95,8 @@ func (s *svc) heartbeat(ctx context.Context, reg *registry.Registry) error {
 	failing := false
 	for {
 		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-		err := reg.SetHostState(wctx, name, StateOnline, string(StepServing), "")
+		step, lastErr := s.current()
+		err := reg.SetHostState(wctx, name, StateOnline, string(step), lastErr)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -131,6 +138,14 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// current is the step and last error the status file holds: serving, or
+// deployed, and a failed deploy's or formation's error.
+func (s *svc) current() (cluster.Step, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st.Step, s.st.LastError
 }
 
 // record keeps the step and last error in the state directory's StatusFile

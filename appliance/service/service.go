@@ -13,8 +13,17 @@
 //	                step, server-certificate fingerprint) and, for a joiner,
 //	                one successful join attempt (recorded only if none is)
 //	serving         <stateDir>/service.sock answers status requests; the
-//	                host's row is rewritten every Heartbeat, so its update
+//	                host's row is rewritten every Heartbeat (with the step
+//	                and last error of the status file), so its update
 //	                time says the host and the registry are alive
+//	deployed        only on the initiator, and only when its appliance.yaml
+//	                has a deploy section: while serving, once every
+//	                configured member is an online LXD member, the recipe's
+//	                deployments are deployed (appliance/deploy) with their
+//	                secrets in <stateDir>/deploy (0700); a failure is the
+//	                host's last error and is retried with backoff while the
+//	                registry keeps being served. It runs on every start: a
+//	                reconcile, with 0 mutations when nothing changed
 //
 // A host that is an LXD member and has run its registry node before opens
 // it at once and runs cluster formation alongside: a restarted initiator
@@ -62,9 +71,11 @@ const (
 	StepRegistryOpen cluster.Step = "registry-open"
 	StepHostRecorded cluster.Step = "host-recorded"
 	StepServing      cluster.Step = "serving"
+	StepDeployed     cluster.Step = "deployed" // initiator with a deploy section only
 )
 
-// Steps lists a role's steps in order: the cluster's, then the service's.
+// Steps lists a role's steps in order: the cluster's, then the service's
+// (without StepDeployed, which only a host with a deploy section reaches).
 func Steps(initiator bool) []cluster.Step {
 	return append(cluster.Steps(initiator), StepRegistryOpen, StepHostRecorded, StepServing)
 }
@@ -108,6 +119,9 @@ type Options struct {
 	// Heartbeat is how often the host's registry row is rewritten
 	// (DefaultHeartbeat).
 	Heartbeat time.Duration
+	// DeployBackoff is the wait before a failed deploy is retried, doubled
+	// up to DeployBackoffMax (DefaultDeployBackoff, DefaultDeployBackoffMax).
+	DeployBackoff, DeployBackoffMax time.Duration
 }
 
 // Run brings the host through every step and serves until ctx ends; it

@@ -71,6 +71,7 @@ const (
 type HostStatus struct {
 	Name      string    `json:"name"`
 	Step      string    `json:"step,omitempty"`
+	Detail    string    `json:"detail,omitempty"` // this host's only, from its status file (e.g. what a deploy did)
 	State     string    `json:"state,omitempty"`
 	LastError string    `json:"lastError,omitempty"`
 	Updated   time.Time `json:"updated,omitzero"`
@@ -105,13 +106,18 @@ func hostStatus(a *config.Appliance, name string, v *RegistryView) HostStatus {
 	if v != nil {
 		for _, h := range v.Hosts {
 			if h.Name == name {
-				return HostStatus{Name: name, Step: h.Step, State: h.State, LastError: h.LastError, Updated: h.UpdatedAt, Source: FromRegistry}
+				hs := HostStatus{Name: name, Step: h.Step, State: h.State, LastError: h.LastError, Updated: h.UpdatedAt, Source: FromRegistry}
+				// The registry keeps no detail; this host's file has it.
+				if st, err := ReadStatus(a.StateDir); err == nil && name == a.Host.Name && string(st.Step) == h.Step {
+					hs.Detail = st.Detail
+				}
+				return hs
 			}
 		}
 	}
 	if name == a.Host.Name {
 		if st, err := ReadStatus(a.StateDir); err == nil {
-			return HostStatus{Name: name, Step: string(st.Step), LastError: st.LastError, Updated: st.Updated, Source: FromStatusFile}
+			return HostStatus{Name: name, Step: string(st.Step), Detail: st.Detail, LastError: st.LastError, Updated: st.Updated, Source: FromStatusFile}
 		} else if st, err := cluster.ReadStatus(a.StateDir); err == nil {
 			return HostStatus{Name: name, Step: string(st.Step), LastError: st.LastError, Updated: st.Updated, Source: FromStatusFile}
 		}
@@ -187,6 +193,9 @@ func (r *Report) Write(w io.Writer, now time.Time) error {
 			continue
 		}
 		line := fmt.Sprintf("  %s\t%s\t%s ago", h.Name, h.Step, now.Sub(h.Updated).Round(time.Second))
+		if h.Step == string(StepDeployed) && h.Detail != "" {
+			line += "\t(" + h.Detail + ")"
+		}
 		if h.Source != FromRegistry {
 			line += "\t(" + h.Source + ")"
 		}

@@ -1,0 +1,102 @@
+// Package deploytest has what tests of a deploy onto a test bed need: the
+// shipped demo recipe pointed at the bed's pool and network, and the demo
+// base image built once per test binary.
+package deploytest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/images/baseimage"
+	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
+	"github.com/sovereign-stack/ssbuild/internal/testdocker"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// BedRecipe is the shipped demo recipe, pointed at what the bed's hosts
+// have (configtest.ForBed: a dir pool "local", a bridge "ssbr0").
+func BedRecipe(t testing.TB) *recipes.Recipe {
+	t.Helper()
+	r, err := recipes.Open("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Cluster.Storage.Pool, r.Cluster.Storage.Driver = "local", "dir"
+	r.Cluster.Networks = []recipes.Network{{Name: "ssbr0", Type: "bridge"}}
+	return r
+}
+
+var (
+	imageOnce sync.Once
+	imageDir  string
+	imageErr  error
+)
+
+// DemoImage builds the demo base image once per test binary (the rootfs
+// layer is cached across runs) and returns its folder: Debian bookworm with
+// Docker, the static ssbuild, the demo's one Docker image pre-loaded and a
+// small pruned regtest datadir as the chainstate. Call Cleanup from
+// TestMain to remove it.
+func DemoImage(t testing.TB) string {
+	t.Helper()
+	Require(t)
+	imageOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ssbuild-deploy-image-")
+		if err != nil {
+			imageErr = err
+			return
+		}
+		imageDir = dir
+		docker := testdocker.Start(t)
+		testdocker.ImportBusybox(t, docker.Client, "ssbuild-demo/web:1", "demo")
+		bin := filepath.Join(dir, "ssbuild")
+		cmd := exec.Command("go", "build", "-o", bin, "github.com/sovereign-stack/ssbuild/cmd/ssbuild")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			imageErr = err
+			t.Logf("%s", out)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		r := BedRecipe(t)
+		datadir := filepath.Join(dir, "datadir")
+		blocks := filepath.Join(datadir, "regtest", "blocks")
+		if imageErr = os.MkdirAll(blocks, 0o755); imageErr != nil {
+			return
+		}
+		if imageErr = os.WriteFile(filepath.Join(blocks, "blk00000.dat"), []byte(strings.Repeat("block", 1000)), 0o644); imageErr != nil {
+			return
+		}
+		r.Image.Chainstate = &recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: datadir}
+		_, imageErr = baseimage.Build(ctx, r, baseimage.Options{OutDir: filepath.Join(dir, "out"),
+			CacheDir: rootfstest.CacheDir(), Docker: docker.Client, Binary: bin, Epoch: 1_700_000_000})
+	})
+	if imageErr != nil {
+		t.Fatalf("demo base image: %v", imageErr)
+	}
+	return filepath.Join(imageDir, "out")
+}
+
+// Cleanup removes the image DemoImage built, if any.
+func Cleanup() {
+	if imageDir != "" {
+		os.RemoveAll(imageDir)
+	}
+}
+
+// Require skips (fails under CI) without root or the tools a deploy onto a
+// bed needs.
+func Require(t testing.TB) {
+	t.Helper()
+	rootfstest.Require(t)
+	testenv.RequireTools(t, append([]string{"mksquashfs", "dockerd"}, testbed.Tools...)...)
+}

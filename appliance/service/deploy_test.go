@@ -1,0 +1,330 @@
+package service_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
+	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
+)
+
+// asServiceEnv makes the test binary a host's service: the registry's
+// dqlite opens its sockets from C threads, which only a process inside the
+// host's network namespace puts there, so each host's service.Run is a
+// process of its own in its host, as its systemd unit would start it.
+const asServiceEnv = "SSBUILD_TEST_SERVICE_CONFIG"
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv(asServiceEnv); path != "" {
+		os.Exit(runService(path))
+	}
+	code := m.Run()
+	deploytest.Cleanup()
+	os.Exit(code)
+}
+
+// runService is `ssbuild appliance run --config path` in short: service.Run
+// until SIGTERM, progress lines on stderr.
+func runService(path string) int {
+	a, err := config.Load(path)
+	if err == nil {
+		var secret []byte
+		secret, err = config.ReadSecret(a.SecretFile)
+		var c lxd.InstanceServer
+		if err == nil {
+			c, err = lxd.ConnectLXDUnix(filepath.Join(os.Getenv("LXD_DIR"), "unix.socket"), nil)
+		}
+		if err == nil {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+			defer stop()
+			err = service.Run(ctx, service.Options{Config: a, Secret: secret, LXD: c, LXDDir: os.Getenv("LXD_DIR"),
+				Progress: progress.New(os.Stderr, progress.Plain), DeployBackoff: 2 * time.Second})
+			if ctx.Err() != nil {
+				err = nil
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// TestFirstBootDeploysDemo is issue 6's first boot end to end on three
+// bed hosts: each host's own service forms the cluster and the registry,
+// and the initiator, whose appliance.yaml has a deploy section as the
+// installer writes it, deploys the demo recipe by itself. A user then sees
+// "deployed" in status and the sites answering on the www member's port
+// 80; a restarted service deploys again with 0 mutations.
+func TestFirstBootDeploysDemo(t *testing.T) {
+	img := deploytest.DemoImage(t)
+	bed := testbed.New(t, testbed.Options{Hosts: 3})
+	hosts, secret := configtest.ForBed(t, bed)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+
+	// The recipe file the installer writes to /etc/ssbuild/recipe.yaml: the
+	// demo recipe with the bed's pool and network (deploy reads only
+	// cluster.storage and cluster.networks from the cluster section; the
+	// members it places instances on are LXD's, so the recipe's hosts
+	// demo1-3 can stay as shipped while the bed's are host1-3).
+	recipeFile := filepath.Join(bed.Dir, "recipe.yaml")
+	data, err := recipes.Marshal(deploytest.BedRecipe(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recipeFile, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recipes.Load(recipeFile); err != nil {
+		t.Fatalf("the bed's recipe file does not load: %v", err)
+	}
+	init := hosts[0]
+	init.Config.Deploy = &config.Deploy{Recipe: recipeFile, Image: img}
+	if data, err = config.Marshal(init.Config); err == nil {
+		err = os.WriteFile(init.Path, data, 0o644)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	log := &serviceLog{t: t}
+	services := make([]*hostService, len(hosts))
+	for i, h := range hosts {
+		services[i] = &hostService{h: h, log: log}
+	}
+	t.Cleanup(func() {
+		for _, s := range services {
+			s.stop(t)
+		}
+		if strings.Contains(log.String(), string(secret)) {
+			t.Error("the cluster secret appears in the services' output")
+		}
+	})
+	began := time.Now()
+	for _, s := range services {
+		s.start(ctx, t)
+	}
+	st := waitDeployed(t, init, began, 20*time.Minute)
+	t.Logf("figure: services started to the initiator's status deployed: %s (%s)", time.Since(began).Round(time.Second), st.Detail)
+
+	r := service.Status(ctx, init.Config, init.Bed.LXD(), nil)
+	var text strings.Builder
+	if err := r.Write(&text, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("status:\n%s", text.String())
+	for _, want := range []string{"host1  deployed", "host2  serving", "host3  serving", "Hosts (from the registry)"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("status lacks %q", want)
+		}
+	}
+
+	project := deploytest.BedRecipe(t).Deployments[0].Project()
+	www := wwwMember(t, bed, project)
+	for host, want := range map[string]string{
+		"demo.example": "ghost demo.example", "www.blog.example": "ghost blog.example",
+		"relay.blog.example": "nostr-relay blog.example",
+	} {
+		if got := askSite(t, ctx, bed, www, host); got != want {
+			t.Errorf("port 80 of %s for %s answered %q, want %q", www.Name, host, got, want)
+		}
+	}
+	secretsFile := secrets.File(filepath.Join(init.Config.StateDir, service.DeployStateDir), project)
+	if fi, err := os.Stat(secretsFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the deployment's secrets file %s: %v, %v; want mode 0600", secretsFile, fi, err)
+	} else if set, err := secrets.Ensure(filepath.Dir(secretsFile), project, nil); err == nil {
+		for _, n := range set.Names() {
+			if v, _ := set.Get(n); strings.Contains(log.String(), v) {
+				t.Errorf("the deployment's secret %s appears in the service's output", n)
+			}
+		}
+	}
+
+	// systemctl restart: the service reconciles again, changing nothing.
+	services[0].stop(t)
+	restarted := time.Now()
+	services[0].start(ctx, t)
+	st = waitDeployed(t, init, restarted, 10*time.Minute)
+	t.Logf("figure: restarted initiator to deployed again: %s (%s)", time.Since(restarted).Round(time.Second), st.Detail)
+	if !strings.Contains(st.Detail, " 0 mutations") {
+		t.Errorf("the re-deploy after a restart: %q, want 0 mutations", st.Detail)
+	}
+	if got := askSite(t, ctx, bed, www, "demo.example"); got != "ghost demo.example" {
+		t.Errorf("after the restart demo.example answered %q", got)
+	}
+}
+
+// waitDeployed waits until the host's status (from the registry, detail
+// from its status file) says deployed, written after since.
+func waitDeployed(t *testing.T, h configtest.Host, since time.Time, timeout time.Duration) service.HostStatus {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		r := service.Status(context.Background(), h.Config, h.Bed.LXD(), nil)
+		for _, hs := range r.Hosts {
+			if hs.Name != h.Bed.Name {
+				continue
+			}
+			if hs.Source == service.FromRegistry && hs.Step == string(service.StepDeployed) && hs.Updated.After(since) && hs.Detail != "" {
+				return hs
+			}
+			last = fmt.Sprintf("%s at %q (%s), last error %q", hs.Name, hs.Step, hs.Source, hs.LastError)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not deployed within %s; last: %s", h.Bed.Name, timeout, last)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// wwwMember is the bed host the deployment's www instance runs on.
+func wwwMember(t *testing.T, bed *testbed.Bed, project string) *testbed.Host {
+	t.Helper()
+	in, _, err := bed.Hosts[0].LXD().UseProject(project).GetInstance("www")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range bed.Hosts {
+		if h.Name == in.Location {
+			return h
+		}
+	}
+	t.Fatalf("www runs on %q, not a bed host", in.Location)
+	return nil
+}
+
+// askSite GETs / of a site from another bed host, sent to port 80 of the
+// www member as DNS pointing there would, and returns the trimmed body.
+func askSite(t *testing.T, ctx context.Context, bed *testbed.Bed, at *testbed.Host, site string) string {
+	t.Helper()
+	from := bed.Hosts[0]
+	if from == at {
+		from = bed.Hosts[1]
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return from.DialContext(ctx, network, net.JoinHostPort(at.Address.String(), "80"))
+		}}}
+	defer client.CloseIdleConnections()
+	var last error
+	for range 30 { // the proxy may still be starting
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+site+"/", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return strings.TrimSpace(string(body))
+			}
+			err = fmt.Errorf("HTTP %s: %s", resp.Status, body)
+		}
+		last = err
+		time.Sleep(time.Second)
+	}
+	t.Errorf("GET http://%s/ on %s: %v", site, at.Address, last)
+	return ""
+}
+
+// hostService is one bed host's service process.
+type hostService struct {
+	h   configtest.Host
+	log *serviceLog
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// start runs the test binary as the host's service inside the host.
+func (s *hostService) start(ctx context.Context, t *testing.T) {
+	t.Helper()
+	cmd := s.h.Bed.Command(ctx, os.Args[0])
+	cmd.Env = append(cmd.Env, asServiceEnv+"="+s.h.Path)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 60 * time.Second
+	stderr, err := cmd.StderrPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		t.Fatalf("%s: start the service: %v", s.h.Bed.Name, err)
+	}
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			s.log.add(sc.Text())
+		}
+		if err := cmd.Wait(); err != nil && ctx.Err() == nil {
+			s.log.add(fmt.Sprintf("%s: service ended: %v", s.h.Bed.Name, err))
+		}
+	}()
+}
+
+// stop ends the service as systemctl stop would (SIGTERM), then kills it.
+func (s *hostService) stop(t *testing.T) {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Errorf("%s: service did not stop on SIGTERM within 60 s", s.h.Bed.Name)
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// serviceLog keeps every line the services printed (for the leak checks)
+// and shows them in the test log.
+type serviceLog struct {
+	t  *testing.T
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *serviceLog) add(line string) {
+	l.t.Logf("%s", line)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(line + "\n")
+}
+
+func (l *serviceLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
