@@ -46,6 +46,8 @@
 //	                 (required), loader/, the kernel and initrd of the host OS
 //	recipe.yaml      the recipe
 //	cluster.secret   the cluster's pre-shared secret
+//	base-image/...   optional (ssbuild installer --base-image): an `ssbuild image`
+//	                 output folder, for the initiator's first-boot deploy
 //
 // # The target disk
 //
@@ -69,7 +71,20 @@
 //	/etc/hostname
 //	/etc/ssbuild/appliance.yaml             (appliance/config, 0644)
 //	/etc/ssbuild/cluster.secret             (0600)
+//	/etc/ssbuild/recipe.yaml                (the payload's recipe, 0644)
 //	/etc/systemd/network/10-ssbuild.network (with a static address in the recipe)
+//	/var/lib/ssbuild/base-image/...         (the initiator only, when the payload
+//	                                         has base-image/; files 0644)
+//
+// The initiator's appliance.yaml has a deploy section when the recipe has
+// deployments: its first-boot service deploys /etc/ssbuild/recipe.yaml once
+// the cluster has formed, importing the base image from
+// /var/lib/ssbuild/base-image when the stick carried one (the deploy
+// imports it into LXD once for the whole cluster, so joiners get no copy).
+// The base image must fit the OS filesystem with 16 MiB to spare, checked
+// before anything of it is written (after growing); each file is hashed as
+// it is copied and checked against the manifest. A copy left by a cut
+// short run is removed first, so the step is redone whole.
 //
 // While mounted it grows the filesystem to the whole partition
 // (EXT4_IOC_RESIZE_FS, what resize2fs does online). If the kernel refuses

@@ -88,7 +88,7 @@ func writeManifest(t testing.TB, dir string) {
 	t.Helper()
 	var lines []string
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || d.Name() == ManifestName {
+		if err != nil || d.IsDir() || p == filepath.Join(dir, ManifestName) {
 			return err
 		}
 		b, err := os.ReadFile(p)

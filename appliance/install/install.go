@@ -46,12 +46,19 @@ type File struct {
 	Mode fs.FileMode // permission bits; parents are made 0755, owner is root
 }
 
+// Copy is a payload folder the installer copies into the OS filesystem.
+type Copy struct {
+	From string // the payload folder, e.g. base-image; only its manifest's files are copied
+	To   string // absolute path of the folder in the installed OS; replaced whole
+}
+
 // Plan is one install onto one target.
 type Plan struct {
 	Target string // whole-disk device, or a disk image file in tests
 	Layout recipes.Layout
 	Host   string
 	Files  []File // identity and config, written into the OS filesystem
+	Copies []Copy // payload folders copied into the OS filesystem (the initiator's base image)
 }
 
 // Options are the install's surroundings.

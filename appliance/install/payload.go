@@ -20,6 +20,8 @@ import (
 //	os.img              ext4 image of the host OS root filesystem
 //	esp/...             copied verbatim onto the target's ESP; must hold
 //	                    esp/EFI/BOOT/BOOTX64.EFI (plus kernel, initrd, loader entries)
+//	base-image/...      optional: an `ssbuild image` output folder, copied into
+//	                    the initiator's OS for its first-boot deploy
 //
 // Only files listed in SHA256SUMS are ever read for the install.
 const (
@@ -27,6 +29,7 @@ const (
 	OSImageName   = "os.img"
 	ESPDir        = "esp"
 	BootloaderESP = "EFI/BOOT/BOOTX64.EFI" // removable-media fallback path, firmware boots it without a boot entry
+	BaseImageDir  = "base-image"
 )
 
 // Payload is a verified payload: its directory, its files and the digest of
@@ -38,10 +41,13 @@ type Payload struct {
 }
 
 // ESPFiles lists the payload's ESP files, relative to esp/, sorted.
-func (p *Payload) ESPFiles() []string {
+func (p *Payload) ESPFiles() []string { return p.FilesUnder(ESPDir) }
+
+// FilesUnder lists the manifest's files below dir, relative to it, sorted.
+func (p *Payload) FilesUnder(dir string) []string {
 	var files []string
 	for name := range p.Files {
-		if rel, ok := strings.CutPrefix(name, ESPDir+"/"); ok {
+		if rel, ok := strings.CutPrefix(name, dir+"/"); ok {
 			files = append(files, rel)
 		}
 	}

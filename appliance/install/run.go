@@ -95,9 +95,19 @@ func Run(ctx context.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	files, err := HostFiles(r, host, secret)
+	recipeData, err := os.ReadFile(p.Path(RecipeName))
+	if err != nil {
+		return fmt.Errorf("payload: %w", err)
+	}
+	withImage := len(p.FilesUnder(BaseImageDir)) > 0
+	files, err := HostFiles(r, recipeData, host, secret, withImage)
 	if err != nil {
 		return err
+	}
+	var copies []Copy
+	if withImage && host.Name == r.Cluster.Initiator {
+		// The deploy imports it into LXD once for the whole cluster.
+		copies = append(copies, Copy{From: BaseImageDir, To: config.DefaultImageDir})
 	}
 
 	disks, err := ReadDisks(env.SysRoot, env.DevRoot)
@@ -142,7 +152,7 @@ func Run(ctx context.Context, env Env) error {
 			return err
 		}
 	}
-	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files},
+	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files, Copies: copies},
 		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: afterStep})
 	if errors.Is(err, ErrAlreadyInstalled) {
 		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)
@@ -213,10 +223,20 @@ func nicList(nics []NIC) string {
 }
 
 // HostFiles are the files the installer writes into host h's OS: its name,
-// /etc/ssbuild/appliance.yaml, the cluster secret (0600) and, with a static
-// address, a systemd-networkd file.
-func HostFiles(r *recipes.Recipe, h recipes.Host, secret []byte) ([]File, error) {
-	a, err := config.FromRecipe(r, h.Name, config.HostFiles{StorageSource: ZFSSource, SecretFile: SecretPath, StateDir: StateDir})
+// /etc/ssbuild/appliance.yaml, the cluster secret (0600), the recipe as the
+// stick carries it (recipeData) and, with a static address, a
+// systemd-networkd file. The initiator's appliance.yaml has a deploy
+// section when the recipe has deployments, naming the copied base image
+// when the payload carries one (withImage).
+func HostFiles(r *recipes.Recipe, recipeData []byte, h recipes.Host, secret []byte, withImage bool) ([]File, error) {
+	hf := config.HostFiles{StorageSource: ZFSSource, SecretFile: SecretPath, StateDir: StateDir}
+	if h.Name == r.Cluster.Initiator && len(r.Deployments) > 0 {
+		hf.Deploy = &config.Deploy{Recipe: config.DefaultRecipePath}
+		if withImage {
+			hf.Deploy.Image = config.DefaultImageDir
+		}
+	}
+	a, err := config.FromRecipe(r, h.Name, hf)
 	if err != nil {
 		return nil, err
 	}
@@ -228,6 +248,7 @@ func HostFiles(r *recipes.Recipe, h recipes.Host, secret []byte) ([]File, error)
 		{Path: "/etc/hostname", Data: []byte(h.Name + "\n"), Mode: 0o644},
 		{Path: config.DefaultPath, Data: yaml, Mode: 0o644},
 		{Path: SecretPath, Data: secret, Mode: 0o600},
+		{Path: config.DefaultRecipePath, Data: recipeData, Mode: 0o644},
 	}
 	if h.Address != "" {
 		var b strings.Builder

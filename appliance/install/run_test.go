@@ -140,7 +140,7 @@ func expectedFiles(t *testing.T, env Env) []File {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := HostFiles(r, r.Installer.Hosts[0], []byte(testSecret))
+	files, err := HostFiles(r, []byte(testRecipe), r.Installer.Hosts[0], []byte(testSecret), false)
 	if err != nil {
 		t.Fatal(err)
 	}
