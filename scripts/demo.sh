@@ -107,8 +107,9 @@ echo "    -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE
 echo "    -drive if=pflash,format=raw,file=$host_dir/OVMF_VARS.fd -drive if=virtio,format=raw,file=$host_dir/disk.raw"
 
 # Deploy the demo sites onto three throw-away hosts on this machine (network
-# namespaces, one LXD each, formed into a cluster by their own cluster
-# service) and ask every site through a member's port 80.
+# namespaces, one LXD each, each running its own `ssbuild appliance run`:
+# they form the cluster and the initiator deploys the recipe, as installed
+# hosts do on first boot) and ask every site through a member's port 80.
 echo
 echo "demo: deploying the demo sites onto a three-host cluster on this machine"
-go run ./scripts/demo-deploy --image "$out"
+go run ./scripts/demo-deploy --image "$out" --ssbuild "$bin"

@@ -1,24 +1,32 @@
 // Package demobed is the last part of `make demo`: it starts three hosts
 // on this machine (appliance/testbed: network namespaces, each with its own
-// LXD), lets their cluster service form one LXD cluster, deploys the demo
-// recipe's sites there from the demo base image, asks every site's URL
-// through a member's port 80 the way a browser on the LAN would, prints
-// `ssbuild show`, and removes everything it started.
+// LXD), gives them what the installer writes (appliance.yaml, the cluster
+// secret; on the initiator the recipe file and a deploy section) and runs
+// each host's `ssbuild appliance run` inside it, as its first-boot unit
+// would: the services form one LXD cluster and the registry, and the
+// initiator's deploys the recipe's sites from the demo base image. Then it
+// asks every site's URL through a member's port 80 the way a browser on
+// the LAN would, prints `ssbuild appliance status` and `ssbuild show`, and
+// removes everything it started.
 package demobed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/cluster/clustertest"
+	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -29,12 +37,19 @@ import (
 type Options struct {
 	Recipe   *recipes.Recipe // the demo recipe
 	ImageDir string          // its base image (`ssbuild image` output)
-	Out      io.Writer       // the answers and the show table
+	// Binary is the ssbuild that runs as each host's service: one with the
+	// registry (make build's bin/ssbuild).
+	Binary   string
+	Out      io.Writer // the answers, the status and the show table
 	Progress *progress.Reporter
 }
 
-// Run deploys the recipe onto a fresh three-host bed and checks every site
-// answers; it fails when one does not.
+// deployTimeout bounds the wait for the initiator's first deploy.
+const deployTimeout = 20 * time.Minute
+
+// Run deploys the recipe onto a fresh three-host bed through the hosts'
+// own first-boot service and checks every site answers; it fails when one
+// does not.
 func Run(ctx context.Context, o Options) (err error) {
 	o.Progress.Info("starting three hosts (network namespaces, one LXD each)")
 	bed, err := testbed.Start(ctx, testbed.Options{Hosts: 3, Progress: o.Progress})
@@ -46,31 +61,46 @@ func Run(ctx context.Context, o Options) (err error) {
 			err = cerr
 		}
 	}()
-	o.Progress.Info("forming the LXD cluster with the hosts' cluster service")
-	if _, err := clustertest.FormBed(ctx, bed); err != nil {
-		return err
-	}
-	// The bed's hosts have a dir pool "local" and a bridge "ssbr0".
-	r := *o.Recipe
-	r.Cluster.Storage.Pool, r.Cluster.Storage.Driver = "local", "dir"
-	r.Cluster.Networks = []recipes.Network{{Name: "ssbr0", Type: "bridge"}}
-	state, err := os.MkdirTemp("", "ssbuild-demo-state-")
+	hosts, _, err := configtest.Write(bed)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(state)
-	do := deploy.Options{LXD: bed.Hosts[0].LXD(), Recipe: &r, ImageDir: o.ImageDir, StateDir: state, Progress: o.Progress}
-	rep, err := deploy.Deploy(ctx, do)
+	r := configtest.BedRecipe(o.Recipe)
+	if _, err := servicetest.WithDeploy(hosts, r, o.ImageDir); err != nil {
+		return err
+	}
+	o.Progress.Info("running every host's first-boot service (%s appliance run): cluster, registry, then the initiator deploys", o.Binary)
+	began := time.Now()
+	var procs []*servicetest.Process
+	defer func() {
+		for _, p := range procs {
+			err = errors.Join(err, p.Stop())
+		}
+	}()
+	for _, h := range hosts {
+		p := &servicetest.Process{Host: h, Line: func(l string) { o.Progress.Info("%s", l) },
+			Command: func(ctx context.Context, h configtest.Host) *exec.Cmd {
+				return h.Bed.Command(ctx, o.Binary, "appliance", "run", "--config", h.Path)
+			}}
+		if err := p.Start(ctx); err != nil {
+			return err
+		}
+		procs = append(procs, p)
+	}
+	init := hosts[0]
+	wctx, cancel := context.WithTimeout(ctx, deployTimeout)
+	defer cancel()
+	st, err := servicetest.WaitDeployed(wctx, init, began)
 	if err != nil {
 		return err
 	}
+	o.Progress.Info("%s deployed %s after its service started (%s)", init.Bed.Name, time.Since(began).Round(time.Second), st.Detail)
+
 	failed := 0
 	for _, d := range r.Deployments {
 		member := ""
-		for _, in := range rep.Instances {
-			if in.Project == d.Project() && in.Name == "www" {
-				member = in.Member
-			}
+		if in, _, err := init.Bed.LXD().UseProject(d.Project()).GetInstance("www"); err == nil {
+			member = in.Location
 		}
 		for _, u := range stack.URLs(d) {
 			if !strings.HasPrefix(u.URL, "http://") && !strings.HasPrefix(u.URL, "ws://") {
@@ -89,12 +119,17 @@ func Run(ctx context.Context, o Options) (err error) {
 			fmt.Fprintf(o.Out, "%-32s -> %s\n", u.URL, answer)
 		}
 	}
-	st, err := deploy.Show(ctx, do)
+	fmt.Fprintln(o.Out)
+	if err := service.Status(ctx, init.Config, init.Bed.LXD(), nil).Write(o.Out, time.Now()); err != nil {
+		return err
+	}
+	do := deploy.Options{LXD: init.Bed.LXD(), Recipe: r, StateDir: filepath.Join(init.Config.StateDir, service.DeployStateDir)}
+	state, err := deploy.Show(ctx, do)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(o.Out)
-	if err := st.WriteText(o.Out); err != nil {
+	if err := state.WriteText(o.Out); err != nil {
 		return err
 	}
 	if failed > 0 {

@@ -1,7 +1,6 @@
 package service_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -24,9 +23,9 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 // asServiceEnv makes the test binary a host's service: the registry's
@@ -90,34 +89,26 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	// cluster.storage and cluster.networks from the cluster section; the
 	// members it places instances on are LXD's, so the recipe's hosts
 	// demo1-3 can stay as shipped while the bed's are host1-3).
-	recipeFile := filepath.Join(bed.Dir, "recipe.yaml")
-	data, err := recipes.Marshal(deploytest.BedRecipe(t))
-	if err != nil {
+	if _, err := servicetest.WithDeploy(hosts, deploytest.BedRecipe(t), img); err != nil {
 		t.Fatal(err)
-	}
-	if err := os.WriteFile(recipeFile, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := recipes.Load(recipeFile); err != nil {
-		t.Fatalf("the bed's recipe file does not load: %v", err)
 	}
 	init := hosts[0]
-	init.Config.Deploy = &config.Deploy{Recipe: recipeFile, Image: img}
-	if data, err = config.Marshal(init.Config); err == nil {
-		err = os.WriteFile(init.Path, data, 0o644)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	log := &serviceLog{t: t}
-	services := make([]*hostService, len(hosts))
+	services := make([]*servicetest.Process, len(hosts))
 	for i, h := range hosts {
-		services[i] = &hostService{h: h, log: log}
+		services[i] = &servicetest.Process{Host: h, Line: log.add,
+			Command: func(ctx context.Context, h configtest.Host) *exec.Cmd {
+				cmd := h.Bed.Command(ctx, os.Args[0])
+				cmd.Env = append(cmd.Env, asServiceEnv+"="+h.Path)
+				return cmd
+			}}
 	}
 	t.Cleanup(func() {
 		for _, s := range services {
-			s.stop(t)
+			if err := s.Stop(); err != nil {
+				t.Error(err)
+			}
 		}
 		if strings.Contains(log.String(), string(secret)) {
 			t.Error("the cluster secret appears in the services' output")
@@ -125,9 +116,11 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	})
 	began := time.Now()
 	for _, s := range services {
-		s.start(ctx, t)
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
-	st := waitDeployed(t, init, began, 20*time.Minute)
+	st := waitDeployed(t, ctx, init, began, 20*time.Minute)
 	t.Logf("figure: services started to the initiator's status deployed: %s (%s)", time.Since(began).Round(time.Second), st.Detail)
 
 	r := service.Status(ctx, init.Config, init.Bed.LXD(), nil)
@@ -164,10 +157,14 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	}
 
 	// systemctl restart: the service reconciles again, changing nothing.
-	services[0].stop(t)
+	if err := services[0].Stop(); err != nil {
+		t.Error(err)
+	}
 	restarted := time.Now()
-	services[0].start(ctx, t)
-	st = waitDeployed(t, init, restarted, 10*time.Minute)
+	if err := services[0].Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st = waitDeployed(t, ctx, init, restarted, 10*time.Minute)
 	t.Logf("figure: restarted initiator to deployed again: %s (%s)", time.Since(restarted).Round(time.Second), st.Detail)
 	if !strings.Contains(st.Detail, " 0 mutations") {
 		t.Errorf("the re-deploy after a restart: %q, want 0 mutations", st.Detail)
@@ -177,28 +174,15 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	}
 }
 
-// waitDeployed waits until the host's status (from the registry, detail
-// from its status file) says deployed, written after since.
-func waitDeployed(t *testing.T, h configtest.Host, since time.Time, timeout time.Duration) service.HostStatus {
+func waitDeployed(t *testing.T, ctx context.Context, h configtest.Host, since time.Time, timeout time.Duration) service.HostStatus {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for {
-		r := service.Status(context.Background(), h.Config, h.Bed.LXD(), nil)
-		for _, hs := range r.Hosts {
-			if hs.Name != h.Bed.Name {
-				continue
-			}
-			if hs.Source == service.FromRegistry && hs.Step == string(service.StepDeployed) && hs.Updated.After(since) && hs.Detail != "" {
-				return hs
-			}
-			last = fmt.Sprintf("%s at %q (%s), last error %q", hs.Name, hs.Step, hs.Source, hs.LastError)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not deployed within %s; last: %s", h.Bed.Name, timeout, last)
-		}
-		time.Sleep(2 * time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st, err := servicetest.WaitDeployed(ctx, h, since)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return st
 }
 
 // wwwMember is the bed host the deployment's www instance runs on.
@@ -247,65 +231,6 @@ func askSite(t *testing.T, ctx context.Context, bed *testbed.Bed, at *testbed.Ho
 	}
 	t.Errorf("GET http://%s/ on %s: %v", site, at.Address, last)
 	return ""
-}
-
-// hostService is one bed host's service process.
-type hostService struct {
-	h   configtest.Host
-	log *serviceLog
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// start runs the test binary as the host's service inside the host.
-func (s *hostService) start(ctx context.Context, t *testing.T) {
-	t.Helper()
-	cmd := s.h.Bed.Command(ctx, os.Args[0])
-	cmd.Env = append(cmd.Env, asServiceEnv+"="+s.h.Path)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 60 * time.Second
-	stderr, err := cmd.StderrPipe()
-	if err == nil {
-		err = cmd.Start()
-	}
-	if err != nil {
-		t.Fatalf("%s: start the service: %v", s.h.Bed.Name, err)
-	}
-	done := make(chan struct{})
-	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			s.log.add(sc.Text())
-		}
-		if err := cmd.Wait(); err != nil && ctx.Err() == nil {
-			s.log.add(fmt.Sprintf("%s: service ended: %v", s.h.Bed.Name, err))
-		}
-	}()
-}
-
-// stop ends the service as systemctl stop would (SIGTERM), then kills it.
-func (s *hostService) stop(t *testing.T) {
-	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.cmd = nil
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		t.Errorf("%s: service did not stop on SIGTERM within 60 s", s.h.Bed.Name)
-		_ = cmd.Process.Kill()
-		<-done
-	}
 }
 
 // serviceLog keeps every line the services printed (for the leak checks)

@@ -12,7 +12,26 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
+
+// What Write gives every host: the pool and network a recipe deployed on
+// the bed must name.
+const (
+	BedPool    = "local"
+	BedNetwork = "ssbr0"
+)
+
+// BedRecipe is a copy of r pointed at what the bed's hosts have (a dir pool
+// BedPool, a bridge BedNetwork). The rest of its cluster section stays:
+// a deploy reads only the storage and networks from it, and places
+// instances on the members LXD has.
+func BedRecipe(r *recipes.Recipe) *recipes.Recipe {
+	c := *r
+	c.Cluster.Storage.Pool, c.Cluster.Storage.Driver = BedPool, "dir"
+	c.Cluster.Networks = []recipes.Network{{Name: BedNetwork, Type: "bridge"}}
+	return &c
+}
 
 // Host is one bed host's appliance config as loaded, and where it is.
 type Host struct {
@@ -59,8 +78,8 @@ func Write(bed *testbed.Bed) (hosts []Host, secret []byte, err error) {
 			Cluster: config.Cluster{
 				Name: "bed" + bed.ID, Initiator: init.Name, InitiatorAddress: init.Address.String(),
 				Members:  members,
-				Storage:  config.Storage{Pool: "local", Driver: "dir", Source: filepath.Join(h.Dir, "pool")},
-				Networks: []config.Network{{Name: "ssbr0", Type: "bridge", IPv4: "10.222.0.1/24"}},
+				Storage:  config.Storage{Pool: BedPool, Driver: "dir", Source: filepath.Join(h.Dir, "pool")},
+				Networks: []config.Network{{Name: BedNetwork, Type: "bridge", IPv4: "10.222.0.1/24"}},
 			},
 			SecretFile: secretFile,
 			StateDir:   filepath.Join(h.Dir, "state"),

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
 	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
@@ -22,16 +23,14 @@ import (
 )
 
 // BedRecipe is the shipped demo recipe, pointed at what the bed's hosts
-// have (configtest.ForBed: a dir pool "local", a bridge "ssbr0").
+// have (configtest.BedRecipe).
 func BedRecipe(t testing.TB) *recipes.Recipe {
 	t.Helper()
 	r, err := recipes.Open("demo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Cluster.Storage.Pool, r.Cluster.Storage.Driver = "local", "dir"
-	r.Cluster.Networks = []recipes.Network{{Name: "ssbr0", Type: "bridge"}}
-	return r
+	return configtest.BedRecipe(r)
 }
 
 var (
