@@ -15,9 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,6 +22,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
@@ -106,7 +104,8 @@ func Run(ctx context.Context, o Options) (err error) {
 			if !strings.HasPrefix(u.URL, "http://") && !strings.HasPrefix(u.URL, "ws://") {
 				continue // the demo serves plain HTTP (its relay stand-in too)
 			}
-			answer, err := ask(ctx, bed, member, u.URL)
+			status, body, err := deploytest.AskSite(ctx, bed, member, u.URL)
+			answer := fmt.Sprintf("%s %q", status, body)
 			switch {
 			case err != nil && u.Service == "btcpay":
 				// Known gap: bridges are per member, so the www proxy
@@ -136,53 +135,4 @@ func Run(ctx context.Context, o Options) (err error) {
 		return fmt.Errorf("%d site URLs did not answer", failed)
 	}
 	return nil
-}
-
-// ask GETs rawURL from another host, sent to port 80 of member (where the
-// www instance's proxy devices listen), as DNS pointing there would.
-func ask(ctx context.Context, bed *testbed.Bed, member, rawURL string) (string, error) {
-	var at, from *testbed.Host
-	for _, h := range bed.Hosts {
-		if h.Name == member {
-			at = h
-		} else if from == nil {
-			from = h
-		}
-	}
-	if at == nil || from == nil {
-		return "", fmt.Errorf("no www instance on a bed host (%q)", member)
-	}
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "", err
-	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return from.DialContext(ctx, network, net.JoinHostPort(at.Address.String(), "80"))
-		}}}
-	defer client.CloseIdleConnections()
-	var last error
-	// Services may still be starting: retry for up to 30 s.
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+u.Host+"/", nil)
-		if err != nil {
-			return "", err
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return fmt.Sprintf("%s %q", resp.Status, strings.TrimSpace(string(body))), nil
-			}
-			err = fmt.Errorf("%s", resp.Status)
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-	return "", last
 }

@@ -3,9 +3,6 @@ package service_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -201,36 +198,14 @@ func wwwMember(t *testing.T, bed *testbed.Bed, project string) *testbed.Host {
 	return nil
 }
 
-// askSite GETs / of a site from another bed host, sent to port 80 of the
-// www member as DNS pointing there would, and returns the trimmed body.
+// askSite is the body of site's answer on port 80 of the www member.
 func askSite(t *testing.T, ctx context.Context, bed *testbed.Bed, at *testbed.Host, site string) string {
 	t.Helper()
-	from := bed.Hosts[0]
-	if from == at {
-		from = bed.Hosts[1]
+	_, body, err := deploytest.AskSite(ctx, bed, at.Name, "http://"+site+"/")
+	if err != nil {
+		t.Error(err)
 	}
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return from.DialContext(ctx, network, net.JoinHostPort(at.Address.String(), "80"))
-		}}}
-	defer client.CloseIdleConnections()
-	var last error
-	for range 30 { // the proxy may still be starting
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+site+"/", nil)
-		resp, err := client.Do(req)
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return strings.TrimSpace(string(body))
-			}
-			err = fmt.Errorf("HTTP %s: %s", resp.Status, body)
-		}
-		last = err
-		time.Sleep(time.Second)
-	}
-	t.Errorf("GET http://%s/ on %s: %v", site, at.Address, last)
-	return ""
+	return body
 }
 
 // serviceLog keeps every line the services printed (for the leak checks)

@@ -1,10 +1,16 @@
-// Package deploytest has what tests of a deploy onto a test bed need: the
-// shipped demo recipe pointed at the bed's pool and network, and the demo
-// base image built once per test binary.
+// Package deploytest has what tests of a deploy onto a test bed (and the
+// demo) need: the shipped demo recipe pointed at the bed's pool and
+// network, the demo base image built once per test binary, and a site's
+// answer through a member's port 80.
 package deploytest
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,6 +89,57 @@ func DemoImage(t testing.TB) string {
 		t.Fatalf("demo base image: %v", imageErr)
 	}
 	return filepath.Join(imageDir, "out")
+}
+
+// AskSite GETs / of rawURL's host from another bed host, sent to port 80
+// of member (where the www instance's proxy devices listen), as DNS
+// pointing there would, and returns the answer's status and trimmed body.
+// Services may still be starting: it retries for up to 30 s until one
+// answers 200.
+func AskSite(ctx context.Context, bed *testbed.Bed, member, rawURL string) (status, body string, err error) {
+	var at, from *testbed.Host
+	for _, h := range bed.Hosts {
+		if h.Name == member {
+			at = h
+		} else if from == nil {
+			from = h
+		}
+	}
+	if at == nil || from == nil {
+		return "", "", fmt.Errorf("no www instance on a bed host (%q)", member)
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", "", err
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return from.DialContext(ctx, network, net.JoinHostPort(at.Address.String(), "80"))
+		}}}
+	defer client.CloseIdleConnections()
+	var last error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+u.Host+"/", nil)
+		if err != nil {
+			return "", "", err
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return resp.Status, strings.TrimSpace(string(b)), nil
+			}
+			err = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return "", "", ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return "", "", fmt.Errorf("GET %s on %s port 80: %w", rawURL, member, last)
 }
 
 // Cleanup removes the image DemoImage built, if any.
