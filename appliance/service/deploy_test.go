@@ -71,9 +71,11 @@ func runService(path string) int {
 // TestFirstBootDeploysDemo is issue 6's first boot end to end on three
 // bed hosts: each host's own service forms the cluster and the registry,
 // and the initiator, whose appliance.yaml has a deploy section as the
-// installer writes it, deploys the demo recipe by itself. A user then sees
-// "deployed" in status and the sites answering on the www member's port
-// 80; a restarted service deploys again with 0 mutations.
+// installer writes it, deploys the demo recipe by itself. While its recipe
+// file is missing, status shows the failed deploy as the host's last error
+// and the service retries; once it is there, a user sees "deployed" in
+// status and the sites answering on the www member's port 80; a restarted
+// service deploys again with 0 mutations.
 func TestFirstBootDeploysDemo(t *testing.T) {
 	img := deploytest.DemoImage(t)
 	bed := testbed.New(t, testbed.Options{Hosts: 3})
@@ -86,10 +88,16 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	// cluster.storage and cluster.networks from the cluster section; the
 	// members it places instances on are LXD's, so the recipe's hosts
 	// demo1-3 can stay as shipped while the bed's are host1-3).
-	if _, err := servicetest.WithDeploy(hosts, deploytest.BedRecipe(t), img); err != nil {
+	recipeFile, err := servicetest.WithDeploy(hosts, deploytest.BedRecipe(t), img)
+	if err != nil {
 		t.Fatal(err)
 	}
 	init := hosts[0]
+	// The recipe file is missing at first: the deploy fails, status says
+	// why, and the service retries (and serves the registry meanwhile).
+	if err := os.Rename(recipeFile, recipeFile+".later"); err != nil {
+		t.Fatal(err)
+	}
 
 	log := &serviceLog{t: t}
 	services := make([]*servicetest.Process, len(hosts))
@@ -117,8 +125,21 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	failing := waitStatus(t, ctx, init, 10*time.Minute, "serving with the failed deploy as its last error", func(hs service.HostStatus) bool {
+		return hs.Source == service.FromRegistry && hs.Step == string(service.StepServing) &&
+			strings.Contains(hs.LastError, "deploy (attempt") && strings.Contains(hs.LastError, recipeFile)
+	})
+	t.Logf("status with the recipe file missing: %s, last error %q", failing.Step, failing.LastError)
+	fixed := time.Now()
+	if err := os.Rename(recipeFile+".later", recipeFile); err != nil {
+		t.Fatal(err)
+	}
 	st := waitDeployed(t, ctx, init, began, 20*time.Minute)
-	t.Logf("figure: services started to the initiator's status deployed: %s (%s)", time.Since(began).Round(time.Second), st.Detail)
+	t.Logf("figure: services started to the initiator's status deployed: %s, %s of it after the recipe file came (%s)",
+		time.Since(began).Round(time.Second), time.Since(fixed).Round(time.Second), st.Detail)
+	if st.LastError != "" {
+		t.Errorf("deployed, but the last error is still %q", st.LastError)
+	}
 
 	r := service.Status(ctx, init.Config, init.Bed.LXD(), nil)
 	var text strings.Builder
@@ -180,6 +201,27 @@ func waitDeployed(t *testing.T, ctx context.Context, h configtest.Host, since ti
 		t.Fatal(err)
 	}
 	return st
+}
+
+// waitStatus polls the host's status until ok says it is what is wanted.
+func waitStatus(t *testing.T, ctx context.Context, h configtest.Host, timeout time.Duration, what string, ok func(service.HostStatus) bool) service.HostStatus {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last service.HostStatus
+	for {
+		for _, hs := range service.Status(ctx, h.Config, h.Bed.LXD(), nil).Hosts {
+			if hs.Name == h.Bed.Name {
+				if ok(hs) {
+					return hs
+				}
+				last = hs
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not %s within %s; last: %+v", h.Bed.Name, what, timeout, last)
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 // wwwMember is the bed host the deployment's www instance runs on.
