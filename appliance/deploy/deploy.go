@@ -116,6 +116,7 @@ type work struct {
 	secrets secrets.Set
 	// chainstate: the instance has its copy of the pre-loaded chainstate.
 	chainstate bool
+	linkPort   int // the www instance's port leading to btcpay
 }
 
 // Deploy brings the cluster to what the recipe's deployments say.
@@ -155,8 +156,14 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		if err != nil {
 			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
 		}
+		addr, err := memberAddress(o.LXD, where["btcpay"])
+		if err != nil {
+			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
+		}
+		port := linkPort(o.Recipe, d)
+		link(specs, addr, port)
 		for _, s := range specs {
-			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], secrets: sec})
+			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], secrets: sec, linkPort: port})
 		}
 	}
 

@@ -17,6 +17,7 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -91,10 +92,12 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	if got := httpGet(t, ctx, www, "nowhere.example"); !strings.Contains(got, "nowhere.example") {
 		t.Errorf("www proxy for an unknown host answered %q", got)
 	}
-	// BTCPay is not published on its member (the www proxy is the way in);
-	// ask it from inside its instance.
-	if got := dockerExec(t, o, project, "btcpay", project+"-btcpay", "/bin/busybox", "wget", "-qO-", "http://127.0.0.1/"); !strings.Contains(got, "btcpay") {
-		t.Errorf("btcpay service answered %q", got)
+	// BTCPay runs on another member than www: its names go through the
+	// www proxy and the link devices to the btcpay instance.
+	for _, host := range []string{"btcpay.demo.example", "btcpay.blog.example"} {
+		if got := httpGet(t, ctx, www, host); got != "btcpay demo.example" {
+			t.Errorf("www proxy for %s answered %q, want the btcpay instance's %q", host, got, "btcpay demo.example")
+		}
 	}
 
 	// bitcoind's data starts as the deployment's copy of the pre-loaded chainstate.
@@ -126,7 +129,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		}
 		// The service got the generated value (compared, never printed).
 		want, _ := set.Get("btcpay-admin")
-		out, _, code, err := testbed.Exec(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay", "/bin/sh", "-c", "echo \"$ADMIN_PASSWORD\"")
+		out, _, code, err := lxdexec.Run(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay", "/bin/sh", "-c", "echo \"$ADMIN_PASSWORD\"")
 		if err != nil || code != 0 || strings.TrimSpace(out) != want {
 			t.Errorf("the btcpay service's ADMIN_PASSWORD is not the generated secret (exec: code %d, %v)", code, err)
 		}
@@ -284,7 +287,7 @@ func dockerExec(t *testing.T, o deploy.Options, project, instance, ctr string, c
 // execIn runs a command in an instance and returns its output.
 func execIn(t *testing.T, o deploy.Options, project, instance string, cmd ...string) string {
 	t.Helper()
-	out, _, code, err := testbed.Exec(o.LXD.UseProject(project), instance, cmd...)
+	out, _, code, err := lxdexec.Run(o.LXD.UseProject(project), instance, cmd...)
 	if err != nil || code != 0 {
 		t.Fatalf("%v in %s: code %d, %v\n%s", cmd, instance, code, err, out)
 	}
