@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -108,6 +110,29 @@ func (o *Options) target() (Target, error) {
 	return Target{Pool: c.Storage.Pool, Driver: c.Storage.Driver, Network: c.Networks[0].Name}, nil
 }
 
+// containersOnly refuses, before any change, deployments with a virtual
+// machine instance: the member's ports and the www → btcpay link are LXD
+// proxy devices, which on a VM work only in NAT mode towards a static
+// instance address, and Docker's volume on a VM needs a block volume
+// formatted inside. None of that can run here (no VMs on the test bed), so
+// it is not done rather than done untested.
+func containersOnly(r *recipes.Recipe, deps []recipes.Deployment) error {
+	var bad []string
+	for _, d := range deps {
+		i := slices.IndexFunc(r.Deployments, func(x recipes.Deployment) bool { return x.Name == d.Name })
+		for _, role := range d.Instances.Roles() {
+			if role.Instance.IsEnabled() && role.Instance.Type == "virtual-machine" {
+				bad = append(bad, fmt.Sprintf("deployments[%d].instances.%s.type: virtual-machine", i, role.Name))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("deploy: %s: ssbuild deploy runs instances as containers only so far; set type: container in %s (nothing was changed)",
+			strings.Join(bad, ", "), r.File)
+	}
+	return nil
+}
+
 // work is one instance to deploy.
 type work struct {
 	dep     recipes.Deployment
@@ -130,6 +155,9 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 	}
 	t, err := o.target()
 	if err != nil {
+		return Report{}, err
+	}
+	if err := containersOnly(o.Recipe, deps); err != nil {
 		return Report{}, err
 	}
 	var m mutations

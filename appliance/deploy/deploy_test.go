@@ -21,6 +21,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 // logBuffer keeps every progress line (to search for secrets) and shows
@@ -62,6 +63,25 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		StateDir: t.TempDir(), Progress: progress.New(log, progress.Plain)}
 	d := r.Deployments[0]
 	project := d.Project()
+
+	t.Run("virtual machines are refused before any change", func(t *testing.T) {
+		def, err := recipes.Open("default")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vo := o
+		vo.Recipe = def
+		_, err = deploy.Deploy(ctx, vo)
+		if err == nil || !strings.Contains(err.Error(), "deployments[0].instances.www.type: virtual-machine") || !strings.Contains(err.Error(), "set type: container") {
+			t.Fatalf("deploying the default recipe's VMs: %v; want an error naming the field and the fix", err)
+		}
+		if _, _, err := o.LXD.GetProject(def.Deployments[0].Project()); err == nil {
+			t.Errorf("the refused deployment's project %s was created", def.Deployments[0].Project())
+		}
+		if _, _, err := o.LXD.GetImageAlias(deploy.BaseImageAlias); err == nil {
+			t.Error("the base image was imported for a refused deployment")
+		}
+	})
 
 	start := time.Now()
 	rep, err := deploy.Deploy(ctx, o)
