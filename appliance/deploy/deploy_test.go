@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -99,6 +100,41 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	if len(rep.Instances) != 2 {
 		t.Fatalf("deployed %d instances, want www and btcpay: %+v", len(rep.Instances), rep.Instances)
 	}
+
+	// Every instance has an address on the cluster network (its member's
+	// bridge, by DHCP), as the owner sees in `lxc list`.
+	t.Run("instances get an address on the network", func(t *testing.T) {
+		n, _, err := o.LXD.GetNetwork("ssbr0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		subnet, err := netip.ParsePrefix(n.Config["ipv4.address"])
+		if err != nil {
+			t.Fatalf("bridge ssbr0's ipv4.address %q: %v", n.Config["ipv4.address"], err)
+		}
+		for _, name := range []string{"www", "btcpay"} {
+			var got []string
+			for range 30 { // DHCP may still be on its way
+				st, _, err := o.LXD.UseProject(project).GetInstanceState(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = nil
+				for _, a := range st.Network["eth0"].Addresses {
+					if ip, err := netip.ParseAddr(a.Address); err == nil && a.Family == "inet" && subnet.Masked().Contains(ip) {
+						got = append(got, a.Address)
+					}
+				}
+				if len(got) > 0 {
+					break
+				}
+				time.Sleep(time.Second)
+			}
+			if len(got) == 0 {
+				t.Errorf("%s has no IPv4 address in %s on eth0", name, subnet.Masked())
+			}
+		}
+	})
 
 	www := instanceOn(t, bed, o, project, "www")
 	for host, want := range map[string]string{
