@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync/atomic"
 
 	lxd "github.com/canonical/lxd/client"
@@ -123,10 +124,8 @@ func members(c lxd.InstanceServer) ([]string, error) {
 	return out, nil
 }
 
-// place chooses a member for every instance in specs: an instance that
-// exists stays where it is; a new one goes to the member with the fewest
-// instances (in every project), ties by name, so a deployment's instances
-// spread over the cluster.
+// place chooses a member for every instance in specs (see choose), from
+// the cluster's online members and the instances of every project.
 func place(c lxd.InstanceServer, specs []InstanceSpec) (map[string]string, error) {
 	names, err := members(c)
 	if err != nil {
@@ -143,32 +142,61 @@ func place(c lxd.InstanceServer, specs []InstanceSpec) (map[string]string, error
 	if err != nil {
 		return nil, fmt.Errorf("list instances: %w", err)
 	}
+	return choose(names, all, specs)
+}
+
+// choose places specs (one deployment's instances) on members: an instance
+// that exists stays where it is; a new one goes to the member with the
+// fewest instances (in every project), ties by name, so a deployment's
+// instances spread over the cluster. A www instance owns its member's
+// ports 80 and 443, so it never goes where another deployment's www is.
+func choose(members []string, all []api.Instance, specs []InstanceSpec) (map[string]string, error) {
+	where := map[string]string{}
 	load := map[string]int{}
-	for _, n := range names {
+	for _, n := range members {
 		load[n] = 0
 	}
+	wwwOf := map[string]string{} // member -> project whose www runs there
 	for _, in := range all {
 		if _, ok := load[in.Location]; ok {
 			load[in.Location]++
 		}
 		if len(specs) > 0 && in.Project == specs[0].Project {
 			where[in.Name] = in.Location
+		} else if in.Name == "www" && in.Config[keyDeployment] != "" {
+			wwwOf[in.Location] = in.Project
 		}
 	}
 	for _, s := range specs {
 		if _, ok := where[s.Name]; ok {
 			continue
 		}
-		best := names[0]
-		for _, n := range names[1:] {
-			if load[n] < load[best] {
+		best := ""
+		for _, n := range members {
+			if s.Name == "www" && wwwOf[n] != "" {
+				continue
+			}
+			if best == "" || load[n] < load[best] {
 				best = n
 			}
+		}
+		if best == "" {
+			return nil, fmt.Errorf("no member is free for www of %s: a www instance takes its member's ports 80 and 443, and every online member has another deployment's www (%s); add a host or deploy fewer deployments",
+				s.Project, wwwList(wwwOf))
 		}
 		where[s.Name] = best
 		load[best]++
 	}
 	return where, nil
+}
+
+func wwwList(wwwOf map[string]string) string {
+	var out []string
+	for m, p := range wwwOf {
+		out = append(out, p+" on "+m)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
 }
 
 // ensureVolumes creates the instance's custom volumes on its member.
