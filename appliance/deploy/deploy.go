@@ -160,10 +160,9 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 	if err := containersOnly(o.Recipe, deps); err != nil {
 		return Report{}, err
 	}
-	var m mutations
-	task := o.Progress.Start("base image "+BaseImageAlias, 0, "")
-	_, err = ensureBaseImage(o.LXD, o.ImageDir, &m)
-	task.Done(err)
+	// Plan every deployment before changing anything: a placement that
+	// cannot work stops the run with the cluster untouched.
+	pl, err := newPlanner(o.LXD)
 	if err != nil {
 		return Report{}, err
 	}
@@ -173,14 +172,7 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		if err != nil {
 			return Report{}, err
 		}
-		sec, err := o.deploymentSecrets(d)
-		if err != nil {
-			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
-		}
-		if _, err := ensureProject(o.LXD, d.Project(), &m); err != nil {
-			return Report{}, err
-		}
-		where, err := place(o.LXD, specs)
+		where, err := pl.place(specs)
 		if err != nil {
 			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
 		}
@@ -191,7 +183,29 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		port := linkPort(o.Recipe, d)
 		link(specs, addr, port)
 		for _, s := range specs {
-			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], secrets: sec, linkPort: port})
+			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], linkPort: port})
+		}
+	}
+
+	var m mutations
+	task := o.Progress.Start("base image "+BaseImageAlias, 0, "")
+	_, err = ensureBaseImage(o.LXD, o.ImageDir, &m)
+	task.Done(err)
+	if err != nil {
+		return Report{}, err
+	}
+	for _, d := range deps {
+		sec, err := o.deploymentSecrets(d)
+		if err != nil {
+			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
+		}
+		if _, err := ensureProject(o.LXD, d.Project(), &m); err != nil {
+			return Report{}, err
+		}
+		for i := range todo {
+			if todo[i].dep.Project() == d.Project() {
+				todo[i].secrets = sec
+			}
 		}
 	}
 

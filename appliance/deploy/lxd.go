@@ -124,25 +124,49 @@ func members(c lxd.InstanceServer) ([]string, error) {
 	return out, nil
 }
 
-// place chooses a member for every instance in specs (see choose), from
-// the cluster's online members and the instances of every project.
-func place(c lxd.InstanceServer, specs []InstanceSpec) (map[string]string, error) {
+// planner places the instances of one deployment after another, each
+// seeing where the earlier ones went (see choose).
+type planner struct {
+	members []string // online members; "" alone for a standalone server
+	all     []api.Instance
+}
+
+func newPlanner(c lxd.InstanceServer) (*planner, error) {
 	names, err := members(c)
 	if err != nil {
 		return nil, err
 	}
-	where := map[string]string{}
+	p := &planner{members: names}
 	if len(names) == 1 && names[0] == "" {
+		return p, nil
+	}
+	if p.all, err = c.GetInstancesAllProjects(api.InstanceTypeAny); err != nil {
+		return nil, fmt.Errorf("list instances: %w", err)
+	}
+	return p, nil
+}
+
+// place chooses a member for every instance in specs and counts them as
+// there for the deployments placed after.
+func (p *planner) place(specs []InstanceSpec) (map[string]string, error) {
+	if len(p.members) == 1 && p.members[0] == "" {
+		where := map[string]string{}
 		for _, s := range specs {
 			where[s.Name] = ""
 		}
 		return where, nil
 	}
-	all, err := c.GetInstancesAllProjects(api.InstanceTypeAny)
+	where, err := choose(p.members, p.all, specs)
 	if err != nil {
-		return nil, fmt.Errorf("list instances: %w", err)
+		return nil, err
 	}
-	return choose(names, all, specs)
+	for _, s := range specs {
+		if !slices.ContainsFunc(p.all, func(in api.Instance) bool { return in.Project == s.Project && in.Name == s.Name }) {
+			p.all = append(p.all, api.Instance{Name: s.Name, Project: s.Project, Location: where[s.Name],
+				Config: map[string]string{keyDeployment: s.Project}})
+		}
+	}
+	return where, nil
 }
 
 // choose places specs (one deployment's instances) on members: an instance

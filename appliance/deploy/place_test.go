@@ -46,3 +46,23 @@ func TestChooseSpreadsAndKeepsWWWApart(t *testing.T) {
 		t.Errorf("a fourth www on three members: %v", err)
 	}
 }
+
+// TestPlannerSeesEarlierDeployments: two new deployments planned in one
+// run spread together, their www instances on different members.
+func TestPlannerSeesEarlierDeployments(t *testing.T) {
+	p := &planner{members: []string{"h1", "h2", "h3"}}
+	a, err := p.place([]InstanceSpec{{Project: "a-regtest", Name: "www"}, {Project: "a-regtest", Name: "btcpay"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.place([]InstanceSpec{{Project: "b-regtest", Name: "www"}, {Project: "b-regtest", Name: "btcpay"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a["www"] == b["www"] {
+		t.Errorf("both deployments' www planned on %s", a["www"])
+	}
+	if a["www"] != "h1" || a["btcpay"] != "h2" || b["www"] != "h3" || b["btcpay"] != "h1" {
+		t.Errorf("placement a %v, b %v: want the least-loaded member each time (h1 h2, then h3 h1)", a, b)
+	}
+}
