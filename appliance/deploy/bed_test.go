@@ -3,7 +3,6 @@ package deploy_test
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -54,11 +53,7 @@ func demoImage(t testing.TB) string {
 		docker := testdocker.Start(t)
 		testdocker.ImportBusybox(t, docker.Client, "ssbuild-demo/web:1", "demo")
 		bin := filepath.Join(dir, "ssbuild")
-		cmd := exec.Command("go", "build", "-o", bin, "github.com/sovereign-stack/ssbuild/cmd/ssbuild")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			imageErr = err
-			t.Logf("%s", out)
+		if imageErr = testenv.BuildStaticSSBuild(bin); imageErr != nil {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

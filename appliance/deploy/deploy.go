@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -108,6 +110,29 @@ func (o *Options) target() (Target, error) {
 	return Target{Pool: c.Storage.Pool, Driver: c.Storage.Driver, Network: c.Networks[0].Name}, nil
 }
 
+// containersOnly refuses, before any change, deployments with a virtual
+// machine instance: the member's ports and the www → btcpay link are LXD
+// proxy devices, which on a VM work only in NAT mode towards a static
+// instance address, and Docker's volume on a VM needs a block volume
+// formatted inside. None of that can run here (no VMs on the test bed), so
+// it is not done rather than done untested.
+func containersOnly(r *recipes.Recipe, deps []recipes.Deployment) error {
+	var bad []string
+	for _, d := range deps {
+		i := slices.IndexFunc(r.Deployments, func(x recipes.Deployment) bool { return x.Name == d.Name })
+		for _, role := range d.Instances.Roles() {
+			if role.Instance.IsEnabled() && role.Instance.Type == "virtual-machine" {
+				bad = append(bad, fmt.Sprintf("deployments[%d].instances.%s.type: virtual-machine", i, role.Name))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("deploy: %s: ssbuild deploy runs instances as containers only so far; set type: container in %s (nothing was changed)",
+			strings.Join(bad, ", "), r.File)
+	}
+	return nil
+}
+
 // work is one instance to deploy.
 type work struct {
 	dep     recipes.Deployment
@@ -116,6 +141,7 @@ type work struct {
 	secrets secrets.Set
 	// chainstate: the instance has its copy of the pre-loaded chainstate.
 	chainstate bool
+	linkPort   int // the www instance's port leading to btcpay
 }
 
 // Deploy brings the cluster to what the recipe's deployments say.
@@ -131,10 +157,12 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	var m mutations
-	task := o.Progress.Start("base image "+BaseImageAlias, 0, "")
-	_, err = ensureBaseImage(o.LXD, o.ImageDir, &m)
-	task.Done(err)
+	if err := containersOnly(o.Recipe, deps); err != nil {
+		return Report{}, err
+	}
+	// Plan every deployment before changing anything: a placement that
+	// cannot work stops the run with the cluster untouched.
+	pl, err := newPlanner(o.LXD)
 	if err != nil {
 		return Report{}, err
 	}
@@ -144,6 +172,29 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		if err != nil {
 			return Report{}, err
 		}
+		where, err := pl.place(specs)
+		if err != nil {
+			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
+		}
+		addr, err := memberAddress(o.LXD, where["btcpay"])
+		if err != nil {
+			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
+		}
+		port := linkPort(o.Recipe, d)
+		link(specs, addr, port)
+		for _, s := range specs {
+			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], linkPort: port})
+		}
+	}
+
+	var m mutations
+	task := o.Progress.Start("base image "+BaseImageAlias, 0, "")
+	_, err = ensureBaseImage(o.LXD, o.ImageDir, &m)
+	task.Done(err)
+	if err != nil {
+		return Report{}, err
+	}
+	for _, d := range deps {
 		sec, err := o.deploymentSecrets(d)
 		if err != nil {
 			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
@@ -151,12 +202,10 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		if _, err := ensureProject(o.LXD, d.Project(), &m); err != nil {
 			return Report{}, err
 		}
-		where, err := place(o.LXD, specs)
-		if err != nil {
-			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
-		}
-		for _, s := range specs {
-			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], secrets: sec})
+		for i := range todo {
+			if todo[i].dep.Project() == d.Project() {
+				todo[i].secrets = sec
+			}
 		}
 	}
 

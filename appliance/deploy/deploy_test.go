@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -17,9 +18,11 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 // logBuffer keeps every progress line (to search for secrets) and shows
@@ -62,6 +65,25 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	d := r.Deployments[0]
 	project := d.Project()
 
+	t.Run("virtual machines are refused before any change", func(t *testing.T) {
+		def, err := recipes.Open("default")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vo := o
+		vo.Recipe = def
+		_, err = deploy.Deploy(ctx, vo)
+		if err == nil || !strings.Contains(err.Error(), "deployments[0].instances.www.type: virtual-machine") || !strings.Contains(err.Error(), "set type: container") {
+			t.Fatalf("deploying the default recipe's VMs: %v; want an error naming the field and the fix", err)
+		}
+		if _, _, err := o.LXD.GetProject(def.Deployments[0].Project()); err == nil {
+			t.Errorf("the refused deployment's project %s was created", def.Deployments[0].Project())
+		}
+		if _, _, err := o.LXD.GetImageAlias(deploy.BaseImageAlias); err == nil {
+			t.Error("the base image was imported for a refused deployment")
+		}
+	})
+
 	start := time.Now()
 	rep, err := deploy.Deploy(ctx, o)
 	if err != nil {
@@ -79,6 +101,41 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		t.Fatalf("deployed %d instances, want www and btcpay: %+v", len(rep.Instances), rep.Instances)
 	}
 
+	// Every instance has an address on the cluster network (its member's
+	// bridge, by DHCP), as the owner sees in `lxc list`.
+	t.Run("instances get an address on the network", func(t *testing.T) {
+		n, _, err := o.LXD.GetNetwork("ssbr0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		subnet, err := netip.ParsePrefix(n.Config["ipv4.address"])
+		if err != nil {
+			t.Fatalf("bridge ssbr0's ipv4.address %q: %v", n.Config["ipv4.address"], err)
+		}
+		for _, name := range []string{"www", "btcpay"} {
+			var got []string
+			for range 30 { // DHCP may still be on its way
+				st, _, err := o.LXD.UseProject(project).GetInstanceState(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = nil
+				for _, a := range st.Network["eth0"].Addresses {
+					if ip, err := netip.ParseAddr(a.Address); err == nil && a.Family == "inet" && subnet.Masked().Contains(ip) {
+						got = append(got, a.Address)
+					}
+				}
+				if len(got) > 0 {
+					break
+				}
+				time.Sleep(time.Second)
+			}
+			if len(got) == 0 {
+				t.Errorf("%s has no IPv4 address in %s on eth0", name, subnet.Masked())
+			}
+		}
+	})
+
 	www := instanceOn(t, bed, o, project, "www")
 	for host, want := range map[string]string{
 		"demo.example": "ghost demo.example", "www.demo.example": "ghost demo.example",
@@ -91,10 +148,12 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	if got := httpGet(t, ctx, www, "nowhere.example"); !strings.Contains(got, "nowhere.example") {
 		t.Errorf("www proxy for an unknown host answered %q", got)
 	}
-	// BTCPay is not published on its member (the www proxy is the way in);
-	// ask it from inside its instance.
-	if got := dockerExec(t, o, project, "btcpay", project+"-btcpay", "/bin/busybox", "wget", "-qO-", "http://127.0.0.1/"); !strings.Contains(got, "btcpay") {
-		t.Errorf("btcpay service answered %q", got)
+	// BTCPay runs on another member than www: its names go through the
+	// www proxy and the link devices to the btcpay instance.
+	for _, host := range []string{"btcpay.demo.example", "btcpay.blog.example"} {
+		if got := httpGet(t, ctx, www, host); got != "btcpay demo.example" {
+			t.Errorf("www proxy for %s answered %q, want the btcpay instance's %q", host, got, "btcpay demo.example")
+		}
 	}
 
 	// bitcoind's data starts as the deployment's copy of the pre-loaded chainstate.
@@ -126,7 +185,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		}
 		// The service got the generated value (compared, never printed).
 		want, _ := set.Get("btcpay-admin")
-		out, _, code, err := testbed.Exec(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay", "/bin/sh", "-c", "echo \"$ADMIN_PASSWORD\"")
+		out, _, code, err := lxdexec.Run(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay", "/bin/sh", "-c", "echo \"$ADMIN_PASSWORD\"")
 		if err != nil || code != 0 || strings.TrimSpace(out) != want {
 			t.Errorf("the btcpay service's ADMIN_PASSWORD is not the generated secret (exec: code %d, %v)", code, err)
 		}
@@ -284,7 +343,7 @@ func dockerExec(t *testing.T, o deploy.Options, project, instance, ctr string, c
 // execIn runs a command in an instance and returns its output.
 func execIn(t *testing.T, o deploy.Options, project, instance string, cmd ...string) string {
 	t.Helper()
-	out, _, code, err := testbed.Exec(o.LXD.UseProject(project), instance, cmd...)
+	out, _, code, err := lxdexec.Run(o.LXD.UseProject(project), instance, cmd...)
 	if err != nil || code != 0 {
 		t.Fatalf("%v in %s: code %d, %v\n%s", cmd, instance, code, err, out)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync/atomic"
 
 	lxd "github.com/canonical/lxd/client"
@@ -123,52 +124,103 @@ func members(c lxd.InstanceServer) ([]string, error) {
 	return out, nil
 }
 
-// place chooses a member for every instance in specs: an instance that
-// exists stays where it is; a new one goes to the member with the fewest
-// instances (in every project), ties by name, so a deployment's instances
-// spread over the cluster.
-func place(c lxd.InstanceServer, specs []InstanceSpec) (map[string]string, error) {
+// planner places the instances of one deployment after another, each
+// seeing where the earlier ones went (see choose).
+type planner struct {
+	members []string // online members; "" alone for a standalone server
+	all     []api.Instance
+}
+
+func newPlanner(c lxd.InstanceServer) (*planner, error) {
 	names, err := members(c)
 	if err != nil {
 		return nil, err
 	}
-	where := map[string]string{}
+	p := &planner{members: names}
 	if len(names) == 1 && names[0] == "" {
+		return p, nil
+	}
+	if p.all, err = c.GetInstancesAllProjects(api.InstanceTypeAny); err != nil {
+		return nil, fmt.Errorf("list instances: %w", err)
+	}
+	return p, nil
+}
+
+// place chooses a member for every instance in specs and counts them as
+// there for the deployments placed after.
+func (p *planner) place(specs []InstanceSpec) (map[string]string, error) {
+	if len(p.members) == 1 && p.members[0] == "" {
+		where := map[string]string{}
 		for _, s := range specs {
 			where[s.Name] = ""
 		}
 		return where, nil
 	}
-	all, err := c.GetInstancesAllProjects(api.InstanceTypeAny)
+	where, err := choose(p.members, p.all, specs)
 	if err != nil {
-		return nil, fmt.Errorf("list instances: %w", err)
+		return nil, err
 	}
+	for _, s := range specs {
+		if !slices.ContainsFunc(p.all, func(in api.Instance) bool { return in.Project == s.Project && in.Name == s.Name }) {
+			p.all = append(p.all, api.Instance{Name: s.Name, Project: s.Project, Location: where[s.Name],
+				Config: map[string]string{keyDeployment: s.Project}})
+		}
+	}
+	return where, nil
+}
+
+// choose places specs (one deployment's instances) on members: an instance
+// that exists stays where it is; a new one goes to the member with the
+// fewest instances (in every project), ties by name, so a deployment's
+// instances spread over the cluster. A www instance owns its member's
+// ports 80 and 443, so it never goes where another deployment's www is.
+func choose(members []string, all []api.Instance, specs []InstanceSpec) (map[string]string, error) {
+	where := map[string]string{}
 	load := map[string]int{}
-	for _, n := range names {
+	for _, n := range members {
 		load[n] = 0
 	}
+	wwwOf := map[string]string{} // member -> project whose www runs there
 	for _, in := range all {
 		if _, ok := load[in.Location]; ok {
 			load[in.Location]++
 		}
 		if len(specs) > 0 && in.Project == specs[0].Project {
 			where[in.Name] = in.Location
+		} else if in.Name == "www" && in.Config[keyDeployment] != "" {
+			wwwOf[in.Location] = in.Project
 		}
 	}
 	for _, s := range specs {
 		if _, ok := where[s.Name]; ok {
 			continue
 		}
-		best := names[0]
-		for _, n := range names[1:] {
-			if load[n] < load[best] {
+		best := ""
+		for _, n := range members {
+			if s.Name == "www" && wwwOf[n] != "" {
+				continue
+			}
+			if best == "" || load[n] < load[best] {
 				best = n
 			}
+		}
+		if best == "" {
+			return nil, fmt.Errorf("no member is free for www of %s: a www instance takes its member's ports 80 and 443, and every online member has another deployment's www (%s); add a host or deploy fewer deployments",
+				s.Project, wwwList(wwwOf))
 		}
 		where[s.Name] = best
 		load[best]++
 	}
 	return where, nil
+}
+
+func wwwList(wwwOf map[string]string) string {
+	var out []string
+	for m, p := range wwwOf {
+		out = append(out, p+" on "+m)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
 }
 
 // ensureVolumes creates the instance's custom volumes on its member.

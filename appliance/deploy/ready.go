@@ -1,31 +1,21 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
 	"time"
 
 	lxd "github.com/canonical/lxd/client"
-	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 )
 
-// runIn runs a command in an instance and returns its stdout and exit code.
+// runIn runs a command in an instance and returns its trimmed stdout and
+// exit code.
 func runIn(c lxd.InstanceServer, instance string, command ...string) (string, int, error) {
-	var out bytes.Buffer
-	done := make(chan bool)
-	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
-		&lxd.InstanceExecArgs{Stdout: &out, DataDone: done})
-	if err := wait(op, err); err != nil {
-		return "", -1, fmt.Errorf("exec %s in %s: %w", strings.Join(command, " "), instance, err)
-	}
-	<-done
-	code := -1
-	if rc, ok := op.Get().Metadata["return"].(float64); ok {
-		code = int(rc)
-	}
-	return strings.TrimSpace(out.String()), code, nil
+	out, _, code, err := lxdexec.Run(c, instance, command...)
+	return strings.TrimSpace(out), code, err
 }
 
 // waitReady waits until the instance's systemd has booted and the base

@@ -28,6 +28,7 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 		return ServiceChanges{}, nil // an instance without services of its own
 	}
 	opts := stack.DefaultOptions
+	opts.BTCPayPort = w.linkPort
 	if w.chainstate {
 		opts.ChainstateDir = ChainstatePath
 	}

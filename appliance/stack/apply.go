@@ -396,7 +396,7 @@ func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Servi
 		Entrypoint: svc.Entrypoint, Cmd: svc.Command,
 	}
 	host := &container.HostConfig{
-		Mounts: mounts, PortBindings: bindings,
+		Mounts: mounts, PortBindings: bindings, ExtraHosts: svc.ExtraHosts,
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(svc.Restart)},
 	}
 	if h := svc.Healthcheck; h != nil {

@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path"
 	"regexp"
 	"sort"
@@ -44,6 +45,7 @@ type composeService struct {
 	Labels      map[string]string             `yaml:"labels"`
 	Configs     []composeConfigRef            `yaml:"configs"`
 	Healthcheck *composeHealthcheck           `yaml:"healthcheck"`
+	ExtraHosts  []string                      `yaml:"extra_hosts"`
 }
 
 type composeHealthcheck struct {
@@ -233,6 +235,13 @@ func parse(file, text string, lines []int, images []recipes.DockerImage) (*Stack
 			svc.Files = append(svc.Files, File{Path: ref.Target, Mode: mode, Content: c.Content})
 		}
 		sort.Slice(svc.Files, func(i, j int) bool { return svc.Files[i].Path < svc.Files[j].Path })
+		for _, h := range cs.ExtraHosts {
+			if err := checkExtraHost(h); err != nil {
+				p.at(at("extra_hosts"), "service %s: extra host %q: %v", name, h, err)
+				continue
+			}
+			svc.ExtraHosts = append(svc.ExtraHosts, h)
+		}
 		if hc := cs.Healthcheck; hc != nil {
 			h, err := parseHealthcheck(hc)
 			if err != nil {
@@ -246,6 +255,22 @@ func parse(file, text string, lines []int, images []recipes.DockerImage) (*Stack
 		return nil, err
 	}
 	return st, nil
+}
+
+// checkExtraHost accepts compose's "name:address" form, the address an IP
+// or host-gateway (the instance itself, as its containers reach it).
+func checkExtraHost(h string) error {
+	name, addr, ok := strings.Cut(h, ":")
+	switch {
+	case !ok || name == "":
+		return errors.New("want name:address")
+	case addr == "host-gateway":
+		return nil
+	}
+	if _, err := netip.ParseAddr(addr); err != nil {
+		return errors.New("the address is not an IP address or host-gateway")
+	}
+	return nil
 }
 
 // parseHealthcheck takes the CMD form (test: [CMD, prog, args...]) and

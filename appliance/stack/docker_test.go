@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -51,11 +50,7 @@ func staticSSBuild(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-trimpath", "-tags", "netgo,osusergo", "-o", filepath.Join(buildDir, "ssbuild"), "github.com/sovereign-stack/ssbuild/cmd/ssbuild")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("build static ssbuild: %v\n%s", err, out)
-		}
+		buildErr = testenv.BuildStaticSSBuild(filepath.Join(buildDir, "ssbuild"))
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)

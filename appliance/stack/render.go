@@ -18,9 +18,13 @@ import (
 
 // Options are the facts about the instances that the recipe does not hold.
 type Options struct {
-	// BTCPayHost is the btcpay instance's host name as the www instance
-	// resolves it (the www reverse proxy sends btcpay.<domain> there).
+	// BTCPayHost and BTCPayPort are where the www reverse proxy sends
+	// btcpay.<domain> and the alt names: the stack maps BTCPayHost to the
+	// www instance itself (extra_hosts host-gateway), whose BTCPayPort LXD
+	// forwards to the btcpay instance's port 80 on whichever member it
+	// runs (appliance/deploy's link devices).
 	BTCPayHost string
+	BTCPayPort int
 	// SSBuildBinary is where the instance has the static ssbuild binary
 	// (the demo's reverse proxy runs it).
 	SSBuildBinary string
@@ -33,7 +37,7 @@ type Options struct {
 
 // DefaultOptions: the instance named btcpay, ssbuild where the base image
 // puts it.
-var DefaultOptions = Options{BTCPayHost: "btcpay", SSBuildBinary: "/usr/local/bin/ssbuild"}
+var DefaultOptions = Options{BTCPayHost: "btcpay", BTCPayPort: 18080, SSBuildBinary: "/usr/local/bin/ssbuild"}
 
 // Render renders the deployment's stack file for an instance role (www,
 // btcpay, clams) with DefaultOptions. Images are resolved against the
@@ -139,6 +143,7 @@ func dedupe(s []string) []string {
 type tmplData struct {
 	Project, Deployment, Chain, PrimaryDomain, Role string
 	BTCPayHost, SSBuildBinary, ChainstateDir        string
+	BTCPayPort                                      int
 	Bitcoin                                         bitcoinData
 	Sites                                           []siteData
 	BTCPayNames                                     []string // every BTCPay host name of every site
@@ -181,7 +186,7 @@ func templateData(d recipes.Deployment, role string, opts Options) (tmplData, er
 		return tmplData{}, fmt.Errorf("deployment %s: chain %q is not mainnet, testnet, signet or regtest", d.Name, d.Chain)
 	}
 	t := tmplData{Project: d.Project(), Deployment: d.Name, Chain: d.Chain, PrimaryDomain: d.PrimaryDomain,
-		Role: role, BTCPayHost: opts.BTCPayHost, SSBuildBinary: opts.SSBuildBinary, ChainstateDir: opts.ChainstateDir, Bitcoin: btc}
+		Role: role, BTCPayHost: opts.BTCPayHost, BTCPayPort: opts.BTCPayPort, SSBuildBinary: opts.SSBuildBinary, ChainstateDir: opts.ChainstateDir, Bitcoin: btc}
 	for _, s := range d.Sites {
 		sd := siteData{Domain: s.Domain, ID: siteID(s.Domain), Services: s.Services,
 			Ghost: s.Has("ghost"), Nextcloud: s.Has("nextcloud"), Gitea: s.Has("gitea"), Nostr: s.Has("nostr-relay")}

@@ -128,6 +128,8 @@ func TestStackFileErrors(t *testing.T) {
 			"bad.yaml:7: service a: port \"http\""},
 		{"bad healthcheck", "networks:\n  n: {}\nservices:\n  a:\n    image: ssbuild-demo/web\n    networks: {n: {}}\n    healthcheck: {test: [wget, x]}\n",
 			"bad.yaml:7: service a: healthcheck: test: want [CMD, program, args...]"},
+		{"bad extra host", "networks:\n  n: {}\nservices:\n  a:\n    image: ssbuild-demo/web\n    networks: {n: {}}\n    extra_hosts: [\"btcpay:gateway\"]\n",
+			"bad.yaml:7: service a: extra host \"btcpay:gateway\": the address is not an IP address or host-gateway"},
 		{"missing secret", "services:\n  a:\n    image: ssbuild-demo/web\n    environment: {X: \"{{secret \"never-generated\"}}\"}\n",
 			"bad.yaml: secrets never-generated of deployment demo were not generated"},
 	}

@@ -64,6 +64,7 @@ type Service struct {
 	Labels      map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`           // the stack file's own labels
 	Files       []File            `yaml:"files,omitempty" json:"files,omitempty"`             // copied in before the container starts
 	Healthcheck *Healthcheck      `yaml:"healthcheck,omitempty" json:"healthcheck,omitempty"` // Docker's health check
+	ExtraHosts  []string          `yaml:"extraHosts,omitempty" json:"extraHosts,omitempty"`   // name:address lines added to /etc/hosts
 }
 
 // Healthcheck is a command Docker runs in the container to report it

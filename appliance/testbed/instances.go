@@ -1,7 +1,6 @@
 package testbed
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -10,7 +9,9 @@ import (
 	"time"
 
 	lxd "github.com/canonical/lxd/client"
+
 	"github.com/canonical/lxd/shared/api"
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 )
 
 // What tests do with images and instances on a bed host, in one place so
@@ -97,39 +98,20 @@ func Launch(c lxd.InstanceServer, name, fingerprint string, config map[string]st
 	return nil
 }
 
-// Exec runs a command in an instance and returns its output and exit code.
-func Exec(c lxd.InstanceServer, name string, command ...string) (stdout, stderr string, code int, err error) {
-	var out, errOut bytes.Buffer
-	done := make(chan bool)
-	op, err := c.ExecInstance(name, api.InstanceExecPost{Command: command, WaitForWS: true},
-		&lxd.InstanceExecArgs{Stdout: &out, Stderr: &errOut, DataDone: done})
-	if err == nil {
-		err = op.Wait()
-	}
-	if err != nil {
-		return "", "", -1, fmt.Errorf("exec %v in %s: %w", command, name, err)
-	}
-	<-done
-	if rc, ok := op.Get().Metadata["return"].(float64); ok {
-		code = int(rc)
-	}
-	return out.String(), errOut.String(), code, nil
-}
-
 // WaitSystemd waits until systemd in the instance has finished booting
 // (running, or degraded: some units need a network a test has not) and
 // returns that state.
 func WaitSystemd(ctx context.Context, c lxd.InstanceServer, name string) (string, error) {
 	var state string
 	for {
-		out, _, _, err := Exec(c, name, "systemctl", "is-system-running")
+		out, _, _, err := lxdexec.Run(c, name, "systemctl", "is-system-running")
 		state = strings.TrimSpace(out)
 		if err == nil && (state == "running" || state == "degraded") {
 			return state, nil
 		}
 		select {
 		case <-ctx.Done():
-			failed, _, _, _ := Exec(c, name, "systemctl", "--failed", "--no-pager")
+			failed, _, _, _ := lxdexec.Run(c, name, "systemctl", "--failed", "--no-pager")
 			return state, fmt.Errorf("%s: systemd is %q after waiting: %w\n%s", name, state, ctx.Err(), failed)
 		case <-time.After(time.Second):
 		}

@@ -217,6 +217,12 @@ func (b *build) files(context.Context) error {
 			return err
 		}
 	}
+	_, errNetworkd := root.Stat("lib/systemd/systemd-networkd")
+	if _, err := root.Stat("lib/systemd/systemd-udevd"); errNetworkd == nil && errors.Is(err, os.ErrNotExist) {
+		if err := write(osbase.NetworkdNoUdevFile, []byte(osbase.NetworkdNoUdev), 0o644); err != nil {
+			return err
+		}
+	}
 	if len(b.r.Image.DockerImages) == 0 {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
 	"github.com/sovereign-stack/ssbuild/images/chainstate"
@@ -31,17 +32,12 @@ func demoRecipe(t *testing.T) *recipes.Recipe {
 	return r
 }
 
-// ssbuildBinary builds the ssbuild binary the image carries (static: it must
-// run on the image's OS, whatever the build machine has).
+// ssbuildBinary builds the ssbuild binary the image carries.
 func ssbuildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "ssbuild")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/sovereign-stack/ssbuild/cmd/ssbuild")
-	// Without cgo (and so without the dqlite registry, which instances do
-	// not run): a static binary that starts on any image.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build ssbuild: %v\n%s", err, out)
+	if err := testenv.BuildStaticSSBuild(bin); err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }
@@ -135,16 +131,16 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 	if _, err := testbed.WaitSystemd(bootCtx, c, "www"); err != nil {
 		t.Fatal(err)
 	}
-	result, _, _, _ := testbed.Exec(c, "www", "systemctl", "show", "-p", "Result", "--value", "ssbuild-preload.service")
+	result, _, _, _ := lxdexec.Run(c, "www", "systemctl", "show", "-p", "Result", "--value", "ssbuild-preload.service")
 	if strings.TrimSpace(result) != "success" {
-		status, _, _, _ := testbed.Exec(c, "www", "journalctl", "-u", "ssbuild-preload.service", "--no-pager")
+		status, _, _, _ := lxdexec.Run(c, "www", "journalctl", "-u", "ssbuild-preload.service", "--no-pager")
 		t.Fatalf("ssbuild-preload.service result %q\n%s", result, status)
 	}
-	id, _, code, err := testbed.Exec(c, "www", "docker", "image", "inspect", "-f", "{{.Id}}", "ssbuild-demo/web:1")
+	id, _, code, err := lxdexec.Run(c, "www", "docker", "image", "inspect", "-f", "{{.Id}}", "ssbuild-demo/web:1")
 	if err != nil || code != 0 || strings.TrimSpace(id) != imageID {
 		t.Fatalf("pre-loaded image in the instance: id %q (want %s), code %d, %v", id, imageID, code, err)
 	}
-	out, errOut, code, err := testbed.Exec(c, "www", "docker", "run", "--rm", "--network", "none", "ssbuild-demo/web:1", "cat", "/marker")
+	out, errOut, code, err := lxdexec.Run(c, "www", "docker", "run", "--rm", "--network", "none", "ssbuild-demo/web:1", "cat", "/marker")
 	if err != nil || code != 0 || strings.TrimSpace(out) != "served-by-ssbuild" {
 		t.Errorf("container from the pre-loaded image: %q, code %d, %v\n%s", out, code, err, errOut)
 	}

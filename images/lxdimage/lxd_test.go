@@ -11,6 +11,7 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
 
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/chroot"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
@@ -174,7 +175,7 @@ func launch(t *testing.T, h *testbed.Host, fingerprint, name, rootfs string) {
 // a non-zero exit is fine (systemctl uses it), a failed exec is not.
 func inside(t *testing.T, c lxd.InstanceServer, name string, command ...string) string {
 	t.Helper()
-	out, _, _, err := testbed.Exec(c, name, command...)
+	out, _, _, err := lxdexec.Run(c, name, command...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,3 +33,17 @@ Name=eth0 en*
 [Network]
 DHCP=ipv4
 `
+
+// NetworkdNoUdevFile is a drop-in for systemd-networkd in images without
+// udev. networkd configures a link only once udev has initialised it,
+// whenever /sys is writable, and LXD's security.nesting (which Docker in
+// an instance needs) mounts it writable: without udev, eth0 would wait for
+// ever and get no address. A read-only /sys in networkd's own mount
+// namespace is how networkd learns that udev is absent.
+const NetworkdNoUdevFile = "/etc/systemd/system/systemd-networkd.service.d/ssbuild-no-udev.conf"
+
+// NetworkdNoUdev is its content.
+const NetworkdNoUdev = `# Written by ssbuild: this image has no udev, so networkd must not wait for it.
+[Service]
+ReadOnlyPaths=/sys
+`

@@ -6,6 +6,7 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -46,4 +47,16 @@ func Short(t testing.TB) {
 	if testing.Short() && !InCI() {
 		t.Skip("slow test skipped with -short")
 	}
+}
+
+// BuildStaticSSBuild builds the ssbuild command at path without cgo, so
+// the binary runs on any image's OS whatever the build machine has. It
+// lacks the dqlite registry, which instances and images never run.
+func BuildStaticSSBuild(path string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", "netgo,osusergo", "-o", path, "github.com/sovereign-stack/ssbuild/cmd/ssbuild")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build static ssbuild: %v\n%s", err, out)
+	}
+	return nil
 }

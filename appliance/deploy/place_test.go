@@ -1,0 +1,68 @@
+package deploy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/canonical/lxd/shared/api"
+)
+
+func instance(project, name, member string) api.Instance {
+	return api.Instance{Name: name, Project: project, Location: member,
+		Config: map[string]string{keyDeployment: project}}
+}
+
+// TestChooseSpreadsAndKeepsWWWApart: a deployment's instances go to the
+// least-loaded members, existing ones stay, and a second deployment's www
+// never shares a member (and its ports 80 and 443) with the first's.
+func TestChooseSpreadsAndKeepsWWWApart(t *testing.T) {
+	members := []string{"h1", "h2", "h3"}
+	specs := func(project string) []InstanceSpec {
+		return []InstanceSpec{{Project: project, Name: "www"}, {Project: project, Name: "btcpay"}, {Project: project, Name: "clams"}}
+	}
+	first, err := choose(members, nil, specs("a-mainnet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first["www"] != "h1" || first["btcpay"] != "h2" || first["clams"] != "h3" {
+		t.Fatalf("first deployment placed %v, want one instance per member", first)
+	}
+	all := []api.Instance{instance("a-mainnet", "www", "h1"), instance("a-mainnet", "btcpay", "h2"), instance("a-mainnet", "clams", "h3"),
+		instance("b-mainnet", "btcpay", "h3")} // b's btcpay exists already
+	second, err := choose(members, all, specs("b-mainnet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second["btcpay"] != "h3" {
+		t.Errorf("b's existing btcpay moved to %s", second["btcpay"])
+	}
+	if second["www"] == "h1" {
+		t.Errorf("b's www placed on h1, where a's www owns ports 80 and 443: %v", second)
+	}
+
+	all = append(all, instance("b-mainnet", "www", "h2"), instance("c-mainnet", "www", "h3"))
+	_, err = choose(members, all, specs("d-mainnet"))
+	if err == nil || !strings.Contains(err.Error(), "no member is free for www of d-mainnet") || !strings.Contains(err.Error(), "a-mainnet on h1") {
+		t.Errorf("a fourth www on three members: %v", err)
+	}
+}
+
+// TestPlannerSeesEarlierDeployments: two new deployments planned in one
+// run spread together, their www instances on different members.
+func TestPlannerSeesEarlierDeployments(t *testing.T) {
+	p := &planner{members: []string{"h1", "h2", "h3"}}
+	a, err := p.place([]InstanceSpec{{Project: "a-regtest", Name: "www"}, {Project: "a-regtest", Name: "btcpay"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.place([]InstanceSpec{{Project: "b-regtest", Name: "www"}, {Project: "b-regtest", Name: "btcpay"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a["www"] == b["www"] {
+		t.Errorf("both deployments' www planned on %s", a["www"])
+	}
+	if a["www"] != "h1" || a["btcpay"] != "h2" || b["www"] != "h3" || b["btcpay"] != "h1" {
+		t.Errorf("placement a %v, b %v: want the least-loaded member each time (h1 h2, then h3 h1)", a, b)
+	}
+}

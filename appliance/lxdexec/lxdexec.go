@@ -1,0 +1,34 @@
+// Package lxdexec runs a command in an LXD instance and collects its
+// output, the way `lxc exec` does.
+package lxdexec
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+)
+
+// Run runs command in the instance and returns its stdout, stderr and
+// exit code. err is about the exec itself (the instance is missing or
+// stopped, LXD failed), not about the command's exit code.
+func Run(c lxd.InstanceServer, instance string, command ...string) (stdout, stderr string, code int, err error) {
+	var out, errOut bytes.Buffer
+	done := make(chan bool)
+	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
+		&lxd.InstanceExecArgs{Stdout: &out, Stderr: &errOut, DataDone: done})
+	if err == nil {
+		err = op.Wait()
+	}
+	if err != nil {
+		return "", "", -1, fmt.Errorf("exec %s in %s: %w", strings.Join(command, " "), instance, err)
+	}
+	<-done // the output is complete only once the data streams are
+	code = -1
+	if rc, ok := op.Get().Metadata["return"].(float64); ok {
+		code = int(rc)
+	}
+	return out.String(), errOut.String(), code, nil
+}
