@@ -157,7 +157,8 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	www := wwwMember(t, bed, project)
 	for host, want := range map[string]string{
 		"demo.example": "ghost demo.example", "www.blog.example": "ghost blog.example",
-		"relay.blog.example": "nostr-relay blog.example",
+		"relay.blog.example":  "nostr-relay blog.example",
+		"btcpay.demo.example": "btcpay demo.example", // the btcpay instance, through the www proxy
 	} {
 		if got := askSite(t, ctx, bed, www, host); got != want {
 			t.Errorf("port 80 of %s for %s answered %q, want %q", www.Name, host, got, want)
