@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -16,11 +17,11 @@ import (
 //
 //	go test ./appliance/deploy -run '^$' -bench DeployDemo -benchtime 1x
 func BenchmarkDeployDemo(b *testing.B) {
-	img := demoImage(b)
+	img := deploytest.DemoImage(b)
 	bed := formedBed(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	r := demoRecipe(b)
+	r := deploytest.BedRecipe(b)
 	o := deploy.Options{LXD: bed.Hosts[0].LXD(), Recipe: r, ImageDir: img,
 		StateDir: b.TempDir(), Progress: progress.Discard()}
 	purge := func(b *testing.B) {

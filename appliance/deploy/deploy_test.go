@@ -18,6 +18,7 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
@@ -54,12 +55,12 @@ func (w *logBuffer) String() string {
 // what it changes; down keeps the data for the next deploy; down --purge
 // removes it; the generated secrets are 0600 and never in the output.
 func TestDeployDemoOnThreeHosts(t *testing.T) {
-	img := demoImage(t)
+	img := deploytest.DemoImage(t)
 	bed := formedBed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	log := &logBuffer{t: t}
-	r := demoRecipe(t)
+	r := deploytest.BedRecipe(t)
 	o := deploy.Options{LXD: bed.Hosts[0].LXD(), Recipe: r, ImageDir: img,
 		StateDir: t.TempDir(), Progress: progress.New(log, progress.Plain)}
 	d := r.Deployments[0]
