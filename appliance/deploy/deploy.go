@@ -55,6 +55,9 @@ type Report struct {
 	// cluster already was as the recipe says.
 	Mutations int
 	Instances []InstanceReport
+	// Removed are instances the recipe no longer has (disabled): taken
+	// down like `down` does, their volumes kept for when they come back.
+	Removed []InstanceReport
 }
 
 // InstanceReport is one instance's outcome.
@@ -172,7 +175,11 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		if err != nil {
 			return Report{}, err
 		}
-		where, err := pl.place(specs)
+		kept, err := keptVolumes(o.LXD, o.Recipe.Cluster.Storage.Pool, specs)
+		if err != nil {
+			return Report{}, err
+		}
+		where, err := pl.place(specs, kept)
 		if err != nil {
 			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
 		}
@@ -194,7 +201,13 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
+	var removed []InstanceReport
 	for _, d := range deps {
+		gone, err := o.removeDropped(ctx, d, todo, &m)
+		removed = append(removed, gone...)
+		if err != nil {
+			return Report{Removed: removed, Mutations: int(m.n.Load())}, err
+		}
 		sec, err := o.deploymentSecrets(d)
 		if err != nil {
 			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
@@ -232,8 +245,37 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		}()
 	}
 	wg.Wait()
-	rep := Report{Instances: reports, Mutations: int(m.n.Load())}
+	rep := Report{Instances: reports, Removed: removed, Mutations: int(m.n.Load())}
 	return rep, errors.Join(errs...)
+}
+
+// removeDropped takes down the deployment's instances that are not in the
+// plan any more (the recipe disabled them); their volumes stay.
+func (o *Options) removeDropped(ctx context.Context, d recipes.Deployment, todo []work, m *mutations) ([]InstanceReport, error) {
+	project := d.Project()
+	if _, _, err := o.LXD.GetProject(project); isNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("project %s: %w", project, err)
+	}
+	have, err := instancesOf(o.LXD, project)
+	if err != nil {
+		return nil, err
+	}
+	var out []InstanceReport
+	for _, in := range have {
+		if slices.ContainsFunc(todo, func(w work) bool { return w.spec.Project == project && w.spec.Name == in.Name }) {
+			continue
+		}
+		task := o.Progress.Start(project+"/"+in.Name+": remove (the recipe no longer has it; its volumes are kept)", 0, "")
+		err := downInstance(ctx, o.LXD.UseProject(project), in, m, *o)
+		task.Done(err)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, InstanceReport{Project: project, Name: in.Name, Member: in.Location})
+	}
+	return out, nil
 }
 
 // deployInstance makes one instance and its services as the recipe says.

@@ -226,6 +226,38 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		t.Errorf("git.demo.example answered %q after adding gitea", got)
 	}
 
+	// The owner turns btcpay off: its instance goes, its volumes stay and
+	// www loses its link to it; turned on again, it is back with its data.
+	dockerExec(t, o, project, "btcpay", project+"-btcpay", "sh", "-c", "echo kept > /data/marker")
+	off := false
+	r.Deployments[0].Instances.BTCPay.Enabled = &off
+	rep, err = deploy.Deploy(ctx, o)
+	if err != nil {
+		t.Fatalf("deploy with btcpay off: %v", err)
+	}
+	if len(rep.Removed) != 1 || rep.Removed[0].Name != "btcpay" {
+		t.Errorf("deploy with btcpay off removed %+v, want btcpay", rep.Removed)
+	}
+	if _, _, err := o.LXD.UseProject(project).GetInstance("btcpay"); err == nil {
+		t.Error("the btcpay instance is still there after the recipe turned it off")
+	}
+	if in, _, err := o.LXD.UseProject(project).GetInstance("www"); err != nil || in.Devices["btcpay-link"] != nil {
+		t.Errorf("www still links to the removed btcpay (%v)", err)
+	}
+	if doomed, err := deploy.Doomed(o, d); err != nil || countPrefix(doomed, "volume "+project+"/btcpay-") != 4 {
+		t.Errorf("btcpay's 4 volumes (3 and its chainstate) are not all kept: %v, %v", doomed, err)
+	}
+	r.Deployments[0].Instances.BTCPay.Enabled = nil
+	if _, err = deploy.Deploy(ctx, o); err != nil {
+		t.Fatalf("deploy with btcpay on again: %v", err)
+	}
+	if got := dockerExec(t, o, project, "btcpay", project+"-btcpay", "cat", "/data/marker"); got != "kept" {
+		t.Errorf("btcpay's data after it was off and on: %q, want %q", got, "kept")
+	}
+	if got := httpGet(t, ctx, instanceOn(t, bed, o, project, "www"), "btcpay.demo.example"); got != "btcpay demo.example" {
+		t.Errorf("btcpay.demo.example after btcpay was off and on: %q", got)
+	}
+
 	// Data survives down and a later deploy.
 	dockerExec(t, o, project, "www", project+"-ghost-blog-example", "sh", "-c", "echo kept > /data/marker")
 	if _, err := deploy.Down(ctx, o, d, false); err != nil {

@@ -146,9 +146,10 @@ func newPlanner(c lxd.InstanceServer) (*planner, error) {
 	return p, nil
 }
 
-// place chooses a member for every instance in specs and counts them as
-// there for the deployments placed after.
-func (p *planner) place(specs []InstanceSpec) (map[string]string, error) {
+// place chooses a member for every instance in specs (kept: where their
+// volumes are, see keptVolumes) and counts them as there for the
+// deployments placed after.
+func (p *planner) place(specs []InstanceSpec, kept map[string]string) (map[string]string, error) {
 	if len(p.members) == 1 && p.members[0] == "" {
 		where := map[string]string{}
 		for _, s := range specs {
@@ -156,7 +157,7 @@ func (p *planner) place(specs []InstanceSpec) (map[string]string, error) {
 		}
 		return where, nil
 	}
-	where, err := choose(p.members, p.all, specs)
+	where, err := choose(p.members, p.all, kept, specs)
 	if err != nil {
 		return nil, err
 	}
@@ -169,12 +170,38 @@ func (p *planner) place(specs []InstanceSpec) (map[string]string, error) {
 	return where, nil
 }
 
+// keptVolumes says, per instance name, on which member the deployment
+// still has that instance's volumes (kept by down, or by a recipe that
+// turned the instance off): a local pool's volume lives on one member, so
+// the instance must come back there to find its data.
+func keptVolumes(c lxd.InstanceServer, pool string, specs []InstanceSpec) (map[string]string, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	vols, err := customVolumes(c, pool, specs[0].Project)
+	if err != nil {
+		return nil, err
+	}
+	kept := map[string]string{}
+	for _, s := range specs {
+		for _, want := range s.Volumes {
+			for _, v := range vols {
+				if v.Name == want.Name && v.Location != "" && v.Location != "none" {
+					kept[s.Name] = v.Location
+				}
+			}
+		}
+	}
+	return kept, nil
+}
+
 // choose places specs (one deployment's instances) on members: an instance
-// that exists stays where it is; a new one goes to the member with the
-// fewest instances (in every project), ties by name, so a deployment's
-// instances spread over the cluster. A www instance owns its member's
-// ports 80 and 443, so it never goes where another deployment's www is.
-func choose(members []string, all []api.Instance, specs []InstanceSpec) (map[string]string, error) {
+// that exists stays where it is; one whose volumes were kept goes back to
+// their member; a new one goes to the member with the fewest instances (in
+// every project), ties by name, so a deployment's instances spread over
+// the cluster. A www instance owns its member's ports 80 and 443, so it
+// never goes where another deployment's www is.
+func choose(members []string, all []api.Instance, kept map[string]string, specs []InstanceSpec) (map[string]string, error) {
 	where := map[string]string{}
 	load := map[string]int{}
 	for _, n := range members {
@@ -193,6 +220,14 @@ func choose(members []string, all []api.Instance, specs []InstanceSpec) (map[str
 	}
 	for _, s := range specs {
 		if _, ok := where[s.Name]; ok {
+			continue
+		}
+		if m, ok := kept[s.Name]; ok {
+			if _, online := load[m]; !online {
+				return nil, fmt.Errorf("%s/%s: its volumes are on member %s, which is not online; bring it back (or move the volumes) first", s.Project, s.Name, m)
+			}
+			where[s.Name] = m
+			load[m]++
 			continue
 		}
 		best := ""

@@ -20,7 +20,7 @@ func TestChooseSpreadsAndKeepsWWWApart(t *testing.T) {
 	specs := func(project string) []InstanceSpec {
 		return []InstanceSpec{{Project: project, Name: "www"}, {Project: project, Name: "btcpay"}, {Project: project, Name: "clams"}}
 	}
-	first, err := choose(members, nil, specs("a-mainnet"))
+	first, err := choose(members, nil, nil, specs("a-mainnet"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func TestChooseSpreadsAndKeepsWWWApart(t *testing.T) {
 	}
 	all := []api.Instance{instance("a-mainnet", "www", "h1"), instance("a-mainnet", "btcpay", "h2"), instance("a-mainnet", "clams", "h3"),
 		instance("b-mainnet", "btcpay", "h3")} // b's btcpay exists already
-	second, err := choose(members, all, specs("b-mainnet"))
+	second, err := choose(members, all, nil, specs("b-mainnet"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestChooseSpreadsAndKeepsWWWApart(t *testing.T) {
 	}
 
 	all = append(all, instance("b-mainnet", "www", "h2"), instance("c-mainnet", "www", "h3"))
-	_, err = choose(members, all, specs("d-mainnet"))
+	_, err = choose(members, all, nil, specs("d-mainnet"))
 	if err == nil || !strings.Contains(err.Error(), "no member is free for www of d-mainnet") || !strings.Contains(err.Error(), "a-mainnet on h1") {
 		t.Errorf("a fourth www on three members: %v", err)
 	}
@@ -51,11 +51,11 @@ func TestChooseSpreadsAndKeepsWWWApart(t *testing.T) {
 // run spread together, their www instances on different members.
 func TestPlannerSeesEarlierDeployments(t *testing.T) {
 	p := &planner{members: []string{"h1", "h2", "h3"}}
-	a, err := p.place([]InstanceSpec{{Project: "a-regtest", Name: "www"}, {Project: "a-regtest", Name: "btcpay"}})
+	a, err := p.place([]InstanceSpec{{Project: "a-regtest", Name: "www"}, {Project: "a-regtest", Name: "btcpay"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := p.place([]InstanceSpec{{Project: "b-regtest", Name: "www"}, {Project: "b-regtest", Name: "btcpay"}})
+	b, err := p.place([]InstanceSpec{{Project: "b-regtest", Name: "www"}, {Project: "b-regtest", Name: "btcpay"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,5 +64,25 @@ func TestPlannerSeesEarlierDeployments(t *testing.T) {
 	}
 	if a["www"] != "h1" || a["btcpay"] != "h2" || b["www"] != "h3" || b["btcpay"] != "h1" {
 		t.Errorf("placement a %v, b %v: want the least-loaded member each time (h1 h2, then h3 h1)", a, b)
+	}
+}
+
+// TestChooseFollowsKeptVolumes: an instance coming back (after down, or
+// after the recipe turned it off) goes to the member holding its volumes,
+// not to the least-loaded one; with that member offline, it is an error.
+func TestChooseFollowsKeptVolumes(t *testing.T) {
+	members := []string{"h1", "h2", "h3"}
+	specs := []InstanceSpec{{Project: "a-regtest", Name: "www"}, {Project: "a-regtest", Name: "btcpay"}}
+	all := []api.Instance{instance("a-regtest", "www", "h1"), instance("x-regtest", "clams", "h2")}
+	where, err := choose(members, all, map[string]string{"btcpay": "h2"}, specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if where["btcpay"] != "h2" {
+		t.Errorf("btcpay placed on %s, want h2 where its volumes are (h3 is less loaded)", where["btcpay"])
+	}
+	_, err = choose([]string{"h1", "h3"}, all, map[string]string{"btcpay": "h2"}, specs)
+	if err == nil || !strings.Contains(err.Error(), "its volumes are on member h2, which is not online") {
+		t.Errorf("btcpay's volumes on an offline member: %v", err)
 	}
 }

@@ -89,6 +89,9 @@ func deployAction(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "%s/%s on %s: %d services created, %d recreated, %d unchanged, %d removed\n",
 			in.Project, in.Name, in.Member, len(s.Created), len(s.Recreated), len(s.Unchanged), len(s.Removed))
 	}
+	for _, in := range rep.Removed {
+		fmt.Fprintf(c.App.Writer, "%s/%s on %s: removed (no longer in the recipe; its volumes are kept)\n", in.Project, in.Name, in.Member)
+	}
 	if err == nil {
 		fmt.Fprintf(c.App.Writer, "deployed: %d changes\n", rep.Mutations)
 	}
