@@ -82,10 +82,3 @@ func importChainstate(ctx context.Context, c lxd.InstanceServer, pool, artifact,
 	m.add(1)
 	return nil
 }
-
-func scoped(c lxd.InstanceServer, member string) lxd.InstanceServer {
-	if member == "" {
-		return c
-	}
-	return c.UseTarget(member)
-}

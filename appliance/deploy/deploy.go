@@ -196,24 +196,26 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 
 	var m mutations
 	task := o.Progress.Start("base image "+BaseImageAlias, 0, "")
-	_, err = ensureBaseImage(o.LXD, o.ImageDir, &m)
+	err = ensureBaseImage(o.LXD, o.ImageDir, &m)
 	task.Done(err)
 	if err != nil {
-		return Report{}, err
+		return Report{Mutations: int(m.n.Load())}, err
 	}
 	var removed []InstanceReport
+	// A run stopped here still says what it changed.
+	partial := func() Report { return Report{Removed: removed, Mutations: int(m.n.Load())} }
 	for _, d := range deps {
 		gone, err := o.removeDropped(ctx, d, todo, &m)
 		removed = append(removed, gone...)
 		if err != nil {
-			return Report{Removed: removed, Mutations: int(m.n.Load())}, err
+			return partial(), err
 		}
 		sec, err := o.deploymentSecrets(d)
 		if err != nil {
-			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
+			return partial(), fmt.Errorf("deployment %s: %w", d.Project(), err)
 		}
-		if _, err := ensureProject(o.LXD, d.Project(), &m); err != nil {
-			return Report{}, err
+		if err := ensureProject(o.LXD, d.Project(), &m); err != nil {
+			return partial(), err
 		}
 		for i := range todo {
 			if todo[i].dep.Project() == d.Project() {

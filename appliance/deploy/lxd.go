@@ -36,11 +36,11 @@ func wait(op lxd.Operation, err error) error {
 // ensureProject creates the deployment's project when missing. It keeps
 // its own profiles and custom volumes, and uses the default project's
 // images, so the base image is imported once for every deployment.
-func ensureProject(c lxd.InstanceServer, name string, m *mutations) (bool, error) {
+func ensureProject(c lxd.InstanceServer, name string, m *mutations) error {
 	if _, _, err := c.GetProject(name); err == nil {
-		return false, nil
+		return nil
 	} else if !isNotFound(err) {
-		return false, fmt.Errorf("project %s: %w", name, err)
+		return fmt.Errorf("project %s: %w", name, err)
 	}
 	err := c.CreateProject(api.ProjectsPost{Name: name, ProjectPut: api.ProjectPut{
 		Description: "ssbuild deployment " + name,
@@ -50,22 +50,22 @@ func ensureProject(c lxd.InstanceServer, name string, m *mutations) (bool, error
 		},
 	}})
 	if err != nil {
-		return false, fmt.Errorf("create project %s: %w", name, err)
+		return fmt.Errorf("create project %s: %w", name, err)
 	}
 	m.add(1)
-	return true, nil
+	return nil
 }
 
 // ensureBaseImage makes sure BaseImageAlias exists in the default project,
 // importing it from dir (an `ssbuild image` output) when missing.
-func ensureBaseImage(c lxd.InstanceServer, dir string, m *mutations) (string, error) {
-	if alias, _, err := c.GetImageAlias(BaseImageAlias); err == nil {
-		return alias.Target, nil
+func ensureBaseImage(c lxd.InstanceServer, dir string, m *mutations) error {
+	if _, _, err := c.GetImageAlias(BaseImageAlias); err == nil {
+		return nil
 	} else if !isNotFound(err) {
-		return "", fmt.Errorf("base image %s: %w", BaseImageAlias, err)
+		return fmt.Errorf("base image %s: %w", BaseImageAlias, err)
 	}
 	if dir == "" {
-		return "", fmt.Errorf("base image %s is not in LXD: pass --image DIR, the output folder of `ssbuild image`", BaseImageAlias)
+		return fmt.Errorf("base image %s is not in LXD: pass --image DIR, the output folder of `ssbuild image`", BaseImageAlias)
 	}
 	imageDir := filepath.Join(dir, "image")
 	if _, err := os.Stat(filepath.Join(imageDir, lxdimage.MetadataFile)); err != nil {
@@ -73,28 +73,28 @@ func ensureBaseImage(c lxd.InstanceServer, dir string, m *mutations) (string, er
 	}
 	meta, err := os.Open(filepath.Join(imageDir, lxdimage.MetadataFile))
 	if err != nil {
-		return "", fmt.Errorf("base image: %w (is %s the output of `ssbuild image`?)", err, dir)
+		return fmt.Errorf("base image: %w (is %s the output of `ssbuild image`?)", err, dir)
 	}
 	defer meta.Close()
 	rootfs, err := os.Open(filepath.Join(imageDir, lxdimage.SquashfsFile))
 	if err != nil {
-		return "", fmt.Errorf("base image: %w (the image must include the container format)", err)
+		return fmt.Errorf("base image: %w (the image must include the container format)", err)
 	}
 	defer rootfs.Close()
 	op, err := c.CreateImage(api.ImagesPost{}, &lxd.ImageCreateArgs{
 		MetaFile: meta, MetaName: lxdimage.MetadataFile, RootfsFile: rootfs, RootfsName: lxdimage.SquashfsFile})
 	if err := wait(op, err); err != nil {
-		return "", fmt.Errorf("import base image from %s: %w", imageDir, err)
+		return fmt.Errorf("import base image from %s: %w", imageDir, err)
 	}
 	m.add(1)
 	fp, _ := op.Get().Metadata["fingerprint"].(string)
 	err = c.CreateImageAlias(api.ImageAliasesPost{ImageAliasesEntry: api.ImageAliasesEntry{
 		Name: BaseImageAlias, Type: "container", Target: fp}})
 	if err != nil {
-		return "", fmt.Errorf("alias base image %s as %s: %w", fp, BaseImageAlias, err)
+		return fmt.Errorf("alias base image %s as %s: %w", fp, BaseImageAlias, err)
 	}
 	m.add(1)
-	return fp, nil
+	return nil
 }
 
 // members returns the online cluster members by name, or "" alone for a
@@ -260,10 +260,7 @@ func wwwList(wwwOf map[string]string) string {
 
 // ensureVolumes creates the instance's custom volumes on its member.
 func ensureVolumes(c lxd.InstanceServer, pool string, s InstanceSpec, member string, m *mutations) error {
-	pc := c.UseProject(s.Project)
-	if member != "" {
-		pc = pc.UseTarget(member)
-	}
+	pc := scoped(c.UseProject(s.Project), member)
 	for _, v := range s.Volumes {
 		if _, _, err := pc.GetStoragePoolVolume(pool, "custom", v.Name); err == nil {
 			continue
@@ -287,11 +284,7 @@ func ensureInstance(c lxd.InstanceServer, s InstanceSpec, member string, m *muta
 	cur, etag, err := pc.GetInstance(s.Name)
 	switch {
 	case isNotFound(err):
-		tc := pc
-		if member != "" {
-			tc = pc.UseTarget(member)
-		}
-		op, err := tc.CreateInstance(api.InstancesPost{Name: s.Name, Type: api.InstanceType(s.Type),
+		op, err := scoped(pc, member).CreateInstance(api.InstancesPost{Name: s.Name, Type: api.InstanceType(s.Type),
 			Source:      api.InstanceSource{Type: "image", Alias: BaseImageAlias},
 			InstancePut: api.InstancePut{Config: s.Config, Devices: s.Devices, Profiles: []string{"default"}}})
 		if err := wait(op, err); err != nil {
@@ -354,16 +347,14 @@ func instancesOf(c lxd.InstanceServer, project string) ([]api.Instance, error) {
 			out = append(out, in)
 		}
 	}
-	slices.SortFunc(out, func(a, b api.Instance) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b api.Instance) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
+// scoped aims c at member; "" (a standalone server) leaves it as it is.
+func scoped(c lxd.InstanceServer, member string) lxd.InstanceServer {
+	if member == "" {
+		return c
 	}
-	return 0
+	return c.UseTarget(member)
 }
