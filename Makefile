@@ -27,18 +27,21 @@ all: build
 
 # Static, with the dqlite registry: the binary runs on hosts and in images
 # whose libraries differ from the build machine's (see STATIC_CGO_LDFLAGS).
-build:
+# Every target that compiles depends on deps: cgo needs Debian's dqlite headers
+# and libraries, which a fresh machine does not have (the script returns at
+# once when everything is installed).
+build: deps
 	CGO_LDFLAGS='$(STATIC_CGO_LDFLAGS)' $(GO) build -trimpath -tags=libsqlite3,netgo,osusergo \
 		-ldflags '$(LDFLAGS) -linkmode external -extldflags "-static"' -o $(BIN) ./cmd/ssbuild
 
 deps:
 	bash scripts/install-deps.sh
 
-vet:
+vet: deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
 
-test: deps vet
+test: vet
 	$(GO) test -timeout 50m ./...
 
 # The fast tier only: no daemons, no debootstrap, no qemu.
