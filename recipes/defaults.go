@@ -137,7 +137,7 @@ func applyDeploymentDefaults(d *Deployment) {
 			on := true
 			in.Enabled = &on
 		}
-		setString(&in.Type, "virtual-machine")
+		setString(&in.Type, "container")
 		if in.CPUs == 0 {
 			in.CPUs = defaultInstanceCPUs
 		}

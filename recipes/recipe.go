@@ -208,7 +208,7 @@ type Role struct {
 // Instance is one LXD instance.
 type Instance struct {
 	Enabled *bool  `yaml:"enabled,omitempty" json:"enabled,omitempty" doc:"create this instance (default true)"`
-	Type    string `yaml:"type" json:"type" rule:"enum=virtual-machine|container" doc:"LXD instance type"`
+	Type    string `yaml:"type" json:"type" rule:"enum=virtual-machine|container" doc:"LXD instance type (default container; deploy refuses virtual-machine for now)"`
 	MAC     MAC    `yaml:"mac,omitempty" json:"mac,omitempty" doc:"pinned MAC address of the LAN NIC (for a DHCP reservation)"`
 	CPUs    int    `yaml:"cpus,omitempty" json:"cpus,omitempty" rule:"min=1,max=256" doc:"limits.cpu"`
 	Memory  Size   `yaml:"memory,omitempty" json:"memory,omitempty" rule:"min=256MiB" doc:"limits.memory"`

@@ -97,7 +97,7 @@ func TestDeploymentDefaultsFollowChain(t *testing.T) {
 	if len(prod.Sites) != 1 || prod.Sites[0].Domain != "example.com" || !prod.Sites[0].Has("ghost") {
 		t.Errorf("primary domain site not added with ghost: %+v", prod.Sites)
 	}
-	if !prod.Instances.Clams.IsEnabled() || prod.Instances.WWW.Type != "virtual-machine" {
+	if !prod.Instances.Clams.IsEnabled() || prod.Instances.WWW.Type != "container" {
 		t.Errorf("instance defaults: %+v", prod.Instances.WWW)
 	}
 }

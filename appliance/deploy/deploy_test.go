@@ -71,6 +71,9 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The default's instances are containers; a recipe choosing a VM
+		// must be refused before anything changes.
+		def.Deployments[0].Instances.WWW.Type = "virtual-machine"
 		vo := o
 		vo.Recipe = def
 		_, err = deploy.Deploy(ctx, vo)

@@ -208,8 +208,8 @@ func checkWarnings(t *testing.T, got []Warning, want []string) {
 
 func checkInstance(t *testing.T, role string, in recipes.Instance, enabled bool, mac recipes.MAC, cpus int, mem recipes.Size, disks recipes.Disks) {
 	t.Helper()
-	if in.IsEnabled() != enabled || in.MAC != mac || in.CPUs != cpus || in.Memory != mem || in.Disks != disks || in.Type != "virtual-machine" {
-		t.Errorf("%s instance: enabled %v mac %q cpus %d memory %s disks %+v type %s\nwant enabled %v mac %q cpus %d memory %s disks %+v type virtual-machine",
+	if in.IsEnabled() != enabled || in.MAC != mac || in.CPUs != cpus || in.Memory != mem || in.Disks != disks || in.Type != "container" {
+		t.Errorf("%s instance: enabled %v mac %q cpus %d memory %s disks %+v type %s\nwant enabled %v mac %q cpus %d memory %s disks %+v type container",
 			role, in.IsEnabled(), in.MAC, in.CPUs, in.Memory, in.Disks, in.Type, enabled, mac, cpus, mem, disks)
 	}
 }
