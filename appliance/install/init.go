@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sovereign-stack/ssbuild/appliance/install/efiboot"
 	"github.com/sovereign-stack/ssbuild/images/initramfs"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
@@ -67,6 +68,21 @@ func mountKernelFS() error {
 	return nil
 }
 
+// mountEFIVars mounts efivarfs (after the modules: Debian builds it as
+// one) so the install can write the disk's boot entry; "" on a machine
+// without UEFI or where it cannot be mounted.
+func mountEFIVars(say func(string, ...any)) string {
+	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
+		say("no /sys/firmware/efi: not booted by UEFI, no boot entry will be written")
+		return ""
+	}
+	if err := unix.Mount("efivarfs", efiboot.VarsDir, "efivarfs", 0, ""); err != nil && err != unix.EBUSY {
+		say("mount efivarfs: %v: no boot entry will be written", err)
+		return ""
+	}
+	return efiboot.VarsDir
+}
+
 func initAndRun(console io.Writer, say func(string, ...any)) error {
 	loaded, err := initramfs.LoadModules("")
 	say("kernel modules loaded: %d", len(loaded))
@@ -75,6 +91,7 @@ func initAndRun(console io.Writer, say func(string, ...any)) error {
 		// must not stop the install; a missing driver shows up below.
 		say("some modules did not load: %v", err)
 	}
+	efiVars := mountEFIVars(say)
 	say("waiting for the installer's %s partition", PayloadLabel)
 	deadline := time.Now().Add(payloadWait)
 	for {
@@ -104,6 +121,7 @@ func initAndRun(console io.Writer, say func(string, ...any)) error {
 		Progress: progress.New(console, progress.Plain),
 		Power:    Machine{},
 		NICWait:  nicWait,
+		EFIVars:  efiVars,
 	})
 }
 

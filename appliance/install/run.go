@@ -55,6 +55,9 @@ type Env struct {
 	// NICWait is how long to wait for a NIC whose MAC names a host when
 	// none does yet (drivers probe after their modules load); 0: look once.
 	NICWait time.Duration
+	// EFIVars is the mounted efivarfs (efiboot.VarsDir) where the
+	// installed disk's boot entry is written; empty: none is written.
+	EFIVars string
 }
 
 // Run is the whole unattended install: identify this host and pick and
@@ -155,6 +158,7 @@ func Run(ctx context.Context, env Env) error {
 	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files, Copies: copies},
 		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: afterStep})
 	if errors.Is(err, ErrAlreadyInstalled) {
+		registerBoot(env, target.Path, host.Name) // a run cut after the install but before its entry
 		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)
 		return env.Power.PowerOff()
 	}
@@ -162,6 +166,7 @@ func Run(ctx context.Context, env Env) error {
 		return err
 	}
 	rep.Info("installed %s onto %s", host.Name, target.Path)
+	registerBoot(env, target.Path, host.Name)
 	if bench != nil {
 		res, err := bench.finish(ctx, p.Path(OSImageName), target.Path)
 		if err != nil {

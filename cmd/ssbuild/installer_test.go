@@ -219,24 +219,31 @@ func qemuTestRecipe(t *testing.T) string {
 
 // qemuMachine is one boot of a test machine under TCG with OVMF: the stick
 // (if any) on USB, the disks on virtio in order (vda, vdb, ...), and a NIC
-// with mac (none when empty).
+// with mac (none when empty). vars is the firmware's variable store, kept
+// from boot to boot as a real machine keeps its own; empty: a fresh copy.
 type qemuMachine struct {
 	stick string
 	disks []string
 	mac   string
+	vars  string
 }
 
 const ovmfCode, ovmfVars = "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"
 
 func (m qemuMachine) args(t *testing.T) []string {
 	t.Helper()
-	vars, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		t.Fatal(err)
+	varsCopy := m.vars
+	if varsCopy == "" {
+		varsCopy = filepath.Join(t.TempDir(), "OVMF_VARS.fd")
 	}
-	varsCopy := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
-	if err := os.WriteFile(varsCopy, vars, 0o644); err != nil {
-		t.Fatal(err)
+	if _, err := os.Stat(varsCopy); err != nil {
+		vars, err := os.ReadFile(ovmfVars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(varsCopy, vars, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	args := []string{"-m", "1024",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
@@ -319,7 +326,7 @@ func installOn(t *testing.T, m qemuMachine) string {
 // installerLines are the installer's lines of the serial console: its own
 // and the steps' (not the kernel's or the firmware's, nor progress ticks).
 func installerLines(serial string) []string {
-	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|bench:|  [A-Za-z])`)
+	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|firmware boot entry|WARNING|no UEFI|bench:|  [A-Za-z])`)
 	var out []string
 	for _, l := range strings.Split(strings.ReplaceAll(serial, "\r", ""), "\n") {
 		if re.MatchString(l) {
@@ -426,12 +433,19 @@ func TestInstallerQEMU(t *testing.T) {
 
 	// The NIC's MAC is the second host's; two blank disks, the larger
 	// second: the installer installs demo2 onto vdb and leaves vda alone.
-	// The installed disk then boots alone to the first-boot unit as demo2.
+	// The installed disk then boots alone to the first-boot unit as demo2,
+	// with the firmware variables the install left (as a real machine keeps
+	// its own): OVMF then boots by BootOrder, so this needs the boot entry
+	// the installer wrote.
 	t.Run("MAC picks the host and the larger disk is the target", func(t *testing.T) {
 		small, large := blankDisk(t, "small.raw", smallDisk+(6<<30)), blankDisk(t, "large.raw", 80<<30)
-		serial := installOn(t, qemuMachine{stick: stick, disks: []string{small, large}, mac: macDemo2})
+		vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
+		serial := installOn(t, qemuMachine{stick: stick, disks: []string{small, large}, mac: macDemo2, vars: vars})
 		if !strings.Contains(serial, "this machine is host demo2 (MAC "+macDemo2) || !strings.Contains(serial, "target disk: /dev/vdb") {
 			t.Errorf("the console does not say demo2 by MAC onto /dev/vdb")
+		}
+		if !regexp.MustCompile(`firmware boot entry Boot[0-9A-F]{4} "Sovereign Stack \(demo2\)" .* on /dev/vdb\) is first in BootOrder`).MatchString(serial) {
+			t.Errorf("the console does not say the installer registered /dev/vdb with the firmware:\n%s", strings.Join(installerLines(serial), "\n"))
 		}
 		neverWritten(t, small)
 		checkInstalled(t, large, 80<<30, "demo2")
@@ -442,7 +456,7 @@ func TestInstallerQEMU(t *testing.T) {
 		// The login prompt names the host; before it, systemd started the
 		// first-boot unit (it colours the unit name and shortens it to fit).
 		started := regexp.MustCompile(`Started \S*` + regexp.QuoteMeta(strings.TrimSuffix(hostos.UnitName, "service")))
-		serial, found := qemuUntil(t, 6*time.Minute, regexp.MustCompile(`demo2 login:`), qemuMachine{disks: []string{large}}.args(t)...)
+		serial, found := qemuUntil(t, 6*time.Minute, regexp.MustCompile(`demo2 login:`), qemuMachine{disks: []string{large}, vars: vars}.args(t)...)
 		if !found || !started.MatchString(serial) {
 			t.Fatalf("booting the installed target did not reach %s and then demo2's login prompt; serial tail:\n%s", started, tail(serial, 6000))
 		}

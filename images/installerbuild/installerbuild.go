@@ -241,7 +241,8 @@ func (b *build) menu() []installer.MenuEntry {
 // writes the host's config through a loop device over the OS partition
 // (appliance/install), and Debian builds loop as a module.
 func installerModules() []string {
-	return append(slices.Clone(initramfs.DefaultModules), "loop")
+	// efivarfs: the install writes the disk's firmware boot entry.
+	return append(slices.Clone(initramfs.DefaultModules), "loop", "efivarfs")
 }
 
 func (b *build) image(ctx context.Context) error {
