@@ -12,6 +12,7 @@
 package signature
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -151,6 +152,18 @@ func (f *Failure) Error() string {
 // VerifyFile checks path.sig is key's signature of path's bytes; a
 // mismatch is a *Failure naming the cause.
 func VerifyFile(key *PublicKey, path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Failure{Dir: filepath.Dir(path), Problems: []string{filepath.Base(path) + ": missing"}}
+	} else if err != nil {
+		return err
+	}
+	return verifyBytes(key, data, path)
+}
+
+// verifyBytes checks path.sig against data, path's content read once, so
+// what is verified is what the caller goes on to use.
+func verifyBytes(key *PublicKey, data []byte, path string) error {
 	fail := func(format string, args ...any) error {
 		return &Failure{Dir: filepath.Dir(path), Problems: []string{fmt.Sprintf(format, args...)}}
 	}
@@ -171,14 +184,7 @@ func VerifyFile(key *PublicKey, path string) error {
 	if sig.Namespace != Namespace {
 		return fail("%s: made for namespace %q, not %q", sigName, sig.Namespace, Namespace)
 	}
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fail("%s: missing", name)
-	} else if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := sshsig.Verify(f, sig, key.Key, sig.HashAlgorithm, Namespace); err != nil {
+	if err := sshsig.Verify(bytes.NewReader(data), sig, key.Key, sig.HashAlgorithm, Namespace); err != nil {
 		return fail("%s: does not match its signature %s: changed or replaced after signing (%v)", name, sigName, err)
 	}
 	return nil
@@ -194,13 +200,16 @@ type Verified struct {
 // SHA256SUMS names. Every difference is one problem of the *Failure.
 func VerifyDir(key *PublicKey, dir string) (*Verified, error) {
 	sums := filepath.Join(dir, ChecksumsFile)
-	if _, err := os.Stat(sums); errors.Is(err, fs.ErrNotExist) {
+	data, err := os.ReadFile(sums)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, &Failure{Dir: dir, Problems: []string{ChecksumsFile + ": missing: not an ssbuild output folder?"}}
-	}
-	if err := VerifyFile(key, sums); err != nil {
+	} else if err != nil {
 		return nil, err
 	}
-	entries, err := readSums(sums)
+	if err := verifyBytes(key, data, sums); err != nil {
+		return nil, err
+	}
+	entries, err := parseSums(data)
 	if err != nil {
 		return nil, &Failure{Dir: dir, Problems: []string{err.Error()}}
 	}
@@ -247,13 +256,9 @@ func VerifyDir(key *PublicKey, dir string) (*Verified, error) {
 
 type sumEntry struct{ sum, name string }
 
-// readSums parses sha256sum's format: "<64 hex>  <name>" ("*<name>" in
+// parseSums parses sha256sum's format: "<64 hex>  <name>" ("*<name>" in
 // binary mode).
-func readSums(path string) ([]sumEntry, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
+func parseSums(data []byte) ([]sumEntry, error) {
 	var entries []sumEntry
 	for i, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
 		sum, name, ok := strings.Cut(line, " ")

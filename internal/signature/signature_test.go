@@ -151,6 +151,9 @@ func TestSSHKeygenSignatureVerifies(t *testing.T) {
 	if _, err := signature.VerifyDir(readKey(t, pub), dir); err != nil {
 		t.Fatal(err)
 	}
+	if err := signature.VerifyFile(readKey(t, pub), filepath.Join(dir, signature.ChecksumsFile)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestTamperingIsNamed: each way a folder can differ from what the key
