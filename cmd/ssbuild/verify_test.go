@@ -80,3 +80,27 @@ func TestVerifyCommand(t *testing.T) {
 		t.Errorf("no signature: code %d %s", code, errOut)
 	}
 }
+
+// TestSignKeyFlagReachesTheBuild: --sign-key of image and installer is
+// checked before anything is built; a key others can read is refused.
+func TestSignKeyFlagReachesTheBuild(t *testing.T) {
+	testenv.RequireTools(t, "ssh-keygen")
+	key := filepath.Join(t.TempDir(), "id_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	os.Chmod(key, 0o644)
+	for _, cmd := range []string{"image", "installer"} {
+		out := filepath.Join(t.TempDir(), "out")
+		code, _, errOut := ssbuild(t, cmd, "--recipe", "demo", "--out", out, "--cache", t.TempDir(), "--sign-key", key)
+		if code == exitOK || !strings.Contains(errOut, "chmod 600 "+key) {
+			t.Errorf("%s --sign-key (0644): code %d, %s", cmd, code, errOut)
+		}
+		if _, err := os.Stat(out); !os.IsNotExist(err) {
+			t.Errorf("%s: output %s exists after a refused key", cmd, out)
+		}
+	}
+	if code, out, _ := ssbuild(t, "verify", "--help"); code != 0 || !strings.Contains(out, "USAGE:") {
+		t.Errorf("verify --help: code %d\n%s", code, out)
+	}
+}
