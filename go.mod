@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/canonical/go-dqlite v1.11.5
 	github.com/canonical/lxd v0.0.0-20241209155119-76da976c6ee7
+	github.com/hiddeco/sshsig v0.2.0
 	golang.org/x/sys v0.49.0
 )
 

@@ -26,6 +26,7 @@ func imageCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache", Usage: "cache folder for debootstrapped trees", Value: defaultCacheDir()},
 			&cli.StringFlag{Name: "docker-host", Usage: "Docker daemon the pre-loaded images come from (default: DOCKER_HOST, then the local socket)"},
 			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH for a reproducible build"},
+			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
 			&cli.BoolFlag{Name: "json", Usage: "progress as JSON events on stderr"},
 		},
 		Action: func(c *cli.Context) error {
@@ -45,7 +46,7 @@ func imageCommand() *cli.Command {
 				return fmt.Errorf("find the ssbuild binary to install: %w", err)
 			}
 			opts := baseimage.Options{OutDir: out, CacheDir: c.String("cache"), Binary: self,
-				Epoch: c.Int64("epoch"), Progress: progressFor(c)}
+				Epoch: c.Int64("epoch"), SignKey: c.String("sign-key"), Progress: progressFor(c)}
 			if len(r.Image.DockerImages) > 0 {
 				copts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 				if h := c.String("docker-host"); h != "" {

@@ -25,6 +25,7 @@ func installerCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache", Usage: "cache folder for debootstrapped trees", Value: defaultCacheDir()},
 			&cli.StringFlag{Name: "base-image", Usage: "an `ssbuild image` output folder to carry on the stick"},
 			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH for a reproducible build"},
+			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
 			&cli.BoolFlag{Name: "json", Usage: "progress as JSON events on stderr"},
 		},
 		Action: func(c *cli.Context) error {
@@ -45,7 +46,7 @@ func installerCommand() *cli.Command {
 			}
 			res, err := installerbuild.Build(c.Context, r, installerbuild.Options{OutDir: out,
 				CacheDir: c.String("cache"), Binary: self, BaseImage: c.String("base-image"),
-				Epoch: c.Int64("epoch"), Progress: progressFor(c)})
+				Epoch: c.Int64("epoch"), SignKey: c.String("sign-key"), Progress: progressFor(c)})
 			if err != nil {
 				return err
 			}

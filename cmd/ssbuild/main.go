@@ -104,6 +104,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			planCommand(),
 			imageCommand(),
 			installerCommand(),
+			verifyCommand(),
 			loadDockerImagesCommand(),
 			applianceCommand(),
 			proxyCommand(),

@@ -10,6 +10,7 @@
 //	              first-boot unit and the registry mirror setting
 //	lxd-image     the tree written as LXD images (container and/or VM)
 //	checksums     SHA256SUMS over the whole output
+//	sign          with a sign key, SHA256SUMS.sig (internal/signature)
 //
 // The inputs the user may have got wrong (image pins, chainstate digests
 // and network) are checked first, before minutes of package installs.
@@ -37,6 +38,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
 	"github.com/sovereign-stack/ssbuild/internal/digest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -60,7 +62,10 @@ type Options struct {
 	Binary string
 	// Epoch is SOURCE_DATE_EPOCH: every file time and the creation date.
 	// Zero means the recipe's, then the environment's, then now.
-	Epoch    int64
+	Epoch int64
+	// SignKey is an ed25519 OpenSSH private key file that signs SHA256SUMS
+	// (SHA256SUMS.sig beside it); empty: unsigned.
+	SignKey  string
 	Progress *progress.Reporter
 }
 
@@ -111,6 +116,13 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 	if res.Epoch, err = ResolveEpoch(opts.Epoch, r); err != nil {
 		return res, fmt.Errorf("image: %w", err)
 	}
+	// A key that cannot sign fails now, not after minutes of building.
+	var signer *signature.Signer
+	if opts.SignKey != "" {
+		if signer, err = signature.LoadSigner(opts.SignKey); err != nil {
+			return res, fmt.Errorf("image: %w", err)
+		}
+	}
 	parent := filepath.Dir(opts.OutDir)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return res, fmt.Errorf("image: output: %w", err)
@@ -126,7 +138,7 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 			err = fmt.Errorf("image: clean up %s: %w", work, rmErr)
 		}
 	}()
-	b := &build{r: r, opts: opts, rep: rep, work: work, epoch: res.Epoch,
+	b := &build{r: r, opts: opts, rep: rep, work: work, epoch: res.Epoch, signer: signer,
 		tree: filepath.Join(work, "rootfs"), out: filepath.Join(work, "out")}
 	steps := []struct {
 		name string
@@ -138,6 +150,7 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		{"files", b.files},
 		{"lxd-image", b.lxdImage},
 		{"checksums", b.checksums},
+		{"sign", b.sign},
 	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
@@ -170,6 +183,7 @@ type build struct {
 	cacheHit   bool // the packages layer came from the cache
 	image      *lxdimage.Manifest
 	chain      *chainstate.Artifact
+	signer     *signature.Signer // nil: unsigned
 }
 
 func (b *build) rootfs(ctx context.Context) error {
@@ -324,6 +338,19 @@ func (b *build) checksums(context.Context) error {
 	}
 	sort.Slice(lines, func(i, j int) bool { return lines[i][66:] < lines[j][66:] })
 	return os.WriteFile(filepath.Join(b.out, ChecksumsFile), []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+}
+
+// sign writes SHA256SUMS.sig, inside the folder not yet renamed into
+// place, so a signed output never appears without its signature.
+func (b *build) sign(context.Context) error {
+	if b.signer == nil {
+		return nil
+	}
+	if err := b.signer.SignFile(filepath.Join(b.out, ChecksumsFile)); err != nil {
+		return err
+	}
+	b.rep.Info("signed %s with key %s", ChecksumsFile, b.signer.Fingerprint())
+	return nil
 }
 
 func osName(s recipes.Source) string {

@@ -13,6 +13,7 @@
 //	initramfs  ssbuild as /init, the storage, file system and NIC modules
 //	image      installer.img (GPT: SSBUILD-ESP | SSBUILD-PAYLOAD) + SHA256SUMS;
 //	           with several hosts, a boot menu entry per host (ssbuild.host=NAME)
+//	sign       with a sign key, SHA256SUMS.sig (internal/signature)
 //
 // The output folder holds installer.img, SHA256SUMS and, when it was
 // generated, cluster.secret (0600: keep it to build more sticks for the
@@ -39,6 +40,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -59,7 +61,10 @@ type Options struct {
 	// payload as base-image/; empty: none.
 	BaseImage string
 	Epoch     int64 // 0: baseimage.ResolveEpoch's rules
-	Progress  *progress.Reporter
+	// SignKey is an ed25519 OpenSSH private key file that signs SHA256SUMS
+	// (SHA256SUMS.sig beside it); empty: unsigned.
+	SignKey  string
+	Progress *progress.Reporter
 }
 
 // Result describes the built installer.
@@ -88,6 +93,13 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 	if res.Epoch, err = baseimage.ResolveEpoch(opts.Epoch, r); err != nil {
 		return res, fmt.Errorf("installer: %w", err)
 	}
+	// A key that cannot sign fails now, not after minutes of building.
+	var signer *signature.Signer
+	if opts.SignKey != "" {
+		if signer, err = signature.LoadSigner(opts.SignKey); err != nil {
+			return res, fmt.Errorf("installer: %w", err)
+		}
+	}
 	parent := filepath.Dir(opts.OutDir)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return res, fmt.Errorf("installer: output: %w", err)
@@ -101,7 +113,7 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 			err = fmt.Errorf("installer: clean up %s: %w", work, rmErr)
 		}
 	}()
-	b := &build{r: r, opts: opts, epoch: res.Epoch, work: work, out: filepath.Join(work, "out")}
+	b := &build{r: r, opts: opts, epoch: res.Epoch, work: work, out: filepath.Join(work, "out"), signer: signer}
 	steps := []struct {
 		name string
 		run  func(context.Context) error
@@ -111,6 +123,7 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		{"host-os", b.hostOS},
 		{"initramfs", b.initramfs},
 		{"image", b.image},
+		{"sign", b.sign},
 	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
@@ -139,6 +152,7 @@ type build struct {
 	host            hostos.Result
 	initrd          string
 	img             installer.Result
+	signer          *signature.Signer // nil: unsigned
 }
 
 // hosts refuses, at build time, a recipe the installer would refuse on
@@ -272,6 +286,19 @@ func (b *build) image(ctx context.Context) error {
 		Payload: payload, Output: filepath.Join(b.out, ImageFile), Progress: b.opts.Progress,
 	})
 	return err
+}
+
+// sign writes SHA256SUMS.sig, inside the folder not yet renamed into
+// place, so a signed output never appears without its signature.
+func (b *build) sign(context.Context) error {
+	if b.signer == nil {
+		return nil
+	}
+	if err := b.signer.SignFile(filepath.Join(b.out, installer.ChecksumsFile)); err != nil {
+		return err
+	}
+	b.opts.Progress.Info("signed %s with key %s", installer.ChecksumsFile, b.signer.Fingerprint())
+	return nil
 }
 
 // recipeText is the recipe as its author wrote it (comments included).
