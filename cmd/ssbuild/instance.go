@@ -17,7 +17,7 @@ func loadDockerImagesCommand() *cli.Command {
 		Name:  dockerpreload.LoadCommand,
 		Usage: "on an instance: load the Docker images pre-loaded in the base image (run by " + dockerpreload.UnitName + ")",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "dir", Value: dockerpreload.DefaultDir, Usage: "directory with the image archives and their manifest"},
+			&cli.StringFlag{Name: "dir", Value: dockerpreload.DefaultDir, Usage: "`DIR` with the image archives and their manifest"},
 			&cli.BoolFlag{Name: "json", Usage: "progress as JSON events"},
 		},
 		Action: func(c *cli.Context) error {
