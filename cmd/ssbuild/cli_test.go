@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 func TestVersionFlag(t *testing.T) {
@@ -336,5 +338,55 @@ func TestImportJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &failed); err != nil || code != exitInvalid || failed.Recipe != nil ||
 		!reflect.DeepEqual(failed.Problems, []struct{ Line int }{{2}}) {
 		t.Errorf("failed import --json: code %d, %v, %s", code, err, out)
+	}
+}
+
+// A conf file as bash sources it (set -e, comments, source, if) imports,
+// with a warning for each skipped statement instead of a failure.
+func TestImportSkipsShellStatements(t *testing.T) {
+	project := writeFile(t, "project.conf", "#!/bin/bash\nset -e\n# where the sites live\nsource ./common.conf\n"+
+		"PRIMARY_DOMAIN=a.example\nif [ -n \"$BIG\" ]; then\n  WWW_SERVER_CPU_COUNT=8\nfi\n")
+	code, out, errOut := ssbuild(t, "recipe", "import", "--project", project)
+	if code != 0 {
+		t.Fatalf("import: code %d\n%s", code, errOut)
+	}
+	for _, want := range []string{
+		"warning: " + project + ":2: set skipped",
+		"warning: " + project + ":4: source skipped: the file it reads is not imported",
+		"warning: " + project + ":6: if skipped: its condition is not run",
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+	if strings.Contains(errOut, ":3:") || strings.Contains(errOut, ":8:") {
+		t.Errorf("a comment or fi was warned about:\n%s", errOut)
+	}
+	r, err := recipes.Parse("imported.yaml", []byte(out), "")
+	if err != nil {
+		t.Fatalf("imported recipe does not load: %v", err)
+	}
+	if d := r.Deployments[0]; d.PrimaryDomain != "a.example" {
+		t.Errorf("primary domain %q", d.PrimaryDomain)
+	}
+	if !strings.Contains(out, "cpus: 8") {
+		t.Errorf("the assignment inside the if was not imported:\n%s", out)
+	}
+	code, out, _ = ssbuild(t, "recipe", "import", "--project", project, "--json")
+	var res struct {
+		Warnings []struct {
+			Line    int
+			Message string
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 {
+		t.Fatalf("--json: code %d, %v", code, err)
+	}
+	lines := map[int]bool{}
+	for _, w := range res.Warnings {
+		lines[w.Line] = true
+	}
+	if !lines[2] || !lines[4] || !lines[6] {
+		t.Errorf("--json warnings lack lines 2, 4, 6: %+v", res.Warnings)
 	}
 }
