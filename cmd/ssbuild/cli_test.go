@@ -32,6 +32,7 @@ func TestUnreadableInputExitsInvalid(t *testing.T) {
 	if err := os.Chmod(unreadable, 0); err != nil {
 		t.Fatal(err)
 	}
+	notDir := writeFile(t, "image", "not a folder")
 	for _, c := range []struct {
 		args []string
 		msg  string
@@ -50,6 +51,10 @@ func TestUnreadableInputExitsInvalid(t *testing.T) {
 		{[]string{"appliance", "run", "--config", "/nonexistent/appliance.yaml"}, "appliance config: open /nonexistent/appliance.yaml"},
 		{[]string{"appliance", "status", "--config", "/nonexistent/appliance.yaml"}, "appliance config: open /nonexistent/appliance.yaml"},
 		{[]string{"recipe", "import", "--project", "/nonexistent/project.conf"}, "import: open /nonexistent/project.conf"},
+		{[]string{"deploy", "--recipe", "demo", "--image", "/nonexistent/image"}, "--image: stat /nonexistent/image: no such file or directory"},
+		{[]string{"installer", "--recipe", "demo", "--base-image", "/nonexistent/image"}, "--base-image: stat /nonexistent/image"},
+		{[]string{"installer", "--recipe", "demo", "--base-image", notDir}, "--base-image " + notDir + ": not a folder"},
+		{[]string{"load-docker-images", "--dir", "/nonexistent/images"}, "docker image manifest: open /nonexistent/images/"},
 	} {
 		code, out, errOut := ssbuild(t, c.args...)
 		if code != exitInvalid || !strings.Contains(errOut, c.msg) {

@@ -76,6 +76,9 @@ func deployAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := inputDir(c, "image"); err != nil {
+		return err
+	}
 	for _, name := range c.Args().Slice() {
 		if _, err := deploy.FindDeployment(r, name); err != nil {
 			return usageError{err}

@@ -35,6 +35,9 @@ func installerCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if err := inputDir(c, "base-image"); err != nil {
+				return err
+			}
 			out := c.String("out")
 			if out == "" {
 				out = filepath.Join("out", r.Name+"-installer")

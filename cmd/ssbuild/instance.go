@@ -24,6 +24,10 @@ func loadDockerImagesCommand() *cli.Command {
 			if c.Args().Present() {
 				return usagef("%s takes no arguments", dockerpreload.LoadCommand)
 			}
+			// A missing or broken manifest is a bad payload, not a Docker failure.
+			if _, err := dockerpreload.ReadManifest(c.String("dir")); err != nil {
+				return invalidError{err}
+			}
 			// DOCKER_HOST and friends, as the docker CLI reads them.
 			docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 			if err != nil {

@@ -166,6 +166,23 @@ func loadRecipe(ref string) (*recipes.Recipe, error) {
 	return r, nil
 }
 
+// inputDir checks a folder a flag names as input (the output of an earlier
+// step): one that is missing is invalid input, found before any work.
+func inputDir(c *cli.Context, flag string) error {
+	dir := c.String(flag)
+	if dir == "" {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return invalidError{fmt.Errorf("--%s: %w", flag, err)}
+	}
+	if !fi.IsDir() {
+		return invalidError{fmt.Errorf("--%s %s: not a folder", flag, dir)}
+	}
+	return nil
+}
+
 func versionCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "version",
