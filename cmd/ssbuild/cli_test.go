@@ -177,10 +177,13 @@ func TestFishCompletion(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("completion fish: code %d, %s", code, errOut)
 	}
-	for _, want := range []string{"complete -c ssbuild", "__fish_seen_subcommand_from recipe", "-a 'validate'", "-l recipe"} {
+	for _, want := range []string{"complete -c ssbuild", "__fish_seen_subcommand_from recipe", "-a 'validate'", "-l recipe", "RECIPE file"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("fish completion lacks %q", want)
 		}
+	}
+	if strings.Contains(out, "`") {
+		t.Errorf("fish completion shows the usage's backticks")
 	}
 }
 
@@ -192,6 +195,25 @@ func TestFishCompletionParses(t *testing.T) {
 	cmd.Stdin = strings.NewReader(out)
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("fish --no-execute: %v %s", err, msg)
+	}
+	// What fish offers after `ssbuild down --` and `ssbuild recipe `.
+	script := filepath.Join(t.TempDir(), "ssbuild.fish")
+	if err := os.WriteFile(script, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for line, want := range map[string][]string{
+		"ssbuild down --": {"--purge\t", "--recipe\tRECIPE file", "--lxd-dir\t"},
+		"ssbuild recipe ": {"validate\t", "import\t"},
+	} {
+		got, err := exec.Command("fish", "--no-config", "-c", "source "+script+"; complete -C '"+line+"'").CombinedOutput()
+		if err != nil {
+			t.Fatalf("fish complete -C %q: %v %s", line, err, got)
+		}
+		for _, w := range want {
+			if !strings.Contains(string(got), w) {
+				t.Errorf("fish offers no %q after %q:\n%s", w, line, got)
+			}
+		}
 	}
 }
 

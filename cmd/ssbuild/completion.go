@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -55,7 +56,9 @@ func completionCommand() *cli.Command {
 				if err != nil {
 					return fmt.Errorf("fish completion: %w", err)
 				}
-				fmt.Fprint(c.App.Writer, s)
+				// Usage texts mark placeholders with backticks, which
+				// only help and man pages read; fish's code has none.
+				fmt.Fprint(c.App.Writer, strings.ReplaceAll(s, "`", ""))
 			default:
 				return usagef("completion needs a shell: bash, zsh or fish")
 			}
