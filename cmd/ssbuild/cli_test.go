@@ -58,10 +58,18 @@ func TestUnreadableInputExitsInvalid(t *testing.T) {
 		{[]string{"load-docker-images", "--dir", "/nonexistent/images"}, "docker image manifest: open /nonexistent/images/"},
 	} {
 		code, out, errOut := ssbuild(t, c.args...)
-		if code != exitInvalid || !strings.Contains(errOut, c.msg) {
-			t.Errorf("%v: code %d, stderr %q; want code %d and %q", c.args, code, errOut, exitInvalid, c.msg)
+		if code != exitInvalid || !strings.HasPrefix(errOut, "ssbuild: ") || !strings.Contains(errOut, c.msg) {
+			t.Errorf("%v: code %d, stderr %q; want code %d and ssbuild: ...%q", c.args, code, errOut, exitInvalid, c.msg)
 		}
 		if strings.Contains(strings.Join(c.args, " "), "--json") {
+			var res struct {
+				Valid    bool
+				Problems []struct{ File, Message string }
+			}
+			if err := json.Unmarshal([]byte(out), &res); err != nil || res.Valid || len(res.Problems) != 1 ||
+				res.Problems[0].File != "/nonexistent.yaml" || !strings.Contains(res.Problems[0].Message, c.msg) {
+				t.Errorf("%v: stdout %q, want the problem as JSON", c.args, out)
+			}
 			continue
 		}
 		if out != "" {

@@ -14,9 +14,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/install"
 	"github.com/sovereign-stack/ssbuild/internal/version"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/recipes/ssimport"
 )
 
 // Exit codes scripts can rely on.
@@ -53,8 +55,16 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ssbuild: %v\nRun 'ssbuild --help' for usage.\n", u.err)
 		return exitUsage
 	case errors.As(err, &inv):
+		n := len(recipes.Problems(inv.err))
+		var confErr *config.InvalidError
+		var importErr *ssimport.Error
+		if n == 0 && !errors.As(inv.err, &confErr) && !errors.As(inv.err, &importErr) {
+			// One message, not a list of file:line problems.
+			fmt.Fprintf(stderr, "ssbuild: %v\n", inv.err)
+			return exitInvalid
+		}
 		fmt.Fprintln(stderr, inv.err)
-		if n := len(recipes.Problems(inv.err)); n > 1 {
+		if n > 1 {
 			fmt.Fprintf(stderr, "%d problems\n", n)
 		}
 		return exitInvalid

@@ -66,8 +66,9 @@ func recipeValidate(c *cli.Context) error {
 	r, err := recipes.Open(ref)
 	if c.Bool("json") {
 		problems := recipes.Problems(err)
-		if err != nil && problems == nil {
-			return invalidError{err} // unreadable, or no such shipped recipe
+		unread := err != nil && problems == nil // unreadable, or no such shipped recipe
+		if unread {
+			problems = []recipes.Problem{{File: ref, Message: err.Error()}}
 		}
 		if problems == nil {
 			problems = []recipes.Problem{}
@@ -75,7 +76,10 @@ func recipeValidate(c *cli.Context) error {
 		if werr := writeJSON(c.App.Writer, map[string]any{"valid": err == nil, "problems": problems}); werr != nil {
 			return werr
 		}
-		if err != nil {
+		switch {
+		case unread:
+			return invalidError{err}
+		case err != nil:
 			return invalidError{fmt.Errorf("%d problems", len(problems))}
 		}
 		return nil
