@@ -21,7 +21,7 @@ export CGO_LDFLAGS_ALLOW := -Wl,-z,now
 # `ldd bin/ssbuild` must say "not a dynamic executable".
 STATIC_CGO_LDFLAGS := -ldqlite -lraft -luv_a -llz4 -lsqlite3 -lm -lpthread -ldl -lrt
 
-.PHONY: all build deps test test-short vet demo fuzz bench clean
+.PHONY: all build deps test test-short vet demo fuzz bench clean man
 
 all: build
 
@@ -57,6 +57,12 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The manual page, from the command definitions (ssbuild man).
+man:
+	mkdir -p bin
+	$(GO) run -ldflags '$(LDFLAGS)' ./cmd/ssbuild man > bin/ssbuild.1.tmp
+	mv bin/ssbuild.1.tmp bin/ssbuild.1
 
 clean:
 	rm -rf bin

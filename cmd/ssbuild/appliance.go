@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"time"
 
@@ -17,9 +18,9 @@ import (
 func applianceCommand() *cli.Command {
 	flags := func(extra ...cli.Flag) []cli.Flag {
 		return append([]cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "the host's appliance.yaml"},
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "the host's appliance.yaml `FILE`"},
 			&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"},
-				Usage: "LXD's directory (unix.socket, server and cluster certificates); the snap's is /var/snap/lxd/common/lxd"},
+				Usage: "LXD's directory `DIR` (unix.socket, server and cluster certificates); the snap's is /var/snap/lxd/common/lxd"},
 			&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
 		}, extra...)
 	}
@@ -52,8 +53,9 @@ func loadAppliance(c *cli.Context) (*config.Appliance, error) {
 	}
 	a, err := config.Load(c.String("config"))
 	var inv *config.InvalidError
-	if errors.As(err, &inv) {
-		return nil, invalidError{err}
+	var pathErr *fs.PathError
+	if errors.As(err, &inv) || errors.As(err, &pathErr) {
+		return nil, invalidError{err} // with problems, or missing or unreadable
 	}
 	return a, err
 }
@@ -74,7 +76,7 @@ func applianceRun(c *cli.Context) error {
 	}
 	secret, err := config.ReadSecret(a.SecretFile)
 	if err != nil {
-		return err
+		return invalidError{err} // missing, unreadable, open to others or too short
 	}
 	lxdc, err := connectLXD(c)
 	if err != nil {

@@ -14,11 +14,11 @@ import (
 // cluster is reached through, and where the deployments' secrets live.
 func deployFlags(extra ...cli.Flag) []cli.Flag {
 	return append([]cli.Flag{
-		recipeFlag,
+		recipeFlag(),
 		&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"},
-			Usage: "LXD's directory (its unix.socket) on a cluster member; the snap's is /var/snap/lxd/common/lxd"},
+			Usage: "LXD's directory `DIR` (its unix.socket) on a cluster member; the snap's is /var/snap/lxd/common/lxd"},
 		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/ssbuild/deployments",
-			Usage: "where each deployment's generated secrets are kept (0700 folder, 0600 files)"},
+			Usage: "`DIR` where each deployment's generated secrets are kept (0700 folder, 0600 files)"},
 		&cli.BoolFlag{Name: "json", Usage: "machine-readable output (progress as JSON events on stderr)"},
 	}, extra...)
 }
@@ -33,8 +33,8 @@ func deployCommands() []*cli.Command {
 				"(with volumes and cloud-init), then each instance's Docker services. A re-run with no\n" +
 				"change makes no change; a changed service is the only one recreated.",
 			Flags: deployFlags(
-				&cli.StringFlag{Name: "image", Usage: "output folder of `ssbuild image`, imported when the base image is not in LXD yet"},
-				&cli.IntFlag{Name: "parallel", Usage: "instances deployed at once (default: all)"},
+				&cli.StringFlag{Name: "image", Usage: "output `DIR` of ssbuild image, imported when the base image is not in LXD yet"},
+				&cli.IntFlag{Name: "parallel", Usage: "`N` instances deployed at once", DefaultText: "all"},
 			),
 			Action: deployAction,
 		},
@@ -70,6 +70,20 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 }
 
 func deployAction(c *cli.Context) error {
+	// Unknown deployment names are a wrong command line, known before
+	// anything connects (as in down).
+	r, err := loadRecipe(c.String("recipe"))
+	if err != nil {
+		return err
+	}
+	if err := inputDir(c, "image"); err != nil {
+		return err
+	}
+	for _, name := range c.Args().Slice() {
+		if _, err := deploy.FindDeployment(r, name); err != nil {
+			return usageError{err}
+		}
+	}
 	o, err := deployOptions(c)
 	if err != nil {
 		return err

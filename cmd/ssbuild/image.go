@@ -21,12 +21,12 @@ func imageCommand() *cli.Command {
 			"not at all. With SOURCE_DATE_EPOCH (or --epoch, or the recipe's\n" +
 			"image.reproducible.sourceDateEpoch) two builds of the same inputs are identical.",
 		Flags: []cli.Flag{
-			recipeFlag,
-			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "output folder (must not exist); default out/<recipe>-image"},
-			&cli.StringFlag{Name: "cache", Usage: "cache folder for debootstrapped trees", Value: defaultCacheDir()},
-			&cli.StringFlag{Name: "docker-host", Usage: "Docker daemon the pre-loaded images come from (default: DOCKER_HOST, then the local socket)"},
-			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH for a reproducible build"},
-			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
+			recipeFlag(),
+			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "output folder `DIR` (must not exist); default out/<recipe>-image"},
+			&cli.StringFlag{Name: "cache", Usage: "cache folder `DIR` for debootstrapped trees", Value: defaultCacheDir()},
+			&cli.StringFlag{Name: "docker-host", Usage: "Docker daemon `URL` the pre-loaded images come from (default: DOCKER_HOST, then the local socket)"},
+			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH (`SECONDS` since 1970) for a reproducible build"},
+			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key `FILE` (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
 			&cli.BoolFlag{Name: "json", Usage: "progress as JSON events on stderr"},
 		},
 		Action: func(c *cli.Context) error {

@@ -20,12 +20,12 @@ func installerCommand() *cli.Command {
 			"dd installer.img to a stick. The output folder appears complete or not at all; a\n" +
 			"generated cluster secret is kept there as cluster.secret (0600).",
 		Flags: []cli.Flag{
-			recipeFlag,
-			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "output folder (must not exist); default out/<recipe>-installer"},
-			&cli.StringFlag{Name: "cache", Usage: "cache folder for debootstrapped trees", Value: defaultCacheDir()},
-			&cli.StringFlag{Name: "base-image", Usage: "an `ssbuild image` output folder to carry on the stick"},
-			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH for a reproducible build"},
-			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
+			recipeFlag(),
+			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "output folder `DIR` (must not exist); default out/<recipe>-installer"},
+			&cli.StringFlag{Name: "cache", Usage: "cache folder `DIR` for debootstrapped trees", Value: defaultCacheDir()},
+			&cli.StringFlag{Name: "base-image", Usage: "output `DIR` of ssbuild image to carry on the stick"},
+			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH (`SECONDS` since 1970) for a reproducible build"},
+			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key `FILE` (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
 			&cli.BoolFlag{Name: "json", Usage: "progress as JSON events on stderr"},
 		},
 		Action: func(c *cli.Context) error {
@@ -34,6 +34,9 @@ func installerCommand() *cli.Command {
 			}
 			r, err := loadRecipe(c.String("recipe"))
 			if err != nil {
+				return err
+			}
+			if err := inputDir(c, "base-image"); err != nil {
 				return err
 			}
 			out := c.String("out")

@@ -17,12 +17,16 @@ func loadDockerImagesCommand() *cli.Command {
 		Name:  dockerpreload.LoadCommand,
 		Usage: "on an instance: load the Docker images pre-loaded in the base image (run by " + dockerpreload.UnitName + ")",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "dir", Value: dockerpreload.DefaultDir, Usage: "directory with the image archives and their manifest"},
+			&cli.StringFlag{Name: "dir", Value: dockerpreload.DefaultDir, Usage: "`DIR` with the image archives and their manifest"},
 			&cli.BoolFlag{Name: "json", Usage: "progress as JSON events"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
 				return usagef("%s takes no arguments", dockerpreload.LoadCommand)
+			}
+			// A missing or broken manifest is a bad payload, not a Docker failure.
+			if _, err := dockerpreload.ReadManifest(c.String("dir")); err != nil {
+				return invalidError{err}
 			}
 			// DOCKER_HOST and friends, as the docker CLI reads them.
 			docker, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())

@@ -14,9 +14,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/install"
 	"github.com/sovereign-stack/ssbuild/internal/version"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/recipes/ssimport"
 )
 
 // Exit codes scripts can rely on.
@@ -42,7 +44,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// remove their partial output before the process ends.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, flagsFirst(app, args))
 	if err == nil {
 		return exitOK
 	}
@@ -53,8 +55,16 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ssbuild: %v\nRun 'ssbuild --help' for usage.\n", u.err)
 		return exitUsage
 	case errors.As(err, &inv):
+		n := len(recipes.Problems(inv.err))
+		var confErr *config.InvalidError
+		var importErr *ssimport.Error
+		if n == 0 && !errors.As(inv.err, &confErr) && !errors.As(inv.err, &importErr) {
+			// One message, not a list of file:line problems.
+			fmt.Fprintf(stderr, "ssbuild: %v\n", inv.err)
+			return exitInvalid
+		}
 		fmt.Fprintln(stderr, inv.err)
-		if n := len(recipes.Problems(inv.err)); n > 1 {
+		if n > 1 {
 			fmt.Fprintf(stderr, "%d problems\n", n)
 		}
 		return exitInvalid
@@ -75,30 +85,33 @@ type invalidError struct{ err error }
 
 func (e invalidError) Error() string { return e.err.Error() }
 
-// classify turns a recipe error into an invalidError when it lists problems.
-func classify(err error) error {
-	if recipes.Problems(err) != nil {
-		return invalidError{err}
-	}
-	return err
-}
-
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
-		Name:                 "ssbuild",
-		Usage:                "build Sovereign Stack images, installers and clusters from one recipe",
+		Name:  "ssbuild",
+		Usage: "build Sovereign Stack images, installers and clusters from one recipe",
+		Description: "A command that reads a recipe takes it from --recipe (or its argument), else from\n" +
+			"SSBUILD_RECIPE, else the shipped recipe default.\n" +
+			"Exit codes: 0 done; 1 the work failed; 2 the command line is wrong; 3 an input\n" +
+			"(a recipe, a configuration, a payload) is invalid.",
 		Version:              version.String(),
 		Reader:               stdin,
 		Writer:               stdout,
 		ErrWriter:            stderr,
 		EnableBashCompletion: true,
-		HideVersion:          true,
+		// Our own --version prints what `ssbuild version` prints.
+		HideVersion: true,
+		Flags:       []cli.Flag{&cli.BoolFlag{Name: "version", Aliases: []string{"v"}, Usage: "print the version (as ssbuild version)"}},
 		// Errors are printed once, by run, with the right exit code.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
-		Action: helpOrUnknown,
+		Action: func(c *cli.Context) error {
+			if c.Bool("version") {
+				return printVersion(c)
+			}
+			return helpOrUnknown(c)
+		},
 		Commands: withUsageErrors(append([]*cli.Command{
 			recipeCommand(),
 			planCommand(),
@@ -110,6 +123,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			proxyCommand(),
 			versionCommand(),
 			completionCommand(),
+			manCommand(),
 		}, deployCommands()...)),
 	}
 }
@@ -136,19 +150,48 @@ func withUsageErrors(cmds []*cli.Command) []*cli.Command {
 	return cmds
 }
 
-// recipeFlag is the --recipe flag of every command that reads a recipe.
-var recipeFlag = &cli.StringFlag{
-	Name:    "recipe",
-	Aliases: []string{"r"},
-	Usage:   "recipe file, or the name of a shipped recipe (default, demo)",
-	Value:   recipes.DefaultName,
-	EnvVars: []string{"SSBUILD_RECIPE"},
+// recipeEnv names the recipe of every command that takes one and is not
+// given one on its command line.
+const recipeEnv = "SSBUILD_RECIPE"
+
+// recipeFlag is the --recipe flag of every command that reads a recipe; a
+// new one each time, as urfave/cli stores the environment's value in the
+// flag it is given (a shared flag would keep it for the next run).
+func recipeFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name:    "recipe",
+		Aliases: []string{"r"},
+		Usage:   "`RECIPE` file, or the name of a shipped recipe (default, demo)",
+		Value:   recipes.DefaultName,
+		EnvVars: []string{recipeEnv},
+	}
 }
 
-// loadRecipe opens the recipe a command names.
+// loadRecipe opens the recipe a command names. A recipe that cannot be
+// read or named is bad input like one with problems: exit code 3.
 func loadRecipe(ref string) (*recipes.Recipe, error) {
 	r, err := recipes.Open(ref)
-	return r, classify(err)
+	if err != nil {
+		return nil, invalidError{err}
+	}
+	return r, nil
+}
+
+// inputDir checks a folder a flag names as input (the output of an earlier
+// step): one that is missing is invalid input, found before any work.
+func inputDir(c *cli.Context, flag string) error {
+	dir := c.String(flag)
+	if dir == "" {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return invalidError{fmt.Errorf("--%s: %w", flag, err)}
+	}
+	if !fi.IsDir() {
+		return invalidError{fmt.Errorf("--%s %s: not a folder", flag, dir)}
+	}
+	return nil
 }
 
 func versionCommand() *cli.Command {
@@ -159,17 +202,21 @@ func versionCommand() *cli.Command {
 			if c.Args().Present() {
 				return usagef("version takes no arguments")
 			}
-			fmt.Fprintf(c.App.Writer, "ssbuild %s (recipe format %s)\n", version.String(), recipes.APIVersion)
-			return nil
+			return printVersion(c)
 		},
 	}
+}
+
+func printVersion(c *cli.Context) error {
+	_, err := fmt.Fprintf(c.App.Writer, "ssbuild %s (recipe format %s)\n", version.String(), recipes.APIVersion)
+	return err
 }
 
 func planCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "plan",
 		Usage: "validate a recipe and print what each stage will build and deploy",
-		Flags: []cli.Flag{recipeFlag, &cli.BoolFlag{Name: "json", Usage: "print the plan as JSON"}},
+		Flags: []cli.Flag{recipeFlag(), &cli.BoolFlag{Name: "json", Usage: "print the plan as JSON"}},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
 				return usagef("plan takes no arguments; use --recipe")

@@ -164,9 +164,9 @@ func TestUsageAndFailureExitCodes(t *testing.T) {
 		{[]string{"recipe", "frob"}, exitUsage, `no command "frob"`},
 		{[]string{"plan", "--bogus"}, exitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"recipe", "validate", "a", "b"}, exitUsage, "validate takes one recipe, got 2 arguments"},
-		{[]string{"completion", "fish"}, exitUsage, "completion needs a shell: bash or zsh"},
-		{[]string{"recipe", "validate", "/nonexistent/r.yaml"}, exitFailed, "read recipe: open /nonexistent/r.yaml: no such file or directory"},
-		{[]string{"recipe", "show", "nosuch"}, exitFailed, `no shipped recipe "nosuch" (shipped: default, demo)`},
+		{[]string{"completion", "tcsh"}, exitUsage, "completion needs a shell: bash, zsh or fish"},
+		{[]string{"recipe", "validate", "/nonexistent/r.yaml"}, exitInvalid, "read recipe: open /nonexistent/r.yaml: no such file or directory"},
+		{[]string{"recipe", "show", "nosuch"}, exitInvalid, `no shipped recipe "nosuch" (shipped: default, demo)`},
 		{[]string{"down", "--recipe", "demo"}, exitUsage, "down takes one deployment name"},
 		{[]string{"down", "--recipe", "demo", "nosuch"}, exitUsage, `the recipe has no deployment "nosuch" (it has: demo)`},
 		{[]string{"deploy", "--recipe", "demo", "--lxd-dir", "/nonexistent"}, exitFailed, "connect to LXD at /nonexistent/unix.socket"},
@@ -184,7 +184,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		{"recipe", "show", "--help"}, {"recipe", "schema", "--help"}, {"recipe", "import", "--help"},
 		{"plan", "--help"}, {"image", "--help"}, {"installer", "--help"}, {"load-docker-images", "--help"},
 		{"appliance", "--help"}, {"appliance", "run", "--help"}, {"appliance", "status", "--help"},
-		{"version", "--help"}, {"completion", "--help"}, {"deploy", "--help"}, {"down", "--help"},
+		{"version", "--help"}, {"completion", "--help"}, {"man", "--help"}, {"deploy", "--help"}, {"down", "--help"},
 		{"show", "--help"}, {"proxy", "--help"}} {
 		code, out, _ := ssbuild(t, args...)
 		if code != 0 || !strings.Contains(out, "USAGE:") {

@@ -13,8 +13,8 @@ func proxyCommand() *cli.Command {
 		Usage:     "reverse proxy routing HTTP by Host header (the demo stack's front end); 404 for unknown hosts, /healthz",
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "listen", Value: ":80", Usage: "address to listen on"},
-			&cli.StringSliceFlag{Name: "route", Usage: "HOST=URL: send requests for HOST (exact name) to the backend URL; repeat for each host"},
+			&cli.StringFlag{Name: "listen", Value: ":80", Usage: "`ADDR` to listen on"},
+			&cli.StringSliceFlag{Name: "route", Usage: "`HOST=URL`: send requests for HOST (exact name) to the backend URL; repeat for each host"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {

@@ -43,10 +43,14 @@ func recipeCommand() *cli.Command {
 	}
 }
 
-// recipeArg is the optional FILE|NAME argument of recipe subcommands.
+// recipeArg is the optional FILE|NAME argument of recipe subcommands;
+// without it, SSBUILD_RECIPE or the default recipe, as --recipe elsewhere.
 func recipeArg(c *cli.Context) (string, error) {
 	switch c.NArg() {
 	case 0:
+		if ref := os.Getenv(recipeEnv); ref != "" {
+			return ref, nil
+		}
 		return recipes.DefaultName, nil
 	case 1:
 		return c.Args().First(), nil
@@ -62,8 +66,9 @@ func recipeValidate(c *cli.Context) error {
 	r, err := recipes.Open(ref)
 	if c.Bool("json") {
 		problems := recipes.Problems(err)
-		if err != nil && problems == nil {
-			return err
+		unread := err != nil && problems == nil // unreadable, or no such shipped recipe
+		if unread {
+			problems = []recipes.Problem{{File: ref, Message: err.Error()}}
 		}
 		if problems == nil {
 			problems = []recipes.Problem{}
@@ -71,13 +76,16 @@ func recipeValidate(c *cli.Context) error {
 		if werr := writeJSON(c.App.Writer, map[string]any{"valid": err == nil, "problems": problems}); werr != nil {
 			return werr
 		}
-		if err != nil {
+		switch {
+		case unread:
+			return invalidError{err}
+		case err != nil:
 			return invalidError{fmt.Errorf("%d problems", len(problems))}
 		}
 		return nil
 	}
 	if err != nil {
-		return classify(err)
+		return invalidError{err}
 	}
 	fmt.Fprintf(c.App.Writer, "%s: valid (%d hosts, %d deployments, %d Docker images)\n",
 		r.File, len(r.Installer.Hosts), len(r.Deployments), len(r.Image.DockerImages))
@@ -97,7 +105,7 @@ func recipeShow(c *cli.Context) error {
 			src, err = recipes.BuiltinSource(ref)
 		}
 		if err != nil {
-			return err
+			return invalidError{err}
 		}
 		_, err = c.App.Writer.Write(src)
 		return err

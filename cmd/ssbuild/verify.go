@@ -19,7 +19,7 @@ func verifyCommand() *cli.Command {
 			"public key file, then every file SHA256SUMS names. Exit code 3 names every\n" +
 			"difference. Without ssbuild: ssh-keygen -Y verify -n ssbuild (see README).",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "key", Aliases: []string{"k"}, Usage: "the builder's public key file (ssh-ed25519 AAAA... comment)"},
+			&cli.StringFlag{Name: "key", Aliases: []string{"k"}, Usage: "the builder's public key `FILE` (ssh-ed25519 AAAA... comment)"},
 		},
 		Action: verifyAction,
 	}

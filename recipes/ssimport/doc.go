@@ -4,8 +4,11 @@
 // site_definition) into a recipe. It backs `ssbuild recipe import`.
 //
 // Nothing in the files is executed: `$(...)`, `$VAR` and backticks are
-// taken literally, with a warning when the value is used. Every warning and
-// error names file:line and the key.
+// taken literally, with a warning when the value is used. The statements
+// bash-sourced files hold besides assignments (set -e, source, if/else/fi)
+// are skipped with a warning; the assignments inside an if are read as if
+// it held. Comments are ignored. Every warning and error names file:line
+// and the key.
 //
 // Secrets (LXD_REMOTE_PASSWORD, the MySQL passwords, the duplicity
 // passphrase, SMTP and registry passwords, and any unknown key that looks

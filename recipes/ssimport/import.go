@@ -25,10 +25,10 @@ type Input struct {
 // Warning is something the import could not carry over, or an error in a
 // source file. It never holds a secret's value.
 type Warning struct {
-	File    string
-	Line    int // 0: the file as a whole
-	Key     string
-	Message string
+	File    string `json:"file"`
+	Line    int    `json:"line,omitempty"` // 0: the file as a whole
+	Key     string `json:"key,omitempty"`
+	Message string `json:"message"`
 }
 
 func (w Warning) String() string {

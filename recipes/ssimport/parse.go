@@ -1,6 +1,7 @@
 package ssimport
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -45,6 +46,13 @@ func parseConf(name string, data []byte) (*confFile, []Warning, []Warning) {
 		n := i + 1
 		line = strings.TrimSuffix(line, "\r")
 		a, err := parseLine(line)
+		var skip skippedLine
+		if errors.As(err, &skip) {
+			if skip.why != "" {
+				warns = append(warns, Warning{File: name, Line: n, Message: skip.why})
+			}
+			continue
+		}
 		if err != nil {
 			errs = append(errs, Warning{File: name, Line: n, Key: a.Key, Message: err.Error()})
 			continue
@@ -73,6 +81,9 @@ func parseLine(line string) (assignment, error) {
 	if s == "" || s[0] == '#' {
 		return assignment{}, nil
 	}
+	if why, ok := shellStatement(s); ok {
+		return assignment{}, skippedLine{why}
+	}
 	if rest, ok := strings.CutPrefix(s, "export"); ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
 		s = strings.TrimLeft(rest, " \t")
 	}
@@ -98,6 +109,38 @@ func parseLine(line string) (assignment, error) {
 	}
 	a.Value, a.Unevaluated = v, uneval
 	return a, nil
+}
+
+// skippedLine is a shell statement that sets nothing the import reads: the
+// line is skipped, with a warning when why is set.
+type skippedLine struct{ why string }
+
+func (s skippedLine) Error() string { return s.why }
+
+// shellStatements are the statements Sovereign Stack's files may hold
+// besides assignments (they are sourced by bash), and why each is skipped.
+// An empty reason skips silently: the if before it was warned about.
+var shellStatements = map[string]string{
+	"set":    "set skipped: shell options do not matter to the import, which runs nothing",
+	"source": "source skipped: the file it reads is not imported; give it to the import too if it holds settings",
+	".":      ". (source) skipped: the file it reads is not imported; give it to the import too if it holds settings",
+	"if":     "if skipped: its condition is not run, so the assignments on the lines inside are imported as if it held (any on the if line itself are not)",
+	"elif":   "elif skipped: its condition is not run, so the assignments on the lines inside are imported as if it held",
+	"else":   "else skipped: the assignments on the lines inside are imported too, the last of a key winning",
+	"then":   "",
+	"fi":     "",
+}
+
+// shellStatement reports whether s (a line without its indentation) is a
+// statement of shellStatements, and the warning for it. The reason never
+// quotes the line: it could hold a secret.
+func shellStatement(s string) (why string, ok bool) {
+	word := s
+	if i := strings.IndexAny(s, " \t;"); i >= 0 {
+		word = s[:i]
+	}
+	why, ok = shellStatements[word]
+	return why, ok
 }
 
 // parseValue reads a shell word made of unquoted, "double" and 'single'

@@ -2,6 +2,7 @@ package ssimport
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -54,6 +55,16 @@ func TestParseLine(t *testing.T) {
 		{line: "KEY=$(date", key: "KEY", err: "unterminated command substitution"},
 		{line: "KEY=`date", key: "KEY", err: "unterminated command substitution"},
 		{line: "KEY=\xff", err: "not UTF-8 text"},
+		// Shell statements are skipped (parseConf warns) instead of failing.
+		{line: "set -e", err: "set skipped: shell options do not matter to the import, which runs nothing"},
+		{line: "set -eu;", err: "set skipped: shell options do not matter to the import, which runs nothing"},
+		{line: "source ../remote.conf", err: "source skipped: the file it reads is not imported; give it to the import too if it holds settings"},
+		{line: ". ./defaults.sh", err: ". (source) skipped: the file it reads is not imported; give it to the import too if it holds settings"},
+		{line: `  if [ -z "$X" ]; then`, err: "if skipped: its condition is not run, so the assignments on the lines inside are imported as if it held (any on the if line itself are not)"},
+		{line: "else", err: "else skipped: the assignments on the lines inside are imported too, the last of a key winning"},
+		{line: "fi"},
+		{line: "set=1", key: "set", value: "1"}, // a variable named like a statement
+		{line: "iffy=1", key: "iffy", value: "1"},
 	} {
 		a, err := parseLine(c.line)
 		gotErr := ""
@@ -82,6 +93,36 @@ func TestParseConf(t *testing.T) {
 	}
 	if got, want := warns, []Warning{{File: "f.conf", Line: 5, Key: "A", Message: "set again (first at line 2); the last value wins, as in the shell"}}; !reflect.DeepEqual(got, want) {
 		t.Errorf("warnings %v, want %v", got, want)
+	}
+}
+
+// Sovereign Stack's files are sourced by bash and may hold set -e,
+// comments, source and if: each is skipped with a warning naming its line,
+// and the assignments around them are read.
+func TestParseConfSkipsShellStatements(t *testing.T) {
+	data := "#!/bin/bash\nset -e\n# the primary domain\nsource ../defaults.conf\nA=1 # trailing\n" +
+		"if [ \"$CHAIN\" = mainnet ]; then\n  B=2\nelse\n  B=3\nfi\n"
+	f, warns, errs := parseConf("f.conf", []byte(data))
+	if len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+	want := []assignment{{Key: "A", Value: "1", Line: 5}, {Key: "B", Value: "2", Line: 7}, {Key: "B", Value: "3", Line: 9}}
+	if !reflect.DeepEqual(f.Vars, want) {
+		t.Errorf("vars:\n got %+v\nwant %+v", f.Vars, want)
+	}
+	var got []string
+	for _, w := range warns {
+		got = append(got, w.String())
+	}
+	wantWarns := []string{
+		"f.conf:2: set skipped: shell options do not matter to the import, which runs nothing",
+		"f.conf:4: source skipped: the file it reads is not imported; give it to the import too if it holds settings",
+		"f.conf:6: if skipped: its condition is not run, so the assignments on the lines inside are imported as if it held (any on the if line itself are not)",
+		"f.conf:8: else skipped: the assignments on the lines inside are imported too, the last of a key winning",
+		"f.conf:9: B: set again (first at line 7); the last value wins, as in the shell",
+	}
+	if !reflect.DeepEqual(got, wantWarns) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantWarns, "\n"))
 	}
 }
 
