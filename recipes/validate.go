@@ -38,6 +38,7 @@ func validate(r *Recipe, rep *report) {
 	validateCluster(r, rep)
 	validateDeployments(r, rep)
 	validateUniqueMACs(r, rep)
+	checkPathsStayInside(r, rep)
 }
 
 func validateImage(r *Recipe, rep *report) {
@@ -390,11 +391,22 @@ var sshKeyTypes = map[string]bool{
 }
 
 // checkAuthorizedKey checks the form of a public key line: type, base64 blob
-// whose first field repeats the type, optional comment.
+// whose first field repeats the type, optional comment. One key per entry,
+// with no options in front: the entry becomes one authorized_keys line, and
+// options (command=, from=) would change what the key may do unseen.
 func checkAuthorizedKey(line string) error {
+	if strings.ContainsAny(line, "\n\r") {
+		return fmt.Errorf("holds more than one line; write one key per entry (a YAML | block keeps line breaks)")
+	}
 	f := strings.Fields(line)
+	if len(f) > 0 && !sshKeyTypes[f[0]] && slices.ContainsFunc(f[1:], func(s string) bool { return sshKeyTypes[s] }) {
+		return fmt.Errorf("starts with options before the key type; write only the key, from its type on (ssh-ed25519 AAAA... comment)")
+	}
 	if len(f) < 2 || !sshKeyTypes[f[0]] {
 		return fmt.Errorf("not an SSH public key (want \"ssh-ed25519 AAAA... comment\", as in ~/.ssh/id_ed25519.pub)")
+	}
+	if slices.ContainsFunc(f[2:], func(s string) bool { return sshKeyTypes[s] }) {
+		return fmt.Errorf("holds more than one key; write one key per entry")
 	}
 	blob, err := base64.StdEncoding.DecodeString(f[1])
 	if err != nil || len(blob) < 4 {

@@ -1,6 +1,8 @@
 package recipes
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -226,6 +228,28 @@ installer:
 			`t.yaml:5:45: installer.layout.minZFS: "1.5B" is not a whole number of bytes`,
 			`t.yaml:5:60: installer.layout.minDisk: "1e3GB" is not a size like 512MiB, 50GiB or 2TB`)
 	})
+	t.Run("size without unit", func(t *testing.T) {
+		expectProblems(t, base+`deployments:
+  - name: d
+    primaryDomain: example.com
+    instances:
+      www: {memory: 4096, disks: {root: 0}}
+`,
+			`t.yaml:10:21: deployments[0].instances.www.memory: "4096" has no unit; write one, like 4096MiB or 4096GiB (4096B for bytes)`,
+			`t.yaml:10:41: deployments[0].instances.www.disks.root: "0" has no unit; write one, like 0MiB or 0GiB (0B for bytes)`)
+	})
+	t.Run("paths leave the recipe's folder", func(t *testing.T) {
+		expectProblems(t, base+`image:
+  source: {kind: tarball, tarball: ../rootfs.tar, sha256: `+strings.Repeat("a", 64)+`}
+  chainstate: {network: signet, kind: assumeutxo, source: data/../../chain.dat}
+cluster:
+  secret: {file: /etc/ssbuild/cluster.secret}
+deployments:
+  - {name: d, chain: signet, primaryDomain: example.com}
+`,
+			`t.yaml:7:36: image.source.tarball: "../rootfs.tar" leaves the recipe's folder; keep the rootfs tarball next to the recipe (or below it), or write an absolute path`,
+			`t.yaml:8:59: image.chainstate.source: "data/../../chain.dat" leaves the recipe's folder; keep the chainstate next to the recipe (or below it), or write an absolute path`)
+	})
 	t.Run("layout ranges and fit", func(t *testing.T) {
 		expectProblems(t, `apiVersion: ssbuild/v1
 name: t
@@ -324,10 +348,18 @@ installer:
     - "ssh-dss AAAAB3NzaC1kc3M= old"
     - "ssh-ed25519 not-base64!"
     - "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIHXkPYdtsvyrTtVJVQ44Bv3aN4kPz5MWd1bwY9x2Jq5q"
+    - "command=\"/bin/sh\" `+good+`"
+    - "`+good+`\n`+good+`"
+    - "`+good+` `+good+`"
+    - "`+good+`\r"
 `,
 			`t.yaml:7:7: installer.sshKeys[1]: not an SSH public key (want "ssh-ed25519 AAAA... comment", as in ~/.ssh/id_ed25519.pub)`,
 			`t.yaml:8:7: installer.sshKeys[2]: the ssh-ed25519 key's data is not valid base64; copy the whole line from the .pub file`,
-			`t.yaml:9:7: installer.sshKeys[3]: the key data does not match its type ssh-rsa; copy the whole line from the .pub file`)
+			`t.yaml:9:7: installer.sshKeys[3]: the key data does not match its type ssh-rsa; copy the whole line from the .pub file`,
+			`t.yaml:10:7: installer.sshKeys[4]: starts with options before the key type; write only the key, from its type on (ssh-ed25519 AAAA... comment)`,
+			`t.yaml:11:7: installer.sshKeys[5]: holds more than one line; write one key per entry (a YAML | block keeps line breaks)`,
+			`t.yaml:12:7: installer.sshKeys[6]: holds more than one key; write one key per entry`,
+			`t.yaml:13:7: installer.sshKeys[7]: holds more than one line; write one key per entry (a YAML | block keeps line breaks)`)
 	})
 	t.Run("image source", func(t *testing.T) {
 		expectProblems(t, base+`image:
@@ -491,5 +523,50 @@ deployments:
 		if !strings.HasPrefix(p, lines[i]) {
 			t.Errorf("problem %d = %q, want it at %s", i, p, lines[i])
 		}
+	}
+}
+
+func TestValidateChecksTheFilesTheRecipeNames(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "rootfs.tar"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "chain.dat"), nil, 0o000); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "r.yaml")
+	text := base + `image:
+  source: {kind: tarball, tarball: rootfs.tar, sha256: ` + strings.Repeat("a", 64) + `}
+  chainstate: {network: signet, kind: assumeutxo, source: chain.dat}
+cluster:
+  secret: {file: secrets/cluster.secret}
+deployments:
+  - {name: d, chain: signet, primaryDomain: example.com}
+`
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Open does not look at files: deploy runs where they need not be.
+	if _, err := Open(path); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	var called bool
+	_, err := Validate(path, func(r *Recipe, at func(string, string, ...any)) {
+		called = true
+		at("installer.hosts[0]", "a check from %s", "elsewhere")
+	})
+	var got []string
+	for _, p := range Problems(err) {
+		got = append(got, p.String())
+	}
+	want := []string{
+		path + `:5:7: installer.hosts[0]: a check from elsewhere`,
+	}
+	if os.Getuid() != 0 { // root reads a 0000 file
+		want = append(want, path+`:8:59: image.chainstate.source: `+filepath.Join(dir, "chain.dat")+` cannot be read by this user (the chainstate): fix its permissions or owner`)
+	}
+	want = append(want, path+`:10:18: cluster.secret.file: `+filepath.Join(dir, "secrets/cluster.secret")+` does not exist (the cluster secret); relative paths start at the recipe's folder`)
+	if !called || strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("problems differ\n got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }
