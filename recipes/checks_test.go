@@ -67,6 +67,8 @@ installer:
 `, want: []string{
 			`DIR/r.yaml:6:7: installer.hosts[1]: host h2 has no static address; every host needs one, the hosts find each other by them (address: 192.168.1.11/24)`,
 			`DIR/r.yaml:7:7: installer.hosts[2]: host h3 has no static address; every host needs one, the hosts find each other by them (address: 192.168.1.11/24)`}},
+		{name: "appliance config refused", text: checkBase + "cluster:\n  registrationPort: 9444\n", want: []string{
+			"DIR/r.yaml:7:3: cluster: the installer would refuse the hosts' appliance config: cluster.registryPort: 9444 is the registrationPort too: give the registry its own port"}},
 		{name: "stack image not pre-loaded", text: checkBase + `deployments:
   - name: d
     chain: regtest

@@ -15,28 +15,31 @@ type pathField struct {
 	path  string // field path, for messages
 	value string
 	what  string // what the build does with it
+	dirOK bool   // a folder is accepted too
 }
 
 // pathFields lists the recipe's local paths that are written in the file
 // (a default, like the distribution's keyring, is the build machine's).
 func pathFields(r *Recipe, rep *report) []pathField {
 	var out []pathField
-	add := func(path, value, what string) {
+	add := func(path, value, what string, dirOK bool) {
 		if value != "" && rep.written(path) {
-			out = append(out, pathField{path, value, what})
+			out = append(out, pathField{path, value, what, dirOK})
 		}
 	}
 	src := r.Image.Source
 	if src.Kind == "tarball" && !strings.Contains(src.Tarball, "://") {
-		add("image.source.tarball", src.Tarball, "the rootfs tarball")
+		add("image.source.tarball", src.Tarball, "the rootfs tarball", false)
 	}
 	if src.Kind == "debootstrap" || src.Kind == "" {
-		add("image.source.keyring", src.Keyring, "the archive keyring")
+		add("image.source.keyring", src.Keyring, "the archive keyring", false)
 	}
 	if cs := r.Image.Chainstate; cs != nil {
-		add("image.chainstate.source", cs.Source, "the chainstate")
+		// A pruned datadir may be a folder or a tarball; an AssumeUTXO
+		// snapshot is one file (images/chainstate refuses anything else).
+		add("image.chainstate.source", cs.Source, "the chainstate", cs.Kind != "assumeutxo")
 	}
-	add("cluster.secret.file", r.Cluster.Secret.File, "the cluster secret")
+	add("cluster.secret.file", r.Cluster.Secret.File, "the cluster secret", false)
 	return out
 }
 
@@ -59,14 +62,14 @@ func checkPathsStayInside(r *Recipe, rep *report) {
 func checkFiles(r *Recipe, rep *report) {
 	for _, f := range pathFields(r, rep) {
 		p := r.Path(f.value)
-		if err := readable(p); err != nil {
+		if err := readable(p, f.dirOK); err != nil {
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
 				rep.at(f.path, "%s does not exist (%s); relative paths start at the recipe's folder", p, f.what)
 			case errors.Is(err, fs.ErrPermission):
 				rep.at(f.path, "%s cannot be read by this user (%s): fix its permissions or owner", p, f.what)
 			default:
-				rep.at(f.path, "%s: %v", f.what, err)
+				rep.at(f.path, "%v (%s)", err, f.what)
 			}
 		}
 	}
@@ -74,7 +77,7 @@ func checkFiles(r *Recipe, rep *report) {
 
 // readable opens the file or folder for reading, which is what the build
 // will do, and reports why it cannot.
-func readable(p string) error {
+func readable(p string, dirOK bool) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err
@@ -83,6 +86,9 @@ func readable(p string) error {
 	info, err := f.Stat()
 	if err != nil {
 		return err
+	}
+	if info.IsDir() && !dirOK {
+		return fmt.Errorf("%s is a folder, not a file", p)
 	}
 	if info.IsDir() {
 		if _, err := f.Readdirnames(1); err != nil && !errors.Is(err, io.EOF) {

@@ -527,6 +527,9 @@ func TestValidateChecksTheFilesTheRecipeNames(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "chain.dat"), nil, 0o000); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Mkdir(filepath.Join(dir, "keyring.gpg"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	path := filepath.Join(dir, "r.yaml")
 	text := base + `image:
   source: {kind: tarball, tarball: rootfs.tar, sha256: ` + strings.Repeat("a", 64) + `}
@@ -536,6 +539,15 @@ cluster:
 deployments:
   - {name: d, chain: signet, primaryDomain: example.com}
 `
+	// A second recipe: debootstrap with a keyring that is a folder.
+	path2 := filepath.Join(dir, "r2.yaml")
+	if err := os.WriteFile(path2, []byte(base+"image:\n  source: {kind: debootstrap, keyring: keyring.gpg}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err2 := Validate(path2)
+	if ps := Problems(err2); len(ps) != 1 || ps[0].String() != path2+":7:40: image.source.keyring: "+filepath.Join(dir, "keyring.gpg")+" is a folder, not a file (the archive keyring)" {
+		t.Errorf("keyring folder: %v", err2)
+	}
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
