@@ -41,8 +41,17 @@ func Open(ref string) (*Recipe, error) { return open(ref, nil) }
 
 // A Check is a rule owned by a package that imports this one (so this one
 // cannot call it), such as the stacks' images (appliance/stack). It reports
-// each problem through at, by field path, like the rules here.
-type Check func(r *Recipe, at func(path, format string, args ...any))
+// each problem through rep, by field path, like the rules here.
+type Check func(r *Recipe, rep Reporter)
+
+// Reporter takes a Check's problems.
+type Reporter interface {
+	// At records a problem at a field path (or its closest written parent).
+	At(path, format string, args ...any)
+	// Found is how many problems were recorded so far; a check that
+	// repeats rules of the document can skip when it is not clean.
+	Found() int
+}
 
 // Validate loads a recipe like Open and also checks what only the build or
 // deploy would refuse later: the files the recipe names exist and can be
@@ -115,7 +124,7 @@ func parse(file string, data []byte, dir string, deep *deepChecks) (*Recipe, err
 	if deep != nil {
 		checkFiles(r, rep)
 		for _, c := range deep.checks {
-			c(r, rep.at)
+			c(r, rep)
 		}
 	}
 	if len(rep.list) > 0 {

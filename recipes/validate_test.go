@@ -556,9 +556,9 @@ deployments:
 		t.Fatalf("Open: %v", err)
 	}
 	var called bool
-	_, err := Validate(path, func(r *Recipe, at func(string, string, ...any)) {
+	_, err := Validate(path, func(r *Recipe, rep Reporter) {
 		called = true
-		at("installer.hosts[0]", "a check from %s", "elsewhere")
+		rep.At("installer.hosts[0]", "a check from %s", "elsewhere")
 	})
 	var got []string
 	for _, p := range Problems(err) {

@@ -92,34 +92,35 @@ func hostAddress(h recipes.Host) (string, error) {
 // host, and a cluster secret file the build would not take
 // (CheckSecretFile), at its field. A missing or unreadable file is left to
 // the recipe's own file check.
-func CheckRecipe(r *recipes.Recipe, at func(path, format string, args ...any)) {
+func CheckRecipe(r *recipes.Recipe, rep recipes.Reporter) {
 	missing := false
 	for i, h := range r.Installer.Hosts {
 		if _, err := hostAddress(h); errors.Is(err, errNoAddress) {
 			missing = true
-			at(fmt.Sprintf("installer.hosts[%d]", i), "host %s has no static address; every host needs one, the hosts find each other by them (address: 192.168.1.11/24)", h.Name)
+			rep.At(fmt.Sprintf("installer.hosts[%d]", i), "host %s has no static address; every host needs one, the hosts find each other by them (address: 192.168.1.11/24)", h.Name)
 		}
 	}
 	// The rest of an appliance config is the cluster's, the same for every
 	// host: one host's shows what the installer would refuse (such as a
-	// registrationPort that is the registry's port).
-	if hs := r.Installer.Hosts; !missing && len(hs) > 0 {
+	// registrationPort that is the registry's port). Only on a recipe
+	// found clean so far: most of its rules repeat the recipe's own.
+	if hs := r.Installer.Hosts; !missing && len(hs) > 0 && rep.Found() == 0 {
 		files := HostFiles{StorageSource: "/dev/disk/by-partlabel/zfs", SecretFile: "/etc/ssbuild/cluster.secret", StateDir: "/var/lib/ssbuild"}
 		var inv *InvalidError
 		_, err := FromRecipe(r, hs[0].Name, files)
 		switch {
 		case errors.As(err, &inv):
 			for _, p := range inv.Problems {
-				at("cluster", "the installer would refuse the hosts' appliance config: %s", p.Message)
+				rep.At("cluster", "the installer would refuse the hosts' appliance config: %s", p.Message)
 			}
 		case err != nil:
-			at("cluster", "the installer would refuse it: %v", err)
+			rep.At("cluster", "the installer would refuse it: %v", err)
 		}
 	}
 	if f := r.Cluster.Secret.File; f != "" {
 		err := CheckSecretFile(r.Path(f))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
-			at("cluster.secret.file", "%v", err)
+			rep.At("cluster.secret.file", "%v", err)
 		}
 	}
 }

@@ -319,7 +319,7 @@ func resolveImage(repo string, images []recipes.DockerImage) (recipes.DockerImag
 // must be in the recipe's image.dockerImages, resolved as Render resolves
 // it (resolveImage), so `recipe validate` refuses what deploy would. Each
 // service whose image is missing is reported at the deployment's stack.
-func CheckImages(r *recipes.Recipe, at func(path, format string, args ...any)) {
+func CheckImages(r *recipes.Recipe, rep recipes.Reporter) {
 	for i, d := range r.Deployments {
 		path := fmt.Sprintf("deployments[%d].stack", i)
 		for _, role := range Roles(d) {
@@ -334,7 +334,7 @@ func CheckImages(r *recipes.Recipe, at func(path, format string, args ...any)) {
 			fake := func(string) (string, error) { return "x", nil }
 			text, lines, err := execute(file, src, data, fake)
 			if err != nil {
-				at(path, "deployment %s: %v", d.Name, err)
+				rep.At(path, "deployment %s: %v", d.Name, err)
 				continue
 			}
 			var root yaml.Node
@@ -352,7 +352,7 @@ func CheckImages(r *recipes.Recipe, at func(path, format string, args ...any)) {
 					if line > 0 && line < len(lines) && lines[line] > 0 {
 						line = lines[line]
 					}
-					at(path, "deployment %s, %s instance, service %s (%s:%d): %v", d.Name, role, name, file, line, err)
+					rep.At(path, "deployment %s, %s instance, service %s (%s:%d): %v", d.Name, role, name, file, line, err)
 				}
 			}
 		}
