@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,10 @@ func pathFields(r *Recipe, rep *report) []pathField {
 	}
 	if src.Kind == "debootstrap" || src.Kind == "" {
 		add("image.source.keyring", src.Keyring, "the archive keyring", false)
+		// A file:// mirror is a folder of the build machine.
+		if u, err := url.Parse(src.Mirror); err == nil && u.Scheme == "file" && u.Path != "" {
+			add("image.source.mirror", u.Path, "the archive mirror", true)
+		}
 	}
 	if cs := r.Image.Chainstate; cs != nil {
 		// A pruned datadir may be a folder or a tarball; an AssumeUTXO

@@ -541,12 +541,13 @@ deployments:
 `
 	// A second recipe: debootstrap with a keyring that is a folder.
 	path2 := filepath.Join(dir, "r2.yaml")
-	if err := os.WriteFile(path2, []byte(base+"image:\n  source: {kind: debootstrap, keyring: keyring.gpg}\n"), 0o644); err != nil {
+	if err := os.WriteFile(path2, []byte(base+"image:\n  source: {kind: debootstrap, keyring: keyring.gpg, mirror: \"file://"+dir+"/mirror\"}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	_, err2 := Validate(path2)
-	if ps := Problems(err2); len(ps) != 1 || ps[0].String() != path2+":7:40: image.source.keyring: "+filepath.Join(dir, "keyring.gpg")+" is a folder, not a file (the archive keyring)" {
-		t.Errorf("keyring folder: %v", err2)
+	if ps := Problems(err2); len(ps) != 2 || ps[0].String() != path2+":7:40: image.source.keyring: "+filepath.Join(dir, "keyring.gpg")+" is a folder, not a file (the archive keyring)" ||
+		ps[1].String() != path2+":7:61: image.source.mirror: "+filepath.Join(dir, "mirror")+" does not exist (the archive mirror); relative paths start at the recipe's folder" {
+		t.Errorf("keyring folder, mirror folder missing: %v", err2)
 	}
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
