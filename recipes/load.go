@@ -37,18 +37,49 @@ func BuiltinSource(name string) ([]byte, error) {
 
 // Open loads a recipe by reference: the name of a shipped recipe
 // (default, demo) or a file path. A path wins when such a file exists.
-func Open(ref string) (*Recipe, error) {
+func Open(ref string) (*Recipe, error) { return open(ref, nil) }
+
+// A Check is a rule owned by a package that imports this one (so this one
+// cannot call it), such as the stacks' images (appliance/stack). It reports
+// each problem through rep, by field path, like the rules here.
+type Check func(r *Recipe, rep Reporter)
+
+// Reporter takes a Check's problems.
+type Reporter interface {
+	// At records a problem at a field path (or its closest written parent).
+	At(path, format string, args ...any)
+	// Found is how many problems were recorded so far; a check that
+	// repeats rules of the document can skip when it is not clean.
+	Found() int
+}
+
+// Validate loads a recipe like Open and also checks what only the build or
+// deploy would refuse later: the files the recipe names exist and can be
+// read (files.go), and the given checks. Every problem is reported at once.
+// Open does not look at the files: deploy runs where they need not exist.
+func Validate(ref string, checks ...Check) (*Recipe, error) {
+	return open(ref, &deepChecks{checks: checks})
+}
+
+// deepChecks are Validate's checks beyond the document.
+type deepChecks struct{ checks []Check }
+
+func open(ref string, deep *deepChecks) (*Recipe, error) {
 	if ref == "" {
 		ref = DefaultName
 	}
 	if _, err := os.Stat(ref); err == nil || strings.ContainsAny(ref, "/.") {
-		return Load(ref)
+		data, err := os.ReadFile(ref)
+		if err != nil {
+			return nil, fmt.Errorf("read recipe: %w", err)
+		}
+		return parse(ref, data, filepath.Dir(ref), deep)
 	}
 	data, err := BuiltinSource(ref)
 	if err != nil {
 		return nil, err
 	}
-	return Parse("builtin:"+ref, data, "")
+	return parse("builtin:"+ref, data, "", deep)
 }
 
 // Load reads, checks and completes a recipe file.
@@ -64,6 +95,10 @@ func Load(path string) (*Recipe, error) {
 // dir is where its relative paths start. Every problem is reported at once,
 // as an *InvalidError.
 func Parse(file string, data []byte, dir string) (*Recipe, error) {
+	return parse(file, data, dir, nil)
+}
+
+func parse(file string, data []byte, dir string, deep *deepChecks) (*Recipe, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, &InvalidError{Problems: []Problem{syntaxProblem(file, err)}}
@@ -86,6 +121,12 @@ func Parse(file string, data []byte, dir string) (*Recipe, error) {
 	}
 	applyDefaults(r)
 	validate(r, rep)
+	if deep != nil {
+		checkFiles(r, rep)
+		for _, c := range deep.checks {
+			c(r, rep)
+		}
+	}
 	if len(rep.list) > 0 {
 		e := &InvalidError{Problems: rep.list}
 		e.sort()

@@ -75,6 +75,10 @@ func (r *report) at(path, format string, args ...any) {
 		Message: fmt.Sprintf(format, args...)})
 }
 
+// At and Found make a report a Reporter.
+func (r *report) At(path, format string, args ...any) { r.at(path, format, args...) }
+func (r *report) Found() int                          { return len(r.list) }
+
 // written reports whether path appears in the file.
 func (r *report) written(path string) bool { _, ok := r.pos[path]; return ok }
 

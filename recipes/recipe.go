@@ -119,7 +119,7 @@ type Layout struct {
 type Host struct {
 	Name    string  `yaml:"name" json:"name" rule:"required" doc:"host name (DNS label); also the LXD cluster member name"`
 	MAC     MAC     `yaml:"mac,omitempty" json:"mac,omitempty" doc:"MAC address of the NIC that identifies this host on the installer's first boot"`
-	Address string  `yaml:"address,omitempty" json:"address,omitempty" doc:"static IPv4 address with prefix, e.g. 192.168.1.11/24; empty means DHCP"`
+	Address string  `yaml:"address,omitempty" json:"address,omitempty" doc:"static IPv4 address with prefix, e.g. 192.168.1.11/24; every host needs one (the hosts find each other by them)"`
 	Gateway string  `yaml:"gateway,omitempty" json:"gateway,omitempty" doc:"default gateway with a static address"`
 	Target  *Target `yaml:"target,omitempty" json:"target,omitempty" doc:"this host's install disk, overriding installer.target"`
 }
@@ -136,7 +136,7 @@ type Cluster struct {
 
 // Secret is a file reference or generated at build time.
 type Secret struct {
-	File     string `yaml:"file,omitempty" json:"file,omitempty" doc:"file holding the secret, relative to the recipe (kept out of version control)"`
+	File     string `yaml:"file,omitempty" json:"file,omitempty" doc:"file holding the secret, relative to the recipe (kept out of version control; 0600, yours, at least 32 characters)"`
 	Generate bool   `yaml:"generate,omitempty" json:"generate,omitempty" doc:"generate a fresh secret when the installer is built"`
 }
 

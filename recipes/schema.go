@@ -24,7 +24,7 @@ var (
 func schemaOf(t reflect.Type) map[string]any {
 	switch t {
 	case sizeType:
-		return map[string]any{"type": "string", "pattern": `^[0-9]+(\.[0-9]+)?\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$`}
+		return map[string]any{"type": "string", "pattern": `^[0-9]+(\.[0-9]+)?\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)$`}
 	case macType:
 		return map[string]any{"type": "string", "pattern": `^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$`}
 	}

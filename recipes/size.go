@@ -9,7 +9,8 @@ import (
 
 // Size is a number of bytes, written with a unit: 512MiB, 50GiB, 4GB, 1TiB.
 // Binary (KiB, MiB, GiB, TiB) and decimal (KB, MB, GB, TB) units are
-// accepted; a bare number is bytes.
+// accepted. A bare number is refused: memory: 4096 could mean MiB as well
+// as bytes, and reading it as bytes would silently give 4KiB.
 type Size uint64
 
 // Byte multiples.
@@ -35,7 +36,7 @@ const sizeHelp = "a size like 512MiB, 50GiB or 2TB"
 // ParseSize reads a size with a unit.
 func ParseSize(s string) (Size, error) {
 	t := strings.TrimSpace(s)
-	mult := uint64(1)
+	mult := uint64(0)
 	for _, u := range sizeUnits {
 		if strings.HasSuffix(t, u.suffix) {
 			mult, t = u.mult, strings.TrimSpace(strings.TrimSuffix(t, u.suffix))
@@ -45,6 +46,9 @@ func ParseSize(s string) (Size, error) {
 	n, err := strconv.ParseFloat(t, 64)
 	if err != nil || t == "" || strings.ContainsAny(t, "eExXpP_") || n < 0 || math.IsNaN(n) {
 		return 0, fmt.Errorf("%q is not %s", s, sizeHelp)
+	}
+	if mult == 0 {
+		return 0, fmt.Errorf("%q has no unit; write one, like %sMiB or %sGiB (%sB for bytes)", s, t, t, t)
 	}
 	bytes := n * float64(mult)
 	if bytes >= math.MaxInt64 {

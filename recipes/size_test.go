@@ -5,14 +5,14 @@ import "testing"
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]Size{
 		"512MiB": 512 * MiB, "50GiB": 50 * GiB, "2TB": 2_000_000_000_000, "1.5GiB": 1536 * MiB,
-		"4096": 4096, "10 GB": 10_000_000_000, "1TiB": TiB, "64KiB": 64 * KiB, "3MB": 3_000_000,
+		"4096B": 4096, "10 GB": 10_000_000_000, "1TiB": TiB, "64KiB": 64 * KiB, "3MB": 3_000_000,
 	} {
 		got, err := ParseSize(in)
 		if err != nil || got != want {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "GiB", "-1GiB", "1e3GB", "0x10MiB", "ten", "1.5B", "1_000", "NaN", "99999999999TiB"} {
+	for _, bad := range []string{"", "GiB", "-1GiB", "1e3GB", "0x10MiB", "ten", "1.5B", "1_000", "4096", "0", "NaN", "99999999999TiB"} {
 		if _, err := ParseSize(bad); err == nil {
 			t.Errorf("ParseSize(%q) accepted", bad)
 		}

@@ -38,6 +38,7 @@ func validate(r *Recipe, rep *report) {
 	validateCluster(r, rep)
 	validateDeployments(r, rep)
 	validateUniqueMACs(r, rep)
+	checkPathsStayInside(r, rep)
 }
 
 func validateImage(r *Recipe, rep *report) {
@@ -145,20 +146,9 @@ func validateInstaller(in *Installer, rep *report) {
 			checkTarget(rep, p+".target", *h.Target)
 		}
 	}
-	// The hosts find each other by these addresses on first boot (joiners
-	// register with the initiator, which checks each one's address).
-	if len(in.Hosts) > 1 {
-		var missing []string
-		for _, h := range in.Hosts {
-			if h.Address == "" && h.Name != "" {
-				missing = append(missing, h.Name)
-			}
-		}
-		if len(missing) > 0 {
-			rep.at("installer.hosts", "%s %s no static address; a cluster of several hosts needs one for each (address: 192.168.1.11/24)",
-				strings.Join(missing, ", "), map[bool]string{true: "has", false: "have"}[len(missing) == 1])
-		}
-	}
+	// Every host needs a static address (the hosts find each other by
+	// them); appliance/config owns that rule: config.CheckRecipe, run by
+	// Validate, reports it at each host.
 	if len(in.Hosts) == 0 {
 		if rep.written("installer.hosts") {
 			rep.at("installer.hosts", "lists no host; a cluster needs at least one")
@@ -390,11 +380,22 @@ var sshKeyTypes = map[string]bool{
 }
 
 // checkAuthorizedKey checks the form of a public key line: type, base64 blob
-// whose first field repeats the type, optional comment.
+// whose first field repeats the type, optional comment. One key per entry,
+// with no options in front: the entry becomes one authorized_keys line, and
+// options (command=, from=) would change what the key may do unseen.
 func checkAuthorizedKey(line string) error {
+	if strings.ContainsAny(line, "\n\r") {
+		return fmt.Errorf("holds more than one line; write one key per entry (a YAML | block keeps line breaks)")
+	}
 	f := strings.Fields(line)
+	if len(f) > 0 && !sshKeyTypes[f[0]] && slices.ContainsFunc(f[1:], func(s string) bool { return sshKeyTypes[s] }) {
+		return fmt.Errorf("starts with options before the key type; write only the key, from its type on (ssh-ed25519 AAAA... comment)")
+	}
 	if len(f) < 2 || !sshKeyTypes[f[0]] {
 		return fmt.Errorf("not an SSH public key (want \"ssh-ed25519 AAAA... comment\", as in ~/.ssh/id_ed25519.pub)")
+	}
+	if slices.ContainsFunc(f[2:], func(s string) bool { return sshKeyTypes[s] }) {
+		return fmt.Errorf("holds more than one key; write one key per entry")
 	}
 	blob, err := base64.StdEncoding.DecodeString(f[1])
 	if err != nil || len(blob) < 4 {

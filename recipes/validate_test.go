@@ -1,6 +1,8 @@
 package recipes
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -226,6 +228,28 @@ installer:
 			`t.yaml:5:45: installer.layout.minZFS: "1.5B" is not a whole number of bytes`,
 			`t.yaml:5:60: installer.layout.minDisk: "1e3GB" is not a size like 512MiB, 50GiB or 2TB`)
 	})
+	t.Run("size without unit", func(t *testing.T) {
+		expectProblems(t, base+`deployments:
+  - name: d
+    primaryDomain: example.com
+    instances:
+      www: {memory: 4096, disks: {root: 0}}
+`,
+			`t.yaml:10:21: deployments[0].instances.www.memory: "4096" has no unit; write one, like 4096MiB or 4096GiB (4096B for bytes)`,
+			`t.yaml:10:41: deployments[0].instances.www.disks.root: "0" has no unit; write one, like 0MiB or 0GiB (0B for bytes)`)
+	})
+	t.Run("paths leave the recipe's folder", func(t *testing.T) {
+		expectProblems(t, base+`image:
+  source: {kind: tarball, tarball: ../rootfs.tar, sha256: `+strings.Repeat("a", 64)+`}
+  chainstate: {network: signet, kind: assumeutxo, source: data/../../chain.dat}
+cluster:
+  secret: {file: /etc/ssbuild/cluster.secret}
+deployments:
+  - {name: d, chain: signet, primaryDomain: example.com}
+`,
+			`t.yaml:7:36: image.source.tarball: "../rootfs.tar" leaves the recipe's folder; keep the rootfs tarball next to the recipe (or below it), or write an absolute path`,
+			`t.yaml:8:59: image.chainstate.source: "data/../../chain.dat" leaves the recipe's folder; keep the chainstate next to the recipe (or below it), or write an absolute path`)
+	})
 	t.Run("layout ranges and fit", func(t *testing.T) {
 		expectProblems(t, `apiVersion: ssbuild/v1
 name: t
@@ -257,7 +281,6 @@ deployments:
     instances:
       www: {mac: "00:16:3e:00:00:0a"}
 `,
-			`t.yaml:5:5: installer.hosts: h1, h2, h3 have no static address; a cluster of several hosts needs one for each (address: 192.168.1.11/24)`,
 			`t.yaml:5:23: installer.hosts[0].mac: "00:16:3e:zz:00:01" is not a MAC address (six hex pairs, like 00:16:3e:12:34:56)`,
 			`t.yaml:6:23: installer.hosts[1].mac: "01:00:5e:00:00:01" is a multicast address; a NIC needs a unicast MAC (first byte even)`,
 			`t.yaml:12:18: deployments[0].instances.www.mac: 00:16:3e:00:00:0a is already the MAC of installer.hosts[2].mac; every NIC needs its own`)
@@ -273,13 +296,8 @@ installer:
 `,
 			`t.yaml:1:13: apiVersion: "ssbuild/v2" is not supported (this ssbuild reads ssbuild/v1)`,
 			`t.yaml:2:7: name: "My Recipe" is not a valid name (lower-case letters, digits and dashes, at most 63)`,
-			`t.yaml:5:5: installer.hosts: h1, H_2, h1 have no static address; a cluster of several hosts needs one for each (address: 192.168.1.11/24)`,
 			`t.yaml:6:13: installer.hosts[1].name: "H_2" is not a host name (lower-case letters, digits and dashes, at most 63)`,
 			`t.yaml:7:13: installer.hosts[2].name: "h1" is already the name of installer.hosts[0]`)
-	})
-	t.Run("cluster hosts need addresses", func(t *testing.T) {
-		expectProblems(t, "apiVersion: ssbuild/v1\nname: t\ninstaller:\n  hosts:\n    - {name: a, address: 10.0.0.1/24}\n    - {name: b}\n    - {name: c}\n",
-			`t.yaml:5:5: installer.hosts: b, c have no static address; a cluster of several hosts needs one for each (address: 192.168.1.11/24)`)
 	})
 	t.Run("empty host list", func(t *testing.T) {
 		expectProblems(t, "apiVersion: ssbuild/v1\nname: t\ninstaller:\n  hosts: []\n",
@@ -295,7 +313,6 @@ installer:
     - {name: h3, address: 192.168.1.13/24, gateway: 10.0.0.1}
     - {name: h4, address: 192.168.1.14/24, gateway: fe80::1}
 `,
-			`t.yaml:5:5: installer.hosts: h2 has no static address; a cluster of several hosts needs one for each (address: 192.168.1.11/24)`,
 			`t.yaml:5:27: installer.hosts[0].address: "192.168.1.300/24" is not an IPv4 address with prefix (like 192.168.1.11/24)`,
 			`t.yaml:6:27: installer.hosts[1].gateway: a gateway needs a static address; set address or remove gateway`,
 			`t.yaml:7:53: installer.hosts[2].gateway: 10.0.0.1 is not in the host's subnet 192.168.1.0/24`,
@@ -324,10 +341,18 @@ installer:
     - "ssh-dss AAAAB3NzaC1kc3M= old"
     - "ssh-ed25519 not-base64!"
     - "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIHXkPYdtsvyrTtVJVQ44Bv3aN4kPz5MWd1bwY9x2Jq5q"
+    - "command=\"/bin/sh\" `+good+`"
+    - "`+good+`\n`+good+`"
+    - "`+good+` `+good+`"
+    - "`+good+`\r"
 `,
 			`t.yaml:7:7: installer.sshKeys[1]: not an SSH public key (want "ssh-ed25519 AAAA... comment", as in ~/.ssh/id_ed25519.pub)`,
 			`t.yaml:8:7: installer.sshKeys[2]: the ssh-ed25519 key's data is not valid base64; copy the whole line from the .pub file`,
-			`t.yaml:9:7: installer.sshKeys[3]: the key data does not match its type ssh-rsa; copy the whole line from the .pub file`)
+			`t.yaml:9:7: installer.sshKeys[3]: the key data does not match its type ssh-rsa; copy the whole line from the .pub file`,
+			`t.yaml:10:7: installer.sshKeys[4]: starts with options before the key type; write only the key, from its type on (ssh-ed25519 AAAA... comment)`,
+			`t.yaml:11:7: installer.sshKeys[5]: holds more than one line; write one key per entry (a YAML | block keeps line breaks)`,
+			`t.yaml:12:7: installer.sshKeys[6]: holds more than one key; write one key per entry`,
+			`t.yaml:13:7: installer.sshKeys[7]: holds more than one line; write one key per entry (a YAML | block keeps line breaks)`)
 	})
 	t.Run("image source", func(t *testing.T) {
 		expectProblems(t, base+`image:
@@ -491,5 +516,63 @@ deployments:
 		if !strings.HasPrefix(p, lines[i]) {
 			t.Errorf("problem %d = %q, want it at %s", i, p, lines[i])
 		}
+	}
+}
+
+func TestValidateChecksTheFilesTheRecipeNames(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "rootfs.tar"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "chain.dat"), nil, 0o000); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "keyring.gpg"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "r.yaml")
+	text := base + `image:
+  source: {kind: tarball, tarball: rootfs.tar, sha256: ` + strings.Repeat("a", 64) + `}
+  chainstate: {network: signet, kind: assumeutxo, source: chain.dat}
+cluster:
+  secret: {file: secrets/cluster.secret}
+deployments:
+  - {name: d, chain: signet, primaryDomain: example.com}
+`
+	// A second recipe: debootstrap with a keyring that is a folder.
+	path2 := filepath.Join(dir, "r2.yaml")
+	if err := os.WriteFile(path2, []byte(base+"image:\n  source: {kind: debootstrap, keyring: keyring.gpg, mirror: \"file://"+dir+"/mirror\"}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err2 := Validate(path2)
+	if ps := Problems(err2); len(ps) != 2 || ps[0].String() != path2+":7:40: image.source.keyring: "+filepath.Join(dir, "keyring.gpg")+" is a folder, not a file (the archive keyring)" ||
+		ps[1].String() != path2+":7:61: image.source.mirror: "+filepath.Join(dir, "mirror")+" does not exist (the archive mirror); relative paths start at the recipe's folder" {
+		t.Errorf("keyring folder, mirror folder missing: %v", err2)
+	}
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Open does not look at files: deploy runs where they need not be.
+	if _, err := Open(path); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	var called bool
+	_, err := Validate(path, func(r *Recipe, rep Reporter) {
+		called = true
+		rep.At("installer.hosts[0]", "a check from %s", "elsewhere")
+	})
+	var got []string
+	for _, p := range Problems(err) {
+		got = append(got, p.String())
+	}
+	want := []string{
+		path + `:5:7: installer.hosts[0]: a check from elsewhere`,
+	}
+	if os.Getuid() != 0 { // root reads a 0000 file
+		want = append(want, path+`:8:59: image.chainstate.source: `+filepath.Join(dir, "chain.dat")+` cannot be read by this user (the chainstate): fix its permissions or owner`)
+	}
+	want = append(want, path+`:10:18: cluster.secret.file: `+filepath.Join(dir, "secrets/cluster.secret")+` does not exist (the cluster secret); relative paths start at the recipe's folder`)
+	if !called || strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("problems differ\n got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"strings"
 
@@ -33,15 +34,11 @@ func FromRecipe(r *recipes.Recipe, host string, files HostFiles) (*Appliance, er
 	}
 	var missing []string
 	for _, h := range r.Installer.Hosts {
-		addr := ""
-		if h.Address != "" {
-			p, err := netip.ParsePrefix(h.Address)
-			if err != nil {
-				return nil, fmt.Errorf("appliance config for %s: host %s: address %q: %w", host, h.Name, h.Address, err)
-			}
-			addr = p.Addr().String()
-		} else {
+		addr, err := hostAddress(h)
+		if errors.Is(err, errNoAddress) {
 			missing = append(missing, h.Name)
+		} else if err != nil {
+			return nil, fmt.Errorf("appliance config for %s: %w", host, err)
 		}
 		a.Cluster.Members = append(a.Cluster.Members, Member{Name: h.Name, Address: addr})
 		if h.Name == host {
@@ -73,4 +70,57 @@ func FromRecipe(r *recipes.Recipe, host string, files HostFiles) (*Appliance, er
 		return nil, err
 	}
 	return checked, nil
+}
+
+var errNoAddress = errors.New("no static address")
+
+// hostAddress is a host's static address, which every host needs (see
+// FromRecipe).
+func hostAddress(h recipes.Host) (string, error) {
+	if h.Address == "" {
+		return "", errNoAddress
+	}
+	p, err := netip.ParsePrefix(h.Address)
+	if err != nil {
+		return "", fmt.Errorf("host %s: address %q: %w", h.Name, h.Address, err)
+	}
+	return p.Addr().String(), nil
+}
+
+// CheckRecipe is a recipes.Check for what a build of the recipe's hosts
+// would refuse here: a host without a static address (FromRecipe), at the
+// host, and a cluster secret file the build would not take
+// (CheckSecretFile), at its field. A missing or unreadable file is left to
+// the recipe's own file check.
+func CheckRecipe(r *recipes.Recipe, rep recipes.Reporter) {
+	missing := false
+	for i, h := range r.Installer.Hosts {
+		if _, err := hostAddress(h); errors.Is(err, errNoAddress) {
+			missing = true
+			rep.At(fmt.Sprintf("installer.hosts[%d]", i), "host %s has no static address; every host needs one, the hosts find each other by them (address: 192.168.1.11/24)", h.Name)
+		}
+	}
+	// The rest of an appliance config is the cluster's, the same for every
+	// host: one host's shows what the installer would refuse (such as a
+	// registrationPort that is the registry's port). Only on a recipe
+	// found clean so far: most of its rules repeat the recipe's own.
+	if hs := r.Installer.Hosts; !missing && len(hs) > 0 && rep.Found() == 0 {
+		files := HostFiles{StorageSource: "/dev/disk/by-partlabel/zfs", SecretFile: "/etc/ssbuild/cluster.secret", StateDir: "/var/lib/ssbuild"}
+		var inv *InvalidError
+		_, err := FromRecipe(r, hs[0].Name, files)
+		switch {
+		case errors.As(err, &inv):
+			for _, p := range inv.Problems {
+				rep.At("cluster", "the installer would refuse the hosts' appliance config: %s", p.Message)
+			}
+		case err != nil:
+			rep.At("cluster", "the installer would refuse it: %v", err)
+		}
+	}
+	if f := r.Cluster.Secret.File; f != "" {
+		err := CheckSecretFile(r.Path(f))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
+			rep.At("cluster.secret.file", "%v", err)
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"text/template"
 
 	"github.com/distribution/reference"
+	"gopkg.in/yaml.v3"
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -303,7 +304,7 @@ func resolveImage(repo string, images []recipes.DockerImage) (recipes.DockerImag
 	}
 	switch len(found) {
 	case 0:
-		return recipes.DockerImage{}, fmt.Errorf("image %s is not in the recipe's image.dockerImages: add it there (ref and digest) so the base image pre-loads it", reference.FamiliarName(named))
+		return recipes.DockerImage{}, fmt.Errorf("image %s is not in the recipe's image.dockerImages: add it there (ref: %s:<tag>, and its digest) so the base image pre-loads it", reference.FamiliarName(named), reference.FamiliarName(named))
 	case 1:
 		return found[0], nil
 	}
@@ -312,4 +313,48 @@ func resolveImage(repo string, images []recipes.DockerImage) (recipes.DockerImag
 		refs[i] = f.Ref
 	}
 	return recipes.DockerImage{}, fmt.Errorf("image %s is in the recipe's image.dockerImages %d times (%s): keep one", reference.FamiliarName(named), len(found), strings.Join(refs, ", "))
+}
+
+// CheckImages is a recipes.Check: every image a deployment's stacks run
+// must be in the recipe's image.dockerImages, resolved as Render resolves
+// it (resolveImage), so `recipe validate` refuses what deploy would. Each
+// service whose image is missing is reported at the deployment's stack.
+func CheckImages(r *recipes.Recipe, rep recipes.Reporter) {
+	for i, d := range r.Deployments {
+		path := fmt.Sprintf("deployments[%d].stack", i)
+		for _, role := range Roles(d) {
+			file, src, err := stacks.Read(d.Stack, role)
+			if err != nil {
+				continue // not a shipped stack: the recipe's enum check reports it
+			}
+			data, err := templateData(d, role, DefaultOptions)
+			if err != nil {
+				continue // a value the recipe's own checks report
+			}
+			fake := func(string) (string, error) { return "x", nil }
+			text, lines, err := execute(file, src, data, fake)
+			if err != nil {
+				rep.At(path, "deployment %s: %v", d.Name, err)
+				continue
+			}
+			var root yaml.Node
+			var cf composeFile
+			if yaml.Unmarshal([]byte(text), &root) != nil || root.Decode(&cf) != nil {
+				continue // a broken shipped stack fails its own tests and deploy
+			}
+			for _, name := range sortedKeys(cf.Services) {
+				cs := cf.Services[name]
+				if cs == nil || cs.Image == "" {
+					continue
+				}
+				if _, err := resolveImage(cs.Image, r.Image.DockerImages); err != nil {
+					line := keyLine(&root, "services", name, "image")
+					if line > 0 && line < len(lines) && lines[line] > 0 {
+						line = lines[line]
+					}
+					rep.At(path, "deployment %s, %s instance, service %s (%s:%d): %v", d.Name, role, name, file, line, err)
+				}
+			}
+		}
+	}
 }

@@ -35,8 +35,9 @@ func TestInstallerRefusesAHostWithoutAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// One host: the recipe itself is valid (a lone host may use DHCP),
-	// but the appliance needs an address for every member.
+	// One host: the recipe loads (a lone host may use DHCP as far as the
+	// document goes), but the appliance needs an address for every member;
+	// recipe validate reports it too (config.CheckRecipe).
 	hosts := regexp.MustCompile(`(?m)^    - \{name: demo\d, .*\n`)
 	text := hosts.ReplaceAllLiteralString(string(demo), "")
 	text = strings.Replace(text, "  hosts:\n", "  hosts:\n    - {name: demo3}\n", 1)
@@ -125,6 +126,13 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 	sum.Dir = out
 	if b, err := sum.CombinedOutput(); err != nil {
 		t.Errorf("sha256sum -c SHA256SUMS: %v\n%s", err, b)
+	}
+	// installer.img and cluster.secret both let their reader join the
+	// cluster: private to the builder.
+	for f, want := range map[string]os.FileMode{".": os.ModeDir | 0o700, "installer.img": 0o600} {
+		if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Mode() != want {
+			t.Errorf("%s: %v, want mode %v", filepath.Join(out, f), err, want)
+		}
 	}
 	secretFile := filepath.Join(out, "cluster.secret")
 	fi, err := os.Stat(secretFile)

@@ -8,6 +8,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -63,7 +65,9 @@ func recipeValidate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	r, err := recipes.Open(ref)
+	// Beyond the document: the files it names, what the installer build
+	// (config) and deploy (stack) would refuse.
+	r, err := recipes.Validate(ref, config.CheckRecipe, stack.CheckImages)
 	if c.Bool("json") {
 		problems := recipes.Problems(err)
 		unread := err != nil && problems == nil // unreadable, or no such shipped recipe

@@ -15,9 +15,10 @@
 //	           with several hosts, a boot menu entry per host (ssbuild.host=NAME)
 //	sign       with a sign key, SHA256SUMS.sig (internal/signature)
 //
-// The output folder holds installer.img, SHA256SUMS and, when it was
-// generated, cluster.secret (0600: keep it to build more sticks for the
-// same cluster). It appears complete or not at all.
+// The output folder (0700) holds installer.img (0600: its payload holds the
+// cluster secret), SHA256SUMS and, when it was generated, cluster.secret
+// (0600: keep it to build more sticks for the same cluster). It appears
+// complete or not at all.
 package installerbuild
 
 import (
@@ -27,6 +28,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -133,7 +135,7 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 			return res, fmt.Errorf("installer: step %s: %w", s.name, err)
 		}
 	}
-	if err := os.Rename(b.out, opts.OutDir); err != nil {
+	if err := finish(b.out, opts.OutDir); err != nil {
 		return res, fmt.Errorf("installer: output: %w", err)
 	}
 	res.OutDir, res.Image = opts.OutDir, filepath.Join(opts.OutDir, ImageFile)
@@ -191,13 +193,30 @@ func checkStatic(path string) error {
 	return nil
 }
 
+// finish makes the built output folder private and moves it into place in
+// one rename, so it appears complete or not at all. installer.img carries
+// the cluster secret in its payload, like cluster.secret: whoever reads
+// either can join the cluster, so both are 0600 in a 0700 folder whatever
+// the umask. (The work folder they are made in is MkdirTemp's, 0700.)
+func finish(out, dest string) error {
+	for _, f := range []string{ImageFile, SecretFile} {
+		if err := os.Chmod(filepath.Join(out, f), 0o600); err != nil && !(f == SecretFile && errors.Is(err, fs.ErrNotExist)) {
+			return err
+		}
+	}
+	if err := os.Chmod(out, 0o700); err != nil {
+		return err
+	}
+	return os.Rename(out, dest)
+}
+
 func (b *build) secret(context.Context) error {
-	if err := os.MkdirAll(b.out, 0o755); err != nil {
+	if err := os.MkdirAll(b.out, 0o700); err != nil {
 		return err
 	}
 	if f := b.r.Cluster.Secret.File; f != "" {
-		// ReadSecret checks the file is the owner's only.
-		if _, err := config.ReadSecret(b.r.Path(f)); err != nil {
+		// The owner's only, the builder's and strong enough.
+		if err := config.CheckSecretFile(b.r.Path(f)); err != nil {
 			return err
 		}
 		b.secretPath = b.r.Path(f)

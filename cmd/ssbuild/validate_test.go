@@ -1,0 +1,30 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// recipe validate reports what the installer build and deploy would refuse
+// later, each at its element: here a host without an address and a stack
+// image the recipe does not pre-load.
+func TestValidateReportsBuildAndDeployRefusals(t *testing.T) {
+	path := writeFile(t, "r.yaml", `apiVersion: ssbuild/v1
+name: t
+installer:
+  hosts:
+    - {name: h1, address: 10.0.0.1/24}
+    - {name: h2}
+deployments:
+  - {name: d, chain: regtest, stack: demo, primaryDomain: demo.example, instances: {www: {enabled: false}, clams: {enabled: false}}}
+`)
+	code, out, errOut := ssbuild(t, "recipe", "validate", path)
+	want := []string{
+		path + `:6:7: installer.hosts[1]: host h2 has no static address; every host needs one, the hosts find each other by them (address: 192.168.1.11/24)`,
+		path + `:8:38: deployments[0].stack: deployment d, btcpay instance, service btcpay (recipes/stacks/demo/btcpay.yaml:17): image ssbuild-demo/web is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/web:<tag>, and its digest) so the base image pre-loads it`,
+		"2 problems",
+	}
+	if code != exitInvalid || strings.TrimSpace(errOut) != strings.Join(want, "\n") || out != "" {
+		t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant exit %d and:\n%s", code, out, errOut, exitInvalid, strings.Join(want, "\n"))
+	}
+}
