@@ -236,7 +236,11 @@ func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(answer)
 		return
 	}
-	g.refuse(w, from, name, ref, g.limiter.fail(from, now))
+	blocked, started := g.limiter.fail(from, now)
+	if started {
+		s.log.Info("%s: registration: too many refused requests (from %s, or from all addresses this minute): their failures are answered 429 for %s; valid proofs still pass", s.cfg.Host.Name, from, blocked.Round(time.Second))
+	}
+	g.refuse(w, from, name, ref, blocked)
 }
 
 // refuse answers a refused request; blocked is how long its source's

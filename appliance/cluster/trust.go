@@ -359,10 +359,12 @@ func (l *failureLimiter) blockedLocked(addr netip.Addr, now time.Time) time.Dura
 
 // fail records a refused request and returns how long its source is
 // blocked now (zero if not): from the limit on, every further failure
-// blocks the address for twice as long, up to an hour.
-func (l *failureLimiter) fail(addr netip.Addr, now time.Time) time.Duration {
+// blocks the address for twice as long, up to an hour. started says this
+// failure started the block, so one line in the log can say so.
+func (l *failureLimiter) fail(addr netip.Addr, now time.Time) (blocked time.Duration, started bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	before := l.blockedLocked(addr, now)
 	if l.failures == nil {
 		l.failures = map[netip.Addr]*failures{}
 	}
@@ -390,7 +392,8 @@ func (l *failureLimiter) fail(addr netip.Addr, now time.Time) time.Duration {
 		l.window, l.windowCount = now, 0
 	}
 	l.windowCount++
-	return l.blockedLocked(addr, now)
+	blocked = l.blockedLocked(addr, now)
+	return blocked, before == 0 && blocked > 0
 }
 
 var errProofMismatch = errors.New("the initiator's proof does not verify: it does not hold this cluster's secret (wrong cluster secret or cluster name on one side) or it is not the initiator; nothing derived from the secret was sent to it")

@@ -203,23 +203,26 @@ func TestFailureLimiter(t *testing.T) {
 	a, b := netip.MustParseAddr("10.0.0.12"), netip.MustParseAddr("10.0.0.13")
 	now := time.Unix(1700000000, 0)
 	for i := 0; i < 2; i++ {
-		if d := l.fail(a, now); d != 0 {
+		if d, _ := l.fail(a, now); d != 0 {
 			t.Fatalf("blocked below the limit: %s", d)
 		}
 	}
-	if d := l.fail(a, now); d != time.Minute || l.blocked(b, now) > 0 {
+	if d, started := l.fail(a, now); d != time.Minute || !started || l.blocked(b, now) > 0 {
 		t.Fatal("the limit does not block exactly the failing address")
 	}
-	if l.blocked(a, now.Add(61*time.Second)) > 0 {
+	if d, started := l.fail(a, now); started || d != 2*time.Minute {
+		t.Fatalf("a further failure blocks for %s (started %v), want twice as long, not a new start", d, started)
+	}
+	if l.blocked(a, now.Add(121*time.Second)) > 0 {
 		t.Fatal("still blocked after the block time")
 	}
-	if d := l.fail(a, now.Add(61*time.Second)); d != 2*time.Minute {
-		t.Fatalf("a further failure blocks for %s, want twice as long", d)
+	if d, started := l.fail(a, now.Add(121*time.Second)); d != 4*time.Minute || !started {
+		t.Fatalf("a failure after the block blocks for %s (started %v), want 4m, a new start", d, started)
 	}
 	for i := 0; i < 20; i++ {
-		l.fail(a, now.Add(62*time.Second))
+		l.fail(a, now.Add(122*time.Second))
 	}
-	if d := l.blocked(a, now.Add(62*time.Second)); d > time.Hour {
+	if d := l.blocked(a, now.Add(122*time.Second)); d > time.Hour {
 		t.Fatalf("blocked for %s, more than an hour", d)
 	}
 
@@ -227,11 +230,11 @@ func TestFailureLimiter(t *testing.T) {
 	// failures are answered 429 until the minute is over.
 	g := failureLimiter{limit: 1000, block: time.Minute, globalLimit: 10}
 	for i := 0; i < 10; i++ {
-		if d := g.fail(netip.AddrFrom4([4]byte{10, 2, 0, byte(i)}), now); d != 0 {
+		if d, _ := g.fail(netip.AddrFrom4([4]byte{10, 2, 0, byte(i)}), now); d != 0 {
 			t.Fatalf("blocked at failure %d of 10", i+1)
 		}
 	}
-	if d := g.fail(a, now.Add(10*time.Second)); d != 50*time.Second || g.blocked(b, now.Add(10*time.Second)) != 50*time.Second {
+	if d, _ := g.fail(a, now.Add(10*time.Second)); d != 50*time.Second || g.blocked(b, now.Add(10*time.Second)) != 50*time.Second {
 		t.Fatalf("the 11th failure in a minute blocks for %s", d)
 	}
 	if g.blocked(b, now.Add(time.Minute)) != 0 {
