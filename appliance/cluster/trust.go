@@ -333,6 +333,9 @@ type failureLimiter struct {
 	windowCount int
 }
 
+// maxTrackedAddrs bounds the addresses the limiter remembers.
+const maxTrackedAddrs = 4096
+
 type failures struct {
 	count int
 	until time.Time // blocked until then
@@ -368,15 +371,21 @@ func (l *failureLimiter) fail(addr netip.Addr, now time.Time) (blocked time.Dura
 	if l.failures == nil {
 		l.failures = map[netip.Addr]*failures{}
 	}
-	// Forget addresses whose block ran out long ago, so the map is bounded
-	// by the failures of the last hour or so.
+	// Forget addresses whose block ran out long ago, when room is needed.
 	for a, f := range l.failures {
+		if len(l.failures) < maxTrackedAddrs {
+			break
+		}
 		if now.Sub(f.until) > time.Hour && now.Sub(f.until) > l.block<<6 {
 			delete(l.failures, a)
 		}
 	}
 	f := l.failures[addr]
-	if f == nil {
+	if f == nil && len(l.failures) >= maxTrackedAddrs {
+		// Bounded memory: past this many failing addresses, new ones
+		// are left to the global cap.
+		f = &failures{}
+	} else if f == nil {
 		f = &failures{}
 		l.failures[addr] = f
 	}
@@ -385,7 +394,7 @@ func (l *failureLimiter) fail(addr netip.Addr, now time.Time) (blocked time.Dura
 		d := l.block << min(over, 6)
 		f.until = now.Add(min(d, time.Hour))
 	} else if f.until.IsZero() {
-		// Below the limit: remembered for an hour, then forgotten.
+		// Below the limit: may be forgotten an hour on, when room is needed.
 		f.until = now
 	}
 	if now.Sub(l.window) >= time.Minute {

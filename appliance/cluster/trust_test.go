@@ -240,6 +240,15 @@ func TestFailureLimiter(t *testing.T) {
 	if g.blocked(b, now.Add(time.Minute)) != 0 {
 		t.Fatal("the global cap lasts past its minute")
 	}
+
+	// Memory stays bounded whatever the number of failing addresses.
+	m := failureLimiter{limit: 5, block: time.Minute}
+	for i := 0; i < 3*maxTrackedAddrs; i++ {
+		m.fail(netip.AddrFrom4([4]byte{10, 3, byte(i >> 8), byte(i)}), now)
+	}
+	if len(m.failures) > maxTrackedAddrs {
+		t.Fatalf("%d addresses remembered, bound is %d", len(m.failures), maxTrackedAddrs)
+	}
 }
 
 func TestCheckFormRefusesMalformed(t *testing.T) {
