@@ -331,6 +331,7 @@ type failureLimiter struct {
 
 	window      time.Time // start of the current global minute
 	windowCount int
+	swept       time.Time // last sweep of forgotten addresses
 }
 
 // maxTrackedAddrs bounds the addresses the limiter remembers.
@@ -371,13 +372,14 @@ func (l *failureLimiter) fail(addr netip.Addr, now time.Time) (blocked time.Dura
 	if l.failures == nil {
 		l.failures = map[netip.Addr]*failures{}
 	}
-	// Forget addresses whose block ran out long ago, when room is needed.
-	for a, f := range l.failures {
-		if len(l.failures) < maxTrackedAddrs {
-			break
-		}
-		if now.Sub(f.until) > time.Hour && now.Sub(f.until) > l.block<<6 {
-			delete(l.failures, a)
+	// Forget addresses whose block ran out long ago, when room is needed
+	// (at most once a minute: a sweep reads the whole map).
+	if len(l.failures) >= maxTrackedAddrs && now.Sub(l.swept) >= time.Minute {
+		l.swept = now
+		for a, f := range l.failures {
+			if now.Sub(f.until) > time.Hour && now.Sub(f.until) > l.block<<6 {
+				delete(l.failures, a)
+			}
 		}
 	}
 	f := l.failures[addr]

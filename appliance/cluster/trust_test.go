@@ -249,6 +249,12 @@ func TestFailureLimiter(t *testing.T) {
 	if len(m.failures) > maxTrackedAddrs {
 		t.Fatalf("%d addresses remembered, bound is %d", len(m.failures), maxTrackedAddrs)
 	}
+	// Two hours on, the old ones make room for new ones.
+	c := netip.MustParseAddr("10.4.0.1")
+	m.fail(c, now.Add(2*time.Hour))
+	if m.failures[c] == nil || len(m.failures) != 1 {
+		t.Fatalf("old addresses not forgotten: %d remembered, new one kept %v", len(m.failures), m.failures[c] != nil)
+	}
 }
 
 func TestCheckFormRefusesMalformed(t *testing.T) {
