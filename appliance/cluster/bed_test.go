@@ -301,11 +301,12 @@ func (e *env) assertNoLeak(t testing.TB) {
 // LXD certificate as client certificate; it returns the status and body.
 func (e *env) post(t testing.TB, from *testbed.Host, body []byte) (int, string) {
 	t.Helper()
-	return e.postAs(t, from, from, body)
+	return e.postAs(t, from, from, RegistrationPath, body)
 }
 
-// postAs sends from one host's network with another host's certificate.
-func (e *env) postAs(t testing.TB, from, certOf *testbed.Host, body []byte) (int, string) {
+// postAs sends to path from one host's network with another host's
+// certificate.
+func (e *env) postAs(t testing.TB, from, certOf *testbed.Host, path string, body []byte) (int, string) {
 	t.Helper()
 	cert, err := tls.LoadX509KeyPair(filepath.Join(certOf.LXDDir, "server.crt"), filepath.Join(certOf.LXDDir, "server.key"))
 	if err != nil {
@@ -316,7 +317,7 @@ func (e *env) postAs(t testing.TB, from, certOf *testbed.Host, body []byte) (int
 		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}},
 		DisableKeepAlives: true,
 	}}
-	resp, err := client.Post("https://"+e.cfgs[0].Cluster.RegistrationAddress()+RegistrationPath, "application/json", bytes.NewReader(body))
+	resp, err := client.Post("https://"+e.cfgs[0].Cluster.RegistrationAddress()+path, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatalf("post from %s: %v", from.Name, err)
 	}
@@ -325,21 +326,32 @@ func (e *env) postAs(t testing.TB, from, certOf *testbed.Host, body []byte) (int
 	return resp.StatusCode, strings.TrimSpace(string(data))
 }
 
-// request builds a request as host i would send it, signed with k.
-func (e *env) request(t testing.TB, i int, k key, edit func(*JoinRequest)) *JoinRequest {
+// request builds a request as host i would send it, signed with k, on a
+// challenge the initiator gave host from (a hello from its network).
+func (e *env) request(t testing.TB, i int, from *testbed.Host, k key, edit func(*JoinRequest)) *JoinRequest {
 	t.Helper()
+	certOf := func(h *testbed.Host) tls.Certificate {
+		cert, err := tls.LoadX509KeyPair(filepath.Join(h.LXDDir, "server.crt"), filepath.Join(h.LXDDir, "server.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
 	h := e.bed.Hosts[i]
-	cert, err := tls.LoadX509KeyPair(filepath.Join(h.LXDDir, "server.crt"), filepath.Join(h.LXDDir, "server.key"))
+	hello, err := newHello(e.cfgs[0].Cluster.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := newJoinRequest(k, e.cfgs[0].Cluster.Name, h.Name, h.Address.String(), Fingerprint(cert.Leaf), time.Now())
-	if err != nil {
-		t.Fatal(err)
+	status, body := e.postAs(t, from, from, ChallengePath, mustJSON(t, hello))
+	var c Challenge
+	if status != 200 || json.Unmarshal([]byte(body), &c) != nil {
+		t.Fatalf("hello from %s: %d %s", from.Name, status, body)
 	}
+	initFP := Fingerprint(certOf(e.bed.Hosts[0]).Leaf)
+	r := newJoinRequest(k, e.cfgs[0].Cluster.Name, h.Name, h.Address.String(), Fingerprint(certOf(h).Leaf), hello, &c, initFP)
 	if edit != nil {
 		edit(r)
-		r.MAC = hex.EncodeToString(k.mac(r.macFields()...))
+		r.MAC = hex.EncodeToString(k.mac(r.macFields(initFP)...))
 	}
 	return r
 }
@@ -354,9 +366,10 @@ func mustJSON(t testing.TB, v any) []byte {
 }
 
 // impostor serves the registration endpoint on h's address without the
-// secret: it answers every request with a token and a proof made with a
-// key of its own, over TLS with a certificate of its own.
-func (e *env) impostor(t testing.TB, h *testbed.Host) *http.Server {
+// secret, over TLS with a certificate of its own: it answers every hello
+// with a challenge made with a key of its own, and every join request with
+// a token. joins counts the join requests it got (there should be none).
+func (e *env) impostor(t testing.TB, h *testbed.Host) (srv *http.Server, joins func() int) {
 	t.Helper()
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -371,16 +384,26 @@ func (e *env) impostor(t testing.TB, h *testbed.Host) *http.Server {
 	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
 	leaf, _ := x509.ParseCertificate(der)
 	own := deriveKey([]byte("the impostor's guess at a secret"), e.cfgs[0].Cluster.Name)
-	srv := &http.Server{
+	var mu sync.Mutex
+	n := 0
+	srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			var req JoinRequest
-			if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			if r.URL.Path != ChallengePath {
+				mu.Lock()
+				n++
+				mu.Unlock()
+				_ = json.NewEncoder(w).Encode(&JoinResponse{Token: "eyJmYWtlIjp0cnVlfQ==", Fingerprint: Fingerprint(leaf)})
+				return
+			}
+			var hello Hello
+			if err := json.NewDecoder(r.Body).Decode(&hello); err != nil {
 				http.Error(w, "bad", 400)
 				return
 			}
-			resp := &JoinResponse{Token: "eyJmYWtlIjp0cnVlfQ==", Fingerprint: Fingerprint(leaf)}
-			signResponse(own, &req, resp)
-			_ = json.NewEncoder(w).Encode(resp)
+			nonce, _ := newNonce()
+			c := &Challenge{Version: ProtocolVersion, Nonce: nonce}
+			signChallenge(own, e.cfgs[0].Cluster.Name, hello.Nonce, Fingerprint(leaf), c)
+			_ = json.NewEncoder(w).Encode(c)
 		}),
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert},
 	}
@@ -390,5 +413,9 @@ func (e *env) impostor(t testing.TB, h *testbed.Host) *http.Server {
 	}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
-	return srv
+	return srv, func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
 }

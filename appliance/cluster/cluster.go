@@ -4,20 +4,29 @@
 // serves a registration endpoint; every other host registers there and
 // joins with the LXD join token it gets back.
 //
-// Trust: the cluster secret never crosses the wire. A joiner POSTs a
-// JoinRequest to https://<initiator>:<registrationPort>/ssbuild/v1/join
-// whose MAC is HMAC-SHA256 (key: Argon2id of the secret, t=3, 64 MiB, p=4,
-// salt from the cluster name) over its name, address, LXD certificate
-// fingerprint, a random nonce and a timestamp. The endpoint serves TLS with
-// the initiator's LXD server certificate and requires the joiner's as client
-// certificate, which must match the fingerprint the proof covers. The
-// initiator refuses stale (±2 min), replayed, tampered, malformed, oversized
-// and unlisted requests, blocks an address after 5 refusals, and answers a
-// valid one with a fresh join token and its own MAC over the joiner's nonce,
-// its certificate fingerprint and the token; the joiner checks that MAC and
-// that the TLS certificate it saw is the one named, then checks the token's
-// cluster certificate before it joins. Errors and status lines say which
-// check failed, never anything derived from the secret.
+// Trust: the cluster secret never crosses the wire, and the initiator
+// proves it first. Over TLS (the initiator's LXD server certificate; the
+// joiner's as client certificate) a joiner POSTs a Hello, a fresh random
+// nonce and nothing else, to https://<initiator>:<registrationPort>/ssbuild/v2/challenge.
+// The initiator answers with a one-time nonce of its own (30 s, in a bounded
+// table) and an HMAC-SHA256 (key: Argon2id of the secret, t=3, 64 MiB, p=4,
+// salt from the cluster name) over both nonces, the cluster name, the
+// protocol version and its certificate's fingerprint. The joiner checks it
+// against the certificate it saw and only then POSTs its JoinRequest to
+// /ssbuild/v2/join: its name, address, LXD certificate fingerprint and both
+// nonces under its own MAC. An endpoint without the secret thus gets a
+// nonce and nothing derived from the secret. No message carries a time:
+// freshness is the initiator's nonce, so clocks need not agree. The
+// initiator checks the proof first, so a valid one is never refused
+// because of other requests; then it refuses replayed (challenge spent or
+// unknown), unlisted and mismatched requests; malformed, oversized and
+// badly proved requests count as failures, answered 429 from the fifth
+// from one address (and past 120 a minute from all). A valid request gets a
+// fresh join token and the initiator's MAC over both nonces, its
+// fingerprint and the token; the joiner checks it and the token's cluster
+// certificate before it joins, and obeys an unauthenticated Retry-After
+// for at most 10 s. Errors and status lines say which check failed, never
+// anything derived from the secret.
 //
 // Convergence: each step has a name (Step*) and an end state read from LXD
 // before acting, so running the service again after a crash at any point

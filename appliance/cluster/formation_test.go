@@ -9,11 +9,13 @@ import (
 )
 
 // TestFormation forms a three-member cluster on a bed: host2 starts before
-// the initiator and keeps retrying; while host3 has not started, requests
-// with a wrong secret, tampered fields, a replay, a stale timestamp, an
-// unlisted name, a malformed and an oversized body are all refused and
-// leave no member and no token; repeated failures block an address; then
-// host3 joins and every host sees the same three online members.
+// the initiator and keeps retrying; an impostor without the secret gets
+// nothing but its hellos; while host3 has not started, requests with a
+// wrong secret, tampered fields, a replay, no challenge, an unlisted name,
+// a malformed and an oversized body are all refused and leave no member
+// and no token; repeated failures get an address's failing requests 429
+// but not a valid one; then host3, whose address has more failures than
+// the limit, joins and every host sees the same three online members.
 func TestFormation(t *testing.T) {
 	e := newEnv(t, 3)
 	h1, h2, h3 := e.bed.Hosts[0], e.bed.Hosts[1], e.bed.Hosts[2]
@@ -29,8 +31,9 @@ func TestFormation(t *testing.T) {
 	}
 
 	// An impostor on the initiator's address, without the secret, answers
-	// with a token and a made-up proof: host2 must refuse it and not join.
-	impostor := e.impostor(t, h1)
+	// with a made-up challenge: host2 must refuse it, send it no proof of
+	// its own, and not join.
+	impostor, joins := e.impostor(t, h1)
 	for !strings.Contains(e.output(), "the initiator's proof does not verify") {
 		if time.Now().After(deadline) || len(early.done) > 0 {
 			t.Fatalf("host2 did not refuse the impostor's answer")
@@ -38,6 +41,9 @@ func TestFormation(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	impostor.Close()
+	if n := joins(); n != 0 {
+		t.Fatalf("host2 sent the impostor %d join requests after its made-up challenge", n)
+	}
 	if got := memberNames(t, h2); got != nil {
 		t.Fatalf("host2 joined something after the impostor's answer: %v", got)
 	}
@@ -98,27 +104,27 @@ func TestFormation(t *testing.T) {
 		status int
 		reason string
 	}{
-		{"wrong secret", 2, func(t *testing.T) []byte { return mustJSON(t, e.request(t, 2, wrong, nil)) }, 401, "proof does not verify"},
+		{"wrong secret", 2, func(t *testing.T) []byte { return mustJSON(t, e.request(t, 2, h3, wrong, nil)) }, 401, "proof does not verify"},
 		{"tampered name", 2, func(t *testing.T) []byte {
-			r := e.request(t, 2, good, nil)
+			r := e.request(t, 2, h3, good, nil)
 			r.Name = flip(r.Name, len(r.Name)-1) // host3 -> host2
 			return mustJSON(t, r)
 		}, 401, "proof does not verify"},
 		{"tampered fingerprint", 2, func(t *testing.T) []byte {
-			r := e.request(t, 2, good, nil)
+			r := e.request(t, 2, h3, good, nil)
 			// Flip a bit of a hex digit 0-7, which stays a hex digit.
 			i := strings.IndexAny(r.Fingerprint, "01234567")
 			r.Fingerprint = flip(r.Fingerprint, i)
 			return mustJSON(t, r)
 		}, 401, "proof does not verify"},
-		{"stale", 1, func(t *testing.T) []byte {
-			return mustJSON(t, e.request(t, 2, good, func(r *JoinRequest) { r.Timestamp -= 180 }))
-		}, 401, "stale request"},
+		{"no challenge", 2, func(t *testing.T) []byte {
+			return mustJSON(t, e.request(t, 2, h3, good, func(r *JoinRequest) { r.InitiatorNonce = strings.Repeat("00", 32) }))
+		}, 401, "replayed or expired"},
 		{"unlisted name", 1, func(t *testing.T) []byte {
-			return mustJSON(t, e.request(t, 2, good, func(r *JoinRequest) { r.Name = "host9" }))
+			return mustJSON(t, e.request(t, 2, h2, good, func(r *JoinRequest) { r.Name = "host9" }))
 		}, 403, "not a member"},
-		{"malformed", 1, func(*testing.T) []byte { return []byte(`{"version":1,"name":`) }, 400, "malformed"},
-		{"unknown field", 1, func(*testing.T) []byte { return []byte(`{"version":1,"extra":true}`) }, 400, "malformed"},
+		{"malformed", 1, func(*testing.T) []byte { return []byte(`{"version":2,"name":`) }, 400, "malformed"},
+		{"unknown field", 1, func(*testing.T) []byte { return []byte(`{"version":2,"extra":true}`) }, 400, "malformed"},
 		{"oversized", 1, func(*testing.T) []byte {
 			return []byte(`{"name":"` + strings.Repeat("a", 1<<20) + `"}`)
 		}, 413, "larger than"},
@@ -134,7 +140,7 @@ func TestFormation(t *testing.T) {
 	}
 
 	t.Run("refused/replay", func(t *testing.T) {
-		body := mustJSON(t, e.request(t, 2, good, nil))
+		body := mustJSON(t, e.request(t, 2, h3, good, nil))
 		status, resp := e.post(t, h3, body)
 		if status != 200 {
 			t.Fatalf("valid request: %d %s", status, resp)
@@ -145,16 +151,15 @@ func TestFormation(t *testing.T) {
 		}
 		nothingLeft(t, []string{"host3"})
 		status, resp = e.post(t, h3, body)
-		if status != 401 || !strings.Contains(resp, "replayed") {
+		if status != 401 && status != 429 || !strings.Contains(resp, "replayed") {
 			t.Errorf("replay: got %d %q", status, resp)
 		}
 		// The replay issued nothing: still the one token from the original.
 		nothingLeft(t, []string{"host3"})
 
 		// A valid, fresh request over a connection whose certificate is
-		// not the one it names (what a replay after an initiator restart
-		// would be) is refused too.
-		status, resp = e.postAs(t, h3, h2, mustJSON(t, e.request(t, 2, good, nil)))
+		// not the one it names is refused too.
+		status, resp = e.postAs(t, h3, h2, RegistrationPath, mustJSON(t, e.request(t, 2, h3, good, nil)))
 		if status != 401 || !strings.Contains(resp, "client certificate does not match") {
 			t.Errorf("another certificate: got %d %q", status, resp)
 		}
@@ -163,16 +168,26 @@ func TestFormation(t *testing.T) {
 
 	t.Run("rate limit", func(t *testing.T) {
 		// host2 is a member already, so blocking its address costs
-		// nothing: its five refused requests above (stale, unlisted name,
-		// malformed, unknown field, oversized) block even a valid one.
-		status, body := e.post(t, h2, mustJSON(t, e.request(t, 1, good, nil)))
+		// nothing: more wrong guesses than the limit get 429...
+		var status int
+		var body string
+		for i := 0; i < defaultMaxFailures+1; i++ {
+			status, body = e.post(t, h2, mustJSON(t, e.request(t, 1, h2, wrong, nil)))
+		}
 		if status != 429 {
-			t.Errorf("after 5 failures a valid request got %d %q, want 429", status, body)
+			t.Errorf("after %d failures a wrong proof got %d %q, want 429", defaultMaxFailures+1, status, body)
+		}
+		// ...but a valid proof from that address is judged on its own:
+		// host2 is a member, not blocked.
+		status, body = e.post(t, h2, mustJSON(t, e.request(t, 1, h2, good, nil)))
+		if status != 409 || !strings.Contains(body, "already a member") {
+			t.Errorf("a valid request from a blocked address got %d %q, want 409 already a member", status, body)
 		}
 		nothingLeft(t, []string{"host3"})
 	})
 
-	// host3's own service replaces the token the test made and joins.
+	// host3's own service replaces the token the test made and joins,
+	// though its address has more failures than the limit (above).
 	last := e.start(2, nil)
 	if err := last.wait(t, 3*time.Minute); err != nil {
 		t.Fatalf("host3: %v", err)

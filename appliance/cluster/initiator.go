@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -18,11 +19,37 @@ import (
 	"github.com/canonical/lxd/shared/api"
 )
 
-// RegistrationPath is the registration endpoint's URL path.
-const RegistrationPath = "/ssbuild/v1/join"
+// The registration endpoint's URL paths: a joiner POSTs a Hello to
+// ChallengePath, then its JoinRequest to RegistrationPath.
+const (
+	ChallengePath    = "/ssbuild/v2/challenge"
+	RegistrationPath = "/ssbuild/v2/join"
+)
 
-// maxRequestBytes bounds a request body: a valid one is under 600 bytes.
+// maxRequestBytes bounds a request body: a valid one is under 700 bytes.
 const maxRequestBytes = 4096
+
+// defaultGlobalFailures is how many refused requests a minute, from all
+// addresses together, the registrar handles fully before it answers the
+// rest of that minute's failures 429 without a log line each.
+const defaultGlobalFailures = 120
+
+// registrationTLS is the endpoint's TLS: the initiator's LXD server
+// certificate, and the joiner's as client certificate.
+func registrationTLS(cert tls.Certificate) *tls.Config {
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		// The joiner's LXD certificate is self-signed: ask for it and
+		// check it against the fingerprint its proof names.
+		ClientAuth: tls.RequireAnyClientCert,
+		MinVersion: tls.VersionTLS13,
+	}
+}
+
+func newRegistrar(s *Service, stop context.CancelCauseFunc) *registrar {
+	return &registrar{s: s, stop: stop,
+		limiter: failureLimiter{limit: s.o.MaxFailures, block: s.o.Block, globalLimit: defaultGlobalFailures}}
+}
 
 func (s *Service) runInitiator(ctx context.Context) error {
 	if err := s.bootstrap(ctx); err != nil {
@@ -30,8 +57,7 @@ func (s *Service) runInitiator(ctx context.Context) error {
 	}
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	reg := &registrar{s: s, stop: stop,
-		limiter: failureLimiter{limit: s.o.MaxFailures, block: s.o.Block}}
+	reg := newRegistrar(s, stop)
 	addr := net.JoinHostPort(s.cfg.Host.Address, fmt.Sprint(s.cfg.Cluster.RegistrationPort))
 	ln, err := s.o.Listen("tcp", addr)
 	if err != nil {
@@ -43,14 +69,8 @@ func (s *Service) runInitiator(ctx context.Context) error {
 		MaxHeaderBytes:    8 << 10,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
-		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{s.cert},
-			// The joiner's LXD certificate is self-signed: ask for it and
-			// check it against the fingerprint its proof names.
-			ClientAuth: tls.RequireAnyClientCert,
-			MinVersion: tls.VersionTLS13,
-		},
-		ErrorLog: quietLog(),
+		TLSConfig:         registrationTLS(s.cert),
+		ErrorLog:          quietLog(),
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.ServeTLS(ln, "", "") }()
@@ -167,10 +187,10 @@ func quietLog() *log.Logger { return log.New(io.Discard, "", 0) }
 
 // registrar serves the registration endpoint.
 type registrar struct {
-	s       *Service
-	stop    context.CancelCauseFunc
-	nonces  nonceCache
-	limiter failureLimiter
+	s          *Service
+	stop       context.CancelCauseFunc
+	challenges challenges
+	limiter    failureLimiter
 
 	// mu serialises token issuing; slot is the joiner that holds the one
 	// join LXD is asked to do at a time.
@@ -185,35 +205,55 @@ func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.o.now()
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
 	from := src.Addr().Unmap()
-	if r.Method != http.MethodPost || r.URL.Path != RegistrationPath {
+	if r.Method != http.MethodPost || (r.URL.Path != RegistrationPath && r.URL.Path != ChallengePath) {
 		http.NotFound(w, r)
 		return
 	}
-	if left := g.limiter.blocked(from, now); left > 0 {
-		s.log.Info("%s: registration: refused request from %s: too many refused requests, blocked for %s", s.cfg.Host.Name, from, left.Round(time.Second))
-		w.Header().Set("Retry-After", fmt.Sprint(int(left.Seconds())+1))
-		http.Error(w, "too many refused requests from your address: retry later", http.StatusTooManyRequests)
-		return
-	}
-	req, ref := g.check(w, r, from, now)
-	if ref == nil {
-		var resp *JoinResponse
-		resp, ref = g.issue(req)
+	var name string
+	var answer any
+	var ref *refusal
+	if r.URL.Path == ChallengePath {
+		answer, ref = g.challenge(w, r, from, now)
+	} else {
+		var req *JoinRequest
+		var proved bool
+		req, proved, ref = g.check(w, r, from, now)
+		if req != nil {
+			name = req.Name
+		}
 		if ref == nil {
-			g.limiter.succeed(from)
-			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(resp)
+			answer, ref = g.issue(req)
+		}
+		if proved && ref != nil {
+			// The sender holds the secret: a member's misconfiguration or a
+			// busy initiator, not guessing. Said as is, never counted.
+			g.refuse(w, from, name, ref, 0)
 			return
 		}
 	}
-	if ref.status != http.StatusServiceUnavailable && ref.status != http.StatusConflict {
-		g.limiter.fail(from, now)
+	if ref == nil {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(answer)
+		return
 	}
-	name := "?"
-	if req != nil {
-		name = req.Name
+	blocked, started := g.limiter.fail(from, now)
+	if started {
+		s.log.Info("%s: registration: too many refused requests (from %s, or from all addresses this minute): their failures are answered 429 for %s; valid proofs still pass", s.cfg.Host.Name, from, blocked.Round(time.Second))
 	}
-	s.log.Info("%s: registration: refused request from %s (name %q): %s", s.cfg.Host.Name, from, name, ref.reason)
+	g.refuse(w, from, name, ref, blocked)
+}
+
+// refuse answers a refused request; blocked is how long its source's
+// failures are answered 429 (zero when they are not).
+func (g *registrar) refuse(w http.ResponseWriter, from netip.Addr, name string, ref *refusal, blocked time.Duration) {
+	s := g.s
+	if blocked > 0 {
+		// No line per request while blocked: a flood would fill the log.
+		w.Header().Set("Retry-After", fmt.Sprint(int(blocked.Seconds())+1))
+		http.Error(w, "too many refused requests: "+ref.reason+"; retry later", http.StatusTooManyRequests)
+		return
+	}
+	s.log.Info("%s: registration: refused request from %s (name %q): %s", s.cfg.Host.Name, from, cmp.Or(name, "?"), ref.reason)
 	if ref.status == http.StatusServiceUnavailable {
 		// Busy or stopping: worth a retry soon, not after a long backoff.
 		w.Header().Set("Retry-After", "1")
@@ -221,47 +261,77 @@ func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	http.Error(w, ref.reason, ref.status)
 }
 
-// check decodes and verifies a request; the order puts the cheap checks
-// first and records the nonce only once the proof holds, so unauthenticated
-// requests cannot fill the cache.
-func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Addr, now time.Time) (*JoinRequest, *refusal) {
-	s := g.s
+// readJSON decodes exactly one JSON value of the type into v.
+func readJSON(w http.ResponseWriter, r *http.Request, v any, what string) *refusal {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBytes))
 	if err != nil {
-		return nil, &refusal{http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", maxRequestBytes)}
+		return &refusal{http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", maxRequestBytes)}
 	}
-	var req JoinRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.More() {
-		return nil, &refusal{http.StatusBadRequest, "malformed request: not one JSON join request"}
+	if err := dec.Decode(v); err != nil || dec.More() {
+		return &refusal{http.StatusBadRequest, "malformed request: not one JSON " + what}
 	}
-	if ref := checkForm(&req, s.cfg.Cluster.Name); ref != nil {
-		return &req, ref
+	return nil
+}
+
+// challenge answers a hello with a one-time nonce and the initiator's
+// proof over both nonces and its certificate. It is not gated by the
+// limiter: a joiner sharing an address with a source of junk still gets
+// its challenge; the table of them is bounded (see challenges).
+func (g *registrar) challenge(w http.ResponseWriter, r *http.Request, from netip.Addr, now time.Time) (*Challenge, *refusal) {
+	s := g.s
+	var h Hello
+	if ref := readJSON(w, r, &h, "hello"); ref != nil {
+		return nil, ref
 	}
-	if d := now.Sub(time.Unix(req.Timestamp, 0)); d > maxSkew || d < -maxSkew {
-		return &req, &refusal{http.StatusUnauthorized, fmt.Sprintf("stale request: timestamp off by %s (more than %s): check the clocks", d.Round(time.Second), maxSkew)}
+	if ref := checkHello(&h, s.cfg.Cluster.Name); ref != nil {
+		return nil, ref
 	}
-	if !verifyMAC(s.key, req.macFields(), req.MAC) {
-		return &req, &refusal{http.StatusUnauthorized, "proof does not verify: wrong cluster secret or altered request"}
+	n, err := g.challenges.issue(from, h.Nonce, now)
+	if err != nil {
+		s.log.Info("%s: registration: %v", s.cfg.Host.Name, err)
+		return nil, &refusal{http.StatusServiceUnavailable, "initiator cannot make a challenge: retry"}
 	}
-	// The cache lives as long as this process: a request replayed after a
-	// restart passes this check but not the client certificate's, which
-	// only the joiner's LXD key can present.
-	if !g.nonces.add(req.Nonce, now) {
-		return &req, &refusal{http.StatusUnauthorized, "replayed request: nonce already used"}
+	c := &Challenge{Version: ProtocolVersion, Nonce: n}
+	signChallenge(s.key, s.cfg.Cluster.Name, h.Nonce, s.fp, c)
+	return c, nil
+}
+
+// check decodes and verifies a join request. The proof is checked before
+// anything that depends on other requests (the challenge table, the
+// limiter), so a valid proof is judged on its own; proved says it held.
+// The challenge it names is spent either way: one attempt per challenge.
+func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Addr, now time.Time) (req *JoinRequest, proved bool, ref *refusal) {
+	s := g.s
+	req = &JoinRequest{}
+	if ref := readJSON(w, r, req, "join request"); ref != nil {
+		return nil, false, ref
+	}
+	if ref := checkForm(req, s.cfg.Cluster.Name); ref != nil {
+		return req, false, ref
+	}
+	fresh := g.challenges.take(req.InitiatorNonce, req.JoinerNonce, from, now)
+	if !verifyMAC(s.key, req.macFields(s.fp), req.MAC) {
+		return req, false, &refusal{http.StatusUnauthorized, "proof does not verify: wrong cluster secret or altered request"}
+	}
+	if !fresh {
+		// What a replayed request gets: its challenge is spent. A joiner
+		// that was too slow (or whose challenge made room for newer ones)
+		// starts again with a new hello.
+		return req, false, &refusal{http.StatusUnauthorized, "replayed or expired request: its challenge is unknown, used or expired; start again with a new hello"}
 	}
 	m, listed := s.cfg.Cluster.Member(req.Name)
 	if !listed {
-		return &req, &refusal{http.StatusForbidden, fmt.Sprintf("%q is not a member of cluster %s", req.Name, s.cfg.Cluster.Name)}
+		return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%q is not a member of cluster %s", req.Name, s.cfg.Cluster.Name)}
 	}
 	if m.Address != req.Address || netip.MustParseAddr(m.Address) != from {
-		return &req, &refusal{http.StatusForbidden, fmt.Sprintf("%s registers from %s with address %s; its address is %s", req.Name, from, req.Address, m.Address)}
+		return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%s registers from %s with address %s; its address is %s", req.Name, from, req.Address, m.Address)}
 	}
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || Fingerprint(r.TLS.PeerCertificates[0]) != req.Fingerprint {
-		return &req, &refusal{http.StatusUnauthorized, "TLS client certificate does not match the fingerprint in the proof"}
+		return req, true, &refusal{http.StatusUnauthorized, "TLS client certificate does not match the fingerprint in the proof"}
 	}
-	return &req, nil
+	return req, true, nil
 }
 
 // issue gives the joiner a fresh token, one joiner at a time.

@@ -49,8 +49,8 @@ func (s *Service) runJoiner(ctx context.Context) error {
 		wait := backoff
 		var ra *retryAfterError
 		if errors.As(err, &ra) {
-			// The initiator said when: busy with another joiner (soon) or
-			// blocking this address (later).
+			// The initiator said when (busy with another joiner); capped
+			// at maxRetryAfter, since nothing proves who said it.
 			wait = ra.after
 		} else {
 			backoff = min(2*backoff, s.o.BackoffMax)
@@ -93,16 +93,17 @@ func (s *Service) registerAndJoin(ctx context.Context, regAddr string) error {
 	return s.reached(StepJoined, "member of cluster "+s.cfg.Cluster.Name)
 }
 
-// register asks the initiator for a join token and checks its proof.
+// maxRetryAfter caps a Retry-After the joiner obeys: the answer carrying it
+// is not authenticated, so whoever can answer in the initiator's place must
+// not be able to park the joiner for long.
+const maxRetryAfter = 10 * time.Second
+
+// register asks the initiator for a join token. The initiator proves the
+// secret first: the joiner sends a fresh nonce, checks the initiator's MAC
+// over both nonces and the certificate its TLS peer served, and only then
+// sends its own proof. An endpoint without the secret gets the nonce and
+// nothing else.
 func (s *Service) register(ctx context.Context, regAddr string) (string, error) {
-	req, err := newJoinRequest(s.key, s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, s.o.now())
-	if err != nil {
-		return "", err
-	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return "", err
-	}
 	client := &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
@@ -117,7 +118,42 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 			DisableKeepAlives: true,
 		},
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+regAddr+RegistrationPath, bytes.NewReader(body))
+	hello, err := newHello(s.cfg.Cluster.Name)
+	if err != nil {
+		return "", err
+	}
+	var ch Challenge
+	peerFP, err := s.post(ctx, client, "https://"+regAddr+ChallengePath, hello, &ch)
+	if err != nil {
+		return "", err
+	}
+	if ch.Version != ProtocolVersion || !verifyMAC(s.key, challengeFields(s.cfg.Cluster.Name, hello.Nonce, ch.Nonce, peerFP), ch.MAC) {
+		return "", errProofMismatch
+	}
+	req := newJoinRequest(s.key, s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, hello, &ch, peerFP)
+	var jr JoinResponse
+	fp, err := s.post(ctx, client, "https://"+regAddr+RegistrationPath, req, &jr)
+	if err != nil {
+		return "", err
+	}
+	// A new connection: it must reach the peer that proved the secret.
+	if fp != peerFP || jr.Fingerprint != peerFP {
+		return "", errors.New("the registration endpoint's certificate is not the one the initiator's proof covers")
+	}
+	if !verifyMAC(s.key, responseFields(req, &jr), jr.MAC) {
+		return "", errProofMismatch
+	}
+	return jr.Token, nil
+}
+
+// post sends one registration message and decodes the answer; it returns
+// the fingerprint of the certificate the peer served.
+func (s *Service) post(ctx context.Context, client *http.Client, url string, msg, answer any) (string, error) {
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return "", err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return "", err
 	}
@@ -134,21 +170,17 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 	if resp.StatusCode != http.StatusOK {
 		err := fmt.Errorf("registration refused (%s): %s", resp.Status, strings.TrimSpace(string(data)))
 		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
-			return "", &retryAfterError{after: min(time.Duration(secs)*time.Second, time.Hour), err: err}
+			return "", &retryAfterError{after: min(time.Duration(secs)*time.Second, maxRetryAfter), err: err}
 		}
 		return "", err
 	}
-	var jr JoinResponse
-	if err := json.Unmarshal(data, &jr); err != nil {
+	if err := json.Unmarshal(data, answer); err != nil {
 		return "", fmt.Errorf("registration answer: %w", err)
 	}
-	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 || Fingerprint(resp.TLS.PeerCertificates[0]) != jr.Fingerprint {
-		return "", errors.New("the registration endpoint's certificate is not the one the initiator's answer names")
+	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+		return "", errors.New("registration answer without a TLS certificate")
 	}
-	if !verifyMAC(s.key, responseFields(req, &jr), jr.MAC) {
-		return "", errProofMismatch
-	}
-	return jr.Token, nil
+	return Fingerprint(resp.TLS.PeerCertificates[0]), nil
 }
 
 // retryAfterError is a refusal that says when to try again.

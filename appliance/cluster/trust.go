@@ -27,12 +27,25 @@ const (
 	argonMemory  = 64 * 1024 // KiB
 	argonThreads = 4
 	keyLength    = 32
-	// ProtocolVersion is the version of the registration messages.
-	ProtocolVersion = 1
+	// ProtocolVersion is the version of the registration messages. 2: the
+	// initiator proves the secret first, over both nonces (challenge and
+	// response); no timestamps.
+	ProtocolVersion = 2
 )
 
-// Clock skew a request may have (both ways) before it is stale.
-const maxSkew = 2 * time.Minute
+// A challenge is good for challengeTTL on the initiator's own clock, which
+// is all the freshness the protocol needs: no clock is compared with
+// another host's.
+const challengeTTL = 30 * time.Second
+
+// Bounds on outstanding challenges. A joiner needs one at a time; the
+// per-address bound keeps one source from taking the whole table, the
+// global one bounds memory whatever the number of sources. When full, the
+// oldest goes: the newest asker always gets a challenge.
+const (
+	maxChallengesPerAddr = 8
+	maxChallenges        = 1024
+)
 
 // key is the HMAC key derived from the cluster secret. It has no String
 // method that shows it: fmt prints it as [redacted].
@@ -64,22 +77,41 @@ func (k key) mac(fields ...string) []byte {
 	return h.Sum(nil)
 }
 
-// JoinRequest is what a joiner sends to the initiator's registration
-// endpoint. MAC proves the joiner holds the secret; it covers every other
-// field.
+// Hello is a joiner's first message: a fresh nonce and nothing derived
+// from the secret, so an endpoint that is not the initiator learns nothing
+// it could guess the secret from.
+type Hello struct {
+	Version int    `json:"version"`
+	Cluster string `json:"cluster"`
+	Nonce   string `json:"nonce"` // the joiner's: 32 random bytes, hex
+}
+
+// Challenge is the initiator's answer to a Hello: its own nonce and a MAC
+// over both nonces and the fingerprint of the certificate its TLS endpoint
+// serves. The joiner computes the MAC with the certificate it saw, so the
+// proof is bound to that connection's peer and a relay cannot pass it on.
+type Challenge struct {
+	Version int    `json:"version"`
+	Nonce   string `json:"nonce"` // the initiator's: 32 random bytes, hex
+	MAC     string `json:"mac"`   // hex HMAC-SHA256
+}
+
+// JoinRequest is what a joiner sends once the initiator proved the secret.
+// MAC proves the joiner holds the secret; it covers every other field and
+// the initiator's certificate fingerprint.
 type JoinRequest struct {
-	Version     int    `json:"version"`
-	Cluster     string `json:"cluster"`
-	Name        string `json:"name"`        // the joiner's member name
-	Address     string `json:"address"`     // the joiner's IP address
-	Fingerprint string `json:"fingerprint"` // SHA-256 of the joiner's LXD server certificate, hex
-	Nonce       string `json:"nonce"`       // 32 random bytes, hex
-	Timestamp   int64  `json:"timestamp"`   // Unix seconds
-	MAC         string `json:"mac"`         // hex HMAC-SHA256
+	Version        int    `json:"version"`
+	Cluster        string `json:"cluster"`
+	Name           string `json:"name"`           // the joiner's member name
+	Address        string `json:"address"`        // the joiner's IP address
+	Fingerprint    string `json:"fingerprint"`    // SHA-256 of the joiner's LXD server certificate, hex
+	JoinerNonce    string `json:"joinerNonce"`    // from the joiner's Hello
+	InitiatorNonce string `json:"initiatorNonce"` // from the initiator's Challenge: one use
+	MAC            string `json:"mac"`            // hex HMAC-SHA256
 }
 
 // JoinResponse is the initiator's answer: a fresh LXD join token for the
-// joiner and the initiator's own proof, bound to the joiner's nonce and the
+// joiner and the initiator's own proof, bound to both nonces and the
 // certificate the registration endpoint served.
 type JoinResponse struct {
 	Token       string `json:"token"`
@@ -87,25 +119,50 @@ type JoinResponse struct {
 	MAC         string `json:"mac"`
 }
 
-func (r *JoinRequest) macFields() []string {
-	return []string{"ssbuild join request v1", fmt.Sprint(r.Version), r.Cluster, r.Name, r.Address,
-		r.Fingerprint, r.Nonce, fmt.Sprint(r.Timestamp)}
+// Every MAC starts with its own label, so no proof of one kind is ever a
+// valid proof of another (a challenge MAC the initiator hands anyone is
+// never a join request's).
+func challengeFields(cluster, joinerNonce, initiatorNonce, initiatorFP string) []string {
+	return []string{"ssbuild join challenge v2", fmt.Sprint(ProtocolVersion), cluster, joinerNonce, initiatorNonce, initiatorFP}
+}
+
+func (r *JoinRequest) macFields(initiatorFP string) []string {
+	return []string{"ssbuild join request v2", fmt.Sprint(r.Version), r.Cluster, r.Name, r.Address,
+		r.Fingerprint, r.JoinerNonce, r.InitiatorNonce, initiatorFP}
 }
 
 func responseFields(req *JoinRequest, resp *JoinResponse) []string {
-	return []string{"ssbuild join response v1", req.Cluster, req.Name, req.Nonce, resp.Fingerprint, resp.Token}
+	return []string{"ssbuild join response v2", req.Cluster, req.Name, req.JoinerNonce, req.InitiatorNonce, resp.Fingerprint, resp.Token}
 }
 
-// newJoinRequest builds and signs a request.
-func newJoinRequest(k key, cluster, name, address, fingerprint string, now time.Time) (*JoinRequest, error) {
-	var nonce [32]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		return nil, fmt.Errorf("join request nonce: %w", err)
+// newNonce is 32 random bytes, hex.
+func newNonce() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("nonce: %w", err)
 	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+func newHello(cluster string) (*Hello, error) {
+	n, err := newNonce()
+	if err != nil {
+		return nil, err
+	}
+	return &Hello{Version: ProtocolVersion, Cluster: cluster, Nonce: n}, nil
+}
+
+func signChallenge(k key, cluster, joinerNonce, initiatorFP string, c *Challenge) {
+	c.MAC = hex.EncodeToString(k.mac(challengeFields(cluster, joinerNonce, c.Nonce, initiatorFP)...))
+}
+
+// newJoinRequest builds and signs a request answering challenge c, which
+// came over a connection whose peer served initiatorFP.
+func newJoinRequest(k key, cluster, name, address, fingerprint string, h *Hello, c *Challenge, initiatorFP string) *JoinRequest {
 	r := &JoinRequest{Version: ProtocolVersion, Cluster: cluster, Name: name, Address: address,
-		Fingerprint: fingerprint, Nonce: hex.EncodeToString(nonce[:]), Timestamp: now.Unix()}
-	r.MAC = hex.EncodeToString(k.mac(r.macFields()...))
-	return r, nil
+		Fingerprint: fingerprint, JoinerNonce: h.Nonce, InitiatorNonce: c.Nonce}
+	r.MAC = hex.EncodeToString(k.mac(r.macFields(initiatorFP)...))
+	return r
 }
 
 // verifyMAC compares in constant time; a MAC that is not hex fails the same way.
@@ -141,6 +198,19 @@ var (
 	nameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 )
 
+// checkHello refuses a malformed hello.
+func checkHello(h *Hello, cluster string) *refusal {
+	switch {
+	case h.Version != ProtocolVersion:
+		return &refusal{400, fmt.Sprintf("protocol version %d, want %d", h.Version, ProtocolVersion)}
+	case h.Cluster != cluster:
+		return &refusal{400, "hello for another cluster"}
+	case !hex64.MatchString(h.Nonce):
+		return &refusal{400, "malformed nonce"}
+	}
+	return nil
+}
+
 // checkForm refuses a malformed request before any MAC is computed.
 func checkForm(r *JoinRequest, cluster string) *refusal {
 	switch {
@@ -152,7 +222,7 @@ func checkForm(r *JoinRequest, cluster string) *refusal {
 		return &refusal{400, "malformed member name"}
 	case !hex64.MatchString(r.Fingerprint):
 		return &refusal{400, "malformed certificate fingerprint"}
-	case !hex64.MatchString(r.Nonce):
+	case !hex64.MatchString(r.JoinerNonce) || !hex64.MatchString(r.InitiatorNonce):
 		return &refusal{400, "malformed nonce"}
 	case !hex64.MatchString(r.MAC):
 		return &refusal{400, "malformed proof"}
@@ -163,74 +233,161 @@ func checkForm(r *JoinRequest, cluster string) *refusal {
 	return nil
 }
 
-// nonceCache remembers the nonces of accepted requests until they would be
-// stale anyway, so a replayed request is refused and the cache stays bounded
-// by what the rate of valid requests allows.
-type nonceCache struct {
-	mu   sync.Mutex
-	seen map[string]time.Time // nonce -> when it can be forgotten
+// challenges holds the initiator's outstanding challenges: each answers
+// one join request (valid or not) and is gone after it, or after
+// challengeTTL, so a request is never accepted twice and the table stays
+// within maxChallenges whatever is sent.
+type challenges struct {
+	mu      sync.Mutex
+	pending map[string]*challenge // by initiator nonce
 }
 
-// maxNonces caps the cache; valid requests need the secret, so only a
-// member gone haywire could fill it.
-const maxNonces = 10000
+type challenge struct {
+	joinerNonce string
+	from        netip.Addr
+	issued      time.Time
+}
 
-// add records a nonce; false means it was seen before (a replay) or the
-// cache is full.
-func (c *nonceCache) add(nonce string, now time.Time) bool {
+// issue records a new challenge for a hello from addr and returns its nonce.
+func (c *challenges) issue(from netip.Addr, joinerNonce string, now time.Time) (string, error) {
+	n, err := newNonce()
+	if err != nil {
+		return "", err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.seen == nil {
-		c.seen = map[string]time.Time{}
+	if c.pending == nil {
+		c.pending = map[string]*challenge{}
 	}
-	for n, until := range c.seen {
-		if now.After(until) {
-			delete(c.seen, n)
+	var oldest, oldestFrom string
+	fromAddr := 0
+	for k, ch := range c.pending {
+		if now.Sub(ch.issued) >= challengeTTL {
+			delete(c.pending, k)
+			continue
+		}
+		if oldest == "" || ch.issued.Before(c.pending[oldest].issued) {
+			oldest = k
+		}
+		if ch.from == from {
+			fromAddr++
+			if oldestFrom == "" || ch.issued.Before(c.pending[oldestFrom].issued) {
+				oldestFrom = k
+			}
 		}
 	}
-	if _, ok := c.seen[nonce]; ok || len(c.seen) >= maxNonces {
-		return false
+	if fromAddr >= maxChallengesPerAddr {
+		delete(c.pending, oldestFrom)
+	} else if len(c.pending) >= maxChallenges {
+		delete(c.pending, oldest)
 	}
-	// A request is accepted up to maxSkew after its timestamp, and its
-	// timestamp may be maxSkew ahead: keep it for both.
-	c.seen[nonce] = now.Add(2*maxSkew + time.Second)
-	return true
+	c.pending[n] = &challenge{joinerNonce: joinerNonce, from: from, issued: now}
+	return n, nil
 }
 
-// failureLimiter blocks a source address after repeated refused requests:
-// online guessing of the secret then costs minutes per few guesses.
-type failureLimiter struct {
-	mu       sync.Mutex
-	limit    int
-	block    time.Duration
-	failures map[netip.Addr]*failures
+// take removes the challenge a request names and says whether it was
+// outstanding, unexpired, issued to this address for this joiner nonce.
+func (c *challenges) take(initiatorNonce, joinerNonce string, from netip.Addr, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch, ok := c.pending[initiatorNonce]
+	if !ok {
+		return false
+	}
+	if ch.from != from {
+		// Not this source's to spend: another address naming it must not
+		// take it away from the joiner it was issued to.
+		return false
+	}
+	delete(c.pending, initiatorNonce)
+	return ch.joinerNonce == joinerNonce && now.Sub(ch.issued) < challengeTTL
 }
+
+func (c *challenges) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
+}
+
+// failureLimiter counts refused requests (bad proofs, junk). It only ever
+// acts on requests that fail: a request with a valid proof is checked
+// before it and never refused because of other requests' failures, so junk
+// sent from a joiner's address cannot lock that joiner out. Per address,
+// from the limit on, its failures are answered 429 with a block time that
+// doubles per further failure (up to an hour). Globally, more than
+// globalLimit failures in a minute are answered 429 for the rest of that
+// minute: many addresses (an IPv6 prefix, a botnet on the LAN) get around
+// a per-address limit, and the global cap bounds what they cost the
+// initiator and its log in total. Neither slows the guessing of a correct
+// proof (that passes whatever the count); what protects the secret from
+// guessing is that every guess costs an Argon2id derivation (online or
+// offline against a challenge's MAC) and the secret's length.
+type failureLimiter struct {
+	mu          sync.Mutex
+	limit       int
+	block       time.Duration
+	globalLimit int
+	failures    map[netip.Addr]*failures
+
+	window      time.Time // start of the current global minute
+	windowCount int
+	swept       time.Time // last sweep of forgotten addresses
+}
+
+// maxTrackedAddrs bounds the addresses the limiter remembers.
+const maxTrackedAddrs = 4096
 
 type failures struct {
 	count int
 	until time.Time // blocked until then
 }
 
-// blocked says how much longer addr may not try; zero when it may.
+// blocked says how much longer addr's failing requests are answered 429;
+// zero when not blocked.
 func (l *failureLimiter) blocked(addr netip.Addr, now time.Time) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if f := l.failures[addr]; f != nil && now.Before(f.until) {
-		return f.until.Sub(now)
-	}
-	return 0
+	return l.blockedLocked(addr, now)
 }
 
-// fail records a refused request; from the limit on, every further failure
-// blocks the address for twice as long, up to an hour.
-func (l *failureLimiter) fail(addr netip.Addr, now time.Time) {
+func (l *failureLimiter) blockedLocked(addr netip.Addr, now time.Time) time.Duration {
+	var d time.Duration
+	if f := l.failures[addr]; f != nil && now.Before(f.until) {
+		d = f.until.Sub(now)
+	}
+	if l.globalLimit > 0 && l.windowCount > l.globalLimit && now.Sub(l.window) < time.Minute {
+		d = max(d, l.window.Add(time.Minute).Sub(now))
+	}
+	return d
+}
+
+// fail records a refused request and returns how long its source is
+// blocked now (zero if not): from the limit on, every further failure
+// blocks the address for twice as long, up to an hour. started says this
+// failure started the block, so one line in the log can say so.
+func (l *failureLimiter) fail(addr netip.Addr, now time.Time) (blocked time.Duration, started bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	before := l.blockedLocked(addr, now)
 	if l.failures == nil {
 		l.failures = map[netip.Addr]*failures{}
 	}
+	// Forget addresses whose block ran out long ago, when room is needed
+	// (at most once a minute: a sweep reads the whole map).
+	if len(l.failures) >= maxTrackedAddrs && now.Sub(l.swept) >= time.Minute {
+		l.swept = now
+		for a, f := range l.failures {
+			if now.Sub(f.until) > time.Hour && now.Sub(f.until) > l.block<<6 {
+				delete(l.failures, a)
+			}
+		}
+	}
 	f := l.failures[addr]
-	if f == nil {
+	if f == nil && len(l.failures) >= maxTrackedAddrs {
+		// Bounded memory: past this many failing addresses, new ones
+		// are left to the global cap.
+		f = &failures{}
+	} else if f == nil {
 		f = &failures{}
 		l.failures[addr] = f
 	}
@@ -238,14 +395,16 @@ func (l *failureLimiter) fail(addr netip.Addr, now time.Time) {
 	if over := f.count - l.limit; over >= 0 {
 		d := l.block << min(over, 6)
 		f.until = now.Add(min(d, time.Hour))
+	} else if f.until.IsZero() {
+		// Below the limit: may be forgotten an hour on, when room is needed.
+		f.until = now
 	}
+	if now.Sub(l.window) >= time.Minute {
+		l.window, l.windowCount = now, 0
+	}
+	l.windowCount++
+	blocked = l.blockedLocked(addr, now)
+	return blocked, before == 0 && blocked > 0
 }
 
-// succeed forgets an address's failures: it has proved it holds the secret.
-func (l *failureLimiter) succeed(addr netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.failures, addr)
-}
-
-var errProofMismatch = errors.New("the initiator's proof does not verify: it does not hold the cluster secret, or the answer was tampered with")
+var errProofMismatch = errors.New("the initiator's proof does not verify: it does not hold this cluster's secret (wrong cluster secret or cluster name on one side) or it is not the initiator; nothing derived from the secret was sent to it")
