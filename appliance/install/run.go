@@ -55,6 +55,9 @@ type Env struct {
 	// NICWait is how long to wait for a NIC whose MAC names a host when
 	// none does yet (drivers probe after their modules load); 0: look once.
 	NICWait time.Duration
+	// BeforeInstall runs after the target is chosen and the payload
+	// verified, just before Install (tests swap the disk here).
+	BeforeInstall func(target Disk) error
 }
 
 // Run is the whole unattended install: identify this host and pick and
@@ -125,6 +128,9 @@ func Run(ctx context.Context, env Env) error {
 		if disks[i].Found, err = Probe(d.Path); err != nil {
 			return err
 		}
+		if ForeignJournal(d.Path, p.Digest, host.Name) {
+			disks[i].Found = append(disks[i].Found, "journal")
+		}
 	}
 	choice := Choice{Target: r.Installer.Target, Layout: r.Installer.Layout, Wipe: r.Installer.Wipe}
 	if host.Target != nil {
@@ -136,6 +142,20 @@ func Run(ctx context.Context, env Env) error {
 		return err
 	}
 	rep.Info("target disk: %s", target)
+	// What the disk is now, checked again right before the first write:
+	// verifying the payload takes minutes, time enough to swap a disk.
+	expect, err := Identify(env.SysRoot, target.Path)
+	if err != nil {
+		return err
+	}
+	if expect.Size != target.Size || (target.Dev != "" && expect.Dev != "" && expect.Dev != target.Dev) {
+		return fmt.Errorf("target %s changed while it was chosen (%s): nothing was written; boot the installer again", target, expect)
+	}
+	if held := holds(target); len(held) > 0 && choice.Wipe && !resumable(target) {
+		// Said before anything is erased, so the console (often a logged
+		// serial port) keeps what was lost.
+		rep.Info("installer.wipe is true: ERASING %s, which holds %s", target, strings.Join(held, ", "))
+	}
 
 	task := rep.Start("verify payload", PayloadSize(env.PayloadDir), "bytes")
 	err = p.Verify(task)
@@ -152,8 +172,13 @@ func Run(ctx context.Context, env Env) error {
 			return err
 		}
 	}
-	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files, Copies: copies},
-		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: afterStep})
+	if env.BeforeInstall != nil {
+		if err := env.BeforeInstall(target); err != nil {
+			return err
+		}
+	}
+	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files, Copies: copies, Expect: &expect},
+		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, SysRoot: env.SysRoot, AfterStep: afterStep})
 	if errors.Is(err, ErrAlreadyInstalled) {
 		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)
 		return env.Power.PowerOff()
