@@ -59,7 +59,9 @@ func (j Journal) encode() []byte {
 
 // ReadJournal reads the journal of a target. ok is false when the target
 // holds none. A torn block (magic present, checksum wrong) reads as a
-// journal with no completed step: the disk is ours, nothing is trusted.
+// journal naming no payload and no completed step: nothing in it is
+// trusted, and Resumable refuses it like any data. (The record is shorter
+// than one sector, so a disk that writes sectors whole never tears it.)
 func ReadJournal(target string) (j Journal, ok bool, err error) {
 	f, err := os.Open(target)
 	if err != nil {

@@ -256,6 +256,9 @@ func TestJournalTorn(t *testing.T) {
 	if got, ok, _ := ReadJournal(img); !ok || got.Step != "" || got.Completed(StepVerified) {
 		t.Errorf("torn journal: %+v %v; want ours with no step completed", got, ok)
 	}
+	if Resumable(img, "abc", "nuc1") || !ForeignJournal(img, "abc", "nuc1") {
+		t.Error("a torn journal is resumable: it names no payload, so it proves nothing")
+	}
 }
 
 // TestResumable: an unfinished install continues only while the disk still
@@ -285,11 +288,22 @@ func TestResumable(t *testing.T) {
 	if !Resumable(img, p.Digest, "nuc1") {
 		t.Error("after verified: not resumable")
 	}
+	// The journal binds the half-done install to its payload and host:
+	// for anyone else the disk holds data.
+	if Resumable(img, "other", "nuc1") || Resumable(img, p.Digest, "nuc2") {
+		t.Error("after verified: resumable for another payload or host")
+	}
+	if ForeignJournal(img, p.Digest, "nuc1") || !ForeignJournal(img, p.Digest, "nuc2") || !ForeignJournal(img, "other", "nuc1") {
+		t.Error("ForeignJournal")
+	}
 	if err := Install(context.Background(), p, plan, stopAt(StepPartitioned)); !errors.Is(err, errPowerCut) {
 		t.Fatal(err)
 	}
 	if !Resumable(img, p.Digest, "nuc1") {
 		t.Error("after partitioned: not resumable")
+	}
+	if Resumable(img, "other", "nuc1") || Resumable(img, p.Digest, "nuc2") {
+		t.Error("after partitioned: resumable for another payload or host")
 	}
 	run(t, "sgdisk", "-o", "-n", "1:2048:+1G", "-c", "1:data", img)
 	if Resumable(img, p.Digest, "nuc1") {
