@@ -52,6 +52,10 @@ func TestProbeToolMade(t *testing.T) {
 		{"vfat", func(img string) { run(t, "mkfs.vfat", "-F", "32", img) }, []string{"vfat"}},
 		{"luks1", luks("luks1"), []string{"crypto_LUKS"}},
 		{"luks2", luks("luks2"), []string{"crypto_LUKS"}},
+		{"luks2 secondary header", func(img string) {
+			luks("luks2")(img)
+			writeAt(t, img, 0, make([]byte, 4096)) // the primary header lost
+		}, []string{"crypto_LUKS"}},
 		{"btrfs", func(img string) { run(t, "mkfs.btrfs", "-q", img) }, []string{"btrfs"}},
 		{"xfs", func(img string) { run(t, "mkfs.xfs", "-q", img) }, []string{"xfs"}},
 		{"swap", func(img string) { run(t, "mkswap", img) }, []string{"swap"}},
@@ -319,5 +323,58 @@ func TestResumable(t *testing.T) {
 	}
 	if !Resumable(img, p.Digest, "nuc1") || Resumable(img, p.Digest, "nuc2") || Resumable(img, "other", "nuc1") {
 		t.Error("done: resumable only for the same payload and host")
+	}
+}
+
+// TestProbeMDAgreesWithBlkid: this kernel has no md driver, so mdadm
+// --create cannot make a member here. The superblocks are written by hand
+// at the offsets mdadm uses, with the fields blkid checks (magic, version,
+// 1.x's own offset, 0.90's array size), and blkid -p and wipefs must call
+// each one a linux_raid_member, as Probe does.
+func TestProbeMDAgreesWithBlkid(t *testing.T) {
+	testenv.RequireTools(t, "blkid", "wipefs")
+	const size = 64*MiB + 3*512 // not 4 KiB-aligned: the end offsets round down
+	v1 := func(off int64) []byte {
+		sb := make([]byte, 256)
+		copy(sb, mdMagic)
+		binary.LittleEndian.PutUint32(sb[4:], 1)                 // major_version
+		binary.LittleEndian.PutUint64(sb[144:], uint64(off)/512) // super_offset, in sectors
+		copy(sb[32:], "ssbuild-test:0")                          // set_name
+		return sb
+	}
+	v090 := func() []byte {
+		sb := make([]byte, 4096)
+		copy(sb, mdMagic)
+		binary.LittleEndian.PutUint32(sb[8:], 90)    // minor_version
+		binary.LittleEndian.PutUint32(sb[32:], 1024) // size of the array in KiB
+		return sb
+	}
+	end10 := (size/512 - 16) &^ 7 * 512
+	end090 := size&^(64<<10-1) - 64<<10
+	for _, tc := range []struct {
+		name    string
+		off     int64
+		sb      []byte
+		version string
+	}{
+		{"1.1", 0, v1(0), "1.1"},
+		{"1.2", 4096, v1(4096), "1.2"},
+		{"1.0", end10, v1(end10), "1.0"},
+		{"0.90", end090, v090(), "0.90.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := sparseDisk(t, t.TempDir(), "md.img", size)
+			writeAt(t, img, tc.off, tc.sb)
+			out := run(t, "blkid", "-p", "-o", "export", img)
+			if !strings.Contains(out, "TYPE=linux_raid_member") || !strings.Contains(out, "VERSION="+tc.version) {
+				t.Fatalf("blkid -p: %s; want a linux_raid_member of version %s", out, tc.version)
+			}
+			if w := run(t, "wipefs", "--output", "TYPE", "--noheadings", img); strings.TrimSpace(w) != "linux_raid_member" {
+				t.Errorf("wipefs: %q", w)
+			}
+			if got, err := Probe(img); err != nil || !reflect.DeepEqual(got, []string{"linux_raid_member"}) {
+				t.Errorf("Probe: %v %v", got, err)
+			}
+		})
 	}
 }
