@@ -69,13 +69,13 @@ func imagePlan(r *Recipe) Stage {
 func installerPlan(r *Recipe) Stage {
 	in := r.Installer
 	l := in.Layout
-	target := "auto (the largest non-removable disk that is not the installer stick)"
+	target := "auto (the largest disk that is neither removable nor on USB or SD/MMC, and not the installer stick)"
 	if !in.Target.Auto() {
 		target = describeTarget(in.Target)
 	}
-	wipe := "refuse a disk that already holds partitions or a filesystem"
+	wipe := "refuse a disk that already holds data (partitions, filesystems, LUKS, RAID, any non-zero byte in its first or last MiB)"
 	if in.Wipe {
-		wipe = "WIPE a disk that already holds partitions or a filesystem"
+		wipe = "WIPE a disk that already holds data (partitions, filesystems, LUKS, RAID, any non-zero byte in its first or last MiB)"
 	}
 	var hosts []string
 	for _, h := range in.Hosts {

@@ -90,7 +90,7 @@ type Reproducible struct {
 type Installer struct {
 	Packages     []string `yaml:"packages" json:"packages" doc:"packages of the host OS written to the OS partition (LXD, ZFS utils, kernel, ...)"`
 	Target       Target   `yaml:"target" json:"target" doc:"which disk of a host to install onto (the boot stick is never chosen)"`
-	Wipe         bool     `yaml:"wipe" json:"wipe" doc:"allow installing over a disk that holds partitions or a filesystem (default: refuse such a disk)"`
+	Wipe         bool     `yaml:"wipe" json:"wipe" doc:"allow installing over a disk that holds anything: partitions, a filesystem, LUKS, RAID, LVM, ZFS, swap, or any non-zero byte in its first or last MiB (default: refuse such a disk); the installer prints what it erases"`
 	Layout       Layout   `yaml:"layout" json:"layout" doc:"partition sizes of the target disk"`
 	AfterInstall string   `yaml:"afterInstall" json:"afterInstall" rule:"enum=reboot|poweroff" doc:"what the installer does when it is done"`
 	Hosts        []Host   `yaml:"hosts" json:"hosts" doc:"the cluster hosts this stick installs"`

@@ -1,14 +1,22 @@
 package install
 
 import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Disk is what the installer knows about one whole disk, read from sysfs
@@ -24,8 +32,14 @@ type Disk struct {
 	Model      string   // device/model
 	Partitions []string // partitions the kernel sees: sda1, nvme0n1p1, ...
 	PartNames  []string // their GPT partition names (PARTNAME in uevent)
+	PartSizes  []int64  // their sizes in bytes, as Partitions
 	Found      []string // signatures found on the disk itself: "GPT", "ext4", ...
 	Dev        string   // MAJOR:MINOR
+	// Hotplug names the hot-pluggable bus the disk hangs off ("usb",
+	// "mmc", ...), found from its sysfs device path; "" for a fixed disk.
+	// Such a disk is never chosen automatically, whatever its removable
+	// flag says (USB-SATA enclosures and many SD readers say 0).
+	Hotplug string
 }
 
 func (d Disk) String() string {
@@ -66,6 +80,7 @@ func ReadDisks(sysRoot, devRoot string) ([]Disk, error) {
 			continue
 		}
 		d.Path = filepath.Join(devRoot, name)
+		d.Hotplug = HotplugBus(sysRoot, name)
 		disks = append(disks, d)
 	}
 	sort.Slice(disks, func(i, j int) bool { return disks[i].Name < disks[j].Name })
@@ -105,12 +120,50 @@ func readDisk(dir, name string) (Disk, error) {
 		// A partition is a subdirectory with a "partition" attribute.
 		if _, err := os.Stat(filepath.Join(dir, e.Name(), "partition")); err == nil {
 			d.Partitions = append(d.Partitions, e.Name())
+			sectors, _ := strconv.ParseInt(readAttr(dir, e.Name(), "size"), 10, 64)
+			d.PartSizes = append(d.PartSizes, sectors*512)
 			if n := ueventValue(filepath.Join(dir, e.Name(), "uevent"), "PARTNAME"); n != "" {
 				d.PartNames = append(d.PartNames, n)
 			}
 		}
 	}
 	return d, nil
+}
+
+// hotplugBuses are the sysfs path components of buses whose disks can be
+// plugged in and out: the installer stick's kin, never a fixed install disk.
+var hotplugBuses = []struct{ part, bus string }{
+	{"/usb", "usb"},
+	{"/mmc", "mmc"}, // SD/MMC cards and eMMC behind a card host
+	{"/memstick", "memstick"},
+	{"/pcmcia", "pcmcia"},
+	{"/fw", "firewire"}, // fw0, fw0.0: an SBP-2 disk on FireWire
+	{"/sdio", "sdio"},
+}
+
+// HotplugBus names the hot-pluggable bus block device name hangs off, from
+// where /sys/block/NAME resolves to in the device tree (e.g.
+// devices/pci0000:00/0000:00:14.0/usb2/2-1/.../block/sdb); "" when none.
+func HotplugBus(sysRoot, name string) string {
+	root, err := filepath.EvalSymlinks(sysRoot)
+	if err != nil {
+		return ""
+	}
+	resolved, err := filepath.EvalSymlinks(filepath.Join(sysRoot, "block", name))
+	if err != nil {
+		return ""
+	}
+	rel, err := filepath.Rel(root, resolved)
+	if err != nil {
+		return ""
+	}
+	rel = "/" + filepath.ToSlash(rel)
+	for _, b := range hotplugBuses {
+		if strings.Contains(rel, b.part) {
+			return b.bus
+		}
+	}
+	return ""
 }
 
 // readAttr reads one sysfs attribute, trimmed; missing means "".
@@ -163,4 +216,107 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// Identity is what the installer checks of its target right before the
+// first write: the same device node (MAJOR:MINOR), the same disk behind it
+// (serial and WWID where sysfs has them), the same size and the same bytes
+// where the probe looked (first and last MiB). A disk swapped or re-plugged
+// since it was chosen differs in one of them.
+type Identity struct {
+	Dev          string // MAJOR:MINOR; "" for an image file
+	Serial, WWID string
+	Size         int64
+	Content      string // sha256 of the first and last MiB
+}
+
+func (i Identity) String() string {
+	s := fmt.Sprintf("size %d, content sha256 %s", i.Size, i.Content)
+	if i.Dev != "" {
+		s = "device " + i.Dev + ", " + s
+	}
+	if i.Serial != "" {
+		s += ", serial " + i.Serial
+	}
+	if i.WWID != "" {
+		s += ", WWID " + i.WWID
+	}
+	return s
+}
+
+// Identify reads the identity of the disk (or image file) at path.
+func Identify(sysRoot, path string) (Identity, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Identity{}, fmt.Errorf("identify %s: %w", path, err)
+	}
+	defer f.Close()
+	return identifyOpen(sysRoot, f)
+}
+
+// identifyOpen is Identify of an open disk, so the check and the writes
+// that follow it go to the same device.
+func identifyOpen(sysRoot string, f *os.File) (Identity, error) {
+	var id Identity
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return id, fmt.Errorf("identify %s: %w", f.Name(), err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+		id.Dev = fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		dir := filepath.Join(sysRoot, "dev", "block", id.Dev)
+		id.Serial = readAttr(dir, "device", "serial")
+		id.WWID = cmp.Or(readAttr(dir, "wwid"), readAttr(dir, "device", "wwid"))
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return id, fmt.Errorf("identify %s: size: %w", f.Name(), err)
+	}
+	id.Size = size
+	n := min(size, probeSize)
+	h := sha256.New()
+	for _, off := range []int64{0, size - n} {
+		if _, err := io.Copy(h, io.NewSectionReader(f, off, n)); err != nil {
+			return id, fmt.Errorf("identify %s: read: %w", f.Name(), err)
+		}
+	}
+	id.Content = hex.EncodeToString(h.Sum(nil))
+	return id, nil
+}
+
+// DisksSettled waits until the block devices under sysRoot (names and
+// sizes) have stayed the same for quiet, polling every poll, for at most
+// limit, and returns their names. Disks other than the stick appear when
+// their buses finish probing; a fixed sleep either wastes time or misses
+// the slow ones.
+func DisksSettled(ctx context.Context, sysRoot string, quiet, poll, limit time.Duration) ([]string, bool) {
+	snapshot := func() (string, []string) {
+		ents, _ := os.ReadDir(filepath.Join(sysRoot, "block"))
+		var names, state []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+			state = append(state, e.Name()+"="+readAttr(filepath.Join(sysRoot, "block", e.Name()), "size"))
+		}
+		return strings.Join(state, " "), names
+	}
+	deadline := time.Now().Add(limit)
+	last, names := snapshot()
+	since := time.Now()
+	for {
+		if time.Since(since) >= quiet {
+			return names, true
+		}
+		if time.Now().After(deadline) {
+			return names, false
+		}
+		select {
+		case <-ctx.Done():
+			return names, false
+		case <-time.After(poll):
+		}
+		var now string
+		if now, names = snapshot(); now != last {
+			last, since = now, time.Now()
+		}
+	}
 }

@@ -27,15 +27,21 @@
 //  2. Reads recipe.yaml and cluster.secret from the payload, and decides
 //     which recipe host this machine is: ssbuild.host=NAME on the kernel
 //     command line, else the host whose mac matches a NIC, else the only host.
-//  3. Lists disks from /sys/block, excludes the installer media (every disk
-//     with a partition named SSBUILD-PAYLOAD, and the disk the payload is
-//     mounted from), probes each for partition tables and filesystem
-//     signatures, and selects the target (SelectTarget): the recipe's
-//     serial, WWID or path (per host or installer-wide), or the largest
-//     non-removable writable disk; refused when too small, read-only, or
-//     holding partitions or filesystems without installer.wipe.
+//  3. Waits until the list of block devices has stayed the same for 2 s
+//     (at most 30 s), lists disks from /sys/block, excludes the installer
+//     media (every disk with a partition named SSBUILD-PAYLOAD, and the disk
+//     the payload is mounted from), probes the first and last MiB of each
+//     (Probe: partition tables, filesystems, LUKS, md RAID, LVM, ZFS, swap,
+//     bcache, Ceph... and any non-zero byte as data), and selects the
+//     target (SelectTarget): the recipe's serial, WWID or path (per host or
+//     installer-wide), or the largest writable disk that is neither
+//     removable nor on a hot-pluggable bus (USB, SD/MMC, FireWire, from its
+//     sysfs device path); refused when too small, read-only, or holding
+//     anything without installer.wipe (which then prints what it erases).
 //  4. Installs (Install) as journalled steps: verified, partitioned,
-//     os-written, esp-written, config-written, done.
+//     os-written, esp-written, config-written, done. Before the first
+//     write it checks, on the opened device, that the target is the disk
+//     it chose (major:minor, serial, WWID, size, the bytes probed).
 //  5. Powers off or reboots as installer.afterInstall says.
 //
 // # The payload (the stick's SSBUILD-PAYLOAD partition, squashfs)
@@ -98,9 +104,10 @@
 //
 // Each step is recorded in the journal after it completes, and a re-run
 // (the stick booted again) continues after the last recorded step. A disk
-// holding an unfinished journal is not refused as long as its partition
-// table is still the one the install wrote (Resumable); its install starts
-// over when the payload or host differs. Every step
+// holding an unfinished journal of this payload (its manifest's digest)
+// for this host is not refused as long as its partition table is still the
+// one the install wrote (Resumable); a journal of another payload or host
+// is data like any other, refused without installer.wipe. Every step
 // rewrites its whole region, so a half-done step is redone, not patched. A
 // disk whose journal says done for this payload and host is left alone and
 // the machine powers off (the stick is still in; rebooting would loop).

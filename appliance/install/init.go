@@ -26,6 +26,14 @@ func IsInit() bool { return os.Getpid() == 1 && os.Args[0] == "/init" }
 // devtmpfs makes nodes asynchronously.
 const payloadWait = 60 * time.Second
 
+// disksQuiet is how long the list of block devices must stay unchanged
+// before the installer takes it as complete, and disksWait the most it
+// waits for that.
+const (
+	disksQuiet = 2 * time.Second
+	disksWait  = 30 * time.Second
+)
+
 // nicWait is how long Init gives NIC drivers to show the MAC that names
 // this host before saying no host matches.
 const nicWait = 10 * time.Second
@@ -105,12 +113,10 @@ func initAndRun(console io.Writer, say func(string, ...any)) error {
 		time.Sleep(250 * time.Millisecond)
 	}
 	// Disks other than the stick (the targets) may still be appearing:
-	// give the slowest buses the same time to settle once the stick is seen.
-	time.Sleep(2 * time.Second)
-	ents, _ := os.ReadDir("/sys/block")
-	var disks []string
-	for _, e := range ents {
-		disks = append(disks, e.Name())
+	// wait until the list has not changed for a while (bounded).
+	disks, settled := DisksSettled(context.Background(), "/sys", disksQuiet, 250*time.Millisecond, disksWait)
+	if !settled {
+		say("block devices still changing after %s; going on", disksWait)
 	}
 	say("payload mounted; block devices: %s", strings.Join(disks, " "))
 	// Plain lines, not a redrawn line: the console is often a serial port

@@ -1,6 +1,7 @@
 package install
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -59,6 +60,11 @@ type Plan struct {
 	Host   string
 	Files  []File // identity and config, written into the OS filesystem
 	Copies []Copy // payload folders copied into the OS filesystem (the initiator's base image)
+	// Expect is the target as it was when it was chosen; Install checks it
+	// again, on the opened device, before the first write, and stops
+	// without writing if anything changed. nil: no check (tests of
+	// Install alone).
+	Expect *Identity
 }
 
 // Options are the install's surroundings.
@@ -66,6 +72,7 @@ type Options struct {
 	Progress *progress.Reporter
 	DevRoot  string // where loop device nodes appear; default /dev
 	WorkDir  string // where the OS filesystem is mounted; default os.TempDir()
+	SysRoot  string // where Plan.Expect's serial and WWID are read; default /sys
 	// AfterStep runs after each step is recorded in the journal; an error
 	// stops the install there (tests use it to cut the power).
 	AfterStep func(step string) error
@@ -99,6 +106,15 @@ func Install(ctx context.Context, p *Payload, plan Plan, opt Options) (err error
 			err = fmt.Errorf("install onto %s: close: %w", plan.Target, cerr)
 		}
 	}()
+	if plan.Expect != nil {
+		got, err := identifyOpen(cmp.Or(opt.SysRoot, "/sys"), f)
+		if err != nil {
+			return err
+		}
+		if got != *plan.Expect {
+			return fmt.Errorf("install onto %s: the disk changed since it was chosen (then: %s; now: %s): nothing was written; boot the installer again", plan.Target, plan.Expect, got)
+		}
+	}
 	j, ok, err := ReadJournal(plan.Target)
 	if err != nil {
 		return err
@@ -363,7 +379,7 @@ func (w *writer) writeESP(ctx context.Context) error {
 			}
 			made[dir] = true
 		}
-		if err := copyToFS(esp, "/"+rel, w.p.Path(ESPDir+"/"+rel), buf); err != nil {
+		if err := copyToFS(esp, "/"+rel, w.p.Path(ESPDir+"/"+rel), w.p.Files[ESPDir+"/"+rel], buf); err != nil {
 			return fmt.Errorf("copy %s: %w", rel, err)
 		}
 	}
@@ -385,7 +401,11 @@ type offsetWriter struct {
 
 func (o offsetWriter) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, o.off+off) }
 
-func copyToFS(fsys filesystem.FileSystem, dst, src string, buf []byte) error {
+// copyToFS copies src into fsys at dst, hashing the bytes as they are
+// read: like os.img, a boot file that reads back differently than the
+// manifest says (want) fails the step, so a failing stick never leaves a
+// corrupt bootloader, kernel or initrd behind a recorded step.
+func copyToFS(fsys filesystem.FileSystem, dst, src, want string, buf []byte) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -399,9 +419,14 @@ func copyToFS(fsys filesystem.FileSystem, dst, src string, buf []byte) error {
 	// on every Write; io.Copy's 32 KiB writes took 6 s for a 40 MiB file,
 	// 64 MiB writes 0.23 s. (The struct wrappers keep io.CopyBuffer from
 	// using WriteTo/ReadFrom, which would fall back to 32 KiB.)
-	if _, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, buf); err != nil {
+	h := sha256.New()
+	if _, err := io.CopyBuffer(struct{ io.Writer }{out}, io.TeeReader(in, h), buf); err != nil {
 		out.Close()
 		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		out.Close()
+		return fmt.Errorf("%s read back from the stick with sha256 %s, manifest says %s: the stick is failing", src, got, want)
 	}
 	return out.Close()
 }

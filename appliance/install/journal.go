@@ -59,7 +59,9 @@ func (j Journal) encode() []byte {
 
 // ReadJournal reads the journal of a target. ok is false when the target
 // holds none. A torn block (magic present, checksum wrong) reads as a
-// journal with no completed step: the disk is ours, nothing is trusted.
+// journal naming no payload and no completed step: nothing in it is
+// trusted, and Resumable refuses it like any data. (The record is shorter
+// than one sector, so a disk that writes sectors whole never tears it.)
 func ReadJournal(target string) (j Journal, ok bool, err error) {
 	f, err := os.Open(target)
 	if err != nil {
@@ -108,22 +110,33 @@ func writeJournal(f *os.File, j Journal) error {
 }
 
 // Resumable reports whether the installer may continue on a disk that
-// holds partitions or signatures: its journal shows an unfinished install
-// whose partition table, once written, is still ours (not replaced since by
-// someone's own partitions), or this very install finished (Install then
-// leaves it alone).
+// holds partitions or signatures: its journal is this payload's (manifest
+// digest) for this host and shows an unfinished install whose partition
+// table, once written, is still ours (not replaced since by someone's own
+// partitions), or this very install finished (Install then leaves it
+// alone). A journal of another payload or host, or a torn one, proves
+// nothing about the disk: it is data like any other.
 func Resumable(path, payload, host string) bool {
 	j, ok, err := ReadJournal(path)
 	switch {
 	case err != nil || !ok:
 		return false
+	case j.Payload != payload || j.Host != host:
+		return false
 	case j.Step == StepDone:
-		return j.Payload == payload && j.Host == host
+		return true
 	case !j.Completed(StepPartitioned):
 		return true // nothing of ours to compare with yet
 	}
 	names, err := partitionNames(path)
 	return err == nil && slices.Equal(names, []string{LabelESP, LabelOS, LabelZFS})
+}
+
+// ForeignJournal reports whether path holds an install journal that is not
+// this payload's for this host (or is torn).
+func ForeignJournal(path, payload, host string) bool {
+	j, ok, err := ReadJournal(path)
+	return err == nil && ok && (j.Payload != payload || j.Host != host)
 }
 
 // partitionNames reads the GPT partition names of a disk.

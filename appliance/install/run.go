@@ -58,6 +58,9 @@ type Env struct {
 	// EFIVars is the mounted efivarfs (efiboot.VarsDir) where the
 	// installed disk's boot entry is written; empty: none is written.
 	EFIVars string
+	// BeforeInstall runs after the target is chosen and the payload
+	// verified, just before Install (tests swap the disk here).
+	BeforeInstall func(target Disk) error
 }
 
 // Run is the whole unattended install: identify this host and pick and
@@ -128,6 +131,9 @@ func Run(ctx context.Context, env Env) error {
 		if disks[i].Found, err = Probe(d.Path); err != nil {
 			return err
 		}
+		if ForeignJournal(d.Path, p.Digest, host.Name) {
+			disks[i].Found = append(disks[i].Found, "journal")
+		}
 	}
 	choice := Choice{Target: r.Installer.Target, Layout: r.Installer.Layout, Wipe: r.Installer.Wipe}
 	if host.Target != nil {
@@ -139,6 +145,20 @@ func Run(ctx context.Context, env Env) error {
 		return err
 	}
 	rep.Info("target disk: %s", target)
+	// What the disk is now, checked again right before the first write:
+	// verifying the payload takes minutes, time enough to swap a disk.
+	expect, err := Identify(env.SysRoot, target.Path)
+	if err != nil {
+		return err
+	}
+	if expect.Size != target.Size || (target.Dev != "" && expect.Dev != "" && expect.Dev != target.Dev) {
+		return fmt.Errorf("target %s changed while it was chosen (%s): nothing was written; boot the installer again", target, expect)
+	}
+	if held := holds(target); len(held) > 0 && choice.Wipe && !resumable(target) {
+		// Said before anything is erased, so the console (often a logged
+		// serial port) keeps what was lost.
+		rep.Info("installer.wipe is true: ERASING %s, which holds %s", target, strings.Join(held, ", "))
+	}
 
 	task := rep.Start("verify payload", PayloadSize(env.PayloadDir), "bytes")
 	err = p.Verify(task)
@@ -155,8 +175,13 @@ func Run(ctx context.Context, env Env) error {
 			return err
 		}
 	}
-	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files, Copies: copies},
-		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, AfterStep: afterStep})
+	if env.BeforeInstall != nil {
+		if err := env.BeforeInstall(target); err != nil {
+			return err
+		}
+	}
+	err = Install(ctx, p, Plan{Target: target.Path, Layout: r.Installer.Layout, Host: host.Name, Files: files, Copies: copies, Expect: &expect},
+		Options{Progress: rep, DevRoot: cmp.Or(env.LoopDevRoot, env.DevRoot), WorkDir: env.WorkDir, SysRoot: env.SysRoot, AfterStep: afterStep})
 	if errors.Is(err, ErrAlreadyInstalled) {
 		registerBoot(env, target.Path, host.Name) // a run cut after the install but before its entry
 		rep.Info("%s already holds this install of %s: remove the installer stick; powering off", target.Path, host.Name)

@@ -41,7 +41,8 @@ func MinDiskSize(l recipes.Layout) int64 {
 
 // SelectTarget picks the install disk among disks, never one named in boot
 // (the installer's own medium). An explicit choice must match exactly one
-// disk; auto takes the largest non-removable, writable disk. The chosen disk
+// disk; auto takes the largest non-removable, writable disk that is not on
+// a hot-pluggable bus (USB, SD/MMC, ...; see Disk.Hotplug). The chosen disk
 // is refused when it is too small, read-only, or holds partitions or
 // filesystems and the recipe does not say wipe — unless what it holds is an
 // unfinished install of this payload (resumable), which is continued.
@@ -54,6 +55,8 @@ func SelectTarget(disks []Disk, boot map[string]bool, c Choice, resumable func(D
 			switch x := disks[i]; {
 			case boot[x.Name]:
 				skipped = append(skipped, x.Path+" (installer medium)")
+			case x.Hotplug != "":
+				skipped = append(skipped, x.Path+" (on "+x.Hotplug+", hot-pluggable)")
 			case x.Removable:
 				skipped = append(skipped, x.Path+" (removable)")
 			case x.ReadOnly:
@@ -63,7 +66,7 @@ func SelectTarget(disks []Disk, boot map[string]bool, c Choice, resumable func(D
 			}
 		}
 		if best == nil {
-			return Disk{}, fmt.Errorf("no install disk: no non-removable, writable disk besides the installer medium (seen: %s)", strings.Join(skipped, ", "))
+			return Disk{}, fmt.Errorf("no install disk: no fixed (not removable, not on USB or SD/MMC), writable disk besides the installer medium (seen: %s)", strings.Join(skipped, ", "))
 		}
 		d = *best
 	} else {
@@ -95,25 +98,58 @@ func SelectTarget(disks []Disk, boot map[string]bool, c Choice, resumable func(D
 func holds(d Disk) []string {
 	var held []string
 	if len(d.Partitions) > 0 {
-		held = append(held, fmt.Sprintf("partitions %s", strings.Join(d.Partitions, " ")))
+		parts := slices.Clone(d.Partitions)
+		for i := range parts {
+			if i < len(d.PartSizes) && d.PartSizes[i] > 0 {
+				parts[i] += " (" + humanBytes(d.PartSizes[i]) + ")"
+			}
+		}
+		held = append(held, fmt.Sprintf("partitions %s", strings.Join(parts, " ")))
 	}
 	gpt := slices.Contains(d.Found, "GPT")
 	for _, s := range d.Found {
 		if s == "MBR" && gpt {
 			continue // the protective MBR in front of a GPT
 		}
-		held = append(held, signatureWords[s])
+		held = append(held, describe(s))
 	}
 	return held
 }
 
 var signatureWords = map[string]string{
-	"GPT":         "a GPT partition table",
-	"MBR":         "an MBR partition table",
-	"ext4":        "an ext4 filesystem",
-	"vfat":        "a FAT filesystem",
-	"zfs_member":  "a ZFS pool label",
-	"LVM2_member": "an LVM physical volume",
+	"GPT":               "a GPT partition table",
+	"MBR":               "an MBR partition table",
+	"ext2":              "an ext2 filesystem",
+	"ext3":              "an ext3 filesystem",
+	"ext4":              "an ext4 filesystem",
+	"jbd":               "an ext3/ext4 external journal",
+	"vfat":              "a FAT filesystem",
+	"ntfs":              "an NTFS filesystem",
+	"exfat":             "an exFAT filesystem",
+	"xfs":               "an XFS filesystem",
+	"btrfs":             "a btrfs filesystem",
+	"squashfs":          "a squashfs filesystem",
+	"iso9660":           "an ISO 9660 filesystem",
+	"swap":              "a swap area",
+	"swsuspend":         "a hibernation image in a swap area",
+	"crypto_LUKS":       "a LUKS encrypted volume",
+	"linux_raid_member": "an md RAID member",
+	"bcache":            "a bcache device",
+	"ceph_bluestore":    "a Ceph BlueStore OSD",
+	"zfs_member":        "a ZFS pool label",
+	"LVM2_member":       "an LVM physical volume",
+	"data":              "data (non-zero bytes in its first or last MiB)",
+	"journal":           "another install's journal (another payload or host)",
+}
+
+// describe is the words for a signature, with blkid's name.
+func describe(sig string) string {
+	if w, ok := signatureWords[sig]; ok && !slices.Contains([]string{"GPT", "MBR", "data", "journal"}, sig) {
+		return w + " (" + sig + ")"
+	} else if ok {
+		return w
+	}
+	return sig
 }
 
 func explicitTarget(disks []Disk, t recipes.Target) (Disk, error) {

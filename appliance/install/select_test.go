@@ -123,7 +123,9 @@ func TestReadDisks(t *testing.T) {
 	write("block/sdb/device/wwid", "t10.USB stick")
 	write("block/sdb/sdb1/partition", "1")
 	write("block/sdb/sdb1/uevent", "MAJOR=8\nMINOR=17\nDEVNAME=sdb1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=ESP")
+	write("block/sdb/sdb1/size", "1048576")
 	write("block/sdb/sdb2/partition", "2")
+	write("block/sdb/sdb2/size", "2097152")
 	write("block/sdb/sdb2/uevent", "MAJOR=8\nMINOR=18\nDEVNAME=sdb2\nDEVTYPE=partition\nPARTN=2\nPARTNAME="+PayloadLabel)
 	write("block/loop0/size", "1000")
 	write("block/sr0/size", "1000")
@@ -135,7 +137,7 @@ func TestReadDisks(t *testing.T) {
 	want := []Disk{
 		{Name: "nvme0n1", Path: "/dev/nvme0n1", Size: 256 * GiB, Serial: "S4EWNX0R1", WWID: "eui.0025385b91b2a1f1", Model: "Samsung SSD 980", Dev: "259:0"},
 		{Name: "sdb", Path: "/dev/sdb", Size: 15 * GiB, Removable: true, WWID: "t10.USB stick",
-			Partitions: []string{"sdb1", "sdb2"}, PartNames: []string{"ESP", PayloadLabel}},
+			Partitions: []string{"sdb1", "sdb2"}, PartSizes: []int64{512 * MiB, GiB}, PartNames: []string{"ESP", PayloadLabel}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("ReadDisks:\n got %+v\nwant %+v", got, want)
