@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"time"
 
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
@@ -14,7 +15,24 @@ import (
 // Run runs command in the instance and returns its stdout, stderr and
 // exit code. err is about the exec itself (the instance is missing or
 // stopped, LXD failed), not about the command's exit code.
+//
+// LXD 5.0.2 under load sometimes fails to start the process at all
+// ("Failed to retrieve PID of executing child process"); the command never
+// ran, so that exec is tried again (a few times, with a short pause).
 func Run(c lxd.InstanceServer, instance string, command ...string) (stdout, stderr string, code int, err error) {
+	for attempt := 1; ; attempt++ {
+		stdout, stderr, code, err = runOnce(c, instance, command...)
+		if err == nil || attempt == 5 || !strings.Contains(err.Error(), notStarted) {
+			return stdout, stderr, code, err
+		}
+		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+	}
+}
+
+// notStarted is LXD's error for an exec whose process it could not start.
+const notStarted = "Failed to retrieve PID of executing child process"
+
+func runOnce(c lxd.InstanceServer, instance string, command ...string) (stdout, stderr string, code int, err error) {
 	var out, errOut bytes.Buffer
 	done := make(chan bool)
 	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
