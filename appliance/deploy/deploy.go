@@ -123,10 +123,8 @@ func containersOnly(r *recipes.Recipe, deps []recipes.Deployment) error {
 	var bad []string
 	for _, d := range deps {
 		i := slices.IndexFunc(r.Deployments, func(x recipes.Deployment) bool { return x.Name == d.Name })
-		for _, role := range d.Instances.Roles() {
-			if role.Instance.IsEnabled() && role.Instance.Type == "virtual-machine" {
-				bad = append(bad, fmt.Sprintf("deployments[%d].instances.%s.type: virtual-machine", i, role.Name))
-			}
+		for _, role := range virtualMachines(d) {
+			bad = append(bad, fmt.Sprintf("deployments[%d].instances.%s.type: virtual-machine", i, role))
 		}
 	}
 	if len(bad) > 0 {
@@ -134,6 +132,28 @@ func containersOnly(r *recipes.Recipe, deps []recipes.Deployment) error {
 			strings.Join(bad, ", "), r.File)
 	}
 	return nil
+}
+
+// virtualMachines are the roles of d's enabled instances that are VMs.
+func virtualMachines(d recipes.Deployment) []string {
+	var roles []string
+	for _, role := range d.Instances.Roles() {
+		if role.Instance.IsEnabled() && role.Instance.Type == "virtual-machine" {
+			roles = append(roles, role.Name)
+		}
+	}
+	return roles
+}
+
+// CheckRecipe is deploy's refusal of virtual machines as a recipe check,
+// so `ssbuild recipe validate` reports it at the instance's type.
+func CheckRecipe(r *recipes.Recipe, rep recipes.Reporter) {
+	for i, d := range r.Deployments {
+		for _, role := range virtualMachines(d) {
+			rep.At(fmt.Sprintf("deployments[%d].instances.%s.type", i, role),
+				"virtual-machine: ssbuild deploy runs instances as containers only so far (set type: container)")
+		}
+	}
 }
 
 // work is one instance to deploy.

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
@@ -67,7 +68,7 @@ func recipeValidate(c *cli.Context) error {
 	}
 	// Beyond the document: the files it names, what the installer build
 	// (config) and deploy (stack) would refuse.
-	r, err := recipes.Validate(ref, config.CheckRecipe, stack.CheckImages)
+	r, err := recipes.Validate(ref, config.CheckRecipe, stack.CheckImages, deploy.CheckRecipe)
 	if c.Bool("json") {
 		problems := recipes.Problems(err)
 		unread := err != nil && problems == nil // unreadable, or no such shipped recipe

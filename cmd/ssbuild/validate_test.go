@@ -28,3 +28,25 @@ deployments:
 		t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant exit %d and:\n%s", code, out, errOut, exitInvalid, strings.Join(want, "\n"))
 	}
 }
+
+// A virtual-machine instance, which deploy refuses before any change, is a
+// validate error at that instance's type, with the fix.
+func TestValidateReportsVirtualMachines(t *testing.T) {
+	path := writeFile(t, "vm.yaml", `apiVersion: ssbuild/v1
+name: t
+deployments:
+  - name: d
+    chain: regtest
+    stack: demo
+    primaryDomain: demo.example
+    instances:
+      www: {type: container}
+      btcpay: {type: virtual-machine}
+      clams: {enabled: false}
+`)
+	code, _, errOut := ssbuild(t, "recipe", "validate", path)
+	want := path + `:10:22: deployments[0].instances.btcpay.type: virtual-machine: ssbuild deploy runs instances as containers only so far (set type: container)`
+	if code != exitInvalid || !strings.Contains(errOut, want) || strings.Contains(errOut, "instances.www.type") {
+		t.Errorf("exit %d, stderr:\n%s\nwant exit %d with:\n%s", code, errOut, exitInvalid, want)
+	}
+}
