@@ -43,8 +43,9 @@ const hash = sshsig.HashSHA512
 
 // Signer signs with a private key read by LoadSigner.
 type Signer struct {
-	signer ssh.Signer
-	file   string
+	signer  ssh.Signer
+	file    string
+	comment string // of the key's .pub beside it, if that is the same key
 }
 
 // LoadSigner reads an OpenSSH ed25519 private key. The file must be its
@@ -79,24 +80,52 @@ func LoadSigner(path string) (*Signer, error) {
 	if t := s.PublicKey().Type(); t != ssh.KeyAlgoED25519 {
 		return nil, fmt.Errorf("sign key %s is a %s key; ssbuild signs with ed25519 keys only (ssh-keygen -t ed25519)", path, t)
 	}
-	return &Signer{signer: s, file: path}, nil
+	return &Signer{signer: s, file: path, comment: pubComment(path+".pub", s.PublicKey())}, nil
+}
+
+// pubComment is the comment of the public key file beside a private key
+// (the private key's own comment is not exposed by x/crypto/ssh), or ""
+// when there is none or it holds another key.
+func pubComment(path string, key ssh.PublicKey) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	pub, comment, _, _, err := ssh.ParseAuthorizedKey(data)
+	if err != nil || !bytes.Equal(pub.Marshal(), key.Marshal()) {
+		return ""
+	}
+	return comment
 }
 
 // Fingerprint is the key's SHA256 fingerprint, as ssh-keygen -l prints it.
 func (s *Signer) Fingerprint() string { return ssh.FingerprintSHA256(s.signer.PublicKey()) }
 
+// PublicKey is the signer's public key, with the comment of its .pub file.
+func (s *Signer) PublicKey() *PublicKey {
+	return &PublicKey{Key: s.signer.PublicKey(), Comment: s.comment}
+}
+
+// Sign is the armored SSHSIG signature of data (what SignFile writes).
+func (s *Signer) Sign(data []byte) ([]byte, error) {
+	sig, err := sshsig.Sign(bytes.NewReader(data), s.signer, hash, Namespace)
+	if err != nil {
+		return nil, fmt.Errorf("sign with %s: %w", s.file, err)
+	}
+	return sshsig.Armor(sig), nil
+}
+
 // SignFile writes path.sig: the armored SSHSIG signature of path's bytes.
 func (s *Signer) SignFile(path string) error {
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("sign: %w", err)
 	}
-	defer f.Close()
-	sig, err := sshsig.Sign(f, s.signer, hash, Namespace)
+	sig, err := s.Sign(data)
 	if err != nil {
-		return fmt.Errorf("sign %s with %s: %w", path, s.file, err)
+		return fmt.Errorf("sign %s: %w", path, err)
 	}
-	if err := os.WriteFile(path+".sig", sshsig.Armor(sig), 0o644); err != nil {
+	if err := os.WriteFile(path+".sig", sig, 0o644); err != nil {
 		return fmt.Errorf("sign: %w", err)
 	}
 	return nil
@@ -130,6 +159,15 @@ func ReadPublicKey(path string) (*PublicKey, error) {
 // Fingerprint is the key's SHA256 fingerprint.
 func (k *PublicKey) Fingerprint() string { return ssh.FingerprintSHA256(k.Key) }
 
+// AuthorizedKey is the key as a .pub file holds it: "ssh-ed25519 AAAA... comment\n".
+func (k *PublicKey) AuthorizedKey() []byte {
+	line := bytes.TrimSuffix(ssh.MarshalAuthorizedKey(k.Key), []byte("\n"))
+	if k.Comment != "" {
+		line = append(append(line, ' '), k.Comment...)
+	}
+	return append(line, '\n')
+}
+
 // String names the key: its comment and fingerprint.
 func (k *PublicKey) String() string {
 	if k.Comment == "" {
@@ -158,12 +196,13 @@ func VerifyFile(key *PublicKey, path string) error {
 	} else if err != nil {
 		return err
 	}
-	return verifyBytes(key, data, path)
+	return VerifyData(key, data, path)
 }
 
-// verifyBytes checks path.sig against data, path's content read once, so
-// what is verified is what the caller goes on to use.
-func verifyBytes(key *PublicKey, data []byte, path string) error {
+// VerifyData checks path.sig against data, path's content read once, so
+// what is verified is what the caller goes on to use; a mismatch is a
+// *Failure naming the cause.
+func VerifyData(key *PublicKey, data []byte, path string) error {
 	fail := func(format string, args ...any) error {
 		return &Failure{Dir: filepath.Dir(path), Problems: []string{fmt.Sprintf(format, args...)}}
 	}
@@ -206,7 +245,7 @@ func VerifyDir(key *PublicKey, dir string) (*Verified, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	if err := verifyBytes(key, data, sums); err != nil {
+	if err := VerifyData(key, data, sums); err != nil {
 		return nil, err
 	}
 	entries, err := parseSums(data)

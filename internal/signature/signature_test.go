@@ -264,3 +264,37 @@ func TestEncryptedKeyNeedsPassphraseEnv(t *testing.T) {
 		t.Fatalf("ssh-keygen -Y verify: %v\n%s", err, out)
 	}
 }
+
+// TestSignBytesAndPublicKey: what Sign returns is what ssh-keygen accepts
+// for the data, the signer's public key is the .pub file's (comment
+// included), and VerifyData checks it with that key.
+func TestSignBytesAndPublicKey(t *testing.T) {
+	priv, pub := keygen(t, "builder@example")
+	s, err := signature.LoadSigner(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(pub)
+	if got := s.PublicKey().AuthorizedKey(); string(got) != string(want) {
+		t.Fatalf("AuthorizedKey %q, want the .pub file's %q", got, want)
+	}
+	data := []byte("0123  os.img\n")
+	sig, err := s.Sign(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "SHA256SUMS")
+	os.WriteFile(file, data, 0o644)
+	os.WriteFile(file+".sig", sig, 0o644)
+	allowed := filepath.Join(dir, "allowed_signers")
+	os.WriteFile(allowed, append([]byte("builder "), want...), 0o644)
+	run(t, "", data, "ssh-keygen", "-Y", "verify", "-f", allowed, "-I", "builder", "-n", signature.Namespace, "-s", file+".sig")
+	if err := signature.VerifyData(s.PublicKey(), data, file); err != nil {
+		t.Errorf("VerifyData: %v", err)
+	}
+	var f *signature.Failure
+	if err := signature.VerifyData(s.PublicKey(), append(data, 'x'), file); !errors.As(err, &f) || !strings.Contains(err.Error(), "changed or replaced after signing") {
+		t.Errorf("VerifyData of other bytes: %v", err)
+	}
+}
