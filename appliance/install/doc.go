@@ -22,7 +22,11 @@
 //
 // # What Run does, in order
 //
-//  1. Verifies every payload file against SHA256SUMS. Nothing is written
+//  1. When the initramfs carries the builder's public key (SignerKeyPath,
+//     a signed build), checks SHA256SUMS.sig with it before reading anything
+//     else of the payload and prints whose key it is; a payload re-signed
+//     with another key, unsigned, or whose manifest changed is refused.
+//     Verifies every payload file against SHA256SUMS. Nothing is written
 //     before this succeeds; a tampered or corrupt stick aborts here.
 //  2. Reads recipe.yaml and cluster.secret from the payload, and decides
 //     which recipe host this machine is: ssbuild.host=NAME on the kernel
@@ -47,6 +51,7 @@
 // # The payload (the stick's SSBUILD-PAYLOAD partition, squashfs)
 //
 //	SHA256SUMS       "<sha256>  <relative path>" for every file below
+//	SHA256SUMS.sig   signed builds: SSHSIG (namespace ssbuild) of SHA256SUMS
 //	os.img           ext4 image of the host OS root filesystem (4 KiB blocks)
 //	esp/...          the target's ESP, copied verbatim: esp/EFI/BOOT/BOOTX64.EFI
 //	                 (required), loader/, the kernel and initrd of the host OS

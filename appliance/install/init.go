@@ -128,6 +128,8 @@ func initAndRun(console io.Writer, say func(string, ...any)) error {
 		Power:    Machine{},
 		NICWait:  nicWait,
 		EFIVars:  efiVars,
+		// Only in the initramfs of a signed build.
+		SignerKey: SignerKeyPath,
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,11 +13,15 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 )
 
 // The payload is a directory (the mounted payload partition of the stick):
 //
 //	SHA256SUMS          sha256sum format, "<hex>  <relative path>", every file below
+//	SHA256SUMS.sig      with a signed build: SSHSIG of SHA256SUMS (internal/signature),
+//	                    checked with the key the installer initramfs carries
 //	os.img              ext4 image of the host OS root filesystem
 //	esp/...             copied verbatim onto the target's ESP; must hold
 //	                    esp/EFI/BOOT/BOOTX64.EFI (plus kernel, initrd, loader entries)
@@ -24,8 +29,16 @@ import (
 //	                    the initiator's OS for its first-boot deploy
 //
 // Only files listed in SHA256SUMS are ever read for the install.
+//
+// The installer initramfs of a signed build carries the builder's public
+// key at SignerKeyPath; the installer then refuses a payload whose
+// manifest it did not sign, and the manifest's sums carry that trust to
+// every file.
+const SignerKeyPath = "/etc/ssbuild/payload-signer.pub"
+
 const (
 	ManifestName  = "SHA256SUMS"
+	ManifestSig   = ManifestName + ".sig" // not listed in the manifest: it signs it
 	OSImageName   = "os.img"
 	ESPDir        = "esp"
 	BootloaderESP = "EFI/BOOT/BOOTX64.EFI" // removable-media fallback path, firmware boots it without a boot entry
@@ -71,10 +84,30 @@ func VerifyPayload(dir string, task io.Writer) (*Payload, error) {
 
 // ReadManifest reads the payload's manifest without checking the files: the
 // names, their sums and the manifest's digest. Verify checks them.
-func ReadManifest(dir string) (*Payload, error) {
-	manifest, err := os.ReadFile(filepath.Join(dir, ManifestName))
+func ReadManifest(dir string) (*Payload, error) { return ReadSignedManifest(dir, nil) }
+
+// ReadSignedManifest is ReadManifest that first checks the manifest's
+// signature (ManifestSig) with key; nil key: no check. The bytes checked
+// are the bytes parsed. A refusal names its cause: signature missing,
+// made by another key, or manifest changed after signing.
+func ReadSignedManifest(dir string, key *signature.PublicKey) (*Payload, error) {
+	name := filepath.Join(dir, ManifestName)
+	manifest, err := os.ReadFile(name)
 	if err != nil {
 		return nil, fmt.Errorf("payload: %w", err)
+	}
+	if key != nil {
+		if err := signature.VerifyData(key, manifest, name); err != nil {
+			var f *signature.Failure
+			if !errors.As(err, &f) {
+				return nil, fmt.Errorf("payload signature: %w", err)
+			}
+			msg := strings.Join(f.Problems, "; ")
+			if !strings.Contains(msg, key.Fingerprint()) {
+				msg += "; this installer takes only payloads signed by " + key.String()
+			}
+			return nil, fmt.Errorf("payload signature: %s", msg)
+		}
 	}
 	sum := sha256.Sum256(manifest)
 	p := &Payload{Dir: dir, Files: map[string]string{}, Digest: hex.EncodeToString(sum[:])}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -58,12 +60,18 @@ type Env struct {
 	// EFIVars is the mounted efivarfs (efiboot.VarsDir) where the
 	// installed disk's boot entry is written; empty: none is written.
 	EFIVars string
+	// SignerKey is the public key file of the builder whose signature the
+	// payload's manifest must carry (SignerKeyPath in the installer
+	// initramfs); empty or absent: the build was not signed, the payload
+	// is taken on its manifest alone.
+	SignerKey string
 	// BeforeInstall runs after the target is chosen and the payload
 	// verified, just before Install (tests swap the disk here).
 	BeforeInstall func(target Disk) error
 }
 
-// Run is the whole unattended install: identify this host and pick and
+// Run is the whole unattended install: check the manifest's signature
+// when the installer carries its builder's key (Env.SignerKey), identify this host and pick and
 // check the target (reading only the recipe and the secret, each checked
 // against the manifest, so a machine the stick does not know or a disk it
 // must refuse is reported in seconds), verify the whole payload, install,
@@ -76,9 +84,19 @@ func Run(ctx context.Context, env Env) error {
 	if rep == nil {
 		rep = progress.Discard()
 	}
-	p, err := ReadManifest(env.PayloadDir)
+	// The signature first: nothing of the payload is believed before it.
+	key, err := signerKey(env.SignerKey)
 	if err != nil {
 		return fmt.Errorf("verify: %w (nothing was written)", err)
+	}
+	p, err := ReadSignedManifest(env.PayloadDir, key)
+	if err != nil {
+		return fmt.Errorf("verify: %w (nothing was written)", err)
+	}
+	if key != nil {
+		rep.Info("payload signed by %s", key)
+	} else {
+		rep.Info("payload signature not checked: this installer carries no signer key (built without --sign-key)")
 	}
 	for _, need := range []string{RecipeName, SecretName} {
 		if err := p.VerifyFile(need, nil); err != nil {
@@ -203,6 +221,23 @@ func Run(ctx context.Context, env Env) error {
 		return env.Power.PowerOff()
 	}
 	return env.Power.Reboot()
+}
+
+// signerKey reads the installer's signer key file; nil when there is none.
+func signerKey(file string) (*signature.PublicKey, error) {
+	if file == "" {
+		return nil, nil
+	}
+	if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("installer signer key: %w", err)
+	}
+	key, err := signature.ReadPublicKey(file)
+	if err != nil {
+		return nil, fmt.Errorf("installer signer key: %w", err)
+	}
+	return key, nil
 }
 
 // identify is IdentifyHost over this machine's NICs and kernel command
