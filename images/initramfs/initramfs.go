@@ -14,6 +14,7 @@
 //	                                  depmod's indexes, restricted to those modules
 //	lib/modules/<version>/modules.builtin
 //	lib/modules/<version>/modules.load our load order (LoadOrderFile)
+//	...                               Spec.Files, if any
 //
 // How the init loads modules: it needs no modprobe. LoadModules reads
 // modules.load and calls finit_module(2) on each file in that order, which
@@ -67,6 +68,9 @@ type Spec struct {
 	// OptionalModules are included with their dependencies when the
 	// kernel has them and left out (Result.Skipped) when it does not.
 	OptionalModules []string
+	// Files are extra regular files (0644), archive path -> content, e.g.
+	// the key the installer checks its payload with.
+	Files map[string][]byte
 	// Epoch is every entry's mtime (SOURCE_DATE_EPOCH).
 	Epoch int64
 	// Progress reports the build; nil: none.
@@ -143,6 +147,11 @@ func (s Spec) Archive() (*Archive, Result, error) {
 	for name, b := range indexes {
 		if err := a.AddData(dest+name, b, 0o644); err != nil {
 			return nil, res, err
+		}
+	}
+	for name, b := range s.Files {
+		if err := a.AddData(name, b, 0o644); err != nil {
+			return nil, res, fmt.Errorf("initramfs: %w", err)
 		}
 	}
 	return a, res, nil

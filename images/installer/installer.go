@@ -17,7 +17,8 @@
 //	               ssbuild/vmlinuz, ssbuild/initrd.img  the kernel and the installer initramfs
 //	after it     partition 2 "SSBUILD-PAYLOAD": squashfs (mksquashfs, reproducible)
 //	             holding the payload files under their names and SHA256SUMS, the
-//	             sha256 of every other file in it (sha256sum -c format)
+//	             sha256 of every other file in it (sha256sum -c format), and
+//	             its signature, when Spec.SignManifest is set
 //	end          backup GPT
 //
 // The installer finds its partitions by their GPT names (PARTLABEL). Build
@@ -83,6 +84,12 @@ type Spec struct {
 	Menu []MenuEntry
 	// Payload are the files of the payload partition.
 	Payload []PayloadFile
+	// SignManifest, if set, signs the payload's manifest: what it returns
+	// for the manifest's bytes is written beside it as ManifestSigName
+	// (the installer's name for it, install.ManifestSig), which the
+	// manifest does not list: it cannot cover itself.
+	SignManifest    func(manifest []byte) ([]byte, error)
+	ManifestSigName string
 	// Compression is mksquashfs's -comp for the payload, at the tool's
 	// default level; empty: zstd at level 3.
 	Compression string
@@ -167,6 +174,12 @@ func (s Spec) check() error {
 		}
 	}
 	seen := map[string]bool{PayloadManifest: true}
+	if s.SignManifest != nil {
+		if n := s.ManifestSigName; n == "" || n == PayloadManifest || strings.ContainsAny(n, "/\n") || n == "." || n == ".." {
+			return fmt.Errorf("installer image: manifest signature name %q: want a plain file name", n)
+		}
+		seen[s.ManifestSigName] = true
+	}
 	for _, f := range s.Payload {
 		n := filepath.Clean(f.Name)
 		if n == "." || filepath.IsAbs(n) || strings.HasPrefix(n, "..") || strings.Contains(n, "/") {

@@ -43,8 +43,18 @@ func (s Spec) buildPayload(ctx context.Context, work, out string) error {
 	}
 	// By path (after "<64 hex>  "), as sha256sum lists a sorted tree.
 	sort.Slice(sums, func(i, j int) bool { return sums[i][66:] < sums[j][66:] })
-	if err := os.WriteFile(filepath.Join(stage, PayloadManifest), []byte(strings.Join(sums, "")), 0o644); err != nil {
+	manifest := []byte(strings.Join(sums, ""))
+	if err := os.WriteFile(filepath.Join(stage, PayloadManifest), manifest, 0o644); err != nil {
 		return err
+	}
+	if s.SignManifest != nil {
+		sig, err := s.SignManifest(manifest)
+		if err != nil {
+			return fmt.Errorf("sign %s: %w", PayloadManifest, err)
+		}
+		if err := os.WriteFile(filepath.Join(stage, s.ManifestSigName), sig, 0o644); err != nil {
+			return err
+		}
 	}
 	return writeSquashfs(ctx, s.Progress, stage, out, s.Compression, s.Epoch)
 }

@@ -13,7 +13,10 @@
 //	initramfs  ssbuild as /init, the storage, file system and NIC modules
 //	image      installer.img (GPT: SSBUILD-ESP | SSBUILD-PAYLOAD) + SHA256SUMS;
 //	           with several hosts, a boot menu entry per host (ssbuild.host=NAME)
-//	sign       with a sign key, SHA256SUMS.sig (internal/signature)
+//	sign       with a sign key, SHA256SUMS.sig (internal/signature); the
+//	           same key signs the payload's manifest (image step) and its
+//	           public key is in the initramfs (install.SignerKeyPath), so the
+//	           installer refuses a payload the key did not sign
 //
 // The output folder (0700) holds installer.img (0600: its payload holds the
 // cluster secret), SHA256SUMS and, when it was generated, cluster.secret
@@ -244,9 +247,14 @@ func (b *build) hostOS(ctx context.Context) error {
 
 func (b *build) initramfs(ctx context.Context) error {
 	b.initrd = filepath.Join(b.work, "installer-initrd.img")
+	var files map[string][]byte
+	if b.signer != nil {
+		// The installer refuses a payload this key did not sign.
+		files = map[string][]byte{install.SignerKeyPath: b.signer.PublicKey().AuthorizedKey()}
+	}
 	res, err := initramfs.Build(ctx, initramfs.Spec{Init: b.opts.Binary, Root: b.host.Root,
 		KernelVersion: b.host.KernelVersion, Modules: installerModules(), OptionalModules: initramfs.NICModules,
-		Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
+		Files: files, Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
 	if err == nil && len(res.Skipped) > 0 {
 		b.opts.Progress.Info("initramfs: kernel %s has no NIC driver %s; machines with those NICs can only be told apart by the boot menu",
 			res.KernelVersion, strings.Join(res.Skipped, ", "))
@@ -299,11 +307,15 @@ func (b *build) image(ctx context.Context) error {
 		}
 		payload = append(payload, installer.PayloadFile{Name: "base-image", Path: b.opts.BaseImage})
 	}
-	b.img, err = installer.Build(ctx, installer.Spec{
+	spec := installer.Spec{
 		Name: b.r.Name, Epoch: b.epoch,
 		Kernel: b.host.Kernel(), Initramfs: b.initrd, SystemdBoot: b.host.SystemdBoot(), Menu: b.menu(),
 		Payload: payload, Output: filepath.Join(b.out, ImageFile), Progress: b.opts.Progress,
-	})
+	}
+	if b.signer != nil {
+		spec.SignManifest, spec.ManifestSigName = b.signer.Sign, install.ManifestSig
+	}
+	b.img, err = installer.Build(ctx, spec)
 	return err
 }
 
