@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
 	"io/fs"
 	"os"
@@ -326,22 +327,30 @@ func TestFailedBuildLeavesNothing(t *testing.T) {
 
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
+	sign := func([]byte) ([]byte, error) { return []byte("sig"), nil }
+	failSign := func([]byte) ([]byte, error) { return nil, errors.New("no key") }
 	for _, c := range []struct {
 		name    string
 		payload []installer.PayloadFile
 		want    string
 		ctx     context.Context
+		sign    func([]byte) ([]byte, error)
+		sigName string
 	}{
-		{"cancelled", []installer.PayloadFile{{Name: "recipe.yaml", Path: file("recipe.yaml")}}, "context canceled", cancelled},
-		{"missing payload file", []installer.PayloadFile{{Name: "os.img", Path: filepath.Join(in, "nope")}}, "payload os.img", nil},
-		{"name with a slash", []installer.PayloadFile{{Name: "a/b", Path: file("recipe.yaml")}}, `payload name "a/b"`, nil},
-		{"manifest name taken", []installer.PayloadFile{{Name: installer.PayloadManifest, Path: file("recipe.yaml")}}, "reserved", nil},
-		{"special file in a folder", []installer.PayloadFile{{Name: "base-image", Path: fifoDir}}, "base-image/pipe", nil},
+		{"cancelled", []installer.PayloadFile{{Name: "recipe.yaml", Path: file("recipe.yaml")}}, "context canceled", cancelled, nil, ""},
+		{"missing payload file", []installer.PayloadFile{{Name: "os.img", Path: filepath.Join(in, "nope")}}, "payload os.img", nil, nil, ""},
+		{"name with a slash", []installer.PayloadFile{{Name: "a/b", Path: file("recipe.yaml")}}, `payload name "a/b"`, nil, nil, ""},
+		{"manifest name taken", []installer.PayloadFile{{Name: installer.PayloadManifest, Path: file("recipe.yaml")}}, "reserved", nil, nil, ""},
+		{"special file in a folder", []installer.PayloadFile{{Name: "base-image", Path: fifoDir}}, "base-image/pipe", nil, nil, ""},
+		{"signature name taken", []installer.PayloadFile{{Name: "SHA256SUMS.sig", Path: file("recipe.yaml")}}, "reserved", nil, sign, "SHA256SUMS.sig"},
+		{"signature without a name", []installer.PayloadFile{{Name: "recipe.yaml", Path: file("recipe.yaml")}}, "manifest signature name", nil, sign, ""},
+		{"signing fails", []installer.PayloadFile{{Name: "recipe.yaml", Path: file("recipe.yaml")}}, "sign SHA256SUMS: no key", nil, failSign, "SHA256SUMS.sig"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out := t.TempDir()
 			spec := base
 			spec.Payload, spec.Output = c.payload, filepath.Join(out, "installer.img")
+			spec.SignManifest, spec.ManifestSigName = c.sign, c.sigName
 			ctx := c.ctx
 			if ctx == nil {
 				ctx = context.Background()
