@@ -90,7 +90,7 @@ qemu-system-x86_64 -accel tcg -machine q35 -m 1024 -display none -monitor none -
   -netdev user,id=n0,restrict=on -device e1000,netdev=n0,romfile=,mac=02:5e:00:00:01:01 &
 qemu_pid=$!
 # The installer's own lines (not the kernel's or the firmware's), as they come.
-tail -n +1 -f --pid="$qemu_pid" "$qemu_log" | grep --line-buffered -a -E '^(ssbuild installer|this machine|target disk|verify payload|write OS|install|/dev/|continuing|  [A-Za-z])' || true
+tail -n +1 -f --pid="$qemu_pid" "$qemu_log" | grep --line-buffered -a -E '^(ssbuild installer|this machine|target disk|verify payload|write OS|install|firmware boot entry|WARNING|no UEFI|payload signed|/dev/|continuing|  [A-Za-z])' || true
 wait "$qemu_pid" || true
 qemu_pid=
 if ! grep -q -a "installed demo1 onto" "$qemu_log"; then
