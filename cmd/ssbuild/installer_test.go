@@ -78,10 +78,11 @@ func TestInstallerRefusesADynamicBinary(t *testing.T) {
 }
 
 // buildInstaller runs `ssbuild installer` with the tests' shared rootfs cache.
-func buildInstaller(t *testing.T, bin, recipe, out string) (stdout, stderr bytes.Buffer) {
+func buildInstaller(t *testing.T, bin, recipe, out string, extra ...string) (stdout, stderr bytes.Buffer) {
 	t.Helper()
 	start := time.Now()
-	cmd := exec.Command(bin, "installer", "--recipe", recipe, "--out", out, "--cache", rootfstest.CacheDir(), "--epoch", "1700000000")
+	args := append([]string{"installer", "--recipe", recipe, "--out", out, "--cache", rootfstest.CacheDir(), "--epoch", "1700000000"}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("ssbuild installer: %v\n%s\n%s", err, stdout.String(), stderr.String())
@@ -334,7 +335,7 @@ func installOn(t *testing.T, m qemuMachine) string {
 // installerLines are the installer's lines of the serial console: its own
 // and the steps' (not the kernel's or the firmware's, nor progress ticks).
 func installerLines(serial string) []string {
-	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|firmware boot entry|WARNING|no UEFI|bench:|  [A-Za-z])`)
+	re := regexp.MustCompile(`^(ssbuild installer|this machine|target disk|verify payload: (done|FAILED)|write OS .*: (done|FAILED)|/dev/|installed|continuing|firmware boot entry|WARNING|no UEFI|payload sign|bench:|  [A-Za-z])`)
 	var out []string
 	for _, l := range strings.Split(strings.ReplaceAll(serial, "\r", ""), "\n") {
 		if re.MatchString(l) {
@@ -427,7 +428,7 @@ func debugfsCat(t *testing.T, img, path string) string {
 func TestInstallerQEMU(t *testing.T) {
 	rootfstest.Require(t)
 	kerneltest.Require(t)
-	testenv.RequireTools(t, "qemu-system-x86_64", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs")
+	testenv.RequireTools(t, "qemu-system-x86_64", "ssh-keygen", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs")
 	if _, err := os.Stat(ovmfVars); err != nil {
 		if testenv.InCI() {
 			t.Fatalf("CI=true but %v (install ovmf)", err)
@@ -436,7 +437,11 @@ func TestInstallerQEMU(t *testing.T) {
 	}
 	bin := staticSSBuild(t)
 	out := filepath.Join(t.TempDir(), "out")
-	buildInstaller(t, bin, qemuTestRecipe(t), out)
+	// Signed, as a vendor ships it: the installer checks the payload
+	// against the key in its initramfs before it looks at any disk.
+	signKey := filepath.Join(t.TempDir(), "vendor_ed25519")
+	runTool(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vendor@example", "-f", signKey)
+	buildInstaller(t, bin, qemuTestRecipe(t), out, "--sign-key", signKey)
 	stick := filepath.Join(out, "installer.img")
 
 	// The NIC's MAC is the second host's; two blank disks, the larger
@@ -451,6 +456,9 @@ func TestInstallerQEMU(t *testing.T) {
 		serial := installOn(t, qemuMachine{stick: stick, disks: []string{small, large}, mac: macDemo2, vars: vars})
 		if !strings.Contains(serial, "this machine is host demo2 (MAC "+macDemo2) || !strings.Contains(serial, "target disk: /dev/vdb") {
 			t.Errorf("the console does not say demo2 by MAC onto /dev/vdb")
+		}
+		if !regexp.MustCompile(`payload signed by vendor@example \(SHA256:[A-Za-z0-9+/]+\)`).MatchString(serial) {
+			t.Errorf("the console does not say the payload's signature was checked (vendor@example):\n%s", strings.Join(installerLines(serial), "\n"))
 		}
 		if !regexp.MustCompile(`firmware boot entry Boot[0-9A-F]{4} "Sovereign Stack \(demo2\)" .* on /dev/vdb\) is first in BootOrder`).MatchString(serial) {
 			t.Errorf("the console does not say the installer registered /dev/vdb with the firmware:\n%s", strings.Join(installerLines(serial), "\n"))
