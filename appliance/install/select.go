@@ -1,6 +1,7 @@
 package install
 
 import (
+	"cmp"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -42,15 +43,21 @@ func MinDiskSize(l recipes.Layout) int64 {
 // SelectTarget picks the install disk among disks, never one named in boot
 // (the installer's own medium). An explicit choice must match exactly one
 // disk; auto takes the largest non-removable, writable disk that is not on
-// a hot-pluggable bus (USB, SD/MMC, ...; see Disk.Hotplug). The chosen disk
+// a hot-pluggable bus (USB, SD/MMC, ...; see Disk.Hotplug), preferring,
+// unless the recipe says wipe, the largest one that holds no data. The chosen disk
 // is refused when it is too small, read-only, or holds partitions or
 // filesystems and the recipe does not say wipe — unless what it holds is an
 // unfinished install of this payload (resumable), which is continued.
 func SelectTarget(disks []Disk, boot map[string]bool, c Choice, resumable func(Disk) bool) (Disk, error) {
 	var d Disk
 	if c.Target.Auto() {
-		var best *Disk
+		// best is the largest candidate; usable the largest one that can be
+		// taken as it is (blank or this install's own, and big enough). A
+		// disk holding data is never chosen over a usable one: it is the
+		// target (and refused) only when no usable disk exists.
+		var best, usable *Disk
 		var skipped []string
+		need := MinDiskSize(c.Layout)
 		for i := range disks {
 			switch x := disks[i]; {
 			case boot[x.Name]:
@@ -61,14 +68,20 @@ func SelectTarget(disks []Disk, boot map[string]bool, c Choice, resumable func(D
 				skipped = append(skipped, x.Path+" (removable)")
 			case x.ReadOnly:
 				skipped = append(skipped, x.Path+" (read-only)")
-			case best == nil || x.Size > best.Size:
-				best = &disks[i]
+			default:
+				if best == nil || x.Size > best.Size {
+					best = &disks[i]
+				}
+				free := len(holds(x)) == 0 || (resumable != nil && resumable(x))
+				if !c.Wipe && free && x.Size >= need && (usable == nil || x.Size > usable.Size) {
+					usable = &disks[i]
+				}
 			}
 		}
 		if best == nil {
 			return Disk{}, fmt.Errorf("no install disk: no fixed (not removable, not on USB or SD/MMC), writable disk besides the installer medium (seen: %s)", strings.Join(skipped, ", "))
 		}
-		d = *best
+		d = *cmp.Or(usable, best)
 	} else {
 		var err error
 		if d, err = explicitTarget(disks, c.Target); err != nil {

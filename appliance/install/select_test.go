@@ -57,13 +57,29 @@ func TestSelectTarget(t *testing.T) {
 		}), choice: Choice{Target: recipes.Target{Serial: "S4EWNX0R1"}}, errWants: "read-only"},
 		{name: "only the stick", disks: with(func(ds []Disk) []Disk { return ds[3:] }), errWants: "no install disk"},
 		{name: "partitions refused", disks: with(func(ds []Disk) []Disk {
+			ds[0].Found, ds[2].Found = []string{"ext4"}, []string{"ext4"}
 			ds[1].Partitions = []string{"nvme1n1p1"}
 			return ds
 		}), errWants: "/dev/nvme1n1 (1.0 TiB, serial S5GXNF0R2): it holds partitions nvme1n1p1; set installer.wipe: true"},
 		{name: "signature refused", disks: with(func(ds []Disk) []Disk {
+			ds[0].Found, ds[2].Found = []string{"ext4"}, []string{"ext4"}
 			ds[1].Found = []string{"zfs_member"}
 			return ds
 		}), errWants: "it holds a ZFS pool label"},
+		// A larger disk holding data (here LUKS) is passed over for the
+		// largest blank one; with wipe the largest is taken.
+		{name: "auto passes over a disk holding data", disks: with(func(ds []Disk) []Disk {
+			ds[1].Found = []string{"crypto_LUKS"}
+			return ds
+		}), want: "nvme0n1"},
+		{name: "auto with wipe takes the largest", disks: with(func(ds []Disk) []Disk {
+			ds[1].Found = []string{"crypto_LUKS"}
+			return ds
+		}), choice: Choice{Wipe: true}, want: "nvme1n1"},
+		{name: "a blank disk too small is not usable", disks: with(func(ds []Disk) []Disk {
+			ds[0].Found, ds[1].Found = []string{"xfs"}, []string{"crypto_LUKS"}
+			return ds
+		}), choice: Choice{Layout: testLayout}, errWants: "/dev/nvme1n1 (1.0 TiB, serial S5GXNF0R2): it holds a LUKS"},
 		{name: "wipe allows", disks: with(func(ds []Disk) []Disk {
 			ds[1].Partitions, ds[1].Found = []string{"nvme1n1p1"}, []string{"GPT", "MBR"}
 			return ds
@@ -92,7 +108,10 @@ func TestSelectTarget(t *testing.T) {
 		})
 	}
 	var refused *RefusedError
-	_, err := SelectTarget(with(func(ds []Disk) []Disk { ds[1].Found = []string{"ext4"}; return ds }), boot, Choice{}, nil)
+	_, err := SelectTarget(with(func(ds []Disk) []Disk {
+		ds[0].Found, ds[1].Found, ds[2].Found = []string{"ext4"}, []string{"ext4"}, []string{"ext4"}
+		return ds
+	}), boot, Choice{}, nil)
 	if !errors.As(err, &refused) || refused.Disk.Name != "nvme1n1" {
 		t.Errorf("refusal is not a RefusedError naming the disk: %v", err)
 	}

@@ -235,6 +235,7 @@ type qemuMachine struct {
 	disks []string
 	mac   string
 	vars  string
+	usb   []string // drives on USB that are not the stick (an external disk), not flagged removable
 }
 
 const ovmfCode, ovmfVars = "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"
@@ -256,15 +257,21 @@ func (m qemuMachine) args(t *testing.T) []string {
 	}
 	args := []string{"-m", "1024",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
-		"-drive", "if=pflash,format=raw,file=" + varsCopy}
+		"-drive", "if=pflash,format=raw,file=" + qemuPath(varsCopy)}
+	if m.stick != "" || len(m.usb) > 0 {
+		args = append(args, "-device", "qemu-xhci")
+	}
 	if m.stick != "" {
 		// snapshot=on: the guest cannot change the shared stick.
-		args = append(args, "-device", "qemu-xhci",
-			"-drive", "if=none,id=stick,format=raw,snapshot=on,file="+m.stick,
+		args = append(args, "-drive", "if=none,id=stick,format=raw,snapshot=on,file="+qemuPath(m.stick),
 			"-device", "usb-storage,drive=stick")
 	}
+	for i, d := range m.usb {
+		id := "usb" + strconv.Itoa(i)
+		args = append(args, "-drive", "if=none,id="+id+",format=raw,file="+qemuPath(d), "-device", "usb-storage,drive="+id+",removable=off")
+	}
 	for _, d := range m.disks {
-		args = append(args, "-drive", "if=virtio,format=raw,file="+d)
+		args = append(args, "-drive", "if=virtio,format=raw,file="+qemuPath(d))
 	}
 	if m.mac != "" {
 		// e1000 without its option ROM: the installer's e1000 driver sees
@@ -273,6 +280,10 @@ func (m qemuMachine) args(t *testing.T) []string {
 	}
 	return args
 }
+
+// qemuPath escapes a file name for a qemu option list, where a comma
+// (which t.TempDir keeps from a subtest's name) separates options.
+func qemuPath(p string) string { return strings.ReplaceAll(p, ",", ",,") }
 
 // blankDisk is a sparse file of size bytes.
 func blankDisk(t *testing.T, name string, size int64) string {
@@ -428,7 +439,7 @@ func debugfsCat(t *testing.T, img, path string) string {
 func TestInstallerQEMU(t *testing.T) {
 	rootfstest.Require(t)
 	kerneltest.Require(t)
-	testenv.RequireTools(t, "qemu-system-x86_64", "ssh-keygen", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs")
+	testenv.RequireTools(t, "qemu-system-x86_64", "ssh-keygen", "cryptsetup", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs")
 	if _, err := os.Stat(ovmfVars); err != nil {
 		if testenv.InCI() {
 			t.Fatalf("CI=true but %v (install ovmf)", err)
@@ -478,6 +489,26 @@ func TestInstallerQEMU(t *testing.T) {
 		}
 		t.Logf("installed target booted to the first-boot unit and demo2's login prompt under TCG in %v:\n%s", time.Since(start).Round(time.Second),
 			strings.Join(kerneltest.Lines(serial, "ssbuild-appliance"), "\n"))
+	})
+
+	// A machine with a whole-disk LUKS2 volume larger than its blank
+	// internal disk, and a blank external USB drive (not flagged removable,
+	// like most) larger than both: the install goes onto the blank internal
+	// disk; the encrypted disk keeps every byte, the USB drive is never written.
+	t.Run("LUKS disk and USB drive left alone and the blank internal disk is the target", func(t *testing.T) {
+		luks, internal, usb := blankDisk(t, "luks.raw", smallDisk+(2<<30)), blankDisk(t, "internal.raw", smallDisk), blankDisk(t, "usb.raw", smallDisk+(4<<30))
+		keyFile := writeFile(t, "luks.key", "not a real key, only a test volume\n")
+		runTool(t, "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", keyFile, luks)
+		before := sha256sum(t, luks)
+		serial := installOn(t, qemuMachine{stick: stick, disks: []string{luks, internal}, usb: []string{usb}, mac: macDemo3})
+		if !strings.Contains(serial, "target disk: /dev/vdb") {
+			t.Errorf("the target is not the blank internal disk /dev/vdb:\n%s", strings.Join(installerLines(serial), "\n"))
+		}
+		checkInstalled(t, internal, smallDisk, "demo3")
+		if after := sha256sum(t, luks); after != before {
+			t.Errorf("the LUKS2 disk changed: sha256 %s before, %s after", before, after)
+		}
+		neverWritten(t, usb)
 	})
 
 	// A machine no host's MAC names: the console lists its MACs, the
