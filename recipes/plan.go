@@ -69,7 +69,7 @@ func imagePlan(r *Recipe) Stage {
 func installerPlan(r *Recipe) Stage {
 	in := r.Installer
 	l := in.Layout
-	target := "auto (the largest disk that is neither removable nor on USB or SD/MMC, and not the installer stick)"
+	target := "auto (the largest blank disk that is neither removable nor on USB or SD/MMC, and not the installer stick; a disk holding data only with wipe)"
 	if !in.Target.Auto() {
 		target = describeTarget(in.Target)
 	}
