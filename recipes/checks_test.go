@@ -8,8 +8,8 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // validate writes text as r.yaml (and the secret, when given, as

@@ -13,7 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 	"io"
 	"math/big"
 	"net/http"
@@ -27,8 +27,8 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // env is a test bed with an appliance.yaml and a secret file per host, and

@@ -10,8 +10,8 @@ import (
 
 	"github.com/canonical/lxd/shared/api"
 
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // Formation time from services start to every member online, against a

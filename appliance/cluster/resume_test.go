@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // TestResumesAfterStopAtEveryStep stops the services right after each named

@@ -4,9 +4,9 @@ import (
 	"os"
 	"testing"
 
-	"github.com/sovereign-stack/ssbuild/appliance/cluster/clustertest"
-	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/clustertest"
+	"github.com/sovereign-stack/ssbuild/testkit/deploytest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 func TestMain(m *testing.M) {

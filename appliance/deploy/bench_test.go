@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
-	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/testkit/deploytest"
 )
 
 // BenchmarkDeployDemo times deploying the demo recipe onto a three-host

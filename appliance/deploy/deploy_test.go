@@ -18,12 +18,12 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
-	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/deploytest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // logBuffer keeps every progress line (to search for secrets) and shows

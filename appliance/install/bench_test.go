@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // BenchmarkOSWrite compares the installer's OS write (writeImage: 4 MiB

@@ -16,8 +16,8 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 const (

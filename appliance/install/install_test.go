@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 var testFiles = []File{

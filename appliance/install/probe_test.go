@@ -13,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestProbeToolMade probes disks the standard tools made and checks that

@@ -15,8 +15,8 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestHotplugBus classifies sysfs device paths of the shapes the kernel

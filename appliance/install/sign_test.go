@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // builderKey makes an ed25519 key pair with ssh-keygen; it returns the

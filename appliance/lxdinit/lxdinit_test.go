@@ -15,8 +15,8 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/lxdinit"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestApply runs LXD initialisation against real daemons of one shared bed;

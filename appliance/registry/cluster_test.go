@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // failoverBound is how long the surviving nodes may take to accept writes

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // opTimeout bounds every registry call in the tests; it is longer than a

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // Nodes that pin the cluster certificate replicate over TLS; a host with

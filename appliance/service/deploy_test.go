@@ -16,13 +16,13 @@ import (
 	lxd "github.com/canonical/lxd/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
-	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
-	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
-	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
+	"github.com/sovereign-stack/ssbuild/testkit/deploytest"
+	"github.com/sovereign-stack/ssbuild/testkit/servicetest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // asServiceEnv makes the test binary a host's service: the registry's

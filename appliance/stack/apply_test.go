@@ -14,8 +14,8 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testdocker"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestDemoStackEndToEnd: the demo www stack applies to a real Docker, its

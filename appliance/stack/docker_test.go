@@ -21,9 +21,9 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testdocker"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // The static ssbuild the demo proxy container runs, built once per test

@@ -6,7 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,7 +21,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // asCLIEnv makes the test binary be ssbuild itself: the tests run

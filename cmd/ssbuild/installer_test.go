@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
+	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 	"io"
 	"os"
 	"os/exec"
@@ -20,11 +20,11 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/install"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
-	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
 	"github.com/sovereign-stack/ssbuild/images/installer"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // A host without an address would make the installer fail on the machine

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
-	"github.com/sovereign-stack/ssbuild/internal/testdocker"
+	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
 )
 
 // The command the first-boot unit runs loads the saved images into the

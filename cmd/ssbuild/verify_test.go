@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/internal/signature"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // signedFolder is a small output folder signed with a fresh ssh-keygen

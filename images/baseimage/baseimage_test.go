@@ -11,13 +11,13 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
 	"github.com/sovereign-stack/ssbuild/images/chainstate"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
-	"github.com/sovereign-stack/ssbuild/internal/testdocker"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 const epoch = 1_700_000_000

@@ -11,8 +11,8 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestSignStepSignsTheChecksums runs the checksums and sign steps on a

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/chainstate"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 const epoch = 1700000000

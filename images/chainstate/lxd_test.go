@@ -10,9 +10,9 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
 
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/chainstate"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // The artifact is an LXD custom volume backup: a real LXD imports it, a

@@ -17,8 +17,8 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/chroot"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 )
 
 // open opens a session on root and makes sure it is closed and nothing is

@@ -11,7 +11,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
 	"github.com/sovereign-stack/ssbuild/internal/command"
-	"github.com/sovereign-stack/ssbuild/internal/testdocker"
+	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
 )
 
 // benchLayer is the size of the benchmark image's one file: big enough that

@@ -19,8 +19,8 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testdocker"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 const (

@@ -11,7 +11,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/sovereign-stack/ssbuild/images/gptimage"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 func TestGUIDIsStablePerSeed(t *testing.T) {

@@ -11,9 +11,9 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // The demo recipe's host OS, from the debootstrap cache the other tests

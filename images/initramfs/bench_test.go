@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/images/initramfs"
-	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
+	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
 )
 
 // BenchmarkBuild builds the installer initramfs for Debian 12's kernel

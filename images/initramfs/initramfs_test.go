@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/initramfs"
-	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 const epoch = 1700000000

@@ -14,7 +14,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // benchInputs writes stand-ins for an installer's inputs, sized like the

@@ -4,7 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
+	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/images/installer"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 var update = flag.Bool("update", false, "re-record testdata/*.golden")

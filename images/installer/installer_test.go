@@ -6,7 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
+	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/initramfs"
-	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
 	"github.com/sovereign-stack/ssbuild/images/installer"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 const epoch = 1700000000

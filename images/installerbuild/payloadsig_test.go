@@ -10,12 +10,12 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/appliance/install"
-	"github.com/sovereign-stack/ssbuild/images/gptimage/gpttest"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // fakeHostOS is what the host-os step leaves, without debootstrap: a

@@ -12,8 +12,8 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestSignStepSignsTheChecksums runs the sign step on the folder the

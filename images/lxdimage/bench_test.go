@@ -8,10 +8,10 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // The benchmarks write the bookworm tree each way and report MB/s of file

@@ -19,7 +19,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // smallTree makes a tree with every kind of entry an image can hold: files

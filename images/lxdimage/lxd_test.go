@@ -12,11 +12,11 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/chroot"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestImportAndLaunch imports the container image, split and unified, into

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 const epoch = 1700000000

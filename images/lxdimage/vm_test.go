@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/chroot"
-	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestVMImage builds the VM disk from two separate copies of a bootable

@@ -8,7 +8,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 )
 
 // Cold: debootstrap of bookworm minbase from the Debian mirror into an

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/mounts"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 func bookwormFrom(mirror string) Debootstrap {

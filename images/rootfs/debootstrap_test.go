@@ -12,8 +12,8 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 )
 
 // unreachable is a loopback port nothing listens on (discard).

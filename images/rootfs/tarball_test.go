@@ -15,9 +15,9 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/command"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 func sha256File(t *testing.T, path string) string {

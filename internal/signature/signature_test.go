@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/internal/signature"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // keygen makes an ed25519 key pair with ssh-keygen and returns the

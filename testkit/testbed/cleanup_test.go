@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // endingEnv makes TestBedInDyingTest start a bed and then fail or panic;

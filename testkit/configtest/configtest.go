@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // What Write gives every host: the pool and network a recipe deployed on

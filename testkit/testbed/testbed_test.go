@@ -19,8 +19,8 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
 
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestBed starts three hosts and checks what a user of the bed relies on:

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
-	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 )
 
 // WithDeploy does what the installer does for a deploy: it writes r as the

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestInit builds testdata/testinit of images/initramfs as a static binary

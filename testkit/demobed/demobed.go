@@ -20,15 +20,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
-	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
-	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
+	"github.com/sovereign-stack/ssbuild/testkit/deploytest"
+	"github.com/sovereign-stack/ssbuild/testkit/servicetest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // Options say what to deploy.

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/chroot"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
 	"github.com/sovereign-stack/ssbuild/internal/command"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 )
 
 // key names the cache entry; change it when the packages change.

@@ -17,7 +17,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // registryConfig is a plain HTTP registry on loopback, storing in a directory;

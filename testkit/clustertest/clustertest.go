@@ -12,9 +12,9 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/config"
-	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // Form runs every bed host's cluster service until each has returned (the

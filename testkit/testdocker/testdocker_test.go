@@ -10,7 +10,7 @@ import (
 
 	"github.com/docker/docker/api/types/network"
 
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // TestStartImportStop: a daemon answers on its own socket, imports an image,

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // BenchmarkStartClose measures a bed's start (until every daemon answers)

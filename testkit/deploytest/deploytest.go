@@ -18,13 +18,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
-	"github.com/sovereign-stack/ssbuild/images/rootfs/rootfstest"
-	"github.com/sovereign-stack/ssbuild/internal/testdocker"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
+	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // BedRecipe is the shipped demo recipe, pointed at what the bed's hosts

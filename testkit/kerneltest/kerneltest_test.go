@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/sovereign-stack/ssbuild/images/initramfs/kerneltest"
+	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
 )
 
 func TestGet(t *testing.T) {

@@ -46,7 +46,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // Options shape a bed. The zero value gives one host.

@@ -28,7 +28,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // StartTimeout bounds how long Start waits for the daemon to answer.

@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 
 // A test starts three hosts, talks to each one's LXD, runs a service inside

@@ -13,7 +13,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
-	"github.com/sovereign-stack/ssbuild/internal/testenv"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // Mirror is the Debian mirror tests build from (reachable from CI).
