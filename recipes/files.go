@@ -41,7 +41,7 @@ func pathFields(r *Recipe, rep *report) []pathField {
 	}
 	if cs := r.Image.Chainstate; cs != nil {
 		// A pruned datadir may be a folder or a tarball; an AssumeUTXO
-		// snapshot is one file (images/chainstate refuses anything else).
+		// snapshot is one file (handoff/chainstate refuses anything else).
 		add("image.chainstate.source", cs.Source, "the chainstate", cs.Kind != "assumeutxo")
 	}
 	add("cluster.secret.file", r.Cluster.Secret.File, "the cluster secret", false)

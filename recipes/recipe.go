@@ -115,6 +115,11 @@ type Layout struct {
 	MinDisk Size `yaml:"minDisk,omitempty" json:"minDisk,omitempty" rule:"min=8GiB" doc:"smallest disk the installer will install onto"`
 }
 
+// Need is the least disk the partitions fit on: ESP + OS + the smallest ZFS
+// partition, with the 1 MiB GPT keeps in front and behind for its headers
+// and alignment. recipe validate and the installer's disk choice share it.
+func (l Layout) Need() Size { return l.ESP + l.OS + l.MinZFS + 2*MiB }
+
 // Host is one cluster host.
 type Host struct {
 	Name    string  `yaml:"name" json:"name" rule:"required" doc:"host name (DNS label); also the LXD cluster member name"`

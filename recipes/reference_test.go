@@ -7,17 +7,17 @@ import (
 	"testing"
 )
 
-var updateReadme = flag.Bool("update-readme", false, "rewrite the recipe reference in README.md")
+var updateReadme = flag.Bool("update-readme", false, "rewrite the recipe reference in docs/recipe.md")
 
 const (
 	refStart = "<!-- recipe-reference:start (generated from recipes/recipe.go: go test ./recipes -run TestReadme -update-readme) -->\n"
 	refEnd   = "<!-- recipe-reference:end -->"
 )
 
-// TestReadmeReferenceIsCurrent keeps the README's field table equal to the
+// TestReadmeReferenceIsCurrent keeps docs/recipe.md's field table equal to the
 // Go types, so the documentation cannot drift from what the loader reads.
 func TestReadmeReferenceIsCurrent(t *testing.T) {
-	const path = "../README.md"
+	const path = "../docs/recipe.md"
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -25,14 +25,14 @@ func TestReadmeReferenceIsCurrent(t *testing.T) {
 	text := string(b)
 	i, j := strings.Index(text, refStart), strings.Index(text, refEnd)
 	if i < 0 || j < i {
-		t.Fatalf("README.md lacks the reference markers %q ... %q", refStart, refEnd)
+		t.Fatalf("docs/recipe.md lacks the reference markers %q ... %q", refStart, refEnd)
 	}
 	current := text[i+len(refStart) : j]
 	if current == Reference() {
 		return
 	}
 	if !*updateReadme {
-		t.Fatal("README.md's recipe reference is out of date: run go test ./recipes -run TestReadme -update-readme")
+		t.Fatal("docs/recipe.md's recipe reference is out of date: run go test ./recipes -run TestReadme -update-readme")
 	}
 	text = text[:i+len(refStart)] + Reference() + text[j:]
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {

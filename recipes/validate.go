@@ -108,8 +108,7 @@ func validateImage(r *Recipe, rep *report) {
 func validateInstaller(in *Installer, rep *report) {
 	checkTarget(rep, "installer.target", in.Target)
 	l := in.Layout
-	// GPT keeps 1MiB in front and 1MiB behind for its headers and alignment.
-	if need := l.ESP + l.OS + l.MinZFS + 2*MiB; need > l.MinDisk {
+	if need := l.Need(); need > l.MinDisk {
 		rep.at("installer.layout.os", "esp %s + os %s + minZFS %s (+2MiB for GPT) = %s do not fit on the smallest allowed disk (minDisk %s); lower os or raise minDisk",
 			l.ESP, l.OS, l.MinZFS, need, l.MinDisk)
 	}
@@ -147,7 +146,7 @@ func validateInstaller(in *Installer, rep *report) {
 		}
 	}
 	// Every host needs a static address (the hosts find each other by
-	// them); appliance/config owns that rule: config.CheckRecipe, run by
+	// them); handoff/config owns that rule: config.CheckRecipe, run by
 	// Validate, reports it at each host.
 	if len(in.Hosts) == 0 {
 		if rep.written("installer.hosts") {

@@ -13,7 +13,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 	"io"
 	"math/big"
 	"net/http"
@@ -24,9 +23,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
+
 	"github.com/canonical/lxd/shared/api"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )

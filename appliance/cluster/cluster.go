@@ -59,8 +59,8 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/lxdinit"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 

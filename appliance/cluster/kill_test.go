@@ -16,7 +16,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 

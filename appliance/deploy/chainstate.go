@@ -8,7 +8,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
-	"github.com/sovereign-stack/ssbuild/images/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/chainstate"
 )
 
 // ChainstatePath is where the btcpay instance mounts its deployment's copy

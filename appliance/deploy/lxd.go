@@ -14,8 +14,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
-
-	"github.com/sovereign-stack/ssbuild/images/lxdimage"
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 )
 
 // mutations counts the changing calls made to LXD and Docker, so a
@@ -67,22 +66,22 @@ func ensureBaseImage(c lxd.InstanceServer, dir string, m *mutations) error {
 	if dir == "" {
 		return fmt.Errorf("base image %s is not in LXD: pass --image DIR, the output folder of `ssbuild image`", BaseImageAlias)
 	}
-	imageDir := filepath.Join(dir, "image")
-	if _, err := os.Stat(filepath.Join(imageDir, lxdimage.MetadataFile)); err != nil {
+	imageDir := filepath.Join(dir, imagedir.ImageDir)
+	if _, err := os.Stat(filepath.Join(imageDir, imagedir.MetadataFile)); err != nil {
 		imageDir = dir // the image folder itself
 	}
-	meta, err := os.Open(filepath.Join(imageDir, lxdimage.MetadataFile))
+	meta, err := os.Open(filepath.Join(imageDir, imagedir.MetadataFile))
 	if err != nil {
 		return fmt.Errorf("base image: %w (is %s the output of `ssbuild image`?)", err, dir)
 	}
 	defer meta.Close()
-	rootfs, err := os.Open(filepath.Join(imageDir, lxdimage.SquashfsFile))
+	rootfs, err := os.Open(filepath.Join(imageDir, imagedir.SquashfsFile))
 	if err != nil {
 		return fmt.Errorf("base image: %w (the image must include the container format)", err)
 	}
 	defer rootfs.Close()
 	op, err := c.CreateImage(api.ImagesPost{}, &lxd.ImageCreateArgs{
-		MetaFile: meta, MetaName: lxdimage.MetadataFile, RootfsFile: rootfs, RootfsName: lxdimage.SquashfsFile})
+		MetaFile: meta, MetaName: imagedir.MetadataFile, RootfsFile: rootfs, RootfsName: imagedir.SquashfsFile})
 	if err := wait(op, err); err != nil {
 		return fmt.Errorf("import base image from %s: %w", imageDir, err)
 	}

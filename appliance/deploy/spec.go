@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/sovereign-stack/ssbuild/cloudinit"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy/cloudinit"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 

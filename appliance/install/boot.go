@@ -9,16 +9,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/recipes"
-)
-
-// PayloadLabel is the GPT partition name of the stick's payload partition.
-// Every disk holding one is an installer medium and never a target.
-const PayloadLabel = "SSBUILD-PAYLOAD" // as images/installer names it
-
-// Kernel command line parameters the installer reads.
-const (
-	CmdlineHost = "ssbuild.host" // ssbuild.host=NAME: install this recipe host
 )
 
 // Cmdline parses /proc/cmdline into key=value pairs (flags map to "").
@@ -43,7 +35,7 @@ func BootDisks(sysRoot string, disks []Disk, payloadDir string) (map[string]bool
 	boot := map[string]bool{}
 	for _, d := range disks {
 		for _, n := range d.PartNames {
-			if n == PayloadLabel {
+			if n == stick.PayloadLabel {
 				boot[d.Name] = true
 			}
 		}
@@ -55,7 +47,7 @@ func BootDisks(sysRoot string, disks []Disk, payloadDir string) (map[string]bool
 		}
 	}
 	if len(boot) == 0 {
-		return nil, fmt.Errorf("cannot tell which disk is the installer medium: no partition labelled %s and %s is not on a disk; refusing to install", PayloadLabel, payloadDir)
+		return nil, fmt.Errorf("cannot tell which disk is the installer medium: no partition labelled %s and %s is not on a disk; refusing to install", stick.PayloadLabel, payloadDir)
 	}
 	return boot, nil
 }
@@ -72,7 +64,7 @@ func (n NIC) String() string { return n.Name + " " + n.MAC }
 // per host), else the one whose MAC is a NIC of this machine, else the only
 // host of the recipe. When none fits it returns an *UnknownHostError.
 func IdentifyHost(hosts []recipes.Host, cmdline map[string]string, nics []NIC) (recipes.Host, error) {
-	if want, ok := cmdline[CmdlineHost]; ok {
+	if want, ok := cmdline[stick.CmdlineHost]; ok {
 		for _, h := range hosts {
 			if h.Name == want {
 				return h, nil
@@ -114,7 +106,7 @@ func (e *UnknownHostError) Error() string {
 	var b strings.Builder
 	switch {
 	case e.Named != "":
-		fmt.Fprintf(&b, "host identity: %s=%s is not a host of this stick's recipe", CmdlineHost, e.Named)
+		fmt.Fprintf(&b, "host identity: %s=%s is not a host of this stick's recipe", stick.CmdlineHost, e.Named)
 	case len(e.Matched) > 1:
 		var names []string
 		for _, h := range e.Matched {
@@ -146,13 +138,9 @@ func (e *UnknownHostError) Error() string {
 		}
 	}
 	fmt.Fprintf(&b, "\n  to choose: restart and pick this host's entry in the stick's boot menu (%q, passes %s=NAME),\n"+
-		"  or set installer.hosts[].mac in the recipe to one of this machine's MACs above and build the stick again", MenuTitle("NAME"), CmdlineHost)
+		"  or set installer.hosts[].mac in the recipe to one of this machine's MACs above and build the stick again", stick.MenuTitle("NAME"), stick.CmdlineHost)
 	return b.String()
 }
-
-// MenuTitle is the stick's boot menu title of the entry that installs host
-// name (images/installer writes the entries).
-func MenuTitle(name string) string { return "install host " + name }
 
 // NICs lists this machine's network interfaces that have a hardware
 // address (loopback and virtual interfaces without one are left out).

@@ -10,6 +10,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/sovereign-stack/ssbuild/appliance/install/efiboot"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 )
 
 // BootEntry is the firmware boot entry for the bootloader Install put on
@@ -38,7 +39,7 @@ func BootEntry(target, host string) (efiboot.Entry, error) {
 		Description: "Sovereign Stack (" + host + ")",
 		PartNumber:  partESP, PartGUID: esp.GUID,
 		PartStart: esp.Start, PartSize: esp.End - esp.Start + 1,
-		Loader: `\` + strings.ReplaceAll(BootloaderESP, "/", `\`),
+		Loader: `\` + strings.ReplaceAll(stick.BootloaderESP, "/", `\`),
 	}, nil
 }
 

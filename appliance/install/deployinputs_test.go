@@ -8,7 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
@@ -36,9 +38,9 @@ var baseImageFiles = map[string]string{
 func withDeployInputs(t *testing.T, env Env) string {
 	t.Helper()
 	recipe := testRecipe + testDeployment
-	files := map[string]string{RecipeName: recipe}
+	files := map[string]string{stick.RecipeName: recipe}
 	for name, data := range baseImageFiles {
-		files[BaseImageDir+"/"+name] = data
+		files[stick.BaseImageDir+"/"+name] = data
 	}
 	for name, data := range files {
 		p := filepath.Join(env.PayloadDir, filepath.FromSlash(name))
@@ -58,7 +60,7 @@ func withDeployInputs(t *testing.T, env Env) string {
 // appliance.yaml with a deploy section naming both.
 func expectedDeployFiles(t *testing.T, recipe, host string) []File {
 	t.Helper()
-	r, err := recipes.Parse(RecipeName, []byte(recipe), "")
+	r, err := recipes.Parse(stick.RecipeName, []byte(recipe), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,12 +112,12 @@ func TestRunWritesDeployInputs(t *testing.T) {
 	for _, host := range []string{"demo1", "demo2"} {
 		t.Run(host, func(t *testing.T) {
 			env, _ := fakeMachine(t, fakeDisk{name: "sda", size: 80 * GiB}, fakeDisk{name: "sdc", size: 64 * MiB, removable: true, payload: true})
-			if err := os.WriteFile(filepath.Join(env.ProcRoot, "cmdline"), []byte(CmdlineHost+"="+host+"\n"), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(env.ProcRoot, "cmdline"), []byte(stick.CmdlineHost+"="+host+"\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			recipe := withDeployInputs(t, env)
 			disk := filepath.Join(env.DevRoot, "sda")
-			rootfs := filepath.Join(env.PayloadDir, BaseImageDir, "container/rootfs.squashfs")
+			rootfs := filepath.Join(env.PayloadDir, stick.BaseImageDir, "container/rootfs.squashfs")
 			if host == "demo1" {
 				first := env
 				first.AfterStep = func(step string) error {
@@ -137,9 +139,9 @@ func TestRunWritesDeployInputs(t *testing.T) {
 			}
 			checkInstalled(t, disk, testLayout256(), expectedDeployFiles(t, recipe, host))
 			osDev := disk + "?offset=" + itoa(MiB+int64(testLayout256().ESP))
-			ls := run(t, "debugfs", "-R", "ls -l "+StateDir, osDev)
+			ls := run(t, "debugfs", "-R", "ls -l "+hostdisk.StateDir, osDev)
 			if strings.Contains(ls, "ssbuild-tmp") {
-				t.Errorf("a temporary copy is left in %s:\n%s", StateDir, ls)
+				t.Errorf("a temporary copy is left in %s:\n%s", hostdisk.StateDir, ls)
 			}
 			if got := strings.Contains(ls, "base-image"); got != (host == "demo1") {
 				t.Errorf("%s has base-image: %v, want it on the initiator only:\n%s", host, got, ls)
@@ -155,7 +157,7 @@ func TestInstallBaseImageMustFit(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "mkfs.ext4", "debugfs", "losetup")
 	dir := makePayload(t)
-	big := filepath.Join(dir, BaseImageDir, "container", "rootfs.squashfs")
+	big := filepath.Join(dir, stick.BaseImageDir, "container", "rootfs.squashfs")
 	if err := os.MkdirAll(filepath.Dir(big), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +178,7 @@ func TestInstallBaseImageMustFit(t *testing.T) {
 	img := sparseDisk(t, t.TempDir(), "target.img", 80*GiB)
 	detachLoops(t, img)
 	plan := Plan{Target: img, Layout: l, Host: "nuc1", Files: testFiles,
-		Copies: []Copy{{From: BaseImageDir, To: config.DefaultImageDir}}}
+		Copies: []Copy{{From: stick.BaseImageDir, To: config.DefaultImageDir}}}
 	err = Install(context.Background(), p, plan, Options{WorkDir: t.TempDir(), Progress: progress.New(testLog{t}, progress.Plain)})
 	if err == nil || !strings.Contains(err.Error(), "base-image") || !strings.Contains(err.Error(), "need 300.0 MiB") || !strings.Contains(err.Error(), "MiB free") {
 		t.Fatalf("Install with a base image larger than the OS filesystem: %v", err)
@@ -186,7 +188,7 @@ func TestInstallBaseImageMustFit(t *testing.T) {
 		t.Errorf("journal: %+v, want step %s", j, StepESPWritten)
 	}
 	osDev := img + "?offset=" + itoa(MiB+int64(l.ESP))
-	if ls := run(t, "debugfs", "-R", "ls "+StateDir, osDev); strings.Contains(ls, "base-image") {
+	if ls := run(t, "debugfs", "-R", "ls "+hostdisk.StateDir, osDev); strings.Contains(ls, "base-image") {
 		t.Errorf("a copy was started though it does not fit:\n%s", ls)
 	}
 }

@@ -80,7 +80,7 @@
 // mounts it as ext4 and writes, root-owned:
 //
 //	/etc/hostname
-//	/etc/ssbuild/appliance.yaml             (appliance/config, 0644)
+//	/etc/ssbuild/appliance.yaml             (handoff/config, 0644)
 //	/etc/ssbuild/cluster.secret             (0600)
 //	/etc/ssbuild/recipe.yaml                (the payload's recipe, 0644)
 //	/etc/systemd/network/10-ssbuild.network (with a static address in the recipe)
@@ -118,6 +118,6 @@
 // the machine powers off (the stick is still in; rebooting would loop).
 //
 // go-diskfs v1.9.4's FAT32 writer leaves two faults fsck.fat reports
-// ("..'" of a directory in the root, the FSInfo free count); fixFAT32
+// ("..'" of a directory in the root, the FSInfo free count); fatfix.Repair
 // corrects them after the ESP is written.
 package install

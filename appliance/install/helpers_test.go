@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
@@ -53,10 +55,10 @@ func makePayload(t testing.TB) string {
 	if err := os.WriteFile(filepath.Join(root, "etc/os-release"), []byte("ID=test\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(dir, OSImageName)
+	img := filepath.Join(dir, stick.OSImage)
 	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "rootfs", "-d", root, img, "64M")
 	for name, data := range espFiles {
-		p := filepath.Join(dir, ESPDir, name)
+		p := filepath.Join(dir, stick.ESPDir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +67,7 @@ func makePayload(t testing.TB) string {
 		}
 	}
 	// A kernel-and-initrd-sized file: many clusters, several FAT sectors.
-	if err := os.WriteFile(filepath.Join(dir, ESPDir, bigESPFile), bigESPData(), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, stick.ESPDir, bigESPFile), bigESPData(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	writeManifest(t, dir)
@@ -88,7 +90,7 @@ func writeManifest(t testing.TB, dir string) {
 	t.Helper()
 	var lines []string
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || p == filepath.Join(dir, ManifestName) {
+		if err != nil || d.IsDir() || p == filepath.Join(dir, stick.Manifest) {
 			return err
 		}
 		b, err := os.ReadFile(p)
@@ -104,7 +106,7 @@ func writeManifest(t testing.TB, dir string) {
 		t.Fatal(err)
 	}
 	sort.Strings(lines)
-	if err := os.WriteFile(filepath.Join(dir, ManifestName), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, stick.Manifest), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -228,16 +230,16 @@ func checkInstalled(t *testing.T, img string, l recipes.Layout, files []File) {
 	osStart := (MiB + int64(l.ESP)) / 512
 	zfsStart := osStart + int64(l.OS)/512
 	want := []gptPart{
-		{2048, osStart - 1, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", LabelESP},
-		{osStart, zfsStart - 1, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", LabelOS},
-		{zfsStart, sectors - 34, "6A898CC3-1DD2-11B2-99A6-080020736631", LabelZFS},
+		{2048, osStart - 1, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", hostdisk.LabelESP},
+		{osStart, zfsStart - 1, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", hostdisk.LabelOS},
+		{zfsStart, sectors - 34, "6A898CC3-1DD2-11B2-99A6-080020736631", hostdisk.LabelZFS},
 	}
 	if fmt.Sprint(parts) != fmt.Sprint(want) {
 		t.Fatalf("partitions:\n got %v\nwant %v", parts, want)
 	}
 	esp := blkidAt(t, img, 2048*512, int64(l.ESP))
-	if esp["TYPE"] != "vfat" || esp["LABEL"] != FATLabelESP || esp["VERSION"] != "FAT32" {
-		t.Errorf("ESP: blkid says %v, want FAT32 labelled %s", esp, FATLabelESP)
+	if esp["TYPE"] != "vfat" || esp["LABEL"] != hostdisk.FATLabelESP || esp["VERSION"] != "FAT32" {
+		t.Errorf("ESP: blkid says %v, want FAT32 labelled %s", esp, hostdisk.FATLabelESP)
 	}
 	if os := blkidAt(t, img, osStart*512, int64(l.OS)); os["TYPE"] != "ext4" {
 		t.Errorf("OS partition: blkid says %v, want ext4", os)

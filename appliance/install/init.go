@@ -11,7 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sovereign-stack/ssbuild/appliance/install/efiboot"
-	"github.com/sovereign-stack/ssbuild/images/initramfs"
+	"github.com/sovereign-stack/ssbuild/handoff/modload"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -92,7 +93,7 @@ func mountEFIVars(say func(string, ...any)) string {
 }
 
 func initAndRun(console io.Writer, say func(string, ...any)) error {
-	loaded, err := initramfs.LoadModules("")
+	loaded, err := modload.Load("")
 	say("kernel modules loaded: %d", len(loaded))
 	if err != nil {
 		// A module the kernel has built in, or one for absent hardware,
@@ -100,7 +101,7 @@ func initAndRun(console io.Writer, say func(string, ...any)) error {
 		say("some modules did not load: %v", err)
 	}
 	efiVars := mountEFIVars(say)
-	say("waiting for the installer's %s partition", PayloadLabel)
+	say("waiting for the installer's %s partition", stick.PayloadLabel)
 	deadline := time.Now().Add(payloadWait)
 	for {
 		err = MountPayload("/sys", "/dev", "/run/payload")
@@ -129,7 +130,7 @@ func initAndRun(console io.Writer, say func(string, ...any)) error {
 		NICWait:  nicWait,
 		EFIVars:  efiVars,
 		// Only in the initramfs of a signed build.
-		SignerKey: SignerKeyPath,
+		SignerKey: stick.SignerKeyPath,
 	})
 }
 

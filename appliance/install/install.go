@@ -21,17 +21,15 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
+	"github.com/sovereign-stack/ssbuild/internal/fatfix"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/steps"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
-// Partition labels (GPT partition names) the first boot finds the
-// partitions by (/dev/disk/by-partlabel/...), and the ESP's FAT label.
 const (
-	LabelESP     = "ESP"
-	LabelOS      = "ssbuild-os"
-	LabelZFS     = "ssbuild-zfs"
-	FATLabelESP  = "ESP"
 	alignment    = 1 << 20 // every partition starts on a 1 MiB boundary
 	copyBuffer   = 4 << 20
 	partESP      = 1
@@ -127,40 +125,26 @@ func Install(ctx context.Context, p *Payload, plan Plan, opt Options) (err error
 		opt.Progress.Info("continuing the install on %s after step %s", plan.Target, j.Step)
 	}
 	w := &writer{f: f, target: plan.Target, p: p, plan: plan, opt: opt}
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
-		{StepVerified, func(context.Context) error { return nil }},
-		{StepPartitioned, w.partition},
-		{StepOSWritten, w.writeOS},
-		{StepESPWritten, w.writeESP},
-		{StepConfigWritten, w.writeConfig},
-		{StepDone, func(context.Context) error { return nil }},
-	}
-	for _, s := range steps {
-		if j.Completed(s.name) {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("install onto %s: %s: %w", plan.Target, s.name, err)
-		}
-		began := time.Now()
-		if err := s.run(ctx); err != nil {
-			return fmt.Errorf("install onto %s: %s: %w", plan.Target, s.name, err)
-		}
-		opt.Progress.Info("%s: %s (%s)", plan.Target, s.name, time.Since(began).Round(time.Millisecond))
-		j.Step = s.name
-		if err := writeJournal(f, j); err != nil {
-			return err
-		}
-		if opt.AfterStep != nil {
-			if err := opt.AfterStep(s.name); err != nil {
-				return fmt.Errorf("install onto %s: after %s: %w", plan.Target, s.name, err)
+	nothing := func(context.Context) error { return nil }
+	r := steps.Runner{Stage: "install onto " + plan.Target, Skip: j.Completed,
+		After: func(name string, took time.Duration) error {
+			opt.Progress.Info("%s: %s (%s)", plan.Target, name, took.Round(time.Millisecond))
+			j.Step = name
+			if err := writeJournal(f, j); err != nil {
+				return err
 			}
-		}
-	}
-	return nil
+			if opt.AfterStep != nil {
+				return opt.AfterStep(name)
+			}
+			return nil
+		}}
+	return r.Run(ctx,
+		steps.Step{Name: StepVerified, Run: nothing},
+		steps.Step{Name: StepPartitioned, Run: w.partition},
+		steps.Step{Name: StepOSWritten, Run: w.writeOS},
+		steps.Step{Name: StepESPWritten, Run: w.writeESP},
+		steps.Step{Name: StepConfigWritten, Run: w.writeConfig},
+		steps.Step{Name: StepDone, Run: nothing})
 }
 
 type writer struct {
@@ -193,9 +177,9 @@ func Table(size, sector int64, l recipes.Layout) (*gpt.Table, error) {
 		PhysicalSectorSize: int(sector),
 		ProtectiveMBR:      true,
 		Partitions: []*gpt.Partition{
-			{Index: partESP, Start: lba(espStart), End: lba(osStart) - 1, Type: gpt.EFISystemPartition, Name: LabelESP},
-			{Index: partOS, Start: lba(osStart), End: lba(zfsStart) - 1, Type: gpt.LinuxFilesystem, Name: LabelOS},
-			{Index: partZFS, Start: lba(zfsStart), End: uint64(lastUsable), Type: zfsPartition, Name: LabelZFS},
+			{Index: partESP, Start: lba(espStart), End: lba(osStart) - 1, Type: gpt.EFISystemPartition, Name: hostdisk.LabelESP},
+			{Index: partOS, Start: lba(osStart), End: lba(zfsStart) - 1, Type: gpt.LinuxFilesystem, Name: hostdisk.LabelOS},
+			{Index: partZFS, Start: lba(zfsStart), End: uint64(lastUsable), Type: zfsPartition, Name: hostdisk.LabelZFS},
 		},
 	}, nil
 }
@@ -278,7 +262,7 @@ func (w *writer) writeOS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	src, err := os.Open(w.p.Path(OSImageName))
+	src, err := os.Open(w.p.Path(stick.OSImage))
 	if err != nil {
 		return err
 	}
@@ -287,11 +271,11 @@ func (w *writer) writeOS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if info.Size() > size {
-		return fmt.Errorf("OS image of %s does not fit the OS partition of %s", humanBytes(info.Size()), humanBytes(size))
+	if err := hostdisk.FitOS(info.Size(), size); err != nil {
+		return err
 	}
 	task := w.opt.Progress.Start("write OS to "+w.target, info.Size(), "bytes")
-	err = writeImage(ctx, w.f, start, src, w.p.Files[OSImageName], task)
+	err = writeImage(ctx, w.f, start, src, w.p.Files[stick.OSImage], task)
 	task.Done(err)
 	return err
 }
@@ -305,7 +289,7 @@ func writeImage(ctx context.Context, dst *os.File, off int64, src io.Reader, wan
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return fmt.Errorf("%s read back from the stick with sha256 %s, verified as %s: the stick is failing", OSImageName, got, want)
+		return fmt.Errorf("%s read back from the stick with sha256 %s, verified as %s: the stick is failing", stick.OSImage, got, want)
 	}
 	return dst.Sync()
 }
@@ -356,7 +340,7 @@ func (w *writer) writeESP(ctx context.Context) error {
 	if _, err := d.GetPartitionTable(); err != nil {
 		return fmt.Errorf("read GPT: %w", err)
 	}
-	esp, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: partESP, FSType: filesystem.TypeFat32, VolumeLabel: FATLabelESP})
+	esp, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: partESP, FSType: filesystem.TypeFat32, VolumeLabel: hostdisk.FATLabelESP})
 	if err != nil {
 		return fmt.Errorf("make FAT32: %w", err)
 	}
@@ -379,7 +363,7 @@ func (w *writer) writeESP(ctx context.Context) error {
 			}
 			made[dir] = true
 		}
-		if err := copyToFS(esp, "/"+rel, w.p.Path(ESPDir+"/"+rel), w.p.Files[ESPDir+"/"+rel], buf); err != nil {
+		if err := copyToFS(esp, "/"+rel, w.p.Path(stick.ESPDir+"/"+rel), w.p.Files[stick.ESPDir+"/"+rel], buf); err != nil {
 			return fmt.Errorf("copy %s: %w", rel, err)
 		}
 	}
@@ -387,19 +371,11 @@ func (w *writer) writeESP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := fixFAT32(io.NewSectionReader(w.f, start, size), offsetWriter{w.f, start}); err != nil {
+	if err := fatfix.Repair(io.NewSectionReader(w.f, start, size), io.NewOffsetWriter(w.f, start), size); err != nil {
 		return err
 	}
 	return w.f.Sync()
 }
-
-// offsetWriter writes into a partition of the target.
-type offsetWriter struct {
-	f   *os.File
-	off int64
-}
-
-func (o offsetWriter) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, o.off+off) }
 
 // copyToFS copies src into fsys at dst, hashing the bytes as they are
 // read: like os.img, a boot file that reads back differently than the

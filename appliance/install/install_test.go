@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
@@ -68,7 +69,7 @@ func TestInstallStickChangesAfterVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, OSImageName), os.O_RDWR, 0)
+	f, err := os.OpenFile(filepath.Join(dir, stick.OSImage), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

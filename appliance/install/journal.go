@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
 	"os"
 	"slices"
 	"strings"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
 )
 
 // The install journal is one 4 KiB block in the gap the 1 MiB alignment
@@ -129,7 +131,7 @@ func Resumable(path, payload, host string) bool {
 		return true // nothing of ours to compare with yet
 	}
 	names, err := partitionNames(path)
-	return err == nil && slices.Equal(names, []string{LabelESP, LabelOS, LabelZFS})
+	return err == nil && slices.Equal(names, []string{hostdisk.LabelESP, hostdisk.LabelOS, hostdisk.LabelZFS})
 }
 
 // ForeignJournal reports whether path holds an install journal that is not

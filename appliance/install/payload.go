@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
 )
 
@@ -30,20 +31,6 @@ import (
 //
 // Only files listed in SHA256SUMS are ever read for the install.
 //
-// The installer initramfs of a signed build carries the builder's public
-// key at SignerKeyPath; the installer then refuses a payload whose
-// manifest it did not sign, and the manifest's sums carry that trust to
-// every file.
-const SignerKeyPath = "/etc/ssbuild/payload-signer.pub"
-
-const (
-	ManifestName  = "SHA256SUMS"
-	ManifestSig   = ManifestName + ".sig" // not listed in the manifest: it signs it
-	OSImageName   = "os.img"
-	ESPDir        = "esp"
-	BootloaderESP = "EFI/BOOT/BOOTX64.EFI" // removable-media fallback path, firmware boots it without a boot entry
-	BaseImageDir  = "base-image"
-)
 
 // Payload is a verified payload: its directory, its files and the digest of
 // its manifest (which names this payload in the install journal).
@@ -54,7 +41,7 @@ type Payload struct {
 }
 
 // ESPFiles lists the payload's ESP files, relative to esp/, sorted.
-func (p *Payload) ESPFiles() []string { return p.FilesUnder(ESPDir) }
+func (p *Payload) ESPFiles() []string { return p.FilesUnder(stick.ESPDir) }
 
 // FilesUnder lists the manifest's files below dir, relative to it, sorted.
 func (p *Payload) FilesUnder(dir string) []string {
@@ -91,7 +78,7 @@ func ReadManifest(dir string) (*Payload, error) { return ReadSignedManifest(dir,
 // are the bytes parsed. A refusal names its cause: signature missing,
 // made by another key, or manifest changed after signing.
 func ReadSignedManifest(dir string, key *signature.PublicKey) (*Payload, error) {
-	name := filepath.Join(dir, ManifestName)
+	name := filepath.Join(dir, stick.Manifest)
 	manifest, err := os.ReadFile(name)
 	if err != nil {
 		return nil, fmt.Errorf("payload: %w", err)
@@ -121,16 +108,16 @@ func ReadSignedManifest(dir string, key *signature.PublicKey) (*Payload, error) 
 		hexsum, name, ok := strings.Cut(line, " ")
 		name = strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(name, " "), "*"), "./")
 		if !ok || len(hexsum) != 64 || !validRel(name) {
-			return nil, fmt.Errorf("payload %s line %d: want \"<sha256>  <relative path>\", got %q", ManifestName, n, line)
+			return nil, fmt.Errorf("payload %s line %d: want \"<sha256>  <relative path>\", got %q", stick.Manifest, n, line)
 		}
 		if _, dup := p.Files[name]; dup {
-			return nil, fmt.Errorf("payload %s line %d: %s listed twice", ManifestName, n, name)
+			return nil, fmt.Errorf("payload %s line %d: %s listed twice", stick.Manifest, n, name)
 		}
 		p.Files[name] = strings.ToLower(hexsum)
 	}
-	for _, need := range []string{OSImageName, ESPDir + "/" + BootloaderESP} {
+	for _, need := range []string{stick.OSImage, stick.ESPDir + "/" + stick.BootloaderESP} {
 		if _, ok := p.Files[need]; !ok {
-			return nil, fmt.Errorf("payload %s: %s is not listed (the install needs it)", ManifestName, need)
+			return nil, fmt.Errorf("payload %s: %s is not listed (the install needs it)", stick.Manifest, need)
 		}
 	}
 	return p, nil
@@ -155,7 +142,7 @@ func (p *Payload) Verify(task io.Writer) error {
 func (p *Payload) VerifyFile(name string, task io.Writer) error {
 	want, ok := p.Files[name]
 	if !ok {
-		return fmt.Errorf("payload %s: %s is not listed", ManifestName, name)
+		return fmt.Errorf("payload %s: %s is not listed", stick.Manifest, name)
 	}
 	got, err := hashFile(p.Path(name), task)
 	if err != nil {

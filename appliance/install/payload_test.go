@@ -5,11 +5,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 )
 
 func TestVerifyPayload(t *testing.T) {
 	good := makePayload(t)
-	manifest, err := os.ReadFile(filepath.Join(good, ManifestName))
+	manifest, err := os.ReadFile(filepath.Join(good, stick.Manifest))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,13 +26,13 @@ func TestVerifyPayload(t *testing.T) {
 		name, manifest, want string
 	}{
 		{"escape", "0000000000000000000000000000000000000000000000000000000000000000  ../etc/shadow\n", "want \"<sha256>  <relative path>\""},
-		{"missing OS", removeLine(string(manifest), OSImageName), "os.img is not listed"},
-		{"missing bootloader", removeLine(string(manifest), BootloaderESP), "EFI/BOOT/BOOTX64.EFI is not listed"},
+		{"missing OS", removeLine(string(manifest), stick.OSImage), "os.img is not listed"},
+		{"missing bootloader", removeLine(string(manifest), stick.BootloaderESP), "EFI/BOOT/BOOTX64.EFI is not listed"},
 		{"missing file", string(manifest) + "0000000000000000000000000000000000000000000000000000000000000000  gone\n", "gone: open"},
 		{"duplicate", string(manifest) + strings.SplitAfter(string(manifest), "\n")[0], "listed twice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := os.WriteFile(filepath.Join(good, ManifestName), []byte(tc.manifest), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(good, stick.Manifest), []byte(tc.manifest), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := VerifyPayload(good, nil); err == nil || !strings.Contains(err.Error(), tc.want) {

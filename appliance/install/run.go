@@ -13,24 +13,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
-)
-
-// Payload files Run needs besides the OS image and the ESP tree.
-const (
-	RecipeName = "recipe.yaml"    // the recipe the stick was built from
-	SecretName = "cluster.secret" // the cluster's pre-shared secret
-)
-
-// Where the installed OS finds what the installer wrote.
-const (
-	SecretPath  = "/etc/ssbuild/cluster.secret" // 0600
-	StateDir    = "/var/lib/ssbuild"
-	ZFSSource   = "/dev/disk/by-partlabel/" + LabelZFS
-	NetworkFile = "/etc/systemd/network/10-ssbuild.network" // static address, when the recipe gives one
 )
 
 // Power is what the installer does when it is done; tests record it.
@@ -98,16 +86,16 @@ func Run(ctx context.Context, env Env) error {
 	} else {
 		rep.Info("payload signature not checked: this installer carries no signer key (built without --sign-key)")
 	}
-	for _, need := range []string{RecipeName, SecretName} {
+	for _, need := range []string{stick.RecipeName, stick.SecretName} {
 		if err := p.VerifyFile(need, nil); err != nil {
 			return fmt.Errorf("verify: %w (nothing was written)", err)
 		}
 	}
-	r, err := recipes.Load(p.Path(RecipeName))
+	r, err := recipes.Load(p.Path(stick.RecipeName))
 	if err != nil {
 		return err
 	}
-	secret, err := os.ReadFile(p.Path(SecretName))
+	secret, err := os.ReadFile(p.Path(stick.SecretName))
 	if err != nil {
 		return fmt.Errorf("payload: %w", err)
 	}
@@ -119,11 +107,11 @@ func Run(ctx context.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	recipeData, err := os.ReadFile(p.Path(RecipeName))
+	recipeData, err := os.ReadFile(p.Path(stick.RecipeName))
 	if err != nil {
 		return fmt.Errorf("payload: %w", err)
 	}
-	withImage := len(p.FilesUnder(BaseImageDir)) > 0
+	withImage := len(p.FilesUnder(stick.BaseImageDir)) > 0
 	files, err := HostFiles(r, recipeData, host, secret, withImage)
 	if err != nil {
 		return err
@@ -131,7 +119,7 @@ func Run(ctx context.Context, env Env) error {
 	var copies []Copy
 	if withImage && host.Name == r.Cluster.Initiator {
 		// The deploy imports it into LXD once for the whole cluster.
-		copies = append(copies, Copy{From: BaseImageDir, To: config.DefaultImageDir})
+		copies = append(copies, Copy{From: stick.BaseImageDir, To: config.DefaultImageDir})
 	}
 
 	disks, err := ReadDisks(env.SysRoot, env.DevRoot)
@@ -211,7 +199,7 @@ func Run(ctx context.Context, env Env) error {
 	rep.Info("installed %s onto %s", host.Name, target.Path)
 	registerBoot(env, target.Path, host.Name)
 	if bench != nil {
-		res, err := bench.finish(ctx, p.Path(OSImageName), target.Path)
+		res, err := bench.finish(ctx, p.Path(stick.OSImage), target.Path)
 		if err != nil {
 			return err
 		}
@@ -265,8 +253,8 @@ func identify(ctx context.Context, env Env, rep *progress.Reporter, cmdline map[
 
 // how says why IdentifyHost chose h.
 func how(h recipes.Host, cmdline map[string]string, nics []NIC) string {
-	if _, ok := cmdline[CmdlineHost]; ok {
-		return "chosen in the boot menu: " + CmdlineHost + "=" + h.Name
+	if _, ok := cmdline[stick.CmdlineHost]; ok {
+		return "chosen in the boot menu: " + stick.CmdlineHost + "=" + h.Name
 	}
 	for _, n := range nics {
 		if h.MAC != "" && strings.EqualFold(n.MAC, string(h.MAC)) {
@@ -294,7 +282,7 @@ func nicList(nics []NIC) string {
 // section when the recipe has deployments, naming the copied base image
 // when the payload carries one (withImage).
 func HostFiles(r *recipes.Recipe, recipeData []byte, h recipes.Host, secret []byte, withImage bool) ([]File, error) {
-	hf := config.HostFiles{StorageSource: ZFSSource, SecretFile: SecretPath, StateDir: StateDir}
+	hf := config.HostFiles{StorageSource: hostdisk.ZFSSource, SecretFile: hostdisk.SecretPath, StateDir: hostdisk.StateDir}
 	if h.Name == r.Cluster.Initiator && len(r.Deployments) > 0 {
 		hf.Deploy = &config.Deploy{Recipe: config.DefaultRecipePath}
 		if withImage {
@@ -312,7 +300,7 @@ func HostFiles(r *recipes.Recipe, recipeData []byte, h recipes.Host, secret []by
 	files := []File{
 		{Path: "/etc/hostname", Data: []byte(h.Name + "\n"), Mode: 0o644},
 		{Path: config.DefaultPath, Data: yaml, Mode: 0o644},
-		{Path: SecretPath, Data: secret, Mode: 0o600},
+		{Path: hostdisk.SecretPath, Data: secret, Mode: 0o600},
 		{Path: config.DefaultRecipePath, Data: recipeData, Mode: 0o644},
 	}
 	if h.Address != "" {
@@ -327,7 +315,7 @@ func HostFiles(r *recipes.Recipe, recipeData []byte, h recipes.Host, secret []by
 		if h.Gateway != "" {
 			fmt.Fprintf(&b, "Gateway=%s\n", h.Gateway)
 		}
-		files = append(files, File{Path: NetworkFile, Data: []byte(b.String()), Mode: 0o644})
+		files = append(files, File{Path: hostdisk.NetworkFile, Data: []byte(b.String()), Mode: 0o644})
 	}
 	return files, nil
 }
@@ -343,13 +331,13 @@ func MountPayload(sysRoot, devRoot, dir string) error {
 	var parts []string
 	for _, d := range disks {
 		for _, part := range d.Partitions {
-			if ueventValue(filepath.Join(sysRoot, "block", d.Name, part, "uevent"), "PARTNAME") == PayloadLabel {
+			if ueventValue(filepath.Join(sysRoot, "block", d.Name, part, "uevent"), "PARTNAME") == stick.PayloadLabel {
 				parts = append(parts, filepath.Join(devRoot, part))
 			}
 		}
 	}
 	if len(parts) != 1 {
-		return fmt.Errorf("payload: want one partition labelled %s, found %d (%s)", PayloadLabel, len(parts), strings.Join(parts, " "))
+		return fmt.Errorf("payload: want one partition labelled %s, found %d (%s)", stick.PayloadLabel, len(parts), strings.Join(parts, " "))
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err

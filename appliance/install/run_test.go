@@ -16,7 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
@@ -74,7 +76,7 @@ func fakeMachine(t *testing.T, disks ...fakeDisk) (Env, *fakePower) {
 		write(filepath.Join(b, "device/serial"), "SERIAL-"+d.name)
 		if d.payload {
 			write(filepath.Join(b, d.name+"1/partition"), "1")
-			write(filepath.Join(b, d.name+"1/uevent"), "DEVTYPE=partition\nPARTN=1\nPARTNAME="+PayloadLabel+"\n")
+			write(filepath.Join(b, d.name+"1/uevent"), "DEVTYPE=partition\nPARTN=1\nPARTNAME="+stick.PayloadLabel+"\n")
 		}
 		if err := os.MkdirAll(dev, 0o755); err != nil {
 			t.Fatal(err)
@@ -85,8 +87,8 @@ func fakeMachine(t *testing.T, disks ...fakeDisk) (Env, *fakePower) {
 	write(filepath.Join(sys, "class/net/enp1s0/address"), "52:54:00:00:00:01\n")
 	write(filepath.Join(proc, "cmdline"), "console=ttyS0 quiet\n")
 	payload := makePayload(t)
-	write(filepath.Join(payload, RecipeName), testRecipe)
-	write(filepath.Join(payload, SecretName), testSecret)
+	write(filepath.Join(payload, stick.RecipeName), testRecipe)
+	write(filepath.Join(payload, stick.SecretName), testSecret)
 	writeManifest(t, payload)
 	power := &fakePower{}
 	return Env{SysRoot: sys, DevRoot: dev, LoopDevRoot: "/dev", ProcRoot: proc, PayloadDir: payload, WorkDir: t.TempDir(),
@@ -136,7 +138,7 @@ func blank(t testing.TB, path string) bool {
 // what the first boot reads.
 func expectedFiles(t *testing.T, env Env) []File {
 	t.Helper()
-	r, err := recipes.Load(filepath.Join(env.PayloadDir, RecipeName))
+	r, err := recipes.Load(filepath.Join(env.PayloadDir, stick.RecipeName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,10 +150,10 @@ func expectedFiles(t *testing.T, env Env) []File {
 		switch f.Path {
 		case config.DefaultPath:
 			a, err := config.Parse(f.Path, f.Data)
-			if err != nil || a.Host.Name != "demo1" || a.Host.Address != "10.0.0.11" || a.SecretFile != SecretPath || a.Cluster.Storage.Source != ZFSSource {
+			if err != nil || a.Host.Name != "demo1" || a.Host.Address != "10.0.0.11" || a.SecretFile != hostdisk.SecretPath || a.Cluster.Storage.Source != hostdisk.ZFSSource {
 				t.Fatalf("appliance.yaml: %+v, %v", a, err)
 			}
-		case SecretPath:
+		case hostdisk.SecretPath:
 			if f.Mode != 0o600 {
 				t.Fatalf("secret mode %o", f.Mode)
 			}
@@ -196,7 +198,7 @@ func testLayout256() recipes.Layout {
 // anything is written.
 func TestRunTamperedPayload(t *testing.T) {
 	env, power := fakeMachine(t, fakeDisk{name: "sda", size: 80 * GiB}, fakeDisk{name: "sdc", size: 64 * MiB, removable: true, payload: true})
-	img := filepath.Join(env.PayloadDir, OSImageName)
+	img := filepath.Join(env.PayloadDir, stick.OSImage)
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -262,7 +264,7 @@ func TestRunBench(t *testing.T) {
 		t.Errorf("no bench line in the output:\n%s", log.String())
 	}
 	parts := sgdiskParts(t, target)
-	want, _ := os.ReadFile(filepath.Join(env.PayloadDir, OSImageName))
+	want, _ := os.ReadFile(filepath.Join(env.PayloadDir, stick.OSImage))
 	got := make([]byte, len(want))
 	f, err := os.Open(target)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -266,7 +267,7 @@ func TestInstallVerifiesESPFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(p.Path(ESPDir+"/vmlinuz"), []byte("fake kernel, changed\n"), 0o644); err != nil {
+	if err := os.WriteFile(p.Path(stick.ESPDir+"/vmlinuz"), []byte("fake kernel, changed\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	img := sparseDisk(t, t.TempDir(), "d.img", 20*GiB)
@@ -286,7 +287,7 @@ func TestRunWipeSaysWhatItErases(t *testing.T) {
 	testenv.RequireTools(t, "sgdisk", "mkfs.ext4", "losetup", "e2fsck")
 	env, _ := fakeMachine(t, fakeDisk{name: "sda", size: 20 * GiB}, fakeDisk{name: "sdc", size: 64 * MiB, removable: true, payload: true})
 	recipe := strings.Replace(testRecipe, "  afterInstall: poweroff\n", "  afterInstall: poweroff\n  wipe: true\n", 1)
-	if err := os.WriteFile(filepath.Join(env.PayloadDir, RecipeName), []byte(recipe), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(env.PayloadDir, stick.RecipeName), []byte(recipe), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	writeManifest(t, env.PayloadDir)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
@@ -37,7 +38,7 @@ func TestInstall4KSectors(t *testing.T) {
 			t.Errorf("sgdisk -p lacks %q:\n%s", want, out)
 		}
 	}
-	if esp := blkidAt(t, dev, MiB, int64(testLayout.ESP)); esp["TYPE"] != "vfat" || esp["LABEL"] != FATLabelESP {
+	if esp := blkidAt(t, dev, MiB, int64(testLayout.ESP)); esp["TYPE"] != "vfat" || esp["LABEL"] != hostdisk.FATLabelESP {
 		t.Errorf("ESP: blkid %v", esp)
 	}
 	espImg := filepath.Join(t.TempDir(), "esp.img")

@@ -33,11 +33,9 @@ func (e *RefusedError) Error() string {
 }
 
 // MinDiskSize is the smallest disk the layout fits on: the recipe's minDisk,
-// or ESP + OS + the smallest ZFS partition with the GPT and alignment around
-// them when that is more.
+// or what the partitions need (recipes.Layout.Need) when that is more.
 func MinDiskSize(l recipes.Layout) int64 {
-	need := alignment + int64(l.ESP) + int64(l.OS) + int64(l.MinZFS) + alignment
-	return max(need, int64(l.MinDisk))
+	return int64(max(l.Need(), l.MinDisk))
 }
 
 // SelectTarget picks the install disk among disks, never one named in boot

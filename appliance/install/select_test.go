@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -18,7 +19,7 @@ func machine() []Disk {
 		{Name: "nvme0n1", Path: "/dev/nvme0n1", Size: 256 * GiB, Serial: "S4EWNX0R1", WWID: "eui.0025385b91b2a1f1"},
 		{Name: "nvme1n1", Path: "/dev/nvme1n1", Size: 1024 * GiB, Serial: "S5GXNF0R2", WWID: "eui.0025385b91b2a1f2"},
 		{Name: "sda", Path: "/dev/sda", Size: 12 * GiB, Serial: "SMALL1"},
-		{Name: "sdb", Path: "/dev/sdb", Size: 16 * GiB, Removable: true, Partitions: []string{"sdb1", "sdb2"}, PartNames: []string{"ESP", PayloadLabel}},
+		{Name: "sdb", Path: "/dev/sdb", Size: 16 * GiB, Removable: true, Partitions: []string{"sdb1", "sdb2"}, PartNames: []string{"ESP", stick.PayloadLabel}},
 	}
 }
 
@@ -145,7 +146,7 @@ func TestReadDisks(t *testing.T) {
 	write("block/sdb/sdb1/size", "1048576")
 	write("block/sdb/sdb2/partition", "2")
 	write("block/sdb/sdb2/size", "2097152")
-	write("block/sdb/sdb2/uevent", "MAJOR=8\nMINOR=18\nDEVNAME=sdb2\nDEVTYPE=partition\nPARTN=2\nPARTNAME="+PayloadLabel)
+	write("block/sdb/sdb2/uevent", "MAJOR=8\nMINOR=18\nDEVNAME=sdb2\nDEVTYPE=partition\nPARTN=2\nPARTNAME="+stick.PayloadLabel)
 	write("block/loop0/size", "1000")
 	write("block/sr0/size", "1000")
 	write("block/sdc/size", "0") // empty card reader
@@ -156,7 +157,7 @@ func TestReadDisks(t *testing.T) {
 	want := []Disk{
 		{Name: "nvme0n1", Path: "/dev/nvme0n1", Size: 256 * GiB, Serial: "S4EWNX0R1", WWID: "eui.0025385b91b2a1f1", Model: "Samsung SSD 980", Dev: "259:0"},
 		{Name: "sdb", Path: "/dev/sdb", Size: 15 * GiB, Removable: true, WWID: "t10.USB stick",
-			Partitions: []string{"sdb1", "sdb2"}, PartSizes: []int64{512 * MiB, GiB}, PartNames: []string{"ESP", PayloadLabel}},
+			Partitions: []string{"sdb1", "sdb2"}, PartSizes: []int64{512 * MiB, GiB}, PartNames: []string{"ESP", stick.PayloadLabel}},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("ReadDisks:\n got %+v\nwant %+v", got, want)
@@ -179,13 +180,13 @@ func TestIdentifyHost(t *testing.T) {
 		nics    []NIC
 		want    string
 	}{
-		{"the boot menu entry wins over a matching MAC", map[string]string{CmdlineHost: "nuc3"}, []NIC{{"eth0", "AA:BB:CC:00:00:01"}}, "nuc3"},
+		{"the boot menu entry wins over a matching MAC", map[string]string{stick.CmdlineHost: "nuc3"}, []NIC{{"eth0", "AA:BB:CC:00:00:01"}}, "nuc3"},
 		{"MAC on the second NIC, other case", nil, []NIC{qemuNIC, {"eth1", "AA:BB:CC:00:00:02"}}, "nuc2"},
 		{"MAC of the first host", nil, []NIC{{"enp1s0", "aa:bb:cc:00:00:01"}}, "nuc1"},
 		{"no MAC matches", nil, []NIC{qemuNIC}, ""},
 		{"no NIC at all", nil, nil, ""},
 		{"two hosts' MACs on one machine", nil, []NIC{{"eth0", "aa:bb:cc:00:00:01"}, {"eth1", "aa:bb:cc:00:00:02"}}, ""},
-		{"menu entry names a host the recipe lacks", map[string]string{CmdlineHost: "nuc9"}, []NIC{{"eth0", "aa:bb:cc:00:00:01"}}, ""},
+		{"menu entry names a host the recipe lacks", map[string]string{stick.CmdlineHost: "nuc9"}, []NIC{{"eth0", "aa:bb:cc:00:00:01"}}, ""},
 	} {
 		h, err := IdentifyHost(hosts, tc.cmdline, tc.nics)
 		if h.Name != tc.want || (tc.want == "") != (err != nil) {

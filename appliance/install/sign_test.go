@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
@@ -28,9 +29,9 @@ func builderKey(t *testing.T, comment string) string {
 // OpenSSH's own signer: SHA256SUMS.sig, namespace ssbuild.
 func signPayload(t *testing.T, env Env, key string) {
 	t.Helper()
-	sig := filepath.Join(env.PayloadDir, ManifestSig)
+	sig := filepath.Join(env.PayloadDir, stick.ManifestSig)
 	os.Remove(sig) // ssh-keygen asks before overwriting
-	cmd := exec.Command("ssh-keygen", "-Y", "sign", "-f", key, "-n", "ssbuild", filepath.Join(env.PayloadDir, ManifestName))
+	cmd := exec.Command("ssh-keygen", "-Y", "sign", "-f", key, "-n", "ssbuild", filepath.Join(env.PayloadDir, stick.Manifest))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ssh-keygen -Y sign: %v\n%s", err, out)
 	}
@@ -80,11 +81,11 @@ func TestRunRefusesPayloadNotSignedByTheBuilder(t *testing.T) {
 	}{
 		{"re-signed with another key", func(t *testing.T, env Env) { signPayload(t, env, other) },
 			regexp.MustCompile(`SHA256SUMS.sig: made by another key \(` + regexp.QuoteMeta(fingerprintOf(t, other)) + `\), not builder@example \(` + regexp.QuoteMeta(fingerprintOf(t, builder)) + `\)`)},
-		{"signature missing", func(t *testing.T, env Env) { os.Remove(filepath.Join(env.PayloadDir, ManifestSig)) },
+		{"signature missing", func(t *testing.T, env Env) { os.Remove(filepath.Join(env.PayloadDir, stick.ManifestSig)) },
 			regexp.MustCompile(`SHA256SUMS.sig: missing: SHA256SUMS is not signed`)},
 		{"manifest changed after signing", func(t *testing.T, env Env) {
 			// One hex digit of the first sum: the manifest still parses.
-			p := filepath.Join(env.PayloadDir, ManifestName)
+			p := filepath.Join(env.PayloadDir, stick.Manifest)
 			b, err := os.ReadFile(p)
 			if err != nil {
 				t.Fatal(err)

@@ -15,9 +15,9 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 	"github.com/sovereign-stack/ssbuild/testkit/deploytest"

@@ -17,7 +17,7 @@ import (
 	lxd "github.com/canonical/lxd/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
 // ReadStatus reads what the service last recorded in stateDir.

@@ -11,8 +11,8 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/urfave/cli/v2"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
 func applianceCommand() *cli.Command {

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/testkit/configtest"
+
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
-	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 	"io"
 	"os"
 	"os/exec"
@@ -17,8 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
-	"github.com/sovereign-stack/ssbuild/appliance/install"
+	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
+
+	"github.com/sovereign-stack/ssbuild/handoff/config"
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -146,15 +148,15 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 	}
 
 	parts := gpttest.Partitions(t, img)
-	if len(parts) != 2 || parts[0].Name != installer.ESPLabel || parts[0].Code != "EF00" ||
-		parts[1].Name != installer.PayloadLabel {
-		t.Fatalf("sgdisk -p: %+v, want %s (EF00) and %s", parts, installer.ESPLabel, installer.PayloadLabel)
+	if len(parts) != 2 || parts[0].Name != stick.ESPLabel || parts[0].Code != "EF00" ||
+		parts[1].Name != stick.PayloadLabel {
+		t.Fatalf("sgdisk -p: %+v, want %s (EF00) and %s", parts, stick.ESPLabel, stick.PayloadLabel)
 	}
 	if v := runTool(t, "sgdisk", "-v", img); !strings.Contains(v, "No problems found") {
 		t.Errorf("sgdisk -v:\n%s", v)
 	}
 	esp := gpttest.Extract(t, img, parts[0])
-	if got := runTool(t, "blkid", "-p", "-o", "export", esp); !strings.Contains(got, "TYPE=vfat\n") || !strings.Contains(got, "LABEL="+installer.ESPLabel+"\n") {
+	if got := runTool(t, "blkid", "-p", "-o", "export", esp); !strings.Contains(got, "TYPE=vfat\n") || !strings.Contains(got, "LABEL="+stick.ESPLabel+"\n") {
 		t.Errorf("blkid of the ESP:\n%s", got)
 	}
 	payload := gpttest.Extract(t, img, parts[1])
@@ -163,12 +165,12 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 	}
 	x := filepath.Join(t.TempDir(), "x")
 	runTool(t, "unsquashfs", "-q", "-n", "-d", x, payload)
-	check := exec.Command("sha256sum", "--strict", "-c", installer.PayloadManifest)
+	check := exec.Command("sha256sum", "--strict", "-c", stick.Manifest)
 	check.Dir = x
 	if b, err := check.CombinedOutput(); err != nil {
 		t.Errorf("sha256sum -c in the payload: %v\n%s", err, b)
 	}
-	for _, f := range []string{"os.img", "esp/" + hostos.BootLoader, "esp/" + hostos.KernelFile, "esp/" + hostos.InitrdFile,
+	for _, f := range []string{"os.img", "esp/" + stick.BootloaderESP, "esp/" + hostos.KernelFile, "esp/" + hostos.InitrdFile,
 		"esp/" + hostos.EntryFile, "recipe.yaml", "cluster.secret"} {
 		if _, err := os.Stat(filepath.Join(x, f)); err != nil {
 			t.Errorf("payload: %v", err)
@@ -376,7 +378,7 @@ func refuse(t *testing.T, m qemuMachine, marker string) string {
 func checkInstalled(t *testing.T, target string, size int64, host string) {
 	t.Helper()
 	parts := gpttest.Partitions(t, target)
-	want := []struct{ name, code string }{{install.LabelESP, "EF00"}, {install.LabelOS, "8300"}, {install.LabelZFS, "BF01"}}
+	want := []struct{ name, code string }{{hostdisk.LabelESP, "EF00"}, {hostdisk.LabelOS, "8300"}, {hostdisk.LabelZFS, "BF01"}}
 	if len(parts) != len(want) {
 		t.Fatalf("sgdisk -p of the target: %+v, want %v", parts, want)
 	}
@@ -453,7 +455,7 @@ func TestInstallerQEMU(t *testing.T) {
 	signKey := filepath.Join(t.TempDir(), "vendor_ed25519")
 	runTool(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vendor@example", "-f", signKey)
 	buildInstaller(t, bin, qemuTestRecipe(t), out, "--sign-key", signKey)
-	stick := filepath.Join(out, "installer.img")
+	img := filepath.Join(out, "installer.img")
 
 	// The NIC's MAC is the second host's; two blank disks, the larger
 	// second: the installer installs demo2 onto vdb and leaves vda alone.
@@ -464,7 +466,7 @@ func TestInstallerQEMU(t *testing.T) {
 	t.Run("MAC picks the host and the larger disk is the target", func(t *testing.T) {
 		small, large := blankDisk(t, "small.raw", smallDisk+(6<<30)), blankDisk(t, "large.raw", 80<<30)
 		vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
-		serial := installOn(t, qemuMachine{stick: stick, disks: []string{small, large}, mac: macDemo2, vars: vars})
+		serial := installOn(t, qemuMachine{stick: img, disks: []string{small, large}, mac: macDemo2, vars: vars})
 		if !strings.Contains(serial, "this machine is host demo2 (MAC "+macDemo2) || !strings.Contains(serial, "target disk: /dev/vdb") {
 			t.Errorf("the console does not say demo2 by MAC onto /dev/vdb")
 		}
@@ -500,7 +502,7 @@ func TestInstallerQEMU(t *testing.T) {
 		keyFile := writeFile(t, "luks.key", "not a real key, only a test volume\n")
 		runTool(t, "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", keyFile, luks)
 		before := sha256sum(t, luks)
-		serial := installOn(t, qemuMachine{stick: stick, disks: []string{luks, internal}, usb: []string{usb}, mac: macDemo3})
+		serial := installOn(t, qemuMachine{stick: img, disks: []string{luks, internal}, usb: []string{usb}, mac: macDemo3})
 		if !strings.Contains(serial, "target disk: /dev/vdb") {
 			t.Errorf("the target is not the blank internal disk /dev/vdb:\n%s", strings.Join(installerLines(serial), "\n"))
 		}
@@ -515,7 +517,7 @@ func TestInstallerQEMU(t *testing.T) {
 	// stick's hosts and how to choose; no disk is touched.
 	t.Run("unknown machine is told how to choose and no disk is touched", func(t *testing.T) {
 		disk := blankDisk(t, "disk.raw", smallDisk)
-		lines := refuse(t, qemuMachine{stick: stick, disks: []string{disk}, mac: macStranger}, "to choose:")
+		lines := refuse(t, qemuMachine{stick: img, disks: []string{disk}, mac: macStranger}, "to choose:")
 		for _, want := range []string{macStranger, "demo1 (" + macDemo1 + ")", "demo2 (" + macDemo2 + ")", "demo3 (" + macDemo3 + ")",
 			`"install host NAME"`, "installer.hosts[].mac", "no disk was touched"} {
 			if !strings.Contains(lines, want) {
@@ -532,7 +534,7 @@ func TestInstallerQEMU(t *testing.T) {
 		runTool(t, "sgdisk", "-n", "1:2048:+1G", "-t", "1:8300", "-c", "1:data", disk)
 		runTool(t, "dd", "if=/dev/urandom", "of="+disk, "bs=1M", "count=4", "seek=1", "conv=notrunc,fsync", "status=none")
 		before := sha256sum(t, disk)
-		lines := refuse(t, qemuMachine{stick: stick, disks: []string{disk}, mac: macDemo1}, "refusing to install onto /dev/vda")
+		lines := refuse(t, qemuMachine{stick: img, disks: []string{disk}, mac: macDemo1}, "refusing to install onto /dev/vda")
 		if !strings.Contains(lines, "wipe") {
 			t.Errorf("the refusal does not say how to allow it (wipe):\n%s", lines)
 		}
@@ -544,10 +546,10 @@ func TestInstallerQEMU(t *testing.T) {
 	// A byte of a payload file changed, the manifest not: verification
 	// fails, the blank target stays blank.
 	t.Run("tampered payload leaves the target untouched", func(t *testing.T) {
-		tampered := tamperedStick(t, stick)
+		tampered := tamperedStick(t, img)
 		disk := blankDisk(t, "disk.raw", smallDisk)
 		lines := refuse(t, qemuMachine{stick: tampered, disks: []string{disk}, mac: macDemo3}, "nothing was written")
-		if !strings.Contains(lines, "verify: payload "+hostos.ESPDirName+"/"+hostos.KernelFile+": sha256 ") || !strings.Contains(lines, "manifest says") {
+		if !strings.Contains(lines, "verify: payload "+stick.ESPDir+"/"+hostos.KernelFile+": sha256 ") || !strings.Contains(lines, "manifest says") {
 			t.Errorf("the console does not name the changed file and its wrong sha256:\n%s", lines)
 		}
 		neverWritten(t, disk)
@@ -560,7 +562,7 @@ func TestInstallerQEMU(t *testing.T) {
 	// stick (what the owner picks with the arrow keys).
 	t.Run("killed while writing the OS then booted again gives a clean install", func(t *testing.T) {
 		disk := blankDisk(t, "disk.raw", smallDisk)
-		m := qemuMachine{stick: withDefaultEntry(t, stick, "host-demo1"), disks: []string{disk}, mac: macStranger}
+		m := qemuMachine{stick: withDefaultEntry(t, img, "host-demo1"), disks: []string{disk}, mac: macStranger}
 		midway := regexp.MustCompile(`write OS to /dev/vda: .*\(([2-8]\d)%\)`)
 		start := time.Now()
 		serial, found := qemuUntil(t, 8*time.Minute, midway, m.args(t)...)
@@ -584,11 +586,11 @@ func TestInstallerQEMU(t *testing.T) {
 
 // withDefaultEntry is a copy of stick whose boot menu default is the entry
 // with this id (installer.MenuEntryFile) instead of the MAC-matching one.
-func withDefaultEntry(t *testing.T, stick, id string) string {
+func withDefaultEntry(t *testing.T, img, id string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "stick.img")
-	runTool(t, "cp", "--sparse=always", stick, out)
-	esp := out + "@@" + strconv.FormatInt(gpttest.Partitions(t, stick)[0].Start*512, 10)
+	runTool(t, "cp", "--sparse=always", img, out)
+	esp := out + "@@" + strconv.FormatInt(gpttest.Partitions(t, img)[0].Start*512, 10)
 	entry := "::/" + installer.MenuEntryFile(id)
 	if got := runTool(t, "mtype", "-i", esp, entry); !strings.Contains(got, "ssbuild.host=") {
 		t.Fatalf("menu entry %s: %q", entry, got)
@@ -610,11 +612,11 @@ func withDefaultEntry(t *testing.T, stick, id string) string {
 // middle of the file and flipped at its first copy. The manifest then disagrees with
 // the file, as with a payload rebuilt with a changed file and the old
 // SHA256SUMS.
-func tamperedStick(t *testing.T, stick string) string {
+func tamperedStick(t *testing.T, img string) string {
 	t.Helper()
-	parts := gpttest.Partitions(t, stick)
-	payload := gpttest.Extract(t, stick, parts[1])
-	kernel, err := exec.Command("unsquashfs", "-cat", payload, hostos.ESPDirName+"/"+hostos.KernelFile).Output()
+	parts := gpttest.Partitions(t, img)
+	payload := gpttest.Extract(t, img, parts[1])
+	kernel, err := exec.Command("unsquashfs", "-cat", payload, stick.ESPDir+"/"+hostos.KernelFile).Output()
 	if err != nil || len(kernel) < 1<<20 {
 		t.Fatalf("unsquashfs -cat the kernel: %v (%d bytes)", err, len(kernel))
 	}
@@ -630,7 +632,7 @@ func tamperedStick(t *testing.T, stick string) string {
 		t.Fatal("a 4 KiB sample of the kernel is not found uncompressed in the payload")
 	}
 	out := filepath.Join(t.TempDir(), "tampered.img")
-	runTool(t, "cp", "--sparse=always", stick, out)
+	runTool(t, "cp", "--sparse=always", img, out)
 	f, err := os.OpenFile(out, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -30,7 +30,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/images/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/images/dockerpreload"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
@@ -44,8 +45,6 @@ import (
 
 // Layout of the output folder.
 const (
-	ImageDir      = "image"      // the LXD image folder (lxdimage's layout)
-	ChecksumsFile = "SHA256SUMS" // every file of the output, sha256sum -c format
 	// BinaryPath is where the ssbuild binary goes in the image.
 	BinaryPath = "/usr/local/bin/ssbuild"
 )
@@ -287,7 +286,7 @@ func (b *build) chainstate(ctx context.Context) error {
 		return err
 	}
 	a, err := chainstate.Pack(ctx, chainstate.Options{Chainstate: *cs, BaseDir: b.r.Path("."),
-		Output:          filepath.Join(b.out, "chainstate-"+cs.Network+".tar"),
+		Output:          filepath.Join(b.out, imagedir.ChainstateFile(cs.Network)),
 		SourceDateEpoch: b.epoch, Progress: b.rep})
 	if err != nil {
 		return err
@@ -308,7 +307,7 @@ func (b *build) lxdImage(ctx context.Context) error {
 	}
 	src := b.r.Image.Source
 	m, err := lxdimage.Build(ctx, lxdimage.Spec{
-		RootFS: b.tree, OutDir: filepath.Join(b.out, ImageDir), Formats: formats, Epoch: b.epoch,
+		RootFS: b.tree, OutDir: filepath.Join(b.out, imagedir.ImageDir), Formats: formats, Epoch: b.epoch,
 		Properties: lxdimage.Properties{OS: osName(src), Release: src.Suite,
 			Description: fmt.Sprintf("%s base image (%s)", b.r.Name, src.Suite), Name: b.r.Name},
 		Inputs: b.inputs, Compression: b.r.Image.Output.Compression, Progress: b.rep,
@@ -337,7 +336,7 @@ func (b *build) checksums(context.Context) error {
 		return err
 	}
 	sort.Slice(lines, func(i, j int) bool { return lines[i][66:] < lines[j][66:] })
-	return os.WriteFile(filepath.Join(b.out, ChecksumsFile), []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+	return os.WriteFile(filepath.Join(b.out, signature.ChecksumsFile), []byte(strings.Join(lines, "\n")+"\n"), 0o644)
 }
 
 // sign writes SHA256SUMS.sig, inside the folder not yet renamed into
@@ -346,10 +345,10 @@ func (b *build) sign(context.Context) error {
 	if b.signer == nil {
 		return nil
 	}
-	if err := b.signer.SignFile(filepath.Join(b.out, ChecksumsFile)); err != nil {
+	if err := b.signer.SignFile(filepath.Join(b.out, signature.ChecksumsFile)); err != nil {
 		return err
 	}
-	b.rep.Info("signed %s with key %s", ChecksumsFile, b.signer.Fingerprint())
+	b.rep.Info("signed %s with key %s", signature.ChecksumsFile, b.signer.Fingerprint())
 	return nil
 }
 

@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
+	"github.com/sovereign-stack/ssbuild/handoff/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
-	"github.com/sovereign-stack/ssbuild/images/chainstate"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 	"github.com/sovereign-stack/ssbuild/testkit/testbed"
@@ -79,7 +81,7 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 	first := build(filepath.Join(dir, "one"))
 
 	// The delivery checks itself.
-	cmd := exec.Command("sha256sum", "--quiet", "-c", baseimage.ChecksumsFile)
+	cmd := exec.Command("sha256sum", "--quiet", "-c", signature.ChecksumsFile)
 	cmd.Dir = first.OutDir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("sha256sum -c: %v\n%s", err, out)
@@ -100,8 +102,8 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 		if !second.CacheHit {
 			t.Error("the second build did not take the rootfs with its packages from the cache")
 		}
-		a, _ := os.ReadFile(filepath.Join(first.OutDir, baseimage.ChecksumsFile))
-		b, _ := os.ReadFile(filepath.Join(second.OutDir, baseimage.ChecksumsFile))
+		a, _ := os.ReadFile(filepath.Join(first.OutDir, signature.ChecksumsFile))
+		b, _ := os.ReadFile(filepath.Join(second.OutDir, signature.ChecksumsFile))
 		if string(a) != string(b) {
 			t.Errorf("two builds with SOURCE_DATE_EPOCH=%d differ:\n%s\n---\n%s", epoch, a, b)
 		}
@@ -118,7 +120,7 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 			meta, squash = img.Files[0], img.Files[1]
 		}
 	}
-	fp, err := testbed.ImportImage(c, filepath.Join(first.OutDir, baseimage.ImageDir), meta, squash)
+	fp, err := testbed.ImportImage(c, filepath.Join(first.OutDir, imagedir.ImageDir), meta, squash)
 	if err != nil {
 		t.Fatal(err)
 	}

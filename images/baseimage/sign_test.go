@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -27,7 +28,7 @@ func TestSignStepSignsTheChecksums(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := t.TempDir()
-	for name, text := range map[string]string{ImageDir + "/rootfs.squashfs": "rootfs", "chainstate-regtest.tar": "chain"} {
+	for name, text := range map[string]string{imagedir.ImageDir + "/rootfs.squashfs": "rootfs", "chainstate-regtest.tar": "chain"} {
 		os.MkdirAll(filepath.Join(out, filepath.Dir(name)), 0o755)
 		os.WriteFile(filepath.Join(out, name), []byte(text), 0o644)
 	}
@@ -42,11 +43,11 @@ func TestSignStepSignsTheChecksums(t *testing.T) {
 	allowed := filepath.Join(t.TempDir(), "allowed_signers")
 	os.WriteFile(allowed, append([]byte("builder "), pub...), 0o644)
 	cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", "builder", "-n", "ssbuild", "-s", filepath.Join(out, "SHA256SUMS.sig"))
-	cmd.Stdin, _ = os.Open(filepath.Join(out, ChecksumsFile))
+	cmd.Stdin, _ = os.Open(filepath.Join(out, signature.ChecksumsFile))
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("ssh-keygen -Y verify: %v\n%s", err, msg)
 	}
-	sh(t, out, "sha256sum", "-c", "--quiet", ChecksumsFile)
+	sh(t, out, "sha256sum", "-c", "--quiet", signature.ChecksumsFile)
 }
 
 // TestUnsafeSignKeyIsRefusedFirst: a private key others can read stops

@@ -17,6 +17,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/steps"
 )
 
 // Options tune a session.
@@ -74,22 +75,13 @@ func Open(ctx context.Context, root string, opts Options) (*Session, error) {
 		return nil, fmt.Errorf("chroot %s: %w", abs, err)
 	}
 	s := &Session{root: abs, files: files, opts: opts}
-	steps := []struct {
-		name string
-		do   func() error
-	}{
-		{"mount proc, sys, dev", s.mountAll},
-		{"install policy-rc.d", s.blockServices},
-		{"set up resolv.conf", s.provideDNS},
-	}
-	for _, st := range steps {
-		err := ctx.Err()
-		if err == nil {
-			err = st.do()
-		}
-		if err != nil {
-			return nil, errors.Join(fmt.Errorf("chroot %s: %s: %w", abs, st.name, err), s.Close())
-		}
+	do := func(f func() error) func(context.Context) error { return func(context.Context) error { return f() } }
+	err = steps.Runner{Stage: "chroot " + abs}.Run(ctx,
+		steps.Step{Name: "mount proc, sys, dev", Run: do(s.mountAll)},
+		steps.Step{Name: "install policy-rc.d", Run: do(s.blockServices)},
+		steps.Step{Name: "set up resolv.conf", Run: do(s.provideDNS)})
+	if err != nil {
+		return nil, errors.Join(err, s.Close())
 	}
 	s.opened = true
 	return s, nil

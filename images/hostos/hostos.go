@@ -29,11 +29,14 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/ext4image"
 	"github.com/sovereign-stack/ssbuild/images/gptimage"
 	"github.com/sovereign-stack/ssbuild/images/osbase"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/steps"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -43,16 +46,11 @@ const (
 	BinaryPath  = "/usr/local/bin/ssbuild"
 	UnitName    = "ssbuild-appliance.service"
 	UnitPath    = "/etc/systemd/system/" + UnitName
-	OSLabel     = "ssbuild-os" // GPT name of the OS partition (appliance/install), and the ext4 label
-	ESPLabel    = "ESP"        // GPT name of the target's ESP (appliance/install)
-	BootLoader  = "EFI/BOOT/BOOTX64.EFI"
 	LoaderConf  = "loader/loader.conf"
 	EntryFile   = "loader/entries/ssbuild.conf"
 	KernelFile  = "ssbuild/vmlinuz"
 	InitrdFile  = "ssbuild/initrd.img"
 	SystemdBoot = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-	OSImageName = "os.img"
-	ESPDirName  = "esp"
 )
 
 // Unit is the first-boot unit: it runs only on a host the installer gave an
@@ -98,15 +96,15 @@ const SSHKeysUnitName = "ssbuild-ssh-host-keys.service"
 // the same on every host (file system UUIDs come from the image). The ESP
 // is nofail: the running system does not need it, and a failed mount must
 // not hold the first boot in emergency mode.
-const Fstab = `PARTLABEL=` + OSLabel + ` / ext4 errors=remount-ro 0 1
-PARTLABEL=` + ESPLabel + ` /boot/efi vfat umask=0077,nofail 0 2
+const Fstab = `PARTLABEL=` + hostdisk.LabelOS + ` / ext4 errors=remount-ro 0 1
+PARTLABEL=` + hostdisk.LabelESP + ` /boot/efi vfat umask=0077,nofail 0 2
 `
 
 // Cmdline is the installed kernel's command line. The serial port is the
 // last console, so /dev/console (systemd's status, the first-boot unit's
 // output) goes there as on cloud images: cluster hosts run headless; the
 // screen still gets the kernel's messages.
-const Cmdline = "root=PARTLABEL=" + OSLabel + " rw console=tty0 console=ttyS0,115200"
+const Cmdline = "root=PARTLABEL=" + hostdisk.LabelOS + " rw console=tty0 console=ttyS0,115200"
 
 // Spec says what Build makes.
 type Spec struct {
@@ -140,25 +138,13 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 		s.Progress = progress.Discard()
 	}
 	b := &build{Spec: s, res: Result{Root: filepath.Join(s.WorkDir, "rootfs"),
-		OSImage: filepath.Join(s.WorkDir, OSImageName), ESPDir: filepath.Join(s.WorkDir, ESPDirName)}}
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
-		{"rootfs", b.rootfs},
-		{"files", b.files},
-		{"esp", b.esp},
-		{"os-image", b.osImage},
-	}
-	for _, st := range steps {
-		if err := ctx.Err(); err != nil {
-			return b.res, fmt.Errorf("host os: step %s: %w", st.name, err)
-		}
-		if err := st.run(ctx); err != nil {
-			return b.res, fmt.Errorf("host os: step %s: %w", st.name, err)
-		}
-	}
-	return b.res, nil
+		OSImage: filepath.Join(s.WorkDir, stick.OSImage), ESPDir: filepath.Join(s.WorkDir, stick.ESPDir)}}
+	err := steps.Runner{Stage: "host os"}.Run(ctx,
+		steps.Step{Name: "rootfs", Run: b.rootfs},
+		steps.Step{Name: "files", Run: b.files},
+		steps.Step{Name: "esp", Run: b.esp},
+		steps.Step{Name: "os-image", Run: b.osImage})
+	return b.res, err
 }
 
 type build struct {
@@ -283,7 +269,7 @@ func (b *build) esp(context.Context) error {
 	version := b.res.KernelVersion
 	initrd := filepath.Join(b.res.Root, "boot", "initrd.img-"+version)
 	copies := []struct{ from, to string }{
-		{b.res.SystemdBoot(), BootLoader},
+		{b.res.SystemdBoot(), stick.BootloaderESP},
 		{b.res.Kernel(), KernelFile},
 		{initrd, InitrdFile},
 	}
@@ -321,7 +307,7 @@ func (b *build) osImage(ctx context.Context) error {
 	size = (size + group - 1) / group * group
 	seed := fmt.Sprintf("%s %d host os", b.Recipe.Name, b.Epoch)
 	return ext4image.Make(ctx, ext4image.Spec{Root: b.res.Root, Output: b.res.OSImage, Size: size,
-		Label: OSLabel, UUID: strings.ToLower(gptimage.GUID(seed + " uuid")),
+		Label: hostdisk.LabelOS, UUID: strings.ToLower(gptimage.GUID(seed + " uuid")),
 		HashSeed: strings.ToLower(gptimage.GUID(seed + " hash seed")),
 		Epoch:    b.Epoch, WorkDir: b.WorkDir, Progress: b.Progress})
 }

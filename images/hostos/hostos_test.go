@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -80,7 +81,7 @@ func TestBuildDemoHostOS(t *testing.T) {
 	if got, _ := exec.Command("debugfs", "-R", "stat /etc/systemd/system/ssh.service.wants/"+hostos.SSHKeysUnitName, res.OSImage).Output(); !strings.Contains(string(got), "Fast link dest") {
 		t.Errorf("%s not enabled for ssh.service:\n%s", hostos.SSHKeysUnitName, got)
 	}
-	for _, f := range []string{hostos.BootLoader, hostos.KernelFile, hostos.InitrdFile, hostos.LoaderConf} {
+	for _, f := range []string{stick.BootloaderESP, hostos.KernelFile, hostos.InitrdFile, hostos.LoaderConf} {
 		if fi, err := os.Stat(filepath.Join(res.ESPDir, f)); err != nil || fi.Size() == 0 {
 			t.Errorf("esp/%s: %v", f, err)
 		}

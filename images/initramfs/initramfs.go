@@ -13,10 +13,10 @@
 //	lib/modules/<version>/modules.dep, modules.softdep, modules.alias
 //	                                  depmod's indexes, restricted to those modules
 //	lib/modules/<version>/modules.builtin
-//	lib/modules/<version>/modules.load our load order (LoadOrderFile)
+//	lib/modules/<version>/modules.load our load order (modload.LoadOrderFile)
 //	...                               Spec.Files, if any
 //
-// How the init loads modules: it needs no modprobe. LoadModules reads
+// How the init loads modules: it needs no modprobe. modload.Load reads
 // modules.load and calls finit_module(2) on each file in that order, which
 // puts every dependency before the modules that need it; a module already
 // loaded (EEXIST) is fine. Compressed modules (.ko.xz/.zst/.gz) are handed
@@ -48,6 +48,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 
+	"github.com/sovereign-stack/ssbuild/handoff/modload"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -138,7 +139,7 @@ func (s Spec) Archive() (*Archive, Result, error) {
 	if err != nil {
 		return nil, res, fmt.Errorf("initramfs: %w", err)
 	}
-	indexes[LoadOrderFile] = []byte(strings.Join(res.Modules, "\n") + "\n")
+	indexes[modload.LoadOrderFile] = []byte(strings.Join(res.Modules, "\n") + "\n")
 	if b, err := os.ReadFile(filepath.Join(modDir, "modules.builtin")); err == nil {
 		indexes["modules.builtin"] = b
 	} else if !os.IsNotExist(err) {

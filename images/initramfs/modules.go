@@ -4,10 +4,11 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/sovereign-stack/ssbuild/handoff/modload"
 )
 
 // DefaultModules are what the installer needs to find and write disks on
@@ -36,12 +37,6 @@ var NICModules = []string{
 	"r8152", "ax88179_178a", "cdc_ether",
 }
 
-// LoadOrderFile is written next to modules.dep: one module path per line
-// (relative to lib/modules/<version>), dependencies before the modules
-// that need them. An init without modprobe loads them in this order with
-// finit_module(2); see LoadModules.
-const LoadOrderFile = "modules.load"
-
 // moduleIndex is what depmod wrote for one kernel.
 type moduleIndex struct {
 	dir     string              // lib/modules/<version> in the tree
@@ -53,16 +48,6 @@ type moduleIndex struct {
 	builtin map[string]bool
 }
 
-// moduleName turns "kernel/fs/ext4/ext4.ko.xz" into "ext4" and "usb-storage"
-// into "usb_storage": the kernel treats - and _ alike in module names.
-func moduleName(p string) string {
-	base := path.Base(p)
-	if i := strings.Index(base, ".ko"); i >= 0 {
-		base = base[:i]
-	}
-	return strings.ReplaceAll(base, "-", "_")
-}
-
 func readIndex(dir string) (*moduleIndex, error) {
 	ix := &moduleIndex{dir: dir, paths: map[string]string{}, deps: map[string][]string{},
 		pre: map[string][]string{}, post: map[string][]string{}, aliases: map[string]string{},
@@ -72,10 +57,10 @@ func readIndex(dir string) (*moduleIndex, error) {
 		if !ok {
 			return fmt.Errorf("no colon in %q", line)
 		}
-		name := moduleName(mod)
+		name := modload.Name(mod)
 		ix.paths[name] = mod
 		for _, d := range strings.Fields(deps) {
-			ix.deps[name] = append(ix.deps[name], moduleName(d))
+			ix.deps[name] = append(ix.deps[name], modload.Name(d))
 		}
 		return nil
 	})
@@ -83,7 +68,7 @@ func readIndex(dir string) (*moduleIndex, error) {
 		return nil, err
 	}
 	err = eachLine(filepath.Join(dir, "modules.builtin"), false, func(line string) error {
-		ix.builtin[moduleName(line)] = true
+		ix.builtin[modload.Name(line)] = true
 		return nil
 	})
 	if err != nil {
@@ -94,7 +79,7 @@ func readIndex(dir string) (*moduleIndex, error) {
 		if len(f) < 2 || f[0] != "softdep" {
 			return nil
 		}
-		name, list := moduleName(f[1]), ix.pre
+		name, list := modload.Name(f[1]), ix.pre
 		for _, w := range f[2:] {
 			switch w {
 			case "pre:":
@@ -113,7 +98,7 @@ func readIndex(dir string) (*moduleIndex, error) {
 	err = eachLine(filepath.Join(dir, "modules.alias"), false, func(line string) error {
 		f := strings.Fields(line) // alias ALIAS MOD
 		if len(f) == 3 && f[0] == "alias" && !strings.ContainsAny(f[1], "*?[") {
-			ix.aliases[strings.ReplaceAll(f[1], "-", "_")] = moduleName(f[2])
+			ix.aliases[strings.ReplaceAll(f[1], "-", "_")] = modload.Name(f[2])
 		}
 		return nil
 	})
@@ -222,16 +207,16 @@ func (ix *moduleIndex) resolve(wanted, optional []string) (order, builtin, skipp
 
 // filteredIndexes returns modules.dep, modules.softdep and modules.alias
 // restricted to the modules in order, so tools reading them (modprobe,
-// LoadModules) see only what is in the initramfs.
+// modload.Load) see only what is in the initramfs.
 func (ix *moduleIndex) filteredIndexes(order []string) (map[string][]byte, error) {
 	in := map[string]bool{}
 	for _, p := range order {
-		in[moduleName(p)] = true
+		in[modload.Name(p)] = true
 	}
 	out := map[string][]byte{}
 	var dep strings.Builder
 	for _, p := range order {
-		name := moduleName(p)
+		name := modload.Name(p)
 		fmt.Fprintf(&dep, "%s:", p)
 		for _, d := range ix.deps[name] {
 			fmt.Fprintf(&dep, " %s", ix.paths[d])
@@ -243,7 +228,7 @@ func (ix *moduleIndex) filteredIndexes(order []string) (map[string][]byte, error
 		var b strings.Builder
 		err := eachLine(filepath.Join(ix.dir, file), false, func(line string) error {
 			f := strings.Fields(line)
-			if len(f) >= 3 && (f[0] == "softdep" && in[moduleName(f[1])] || f[0] == "alias" && in[moduleName(f[2])]) {
+			if len(f) >= 3 && (f[0] == "softdep" && in[modload.Name(f[1])] || f[0] == "alias" && in[modload.Name(f[2])]) {
 				b.WriteString(line + "\n")
 			}
 			return nil

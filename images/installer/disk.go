@@ -14,6 +14,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/gptimage"
 )
 
@@ -176,9 +177,9 @@ func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, e
 		GUID:               res.IDs.Disk,
 		Partitions: []*gpt.Partition{
 			{Index: 1, Start: uint64(espStart / sectorSize), End: uint64(payloadStart/sectorSize - 1),
-				Type: gpt.EFISystemPartition, Name: ESPLabel, GUID: res.IDs.ESP},
+				Type: gpt.EFISystemPartition, Name: stick.ESPLabel, GUID: res.IDs.ESP},
 			{Index: 2, Start: uint64(payloadStart / sectorSize), End: uint64((payloadStart+res.PayloadSize)/sectorSize - 1),
-				Type: gpt.LinuxFilesystem, Name: PayloadLabel, GUID: res.IDs.Payload},
+				Type: gpt.LinuxFilesystem, Name: stick.PayloadLabel, GUID: res.IDs.Payload},
 		},
 	}
 	if err := d.Partition(table); err != nil {
@@ -187,7 +188,7 @@ func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, e
 
 	task := s.Progress.Start("ESP", espData, "bytes")
 	err = gptimage.WithEpoch(s.Epoch, func() error {
-		fs, err := d.CreateFilesystem(gptimage.FAT32(1, ESPLabel))
+		fs, err := d.CreateFilesystem(gptimage.FAT32(1, stick.ESPLabel))
 		if err != nil {
 			return err
 		}

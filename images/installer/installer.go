@@ -35,18 +35,16 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 )
 
 // The stable names the installer and tests look for.
 const (
-	ESPLabel        = "SSBUILD-ESP"     // GPT name and FAT volume label of partition 1
-	PayloadLabel    = "SSBUILD-PAYLOAD" // GPT name of partition 2
-	PayloadManifest = "SHA256SUMS"      // in the payload's root
-	EntryFile       = "loader/entries/ssbuild-installer.conf"
-	KernelFile      = "ssbuild/vmlinuz"
-	InitrdFile      = "ssbuild/initrd.img"
-	ChecksumsFile   = "SHA256SUMS" // next to the image
+	EntryFile  = "loader/entries/ssbuild-installer.conf"
+	KernelFile = "ssbuild/vmlinuz"
+	InitrdFile = "ssbuild/initrd.img"
 )
 
 // DefaultCmdline shows the installer on the screen (the last console= is
@@ -86,7 +84,7 @@ type Spec struct {
 	Payload []PayloadFile
 	// SignManifest, if set, signs the payload's manifest: what it returns
 	// for the manifest's bytes is written beside it as ManifestSigName
-	// (the installer's name for it, install.ManifestSig), which the
+	// (the installer's name for it, stick.ManifestSig), which the
 	// manifest does not list: it cannot cover itself.
 	SignManifest    func(manifest []byte) ([]byte, error)
 	ManifestSigName string
@@ -142,7 +140,7 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 		return res, fmt.Errorf("installer image: checksum: %w", err)
 	}
 	res.SHA256 = sum
-	sums := filepath.Join(work, ChecksumsFile)
+	sums := filepath.Join(work, signature.ChecksumsFile)
 	line := sum + "  " + filepath.Base(s.Output) + "\n"
 	if err := writeSynced(sums, []byte(line)); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
@@ -154,7 +152,7 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	if err := os.Rename(img, s.Output); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
-	if err := os.Rename(sums, filepath.Join(outDir, ChecksumsFile)); err != nil {
+	if err := os.Rename(sums, filepath.Join(outDir, signature.ChecksumsFile)); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
 	return res, syncFile(outDir)
@@ -173,9 +171,9 @@ func (s Spec) check() error {
 			return fmt.Errorf("installer image: %s: %s is not a regular file", what, p)
 		}
 	}
-	seen := map[string]bool{PayloadManifest: true}
+	seen := map[string]bool{stick.Manifest: true}
 	if s.SignManifest != nil {
-		if n := s.ManifestSigName; n == "" || n == PayloadManifest || strings.ContainsAny(n, "/\n") || n == "." || n == ".." {
+		if n := s.ManifestSigName; n == "" || n == stick.Manifest || strings.ContainsAny(n, "/\n") || n == "." || n == ".." {
 			return fmt.Errorf("installer image: manifest signature name %q: want a plain file name", n)
 		}
 		seen[s.ManifestSigName] = true

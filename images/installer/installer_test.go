@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -15,6 +14,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
+	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 
 	"github.com/sovereign-stack/ssbuild/images/initramfs"
 	"github.com/sovereign-stack/ssbuild/images/installer"
@@ -144,8 +147,8 @@ func TestImage(t *testing.T) {
 	parts := gpttest.Partitions(t, out)
 	t.Run("layout", func(t *testing.T) {
 		want := []gpttest.Partition{
-			{Start: 2048, Code: "EF00", Name: installer.ESPLabel},
-			{Start: 2048 + res.ESPSize/512, Code: "8300", Name: installer.PayloadLabel},
+			{Start: 2048, Code: "EF00", Name: stick.ESPLabel},
+			{Start: 2048 + res.ESPSize/512, Code: "8300", Name: stick.PayloadLabel},
 		}
 		if len(parts) != len(want) {
 			t.Fatalf("sgdisk -p shows %d partitions, want 2: %+v", len(parts), parts)
@@ -166,7 +169,7 @@ func TestImage(t *testing.T) {
 	t.Run("ESP", func(t *testing.T) {
 		esp := gpttest.Extract(t, out, parts[0])
 		got := run(t, "blkid", "-p", "-o", "export", esp)
-		for _, w := range []string{"TYPE=vfat", "VERSION=FAT32", "LABEL=" + installer.ESPLabel} {
+		for _, w := range []string{"TYPE=vfat", "VERSION=FAT32", "LABEL=" + stick.ESPLabel} {
 			if !strings.Contains(got, w+"\n") {
 				t.Errorf("blkid of the ESP lacks %s:\n%s", w, got)
 			}
@@ -199,15 +202,15 @@ func TestImage(t *testing.T) {
 		}
 		x := filepath.Join(t.TempDir(), "x")
 		run(t, "unsquashfs", "-q", "-n", "-d", x, payload)
-		cmd := exec.Command("sha256sum", "--strict", "-c", installer.PayloadManifest)
+		cmd := exec.Command("sha256sum", "--strict", "-c", stick.Manifest)
 		cmd.Dir = x
 		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("sha256sum -c %s in the payload: %v\n%s", installer.PayloadManifest, err, b)
+			t.Errorf("sha256sum -c %s in the payload: %v\n%s", stick.Manifest, err, b)
 		}
-		manifest, _ := os.ReadFile(filepath.Join(x, installer.PayloadManifest))
+		manifest, _ := os.ReadFile(filepath.Join(x, stick.Manifest))
 		var files []string
 		filepath.WalkDir(x, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.Type().IsRegular() && d.Name() != installer.PayloadManifest {
+			if err == nil && d.Type().IsRegular() && d.Name() != stick.Manifest {
 				rel, _ := filepath.Rel(x, p)
 				files = append(files, rel)
 			}
@@ -224,7 +227,7 @@ func TestImage(t *testing.T) {
 	})
 
 	t.Run("SHA256SUMS", func(t *testing.T) {
-		cmd := exec.Command("sha256sum", "--strict", "-c", installer.ChecksumsFile)
+		cmd := exec.Command("sha256sum", "--strict", "-c", signature.ChecksumsFile)
 		cmd.Dir = dir
 		if b, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(b), "installer.img: OK") {
 			t.Errorf("sha256sum -c: %v\n%s", err, b)
@@ -268,13 +271,13 @@ func TestImage(t *testing.T) {
 		}
 		// A copy: the firmware may write to the stick (systemd-boot's
 		// random seed), and the other subtests read the image.
-		stick := filepath.Join(tmp, "stick.img")
-		run(t, "cp", "--sparse=always", out, stick)
+		stickImg := filepath.Join(tmp, "stick.img")
+		run(t, "cp", "--sparse=always", out, stickImg)
 		serial, exited := kerneltest.RunQEMU(t, 4*time.Minute,
 			"-drive", "if=pflash,format=raw,readonly=on,file="+code,
 			"-drive", "if=pflash,format=raw,file="+varsCopy,
 			"-device", "qemu-xhci",
-			"-drive", "if=none,id=stick,format=raw,file="+stick,
+			"-drive", "if=none,id=stick,format=raw,file="+stickImg,
 			"-device", "usb-storage,drive=stick")
 		for _, l := range kerneltest.Lines(serial, "testinit:") {
 			t.Log("guest: " + l)
@@ -292,9 +295,9 @@ func TestImage(t *testing.T) {
 		}
 		// The stick's file systems, found by their GPT names and mounted
 		// by the installer's kernel with the initramfs's modules.
-		for _, want := range []string{"mounted sda1 (vfat, PARTNAME=" + installer.ESPLabel + "): EFI loader ssbuild",
-			"mounted sda2 (squashfs, PARTNAME=" + installer.PayloadLabel + "): " +
-				installer.PayloadManifest + " appliance.yaml base-image os.img recipe.yaml"} {
+		for _, want := range []string{"mounted sda1 (vfat, PARTNAME=" + stick.ESPLabel + "): EFI loader ssbuild",
+			"mounted sda2 (squashfs, PARTNAME=" + stick.PayloadLabel + "): " +
+				stick.Manifest + " appliance.yaml base-image os.img recipe.yaml"} {
 			if len(kerneltest.Lines(serial, want)) != 1 {
 				t.Errorf("the guest did not print %q; serial console:\n%s", want, serial)
 			}
@@ -340,7 +343,7 @@ func TestFailedBuildLeavesNothing(t *testing.T) {
 		{"cancelled", []installer.PayloadFile{{Name: "recipe.yaml", Path: file("recipe.yaml")}}, "context canceled", cancelled, nil, ""},
 		{"missing payload file", []installer.PayloadFile{{Name: "os.img", Path: filepath.Join(in, "nope")}}, "payload os.img", nil, nil, ""},
 		{"name with a slash", []installer.PayloadFile{{Name: "a/b", Path: file("recipe.yaml")}}, `payload name "a/b"`, nil, nil, ""},
-		{"manifest name taken", []installer.PayloadFile{{Name: installer.PayloadManifest, Path: file("recipe.yaml")}}, "reserved", nil, nil, ""},
+		{"manifest name taken", []installer.PayloadFile{{Name: stick.Manifest, Path: file("recipe.yaml")}}, "reserved", nil, nil, ""},
 		{"special file in a folder", []installer.PayloadFile{{Name: "base-image", Path: fifoDir}}, "base-image/pipe", nil, nil, ""},
 		{"signature name taken", []installer.PayloadFile{{Name: "SHA256SUMS.sig", Path: file("recipe.yaml")}}, "reserved", nil, sign, "SHA256SUMS.sig"},
 		{"signature without a name", []installer.PayloadFile{{Name: "recipe.yaml", Path: file("recipe.yaml")}}, "manifest signature name", nil, sign, ""},

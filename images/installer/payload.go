@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/squashfs"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
@@ -44,13 +45,13 @@ func (s Spec) buildPayload(ctx context.Context, work, out string) error {
 	// By path (after "<64 hex>  "), as sha256sum lists a sorted tree.
 	sort.Slice(sums, func(i, j int) bool { return sums[i][66:] < sums[j][66:] })
 	manifest := []byte(strings.Join(sums, ""))
-	if err := os.WriteFile(filepath.Join(stage, PayloadManifest), manifest, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(stage, stick.Manifest), manifest, 0o644); err != nil {
 		return err
 	}
 	if s.SignManifest != nil {
 		sig, err := s.SignManifest(manifest)
 		if err != nil {
-			return fmt.Errorf("sign %s: %w", PayloadManifest, err)
+			return fmt.Errorf("sign %s: %w", stick.Manifest, err)
 		}
 		if err := os.WriteFile(filepath.Join(stage, s.ManifestSigName), sig, 0o644); err != nil {
 			return err

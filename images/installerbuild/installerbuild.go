@@ -15,7 +15,7 @@
 //	           with several hosts, a boot menu entry per host (ssbuild.host=NAME)
 //	sign       with a sign key, SHA256SUMS.sig (internal/signature); the
 //	           same key signs the payload's manifest (image step) and its
-//	           public key is in the initramfs (install.SignerKeyPath), so the
+//	           public key is in the initramfs (stick.SignerKeyPath), so the
 //	           installer refuses a payload the key did not sign
 //
 // The output folder (0700) holds installer.img (0600: its payload holds the
@@ -37,8 +37,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
-	"github.com/sovereign-stack/ssbuild/appliance/install"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/images/initramfs"
@@ -168,8 +169,8 @@ func (b *build) hosts(context.Context) error {
 	}
 	var errs []error
 	for _, h := range b.r.Installer.Hosts {
-		if _, err := config.FromRecipe(b.r, h.Name, config.HostFiles{StorageSource: install.ZFSSource,
-			SecretFile: install.SecretPath, StateDir: install.StateDir}); err != nil {
+		if _, err := config.FromRecipe(b.r, h.Name, config.HostFiles{StorageSource: hostdisk.ZFSSource,
+			SecretFile: hostdisk.SecretPath, StateDir: hostdisk.StateDir}); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -242,7 +243,16 @@ func (b *build) hostOS(ctx context.Context) error {
 	var err error
 	b.host, err = hostos.Build(ctx, hostos.Spec{Recipe: b.r, CacheDir: b.opts.CacheDir, Binary: b.opts.Binary,
 		Epoch: b.epoch, WorkDir: dir, Progress: b.opts.Progress})
-	return err
+	if err != nil {
+		return err
+	}
+	// The installer checks this again at the target; here it fails the
+	// build rather than every install.
+	info, err := os.Stat(b.host.OSImage)
+	if err != nil {
+		return err
+	}
+	return hostdisk.FitOS(info.Size(), int64(b.r.Installer.Layout.OS))
 }
 
 func (b *build) initramfs(ctx context.Context) error {
@@ -250,7 +260,7 @@ func (b *build) initramfs(ctx context.Context) error {
 	var files map[string][]byte
 	if b.signer != nil {
 		// The installer refuses a payload this key did not sign.
-		files = map[string][]byte{install.SignerKeyPath: b.signer.PublicKey().AuthorizedKey()}
+		files = map[string][]byte{stick.SignerKeyPath: b.signer.PublicKey().AuthorizedKey()}
 	}
 	res, err := initramfs.Build(ctx, initramfs.Spec{Init: b.opts.Binary, Root: b.host.Root,
 		KernelVersion: b.host.KernelVersion, Modules: installerModules(), OptionalModules: initramfs.NICModules,
@@ -272,8 +282,8 @@ func (b *build) menu() []installer.MenuEntry {
 	}
 	var m []installer.MenuEntry
 	for _, h := range hosts {
-		m = append(m, installer.MenuEntry{ID: "host-" + h.Name, Title: install.MenuTitle(h.Name),
-			Options: install.CmdlineHost + "=" + h.Name})
+		m = append(m, installer.MenuEntry{ID: "host-" + h.Name, Title: stick.MenuTitle(h.Name),
+			Options: stick.CmdlineHost + "=" + h.Name})
 	}
 	return m
 }
@@ -296,16 +306,16 @@ func (b *build) image(ctx context.Context) error {
 		return err
 	}
 	payload := []installer.PayloadFile{
-		{Name: hostos.OSImageName, Path: b.host.OSImage},
-		{Name: hostos.ESPDirName, Path: b.host.ESPDir},
-		{Name: install.RecipeName, Path: recipeFile},
-		{Name: install.SecretName, Path: b.secretPath},
+		{Name: stick.OSImage, Path: b.host.OSImage},
+		{Name: stick.ESPDir, Path: b.host.ESPDir},
+		{Name: stick.RecipeName, Path: recipeFile},
+		{Name: stick.SecretName, Path: b.secretPath},
 	}
 	if b.opts.BaseImage != "" {
 		if fi, err := os.Stat(b.opts.BaseImage); err != nil || !fi.IsDir() {
 			return fmt.Errorf("base image folder %s: not a folder (%v)", b.opts.BaseImage, err)
 		}
-		payload = append(payload, installer.PayloadFile{Name: "base-image", Path: b.opts.BaseImage})
+		payload = append(payload, installer.PayloadFile{Name: stick.BaseImageDir, Path: b.opts.BaseImage})
 	}
 	spec := installer.Spec{
 		Name: b.r.Name, Epoch: b.epoch,
@@ -313,7 +323,7 @@ func (b *build) image(ctx context.Context) error {
 		Payload: payload, Output: filepath.Join(b.out, ImageFile), Progress: b.opts.Progress,
 	}
 	if b.signer != nil {
-		spec.SignManifest, spec.ManifestSigName = b.signer.Sign, install.ManifestSig
+		spec.SignManifest, spec.ManifestSigName = b.signer.Sign, stick.ManifestSig
 	}
 	b.img, err = installer.Build(ctx, spec)
 	return err
@@ -325,10 +335,10 @@ func (b *build) sign(context.Context) error {
 	if b.signer == nil {
 		return nil
 	}
-	if err := b.signer.SignFile(filepath.Join(b.out, installer.ChecksumsFile)); err != nil {
+	if err := b.signer.SignFile(filepath.Join(b.out, signature.ChecksumsFile)); err != nil {
 		return err
 	}
-	b.opts.Progress.Info("signed %s with key %s", installer.ChecksumsFile, b.signer.Fingerprint())
+	b.opts.Progress.Info("signed %s with key %s", signature.ChecksumsFile, b.signer.Fingerprint())
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/sovereign-stack/ssbuild/appliance/install"
+	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
@@ -45,7 +46,7 @@ func fakeHostOS(t *testing.T) hostos.Result {
 		}
 	}
 	work := t.TempDir()
-	res := hostos.Result{Root: root, KernelVersion: ver, OSImage: filepath.Join(work, hostos.OSImageName), ESPDir: filepath.Join(work, hostos.ESPDirName)}
+	res := hostos.Result{Root: root, KernelVersion: ver, OSImage: filepath.Join(work, stick.OSImage), ESPDir: filepath.Join(work, stick.ESPDir)}
 	os.WriteFile(res.OSImage, []byte("ext4 image"), 0o644)
 	os.MkdirAll(filepath.Join(res.ESPDir, "EFI/BOOT"), 0o755)
 	os.WriteFile(filepath.Join(res.ESPDir, "EFI/BOOT/BOOTX64.EFI"), []byte("MZ"), 0o644)
@@ -55,7 +56,7 @@ func fakeHostOS(t *testing.T) hostos.Result {
 // TestSignedBuildSignsThePayloadForTheInstaller runs the initramfs and
 // image steps over a fake host OS, with and without a sign key. With one,
 // the initramfs (read with cpio) holds the key's public half at
-// install.SignerKeyPath and the payload (read with unsquashfs) holds
+// stick.SignerKeyPath and the payload (read with unsquashfs) holds
 // SHA256SUMS.sig, which ssh-keygen accepts for its SHA256SUMS and the
 // installer's manifest check too; without one, neither is there.
 func TestSignedBuildSignsThePayloadForTheInstaller(t *testing.T) {
@@ -90,34 +91,34 @@ func TestSignedBuildSignsThePayloadForTheInstaller(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("unpack initramfs: %v\n%s", err, out)
 		}
-		got, err := os.ReadFile(filepath.Join(initrd, install.SignerKeyPath))
+		got, err := os.ReadFile(filepath.Join(initrd, stick.SignerKeyPath))
 		switch {
 		case signed && !bytes.Equal(got, pub):
-			t.Errorf("initramfs %s: %q (%v), want the key's .pub %q", install.SignerKeyPath, got, err, pub)
+			t.Errorf("initramfs %s: %q (%v), want the key's .pub %q", stick.SignerKeyPath, got, err, pub)
 		case !signed && !os.IsNotExist(err):
-			t.Errorf("unsigned build: initramfs has %s (%v)", install.SignerKeyPath, err)
+			t.Errorf("unsigned build: initramfs has %s (%v)", stick.SignerKeyPath, err)
 		}
 
 		// The payload partition, as the installer mounts it.
 		img := filepath.Join(b.out, ImageFile)
 		payload := filepath.Join(t.TempDir(), "payload")
 		sh(t, "", "unsquashfs", "-q", "-n", "-d", payload, gpttest.Extract(t, img, gpttest.Partitions(t, img)[1]))
-		sig := filepath.Join(payload, install.ManifestSig)
+		sig := filepath.Join(payload, stick.ManifestSig)
 		if _, err := os.Stat(sig); !signed {
 			if !os.IsNotExist(err) {
-				t.Errorf("unsigned build: payload has %s (%v)", install.ManifestSig, err)
+				t.Errorf("unsigned build: payload has %s (%v)", stick.ManifestSig, err)
 			}
 			continue
 		}
 		allowed := filepath.Join(t.TempDir(), "allowed_signers")
 		os.WriteFile(allowed, append([]byte("builder "), pub...), 0o644)
-		manifest, _ := os.ReadFile(filepath.Join(payload, install.ManifestName))
+		manifest, _ := os.ReadFile(filepath.Join(payload, stick.Manifest))
 		cmd = exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", "builder", "-n", signature.Namespace, "-s", sig)
 		cmd.Stdin = bytes.NewReader(manifest)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("ssh-keygen -Y verify of the payload's %s: %v\n%s", install.ManifestSig, err, out)
+			t.Errorf("ssh-keygen -Y verify of the payload's %s: %v\n%s", stick.ManifestSig, err, out)
 		}
-		k, err := signature.ReadPublicKey(filepath.Join(initrd, install.SignerKeyPath))
+		k, err := signature.ReadPublicKey(filepath.Join(initrd, stick.SignerKeyPath))
 		if err != nil {
 			t.Fatal(err)
 		}

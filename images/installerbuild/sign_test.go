@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -35,7 +34,7 @@ func TestSignStepSignsTheChecksums(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(out, installer.ChecksumsFile), sums, 0o644)
+	os.WriteFile(filepath.Join(out, signature.ChecksumsFile), sums, 0o644)
 	b := &build{out: out, opts: Options{Progress: progress.Discard()}, signer: signer}
 	if err := b.sign(context.Background()); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
@@ -80,13 +81,13 @@ func TestUnifiedTarballEntries(t *testing.T) {
 	later := time.Now().Add(time.Hour)
 	must(t, os.Chtimes(filepath.Join(tree, "etc", "os-release"), later, later))
 	build(t, smallSpec(tree, b))
-	for _, name := range []string{lxdimage.UnifiedFile, lxdimage.SquashfsFile, lxdimage.MetadataFile} {
+	for _, name := range []string{imagedir.UnifiedFile, imagedir.SquashfsFile, imagedir.MetadataFile} {
 		if sha256Of(t, filepath.Join(a, name)) != sha256Of(t, filepath.Join(b, name)) {
 			t.Errorf("%s changed when only the tree's times changed", name)
 		}
 	}
 
-	entries := readTar(t, filepath.Join(a, lxdimage.UnifiedFile))
+	entries := readTar(t, filepath.Join(a, imagedir.UnifiedFile))
 	long := "rootfs/usr/" + strings.Repeat("long-directory-name/", 6) + "deep-file"
 	for _, c := range []struct {
 		name     string
@@ -155,7 +156,7 @@ func TestMetadataYAML(t *testing.T) {
 	spec.Architecture = "x86_64"
 	spec.Properties.Description = "Test image"
 	build(t, spec)
-	f, err := os.Open(filepath.Join(out, lxdimage.MetadataFile))
+	f, err := os.Open(filepath.Join(out, imagedir.MetadataFile))
 	must(t, err)
 	defer f.Close()
 	zr, err := gzip.NewReader(f)
@@ -330,7 +331,7 @@ func TestVMRootKeepsEveryEntry(t *testing.T) {
 	spec.Formats = []lxdimage.Format{lxdimage.VM}
 	build(t, spec)
 	raw := filepath.Join(tmp, "disk.raw")
-	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", filepath.Join(spec.OutDir, lxdimage.DiskFile), raw)
+	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", filepath.Join(spec.OutDir, imagedir.DiskFile), raw)
 	parts := partitions(t, run(t, "sgdisk", "-p", raw))
 	if len(parts) != 2 {
 		t.Fatalf("partitions %+v", parts)
@@ -365,7 +366,7 @@ func TestSquashfsRootIsRootOwned(t *testing.T) {
 	testenv.RequireTools(t, "mksquashfs", "unsquashfs")
 	spec := smallSpec(smallTree(t), filepath.Join(t.TempDir(), "out"))
 	build(t, spec)
-	out := run(t, "unsquashfs", "-lln", filepath.Join(spec.OutDir, lxdimage.SquashfsFile))
+	out := run(t, "unsquashfs", "-lln", filepath.Join(spec.OutDir, imagedir.SquashfsFile))
 	if first, _, _ := strings.Cut(out, "\n"); !strings.HasPrefix(first, "drwxr-xr-x 0/0 ") {
 		t.Errorf("squashfs root: %q, want drwxr-xr-x 0/0", first)
 	}
@@ -376,7 +377,7 @@ func TestDefaultCompressionIsXz(t *testing.T) {
 	spec := smallSpec(smallTree(t), filepath.Join(t.TempDir(), "out"))
 	spec.Compression = ""
 	build(t, spec)
-	if out := run(t, "unsquashfs", "-s", filepath.Join(spec.OutDir, lxdimage.SquashfsFile)); !strings.Contains(out, "Compression xz") {
+	if out := run(t, "unsquashfs", "-s", filepath.Join(spec.OutDir, imagedir.SquashfsFile)); !strings.Contains(out, "Compression xz") {
 		t.Errorf("unsquashfs -s:\n%s", out)
 	}
 }

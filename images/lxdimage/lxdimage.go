@@ -34,6 +34,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -48,16 +49,6 @@ type Format string
 const (
 	Container Format = "container" // metadata + rootfs.squashfs, and a unified tarball
 	VM        Format = "vm"        // metadata + qcow2 disk (GPT, ESP, ext4 root)
-)
-
-// File names in the output folder.
-const (
-	MetadataFile  = "metadata.tar.gz"
-	SquashfsFile  = "rootfs.squashfs"
-	UnifiedFile   = "container.tar.gz"
-	DiskFile      = "disk.qcow2"
-	ManifestFile  = "manifest.json"
-	ChecksumsFile = "SHA256SUMS"
 )
 
 // Spec is one build.
@@ -174,17 +165,17 @@ func (s Spec) build(ctx context.Context, dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(filepath.Join(dir, MetadataFile), func(w io.Writer) error {
+	if err := writeFile(filepath.Join(dir, imagedir.MetadataFile), func(w io.Writer) error {
 		return writeMetadataTarball(w, metaYAML, s.Epoch)
 	}); err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
 	tools := []string{}
 	if slices.Contains(s.Formats, Container) {
-		if err := writeSquashfs(ctx, s.Progress, s.RootFS, filepath.Join(dir, SquashfsFile), s.Compression, s.Epoch); err != nil {
+		if err := writeSquashfs(ctx, s.Progress, s.RootFS, filepath.Join(dir, imagedir.SquashfsFile), s.Compression, s.Epoch); err != nil {
 			return nil, err
 		}
-		if err := s.writeUnified(ctx, filepath.Join(dir, UnifiedFile), metaYAML); err != nil {
+		if err := s.writeUnified(ctx, filepath.Join(dir, imagedir.UnifiedFile), metaYAML); err != nil {
 			return nil, fmt.Errorf("unified tarball: %w", err)
 		}
 		tools = append(tools, "mksquashfs")

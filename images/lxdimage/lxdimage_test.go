@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
@@ -43,7 +45,7 @@ func build(t *testing.T, spec lxdimage.Spec) *lxdimage.Manifest {
 		t.Fatal(err)
 	}
 	t.Logf("built %s in %s", filepath.Base(spec.OutDir), time.Since(start).Round(time.Millisecond))
-	cmd := exec.Command("sha256sum", "-c", "--strict", lxdimage.ChecksumsFile)
+	cmd := exec.Command("sha256sum", "-c", "--strict", signature.ChecksumsFile)
 	cmd.Dir = spec.OutDir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -73,7 +75,7 @@ func sha256Of(t *testing.T, path string) string {
 
 func readManifest(t *testing.T, dir string) lxdimage.Manifest {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, lxdimage.ManifestFile))
+	data, err := os.ReadFile(filepath.Join(dir, imagedir.ManifestFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +97,8 @@ func TestContainerImageReproducible(t *testing.T) {
 	ma := build(t, bookwormSpec(rootfstest.Dir(t), a))
 	build(t, bookwormSpec(rootfstest.Dir(t), b))
 
-	for _, name := range []string{lxdimage.MetadataFile, lxdimage.SquashfsFile, lxdimage.UnifiedFile,
-		lxdimage.ManifestFile, lxdimage.ChecksumsFile} {
+	for _, name := range []string{imagedir.MetadataFile, imagedir.SquashfsFile, imagedir.UnifiedFile,
+		imagedir.ManifestFile, signature.ChecksumsFile} {
 		if ha, hb := sha256Of(t, filepath.Join(a, name)), sha256Of(t, filepath.Join(b, name)); ha != hb {
 			t.Errorf("%s differs between two builds: %s vs %s", name, ha, hb)
 		}
@@ -127,7 +129,7 @@ func TestContainerImageReproducible(t *testing.T) {
 	})
 
 	t.Run("squashfs keeps owners, devices, and stamps the epoch", func(t *testing.T) {
-		out, err := exec.Command("unsquashfs", "-lln", filepath.Join(a, lxdimage.SquashfsFile)).Output()
+		out, err := exec.Command("unsquashfs", "-lln", filepath.Join(a, imagedir.SquashfsFile)).Output()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +148,7 @@ func TestContainerImageReproducible(t *testing.T) {
 		if !strings.HasPrefix(line(listing, "squashfs-root/dev/null"), "crw-rw-rw-") {
 			t.Errorf("/dev/null: %q, want a character device", line(listing, "squashfs-root/dev/null"))
 		}
-		stat, err := exec.Command("unsquashfs", "-s", filepath.Join(a, lxdimage.SquashfsFile)).Output()
+		stat, err := exec.Command("unsquashfs", "-s", filepath.Join(a, imagedir.SquashfsFile)).Output()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +158,7 @@ func TestContainerImageReproducible(t *testing.T) {
 	})
 
 	t.Run("unified tarball layout", func(t *testing.T) {
-		out, err := exec.Command("tar", "-tvzf", filepath.Join(a, lxdimage.UnifiedFile), "--numeric-owner",
+		out, err := exec.Command("tar", "-tvzf", filepath.Join(a, imagedir.UnifiedFile), "--numeric-owner",
 			"--full-time").Output()
 		if err != nil {
 			t.Fatal(err)

@@ -15,7 +15,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/internal/command"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/internal/version"
 )
 
@@ -74,7 +76,7 @@ func (s Spec) writeManifest(ctx context.Context, dir string, tools []string) (*M
 		}
 	}
 	digests := map[string]string{}
-	for _, name := range []string{MetadataFile, SquashfsFile, UnifiedFile, DiskFile} {
+	for _, name := range []string{imagedir.MetadataFile, imagedir.SquashfsFile, imagedir.UnifiedFile, imagedir.DiskFile} {
 		out, err := hashFile(filepath.Join(dir, name))
 		if os.IsNotExist(err) {
 			continue
@@ -92,14 +94,14 @@ func (s Spec) writeManifest(ctx context.Context, dir string, tools []string) (*M
 	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, ManifestFile), append(data, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, imagedir.ManifestFile), append(data, '\n'), 0o644); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	sums := []Output{}
 	for _, o := range m.Outputs {
 		sums = append(sums, o)
 	}
-	mo, err := hashFile(filepath.Join(dir, ManifestFile))
+	mo, err := hashFile(filepath.Join(dir, imagedir.ManifestFile))
 	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
@@ -109,7 +111,7 @@ func (s Spec) writeManifest(ctx context.Context, dir string, tools []string) (*M
 	for _, o := range sums {
 		fmt.Fprintf(&b, "%s  %s\n", o.SHA256, o.File)
 	}
-	if err := os.WriteFile(filepath.Join(dir, ChecksumsFile), []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, signature.ChecksumsFile), []byte(b.String()), 0o644); err != nil {
 		return nil, fmt.Errorf("checksums: %w", err)
 	}
 	return m, nil
@@ -120,21 +122,21 @@ func (s Spec) writeManifest(ctx context.Context, dir string, tools []string) (*M
 // file for a unified one.
 func fingerprints(dir string, digests map[string]string) ([]Image, error) {
 	var images []Image
-	for _, split := range []struct{ rootfs, typ string }{{SquashfsFile, "container"}, {DiskFile, "virtual-machine"}} {
+	for _, split := range []struct{ rootfs, typ string }{{imagedir.SquashfsFile, "container"}, {imagedir.DiskFile, "virtual-machine"}} {
 		if digests[split.rootfs] == "" {
 			continue
 		}
 		h := sha256.New()
-		for _, name := range []string{MetadataFile, split.rootfs} {
+		for _, name := range []string{imagedir.MetadataFile, split.rootfs} {
 			if err := copyFileTo(h, filepath.Join(dir, name)); err != nil {
 				return nil, err
 			}
 		}
-		images = append(images, Image{Type: split.typ, Files: []string{MetadataFile, split.rootfs},
+		images = append(images, Image{Type: split.typ, Files: []string{imagedir.MetadataFile, split.rootfs},
 			Fingerprint: hex.EncodeToString(h.Sum(nil))})
 	}
-	if d := digests[UnifiedFile]; d != "" {
-		images = append(images, Image{Type: "container", Files: []string{UnifiedFile}, Fingerprint: d})
+	if d := digests[imagedir.UnifiedFile]; d != "" {
+		images = append(images, Image{Type: "container", Files: []string{imagedir.UnifiedFile}, Fingerprint: d})
 	}
 	return images, nil
 }

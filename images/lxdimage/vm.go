@@ -12,6 +12,7 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/images/ext4image"
 	"github.com/sovereign-stack/ssbuild/images/gptimage"
 	"github.com/sovereign-stack/ssbuild/internal/command"
@@ -120,7 +121,7 @@ func (s Spec) writeVMDisk(ctx context.Context, dir string) error {
 	if err := os.Remove(ext4); err != nil {
 		return fmt.Errorf("vm: %w", err)
 	}
-	if err := convertQcow2(ctx, s.Progress, raw, filepath.Join(dir, DiskFile)); err != nil {
+	if err := convertQcow2(ctx, s.Progress, raw, filepath.Join(dir, imagedir.DiskFile)); err != nil {
 		return fmt.Errorf("vm: %w", err)
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 	"github.com/sovereign-stack/ssbuild/images/chroot"
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
@@ -46,17 +47,17 @@ func TestVMImage(t *testing.T) {
 		spec.Formats = []lxdimage.Format{lxdimage.VM}
 		build(t, spec)
 	}
-	for _, name := range []string{lxdimage.DiskFile, lxdimage.MetadataFile, lxdimage.ManifestFile} {
+	for _, name := range []string{imagedir.DiskFile, imagedir.MetadataFile, imagedir.ManifestFile} {
 		if ha, hb := sha256Of(t, filepath.Join(a, name)), sha256Of(t, filepath.Join(b, name)); ha != hb {
 			t.Errorf("%s differs between builds from two copies of the tree", name)
-			if name == lxdimage.ManifestFile {
+			if name == imagedir.ManifestFile {
 				out, _ := exec.Command("diff", filepath.Join(a, name), filepath.Join(b, name)).CombinedOutput()
 				t.Logf("%s", out)
 			}
 		}
 	}
 	// LXD must refuse secure boot for it (systemd-boot is not signed).
-	if meta := run(t, "tar", "-xzOf", filepath.Join(a, lxdimage.MetadataFile), "metadata.yaml"); !strings.Contains(meta, `requirements.secureboot: "false"`) {
+	if meta := run(t, "tar", "-xzOf", filepath.Join(a, imagedir.MetadataFile), "metadata.yaml"); !strings.Contains(meta, `requirements.secureboot: "false"`) {
 		t.Errorf("metadata.yaml does not declare requirements.secureboot false:\n%s", meta)
 	}
 	m := readManifest(t, a)
@@ -68,7 +69,7 @@ func TestVMImage(t *testing.T) {
 			t.Errorf("manifest has no version of %s", tool)
 		}
 	}
-	qcow2 := filepath.Join(a, lxdimage.DiskFile)
+	qcow2 := filepath.Join(a, imagedir.DiskFile)
 
 	out := run(t, "qemu-img", "check", qcow2)
 	if !strings.Contains(out, "No errors were found") {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 	"github.com/sovereign-stack/ssbuild/testkit/testbed"

@@ -13,9 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/handoff/modload"
 	"golang.org/x/sys/unix"
-
-	"github.com/sovereign-stack/ssbuild/images/initramfs"
 )
 
 func main() {
@@ -36,7 +35,7 @@ func main() {
 			say("mount %s: %v", m.dir, err)
 		}
 	}
-	loaded, err := initramfs.LoadModules("")
+	loaded, err := modload.Load("")
 	say("modules loaded: %d (%s)", len(loaded), strings.Join(loaded, " "))
 	if err != nil {
 		say("module errors: %v", err)

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/images/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/chainstate"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )

@@ -7,7 +7,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
-	"github.com/sovereign-stack/ssbuild/images/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/chainstate"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 

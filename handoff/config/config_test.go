@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -105,7 +106,7 @@ func CheckRecipe(r *recipes.Recipe, rep recipes.Reporter) {
 	// registrationPort that is the registry's port). Only on a recipe
 	// found clean so far: most of its rules repeat the recipe's own.
 	if hs := r.Installer.Hosts; !missing && len(hs) > 0 && rep.Found() == 0 {
-		files := HostFiles{StorageSource: "/dev/disk/by-partlabel/zfs", SecretFile: "/etc/ssbuild/cluster.secret", StateDir: "/var/lib/ssbuild"}
+		files := HostFiles{StorageSource: hostdisk.ZFSSource, SecretFile: hostdisk.SecretPath, StateDir: hostdisk.StateDir}
 		var inv *InvalidError
 		_, err := FromRecipe(r, hs[0].Name, files)
 		switch {

@@ -10,7 +10,7 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
 
-	"github.com/sovereign-stack/ssbuild/images/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/chainstate"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )

@@ -1,4 +1,4 @@
-package initramfs
+package modload
 
 import (
 	"errors"
@@ -10,14 +10,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// LoadModules is what an init in the initramfs calls to load its modules
+// Load is what an init in the initramfs calls to load its modules
 // without modprobe: the files listed in modulesDir/modules.load (see
 // LoadOrderFile), in order, with finit_module(2). modulesDir is
 // /lib/modules/<uname -r>; empty means that. A module already loaded or
 // built in is skipped. It returns the names loaded; a failing module does
 // not stop the others (a host without NVMe still needs USB), its error is
 // joined into the result.
-func LoadModules(modulesDir string) ([]string, error) {
+func Load(modulesDir string) ([]string, error) {
 	if modulesDir == "" {
 		var u unix.Utsname
 		if err := unix.Uname(&u); err != nil {
@@ -36,7 +36,7 @@ func LoadModules(modulesDir string) ([]string, error) {
 			errs = append(errs, err)
 			continue
 		}
-		loaded = append(loaded, moduleName(rel))
+		loaded = append(loaded, Name(rel))
 	}
 	return loaded, errors.Join(errs...)
 }
