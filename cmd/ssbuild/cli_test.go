@@ -436,3 +436,38 @@ func TestImportSkipsShellStatements(t *testing.T) {
 		t.Errorf("--json warnings lack lines 2, 4, 6: %+v", res.Warnings)
 	}
 }
+
+// TestBuildsRefuseWhatLaterStagesWould: plan, image and installer check a
+// recipe as `recipe validate` does, so a host without an address (which the
+// installer would refuse) or a stack image the image lacks (which deploy
+// would refuse) stops them at once with exit 3, naming the field, and
+// nothing is written.
+func TestBuildsRefuseWhatLaterStagesWould(t *testing.T) {
+	demo, err := recipes.BuiltinSource("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(demo)
+	for _, c := range []struct{ name, old, new, field string }{
+		{"host without an address", `{name: demo2, mac: "02:5e:00:00:01:02", address: 10.99.0.12/24}`,
+			`{name: demo2, mac: "02:5e:00:00:01:02"}`, "installer.hosts[1]"},
+		{"stack image not in the image", "    - ref: ssbuild-demo/web:1\n", "    - ref: busybox:1\n", "image ssbuild-demo/web is not in the recipe's image.dockerImages"},
+	} {
+		bad := strings.Replace(text, c.old, c.new, 1)
+		if bad == text {
+			t.Fatalf("%s: the demo recipe no longer has %q", c.name, c.old)
+		}
+		rcp := writeFile(t, "recipe.yaml", bad)
+		out := filepath.Join(t.TempDir(), "out")
+		for _, args := range [][]string{{"plan", "--recipe", rcp}, {"image", "--recipe", rcp, "--out", out},
+			{"installer", "--recipe", rcp, "--out", out}} {
+			code, _, errOut := ssbuild(t, args...)
+			if code != exitInvalid || !strings.Contains(errOut, c.field) {
+				t.Errorf("%s: %s: code %d, stderr %q; want code %d naming %s", c.name, args[0], code, errOut, exitInvalid, c.field)
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Errorf("%s: %s wrote %s", c.name, args[0], out)
+			}
+		}
+	}
+}

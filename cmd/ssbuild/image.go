@@ -33,7 +33,7 @@ func imageCommand() *cli.Command {
 			if c.Args().Present() {
 				return usagef("image takes no arguments; use --recipe")
 			}
-			r, err := loadRecipe(c.String("recipe"))
+			r, err := validRecipe(c.String("recipe"))
 			if err != nil {
 				return err
 			}

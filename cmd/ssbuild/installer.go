@@ -32,7 +32,7 @@ func installerCommand() *cli.Command {
 			if c.Args().Present() {
 				return usagef("installer takes no arguments; use --recipe")
 			}
-			r, err := loadRecipe(c.String("recipe"))
+			r, err := validRecipe(c.String("recipe"))
 			if err != nil {
 				return err
 			}

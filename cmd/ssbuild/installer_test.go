@@ -30,8 +30,8 @@ import (
 )
 
 // A host without an address would make the installer fail on the machine
-// (no appliance.yaml); the build refuses it first, naming the host, and
-// writes nothing.
+// (no appliance.yaml); the build refuses it as invalid input before any
+// step, naming the host, and writes nothing.
 func TestInstallerRefusesAHostWithoutAddress(t *testing.T) {
 	demo, err := recipes.BuiltinSource("demo")
 	if err != nil {
@@ -50,8 +50,8 @@ func TestInstallerRefusesAHostWithoutAddress(t *testing.T) {
 	rcp := writeFile(t, "r.yaml", text)
 	out := filepath.Join(t.TempDir(), "out")
 	code, _, stderr := ssbuild(t, "installer", "--recipe", rcp, "--out", out, "--cache", t.TempDir())
-	if code == 0 || !strings.Contains(stderr, "demo3") || !strings.Contains(stderr, "step hosts") {
-		t.Errorf("exit %d, stderr %q: want a failure of step hosts naming demo3", code, stderr)
+	if code != exitInvalid || !strings.Contains(stderr, "host demo3 has no static address") {
+		t.Errorf("exit %d, stderr %q: want exit %d naming demo3 before any step", code, stderr, exitInvalid)
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("output %s exists after a refused build", out)

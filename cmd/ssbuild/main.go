@@ -14,7 +14,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/install"
+	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/version"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -177,6 +179,22 @@ func loadRecipe(ref string) (*recipes.Recipe, error) {
 	return r, nil
 }
 
+// deepChecks are the rules beyond the document that later stages own: the
+// hosts' appliance config (the installer), the stacks' images and what
+// deploy runs.
+var deepChecks = []recipes.Check{config.CheckRecipe, stack.CheckImages, deploy.CheckRecipe}
+
+// validRecipe opens a recipe as `recipe validate` checks it, so that plan
+// and the builds refuse at once, with every problem, what a later stage
+// would refuse after minutes of work.
+func validRecipe(ref string) (*recipes.Recipe, error) {
+	r, err := recipes.Validate(ref, deepChecks...)
+	if err != nil {
+		return nil, invalidError{err}
+	}
+	return r, nil
+}
+
 // inputDir checks a folder a flag names as input (the output of an earlier
 // step): one that is missing is invalid input, found before any work.
 func inputDir(c *cli.Context, flag string) error {
@@ -221,7 +239,7 @@ func planCommand() *cli.Command {
 			if c.Args().Present() {
 				return usagef("plan takes no arguments; use --recipe")
 			}
-			r, err := loadRecipe(c.String("recipe"))
+			r, err := validRecipe(c.String("recipe"))
 			if err != nil {
 				return err
 			}

@@ -8,9 +8,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sovereign-stack/ssbuild/appliance/deploy"
-	"github.com/sovereign-stack/ssbuild/appliance/stack"
-	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -68,7 +65,7 @@ func recipeValidate(c *cli.Context) error {
 	}
 	// Beyond the document: the files it names, what the installer build
 	// (config) and deploy (stack) would refuse.
-	r, err := recipes.Validate(ref, config.CheckRecipe, stack.CheckImages, deploy.CheckRecipe)
+	r, err := recipes.Validate(ref, deepChecks...)
 	if c.Bool("json") {
 		problems := recipes.Problems(err)
 		unread := err != nil && problems == nil // unreadable, or no such shipped recipe
