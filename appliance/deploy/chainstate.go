@@ -9,6 +9,7 @@ import (
 	lxd "github.com/canonical/lxd/client"
 
 	"github.com/sovereign-stack/ssbuild/handoff/chainstate"
+	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
 )
 
 // ChainstatePath is where the btcpay instance mounts its deployment's copy
@@ -17,11 +18,11 @@ const ChainstatePath = "/var/lib/ss-chainstate"
 
 // chainstateVolume names the pre-loaded chainstate of a network in the
 // default project (as `ssbuild image` packs it).
-func chainstateVolume(chain string) string { return "chainstate-" + chain }
+func chainstateVolume(chain string) string { return chainstate.VolumeName(chain) }
 
 // chainstateArtifact is the packed chainstate in an `ssbuild image` output.
 func chainstateArtifact(imageDir, chain string) string {
-	return filepath.Join(imageDir, chainstateVolume(chain)+".tar")
+	return filepath.Join(imageDir, imagedir.ChainstateFile(chain))
 }
 
 // ensureChainstate gives an instance its own copy of the pre-loaded

@@ -107,8 +107,12 @@ func (o Options) volumeName() string {
 	if o.VolumeName != "" {
 		return o.VolumeName
 	}
-	return "chainstate-" + o.Chainstate.Network
+	return VolumeName(o.Chainstate.Network)
 }
+
+// VolumeName is the custom volume an artifact of network restores to, in
+// LXD's default project, where deploy clones each instance's copy from.
+func VolumeName(network string) string { return "chainstate-" + network }
 
 func (o Options) mtime() time.Time { return time.Unix(o.SourceDateEpoch, 0).UTC() }
 
