@@ -204,14 +204,7 @@ func (b *build) files(context.Context) error {
 	}
 	defer root.Close()
 	write := func(name string, data []byte, perm os.FileMode) error {
-		name = strings.TrimPrefix(name, "/")
-		if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-			return fmt.Errorf("write /%s: %w", name, err)
-		}
-		if err := root.WriteFile(name, data, perm); err != nil {
-			return fmt.Errorf("write /%s: %w", name, err)
-		}
-		return root.Chmod(name, perm)
+		return osbase.WriteFile(root, name, data, perm)
 	}
 	if m := b.r.Image.RegistryMirror; m != "" {
 		cfg := fmt.Sprintf("{\n  \"registry-mirrors\": [%q]\n}\n", m)

@@ -199,14 +199,7 @@ func (b *build) files(context.Context) error {
 	}
 	defer root.Close()
 	write := func(name string, data []byte, perm os.FileMode) error {
-		name = strings.TrimPrefix(name, "/")
-		if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-			return fmt.Errorf("write /%s: %w", name, err)
-		}
-		if err := root.WriteFile(name, data, perm); err != nil {
-			return fmt.Errorf("write /%s: %w", name, err)
-		}
-		return root.Chmod(name, perm)
+		return osbase.WriteFile(root, name, data, perm)
 	}
 	bin, err := os.ReadFile(b.Binary)
 	if err != nil {

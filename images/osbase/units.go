@@ -5,7 +5,25 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
+
+// WriteFile writes an absolute path of the tree in root with perm (also on
+// a file that existed with other bits), making its parents 0755. Through
+// an os.Root, so a symlink in an untrusted tree cannot lead it outside.
+func WriteFile(root *os.Root, name string, data []byte, perm os.FileMode) error {
+	name = strings.TrimPrefix(name, "/")
+	if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		return fmt.Errorf("write /%s: %w", name, err)
+	}
+	if err := root.WriteFile(name, data, perm); err != nil {
+		return fmt.Errorf("write /%s: %w", name, err)
+	}
+	if err := root.Chmod(name, perm); err != nil {
+		return fmt.Errorf("write /%s: %w", name, err)
+	}
+	return nil
+}
 
 // EnableUnit enables a systemd unit of the tree in root for target, the
 // way `systemctl enable` would, without running systemd.
