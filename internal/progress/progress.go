@@ -26,12 +26,16 @@ const (
 type Event struct {
 	Time      time.Time `json:"time"`
 	Task      string    `json:"task"`
-	Event     string    `json:"event"` // start, progress, done, failed, info
+	Event     string    `json:"event"` // start, progress, done, failed, info, artifact
 	Done      int64     `json:"done,omitempty"`
 	Total     int64     `json:"total,omitempty"`
 	Unit      string    `json:"unit,omitempty"`
 	ElapsedMS int64     `json:"elapsed_ms,omitempty"`
 	Message   string    `json:"message,omitempty"`
+	// State is an artifact's origin (event artifact): built, reused, or
+	// rebuilt (its cache entry did not verify; Message says why).
+	State  string `json:"state,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Reporter writes progress for any number of tasks to one writer.
@@ -80,6 +84,12 @@ func isTerminal(f *os.File) bool {
 // Info reports a one-off message.
 func (r *Reporter) Info(format string, args ...any) {
 	r.emit(Event{Task: "", Event: "info", Message: fmt.Sprintf(format, args...)}, true)
+}
+
+// Artifact reports where an output file came from: built, reused (from the
+// cache, verified) or rebuilt (why: the cache entry that did not verify).
+func (r *Reporter) Artifact(name, state, sha256, why string) {
+	r.emit(Event{Task: name, Event: "artifact", State: state, SHA256: sha256, Message: why}, true)
 }
 
 // Start begins a task. total is the amount of work in unit (bytes, files,
@@ -180,6 +190,15 @@ func describe(ev Event) string {
 	switch ev.Event {
 	case "info":
 		return ev.Message
+	case "artifact":
+		s := fmt.Sprintf("%s: %s", ev.Task, ev.State)
+		if len(ev.SHA256) >= 12 {
+			s += " (sha256 " + ev.SHA256[:12] + ")"
+		}
+		if ev.Message != "" {
+			s += ": " + ev.Message
+		}
+		return s
 	case "start":
 		if ev.Total > 0 {
 			return fmt.Sprintf("%s: started (%s)", ev.Task, amount(ev.Total, ev.Unit))
