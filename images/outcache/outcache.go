@@ -54,7 +54,7 @@ type Cache struct {
 	Dir string
 }
 
-func (c Cache) root() string               { return filepath.Join(c.Dir, "artifacts") }
+func (c Cache) root() string               { return c.Dir }
 func (c Cache) entryDir(key string) string { return filepath.Join(c.root(), key) }
 
 // Entry is entry.json.
