@@ -274,10 +274,15 @@ func bar(ev Event, width int) string {
 	if rate == "" {
 		tail = fmt.Sprintf(" %3d%%  %s", pct, eta)
 	}
-	// The bar takes what the name and the figures leave, 10 to 30 cells.
-	cells := min(30, max(10, width-1-len(tail)-len(ev.Task)-3))
+	// The bar takes what the name and the figures leave, 10 to 30 cells;
+	// a name too long for the rest is cut, never the figures.
+	name := []rune(ev.Task)
+	cells := min(30, max(10, width-1-len(tail)-len(name)-3))
+	if room := width - 1 - len(tail) - cells - 3; len(name) > room && room > 1 {
+		name = append(name[:room-1], '…')
+	}
 	filled := int(int64(cells) * done / ev.Total)
-	return fmt.Sprintf("%s [%s%s]%s", ev.Task, strings.Repeat("#", filled), strings.Repeat("-", cells-filled), tail)
+	return fmt.Sprintf("%s [%s%s]%s", string(name), strings.Repeat("#", filled), strings.Repeat("-", cells-filled), tail)
 }
 
 // fit cuts s to n runes, marking the cut.

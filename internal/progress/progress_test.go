@@ -138,8 +138,17 @@ func TestTerminalBarFitsTheWidth(t *testing.T) {
 	c.t = c.t.Add(time.Second)
 	task.Set(10)
 	got := redraws(out.String())
-	if n := len([]rune(got[1])); n != 49 || !strings.HasSuffix(got[1], "…") {
-		t.Errorf("redrawn line %q is %d columns, want 49 ending in …", got[1], n)
+	want := "copy rootfs to… [#---------]  10%  10 B/s  ETA 9s"
+	if got[1] != want || len([]rune(got[1])) > 49 {
+		t.Errorf("redrawn line %q (%d columns), want %q: the name cut, the figures kept", got[1], len([]rune(got[1])), want)
+	}
+	// Even cut, a redrawn line never wraps.
+	r.width = 20
+	c.t = c.t.Add(time.Second)
+	task.Set(20)
+	got = redraws(out.String())
+	if n := len([]rune(got[2])); n != 19 {
+		t.Errorf("at 20 columns: %q is %d columns", got[2], n)
 	}
 }
 
