@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
+	"github.com/sovereign-stack/ssbuild/images/outcache"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -23,7 +24,8 @@ func imageCommand() *cli.Command {
 		Flags: []cli.Flag{
 			recipeFlag(),
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "output folder `DIR` (must not exist); default out/<recipe>-image"},
-			&cli.StringFlag{Name: "cache", Usage: "cache folder `DIR` for debootstrapped trees", Value: defaultCacheDir()},
+			&cli.StringFlag{Name: "cache", Usage: "cache folder `DIR` for debootstrapped trees, package layers and built artifacts (DIR/artifacts)", Value: defaultCacheDir()},
+			&cli.BoolFlag{Name: "no-output-cache", Usage: "build every artifact, neither reusing nor storing any in the output cache"},
 			&cli.StringFlag{Name: "docker-host", Usage: "Docker daemon `URL` the pre-loaded images come from (default: DOCKER_HOST, then the local socket)"},
 			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH (`SECONDS` since 1970) for a reproducible build"},
 			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key `FILE` (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
@@ -47,6 +49,9 @@ func imageCommand() *cli.Command {
 			}
 			opts := baseimage.Options{OutDir: out, CacheDir: c.String("cache"), Binary: self,
 				Epoch: c.Int64("epoch"), SignKey: c.String("sign-key"), Progress: progressFor(c)}
+			if !c.Bool("no-output-cache") {
+				opts.ArtifactCache = filepath.Join(c.String("cache"), "artifacts")
+			}
 			if len(r.Image.DockerImages) > 0 {
 				copts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 				if h := c.String("docker-host"); h != "" {
@@ -63,8 +68,12 @@ func imageCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "%s: base image of %s written (SOURCE_DATE_EPOCH=%d, rootfs and packages from the cache: %v)\n",
-				res.OutDir, r.Name, res.Epoch, res.CacheHit)
+			count := map[outcache.State]int{}
+			for _, a := range res.Artifacts {
+				count[a.State]++
+			}
+			fmt.Fprintf(c.App.Writer, "%s: base image of %s written (SOURCE_DATE_EPOCH=%d, rootfs and packages from the cache: %v; artifacts built %d, reused %d, rebuilt %d)\n",
+				res.OutDir, r.Name, res.Epoch, res.CacheHit, count[outcache.Built], count[outcache.Reused], count[outcache.Rebuilt])
 			return nil
 		},
 	}

@@ -1,7 +1,7 @@
 // Package baseimage runs `ssbuild image`: it turns a recipe's image section
 // into the base image every site instance boots from, in named steps:
 //
-//	docker-images the recipe's Docker images, verified and saved
+//	docker-images the recipe's Docker images resolved and their pins checked
 //	chainstate    the recipe's chainstate, verified and packed as its own artifact
 //	rootfs        debootstrap or a verified tarball, with the recipe's packages
 //	              installed in a chroot; both cached by their inputs, so a
@@ -9,6 +9,14 @@
 //	files         the saved Docker images, the ssbuild binary, its
 //	              first-boot unit and the registry mirror setting
 //	lxd-image     the tree written as LXD images (container and/or VM)
+//
+// Every output artifact (the chainstate tar, each LXD image file, the image
+// manifest) is cached under a key of all its inputs (images/outcache): a
+// rebuild whose inputs did not change copies verified cached files and
+// skips the tree altogether; a changed package list rebuilds what depends
+// on the tree and reuses the rest. Result.Artifacts (and the progress
+// events "artifact") say which were built, reused or rebuilt.
+//
 //	checksums     SHA256SUMS over the whole output
 //	sign          with a sign key, SHA256SUMS.sig (internal/signature)
 //
@@ -36,10 +44,12 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/lxdimage"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/images/osbase"
+	"github.com/sovereign-stack/ssbuild/images/outcache"
 	"github.com/sovereign-stack/ssbuild/images/rootfs"
 	"github.com/sovereign-stack/ssbuild/internal/digest"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
+	"github.com/sovereign-stack/ssbuild/internal/steps"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -64,9 +74,17 @@ type Options struct {
 	Epoch int64
 	// SignKey is an ed25519 OpenSSH private key file that signs SHA256SUMS
 	// (SHA256SUMS.sig beside it); empty: unsigned.
-	SignKey  string
-	Progress *progress.Reporter
+	SignKey string
+	// ArtifactCache is the output cache's folder (images/outcache): built
+	// artifacts are kept there under a key of their inputs and reused,
+	// verified, by a later build. Empty: every artifact is built.
+	ArtifactCache string
+	Progress      *progress.Reporter
 }
+
+// keepPerKind is how many entries of each kind of artifact the output
+// cache keeps (most recently used first).
+const keepPerKind = 4
 
 // Result is a finished build.
 type Result struct {
@@ -75,6 +93,17 @@ type Result struct {
 	Chainstate *chainstate.Artifact // nil without a chainstate
 	CacheHit   bool                 // the rootfs with its packages came from the cache
 	Epoch      int64
+	// Artifacts says, per output file (path relative to OutDir) and for
+	// the rootfs layer, whether it was built, reused or rebuilt.
+	Artifacts []Artifact
+}
+
+// Artifact is one line of the build's report.
+type Artifact struct {
+	Name   string         `json:"name"` // e.g. image/rootfs.squashfs, or "rootfs" (the cached tree)
+	State  outcache.State `json:"state"`
+	SHA256 string         `json:"sha256,omitempty"`
+	Why    string         `json:"why,omitempty"` // rebuilt: the cache entry that did not verify
 }
 
 // ResolveEpoch picks SOURCE_DATE_EPOCH: the given value, the recipe's, the
@@ -138,26 +167,18 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		}
 	}()
 	b := &build{r: r, opts: opts, rep: rep, work: work, epoch: res.Epoch, signer: signer,
-		tree: filepath.Join(work, "rootfs"), out: filepath.Join(work, "out")}
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
-		{"docker-images", b.dockerImages},
-		{"chainstate", b.chainstate},
-		{"rootfs", b.rootfs},
-		{"files", b.files},
-		{"lxd-image", b.lxdImage},
-		{"checksums", b.checksums},
-		{"sign", b.sign},
-	}
-	for _, s := range steps {
-		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("image: step %s: %w", s.name, err)
-		}
-		if err := s.run(ctx); err != nil {
-			return res, fmt.Errorf("image: step %s: %w", s.name, err)
-		}
+		tree: filepath.Join(work, "rootfs"), out: filepath.Join(work, "out"),
+		cache: outcache.Cache{Dir: opts.ArtifactCache}, known: map[string]string{}}
+	err = steps.Runner{Stage: "image"}.Run(ctx,
+		steps.Step{Name: "docker-images", Run: b.dockerImages},
+		steps.Step{Name: "chainstate", Run: b.chainstate},
+		steps.Step{Name: "rootfs", Run: b.rootfs},
+		steps.Step{Name: "files", Run: b.files},
+		steps.Step{Name: "lxd-image", Run: b.lxdImage},
+		steps.Step{Name: "checksums", Run: b.checksums},
+		steps.Step{Name: "sign", Run: b.sign})
+	if err != nil {
+		return res, err
 	}
 	if err := os.Rename(b.out, opts.OutDir); err != nil {
 		return res, fmt.Errorf("image: output: %w", err)
@@ -166,6 +187,12 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		b.chain.Path = filepath.Join(opts.OutDir, filepath.Base(b.chain.Path))
 	}
 	res.OutDir, res.Image, res.Chainstate, res.CacheHit = opts.OutDir, b.image, b.chain, b.cacheHit
+	res.Artifacts = b.artifacts
+	if removed, err := b.cache.Prune(keepPerKind); err != nil {
+		rep.Info("output cache: %v", err) // the build is done; the cache only grows
+	} else if len(removed) > 0 {
+		rep.Info("output cache: removed %d entries not used lately", len(removed))
+	}
 	return res, nil
 }
 
@@ -178,26 +205,76 @@ type build struct {
 	out        string // the output folder being written
 	saved      string // Docker image archives, until the tree exists
 	epoch      int64
-	inputs     []lxdimage.Input
 	cacheHit   bool // the packages layer came from the cache
 	image      *lxdimage.Manifest
 	chain      *chainstate.Artifact
 	signer     *signature.Signer // nil: unsigned
+
+	// Manifest inputs, recorded in this order.
+	dockerIn, chainIn, rootfsIn []lxdimage.Input
+	docker                      []dockerpreload.Entry // resolved, not yet saved
+
+	cache     outcache.Cache
+	known     map[string]string // output file (relative) -> sha256 already computed
+	artifacts []Artifact
+	lxd       *lxdPlan // the LXD image files: keys and what the cache gave
+}
+
+// report records where an output file came from.
+func (b *build) report(name string, state outcache.State, sum, why string) {
+	b.artifacts = append(b.artifacts, Artifact{Name: name, State: state, SHA256: sum, Why: why})
+	b.rep.Artifact(name, string(state), sum, why)
 }
 
 func (b *build) rootfs(ctx context.Context) error {
 	rb := &rootfs.Builder{CacheDir: b.opts.CacheDir, Progress: b.rep}
+	plan, err := osbase.PlanLayer(ctx, rb, "packages", b.r, b.r.Image.Packages, b.epoch)
+	if err != nil {
+		return err
+	}
+	b.rootfsIn = []lxdimage.Input{{Name: plan.Source, SHA256: plan.SourceKey, Detail: plan.SourceDetail}}
+	// With the layer in the cache, the LXD image files may all be cached
+	// too: then the tree is never copied.
+	built, ok, err := rb.LayerBuilt(ctx, plan.Key)
+	if err != nil {
+		return err
+	}
+	if ok && b.cache.Dir != "" {
+		if err := b.lookupLXD(ctx, plan.Key, built); err != nil {
+			return err
+		}
+		if b.lxd.complete() {
+			b.cacheHit = true
+			b.report("rootfs", outcache.Reused, "", "")
+			return nil
+		}
+	}
 	res, err := osbase.Build(ctx, rb, "packages", b.r, b.r.Image.Packages, b.epoch, b.tree)
-	if res.Source != "" {
-		b.inputs = append(b.inputs, lxdimage.Input{Name: res.Source, SHA256: res.SourceKey, Detail: res.SourceDetail})
+	if err != nil {
+		return err
 	}
 	b.cacheHit = res.CacheHit
-	return err
+	state := outcache.Built
+	if res.CacheHit {
+		state = outcache.Reused
+	}
+	b.report("rootfs", state, "", "")
+	if b.cache.Dir != "" && (b.lxd == nil || !res.BuiltAt.Equal(built)) {
+		// The layer was (re)built just now: the keys change with it.
+		return b.lookupLXD(ctx, plan.Key, res.BuiltAt)
+	}
+	return nil
 }
 
 // files adds what ssbuild puts into every image. Writes go through an
 // os.Root, so a symlink in an untrusted tree cannot lead them outside it.
-func (b *build) files(context.Context) error {
+func (b *build) files(ctx context.Context) error {
+	if b.lxd.complete() {
+		return nil // no tree: every LXD image file comes from the cache
+	}
+	if err := b.saveDockerImages(ctx); err != nil {
+		return err
+	}
 	root, err := os.OpenRoot(b.tree)
 	if err != nil {
 		return err
@@ -254,7 +331,18 @@ func (b *build) files(context.Context) error {
 	return osbase.EnableUnit(root, unit, "multi-user.target")
 }
 
+// dockerImages finds the images and checks their pins, first thing; they
+// are saved only when the tree is built (saveDockerImages).
 func (b *build) dockerImages(ctx context.Context) error {
+	if len(b.r.Image.DockerImages) == 0 {
+		return nil
+	}
+	var err error
+	b.docker, err = dockerpreload.Resolve(ctx, b.opts.Docker, dockerpreload.FromRecipe(b.r.Image.DockerImages), b.rep)
+	return err
+}
+
+func (b *build) saveDockerImages(ctx context.Context) error {
 	if len(b.r.Image.DockerImages) == 0 {
 		return nil
 	}
@@ -263,8 +351,9 @@ func (b *build) dockerImages(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	b.dockerIn = nil
 	for _, e := range m.Images {
-		b.inputs = append(b.inputs, lxdimage.Input{Name: "docker " + e.Ref, SHA256: strings.TrimPrefix(e.ImageID, "sha256:"),
+		b.dockerIn = append(b.dockerIn, lxdimage.Input{Name: "docker " + e.Ref, SHA256: strings.TrimPrefix(e.ImageID, "sha256:"),
 			Detail: "archive sha256 " + e.SHA256})
 	}
 	return nil
@@ -278,35 +367,109 @@ func (b *build) chainstate(ctx context.Context) error {
 	if err := os.MkdirAll(b.out, 0o755); err != nil {
 		return err
 	}
+	name := "chainstate-" + cs.Network + ".tar"
+	output := filepath.Join(b.out, name)
+	src := cs.Source
+	if !filepath.IsAbs(src) {
+		src = filepath.Join(b.r.Path("."), src)
+	}
+	// The source's content, not its path or times, is the input; a
+	// source that cannot be read is left for Pack to report.
+	var key string
+	if b.cache.Dir == "" {
+		// no output cache: nothing to look up
+	} else if sum, err := b.cache.InputDigest(src); err == nil {
+		key, err = outcache.Key("chainstate", struct {
+			Chainstate    recipes.Chainstate
+			SourceContent string
+			Epoch         int64
+			File          string
+		}{*cs, sum, b.epoch, name})
+		if err != nil {
+			return err
+		}
+	}
+	why := ""
+	if key != "" {
+		var a chainstate.Artifact
+		ent, ok, err := b.cache.Restore(key, b.out, &a)
+		if ok && len(ent.Files) == 1 && ent.Files[0].Name == name {
+			a.Path = output
+			b.useChain(&a)
+			b.known[name] = ent.Files[0].SHA256
+			b.report(name, outcache.Reused, ent.Files[0].SHA256, "")
+			return nil
+		}
+		if why, err = corruption(err); err != nil {
+			return err
+		}
+		if why != "" {
+			b.rep.Info("%s: %s; building it again", name, why)
+		}
+	}
 	a, err := chainstate.Pack(ctx, chainstate.Options{Chainstate: *cs, BaseDir: b.r.Path("."),
-		Output:          filepath.Join(b.out, imagedir.ChainstateFile(cs.Network)),
-		SourceDateEpoch: b.epoch, Progress: b.rep})
+		Output: output, SourceDateEpoch: b.epoch, Progress: b.rep})
 	if err != nil {
 		return err
 	}
-	b.chain = a
-	b.inputs = append(b.inputs, lxdimage.Input{Name: "chainstate " + cs.Network, SHA256: a.ManifestSHA256,
-		Detail: fmt.Sprintf("%s from %s (manifest sha256)", cs.Kind, cs.Source)})
+	b.useChain(a)
+	b.known[name] = a.SHA256
+	if key != "" {
+		if _, err := b.cache.Store("chainstate", key, cs, a, output); err != nil {
+			return err
+		}
+	}
+	b.report(name, builtState(why), a.SHA256, why)
 	return nil
+}
+
+func (b *build) useChain(a *chainstate.Artifact) {
+	cs := b.r.Image.Chainstate
+	b.chain = a
+	b.chainIn = []lxdimage.Input{{Name: "chainstate " + cs.Network, SHA256: a.ManifestSHA256,
+		Detail: fmt.Sprintf("%s from %s (manifest sha256)", cs.Kind, cs.Source)}}
+}
+
+// corruption turns a Restore error into why the entry was rebuilt; other
+// errors (the cache unreadable) stay errors.
+func corruption(err error) (string, error) {
+	var ce *outcache.CorruptError
+	if errors.As(err, &ce) {
+		return ce.Error(), nil
+	}
+	return "", err
+}
+
+func builtState(why string) outcache.State {
+	if why != "" {
+		return outcache.Rebuilt
+	}
+	return outcache.Built
 }
 
 func (b *build) lxdImage(ctx context.Context) error {
 	if err := os.MkdirAll(b.out, 0o755); err != nil {
 		return err
 	}
-	var formats []lxdimage.Format
-	for _, f := range b.r.Image.Output.Formats {
-		formats = append(formats, lxdimage.Format(f))
+	if b.lxd.complete() {
+		return b.lxd.restoreAll(b)
 	}
-	src := b.r.Image.Source
-	m, err := lxdimage.Build(ctx, lxdimage.Spec{
-		RootFS: b.tree, OutDir: filepath.Join(b.out, imagedir.ImageDir), Formats: formats, Epoch: b.epoch,
-		Properties: lxdimage.Properties{OS: osName(src), Release: src.Suite,
-			Description: fmt.Sprintf("%s base image (%s)", b.r.Name, src.Suite), Name: b.r.Name},
-		Inputs: b.inputs, Compression: b.r.Image.Output.Compression, Progress: b.rep,
-	})
+	inputs := append(append(append([]lxdimage.Input{}, b.dockerIn...), b.chainIn...), b.rootfsIn...)
+	spec := b.lxdSpec()
+	spec.RootFS, spec.Inputs, spec.Progress, spec.Reuse = b.tree, inputs, b.rep, b.lxd.reuse()
+	m, err := lxdimage.Build(ctx, spec)
+	if err != nil {
+		return err
+	}
 	b.image = m
-	return err
+	if b.lxd == nil { // no output cache
+		for _, o := range m.Outputs {
+			b.known[imagedir.ImageDir+"/"+o.File] = o.SHA256
+			b.report(imagedir.ImageDir+"/"+o.File, outcache.Built, o.SHA256, "")
+		}
+		return nil
+	}
+	return b.lxd.storeBuilt(b)
 }
 
 // checksums writes SHA256SUMS over every file of the output, the image
@@ -318,9 +481,11 @@ func (b *build) checksums(context.Context) error {
 			return err
 		}
 		rel, _ := filepath.Rel(b.out, p)
-		sum, _, err := digest.File(p)
-		if err != nil {
-			return err
+		sum, ok := b.known[filepath.ToSlash(rel)]
+		if !ok { // not hashed while built, stored or restored
+			if sum, _, err = digest.File(p); err != nil {
+				return err
+			}
 		}
 		lines = append(lines, sum+"  "+filepath.ToSlash(rel))
 		return nil

@@ -69,9 +69,13 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 	os.WriteFile(filepath.Join(datadir, "regtest", "chainstate.ldb"), []byte("coins"), 0o644)
 	r.Image.Chainstate = &recipes.Chainstate{Network: "regtest", Kind: "pruned-datadir", Source: datadir}
 
-	build := func(out string) baseimage.Result {
-		res, err := baseimage.Build(ctx, r, baseimage.Options{OutDir: out, CacheDir: rootfstest.CacheDir(),
-			Docker: docker.Client, Binary: bin, Epoch: epoch})
+	build := func(out string, artifacts ...string) baseimage.Result {
+		opts := baseimage.Options{OutDir: out, CacheDir: rootfstest.CacheDir(),
+			Docker: docker.Client, Binary: bin, Epoch: epoch}
+		if len(artifacts) > 0 {
+			opts.ArtifactCache = artifacts[0]
+		}
+		res, err := baseimage.Build(ctx, r, opts)
 		if err != nil {
 			t.Fatalf("build: %v", err)
 		}
@@ -98,7 +102,10 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 	})
 
 	t.Run("reproducible", func(t *testing.T) {
-		second := build(filepath.Join(dir, "two"))
+		// The second build fills an empty output cache: it builds every
+		// artifact, as the first (which has no output cache) did.
+		artifacts := t.TempDir()
+		second := build(filepath.Join(dir, "two"), artifacts)
 		if !second.CacheHit {
 			t.Error("the second build did not take the rootfs with its packages from the cache")
 		}
@@ -106,6 +113,17 @@ func TestDemoImageBootsAndLoadsItsDockerImages(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(second.OutDir, signature.ChecksumsFile))
 		if string(a) != string(b) {
 			t.Errorf("two builds with SOURCE_DATE_EPOCH=%d differ:\n%s\n---\n%s", epoch, a, b)
+		}
+		// With the Docker images too, a rebuild reuses every artifact.
+		third := build(filepath.Join(dir, "three"), artifacts)
+		for _, art := range third.Artifacts {
+			if art.State != "reused" {
+				t.Errorf("no-change rebuild: %s %s", art.Name, art.State)
+			}
+		}
+		c, _ := os.ReadFile(filepath.Join(third.OutDir, signature.ChecksumsFile))
+		if string(a) != string(c) {
+			t.Errorf("rebuild from the output cache differs:\n%s\n---\n%s", a, c)
 		}
 	})
 

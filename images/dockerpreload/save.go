@@ -77,6 +77,26 @@ func Save(ctx context.Context, d Daemon, images []Image, outDir string, rep *pro
 	return m, nil
 }
 
+// Resolve checks the images' refs and pins against d (pulling an image d
+// lacks) and returns what Save would record for them, sorted by ref,
+// without saving anything: what identifies the archives Save would write.
+func Resolve(ctx context.Context, d Daemon, images []Image, rep *progress.Reporter) ([]Entry, error) {
+	if rep == nil {
+		rep = progress.Discard()
+	}
+	images, err := checkImages(images)
+	if err != nil {
+		return nil, err
+	}
+	entries := make([]Entry, len(images))
+	for i, img := range images {
+		if entries[i], err = resolve(ctx, d, img, rep); err != nil {
+			return nil, err
+		}
+	}
+	return entries, nil
+}
+
 // pruneArchives removes archives (and leftovers of interrupted saves) that
 // the manifest does not list, so an image dropped from the recipe does not
 // stay in the base image.

@@ -47,6 +47,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
+	"github.com/sovereign-stack/ssbuild/internal/steps"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
@@ -120,24 +121,15 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		}
 	}()
 	b := &build{r: r, opts: opts, epoch: res.Epoch, work: work, out: filepath.Join(work, "out"), signer: signer}
-	steps := []struct {
-		name string
-		run  func(context.Context) error
-	}{
-		{"hosts", b.hosts},
-		{"secret", b.secret},
-		{"host-os", b.hostOS},
-		{"initramfs", b.initramfs},
-		{"image", b.image},
-		{"sign", b.sign},
-	}
-	for _, s := range steps {
-		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("installer: step %s: %w", s.name, err)
-		}
-		if err := s.run(ctx); err != nil {
-			return res, fmt.Errorf("installer: step %s: %w", s.name, err)
-		}
+	err = steps.Runner{Stage: "installer"}.Run(ctx,
+		steps.Step{Name: "hosts", Run: b.hosts},
+		steps.Step{Name: "secret", Run: b.secret},
+		steps.Step{Name: "host-os", Run: b.hostOS},
+		steps.Step{Name: "initramfs", Run: b.initramfs},
+		steps.Step{Name: "image", Run: b.image},
+		steps.Step{Name: "sign", Run: b.sign})
+	if err != nil {
+		return res, err
 	}
 	if err := finish(b.out, opts.OutDir); err != nil {
 		return res, fmt.Errorf("installer: output: %w", err)

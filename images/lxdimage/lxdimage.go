@@ -70,6 +70,11 @@ type Spec struct {
 	Compression string
 	VM          VMOptions
 	Progress    *progress.Reporter // nil: no progress
+	// Reuse names, per output file (MetadataFile, SquashfsFile, UnifiedFile,
+	// DiskFile), a file the caller has verified to be exactly what this
+	// Spec would write (an artifact cache's copy): it is moved into the
+	// output instead of being written. The manifest is always written.
+	Reuse map[string]string
 }
 
 // Input is one thing the image was built from.
@@ -165,24 +170,51 @@ func (s Spec) build(ctx context.Context, dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFile(filepath.Join(dir, imagedir.MetadataFile), func(w io.Writer) error {
-		return writeMetadataTarball(w, metaYAML, s.Epoch)
-	}); err != nil {
-		return nil, fmt.Errorf("metadata: %w", err)
+	// reused moves the caller's verified copy of name into the output.
+	reused := func(name string) (bool, error) {
+		src, ok := s.Reuse[name]
+		if !ok {
+			return false, nil
+		}
+		if err := os.Rename(src, filepath.Join(dir, name)); err != nil {
+			return false, fmt.Errorf("reuse %s: %w", name, err)
+		}
+		return true, nil
+	}
+	if ok, err := reused(imagedir.MetadataFile); err != nil {
+		return nil, err
+	} else if !ok {
+		if err := writeFile(filepath.Join(dir, imagedir.MetadataFile), func(w io.Writer) error {
+			return writeMetadataTarball(w, metaYAML, s.Epoch)
+		}); err != nil {
+			return nil, fmt.Errorf("metadata: %w", err)
+		}
 	}
 	tools := []string{}
 	if slices.Contains(s.Formats, Container) {
-		if err := writeSquashfs(ctx, s.Progress, s.RootFS, filepath.Join(dir, imagedir.SquashfsFile), s.Compression, s.Epoch); err != nil {
+		if ok, err := reused(imagedir.SquashfsFile); err != nil {
 			return nil, err
+		} else if !ok {
+			if err := writeSquashfs(ctx, s.Progress, s.RootFS, filepath.Join(dir, imagedir.SquashfsFile), s.Compression, s.Epoch); err != nil {
+				return nil, err
+			}
 		}
-		if err := s.writeUnified(ctx, filepath.Join(dir, imagedir.UnifiedFile), metaYAML); err != nil {
-			return nil, fmt.Errorf("unified tarball: %w", err)
+		if ok, err := reused(imagedir.UnifiedFile); err != nil {
+			return nil, err
+		} else if !ok {
+			if err := s.writeUnified(ctx, filepath.Join(dir, imagedir.UnifiedFile), metaYAML); err != nil {
+				return nil, fmt.Errorf("unified tarball: %w", err)
+			}
 		}
 		tools = append(tools, "mksquashfs")
 	}
 	if slices.Contains(s.Formats, VM) {
-		if err := s.writeVMDisk(ctx, dir); err != nil {
+		if ok, err := reused(imagedir.DiskFile); err != nil {
 			return nil, err
+		} else if !ok {
+			if err := s.writeVMDisk(ctx, dir); err != nil {
+				return nil, err
+			}
 		}
 		tools = append(tools, "mkfs.ext4", "debugfs", "qemu-img")
 	}

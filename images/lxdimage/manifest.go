@@ -163,6 +163,31 @@ func copyFileTo(w io.Writer, path string) error {
 	return err
 }
 
+// ToolVersions returns the version lines of the tools that write formats,
+// as the manifest records them: what an artifact cache keys on besides
+// the tree, since another mksquashfs may write other bytes.
+func ToolVersions(ctx context.Context, formats []Format) (map[string]string, error) {
+	var tools []string
+	if slices.Contains(formats, Container) {
+		tools = append(tools, "mksquashfs")
+	}
+	if slices.Contains(formats, VM) {
+		tools = append(tools, "mkfs.ext4", "debugfs", "qemu-img")
+	}
+	v := map[string]string{}
+	for _, t := range tools {
+		var err error
+		if v[t], err = toolVersion(ctx, t); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+// DefaultArchitecture is the LXD architecture name of this machine, what
+// a Spec without Architecture builds for.
+func DefaultArchitecture() (string, error) { return defaultArchitecture() }
+
 // toolVersion returns the first line a tool prints about its version.
 func toolVersion(ctx context.Context, tool string) (string, error) {
 	args := map[string][]string{

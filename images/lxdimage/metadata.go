@@ -3,10 +3,11 @@ package lxdimage
 import (
 	"bytes"
 	"fmt"
-	gzip "github.com/klauspost/compress/gzip"
 	"io"
 	"runtime"
 	"time"
+
+	gzip "github.com/klauspost/compress/gzip"
 
 	"gopkg.in/yaml.v3"
 )

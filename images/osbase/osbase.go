@@ -32,31 +32,50 @@ type Result struct {
 	Source, SourceKey, SourceDetail string
 }
 
-// Build puts the recipe's root filesystem with packages installed into dest.
-// name tells layers apart (e.g. "packages", "host-os-packages"). The epoch
-// is part of the key: packages are installed with it as SOURCE_DATE_EPOCH,
-// and tools that honour it (useradd, ...) write it into the tree.
-func Build(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.Recipe, packages []string, epoch int64, dest string) (Result, error) {
+// Plan is what Build would make, known before anything is built: the
+// source (as in Result) and the layer's cache key.
+type Plan struct {
+	Source, SourceKey, SourceDetail string
+	Key                             string
+	base                            func(context.Context, string) error
+}
+
+// PlanLayer computes the layer's key and source without building anything.
+func PlanLayer(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.Recipe, packages []string, epoch int64) (Plan, error) {
 	src := r.Image.Source
-	var res Result
-	var base func(context.Context, string) error
+	var p Plan
 	if src.Kind == "tarball" {
 		tb := rootfs.Tarball{Path: r.Path(src.Tarball), SHA256: src.SHA256}
-		res.Source, res.SourceKey = "rootfs "+src.Tarball, src.SHA256
-		base = func(ctx context.Context, dir string) error { _, err := rb.Unpack(ctx, tb, dir); return err }
+		p.Source, p.SourceKey = "rootfs "+src.Tarball, src.SHA256
+		p.base = func(ctx context.Context, dir string) error { _, err := rb.Unpack(ctx, tb, dir); return err }
 	} else {
 		spec := rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror, Keyring: src.Keyring,
 			Variant: src.Variant, Components: src.Components}
 		key, err := rootfs.DebootstrapKey(ctx, spec)
 		if err != nil {
-			return res, err
+			return p, err
 		}
-		res.Source, res.SourceKey = "debootstrap "+src.Suite, key
-		res.SourceDetail = fmt.Sprintf("%s %s %s", src.Mirror, src.Variant, strings.Join(src.Components, ","))
-		base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
+		p.Source, p.SourceKey = "debootstrap "+src.Suite, key
+		p.SourceDetail = fmt.Sprintf("%s %s %s", src.Mirror, src.Variant, strings.Join(src.Components, ","))
+		p.base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
 	}
 	key := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%s:%s\x00%s\x00%d", name, layerFormat,
-		src.Kind, res.SourceKey, strings.Join(packages, ","), epoch)))
+		src.Kind, p.SourceKey, strings.Join(packages, ","), epoch)))
+	p.Key = hex.EncodeToString(key[:])
+	return p, nil
+}
+
+// Build puts the recipe's root filesystem with packages installed into dest.
+// name tells layers apart (e.g. "packages", "host-os-packages"). The epoch
+// is part of the key: packages are installed with it as SOURCE_DATE_EPOCH,
+// and tools that honour it (useradd, ...) write it into the tree.
+func Build(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.Recipe, packages []string, epoch int64, dest string) (Result, error) {
+	var res Result
+	p, err := PlanLayer(ctx, rb, name, r, packages, epoch)
+	if err != nil {
+		return res, err
+	}
+	res.Source, res.SourceKey, res.SourceDetail = p.Source, p.SourceKey, p.SourceDetail
 	install := func(ctx context.Context, dir string) (err error) {
 		s, err := chroot.Open(ctx, dir, chroot.Options{Progress: rb.Progress,
 			Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(epoch, 10)}})
@@ -67,7 +86,6 @@ func Build(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.Reci
 		defer func() { err = errors.Join(err, s.Close()) }()
 		return s.Install(ctx, packages...)
 	}
-	var err error
-	res.Result, err = rb.Derive(ctx, rootfs.Layer{Name: name, Key: hex.EncodeToString(key[:]), Base: base, Build: install}, dest)
+	res.Result, err = rb.Derive(ctx, rootfs.Layer{Name: name, Key: p.Key, Base: p.base, Build: install}, dest)
 	return res, err
 }

@@ -98,3 +98,23 @@ func DebootstrapKey(ctx context.Context, spec Debootstrap) (string, error) {
 	}
 	return in.key(), nil
 }
+
+// LayerBuilt returns when the cached layer of key was built, if an entry
+// that Derive would use exists (not expired). It builds and copies nothing:
+// a later stage keyed on the layer can decide whether it needs the tree.
+func (b *Builder) LayerBuilt(ctx context.Context, key string) (time.Time, bool, error) {
+	if b.CacheDir == "" || key == "" || strings.ContainsAny(key, "/.") {
+		return time.Time{}, false, nil
+	}
+	c := cache{dir: filepath.Join(b.CacheDir, "layers")}
+	unlock, err := c.lock(ctx, key)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	defer unlock()
+	ent, ok, err := c.lookup(key)
+	if err != nil || !ok || (b.MaxAge > 0 && time.Since(ent.Created) > b.MaxAge) {
+		return time.Time{}, false, err
+	}
+	return ent.Created, true, nil
+}

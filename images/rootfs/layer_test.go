@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestDeriveCachesTheLayer(t *testing.T) {
@@ -39,12 +40,22 @@ func TestDeriveCachesTheLayer(t *testing.T) {
 		t.Fatalf("cache after a failure: %v", entries)
 	}
 
+	if _, ok, err := b.LayerBuilt(ctx, "k1"); ok || err != nil {
+		t.Fatalf("LayerBuilt before any success: %v %v", ok, err)
+	}
+	var builtAt time.Time
 	for i, want := range []bool{false, true} {
 		dest := filepath.Join(t.TempDir(), "tree")
 		res, err := b.Derive(ctx, layer(nil), dest)
 		if err != nil {
 			t.Fatal(err)
 		}
+		// LayerBuilt tells, without a copy, the entry Derive used.
+		at, ok, err := b.LayerBuilt(ctx, "k1")
+		if !ok || err != nil || !at.Equal(res.BuiltAt) || (i == 1 && !at.Equal(builtAt)) {
+			t.Errorf("build %d: LayerBuilt %v %v %v, Derive's %v", i, at, ok, err, res.BuiltAt)
+		}
+		builtAt = at
 		if res.CacheHit != want {
 			t.Errorf("build %d: CacheHit %v, want %v", i, res.CacheHit, want)
 		}

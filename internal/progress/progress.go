@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Mode selects how progress is rendered.
@@ -26,12 +29,16 @@ const (
 type Event struct {
 	Time      time.Time `json:"time"`
 	Task      string    `json:"task"`
-	Event     string    `json:"event"` // start, progress, done, failed, info
+	Event     string    `json:"event"` // start, progress, done, failed, info, artifact
 	Done      int64     `json:"done,omitempty"`
 	Total     int64     `json:"total,omitempty"`
 	Unit      string    `json:"unit,omitempty"`
 	ElapsedMS int64     `json:"elapsed_ms,omitempty"`
 	Message   string    `json:"message,omitempty"`
+	// State is an artifact's origin (event artifact): built, reused, or
+	// rebuilt (its cache entry did not verify; Message says why).
+	State  string `json:"state,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Reporter writes progress for any number of tasks to one writer.
@@ -41,6 +48,7 @@ type Reporter struct {
 	mode     Mode
 	now      func() time.Time
 	interval time.Duration // minimum time between two updates of one task
+	width    int           // Terminal: columns a redrawn line may use
 }
 
 // New returns a reporter writing to w in the given mode.
@@ -52,19 +60,34 @@ func New(w io.Writer, mode Mode) *Reporter {
 	case JSON:
 		interval = time.Second
 	}
-	return &Reporter{w: w, mode: mode, now: time.Now, interval: interval}
+	return &Reporter{w: w, mode: mode, now: time.Now, interval: interval, width: defaultWidth}
 }
+
+// defaultWidth is a terminal's width when it cannot be asked.
+const defaultWidth = 80
 
 // ForFile picks Terminal when f is a terminal, Plain otherwise, and JSON when
 // asked for.
 func ForFile(f *os.File, asJSON bool) *Reporter {
+	r := ForWriter(f, isTerminal(f), asJSON)
+	if r.mode == Terminal {
+		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
+			r.width = int(ws.Col)
+		}
+	}
+	return r
+}
+
+// ForWriter is ForFile's choice for any writer, told whether it is a
+// terminal (so tests can have the terminal rendering without a tty).
+func ForWriter(w io.Writer, terminal, asJSON bool) *Reporter {
 	switch {
 	case asJSON:
-		return New(f, JSON)
-	case isTerminal(f):
-		return New(f, Terminal)
+		return New(w, JSON)
+	case terminal:
+		return New(w, Terminal)
 	default:
-		return New(f, Plain)
+		return New(w, Plain)
 	}
 }
 
@@ -80,6 +103,12 @@ func isTerminal(f *os.File) bool {
 // Info reports a one-off message.
 func (r *Reporter) Info(format string, args ...any) {
 	r.emit(Event{Task: "", Event: "info", Message: fmt.Sprintf(format, args...)}, true)
+}
+
+// Artifact reports where an output file came from: built, reused (from the
+// cache, verified) or rebuilt (why: the cache entry that did not verify).
+func (r *Reporter) Artifact(name, state, sha256, why string) {
+	r.emit(Event{Task: name, Event: "artifact", State: state, SHA256: sha256, Message: why}, true)
 }
 
 // Start begins a task. total is the amount of work in unit (bytes, files,
@@ -167,7 +196,14 @@ func (r *Reporter) emit(ev Event, final bool) {
 		fmt.Fprintf(r.w, "%s\n", b)
 	case Terminal:
 		// \r + clear line: the running task redraws; finished ones stay.
-		fmt.Fprintf(r.w, "\r\033[K%s", describe(ev))
+		line := describe(ev)
+		if ev.Event == "progress" && ev.Total > 0 {
+			line = bar(ev, r.width)
+		}
+		if !final {
+			line = fit(line, r.width-1) // a wrapped line would not redraw in place
+		}
+		fmt.Fprintf(r.w, "\r\033[K%s", line)
 		if final && ev.Event != "start" {
 			fmt.Fprint(r.w, "\n")
 		}
@@ -180,6 +216,15 @@ func describe(ev Event) string {
 	switch ev.Event {
 	case "info":
 		return ev.Message
+	case "artifact":
+		s := fmt.Sprintf("%s: %s", ev.Task, ev.State)
+		if len(ev.SHA256) >= 12 {
+			s += " (sha256 " + ev.SHA256[:12] + ")"
+		}
+		if ev.Message != "" {
+			s += ": " + ev.Message
+		}
+		return s
 	case "start":
 		if ev.Total > 0 {
 			return fmt.Sprintf("%s: started (%s)", ev.Task, amount(ev.Total, ev.Unit))
@@ -203,6 +248,50 @@ func describe(ev Event) string {
 		}
 		return s
 	}
+}
+
+// bar is a terminal's line for a task with a known total:
+//
+//	squashfs [#########---------------]  37%  12.4 MiB/s  ETA 1m05s
+//
+// The rate is the average since the start; the ETA what is left at it.
+func bar(ev Event, width int) string {
+	done := min(max(ev.Done, 0), ev.Total)
+	pct := done * 100 / ev.Total
+	secs := float64(ev.ElapsedMS) / 1000
+	rate, eta := "", "ETA --"
+	if secs > 0 && done > 0 {
+		perSec := float64(done) / secs
+		if ev.Unit == "bytes" {
+			rate = amount(int64(perSec), ev.Unit) + "/s"
+		} else {
+			rate = fmt.Sprintf("%.1f %s/s", perSec, strings.TrimSpace(ev.Unit))
+		}
+		left := time.Duration(float64(ev.Total-done) / perSec * float64(time.Second))
+		eta = "ETA " + left.Round(time.Second).String()
+	}
+	tail := fmt.Sprintf(" %3d%%  %s  %s", pct, rate, eta)
+	if rate == "" {
+		tail = fmt.Sprintf(" %3d%%  %s", pct, eta)
+	}
+	// The bar takes what the name and the figures leave, 10 to 30 cells;
+	// a name too long for the rest is cut, never the figures.
+	name := []rune(ev.Task)
+	cells := min(30, max(10, width-1-len(tail)-len(name)-3))
+	if room := width - 1 - len(tail) - cells - 3; len(name) > room && room > 1 {
+		name = append(name[:room-1], '…')
+	}
+	filled := int(int64(cells) * done / ev.Total)
+	return fmt.Sprintf("%s [%s%s]%s", string(name), strings.Repeat("#", filled), strings.Repeat("-", cells-filled), tail)
+}
+
+// fit cuts s to n runes, marking the cut.
+func fit(s string, n int) string {
+	r := []rune(s)
+	if n <= 1 || len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }
 
 func elapsed(ms int64) string {
