@@ -4,18 +4,18 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
-// DeployStateDir is where, under the state directory, the deployments'
-// generated secrets are kept (0700; one 0600 file per deployment).
+// DeployStateDir is where, under the state directory, an older ssbuild
+// kept the deployments' generated secrets (one 0600 file per deployment):
+// the service imports them into the registry and removes them.
 const DeployStateDir = "deploy"
 
 // Deploy retry backoff when Options leave it unset: a failed deploy is
@@ -32,14 +32,14 @@ const membersPoll = 2 * time.Second
 // startDeploy runs StepDeployed in the background when this host has a
 // deploy section (only the initiator may); the returned function waits for
 // it to end after ctx has.
-func (s *svc) startDeploy(ctx context.Context) (wait func()) {
+func (s *svc) startDeploy(ctx context.Context, state deploystate.Store) (wait func()) {
 	if s.cfg.Deploy == nil {
 		return func() {}
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.deployUntilDone(ctx)
+		s.deployUntilDone(ctx, state)
 	}()
 	return func() {
 		// An LXD operation in flight may outlive the cancel a little;
@@ -55,7 +55,7 @@ func (s *svc) startDeploy(ctx context.Context) (wait func()) {
 // deployUntilDone deploys once every member is online, retrying with
 // backoff until a deploy succeeds or ctx ends. A failure is recorded as
 // the host's last error (status shows it) while the step stays where it is.
-func (s *svc) deployUntilDone(ctx context.Context) {
+func (s *svc) deployUntilDone(ctx context.Context, state deploystate.Store) {
 	name := s.cfg.Host.Name
 	backoff := cmp.Or(s.o.DeployBackoff, DefaultDeployBackoff)
 	maxBackoff := cmp.Or(s.o.DeployBackoffMax, DefaultDeployBackoffMax)
@@ -64,7 +64,7 @@ func (s *svc) deployUntilDone(ctx context.Context) {
 			return // only ctx ends the wait
 		}
 		began := time.Now()
-		rep, err := s.deployOnce(ctx)
+		rep, err := s.deployOnce(ctx, state)
 		if ctx.Err() != nil {
 			return
 		}
@@ -133,21 +133,15 @@ func (s *svc) membersNotOnline() string {
 }
 
 // deployOnce loads the recipe and runs one deploy (a reconcile: with
-// nothing changed it makes no mutation).
-func (s *svc) deployOnce(ctx context.Context) (deploy.Report, error) {
+// nothing changed it makes no mutation), its secrets and revision in the
+// registry.
+func (s *svc) deployOnce(ctx context.Context, state deploystate.Store) (deploy.Report, error) {
 	d := s.cfg.Deploy
 	r, err := recipes.Load(d.Recipe)
 	if err != nil {
 		return deploy.Report{}, err
 	}
-	state := filepath.Join(s.cfg.StateDir, DeployStateDir)
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		return deploy.Report{}, err
-	}
-	// Secrets live here: a directory made wider by hand is narrowed again.
-	if err := os.Chmod(state, 0o700); err != nil {
-		return deploy.Report{}, err
-	}
 	s.log.Info("%s: deploying %s (%d deployments)", s.cfg.Host.Name, d.Recipe, len(r.Deployments))
-	return deploy.Deploy(ctx, deploy.Options{LXD: s.o.LXD, Recipe: r, ImageDir: d.Image, StateDir: state, Progress: s.log})
+	return deploy.Deploy(ctx, deploy.Options{LXD: s.o.LXD, Recipe: r, ImageDir: d.Image, State: state,
+		Member: s.cfg.Host.Name, Progress: s.log})
 }

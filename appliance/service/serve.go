@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 )
 
@@ -50,7 +51,18 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		ln.Close()
 		return fmt.Errorf("service: %s: status socket: %w", name, err)
 	}
+	state := &deploystate.Registry{Reg: reg, Key: s.key, Member: name,
+		ImportDirs: []string{filepath.Join(s.cfg.StateDir, DeployStateDir)},
+		Logf:       func(format string, args ...any) { s.log.Info("%s: %s", name, fmt.Sprintf(format, args...)) }}
+	// Secrets files of an older ssbuild go into the registry before any
+	// deploy can read them; a failure leaves them for the deploy to retry.
+	ictx, cancel := context.WithTimeout(ctx, writeTimeout)
+	if err := state.ImportAll(ictx); err != nil {
+		s.log.Info("%s: import older secrets files: %v", name, err)
+	}
+	cancel()
 	mux := http.NewServeMux()
+	state.Register(mux)
 	mux.HandleFunc("GET "+statusPath, func(w http.ResponseWriter, r *http.Request) {
 		vctx, cancel := context.WithTimeout(r.Context(), viewTimeout)
 		defer cancel()
@@ -77,7 +89,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		return err
 	}
 	dctx, stopDeploy := context.WithCancel(ctx)
-	waitDeploy := s.startDeploy(dctx)
+	waitDeploy := s.startDeploy(dctx, state)
 	defer func() {
 		stopDeploy()
 		waitDeploy()

@@ -20,7 +20,9 @@
 //	                has a deploy section: while serving, once every
 //	                configured member is an online LXD member, the recipe's
 //	                deployments are deployed (appliance/deploy) with their
-//	                secrets in <stateDir>/deploy (0700); a failure is the
+//	                secrets and revisions in the registry
+//	                (appliance/deploystate; an older ssbuild's files in
+//	                <stateDir>/deploy are imported once); a failure is the
 //	                host's last error and is retried with backoff while the
 //	                registry keeps being served. It runs on every start: a
 //	                reconcile, with 0 mutations when nothing changed
@@ -63,6 +65,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -150,6 +153,7 @@ type svc struct {
 	cfg *config.Appliance
 	log *progress.Reporter
 
+	key     secrets.Key  // seals the deployments' secrets in the registry
 	formed  <-chan error // formation's result when it runs alongside the registry
 	serving atomic.Bool
 
@@ -169,6 +173,7 @@ func (s *svc) resuming() bool {
 
 func (s *svc) run(ctx context.Context) error {
 	name := s.cfg.Host.Name
+	var err error
 	co := cluster.Options{
 		Config: s.cfg, Secret: s.o.Secret, LXD: s.o.LXD, LXDDir: s.o.LXDDir,
 		Progress: s.log, FailAfter: s.o.FailAfter,
@@ -185,6 +190,10 @@ func (s *svc) run(ctx context.Context) error {
 	}
 	if s.o.Cluster != nil {
 		s.o.Cluster(&co)
+	}
+	// Only the key derived for sealing deployment secrets stays in memory.
+	if s.key, err = secrets.DeriveKey(s.o.Secret, s.cfg.Cluster.Name); err != nil {
+		return fmt.Errorf("service: %s: %w", name, err)
 	}
 	s.o.Secret = nil
 	formation, err := cluster.New(co)
