@@ -51,7 +51,7 @@ func (o *Options) startRevisions(ctx context.Context, deps []recipes.Deployment)
 		if err != nil {
 			return nil, fmt.Errorf("deployment %s: record the deploy in %s: %w (nothing was changed)", d.Project(), o.State.Where(), err)
 		}
-		o.Progress.Info("%s: revision %d (recipe %s) on %s", d.Project(), rev.Revision, digest[:len("sha256:")+12], memberName(o.Member))
+		o.Progress.Info("%s: revision %d (recipe %s) on %s", d.Project(), rev.Revision, shortDigest(digest), runner(o.Member))
 		runs = append(runs, &run{dep: d, rev: rev})
 	}
 	return runs, nil

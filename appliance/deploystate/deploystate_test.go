@@ -290,3 +290,32 @@ func TestRevisionsThroughTheSocket(t *testing.T) {
 		t.Errorf("revision 2 after its successful re-run: %+v", r2)
 	}
 }
+
+// A standalone LXD's folder keeps the revisions too.
+func TestFolderRevisions(t *testing.T) {
+	f := deploystate.Folder{Dir: secrets.Dir(t.TempDir())}
+	for i, digest := range []string{"sha256:a", "sha256:a", "sha256:b"} {
+		rev, err := f.StartDeploy(ctx(t), registry.DeployStart{Deployment: deployment, SpecHash: digest, Recipe: digest, Member: "laptop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		failure := ""
+		if i == 2 {
+			failure = "www: boom"
+		}
+		if err := f.EndDeploy(ctx(t), deployment, rev.Revision, i, failure); err != nil {
+			t.Fatal(err)
+		}
+	}
+	revs, err := f.History(ctx(t), deployment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(revs) != 2 || revs[0].State != registry.RevisionDeployed || revs[0].Mutations != 1 ||
+		revs[1].State != registry.RevisionFailed || revs[1].Error != "www: boom" || revs[1].Recipe != "sha256:b" {
+		t.Errorf("folder revisions: %+v", revs)
+	}
+	if fi, err := os.Stat(filepath.Join(string(f.Dir), deployment+".revisions.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the revisions file: %v, %v; want 0600", fi, err)
+	}
+}

@@ -1,7 +1,9 @@
 package service_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,12 +19,18 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy/deploytest"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
+	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 // asServiceEnv makes the test binary a host's service: the registry's
@@ -93,6 +101,11 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	init := hosts[0]
+	project := deploytest.BedRecipe(t).Deployments[0].Project()
+	// Upgrade in place: the initiator holds the secrets file an older
+	// ssbuild's first-boot deploy wrote; the registry takes it over.
+	older := olderSecretsFile(t, init, project)
+
 	// The recipe file is missing at first: the deploy fails, status says
 	// why, and the service retries (and serves the registry meanwhile).
 	if err := os.Rename(recipeFile, recipeFile+".later"); err != nil {
@@ -153,7 +166,6 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		}
 	}
 
-	project := deploytest.BedRecipe(t).Deployments[0].Project()
 	www := wwwMember(t, bed, project)
 	for host, want := range map[string]string{
 		"demo.example": "ghost demo.example", "www.blog.example": "ghost blog.example",
@@ -164,15 +176,42 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 			t.Errorf("port 80 of %s for %s answered %q, want %q", www.Name, host, got, want)
 		}
 	}
-	secretsFile := secrets.File(filepath.Join(init.Config.StateDir, service.DeployStateDir), project)
-	if fi, err := os.Stat(secretsFile); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("the deployment's secrets file %s: %v, %v; want mode 0600", secretsFile, fi, err)
-	} else if set, err := secrets.Ensure(filepath.Dir(secretsFile), project, nil); err == nil {
-		for _, n := range set.Names() {
-			if v, _ := set.Get(n); strings.Contains(log.String(), v) {
-				t.Errorf("the deployment's secret %s appears in the service's output", n)
-			}
+	set := checkSecretsInRegistry(t, ctx, hosts, project, older)
+	for _, n := range set.Names() {
+		if v, _ := set.Get(n); strings.Contains(log.String(), v) {
+			t.Errorf("the deployment's secret %s appears in the service's output", n)
 		}
+	}
+
+	// A manual `ssbuild deploy` on another member uses the same secrets:
+	// every service stays as it is (0 mutations), and the revision records
+	// that member.
+	manual := time.Now()
+	rec, err := recipes.Load(recipeFile) // as the service and `ssbuild deploy --recipe` read it
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := hosts[1]
+	o := deploy.Options{LXD: other.Bed.LXD(), Recipe: rec, ImageDir: img, Member: other.Bed.Name,
+		State:    &deploystate.Client{Socket: filepath.Join(other.Config.StateDir, service.SocketName), ImportDir: t.TempDir()},
+		Progress: progress.New(logWriter{log}, progress.Plain)}
+	rep, err := deploy.Deploy(ctx, o)
+	if err != nil {
+		t.Fatalf("manual deploy on %s: %v", other.Bed.Name, err)
+	}
+	t.Logf("figure: manual deploy on %s after the first boot's: %s, %d mutations", other.Bed.Name, time.Since(manual).Round(time.Second), rep.Mutations)
+	if rep.Mutations != 0 {
+		t.Errorf("the manual deploy on %s made %d mutations (another set of secrets?): %+v", other.Bed.Name, rep.Mutations, rep.Instances)
+	}
+	if again := checkSecretsInRegistry(t, ctx, hosts, project, older); again.Digest() != set.Digest() {
+		t.Error("the manual deploy changed the deployment's secrets")
+	}
+	revs, err := o.State.History(ctx, project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(revs) != 1 || revs[0].State != registry.RevisionDeployed || revs[0].Member != other.Bed.Name || revs[0].Error != "" || revs[0].EndedAt.Before(manual) {
+		t.Errorf("revisions after the manual deploy: %+v; want revision 1 deployed by %s", revs, other.Bed.Name)
 	}
 
 	// systemctl restart: the service reconciles again, changing nothing.
@@ -191,6 +230,91 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if got := askSite(t, ctx, bed, www, "demo.example"); got != "ghost demo.example" {
 		t.Errorf("after the restart demo.example answered %q", got)
 	}
+
+	// down --purge through the registry removes its secrets there.
+	if _, err := deploy.Down(ctx, o, rec.Deployments[0], true); err != nil {
+		t.Fatalf("down --purge: %v", err)
+	}
+	if has, err := o.State.Has(ctx, project); has || err != nil {
+		t.Errorf("after down --purge the registry still has the secrets of %s (%v)", project, err)
+	}
+}
+
+// olderSecretsFile writes the deployment's secrets file as an older
+// ssbuild's first-boot deploy did (<stateDir>/deploy, 0600) and returns it.
+func olderSecretsFile(t *testing.T, h configtest.Host, project string) secrets.Set {
+	t.Helper()
+	names, err := stack.SecretNames(deploytest.BedRecipe(t).Deployments[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := secrets.Ensure(filepath.Join(h.Config.StateDir, service.DeployStateDir), project, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// checkSecretsInRegistry: every member's service answers the same set,
+// the older file's, which is gone; the running btcpay service has its
+// value; no registry node's files hold a value in clear. Sets are compared
+// by digest, never printed.
+func checkSecretsInRegistry(t *testing.T, ctx context.Context, hosts []configtest.Host, project string, older secrets.Set) secrets.Set {
+	t.Helper()
+	var set secrets.Set
+	for _, h := range hosts {
+		c := &deploystate.Client{Socket: filepath.Join(h.Config.StateDir, service.SocketName)}
+		got, err := c.Ensure(ctx, project, nil)
+		if err != nil {
+			t.Fatalf("%s: the deployment's secrets: %v", h.Bed.Name, err)
+		}
+		if got.Digest() != older.Digest() {
+			t.Errorf("%s: the registry's secrets of %s are not the older file's (%d and %d values)", h.Bed.Name, project, got.Len(), older.Len())
+		}
+		set = got
+	}
+	file := secrets.File(filepath.Join(hosts[0].Config.StateDir, service.DeployStateDir), project)
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the older secrets file %s is still there (%v)", file, err)
+	}
+	want, _ := set.Get("btcpay-admin")
+	pc := hosts[0].Bed.LXD().UseProject(project)
+	out, _, code, err := lxdexec.Run(pc, "btcpay", "docker", "exec", project+"-btcpay", "/bin/sh", "-c", "echo \"$ADMIN_PASSWORD\"")
+	if err != nil || code != 0 || strings.TrimSpace(out) != want {
+		t.Errorf("the btcpay service's ADMIN_PASSWORD is not the registry's btcpay-admin (exec: code %d, %v)", code, err)
+	}
+	for _, h := range hosts {
+		dir := filepath.Join(h.Config.StateDir, service.RegistryDir)
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			for _, n := range set.Names() {
+				if v, _ := set.Get(n); bytes.Contains(data, []byte(v)) {
+					t.Errorf("%s: the registry file %s holds the secret %s in clear", h.Bed.Name, path, n)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s: search the registry's files: %v", h.Bed.Name, err)
+		}
+	}
+	return set
+}
+
+// logWriter sends a deploy's progress to the service log (leak check).
+type logWriter struct{ l *serviceLog }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		w.l.add(line)
+	}
+	return len(p), nil
 }
 
 func waitDeployed(t *testing.T, ctx context.Context, h configtest.Host, since time.Time, timeout time.Duration) service.HostStatus {

@@ -27,6 +27,9 @@ type RegistryView struct {
 	Members      []registry.Member      `json:"members"`
 	Hosts        []registry.Host        `json:"hosts"`
 	JoinAttempts []registry.JoinAttempt `json:"joinAttempts"`
+	// Deployments are the current revision of each deployment (without
+	// the recipe's text): who deployed it, how it ended, its last error.
+	Deployments []registry.Revision `json:"deployments"`
 }
 
 // viewTimeout bounds a status request: a status that waits out a whole
@@ -148,6 +151,12 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 	}
 	if v.JoinAttempts, err = reg.JoinAttempts(ctx, ""); err != nil {
 		return nil, err
+	}
+	if v.Deployments, err = reg.Deployments(ctx); err != nil {
+		return nil, err
+	}
+	for i := range v.Deployments {
+		v.Deployments[i].Recipe = ""
 	}
 	return v, nil
 }

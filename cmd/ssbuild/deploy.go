@@ -61,8 +61,8 @@ func deployCommands() []*cli.Command {
 		},
 		{
 			Name:   "show",
-			Usage:  "the cluster's members and the recipe's deployments: instances, members, services, health, URLs",
-			Flags:  deployFlags(),
+			Usage:  "the cluster's members and the recipe's deployments: current revision, instances, members, services, health, URLs",
+			Flags:  deployFlags(&cli.BoolFlag{Name: "history", Usage: "every revision of each deployment (with --json also each one's recipe text)"}),
 			Action: showAction,
 		},
 	}
@@ -202,7 +202,7 @@ func showAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	st, err := deploy.Show(c.Context, o)
+	st, err := deploy.ShowWith(c.Context, o, deploy.ShowOptions{History: c.Bool("history")})
 	if err != nil {
 		return err
 	}
