@@ -319,3 +319,38 @@ func TestFolderRevisions(t *testing.T) {
 		t.Errorf("the revisions file: %v, %v; want 0600", fi, err)
 	}
 }
+
+// Rotating one secret through the socket (as `ssbuild rotate-secret` on a
+// member does) or in a standalone folder changes that one value only.
+func TestRotateOneSecret(t *testing.T) {
+	reg := openRegistry(t, filepath.Join(t.TempDir(), "registry"))
+	for what, s := range map[string]deploystate.Store{
+		"registry": &deploystate.Client{Socket: serve(t, store(t, reg, clusterSecret))},
+		"folder":   deploystate.Folder{Dir: secrets.Dir(t.TempDir())},
+	} {
+		before, err := s.Ensure(ctx(t), deployment, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Rotate(ctx(t), deployment, names[1]); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		after, err := s.Ensure(ctx(t), deployment, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			a, _ := before.Get(n)
+			b, _ := after.Get(n)
+			if (a != b) != (n == names[1]) {
+				t.Errorf("%s: after rotating %s, %s changed: %v", what, names[1], n, a != b)
+			}
+		}
+		if err := s.Rotate(ctx(t), deployment, "no-such-secret"); err == nil || !strings.Contains(err.Error(), "no-such-secret") {
+			t.Errorf("%s: rotating an unknown secret: %v", what, err)
+		}
+	}
+	if evs, _ := reg.SecretEvents(ctx(t), deployment); len(evs) != 2 || evs[1].What != "rotated" || evs[1].Names[0] != names[1] {
+		t.Errorf("registry events %+v; want the generation and the rotation of %s", evs, names[1])
+	}
+}

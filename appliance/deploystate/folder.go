@@ -95,3 +95,8 @@ func (f Folder) EndDeploy(ctx context.Context, deployment string, revision int64
 	cur.UpdatedAt = cur.EndedAt
 	return f.save(deployment, revs)
 }
+
+// Rotate gives one secret of the deployment's file a new value.
+func (f Folder) Rotate(_ context.Context, deployment, name string) error {
+	return secrets.Rotate(string(f.Dir), deployment, name)
+}

@@ -38,6 +38,9 @@ type Store interface {
 	EndDeploy(ctx context.Context, deployment string, revision int64, mutations int, deployErr string) error
 	// History lists a deployment's revisions, oldest first.
 	History(ctx context.Context, deployment string) ([]registry.Revision, error)
+	// Rotate gives one secret a new value, recorded; the next deploy
+	// hands it to the services that use it.
+	Rotate(ctx context.Context, deployment, name string) error
 }
 
 // Registry keeps the state in this host's registry node; the service

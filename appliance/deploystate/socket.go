@@ -64,6 +64,15 @@ func (s *Registry) Register(mux *http.ServeMux) {
 		}
 		writeJSON(w, resp)
 	})
+	mux.HandleFunc("POST /v1/secrets/{deployment}/{name}/rotate", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		if err := s.Rotate(ctx, r.PathValue("deployment"), r.PathValue("name")); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, map[string]bool{"rotated": true})
+	})
 	mux.HandleFunc("GET /v1/secrets/{deployment}", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
@@ -251,6 +260,11 @@ func (c *Client) Remove(ctx context.Context, deployment string) error {
 		return secrets.RemoveFile(c.ImportDir, deployment)
 	}
 	return nil
+}
+
+// Rotate asks the registry for a new value of one secret.
+func (c *Client) Rotate(ctx context.Context, deployment, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/secrets/"+deployment+"/"+name+"/rotate", struct{}{}, nil)
 }
 
 // StartDeploy records the start through the service.

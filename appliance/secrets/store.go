@@ -159,3 +159,28 @@ func checkNames(deployment string, names []string) error {
 	}
 	return nil
 }
+
+// Rotate gives one secret of a deployment's file under dir a new value
+// (under the file's lock, written atomically).
+func Rotate(dir, deployment, name string) error {
+	if err := checkNames(deployment, []string{name}); err != nil {
+		return err
+	}
+	path := File(dir, deployment)
+	unlock, err := lock(path + ".lock")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	set, ok, err := ReadFile(dir, deployment)
+	if err != nil {
+		return err
+	}
+	if _, has := set.Get(name); !ok || !has {
+		return fmt.Errorf("secrets: %s has no secret %q", path, name)
+	}
+	if set, err = set.Replace(name); err != nil {
+		return err
+	}
+	return writeAtomic(path, set.encode())
+}

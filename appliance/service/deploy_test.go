@@ -100,6 +100,18 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As the installer writes them, the joiners have a deploy section too,
+	// without the base image (the initiator carries it).
+	for _, h := range hosts[1:] {
+		h.Config.Deploy = &config.Deploy{Recipe: recipeFile}
+		data, err := config.Marshal(h.Config)
+		if err == nil {
+			err = os.WriteFile(h.Path, data, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	init := hosts[0]
 	project := deploytest.BedRecipe(t).Deployments[0].Project()
 	// Upgrade in place: the initiator holds the secrets file an older
@@ -111,6 +123,13 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if err := os.Rename(recipeFile, recipeFile+".later"); err != nil {
 		t.Fatal(err)
 	}
+	// So is the base image: once the recipe is there, the deploy starts
+	// its revision and fails, which any member's status shows from the
+	// registry.
+	if err := os.Rename(img, img+".later"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Rename(img+".later", img) })
 
 	log := &serviceLog{t: t}
 	services := make([]*servicetest.Process, len(hosts))
@@ -143,12 +162,26 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 			strings.Contains(hs.LastError, "deploy (attempt") && strings.Contains(hs.LastError, recipeFile)
 	})
 	t.Logf("status with the recipe file missing: %s, last error %q", failing.Step, failing.LastError)
-	fixed := time.Now()
 	if err := os.Rename(recipeFile+".later", recipeFile); err != nil {
 		t.Fatal(err)
 	}
+	failed := waitRegistryStatus(t, ctx, hosts[2], 5*time.Minute, "the deploy's revision failed on host1, with its error", func(r *service.Report) bool {
+		for _, d := range r.Registry.Deployments {
+			if d.Deployment == project && d.State == registry.RevisionFailed && d.Member == init.Bed.Name && strings.Contains(d.Error, "base image") {
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(failed, "Deployments (from the registry):\n  "+project+"  revision 1  failed on host1") || !strings.Contains(failed, "last error: base image") {
+		t.Errorf("host3's status does not show the initiator's failed deploy:\n%s", failed)
+	}
+	fixed := time.Now()
+	if err := os.Rename(img+".later", img); err != nil {
+		t.Fatal(err)
+	}
 	st := waitDeployed(t, ctx, init, began, 20*time.Minute)
-	t.Logf("figure: services started to the initiator's status deployed: %s, %s of it after the recipe file came (%s)",
+	t.Logf("figure: services started to the initiator's status deployed: %s, %s of it after the base image came (%s)",
 		time.Since(began).Round(time.Second), time.Since(fixed).Round(time.Second), st.Detail)
 	if st.LastError != "" {
 		t.Errorf("deployed, but the last error is still %q", st.LastError)
@@ -160,9 +193,22 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("status:\n%s", text.String())
-	for _, want := range []string{"host1  deployed", "host2  serving", "host3  serving", "Hosts (from the registry)"} {
+	for _, want := range []string{"host1  deployed", "Hosts (from the registry)"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("status lacks %q", want)
+		}
+	}
+	// The joiners, once the lease is theirs, find the recipe deployed by
+	// host1 since they started and deploy nothing.
+	for _, h := range hosts[1:] {
+		hs := waitStatus(t, ctx, h, 3*time.Minute, "deployed by host1", func(hs service.HostStatus) bool {
+			return hs.Step == string(service.StepDeployed) && strings.Contains(hs.Detail, project+" revision 1 by host1")
+		})
+		t.Logf("%s: %s (%s)", h.Bed.Name, hs.Step, hs.Detail)
+	}
+	for _, h := range hosts[1:] {
+		if strings.Contains(log.String(), h.Bed.Name+": deploying ") {
+			t.Errorf("%s deployed too, not only the lease holder host1", h.Bed.Name)
 		}
 	}
 
@@ -231,12 +277,86 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		t.Errorf("after the restart demo.example answered %q", got)
 	}
 
+	// The initiator's service (its registry node) goes away and the recipe
+	// changes (gitea added to demo.example); a survivor's service, started
+	// again, holds the deploy lease and deploys it with the same secrets:
+	// btcpay keeps its password, and the registry records revision 2 by
+	// that member.
+	if err := services[0].Stop(); err != nil {
+		t.Error(err)
+	}
+	rec.Deployments[0].Sites[0].Services = append(rec.Deployments[0].Sites[0].Services, "gitea")
+	data, err := recipes.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recipeFile, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	survivor := hosts[2]
+	if err := services[2].Stop(); err != nil {
+		t.Error(err)
+	}
+	changed := time.Now()
+	if err := services[2].Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st = waitDeployed(t, ctx, survivor, changed, 10*time.Minute)
+	t.Logf("figure: the survivor %s's service restarted to the changed recipe deployed, initiator's service stopped: %s (%s)",
+		survivor.Bed.Name, time.Since(changed).Round(time.Second), st.Detail)
+	if strings.Contains(st.Detail, "by another member") || strings.Contains(st.Detail, " 0 mutations") {
+		t.Errorf("the survivor did not deploy the changed recipe itself: %q", st.Detail)
+	}
+	if got := askSite(t, ctx, bed, www, "git.demo.example"); got != "gitea demo.example" {
+		t.Errorf("git.demo.example answered %q after the survivor's deploy", got)
+	}
+	if again := checkSecretsInRegistry(t, ctx, hosts[1:], project, older); again.Digest() != set.Digest() {
+		t.Error("the survivor's deploy changed the deployment's secrets")
+	}
+	o.State = &deploystate.Client{Socket: filepath.Join(survivor.Config.StateDir, service.SocketName), ImportDir: t.TempDir()}
+	o.LXD, o.Recipe, o.Member = survivor.Bed.LXD(), rec, survivor.Bed.Name
+	shown, err := deploy.ShowWith(ctx, o, deploy.ShowOptions{History: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var showText strings.Builder
+	if err := shown.WriteText(&showText); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("show --history on %s:\n%s", survivor.Bed.Name, showText.String())
+	if h := shown.Deployments[0].History; len(h) != 2 || h[0].State != registry.RevisionDeployed || h[0].Member != init.Bed.Name ||
+		h[1].State != registry.RevisionDeployed || h[1].Member != survivor.Bed.Name || h[1].RecipeDigest == h[0].RecipeDigest ||
+		!strings.Contains(h[1].Recipe, "gitea") {
+		t.Errorf("show --history: %+v; want revision 1 by %s and 2 (with gitea) by %s, both deployed", h, init.Bed.Name, survivor.Bed.Name)
+	}
+
 	// down --purge through the registry removes its secrets there.
 	if _, err := deploy.Down(ctx, o, rec.Deployments[0], true); err != nil {
 		t.Fatalf("down --purge: %v", err)
 	}
 	if has, err := o.State.Has(ctx, project); has || err != nil {
 		t.Errorf("after down --purge the registry still has the secrets of %s (%v)", project, err)
+	}
+}
+
+// waitRegistryStatus polls the host's status until ok says the registry's
+// view is what is wanted, and returns the status as text.
+func waitRegistryStatus(t *testing.T, ctx context.Context, h configtest.Host, timeout time.Duration, what string, ok func(*service.Report) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		r := service.Status(ctx, h.Config, h.Bed.LXD(), nil)
+		if r.Registry != nil && ok(r) {
+			var b strings.Builder
+			if err := r.Write(&b, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			return b.String()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not %s within %s; registry: %+v, %s", h.Bed.Name, what, timeout, r.Registry, r.RegistryError)
+		}
+		time.Sleep(time.Second)
 	}
 }
 

@@ -92,7 +92,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		return err
 	}
 	dctx, stopDeploy := context.WithCancel(ctx)
-	waitDeploy := s.startDeploy(dctx, state)
+	waitDeploy := s.startDeploy(dctx, reg, state)
 	defer func() {
 		stopDeploy()
 		waitDeploy()

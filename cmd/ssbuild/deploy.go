@@ -60,6 +60,15 @@ func deployCommands() []*cli.Command {
 			Action: downAction,
 		},
 		{
+			Name:      "rotate-secret",
+			Usage:     "give one generated secret of a deployment a new value (recorded; the next deploy hands it to the services using it)",
+			ArgsUsage: "DEPLOYMENT NAME",
+			Description: "A database initialised with the old value keeps it until it is changed inside the database too:\n" +
+				"rotate what the services read at start (admin passwords, RPC credentials).",
+			Flags:  deployFlags(),
+			Action: rotateAction,
+		},
+		{
 			Name:   "show",
 			Usage:  "the cluster's members and the recipe's deployments: current revision, instances, members, services, health, URLs",
 			Flags:  deployFlags(&cli.BoolFlag{Name: "history", Usage: "every revision of each deployment (with --json also each one's recipe text)"}),
@@ -210,4 +219,28 @@ func showAction(c *cli.Context) error {
 		return writeJSON(c.App.Writer, st)
 	}
 	return st.WriteText(c.App.Writer)
+}
+
+func rotateAction(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return usagef("rotate-secret takes a deployment and a secret name")
+	}
+	r, err := loadRecipe(c.String("recipe"))
+	if err != nil {
+		return err
+	}
+	d, err := deploy.FindDeployment(r, c.Args().First())
+	if err != nil {
+		return usageError{err}
+	}
+	o, err := deployOptions(c)
+	if err != nil {
+		return err
+	}
+	name := c.Args().Get(1)
+	if err := o.State.Rotate(c.Context, d.Project(), name); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s: secret %s has a new value in %s; run ssbuild deploy to hand it to the services\n", d.Project(), name, o.State.Where())
+	return nil
 }
