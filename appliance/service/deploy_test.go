@@ -3,6 +3,7 @@ package service_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -233,31 +234,35 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	// every service stays as it is (0 mutations), and the revision records
 	// that member.
 	manual := time.Now()
-	rec, err := recipes.Load(recipeFile) // as the service and `ssbuild deploy --recipe` read it
-	if err != nil {
+	other := hosts[1]
+	// Its --state-dir holds the second set an older `ssbuild deploy` made
+	// (the bug this fixes): it is handed to the registry, whose values win,
+	// and removed.
+	cliState := t.TempDir()
+	if _, err := secrets.Ensure(cliState, project, set.Names()); err != nil {
 		t.Fatal(err)
 	}
-	other := hosts[1]
-	o := deploy.Options{LXD: other.Bed.LXD(), Recipe: rec, ImageDir: img, Member: other.Bed.Name,
-		State:    &deploystate.Client{Socket: filepath.Join(other.Config.StateDir, service.SocketName), ImportDir: t.TempDir()},
-		Progress: progress.New(logWriter{log}, progress.Plain)}
-	rep, err := deploy.Deploy(ctx, o)
-	if err != nil {
-		t.Fatalf("manual deploy on %s: %v", other.Bed.Name, err)
+	out := runCLI(t, ctx, other, img, log, "deploy", "--json", "--config", other.Path, "--recipe", recipeFile, "--image", img, "--state-dir", cliState)
+	var rep deploy.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("ssbuild deploy --json: %v\n%s", err, out)
 	}
-	t.Logf("figure: manual deploy on %s after the first boot's: %s, %d mutations", other.Bed.Name, time.Since(manual).Round(time.Second), rep.Mutations)
+	t.Logf("figure: ssbuild deploy on %s after the first boot's: %s, %d mutations", other.Bed.Name, time.Since(manual).Round(time.Second), rep.Mutations)
 	if rep.Mutations != 0 {
-		t.Errorf("the manual deploy on %s made %d mutations (another set of secrets?): %+v", other.Bed.Name, rep.Mutations, rep.Instances)
+		t.Errorf("ssbuild deploy on %s made %d mutations (another set of secrets?): %+v", other.Bed.Name, rep.Mutations, rep.Instances)
+	}
+	if _, err := os.Stat(secrets.File(cliState, project)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the older `ssbuild deploy` secrets file is still there (%v)", err)
 	}
 	if again := checkSecretsInRegistry(t, ctx, hosts, project, older); again.Digest() != set.Digest() {
-		t.Error("the manual deploy changed the deployment's secrets")
+		t.Error("ssbuild deploy changed the deployment's secrets")
 	}
-	revs, err := o.State.History(ctx, project)
+	revs, err := (&deploystate.Client{Socket: filepath.Join(other.Config.StateDir, service.SocketName)}).History(ctx, project)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(revs) != 1 || revs[0].State != registry.RevisionDeployed || revs[0].Member != other.Bed.Name || revs[0].Error != "" || revs[0].EndedAt.Before(manual) {
-		t.Errorf("revisions after the manual deploy: %+v; want revision 1 deployed by %s", revs, other.Bed.Name)
+		t.Errorf("revisions after ssbuild deploy: %+v; want revision 1 deployed by %s", revs, other.Bed.Name)
 	}
 
 	// systemctl restart: the service reconciles again, changing nothing.
@@ -277,13 +282,15 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		t.Errorf("after the restart demo.example answered %q", got)
 	}
 
-	// The initiator's service (its registry node) goes away and the recipe
+	// The initiator's service (its registry node) is killed and the recipe
 	// changes (gitea added to demo.example); a survivor's service, started
 	// again, holds the deploy lease and deploys it with the same secrets:
 	// btcpay keeps its password, and the registry records revision 2 by
-	// that member.
-	if err := services[0].Stop(); err != nil {
-		t.Error(err)
+	// that member. (Its LXD stays: www's volumes are on its disk.)
+	services[0].Kill()
+	rec, err := recipes.Load(recipeFile)
+	if err != nil {
+		t.Fatal(err)
 	}
 	rec.Deployments[0].Sites[0].Services = append(rec.Deployments[0].Sites[0].Services, "gitea")
 	data, err := recipes.Marshal(rec)
@@ -302,7 +309,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = waitDeployed(t, ctx, survivor, changed, 10*time.Minute)
-	t.Logf("figure: the survivor %s's service restarted to the changed recipe deployed, initiator's service stopped: %s (%s)",
+	t.Logf("figure: the survivor %s's service restarted to the changed recipe deployed, initiator's service killed: %s (%s)",
 		survivor.Bed.Name, time.Since(changed).Round(time.Second), st.Detail)
 	if strings.Contains(st.Detail, "by another member") || strings.Contains(st.Detail, " 0 mutations") {
 		t.Errorf("the survivor did not deploy the changed recipe itself: %q", st.Detail)
@@ -313,30 +320,50 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if again := checkSecretsInRegistry(t, ctx, hosts[1:], project, older); again.Digest() != set.Digest() {
 		t.Error("the survivor's deploy changed the deployment's secrets")
 	}
-	o.State = &deploystate.Client{Socket: filepath.Join(survivor.Config.StateDir, service.SocketName), ImportDir: t.TempDir()}
-	o.LXD, o.Recipe, o.Member = survivor.Bed.LXD(), rec, survivor.Bed.Name
-	shown, err := deploy.ShowWith(ctx, o, deploy.ShowOptions{History: true})
-	if err != nil {
-		t.Fatal(err)
+	out = runCLI(t, ctx, survivor, img, log, "show", "--history", "--json", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState)
+	var shown deploy.State
+	if err := json.Unmarshal([]byte(out), &shown); err != nil {
+		t.Fatalf("ssbuild show --history --json: %v\n%s", err, out)
 	}
-	var showText strings.Builder
-	if err := shown.WriteText(&showText); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("show --history on %s:\n%s", survivor.Bed.Name, showText.String())
 	if h := shown.Deployments[0].History; len(h) != 2 || h[0].State != registry.RevisionDeployed || h[0].Member != init.Bed.Name ||
 		h[1].State != registry.RevisionDeployed || h[1].Member != survivor.Bed.Name || h[1].RecipeDigest == h[0].RecipeDigest ||
 		!strings.Contains(h[1].Recipe, "gitea") {
 		t.Errorf("show --history: %+v; want revision 1 by %s and 2 (with gitea) by %s, both deployed", h, init.Bed.Name, survivor.Bed.Name)
 	}
+	t.Logf("ssbuild show --history on %s:\n%s", survivor.Bed.Name,
+		runCLI(t, ctx, survivor, img, log, "show", "--history", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState))
+
+	for _, n := range set.Names() {
+		if v, _ := set.Get(n); strings.Contains(log.String(), v) {
+			t.Errorf("the deployment's secret %s appears in the output of the services or ssbuild", n)
+		}
+	}
 
 	// down --purge through the registry removes its secrets there.
-	if _, err := deploy.Down(ctx, o, rec.Deployments[0], true); err != nil {
-		t.Fatalf("down --purge: %v", err)
-	}
-	if has, err := o.State.Has(ctx, project); has || err != nil {
+	runCLI(t, ctx, survivor, img, log, "down", project, "--purge", "--yes", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState)
+	if has, err := (&deploystate.Client{Socket: filepath.Join(survivor.Config.StateDir, service.SocketName)}).Has(ctx, project); has || err != nil {
 		t.Errorf("after down --purge the registry still has the secrets of %s (%v)", project, err)
 	}
+}
+
+// runCLI runs the ssbuild binary the demo image was built with (static,
+// from this source) inside a bed host, as its owner would, and returns
+// its standard output; its standard error goes to the log (leak check).
+func runCLI(t *testing.T, ctx context.Context, h configtest.Host, img string, log *serviceLog, args ...string) string {
+	t.Helper()
+	bin := filepath.Join(filepath.Dir(img), "ssbuild")
+	cmd := h.Bed.Command(ctx, bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		log.add(h.Bed.Name + ": ssbuild " + args[0] + ": " + line)
+	}
+	log.add(string(out))
+	if err != nil {
+		t.Fatalf("%s: ssbuild %s: %v", h.Bed.Name, strings.Join(args, " "), err)
+	}
+	return string(out)
 }
 
 // waitRegistryStatus polls the host's status until ok says the registry's
@@ -425,16 +452,6 @@ func checkSecretsInRegistry(t *testing.T, ctx context.Context, hosts []configtes
 		}
 	}
 	return set
-}
-
-// logWriter sends a deploy's progress to the service log (leak check).
-type logWriter struct{ l *serviceLog }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		w.l.add(line)
-	}
-	return len(p), nil
 }
 
 func waitDeployed(t *testing.T, ctx context.Context, h configtest.Host, since time.Time, timeout time.Duration) service.HostStatus {
