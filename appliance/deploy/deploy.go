@@ -24,6 +24,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -39,8 +40,14 @@ type Options struct {
 	// ImageDir is the output folder of `ssbuild image`, imported when the
 	// base image is not in LXD yet.
 	ImageDir string
-	// StateDir keeps the generated secrets, one 0600 file per deployment.
+	// State keeps each deployment's secrets and revisions: on a cluster
+	// member the registry (deploystate.Client, deploystate.Registry), on a
+	// standalone LXD a folder (deploystate.Folder).
+	State deploystate.Store
+	// StateDir, when State is nil, is the folder of a deploystate.Folder.
 	StateDir string
+	// Member names the host that runs the deploy, in its revision.
+	Member string
 	// Parallel is how many instances are deployed at once (default: all).
 	Parallel int
 	// ReadyTimeout bounds the wait for an instance's systemd and Docker
@@ -76,8 +83,11 @@ func (o *Options) defaults() error {
 	if o.LXD == nil || o.Recipe == nil {
 		return errors.New("deploy: LXD and Recipe are required")
 	}
-	if o.StateDir == "" {
-		return errors.New("deploy: StateDir (where the deployments' secrets are kept) is required")
+	if o.State == nil && o.StateDir == "" {
+		return errors.New("deploy: State or StateDir (where the deployments' secrets are kept) is required")
+	}
+	if o.State == nil {
+		o.State = deploystate.Folder{Dir: secrets.Dir(o.StateDir)}
 	}
 	if o.ReadyTimeout == 0 {
 		o.ReadyTimeout = 5 * time.Minute
@@ -167,8 +177,11 @@ type work struct {
 	linkPort   int // the www instance's port leading to btcpay
 }
 
-// Deploy brings the cluster to what the recipe's deployments say.
-func Deploy(ctx context.Context, o Options) (Report, error) {
+// Deploy brings the cluster to what the recipe's deployments say, and
+// records it as each deployment's revision: the recipe's digest and text,
+// the member, start and end, mutations and outcome. A deploy whose state
+// store (the registry) does not answer stops before any change.
+func Deploy(ctx context.Context, o Options) (rep Report, err error) {
 	if err := o.defaults(); err != nil {
 		return Report{}, err
 	}
@@ -176,6 +189,15 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
+	runs, err := o.startRevisions(ctx, deps)
+	if err != nil {
+		return Report{}, err
+	}
+	defer func() { o.endRevisions(runs, rep, err) }()
+	return o.deploy(ctx, deps, runs)
+}
+
+func (o *Options) deploy(ctx context.Context, deps []recipes.Deployment, runs []*run) (Report, error) {
 	t, err := o.target()
 	if err != nil {
 		return Report{}, err
@@ -230,9 +252,14 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		if err != nil {
 			return partial(), err
 		}
-		sec, err := o.deploymentSecrets(d)
+		sec, err := o.deploymentSecrets(ctx, d)
 		if err != nil {
 			return partial(), fmt.Errorf("deployment %s: %w", d.Project(), err)
+		}
+		for _, r := range runs {
+			if r.dep.Project() == d.Project() {
+				r.secrets = sec
+			}
 		}
 		if err := ensureProject(o.LXD, d.Project(), &m); err != nil {
 			return partial(), err
@@ -267,6 +294,13 @@ func Deploy(ctx context.Context, o Options) (Report, error) {
 		}()
 	}
 	wg.Wait()
+	for i, w := range todo {
+		for _, r := range runs {
+			if r.dep.Project() == w.dep.Project() && errs[i] != nil {
+				r.errs = append(r.errs, errs[i])
+			}
+		}
+	}
 	rep := Report{Instances: reports, Removed: removed, Mutations: int(m.n.Load())}
 	return rep, errors.Join(errs...)
 }

@@ -247,7 +247,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	if in, _, err := o.LXD.UseProject(project).GetInstance("www"); err != nil || in.Devices["btcpay-link"] != nil {
 		t.Errorf("www still links to the removed btcpay (%v)", err)
 	}
-	if doomed, err := deploy.Doomed(o, d); err != nil || countPrefix(doomed, "volume "+project+"/btcpay-") != 4 {
+	if doomed, err := deploy.Doomed(ctx, o, d); err != nil || countPrefix(doomed, "volume "+project+"/btcpay-") != 4 {
 		t.Errorf("btcpay's 4 volumes (3 and its chainstate) are not all kept: %v, %v", doomed, err)
 	}
 	r.Deployments[0].Instances.BTCPay.Enabled = nil
@@ -269,7 +269,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	if ins, _ := o.LXD.UseProject(project).GetInstanceNames(api.InstanceTypeAny); len(ins) != 0 {
 		t.Errorf("instances left after down: %v", ins)
 	}
-	doomed, err := deploy.Doomed(o, d)
+	doomed, err := deploy.Doomed(ctx, o, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +309,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 	if _, err := os.Stat(secrets.File(o.StateDir, project)); err == nil {
 		t.Error("the secrets file is still there after down --purge")
 	}
-	if left, _ := deploy.Doomed(o, d); len(left) != 0 {
+	if left, _ := deploy.Doomed(ctx, o, d); len(left) != 0 {
 		t.Errorf("left after down --purge: %v", left)
 	}
 }

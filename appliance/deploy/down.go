@@ -2,25 +2,22 @@ package deploy
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
-	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 // Doomed lists what `down --purge` of a deployment deletes for good, for
 // the owner to confirm: the custom volumes (sites' data, Docker data,
-// backups) with their members, the project and the secrets file. Down
-// without purge deletes none of these.
-func Doomed(o Options, d recipes.Deployment) ([]string, error) {
+// backups) with their members, the project and the secrets. Down without
+// purge deletes none of these.
+func Doomed(ctx context.Context, o Options, d recipes.Deployment) ([]string, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
 	}
@@ -35,8 +32,12 @@ func Doomed(o Options, d recipes.Deployment) ([]string, error) {
 	if _, _, err := o.LXD.GetProject(d.Project()); err == nil {
 		out = append(out, "LXD project "+d.Project())
 	}
-	if _, err := os.Stat(secrets.File(o.StateDir, d.Project())); err == nil {
-		out = append(out, "secrets file "+secrets.File(o.StateDir, d.Project()))
+	has, err := o.State.Has(ctx, d.Project())
+	if err != nil {
+		return nil, fmt.Errorf("deployment %s: secrets: %w", d.Project(), err)
+	}
+	if has {
+		out = append(out, "the secrets of "+d.Project()+" in "+o.State.Where())
 	}
 	return out, nil
 }
@@ -53,7 +54,7 @@ func Down(ctx context.Context, o Options, d recipes.Deployment, purge bool) (Rep
 	project := d.Project()
 	if _, _, err := o.LXD.GetProject(project); isNotFound(err) {
 		o.Progress.Info("%s: no such LXD project; nothing to take down", project)
-		return Report{}, removeSecrets(o, project, purge)
+		return Report{}, removeSecrets(ctx, o, project, purge)
 	} else if err != nil {
 		return Report{}, fmt.Errorf("project %s: %w", project, err)
 	}
@@ -76,7 +77,7 @@ func Down(ctx context.Context, o Options, d recipes.Deployment, purge bool) (Rep
 		if err := purgeProject(o, project, &m); err != nil {
 			return rep, err
 		}
-		if err := removeSecrets(o, project, true); err != nil {
+		if err := removeSecrets(ctx, o, project, true); err != nil {
 			return rep, err
 		}
 	}
@@ -157,13 +158,12 @@ func purgeProject(o Options, project string, m *mutations) error {
 	return nil
 }
 
-func removeSecrets(o Options, project string, purge bool) error {
+func removeSecrets(ctx context.Context, o Options, project string, purge bool) error {
 	if !purge {
 		return nil
 	}
-	err := os.Remove(secrets.File(o.StateDir, project))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove the secrets of %s: %w", project, err)
+	if err := o.State.Remove(ctx, project); err != nil {
+		return fmt.Errorf("remove the secrets of %s from %s: %w", project, o.State.Where(), err)
 	}
 	return nil
 }

@@ -12,14 +12,14 @@ import (
 	"github.com/sovereign-stack/ssbuild/recipes/stacks"
 )
 
-// deploymentSecrets returns the deployment's secrets, generating the
-// missing ones (kept in StateDir, 0600).
-func (o *Options) deploymentSecrets(d recipes.Deployment) (secrets.Set, error) {
+// deploymentSecrets returns the deployment's one set of secrets from the
+// state store, generating only the missing ones.
+func (o *Options) deploymentSecrets(ctx context.Context, d recipes.Deployment) (secrets.Set, error) {
 	names, err := stack.SecretNames(d)
 	if err != nil {
 		return secrets.Set{}, err
 	}
-	return secrets.Ensure(o.StateDir, d.Project(), names)
+	return o.State.Ensure(ctx, d.Project(), names)
 }
 
 // deployServices applies the deployment's stack to the instance's Docker.

@@ -7,10 +7,12 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
@@ -35,6 +37,40 @@ type DeploymentState struct {
 	Deployed  bool            `json:"deployed"` // the LXD project exists
 	URLs      []stack.SiteURL `json:"urls"`
 	Instances []InstanceState `json:"instances"`
+	// Revision is the current revision from the state store (the
+	// registry on a cluster); History every revision, with --history.
+	// RevisionError says why they could not be read.
+	Revision      *RevisionState  `json:"revision,omitempty"`
+	History       []RevisionState `json:"history,omitempty"`
+	RevisionError string          `json:"revisionError,omitempty"`
+}
+
+// RevisionState is one revision of a deployment: the recipe it deployed
+// and what its last deploy did.
+type RevisionState struct {
+	Revision     int64     `json:"revision"`
+	RecipeDigest string    `json:"recipeDigest"`
+	State        string    `json:"state"` // deploying, deployed or failed
+	Member       string    `json:"member"`
+	Started      time.Time `json:"started,omitzero"`
+	Ended        time.Time `json:"ended,omitzero"`
+	Mutations    int       `json:"mutations"`
+	Error        string    `json:"error,omitempty"`
+	Recipe       string    `json:"recipe,omitempty"` // the recipe's text (--json --history)
+}
+
+func revisionState(r registry.Revision, withRecipe bool) RevisionState {
+	rs := RevisionState{Revision: r.Revision, RecipeDigest: r.SpecHash, State: r.State, Member: r.Member,
+		Started: r.StartedAt, Ended: r.EndedAt, Mutations: r.Mutations, Error: r.Error}
+	if withRecipe {
+		rs.Recipe = r.Recipe
+	}
+	return rs
+}
+
+// ShowOptions choose what Show adds.
+type ShowOptions struct {
+	History bool // every revision, not only the current one
 }
 
 // InstanceState is one instance with its services.
@@ -48,8 +84,14 @@ type InstanceState struct {
 }
 
 // Show reads the cluster's members and the recipe's deployments: their
-// instances, where they run, their addresses and services with health.
+// instances, where they run, their addresses and services with health,
+// and their current revision.
 func Show(ctx context.Context, o Options) (State, error) {
+	return ShowWith(ctx, o, ShowOptions{})
+}
+
+// ShowWith is Show with options.
+func ShowWith(ctx context.Context, o Options, so ShowOptions) (State, error) {
 	if err := o.defaults(); err != nil {
 		return State{}, err
 	}
@@ -66,6 +108,17 @@ func Show(ctx context.Context, o Options) (State, error) {
 	}
 	for _, d := range o.Recipe.Deployments {
 		ds := DeploymentState{Name: d.Name, Project: d.Project(), URLs: stack.URLs(d)}
+		if revs, err := o.State.History(ctx, d.Project()); err != nil {
+			ds.RevisionError = err.Error()
+		} else if len(revs) > 0 {
+			cur := revisionState(revs[len(revs)-1], false)
+			ds.Revision = &cur
+			if so.History {
+				for _, r := range revs {
+					ds.History = append(ds.History, revisionState(r, true))
+				}
+			}
+		}
 		if _, _, err := o.LXD.GetProject(d.Project()); isNotFound(err) {
 			st.Deployments = append(st.Deployments, ds)
 			continue
@@ -129,7 +182,9 @@ func (st State) WriteText(w io.Writer) error {
 	}
 	for _, d := range st.Deployments {
 		if !d.Deployed {
-			fmt.Fprintf(tw, "deployment %s (project %s): not deployed\n\n", d.Name, d.Project)
+			fmt.Fprintf(tw, "deployment %s (project %s): not deployed\n", d.Name, d.Project)
+			writeRevisions(tw, d)
+			fmt.Fprintln(tw)
 			continue
 		}
 		var urls []string
@@ -137,6 +192,7 @@ func (st State) WriteText(w io.Writer) error {
 			urls = append(urls, u.URL)
 		}
 		fmt.Fprintf(tw, "deployment %s (project %s): %s\n", d.Name, d.Project, strings.Join(urls, " "))
+		writeRevisions(tw, d)
 		fmt.Fprintln(tw, "INSTANCE\tMEMBER\tSTATUS\tADDRESS\tSERVICE\tSTATE")
 		for _, in := range d.Instances {
 			addr := strings.Join(in.Addresses, ",")
@@ -158,4 +214,58 @@ func (st State) WriteText(w io.Writer) error {
 		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// writeRevisions prints the current revision, or the history when it was
+// asked for.
+func writeRevisions(w io.Writer, d DeploymentState) {
+	switch {
+	case d.RevisionError != "":
+		fmt.Fprintf(w, "revision: unknown: %s\n", d.RevisionError)
+	case d.Revision == nil:
+		fmt.Fprintln(w, "revision: none recorded")
+	case len(d.History) == 0:
+		fmt.Fprintf(w, "revision %s\n", revisionLine(*d.Revision))
+	default:
+		fmt.Fprintln(w, "REVISION\tSTATE\tMEMBER\tSTARTED\tENDED\tCHANGES\tRECIPE\tERROR")
+		for _, r := range d.History {
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Revision, r.State, runner(r.Member),
+				stamp(r.Started), stamp(r.Ended), r.Mutations, shortDigest(r.RecipeDigest), r.Error)
+		}
+	}
+}
+
+func revisionLine(r RevisionState) string {
+	line := fmt.Sprintf("%d: %s on %s, started %s", r.Revision, r.State, runner(r.Member), stamp(r.Started))
+	if !r.Ended.IsZero() {
+		line += fmt.Sprintf(", ended %s, %d changes", stamp(r.Ended), r.Mutations)
+	}
+	line += " (recipe " + shortDigest(r.RecipeDigest) + ")"
+	if r.Error != "" {
+		line += ": " + r.Error
+	}
+	return line
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+// shortDigest keeps the algorithm and 12 hex digits, as a person compares.
+func shortDigest(d string) string {
+	if alg, hex, ok := strings.Cut(d, ":"); ok && len(hex) > 12 {
+		return alg + ":" + hex[:12]
+	}
+	return d
+}
+
+// runner is the host that ran a deploy, "-" when not known.
+func runner(m string) string {
+	if m == "" {
+		return "-"
+	}
+	return m
 }

@@ -87,11 +87,12 @@
 //	/var/lib/ssbuild/base-image/...         (the initiator only, when the payload
 //	                                         has base-image/; files 0644)
 //
-// The initiator's appliance.yaml has a deploy section when the recipe has
-// deployments: its first-boot service deploys /etc/ssbuild/recipe.yaml once
-// the cluster has formed, importing the base image from
-// /var/lib/ssbuild/base-image when the stick carried one (the deploy
-// imports it into LXD once for the whole cluster, so joiners get no copy).
+// Every host's appliance.yaml has a deploy section when the recipe has
+// deployments: the first-boot service that holds the registry's deploy
+// lease deploys /etc/ssbuild/recipe.yaml once the cluster has formed; the
+// initiator's section names /var/lib/ssbuild/base-image when the stick
+// carried one (the deploy imports it into LXD once for the whole cluster,
+// so joiners get no copy and wait until it is there).
 // The base image must fit the OS filesystem with 16 MiB to spare, checked
 // before anything of it is written (after growing); each file is hashed as
 // it is copied and checked against the manifest. A copy left by a cut

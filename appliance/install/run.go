@@ -278,14 +278,15 @@ func nicList(nics []NIC) string {
 // HostFiles are the files the installer writes into host h's OS: its name,
 // /etc/ssbuild/appliance.yaml, the cluster secret (0600), the recipe as the
 // stick carries it (recipeData) and, with a static address, a
-// systemd-networkd file. The initiator's appliance.yaml has a deploy
-// section when the recipe has deployments, naming the copied base image
-// when the payload carries one (withImage).
+// systemd-networkd file. Every host's appliance.yaml has a deploy section
+// when the recipe has deployments (whichever holds the registry's deploy
+// lease deploys); the initiator's names the copied base image when the
+// payload carries one (withImage).
 func HostFiles(r *recipes.Recipe, recipeData []byte, h recipes.Host, secret []byte, withImage bool) ([]File, error) {
 	hf := config.HostFiles{StorageSource: hostdisk.ZFSSource, SecretFile: hostdisk.SecretPath, StateDir: hostdisk.StateDir}
-	if h.Name == r.Cluster.Initiator && len(r.Deployments) > 0 {
+	if len(r.Deployments) > 0 {
 		hf.Deploy = &config.Deploy{Recipe: config.DefaultRecipePath}
-		if withImage {
+		if withImage && h.Name == r.Cluster.Initiator {
 			hf.Deploy.Image = config.DefaultImageDir
 		}
 	}

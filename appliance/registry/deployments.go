@@ -23,6 +23,16 @@ type Revision struct {
 	State     string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+
+	// What the last deploy of this revision did (StartDeploy, EndDeploy):
+	// the recipe's text, the member that ran it, when it started and
+	// ended (zero while it runs), its mutations and its error.
+	Recipe    string
+	Member    string
+	StartedAt time.Time
+	EndedAt   time.Time
+	Mutations int
+	Error     string
 }
 
 // AddRevision records a new revision of the named deployment with the given
@@ -120,7 +130,8 @@ func (r *Registry) queryRevisions(ctx context.Context, what, query string, args 
 	return out, err
 }
 
-const revisionColumns = `deployment, revision, spec_hash, state, created_at, updated_at`
+const revisionColumns = `deployment, revision, spec_hash, state, created_at, updated_at,
+	recipe, member, started_at, ended_at, mutations, error`
 
 func currentRevision(ctx context.Context, tx *sql.Tx, deployment string) (Revision, error) {
 	row := tx.QueryRowContext(ctx, `SELECT `+revisionColumns+` FROM revisions
@@ -134,8 +145,15 @@ func currentRevision(ctx context.Context, tx *sql.Tx, deployment string) (Revisi
 
 func scanRevision(scan func(...any) error) (Revision, error) {
 	var rev Revision
-	var created, updated int64
-	err := scan(&rev.Deployment, &rev.Revision, &rev.SpecHash, &rev.State, &created, &updated)
+	var created, updated, started, ended int64
+	err := scan(&rev.Deployment, &rev.Revision, &rev.SpecHash, &rev.State, &created, &updated,
+		&rev.Recipe, &rev.Member, &started, &ended, &rev.Mutations, &rev.Error)
 	rev.CreatedAt, rev.UpdatedAt = fromUnixNano(created), fromUnixNano(updated)
+	if started != 0 {
+		rev.StartedAt = fromUnixNano(started)
+	}
+	if ended != 0 {
+		rev.EndedAt = fromUnixNano(ended)
+	}
 	return rev, err
 }

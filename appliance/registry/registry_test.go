@@ -244,3 +244,29 @@ func hostNames(hosts []Host) string {
 	}
 	return strings.Join(names, ",")
 }
+
+// One holder at a time; the holder renews; an expired or released lease
+// goes to the next member that asks.
+func TestSingleNodeLeases(t *testing.T) {
+	n := startNode(t, Config{Dir: t.TempDir(), Address: freeAddress(t)})
+	ctx := opCtx(t)
+	if _, ok, err := n.reg.AcquireLease(ctx, "deploy", "host1", time.Hour); !ok || err != nil {
+		t.Fatalf("host1 takes the free lease: %v, %v", ok, err)
+	}
+	if l, ok, err := n.reg.AcquireLease(ctx, "deploy", "host2", time.Hour); ok || err != nil || l.Holder != "host1" {
+		t.Fatalf("host2 takes host1's lease: %v, %+v, %v", ok, l, err)
+	}
+	if _, ok, _ := n.reg.AcquireLease(ctx, "deploy", "host1", 50*time.Millisecond); !ok {
+		t.Fatal("host1 cannot renew its lease")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if l, ok, err := n.reg.AcquireLease(ctx, "deploy", "host2", time.Hour); !ok || err != nil || l.Holder != "host2" {
+		t.Fatalf("host2 after host1's lease expired: %v, %+v, %v", ok, l, err)
+	}
+	if err := n.reg.ReleaseLease(ctx, "deploy", "host2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := n.reg.AcquireLease(ctx, "deploy", "host3", time.Hour); !ok {
+		t.Error("host3 cannot take the released lease")
+	}
+}

@@ -44,6 +44,33 @@ var migrations = []string{
 		updated_at INTEGER NOT NULL,
 		PRIMARY KEY (deployment, revision)
 	);`,
+	// 2: deployments' secrets (sealed by the caller, never plaintext) with
+	// their history, what each deploy of a revision did, and leases.
+	`CREATE TABLE deployment_secrets (
+		deployment TEXT PRIMARY KEY,
+		sealed     BLOB NOT NULL,
+		updated_at INTEGER NOT NULL
+	);
+	CREATE TABLE secret_events (
+		id         INTEGER PRIMARY KEY AUTOINCREMENT,
+		deployment TEXT NOT NULL,
+		at         INTEGER NOT NULL,
+		what       TEXT NOT NULL,
+		names      TEXT NOT NULL DEFAULT '',
+		member     TEXT NOT NULL DEFAULT ''
+	);
+	CREATE INDEX secret_events_deployment ON secret_events (deployment, at);
+	ALTER TABLE revisions ADD COLUMN recipe TEXT NOT NULL DEFAULT '';
+	ALTER TABLE revisions ADD COLUMN member TEXT NOT NULL DEFAULT '';
+	ALTER TABLE revisions ADD COLUMN started_at INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE revisions ADD COLUMN ended_at INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE revisions ADD COLUMN mutations INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE revisions ADD COLUMN error TEXT NOT NULL DEFAULT '';
+	CREATE TABLE leases (
+		name       TEXT PRIMARY KEY,
+		holder     TEXT NOT NULL,
+		expires_at INTEGER NOT NULL
+	);`,
 }
 
 // migrate applies the missing migrations in one transaction. Every node

@@ -1,8 +1,10 @@
 // Package secrets generates and keeps the passwords and keys of a
 // deployment's services (database passwords, admin passwords, RPC
-// credentials): one file per deployment, readable only by root, values from
-// crypto/rand, kept across runs so a re-deploy finds the same passwords its
-// databases were initialised with. A Set never prints its values.
+// credentials), values from crypto/rand, kept across runs so a re-deploy
+// finds the same passwords its databases were initialised with. A Store
+// keeps them: on a cluster member the registry, sealed (Seal) under a key
+// derived from the cluster secret; on a standalone LXD one file per
+// deployment readable only by root (Dir). A Set never prints its values.
 package secrets
 
 import (
@@ -104,13 +106,8 @@ func File(dir, deployment string) string { return filepath.Join(dir, deployment+
 // and the file rewritten atomically (dir 0700, file 0600). Running it again
 // with the same names changes nothing.
 func Ensure(dir, deployment string, names []string) (Set, error) {
-	if !deploymentRE.MatchString(deployment) {
-		return Set{}, fmt.Errorf("secrets: deployment name %q: want letters, digits, '.', '_' or '-'", deployment)
-	}
-	for _, n := range names {
-		if !nameRE.MatchString(n) {
-			return Set{}, fmt.Errorf("secrets: secret name %q: want lowercase letters, digits, '.', '_' or '-'", n)
-		}
+	if err := checkNames(deployment, names); err != nil {
+		return Set{}, err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Set{}, fmt.Errorf("secrets: %w", err)

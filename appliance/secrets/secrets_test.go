@@ -1,10 +1,13 @@
 package secrets
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -153,5 +156,62 @@ func TestLooseModeFixed(t *testing.T) {
 	}
 	if st, _ := os.Stat(File(dir, "d")); st.Mode().Perm() != 0o600 {
 		t.Errorf("mode %v after Ensure; want 0600", st.Mode().Perm())
+	}
+}
+
+// A sealed set opens only with the key of the same cluster secret and for
+// the same deployment, and holds none of its values in clear.
+func TestSealOpensOnlyWithItsClusterSecret(t *testing.T) {
+	key, err := DeriveKey([]byte("0123456789abcdef0123456789abcdef"), "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, _, err := New("demo-regtest", nil).WithNames([]string{"db-password", "admin-password"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := Seal(key, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range set.Names() {
+		v, _ := set.Get(n)
+		if strings.Contains(string(sealed), v) || strings.Contains(string(sealed), n) {
+			t.Errorf("the sealed set holds %s (its name or value) in clear", n)
+		}
+	}
+	got, err := Open(key, "demo-regtest", sealed)
+	if err != nil || got.Digest() != set.Digest() {
+		t.Fatalf("open with the same key: %v (digests equal: %v)", err, got.Digest() == set.Digest())
+	}
+	other, _ := DeriveKey([]byte("another secret of 32 characters!"), "demo")
+	otherCluster, _ := DeriveKey([]byte("0123456789abcdef0123456789abcdef"), "prod")
+	for what, try := range map[string]func() error{
+		"another cluster secret": func() error { _, err := Open(other, "demo-regtest", sealed); return err },
+		"another cluster name":   func() error { _, err := Open(otherCluster, "demo-regtest", sealed); return err },
+		"another deployment":     func() error { _, err := Open(key, "prod-mainnet", sealed); return err },
+		"one byte altered": func() error {
+			bad := bytes.Clone(sealed)
+			bad[len(bad)-1] ^= 1
+			_, err := Open(key, "demo-regtest", bad)
+			return err
+		},
+	} {
+		err := try()
+		if !errors.Is(err, ErrWrongKey) || !strings.Contains(err.Error(), "cluster secret") {
+			t.Errorf("%s: %v; want ErrWrongKey saying the cluster secret", what, err)
+		}
+	}
+	if s := fmt.Sprintf("%v %+v %#v %s", key, key, key, key); strings.Contains(s, string(key.k)) || !strings.Contains(s, "redacted") {
+		t.Errorf("a printed key shows more than redacted: %q", s)
+	}
+}
+
+// Merge keeps the values a set has: they are what the databases hold.
+func TestMergeKeepsExistingValues(t *testing.T) {
+	have := New("d", map[string]string{"a": "1", "b": "2"})
+	got, added, differing := have.Merge(New("d", map[string]string{"b": "x", "c": "3"}))
+	if v, _ := got.Get("b"); v != "2" || !slices.Equal(added, []string{"c"}) || !slices.Equal(differing, []string{"b"}) {
+		t.Errorf("merge: b=%q added %v differing %v", v, added, differing)
 	}
 }

@@ -4,18 +4,19 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
-// DeployStateDir is where, under the state directory, the deployments'
-// generated secrets are kept (0700; one 0600 file per deployment).
+// DeployStateDir is where, under the state directory, an older ssbuild
+// kept the deployments' generated secrets (one 0600 file per deployment):
+// the service imports them into the registry and removes them.
 const DeployStateDir = "deploy"
 
 // Deploy retry backoff when Options leave it unset: a failed deploy is
@@ -30,16 +31,15 @@ const (
 const membersPoll = 2 * time.Second
 
 // startDeploy runs StepDeployed in the background when this host has a
-// deploy section (only the initiator may); the returned function waits for
-// it to end after ctx has.
-func (s *svc) startDeploy(ctx context.Context) (wait func()) {
+// deploy section; the returned function waits for it to end after ctx has.
+func (s *svc) startDeploy(ctx context.Context, reg *registry.Registry, state deploystate.Store) (wait func()) {
 	if s.cfg.Deploy == nil {
 		return func() {}
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.deployUntilDone(ctx)
+		s.deployUntilDone(ctx, reg, state)
 	}()
 	return func() {
 		// An LXD operation in flight may outlive the cancel a little;
@@ -53,23 +53,38 @@ func (s *svc) startDeploy(ctx context.Context) (wait func()) {
 }
 
 // deployUntilDone deploys once every member is online, retrying with
-// backoff until a deploy succeeds or ctx ends. A failure is recorded as
-// the host's last error (status shows it) while the step stays where it is.
-func (s *svc) deployUntilDone(ctx context.Context) {
+// backoff until a deploy succeeds or ctx ends. Any member with a deploy
+// section may run it: the one that holds the registry's deploy lease does,
+// and a member that finds the recipe deployed by another since it started
+// takes that as its own deploy. A failure is recorded as the host's last
+// error (status shows it) while the step stays where it is.
+func (s *svc) deployUntilDone(ctx context.Context, reg *registry.Registry, state deploystate.Store) {
 	name := s.cfg.Host.Name
 	backoff := cmp.Or(s.o.DeployBackoff, DefaultDeployBackoff)
 	maxBackoff := cmp.Or(s.o.DeployBackoffMax, DefaultDeployBackoffMax)
+	started := time.Now()
 	for attempt := 1; ; attempt++ {
 		if err := s.waitMembersOnline(ctx); err != nil {
 			return // only ctx ends the wait
 		}
+		if err := s.waitBaseImage(ctx); err != nil {
+			return
+		}
+		release, err := s.takeDeployLease(ctx, reg)
+		if err != nil {
+			return // only ctx ends the wait
+		}
 		began := time.Now()
-		rep, err := s.deployOnce(ctx)
+		rep, by, err := s.deployOnce(ctx, state, started)
+		release()
 		if ctx.Err() != nil {
 			return
 		}
 		if err == nil {
 			detail := fmt.Sprintf("%d instances, %d mutations, in %s", len(rep.Instances), rep.Mutations, time.Since(began).Round(100*time.Millisecond))
+			if by != "" {
+				detail = by
+			}
 			_ = s.reached(StepDeployed, detail) // fault injection has nothing left to stop here
 			return
 		}
@@ -82,6 +97,94 @@ func (s *svc) deployUntilDone(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// DeployLease is the registry lease whose holder runs the first-boot
+// deploy; DeployLeaseTTL is how long it lasts unless renewed (every third
+// of it while the deploy runs), so a holder that dies frees it soon.
+const (
+	DeployLease    = "deploy"
+	DeployLeaseTTL = 90 * time.Second
+)
+
+// takeDeployLease waits until this host holds the deploy lease and keeps
+// renewing it; the returned function gives it up.
+func (s *svc) takeDeployLease(ctx context.Context, reg *registry.Registry) (release func(), err error) {
+	name := s.cfg.Host.Name
+	last := ""
+	for {
+		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		lease, ok, err := reg.AcquireLease(wctx, DeployLease, name, DeployLeaseTTL)
+		cancel()
+		if ok {
+			break
+		}
+		why := ""
+		if err != nil {
+			why = err.Error()
+		} else {
+			why = lease.Holder + " holds it"
+		}
+		if why != last {
+			s.log.Info("%s: deploy waits for the registry's deploy lease: %s", name, why)
+			last = why
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(membersPoll):
+		}
+	}
+	rctx, stop := context.WithCancel(ctx)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-time.After(DeployLeaseTTL / 3):
+			}
+			wctx, cancel := context.WithTimeout(rctx, writeTimeout)
+			if _, ok, err := reg.AcquireLease(wctx, DeployLease, name, DeployLeaseTTL); !ok && rctx.Err() == nil {
+				s.log.Info("%s: renew the deploy lease: held %v, %v", name, ok, err)
+			}
+			cancel()
+		}
+	}()
+	return func() {
+		stop()
+		<-renewed
+		wctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		defer cancel()
+		if err := reg.ReleaseLease(wctx, DeployLease, name); err != nil {
+			s.log.Info("%s: release the deploy lease: %v", name, err)
+		}
+	}, nil
+}
+
+// waitBaseImage returns at once on a host that carries the base image (its
+// deploy section names it); another waits until some member has imported
+// it into LXD, rather than fail a deploy for the lack of it.
+func (s *svc) waitBaseImage(ctx context.Context) error {
+	if s.cfg.Deploy.Image != "" {
+		return nil
+	}
+	logged := false
+	for {
+		if _, _, err := s.o.LXD.GetImageAlias(deploy.BaseImageAlias); err == nil {
+			return nil
+		}
+		if !logged {
+			s.log.Info("%s: deploy waits until a member with the base image has imported it into LXD", s.cfg.Host.Name)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(membersPoll):
+		}
 	}
 }
 
@@ -133,21 +236,43 @@ func (s *svc) membersNotOnline() string {
 }
 
 // deployOnce loads the recipe and runs one deploy (a reconcile: with
-// nothing changed it makes no mutation).
-func (s *svc) deployOnce(ctx context.Context) (deploy.Report, error) {
+// nothing changed it makes no mutation), its secrets and revision in the
+// registry. When every deployment's current revision is this recipe,
+// deployed by another member since this service started, it deploys
+// nothing and says by whom instead.
+func (s *svc) deployOnce(ctx context.Context, state deploystate.Store, started time.Time) (deploy.Report, string, error) {
 	d := s.cfg.Deploy
 	r, err := recipes.Load(d.Recipe)
 	if err != nil {
-		return deploy.Report{}, err
+		return deploy.Report{}, "", err
 	}
-	state := filepath.Join(s.cfg.StateDir, DeployStateDir)
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		return deploy.Report{}, err
-	}
-	// Secrets live here: a directory made wider by hand is narrowed again.
-	if err := os.Chmod(state, 0o700); err != nil {
-		return deploy.Report{}, err
+	if by := s.deployedByAnother(ctx, state, r, started); by != "" {
+		s.log.Info("%s: %s", s.cfg.Host.Name, by)
+		return deploy.Report{}, by, nil
 	}
 	s.log.Info("%s: deploying %s (%d deployments)", s.cfg.Host.Name, d.Recipe, len(r.Deployments))
-	return deploy.Deploy(ctx, deploy.Options{LXD: s.o.LXD, Recipe: r, ImageDir: d.Image, StateDir: state, Progress: s.log})
+	rep, err := deploy.Deploy(ctx, deploy.Options{LXD: s.o.LXD, Recipe: r, ImageDir: d.Image, State: state,
+		Member: s.cfg.Host.Name, Progress: s.log})
+	return rep, "", err
+}
+
+// deployedByAnother says who deployed the recipe since started, or "".
+func (s *svc) deployedByAnother(ctx context.Context, state deploystate.Store, r *recipes.Recipe, started time.Time) string {
+	digest, _, err := deploy.RecipeDigest(r)
+	if err != nil || len(r.Deployments) == 0 {
+		return ""
+	}
+	var by []string
+	for _, d := range r.Deployments {
+		revs, err := state.History(ctx, d.Project())
+		if err != nil || len(revs) == 0 {
+			return ""
+		}
+		cur := revs[len(revs)-1]
+		if cur.SpecHash != digest || cur.State != registry.RevisionDeployed || cur.Member == s.cfg.Host.Name || !cur.EndedAt.After(started) {
+			return ""
+		}
+		by = append(by, fmt.Sprintf("%s revision %d by %s", d.Project(), cur.Revision, cur.Member))
+	}
+	return "deployed by another member since this service started: " + strings.Join(by, ", ")
 }

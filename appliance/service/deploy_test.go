@@ -1,7 +1,10 @@
 package service_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,10 +18,16 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/configtest"
 	"github.com/sovereign-stack/ssbuild/testkit/deploytest"
 	"github.com/sovereign-stack/ssbuild/testkit/servicetest"
@@ -92,12 +101,36 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As the installer writes them, the joiners have a deploy section too,
+	// without the base image (the initiator carries it).
+	for _, h := range hosts[1:] {
+		h.Config.Deploy = &config.Deploy{Recipe: recipeFile}
+		data, err := config.Marshal(h.Config)
+		if err == nil {
+			err = os.WriteFile(h.Path, data, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	init := hosts[0]
+	project := deploytest.BedRecipe(t).Deployments[0].Project()
+	// Upgrade in place: the initiator holds the secrets file an older
+	// ssbuild's first-boot deploy wrote; the registry takes it over.
+	older := olderSecretsFile(t, init, project)
+
 	// The recipe file is missing at first: the deploy fails, status says
 	// why, and the service retries (and serves the registry meanwhile).
 	if err := os.Rename(recipeFile, recipeFile+".later"); err != nil {
 		t.Fatal(err)
 	}
+	// So is the base image: once the recipe is there, the deploy starts
+	// its revision and fails, which any member's status shows from the
+	// registry.
+	if err := os.Rename(img, img+".later"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Rename(img+".later", img) })
 
 	log := &serviceLog{t: t}
 	services := make([]*servicetest.Process, len(hosts))
@@ -130,12 +163,26 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 			strings.Contains(hs.LastError, "deploy (attempt") && strings.Contains(hs.LastError, recipeFile)
 	})
 	t.Logf("status with the recipe file missing: %s, last error %q", failing.Step, failing.LastError)
-	fixed := time.Now()
 	if err := os.Rename(recipeFile+".later", recipeFile); err != nil {
 		t.Fatal(err)
 	}
+	failed := waitRegistryStatus(t, ctx, hosts[2], 5*time.Minute, "the deploy's revision failed on host1, with its error", func(r *service.Report) bool {
+		for _, d := range r.Registry.Deployments {
+			if d.Deployment == project && d.State == registry.RevisionFailed && d.Member == init.Bed.Name && strings.Contains(d.Error, "base image") {
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(failed, "Deployments (from the registry):\n  "+project+"  revision 1  failed on host1") || !strings.Contains(failed, "last error: base image") {
+		t.Errorf("host3's status does not show the initiator's failed deploy:\n%s", failed)
+	}
+	fixed := time.Now()
+	if err := os.Rename(img+".later", img); err != nil {
+		t.Fatal(err)
+	}
 	st := waitDeployed(t, ctx, init, began, 20*time.Minute)
-	t.Logf("figure: services started to the initiator's status deployed: %s, %s of it after the recipe file came (%s)",
+	t.Logf("figure: services started to the initiator's status deployed: %s, %s of it after the base image came (%s)",
 		time.Since(began).Round(time.Second), time.Since(fixed).Round(time.Second), st.Detail)
 	if st.LastError != "" {
 		t.Errorf("deployed, but the last error is still %q", st.LastError)
@@ -147,13 +194,25 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("status:\n%s", text.String())
-	for _, want := range []string{"host1  deployed", "host2  serving", "host3  serving", "Hosts (from the registry)"} {
+	for _, want := range []string{"host1  deployed", "Hosts (from the registry)"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("status lacks %q", want)
 		}
 	}
+	// The joiners, once the lease is theirs, find the recipe deployed by
+	// host1 since they started and deploy nothing.
+	for _, h := range hosts[1:] {
+		hs := waitStatus(t, ctx, h, 3*time.Minute, "deployed by host1", func(hs service.HostStatus) bool {
+			return hs.Step == string(service.StepDeployed) && strings.Contains(hs.Detail, project+" revision 1 by host1")
+		})
+		t.Logf("%s: %s (%s)", h.Bed.Name, hs.Step, hs.Detail)
+	}
+	for _, h := range hosts[1:] {
+		if strings.Contains(log.String(), h.Bed.Name+": deploying ") {
+			t.Errorf("%s deployed too, not only the lease holder host1", h.Bed.Name)
+		}
+	}
 
-	project := deploytest.BedRecipe(t).Deployments[0].Project()
 	www := wwwMember(t, bed, project)
 	for host, want := range map[string]string{
 		"demo.example": "ghost demo.example", "www.blog.example": "ghost blog.example",
@@ -164,15 +223,46 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 			t.Errorf("port 80 of %s for %s answered %q, want %q", www.Name, host, got, want)
 		}
 	}
-	secretsFile := secrets.File(filepath.Join(init.Config.StateDir, service.DeployStateDir), project)
-	if fi, err := os.Stat(secretsFile); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("the deployment's secrets file %s: %v, %v; want mode 0600", secretsFile, fi, err)
-	} else if set, err := secrets.Ensure(filepath.Dir(secretsFile), project, nil); err == nil {
-		for _, n := range set.Names() {
-			if v, _ := set.Get(n); strings.Contains(log.String(), v) {
-				t.Errorf("the deployment's secret %s appears in the service's output", n)
-			}
+	set := checkSecretsInRegistry(t, ctx, hosts, project, older)
+	for _, n := range set.Names() {
+		if v, _ := set.Get(n); strings.Contains(log.String(), v) {
+			t.Errorf("the deployment's secret %s appears in the service's output", n)
 		}
+	}
+
+	// A manual `ssbuild deploy` on another member uses the same secrets:
+	// every service stays as it is (0 mutations), and the revision records
+	// that member.
+	manual := time.Now()
+	other := hosts[1]
+	// Its --state-dir holds the second set an older `ssbuild deploy` made
+	// (the bug this fixes): it is handed to the registry, whose values win,
+	// and removed.
+	cliState := t.TempDir()
+	if _, err := secrets.Ensure(cliState, project, set.Names()); err != nil {
+		t.Fatal(err)
+	}
+	out := runCLI(t, ctx, other, img, log, "deploy", "--json", "--config", other.Path, "--recipe", recipeFile, "--image", img, "--state-dir", cliState)
+	var rep deploy.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("ssbuild deploy --json: %v\n%s", err, out)
+	}
+	t.Logf("figure: ssbuild deploy on %s after the first boot's: %s, %d mutations", other.Bed.Name, time.Since(manual).Round(time.Second), rep.Mutations)
+	if rep.Mutations != 0 {
+		t.Errorf("ssbuild deploy on %s made %d mutations (another set of secrets?): %+v", other.Bed.Name, rep.Mutations, rep.Instances)
+	}
+	if _, err := os.Stat(secrets.File(cliState, project)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the older `ssbuild deploy` secrets file is still there (%v)", err)
+	}
+	if again := checkSecretsInRegistry(t, ctx, hosts, project, older); again.Digest() != set.Digest() {
+		t.Error("ssbuild deploy changed the deployment's secrets")
+	}
+	revs, err := (&deploystate.Client{Socket: filepath.Join(other.Config.StateDir, service.SocketName)}).History(ctx, project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(revs) != 1 || revs[0].State != registry.RevisionDeployed || revs[0].Member != other.Bed.Name || revs[0].Error != "" || revs[0].EndedAt.Before(manual) {
+		t.Errorf("revisions after ssbuild deploy: %+v; want revision 1 deployed by %s", revs, other.Bed.Name)
 	}
 
 	// systemctl restart: the service reconciles again, changing nothing.
@@ -191,6 +281,177 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if got := askSite(t, ctx, bed, www, "demo.example"); got != "ghost demo.example" {
 		t.Errorf("after the restart demo.example answered %q", got)
 	}
+
+	// The initiator's service (its registry node) is killed and the recipe
+	// changes (gitea added to demo.example); a survivor's service, started
+	// again, holds the deploy lease and deploys it with the same secrets:
+	// btcpay keeps its password, and the registry records revision 2 by
+	// that member. (Its LXD stays: www's volumes are on its disk.)
+	services[0].Kill()
+	rec, err := recipes.Load(recipeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Deployments[0].Sites[0].Services = append(rec.Deployments[0].Sites[0].Services, "gitea")
+	data, err := recipes.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recipeFile, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	survivor := hosts[2]
+	if err := services[2].Stop(); err != nil {
+		t.Error(err)
+	}
+	changed := time.Now()
+	if err := services[2].Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st = waitDeployed(t, ctx, survivor, changed, 10*time.Minute)
+	t.Logf("figure: the survivor %s's service restarted to the changed recipe deployed, initiator's service killed: %s (%s)",
+		survivor.Bed.Name, time.Since(changed).Round(time.Second), st.Detail)
+	if strings.Contains(st.Detail, "by another member") || strings.Contains(st.Detail, " 0 mutations") {
+		t.Errorf("the survivor did not deploy the changed recipe itself: %q", st.Detail)
+	}
+	if got := askSite(t, ctx, bed, www, "git.demo.example"); got != "gitea demo.example" {
+		t.Errorf("git.demo.example answered %q after the survivor's deploy", got)
+	}
+	if again := checkSecretsInRegistry(t, ctx, hosts[1:], project, older); again.Digest() != set.Digest() {
+		t.Error("the survivor's deploy changed the deployment's secrets")
+	}
+	out = runCLI(t, ctx, survivor, img, log, "show", "--history", "--json", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState)
+	var shown deploy.State
+	if err := json.Unmarshal([]byte(out), &shown); err != nil {
+		t.Fatalf("ssbuild show --history --json: %v\n%s", err, out)
+	}
+	if h := shown.Deployments[0].History; len(h) != 2 || h[0].State != registry.RevisionDeployed || h[0].Member != init.Bed.Name ||
+		h[1].State != registry.RevisionDeployed || h[1].Member != survivor.Bed.Name || h[1].RecipeDigest == h[0].RecipeDigest ||
+		!strings.Contains(h[1].Recipe, "gitea") {
+		t.Errorf("show --history: %+v; want revision 1 by %s and 2 (with gitea) by %s, both deployed", h, init.Bed.Name, survivor.Bed.Name)
+	}
+	t.Logf("ssbuild show --history on %s:\n%s", survivor.Bed.Name,
+		runCLI(t, ctx, survivor, img, log, "show", "--history", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState))
+
+	for _, n := range set.Names() {
+		if v, _ := set.Get(n); strings.Contains(log.String(), v) {
+			t.Errorf("the deployment's secret %s appears in the output of the services or ssbuild", n)
+		}
+	}
+
+	// down --purge through the registry removes its secrets there.
+	runCLI(t, ctx, survivor, img, log, "down", project, "--purge", "--yes", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState)
+	if has, err := (&deploystate.Client{Socket: filepath.Join(survivor.Config.StateDir, service.SocketName)}).Has(ctx, project); has || err != nil {
+		t.Errorf("after down --purge the registry still has the secrets of %s (%v)", project, err)
+	}
+}
+
+// runCLI runs the ssbuild binary the demo image was built with (static,
+// from this source) inside a bed host, as its owner would, and returns
+// its standard output; its standard error goes to the log (leak check).
+func runCLI(t *testing.T, ctx context.Context, h configtest.Host, img string, log *serviceLog, args ...string) string {
+	t.Helper()
+	bin := filepath.Join(filepath.Dir(img), "ssbuild")
+	cmd := h.Bed.Command(ctx, bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		log.add(h.Bed.Name + ": ssbuild " + args[0] + ": " + line)
+	}
+	log.add(string(out))
+	if err != nil {
+		t.Fatalf("%s: ssbuild %s: %v", h.Bed.Name, strings.Join(args, " "), err)
+	}
+	return string(out)
+}
+
+// waitRegistryStatus polls the host's status until ok says the registry's
+// view is what is wanted, and returns the status as text.
+func waitRegistryStatus(t *testing.T, ctx context.Context, h configtest.Host, timeout time.Duration, what string, ok func(*service.Report) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		r := service.Status(ctx, h.Config, h.Bed.LXD(), nil)
+		if r.Registry != nil && ok(r) {
+			var b strings.Builder
+			if err := r.Write(&b, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			return b.String()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not %s within %s; registry: %+v, %s", h.Bed.Name, what, timeout, r.Registry, r.RegistryError)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// olderSecretsFile writes the deployment's secrets file as an older
+// ssbuild's first-boot deploy did (<stateDir>/deploy, 0600) and returns it.
+func olderSecretsFile(t *testing.T, h configtest.Host, project string) secrets.Set {
+	t.Helper()
+	names, err := stack.SecretNames(deploytest.BedRecipe(t).Deployments[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := secrets.Ensure(filepath.Join(h.Config.StateDir, service.DeployStateDir), project, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// checkSecretsInRegistry: every member's service answers the same set,
+// the older file's, which is gone; the running btcpay service has its
+// value; no registry node's files hold a value in clear. Sets are compared
+// by digest, never printed.
+func checkSecretsInRegistry(t *testing.T, ctx context.Context, hosts []configtest.Host, project string, older secrets.Set) secrets.Set {
+	t.Helper()
+	var set secrets.Set
+	for _, h := range hosts {
+		c := &deploystate.Client{Socket: filepath.Join(h.Config.StateDir, service.SocketName)}
+		got, err := c.Ensure(ctx, project, nil)
+		if err != nil {
+			t.Fatalf("%s: the deployment's secrets: %v", h.Bed.Name, err)
+		}
+		if got.Digest() != older.Digest() {
+			t.Errorf("%s: the registry's secrets of %s are not the older file's (%d and %d values)", h.Bed.Name, project, got.Len(), older.Len())
+		}
+		set = got
+	}
+	file := secrets.File(filepath.Join(hosts[0].Config.StateDir, service.DeployStateDir), project)
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the older secrets file %s is still there (%v)", file, err)
+	}
+	want, _ := set.Get("btcpay-admin")
+	pc := hosts[0].Bed.LXD().UseProject(project)
+	out, _, code, err := lxdexec.Run(pc, "btcpay", "docker", "exec", project+"-btcpay", "/bin/sh", "-c", "echo \"$ADMIN_PASSWORD\"")
+	if err != nil || code != 0 || strings.TrimSpace(out) != want {
+		t.Errorf("the btcpay service's ADMIN_PASSWORD is not the registry's btcpay-admin (exec: code %d, %v)", code, err)
+	}
+	for _, h := range hosts {
+		dir := filepath.Join(h.Config.StateDir, service.RegistryDir)
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			for _, n := range set.Names() {
+				if v, _ := set.Get(n); bytes.Contains(data, []byte(v)) {
+					t.Errorf("%s: the registry file %s holds the secret %s in clear", h.Bed.Name, path, n)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s: search the registry's files: %v", h.Bed.Name, err)
+		}
+	}
+	return set
 }
 
 func waitDeployed(t *testing.T, ctx context.Context, h configtest.Host, since time.Time, timeout time.Duration) service.HostStatus {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 )
 
@@ -26,6 +27,9 @@ type RegistryView struct {
 	Members      []registry.Member      `json:"members"`
 	Hosts        []registry.Host        `json:"hosts"`
 	JoinAttempts []registry.JoinAttempt `json:"joinAttempts"`
+	// Deployments are the current revision of each deployment (without
+	// the recipe's text): who deployed it, how it ended, its last error.
+	Deployments []registry.Revision `json:"deployments"`
 }
 
 // viewTimeout bounds a status request: a status that waits out a whole
@@ -50,7 +54,18 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		ln.Close()
 		return fmt.Errorf("service: %s: status socket: %w", name, err)
 	}
+	state := &deploystate.Registry{Reg: reg, Key: s.key, Member: name,
+		ImportDirs: []string{filepath.Join(s.cfg.StateDir, DeployStateDir)},
+		Logf:       func(format string, args ...any) { s.log.Info("%s: %s", name, fmt.Sprintf(format, args...)) }}
+	// Secrets files of an older ssbuild go into the registry before any
+	// deploy can read them; a failure leaves them for the deploy to retry.
+	ictx, cancel := context.WithTimeout(ctx, writeTimeout)
+	if err := state.ImportAll(ictx); err != nil {
+		s.log.Info("%s: import older secrets files: %v", name, err)
+	}
+	cancel()
 	mux := http.NewServeMux()
+	state.Register(mux)
 	mux.HandleFunc("GET "+statusPath, func(w http.ResponseWriter, r *http.Request) {
 		vctx, cancel := context.WithTimeout(r.Context(), viewTimeout)
 		defer cancel()
@@ -77,7 +92,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		return err
 	}
 	dctx, stopDeploy := context.WithCancel(ctx)
-	waitDeploy := s.startDeploy(dctx)
+	waitDeploy := s.startDeploy(dctx, reg, state)
 	defer func() {
 		stopDeploy()
 		waitDeploy()
@@ -136,6 +151,12 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 	}
 	if v.JoinAttempts, err = reg.JoinAttempts(ctx, ""); err != nil {
 		return nil, err
+	}
+	if v.Deployments, err = reg.Deployments(ctx); err != nil {
+		return nil, err
+	}
+	for i := range v.Deployments {
+		v.Deployments[i].Recipe = ""
 	}
 	return v, nil
 }

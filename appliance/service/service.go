@@ -16,14 +16,21 @@
 //	                host's row is rewritten every Heartbeat (with the step
 //	                and last error of the status file), so its update
 //	                time says the host and the registry are alive
-//	deployed        only on the initiator, and only when its appliance.yaml
-//	                has a deploy section: while serving, once every
-//	                configured member is an online LXD member, the recipe's
-//	                deployments are deployed (appliance/deploy) with their
-//	                secrets in <stateDir>/deploy (0700); a failure is the
+//	deployed        only on a host whose appliance.yaml has a deploy section
+//	                (the installer gives every host one; only the initiator's
+//	                names the base image): while serving, once every
+//	                configured member is an online LXD member and the base
+//	                image is in LXD or on this host, the host that holds the
+//	                registry's deploy lease deploys the recipe's
+//	                deployments (appliance/deploy) with their
+//	                secrets and revisions in the registry
+//	                (appliance/deploystate; an older ssbuild's files in
+//	                <stateDir>/deploy are imported once); a failure is the
 //	                host's last error and is retried with backoff while the
 //	                registry keeps being served. It runs on every start: a
-//	                reconcile, with 0 mutations when nothing changed
+//	                reconcile, with 0 mutations when nothing changed, unless
+//	                another member deployed the same recipe since this
+//	                host's service started
 //
 // A host that is an LXD member and has run its registry node before opens
 // it at once and runs cluster formation alongside: a restarted initiator
@@ -62,6 +69,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
@@ -71,7 +79,7 @@ const (
 	StepRegistryOpen cluster.Step = "registry-open"
 	StepHostRecorded cluster.Step = "host-recorded"
 	StepServing      cluster.Step = "serving"
-	StepDeployed     cluster.Step = "deployed" // initiator with a deploy section only
+	StepDeployed     cluster.Step = "deployed" // a host with a deploy section only
 )
 
 // Steps lists a role's steps in order: the cluster's, then the service's
@@ -150,6 +158,7 @@ type svc struct {
 	cfg *config.Appliance
 	log *progress.Reporter
 
+	key     secrets.Key  // seals the deployments' secrets in the registry
 	formed  <-chan error // formation's result when it runs alongside the registry
 	serving atomic.Bool
 
@@ -169,6 +178,7 @@ func (s *svc) resuming() bool {
 
 func (s *svc) run(ctx context.Context) error {
 	name := s.cfg.Host.Name
+	var err error
 	co := cluster.Options{
 		Config: s.cfg, Secret: s.o.Secret, LXD: s.o.LXD, LXDDir: s.o.LXDDir,
 		Progress: s.log, FailAfter: s.o.FailAfter,
@@ -185,6 +195,10 @@ func (s *svc) run(ctx context.Context) error {
 	}
 	if s.o.Cluster != nil {
 		s.o.Cluster(&co)
+	}
+	// Only the key derived for sealing deployment secrets stays in memory.
+	if s.key, err = secrets.DeriveKey(s.o.Secret, s.cfg.Cluster.Name); err != nil {
+		return fmt.Errorf("service: %s: %w", name, err)
 	}
 	s.o.Secret = nil
 	formation, err := cluster.New(co)

@@ -204,5 +204,23 @@ func (r *Report) Write(w io.Writer, now time.Time) error {
 		}
 		fmt.Fprintln(tw, line)
 	}
+	if r.Registry != nil && len(r.Registry.Deployments) > 0 {
+		fmt.Fprintln(tw, "Deployments (from the registry):")
+		for _, d := range r.Registry.Deployments {
+			line := fmt.Sprintf("  %s\trevision %d\t%s", d.Deployment, d.Revision, d.State)
+			if d.Member != "" {
+				line += " on " + d.Member
+			}
+			if !d.EndedAt.IsZero() {
+				line += fmt.Sprintf(" %s ago, %d changes", now.Sub(d.EndedAt).Round(time.Second), d.Mutations)
+			} else if !d.StartedAt.IsZero() {
+				line += fmt.Sprintf(", started %s ago", now.Sub(d.StartedAt).Round(time.Second))
+			}
+			if d.Error != "" {
+				line += "\tlast error: " + d.Error
+			}
+			fmt.Fprintln(tw, line)
+		}
+	}
 	return tw.Flush()
 }

@@ -26,12 +26,12 @@ func applianceCommand() *cli.Command {
 	}
 	return &cli.Command{
 		Name:  "appliance",
-		Usage: "first boot of a cluster host: form the LXD cluster, run the registry, deploy (initiator)",
+		Usage: "first boot of a cluster host: form the LXD cluster, run the registry, deploy",
 		Subcommands: []*cli.Command{
 			{
 				Name: "run",
 				Usage: "form or join the LXD cluster, then run this host's registry node until stopped; " +
-					"the initiator with a deploy section in its config deploys the recipe once every member is online " +
+					"with a deploy section in its config, the host holding the registry's deploy lease deploys the recipe once every member is online " +
 					"(the first-boot unit's command; safe to run again after any failure)",
 				Flags:  flags(),
 				Action: applianceRun,

@@ -2,12 +2,21 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 
+	lxd "github.com/canonical/lxd/client"
 	"github.com/urfave/cli/v2"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
+	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
 // deployFlags are shared by deploy, down and show: the recipe, the LXD the
@@ -17,8 +26,10 @@ func deployFlags(extra ...cli.Flag) []cli.Flag {
 		recipeFlag(),
 		&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"},
 			Usage: "LXD's directory `DIR` (its unix.socket) on a cluster member; the snap's is /var/snap/lxd/common/lxd"},
+		&cli.StringFlag{Name: "config", Value: config.DefaultPath,
+			Usage: "the host's appliance.yaml `FILE`: where it exists (a cluster member) the deployments' secrets and revisions are the cluster's registry's, through the local service"},
 		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/ssbuild/deployments",
-			Usage: "`DIR` where each deployment's generated secrets are kept (0700 folder, 0600 files)"},
+			Usage: "`DIR` of the deployments' secrets and revisions on a standalone LXD (0700 folder, 0600 files); on a cluster member, a secrets file found there is imported into the registry once and removed"},
 		&cli.BoolFlag{Name: "json", Usage: "machine-readable output (progress as JSON events on stderr)"},
 	}, extra...)
 }
@@ -49,9 +60,18 @@ func deployCommands() []*cli.Command {
 			Action: downAction,
 		},
 		{
-			Name:   "show",
-			Usage:  "the cluster's members and the recipe's deployments: instances, members, services, health, URLs",
+			Name:      "rotate-secret",
+			Usage:     "give one generated secret of a deployment a new value (recorded; the next deploy hands it to the services using it)",
+			ArgsUsage: "DEPLOYMENT NAME",
+			Description: "A database initialised with the old value keeps it until it is changed inside the database too:\n" +
+				"rotate what the services read at start (admin passwords, RPC credentials).",
 			Flags:  deployFlags(),
+			Action: rotateAction,
+		},
+		{
+			Name:   "show",
+			Usage:  "the cluster's members and the recipe's deployments: current revision, instances, members, services, health, URLs",
+			Flags:  deployFlags(&cli.BoolFlag{Name: "history", Usage: "every revision of each deployment (with --json also each one's recipe text)"}),
 			Action: showAction,
 		},
 	}
@@ -66,7 +86,35 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	if err != nil {
 		return deploy.Options{}, err
 	}
-	return deploy.Options{LXD: lxdc, Recipe: r, StateDir: c.String("state-dir"), Progress: progressFor(c)}, nil
+	state, member, err := deployState(c, lxdc)
+	if err != nil {
+		return deploy.Options{}, err
+	}
+	return deploy.Options{LXD: lxdc, Recipe: r, State: state, Member: member, Progress: progressFor(c)}, nil
+}
+
+// deployState is where deploy, down and show find the deployments'
+// secrets and revisions, the same for each: on a cluster member (its
+// appliance.yaml exists) the registry through the local service, else
+// (a standalone LXD) the --state-dir folder. A cluster member never falls
+// back to a folder: that would be a second set of secrets.
+func deployState(c *cli.Context, lxdc lxd.InstanceServer) (deploystate.Store, string, error) {
+	host, _ := os.Hostname()
+	path := c.String("config")
+	a, err := config.Load(path)
+	switch {
+	case err == nil:
+		return &deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName), ImportDir: c.String("state-dir")}, a.Host.Name, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, "", invalidError{fmt.Errorf("the cluster member's config, for the registry that keeps the deployments' secrets: %w", err)}
+	case c.IsSet("config"):
+		return nil, "", invalidError{err}
+	}
+	if cl, _, err := lxdc.GetCluster(); err == nil && cl.Enabled {
+		return nil, "", fmt.Errorf("this LXD is a cluster member (%s) but %s does not exist: on a cluster the deployments' secrets are in the registry, "+
+			"reached through the local service its appliance.yaml names; pass --config FILE", cl.ServerName, path)
+	}
+	return deploystate.Folder{Dir: secrets.Dir(c.String("state-dir"))}, host, nil
 }
 
 func deployAction(c *cli.Context) error {
@@ -130,7 +178,7 @@ func downAction(c *cli.Context) error {
 	}
 	purge := c.Bool("purge")
 	if purge {
-		doomed, err := deploy.Doomed(o, d)
+		doomed, err := deploy.Doomed(c.Context, o, d)
 		if err != nil {
 			return err
 		}
@@ -163,7 +211,7 @@ func showAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	st, err := deploy.Show(c.Context, o)
+	st, err := deploy.ShowWith(c.Context, o, deploy.ShowOptions{History: c.Bool("history")})
 	if err != nil {
 		return err
 	}
@@ -171,4 +219,28 @@ func showAction(c *cli.Context) error {
 		return writeJSON(c.App.Writer, st)
 	}
 	return st.WriteText(c.App.Writer)
+}
+
+func rotateAction(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return usagef("rotate-secret takes a deployment and a secret name")
+	}
+	r, err := loadRecipe(c.String("recipe"))
+	if err != nil {
+		return err
+	}
+	d, err := deploy.FindDeployment(r, c.Args().First())
+	if err != nil {
+		return usageError{err}
+	}
+	o, err := deployOptions(c)
+	if err != nil {
+		return err
+	}
+	name := c.Args().Get(1)
+	if err := o.State.Rotate(c.Context, d.Project(), name); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s: secret %s has a new value in %s; run ssbuild deploy to hand it to the services\n", d.Project(), name, o.State.Where())
+	return nil
 }

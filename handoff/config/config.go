@@ -34,7 +34,7 @@ const DefaultRegistrationPort = 9443
 // when the file names no port: next to the registration endpoint's.
 const DefaultRegistryPort = 9444
 
-// Where the installer puts what the initiator deploys (the deploy section).
+// Where the installer puts what the hosts deploy (the deploy section).
 const (
 	DefaultRecipePath = "/etc/ssbuild/recipe.yaml"    // on every host
 	DefaultImageDir   = "/var/lib/ssbuild/base-image" // the initiator's, when the stick carries one
@@ -47,7 +47,8 @@ type Appliance struct {
 	SecretFile string  `yaml:"secretFile"` // absolute path of the 0600 file holding the cluster secret
 	StateDir   string  `yaml:"stateDir"`   // where the service keeps its state (0700)
 	// Deploy is what this host deploys once the cluster has formed; nil:
-	// it never deploys. Only the initiator has one, so one host deploys.
+	// it never deploys. The installer gives every host one: the member
+	// holding the registry's deploy lease deploys.
 	Deploy *Deploy `yaml:"deploy,omitempty"`
 
 	// File is where it was read from, for messages.
@@ -352,9 +353,6 @@ func (c *checker) validate(a *Appliance) {
 	c.absolute(a.SecretFile, "secretFile")
 	c.absolute(a.StateDir, "stateDir")
 	if d := a.Deploy; d != nil {
-		if !a.IsInitiator() {
-			c.addf([]string{"deploy"}, "only the initiator (%s) deploys: remove this section from %s's config", cl.Initiator, a.Host.Name)
-		}
 		c.absolute(d.Recipe, "deploy", "recipe")
 		if d.Image != "" {
 			c.absolute(d.Image, "deploy", "image")

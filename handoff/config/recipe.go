@@ -16,7 +16,7 @@ type HostFiles struct {
 	StorageSource string  // the host's ZFS partition (or directory), e.g. /dev/disk/by-partlabel/ssbuild-zfs
 	SecretFile    string  // where it writes the secret, 0600
 	StateDir      string  // e.g. /var/lib/ssbuild
-	Deploy        *Deploy // the initiator's deploy section; nil: none
+	Deploy        *Deploy // the host's deploy section; nil: none
 }
 
 // FromRecipe builds the appliance.yaml of one host from a recipe (what the

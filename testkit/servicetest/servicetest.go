@@ -123,6 +123,20 @@ func (p *Process) Stop() error {
 	}
 }
 
+// Kill ends the service with SIGKILL, as a host that loses power, and
+// waits until it is gone.
+func (p *Process) Kill() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
 // WaitDeployed waits until the host's status (the registry's row, the
 // detail from its status file) says deployed, written after since, and
 // returns it.

@@ -1,0 +1,356 @@
+package deploystate_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
+)
+
+const (
+	clusterSecret = "0123456789abcdef0123456789abcdef"
+	deployment    = "demo-regtest"
+)
+
+var names = []string{"btcpay-postgres", "ghost-mysql-demo-example", "nostr-relay-admin"}
+
+// openRegistry starts a one-node registry (real dqlite) on loopback in
+// dir; it is closed when the test ends.
+func openRegistry(t *testing.T, dir string) *registry.Registry {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	reg, err := registry.Open(ctx, registry.Config{Dir: dir, Address: addr})
+	if errors.Is(err, registry.ErrNoDqlite) {
+		if testenv.InCI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = reg.Close(ctx)
+	})
+	return reg
+}
+
+func store(t *testing.T, reg *registry.Registry, secret string, importDirs ...string) *deploystate.Registry {
+	t.Helper()
+	key, err := secrets.DeriveKey([]byte(secret), "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &deploystate.Registry{Reg: reg, Key: key, Member: "host1", ImportDirs: importDirs, Logf: t.Logf}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// filesContain says which of the set's secrets appear in any file under dir.
+func filesContain(t *testing.T, dir string, set secrets.Set) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, n := range set.Names() {
+			if v, _ := set.Get(n); bytes.Contains(data, []byte(v)) {
+				found = append(found, n+" in "+filepath.Base(path))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// One set per deployment in the registry: a second Ensure (any member,
+// more names) keeps every value; the registry's files hold none of them;
+// another cluster secret cannot open it and generates nothing over it.
+func TestRegistryKeepsOneSealedSet(t *testing.T) {
+	dir := t.TempDir()
+	reg := openRegistry(t, filepath.Join(dir, "registry"))
+	s := store(t, reg, clusterSecret)
+	first, err := s.Ensure(ctx(t), deployment, names[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.Ensure(ctx(t), deployment, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range first.Names() {
+		a, _ := first.Get(n)
+		b, _ := again.Get(n)
+		if a != b {
+			t.Errorf("secret %s changed on the second ensure", n)
+		}
+	}
+	if again.Len() != 3 {
+		t.Errorf("the second ensure has %d secrets, want 3", again.Len())
+	}
+	if found := filesContain(t, dir, again); len(found) > 0 {
+		t.Errorf("the registry's files hold secrets in clear: %v", found)
+	}
+	sealed, err := reg.SealedSecrets(ctx(t), deployment)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	wrong := store(t, reg, "another cluster's secret, 32 char")
+	_, err = wrong.Ensure(ctx(t), deployment, append(names, "new-one"))
+	if !errors.Is(err, secrets.ErrWrongKey) || !strings.Contains(err.Error(), "cluster secret") || !strings.Contains(err.Error(), deployment) {
+		t.Errorf("ensure under another cluster secret: %v; want ErrWrongKey naming the deployment and the cluster secret", err)
+	}
+	if after, _ := reg.SealedSecrets(ctx(t), deployment); !bytes.Equal(after, sealed) {
+		t.Error("a store with the wrong key changed the registry's secrets")
+	}
+
+	evs, err := reg.SecretEvents(ctx(t), deployment)
+	if err != nil || len(evs) != 2 || evs[0].What != "generated" || len(evs[0].Names) != 2 || evs[1].Names[0] != names[2] {
+		t.Errorf("secret events %+v, %v; want 2 generations (2 names, then %s)", evs, err, names[2])
+	}
+
+	if err := s.Rotate(ctx(t), deployment, names[0]); err != nil {
+		t.Fatal(err)
+	}
+	rotated, _ := s.Ensure(ctx(t), deployment, names)
+	a, _ := again.Get(names[0])
+	b, _ := rotated.Get(names[0])
+	c, _ := again.Get(names[1])
+	d, _ := rotated.Get(names[1])
+	if a == b || c != d {
+		t.Errorf("rotating %s: it changed %v, another one changed %v", names[0], a != b, c != d)
+	}
+	if evs, _ := reg.SecretEvents(ctx(t), deployment); evs[len(evs)-1].What != "rotated" {
+		t.Errorf("the rotation is not recorded: %+v", evs[len(evs)-1])
+	}
+
+	if err := s.Remove(ctx(t), deployment); err != nil {
+		t.Fatal(err)
+	}
+	if has, err := s.Has(ctx(t), deployment); has || err != nil {
+		t.Errorf("after Remove, Has = %v, %v", has, err)
+	}
+}
+
+// Upgrade in place: files of an older ssbuild (the first-boot deploy's and
+// `ssbuild deploy`'s, with one value differing) go into the registry, the
+// first file's value winning, and are removed; the values are then the
+// registry's for every later ensure.
+func TestImportOlderFiles(t *testing.T) {
+	dir := t.TempDir()
+	serviceDir, cliDir := filepath.Join(dir, "state", "deploy"), filepath.Join(dir, "deployments")
+	old, err := secrets.Ensure(serviceDir, deployment, names[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliOld, err := secrets.Ensure(cliDir, deployment, names) // a second set, as the bug made
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := openRegistry(t, filepath.Join(dir, "registry"))
+	s := store(t, reg, clusterSecret, serviceDir)
+	if has, _ := s.Has(ctx(t), deployment); !has {
+		t.Error("Has does not count a file still to import")
+	}
+	if err := s.ImportAll(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(secrets.File(serviceDir, deployment)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the service's file is still there after the import: %v", err)
+	}
+
+	// The CLI's file, through the socket as `ssbuild deploy` hands it over.
+	sock := serve(t, s)
+	client := &deploystate.Client{Socket: sock, ImportDir: cliDir}
+	got, err := client.Ensure(ctx(t), deployment, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(secrets.File(cliDir, deployment)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the CLI's file is still there after the import: %v", err)
+	}
+	for _, n := range names[:2] {
+		want, _ := old.Get(n)
+		if v, _ := got.Get(n); v != want {
+			t.Errorf("%s: not the first-boot file's value", n)
+		}
+	}
+	want, _ := cliOld.Get(names[2])
+	if v, _ := got.Get(names[2]); v != want {
+		t.Errorf("%s (only in the CLI's file): not its value", names[2])
+	}
+	evs, _ := reg.SecretEvents(ctx(t), deployment)
+	if len(evs) != 2 || evs[0].What != "imported" || evs[1].What != "imported" {
+		t.Errorf("events %+v; want two imports", evs)
+	}
+	if found := filesContain(t, filepath.Join(dir, "registry"), got); len(found) > 0 {
+		t.Errorf("the registry's files hold secrets in clear: %v", found)
+	}
+}
+
+// serve runs the store's endpoints on a unix socket, as the service does.
+func serve(t *testing.T, s *deploystate.Registry) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "service.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	s.Register(mux)
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return sock
+}
+
+// A cluster member's CLI whose service does not answer stops, saying why,
+// and writes no secret anywhere.
+func TestClientWithoutServiceGeneratesNothing(t *testing.T) {
+	dir := t.TempDir()
+	c := &deploystate.Client{Socket: filepath.Join(dir, "service.sock"), ImportDir: filepath.Join(dir, "deployments")}
+	_, err := c.Ensure(ctx(t), deployment, names)
+	if err == nil || !strings.Contains(err.Error(), "registry is not reachable") || !strings.Contains(err.Error(), c.Socket) {
+		t.Errorf("ensure without a service: %v; want it to name the registry and the socket", err)
+	}
+	if _, err := c.StartDeploy(ctx(t), registry.DeployStart{Deployment: deployment, SpecHash: "x"}); err == nil {
+		t.Error("a deploy start was recorded without a service")
+	}
+	if entries, _ := os.ReadDir(c.ImportDir); len(entries) != 0 {
+		t.Errorf("files written without a registry: %v", entries)
+	}
+}
+
+// Revisions through the socket: a new one per recipe, the same one for a
+// re-run, each with its member, times, mutations and outcome.
+func TestRevisionsThroughTheSocket(t *testing.T) {
+	reg := openRegistry(t, filepath.Join(t.TempDir(), "registry"))
+	c := &deploystate.Client{Socket: serve(t, store(t, reg, clusterSecret))}
+	run := func(digest, member string, mutations int, failure string) registry.Revision {
+		rev, err := c.StartDeploy(ctx(t), registry.DeployStart{Deployment: deployment, SpecHash: digest, Recipe: "recipe " + digest, Member: member})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.EndDeploy(ctx(t), deployment, rev.Revision, mutations, failure); err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	run("sha256:a", "host1", 12, "")
+	run("sha256:b", "host2", 3, "www: services: boom")
+	if rev := run("sha256:b", "host3", 1, ""); rev.Revision != 2 {
+		t.Errorf("a re-run of the same recipe made revision %d, want 2", rev.Revision)
+	}
+	revs, err := c.History(ctx(t), deployment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(revs) != 2 {
+		t.Fatalf("%d revisions, want 2: %+v", len(revs), revs)
+	}
+	r1, r2 := revs[0], revs[1]
+	if r1.State != registry.RevisionDeployed || r1.Member != "host1" || r1.Mutations != 12 || r1.Recipe != "recipe sha256:a" ||
+		r1.StartedAt.IsZero() || r1.EndedAt.Before(r1.StartedAt) {
+		t.Errorf("revision 1: %+v", r1)
+	}
+	if r2.State != registry.RevisionDeployed || r2.Member != "host3" || r2.Error != "" {
+		t.Errorf("revision 2 after its successful re-run: %+v", r2)
+	}
+}
+
+// A standalone LXD's folder keeps the revisions too.
+func TestFolderRevisions(t *testing.T) {
+	f := deploystate.Folder{Dir: secrets.Dir(t.TempDir())}
+	for i, digest := range []string{"sha256:a", "sha256:a", "sha256:b"} {
+		rev, err := f.StartDeploy(ctx(t), registry.DeployStart{Deployment: deployment, SpecHash: digest, Recipe: digest, Member: "laptop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		failure := ""
+		if i == 2 {
+			failure = "www: boom"
+		}
+		if err := f.EndDeploy(ctx(t), deployment, rev.Revision, i, failure); err != nil {
+			t.Fatal(err)
+		}
+	}
+	revs, err := f.History(ctx(t), deployment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(revs) != 2 || revs[0].State != registry.RevisionDeployed || revs[0].Mutations != 1 ||
+		revs[1].State != registry.RevisionFailed || revs[1].Error != "www: boom" || revs[1].Recipe != "sha256:b" {
+		t.Errorf("folder revisions: %+v", revs)
+	}
+	if fi, err := os.Stat(filepath.Join(string(f.Dir), deployment+".revisions.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the revisions file: %v, %v; want 0600", fi, err)
+	}
+}
+
+// Rotating one secret through the socket (as `ssbuild rotate-secret` on a
+// member does) or in a standalone folder changes that one value only.
+func TestRotateOneSecret(t *testing.T) {
+	reg := openRegistry(t, filepath.Join(t.TempDir(), "registry"))
+	for what, s := range map[string]deploystate.Store{
+		"registry": &deploystate.Client{Socket: serve(t, store(t, reg, clusterSecret))},
+		"folder":   deploystate.Folder{Dir: secrets.Dir(t.TempDir())},
+	} {
+		before, err := s.Ensure(ctx(t), deployment, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Rotate(ctx(t), deployment, names[1]); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		after, err := s.Ensure(ctx(t), deployment, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			a, _ := before.Get(n)
+			b, _ := after.Get(n)
+			if (a != b) != (n == names[1]) {
+				t.Errorf("%s: after rotating %s, %s changed: %v", what, names[1], n, a != b)
+			}
+		}
+		if err := s.Rotate(ctx(t), deployment, "no-such-secret"); err == nil || !strings.Contains(err.Error(), "no-such-secret") {
+			t.Errorf("%s: rotating an unknown secret: %v", what, err)
+		}
+	}
+	if evs, _ := reg.SecretEvents(ctx(t), deployment); len(evs) != 2 || evs[1].What != "rotated" || evs[1].Names[0] != names[1] {
+		t.Errorf("registry events %+v; want the generation and the rotation of %s", evs, names[1])
+	}
+}

@@ -1,0 +1,246 @@
+// Package deploystate is where a cluster's deployment state lives: each
+// deployment's one set of secrets and its revisions (what each deploy ran,
+// where, when and how it ended). On a cluster member that is the
+// replicated registry: the service holds a Registry store and serves it
+// on its socket (Handler), and `ssbuild deploy/down/show` reach it there
+// (Client), so every member sees the same secrets and history. On a
+// standalone LXD it is a local folder (Folder).
+//
+// Secrets are sealed (appliance/secrets.Seal, XChaCha20-Poly1305) under a
+// key derived from the cluster secret before they reach the registry: a
+// copy of the registry's files alone reveals none of them.
+//
+// Upgrade: a deployment's secrets file left by an older ssbuild (the
+// first-boot deploy's <stateDir>/deploy, `ssbuild deploy`'s
+// /var/lib/ssbuild/deployments) is imported into the registry once, the
+// registry's values winning, and the file then removed.
+package deploystate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
+)
+
+// Store is the state deploy, down and show use: the secrets and the
+// revisions of the deployments.
+type Store interface {
+	secrets.Store
+	// StartDeploy records that a deploy of a recipe begins on a member.
+	StartDeploy(ctx context.Context, d registry.DeployStart) (registry.Revision, error)
+	// EndDeploy records its outcome ("" error: deployed).
+	EndDeploy(ctx context.Context, deployment string, revision int64, mutations int, deployErr string) error
+	// History lists a deployment's revisions, oldest first.
+	History(ctx context.Context, deployment string) ([]registry.Revision, error)
+	// Rotate gives one secret a new value, recorded; the next deploy
+	// hands it to the services that use it.
+	Rotate(ctx context.Context, deployment, name string) error
+}
+
+// Registry keeps the state in this host's registry node; the service
+// holds it.
+type Registry struct {
+	Reg *registry.Registry
+	Key secrets.Key // from the cluster secret (secrets.DeriveKey)
+	// Member is this host's name, recorded with every change.
+	Member string
+	// ImportDirs are folders of older ssbuilds' secrets files, imported on
+	// first use and then removed; the first folder's value wins when two
+	// files disagree.
+	ImportDirs []string
+	// Logf, when set, hears what was imported (names and counts only).
+	Logf func(format string, args ...any)
+}
+
+// Where says the registry.
+func (s *Registry) Where() string { return "the cluster's registry" }
+
+// Ensure returns the deployment's one set, generating only missing names,
+// after importing any older file of it.
+func (s *Registry) Ensure(ctx context.Context, deployment string, names []string) (secrets.Set, error) {
+	return s.EnsureImporting(ctx, deployment, names, secrets.Set{}, "")
+}
+
+// EnsureImporting is Ensure that also takes the values of an older file
+// read elsewhere (the CLI's --state-dir); the registry's values win.
+func (s *Registry) EnsureImporting(ctx context.Context, deployment string, names []string, imported secrets.Set, from string) (secrets.Set, error) {
+	type source struct {
+		set  secrets.Set
+		from string
+		dir  string
+	}
+	var sources []source
+	for _, dir := range s.ImportDirs {
+		set, ok, err := secrets.ReadFile(dir, deployment)
+		if err != nil {
+			return secrets.Set{}, fmt.Errorf("import the secrets of %s: %w", deployment, err)
+		}
+		if ok {
+			sources = append(sources, source{set, secrets.File(dir, deployment), dir})
+		}
+	}
+	if imported.Len() > 0 {
+		sources = append(sources, source{set: imported, from: from})
+	}
+	var result secrets.Set
+	var notes []string
+	_, err := s.Reg.UpdateSealedSecrets(ctx, deployment, func(cur []byte) ([]byte, []registry.SecretEvent, error) {
+		notes = nil
+		set := secrets.New(deployment, nil)
+		if cur != nil {
+			var err error
+			if set, err = secrets.Open(s.Key, deployment, cur); err != nil {
+				// Never generate over a set that does not open: that would
+				// be the second set of passwords this store exists to stop.
+				return nil, nil, fmt.Errorf("the registry's %w", err)
+			}
+		}
+		var evs []registry.SecretEvent
+		for _, src := range sources {
+			merged, added, differing := set.Merge(src.set)
+			set = merged
+			if len(added) > 0 {
+				evs = append(evs, registry.SecretEvent{What: "imported", Names: added, Member: s.Member})
+			}
+			notes = append(notes, fmt.Sprintf("%s: %d secrets imported into the registry from %s (%d already there with another value, kept)",
+				deployment, len(added), src.from, len(differing)))
+		}
+		missing := set.Missing(names)
+		set, generated, err := set.WithNames(names)
+		if err != nil {
+			return nil, nil, err
+		}
+		if generated {
+			evs = append(evs, registry.SecretEvent{What: "generated", Names: missing, Member: s.Member})
+		}
+		result = set
+		if len(evs) == 0 {
+			return nil, nil, nil // nothing new: no write
+		}
+		next, err := secrets.Seal(s.Key, set)
+		return next, evs, err
+	})
+	if err != nil {
+		return secrets.Set{}, fmt.Errorf("secrets of %s in the registry: %w", deployment, err)
+	}
+	// The registry holds every value of the files now: remove them, so no
+	// later run reads an old copy.
+	for _, src := range sources {
+		if src.dir == "" {
+			continue
+		}
+		if err := secrets.RemoveFile(src.dir, deployment); err != nil {
+			return secrets.Set{}, err
+		}
+	}
+	if s.Logf != nil {
+		for _, n := range notes {
+			s.Logf("%s", n)
+		}
+	}
+	return result, nil
+}
+
+// Rotate replaces one secret's value with a new one and records it. The
+// services that use it pick it up on the next deploy; a database that was
+// initialised with the old value keeps it until changed inside.
+func (s *Registry) Rotate(ctx context.Context, deployment, name string) error {
+	_, err := s.Reg.UpdateSealedSecrets(ctx, deployment, func(cur []byte) ([]byte, []registry.SecretEvent, error) {
+		if cur == nil {
+			return nil, nil, fmt.Errorf("deployment %s has no secrets in the registry", deployment)
+		}
+		set, err := secrets.Open(s.Key, deployment, cur)
+		if err != nil {
+			return nil, nil, fmt.Errorf("the registry's %w", err)
+		}
+		if _, ok := set.Get(name); !ok {
+			return nil, nil, fmt.Errorf("deployment %s has no secret %q (it has: %s)", deployment, name, strings.Join(set.Names(), ", "))
+		}
+		if set, err = set.Replace(name); err != nil {
+			return nil, nil, err
+		}
+		next, err := secrets.Seal(s.Key, set)
+		return next, []registry.SecretEvent{{What: "rotated", Names: []string{name}, Member: s.Member}}, err
+	})
+	if err != nil {
+		return fmt.Errorf("rotate %s of %s: %w", name, deployment, err)
+	}
+	return nil
+}
+
+// Has says whether the registry (or an older file still to import) holds
+// secrets of the deployment.
+func (s *Registry) Has(ctx context.Context, deployment string) (bool, error) {
+	_, err := s.Reg.SealedSecrets(ctx, deployment)
+	switch {
+	case err == nil:
+		return true, nil
+	case !errors.Is(err, registry.ErrNotFound):
+		return false, err
+	}
+	for _, dir := range s.ImportDirs {
+		if _, err := os.Stat(secrets.File(dir, deployment)); err == nil {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Remove deletes the deployment's secrets from the registry and any older
+// file of them (down --purge).
+func (s *Registry) Remove(ctx context.Context, deployment string) error {
+	if _, err := s.Reg.DeleteSecrets(ctx, deployment, s.Member); err != nil {
+		return fmt.Errorf("remove the secrets of %s from the registry: %w", deployment, err)
+	}
+	for _, dir := range s.ImportDirs {
+		if err := secrets.RemoveFile(dir, deployment); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ImportAll imports every older secrets file in ImportDirs (the service
+// does it when its registry opens, before any deploy).
+func (s *Registry) ImportAll(ctx context.Context) error {
+	var errs []error
+	seen := map[string]bool{}
+	for _, dir := range s.ImportDirs {
+		files, err := filepath.Glob(filepath.Join(dir, "*.secrets"))
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			d := strings.TrimSuffix(filepath.Base(f), ".secrets")
+			if seen[d] {
+				continue
+			}
+			seen[d] = true
+			if _, err := s.Ensure(ctx, d, nil); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// StartDeploy records the start in the registry.
+func (s *Registry) StartDeploy(ctx context.Context, d registry.DeployStart) (registry.Revision, error) {
+	return s.Reg.StartDeploy(ctx, d)
+}
+
+// EndDeploy records the outcome in the registry.
+func (s *Registry) EndDeploy(ctx context.Context, deployment string, revision int64, mutations int, deployErr string) error {
+	return s.Reg.EndDeploy(ctx, deployment, revision, mutations, deployErr)
+}
+
+// History lists the revisions from the registry.
+func (s *Registry) History(ctx context.Context, deployment string) ([]registry.Revision, error) {
+	return s.Reg.Revisions(ctx, deployment)
+}
