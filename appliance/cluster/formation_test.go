@@ -196,5 +196,42 @@ func TestFormation(t *testing.T) {
 		t.Fatalf("initiator: %v", err)
 	}
 	e.assertFormed(t)
+
+	t.Run("wiped initiator joins the existing cluster", func(t *testing.T) {
+		began := time.Now()
+		e.wipe(0)
+		// host2 and host3 serve no registration yet (their services
+		// returned): the wiped initiator hears from no one and must wait,
+		// not bootstrap a second cluster.
+		again := e.start(0, nil)
+		deadline := time.Now().Add(time.Minute)
+		for strings.Count(e.output(), "no bootstrap before 2 of 3 listed hosts") < 3 {
+			if time.Now().After(deadline) || len(again.done) > 0 {
+				t.Fatalf("the wiped initiator did not wait for the others")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := memberNames(t, h1); got != nil {
+			t.Fatalf("the wiped initiator is in a cluster of %v while the others were unreachable", got)
+		}
+		// The members serve registration as the appliance service does:
+		// the initiator gets a token once LXD sees its old member offline.
+		e.serve(1)
+		e.serve(2)
+		if err := again.wait(t, 3*time.Minute); err != nil {
+			t.Fatalf("the wiped initiator: %v", err)
+		}
+		t.Logf("figure: wiped initiator's start to its cluster formed: %s", time.Since(began).Round(time.Second))
+		e.assertFormed(t)
+		if n := strings.Count(e.output(), "host1: cluster-bootstrapped: bootstrapped"); n != 1 {
+			t.Errorf("bootstrapped %d times, want once", n)
+		}
+		if !strings.Contains(e.output(), "removing the old member") || e.reachedCount(h1.Name, StepRegistered) != 1 {
+			t.Errorf("host1 did not register as a replaced member")
+		}
+		if Bootstrapped(e.cfgs[0].StateDir) {
+			t.Errorf("the re-joined initiator says it bootstrapped its cluster")
+		}
+	})
 	e.assertNoLeak(t)
 }

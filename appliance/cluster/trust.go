@@ -113,8 +113,13 @@ type JoinRequest struct {
 // JoinResponse is the initiator's answer: a fresh LXD join token for the
 // joiner and the initiator's own proof, bound to both nonces and the
 // certificate the registration endpoint served.
+//
+// A host that is in no cluster answers with NoCluster set and no token,
+// under a MAC of its own kind: the proof the initiator counts before it
+// bootstraps (an unreachable or unproved host counts for nothing).
 type JoinResponse struct {
 	Token       string `json:"token"`
+	NoCluster   bool   `json:"noCluster,omitempty"`
 	Fingerprint string `json:"fingerprint"` // SHA-256 of the initiator's certificate, hex
 	MAC         string `json:"mac"`
 }
@@ -133,6 +138,14 @@ func (r *JoinRequest) macFields(initiatorFP string) []string {
 
 func responseFields(req *JoinRequest, resp *JoinResponse) []string {
 	return []string{"ssbuild join response v2", req.Cluster, req.Name, req.JoinerNonce, req.InitiatorNonce, resp.Fingerprint, resp.Token}
+}
+
+func noClusterFields(req *JoinRequest, resp *JoinResponse) []string {
+	return []string{"ssbuild join answer v2: in no cluster", req.Cluster, req.Name, req.JoinerNonce, req.InitiatorNonce, resp.Fingerprint}
+}
+
+func signNoCluster(k key, req *JoinRequest, resp *JoinResponse) {
+	resp.MAC = hex.EncodeToString(k.mac(noClusterFields(req, resp)...))
 }
 
 // newNonce is 32 random bytes, hex.
@@ -406,5 +419,8 @@ func (l *failureLimiter) fail(addr netip.Addr, now time.Time) (blocked time.Dura
 	blocked = l.blockedLocked(addr, now)
 	return blocked, before == 0 && blocked > 0
 }
+
+// errNoCluster is a proved answer: the host asked is in no cluster.
+var errNoCluster = errors.New("in no cluster yet")
 
 var errProofMismatch = errors.New("the initiator's proof does not verify: it does not hold this cluster's secret (wrong cluster secret or cluster name on one side) or it is not the initiator; nothing derived from the secret was sent to it")
