@@ -55,4 +55,3 @@ func (h *Host) Wipe(ctx context.Context) error {
 	}
 	return h.StartLXD(ctx)
 }
-
