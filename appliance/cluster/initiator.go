@@ -12,6 +12,7 @@ import (
 	"log"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
 )
 
 // The registration endpoint's URL paths: a joiner POSTs a Hello to
@@ -430,7 +433,10 @@ func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Add
 	}
 	m, listed := s.cfg.Cluster.Member(req.Name)
 	if !listed {
-		return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%q is not a member of cluster %s", req.Name, s.cfg.Cluster.Name)}
+		var why string
+		if m, why = g.listedByJoiner(req); why != "" {
+			return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%q is not a member of cluster %s: %s", req.Name, s.cfg.Cluster.Name, why)}
+		}
 	}
 	if m.Address != req.Address || netip.MustParseAddr(m.Address) != from {
 		return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%s registers from %s with address %s; its address is %s", req.Name, from, req.Address, m.Address)}
@@ -570,4 +576,45 @@ func (s *Service) instancesOn(name string) []string {
 		}
 	}
 	return out
+}
+
+// listedByJoiner lets in a host that this host's appliance.yaml does not
+// list but a newer recipe revision does: the joiner's list (under its
+// proof) must name it and every current LXD member at its address, so it
+// is a later revision of this cluster's recipe, not an older or a foreign
+// one. why says what is missing when it is not.
+func (g *registrar) listedByJoiner(req *JoinRequest) (config.Member, string) {
+	s := g.s
+	listed := map[string]string{}
+	for _, e := range req.Members {
+		name, addr, _ := parseMember(e)
+		listed[name] = addr.String()
+	}
+	self, ok := listed[req.Name]
+	if !ok {
+		return config.Member{}, "neither this host's recipe nor the joiner's lists it"
+	}
+	clustered, err := s.clustered()
+	if err != nil || !clustered {
+		return config.Member{}, "not in this host's recipe, and this host is in no cluster to check the joiner's recipe against"
+	}
+	members, err := s.o.LXD.GetClusterMembers()
+	if err != nil {
+		return config.Member{}, "cannot read the members to check the joiner's recipe against: retry"
+	}
+	var missing []string
+	for _, m := range members {
+		host := m.ServerName
+		if u, err := url.Parse(m.URL); err == nil {
+			if listed[m.ServerName] != u.Hostname() {
+				missing = append(missing, m.ServerName+"="+u.Hostname())
+			}
+		} else if _, ok := listed[host]; !ok {
+			missing = append(missing, host)
+		}
+	}
+	if len(missing) > 0 {
+		return config.Member{}, "the joiner's recipe does not list every member (" + strings.Join(missing, ", ") + "): it is not a later revision of this cluster's"
+	}
+	return config.Member{Name: req.Name, Address: self}, ""
 }

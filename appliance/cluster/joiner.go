@@ -144,6 +144,16 @@ func (s *Service) ask(ctx context.Context) answers {
 	return a
 }
 
+// memberList is this host's recipe's hosts as name=address, for a
+// JoinRequest.
+func (s *Service) memberList() []string {
+	var out []string
+	for _, m := range s.cfg.Cluster.Members {
+		out = append(out, m.Name+"="+m.Address)
+	}
+	return out
+}
+
 // others lists the listed hosts other than this one, the initiator first.
 func (s *Service) others() []config.Member {
 	var out []config.Member
@@ -229,7 +239,7 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 	if ch.Version != ProtocolVersion || !verifyMAC(s.key, challengeFields(s.cfg.Cluster.Name, hello.Nonce, ch.Nonce, peerFP), ch.MAC) {
 		return "", errProofMismatch
 	}
-	req := newJoinRequest(s.key, s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, hello, &ch, peerFP)
+	req := newJoinRequest(s.key, s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, hello, &ch, peerFP, s.memberList()...)
 	var jr JoinResponse
 	fp, err := s.post(ctx, client, "https://"+regAddr+RegistrationPath, req, &jr)
 	if err != nil {

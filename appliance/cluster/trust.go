@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,7 +108,12 @@ type JoinRequest struct {
 	Fingerprint    string `json:"fingerprint"`    // SHA-256 of the joiner's LXD server certificate, hex
 	JoinerNonce    string `json:"joinerNonce"`    // from the joiner's Hello
 	InitiatorNonce string `json:"initiatorNonce"` // from the initiator's Challenge: one use
-	MAC            string `json:"mac"`            // hex HMAC-SHA256
+	// Members is every host the joiner's recipe revision lists, as
+	// name=address: a host added by a newer revision than the members'
+	// own appliance.yaml is let in when that list names it and every
+	// current member (see registrar.listedByJoiner).
+	Members []string `json:"members,omitempty"`
+	MAC     string   `json:"mac"` // hex HMAC-SHA256
 }
 
 // JoinResponse is the initiator's answer: a fresh LXD join token for the
@@ -132,8 +138,14 @@ func challengeFields(cluster, joinerNonce, initiatorNonce, initiatorFP string) [
 }
 
 func (r *JoinRequest) macFields(initiatorFP string) []string {
-	return []string{"ssbuild join request v2", fmt.Sprint(r.Version), r.Cluster, r.Name, r.Address,
+	f := []string{"ssbuild join request v2", fmt.Sprint(r.Version), r.Cluster, r.Name, r.Address,
 		r.Fingerprint, r.JoinerNonce, r.InitiatorNonce, initiatorFP}
+	if len(r.Members) > 0 {
+		// Counted, so no member moves into another field.
+		f = append(f, "members", fmt.Sprint(len(r.Members)))
+		f = append(f, r.Members...)
+	}
+	return f
 }
 
 func responseFields(req *JoinRequest, resp *JoinResponse) []string {
@@ -171,9 +183,9 @@ func signChallenge(k key, cluster, joinerNonce, initiatorFP string, c *Challenge
 
 // newJoinRequest builds and signs a request answering challenge c, which
 // came over a connection whose peer served initiatorFP.
-func newJoinRequest(k key, cluster, name, address, fingerprint string, h *Hello, c *Challenge, initiatorFP string) *JoinRequest {
+func newJoinRequest(k key, cluster, name, address, fingerprint string, h *Hello, c *Challenge, initiatorFP string, members ...string) *JoinRequest {
 	r := &JoinRequest{Version: ProtocolVersion, Cluster: cluster, Name: name, Address: address,
-		Fingerprint: fingerprint, JoinerNonce: h.Nonce, InitiatorNonce: c.Nonce}
+		Fingerprint: fingerprint, JoinerNonce: h.Nonce, InitiatorNonce: c.Nonce, Members: members}
 	r.MAC = hex.EncodeToString(k.mac(r.macFields(initiatorFP)...))
 	return r
 }
@@ -239,11 +251,28 @@ func checkForm(r *JoinRequest, cluster string) *refusal {
 		return &refusal{400, "malformed nonce"}
 	case !hex64.MatchString(r.MAC):
 		return &refusal{400, "malformed proof"}
+	case len(r.Members) > maxMembers:
+		return &refusal{400, "too many members"}
+	}
+	for _, m := range r.Members {
+		if _, _, ok := parseMember(m); !ok {
+			return &refusal{400, "malformed member list"}
+		}
 	}
 	if _, err := netip.ParseAddr(r.Address); err != nil {
 		return &refusal{400, "malformed address"}
 	}
 	return nil
+}
+
+// maxMembers bounds a joiner's member list (a request stays small).
+const maxMembers = 32
+
+// parseMember splits a members entry, name=address.
+func parseMember(m string) (name string, addr netip.Addr, ok bool) {
+	name, a, found := strings.Cut(m, "=")
+	addr, err := netip.ParseAddr(a)
+	return name, addr, found && err == nil && nameRe.MatchString(name)
 }
 
 // challenges holds the initiator's outstanding challenges: each answers

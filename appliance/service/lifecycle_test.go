@@ -1,0 +1,203 @@
+package service_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
+	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
+	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+)
+
+// TestHostLifecycle is issue 15 on four bed hosts, each running its own
+// service process: host1-3 form the cluster from the first recipe
+// revision; host4, whose appliance.yaml comes from a later revision that
+// lists it, joins the formed cluster while the others keep running; then
+// the initiator is re-installed (power cut, its LXD, pool and state
+// directories emptied, the same appliance.yaml and secret) and its service
+// started again: it joins the existing cluster, its old member and
+// registry node are replaced, and there is still one cluster, one
+// bootstrap, one registry with one node and one row per host.
+func TestHostLifecycle(t *testing.T) {
+	bed := testbed.New(t, testbed.Options{Hosts: 4})
+	hosts, secret := configtest.ForBed(t, bed)
+	// The first revision lists host1-3; host4's config keeps all four.
+	for _, h := range hosts[:3] {
+		h.Config.Cluster.Members = h.Config.Cluster.Members[:3]
+		data, err := config.Marshal(h.Config)
+		if err == nil {
+			err = os.WriteFile(h.Path, data, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	log := &serviceLog{t: t}
+	services := make([]*servicetest.Process, len(hosts))
+	for i, h := range hosts {
+		services[i] = &servicetest.Process{Host: h, Line: log.add,
+			Command: func(ctx context.Context, h configtest.Host) *exec.Cmd {
+				cmd := h.Bed.Command(ctx, os.Args[0])
+				cmd.Env = append(cmd.Env, asServiceEnv+"="+h.Path)
+				return cmd
+			}}
+	}
+	t.Cleanup(func() {
+		for _, s := range services {
+			if err := s.Stop(); err != nil {
+				t.Error(err)
+			}
+		}
+		if strings.Contains(log.String(), string(secret)) {
+			t.Error("the cluster secret appears in the services' output")
+		}
+	})
+	began := time.Now()
+	for _, s := range services[:3] {
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitCluster(t, ctx, hosts[1], []string{"host1", "host2", "host3"}, began)
+	t.Logf("figure: three hosts formed, registry serving on each: %s", time.Since(began).Round(time.Second))
+
+	t.Run("a fourth host from a later recipe revision joins", func(t *testing.T) {
+		added := time.Now()
+		if err := services[3].Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		online := waitOnline(t, ctx, hosts[0], "host4")
+		t.Logf("figure: host4's service start to member online: %s", online.Sub(added).Round(100*time.Millisecond))
+		// The others kept running: their rows are written on, after host4 came.
+		waitCluster(t, ctx, hosts[0], []string{"host1", "host2", "host3", "host4"}, added)
+		t.Logf("figure: host4's service start to serving its registry node: %s", time.Since(added).Round(time.Second))
+	})
+
+	t.Run("re-installed initiator joins the existing cluster", func(t *testing.T) {
+		h1 := hosts[0]
+		certBefore := clusterCert(t, hosts[1].Bed)
+		wiped := time.Now()
+		if err := h1.Bed.Wipe(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_ = services[0].Stop() // it died with the host
+		for _, dir := range []string{h1.Config.StateDir, h1.Config.Cluster.Storage.Source} {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Mkdir(h1.Config.Cluster.Storage.Source, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := services[0].Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitCluster(t, ctx, hosts[1], []string{"host1", "host2", "host3", "host4"}, wiped)
+		t.Logf("figure: re-installed initiator's start to serving again: %s", time.Since(wiped).Round(time.Second))
+		for _, h := range hosts {
+			if got := clusterCert(t, h.Bed); got != certBefore {
+				t.Errorf("%s serves another cluster certificate: a second cluster", h.Bed.Name)
+			}
+		}
+		out := log.String()
+		if n := strings.Count(out, "host1: cluster-bootstrapped: bootstrapped"); n != 1 {
+			t.Errorf("host1 bootstrapped %d times, want once", n)
+		}
+		if !strings.Contains(out, "removing the old member") || !strings.Contains(out, "forgot host1") {
+			t.Errorf("no member removed host1's old member and registry node")
+		}
+		if strings.Contains(out, "already a member") {
+			t.Errorf("host1 was answered 409 already a member")
+		}
+		r := service.Status(ctx, h1.Config, h1.Bed.LXD(), nil)
+		if r.Registry == nil {
+			t.Fatalf("host1's registry node does not answer: %s", r.RegistryError)
+		}
+	})
+}
+
+// waitCluster waits until h's LXD lists exactly want, every one online, and
+// its registry has one node per host and one row per host, each written
+// after since with step serving.
+func waitCluster(t *testing.T, ctx context.Context, h configtest.Host, want []string, since time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	last := ""
+	for {
+		r := service.Status(ctx, h.Config, h.Bed.LXD(), nil)
+		last = checkCluster(r, want, since)
+		if last == "" {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: the cluster is not %v within 5 minutes: %s", h.Bed.Name, want, last)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func checkCluster(r *service.Report, want []string, since time.Time) string {
+	var lxdNames, rows []string
+	for _, m := range r.LXDMembers {
+		if m.Status != "Online" {
+			return fmt.Sprintf("LXD member %s is %s", m.Name, m.Status)
+		}
+		lxdNames = append(lxdNames, m.Name)
+	}
+	if !slices.Equal(lxdNames, want) {
+		return fmt.Sprintf("LXD members %v (%s)", lxdNames, r.LXDError)
+	}
+	if r.Registry == nil {
+		return "registry: " + r.RegistryError
+	}
+	if len(r.Registry.Members) != len(want) {
+		return fmt.Sprintf("registry nodes %+v", r.Registry.Members)
+	}
+	for _, hr := range r.Registry.Hosts {
+		if hr.Step != string(service.StepServing) || !hr.UpdatedAt.After(since) {
+			return fmt.Sprintf("registry row %s at %q, written %s", hr.Name, hr.Step, hr.UpdatedAt.Format(time.RFC3339))
+		}
+		rows = append(rows, hr.Name)
+	}
+	if !slices.Equal(rows, want) {
+		return fmt.Sprintf("registry rows %v", rows)
+	}
+	return ""
+}
+
+// waitOnline returns when h's LXD first listed name online.
+func waitOnline(t *testing.T, ctx context.Context, h configtest.Host, name string) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		m, _, err := h.Bed.LXD().GetClusterMember(name)
+		if err == nil && m.Status == "Online" {
+			return time.Now()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s is not an online member within 5 minutes (%v)", name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func clusterCert(t *testing.T, h *testbed.Host) string {
+	t.Helper()
+	s, _, err := h.LXD().GetServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Environment.Certificate
+}
