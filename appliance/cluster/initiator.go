@@ -31,6 +31,11 @@ const (
 	RegistrationPath = "/ssbuild/v2/join"
 )
 
+// busyHeader marks a refusal because another join is under way. Like
+// Retry-After it is not authenticated: it only makes a joiner wait (at
+// most maxRetryAfter) instead of asking the next host.
+const busyHeader = "Ssbuild-Busy"
+
 // maxRequestBytes bounds a request body: a valid one is under 700 bytes.
 const maxRequestBytes = 4096
 
@@ -368,6 +373,9 @@ func (g *registrar) refuse(w http.ResponseWriter, from netip.Addr, name string, 
 		// Busy or stopping: worth a retry soon, not after a long backoff.
 		w.Header().Set("Retry-After", "1")
 	}
+	if strings.HasPrefix(ref.reason, "busy: ") {
+		w.Header().Set(busyHeader, "1")
+	}
 	http.Error(w, ref.reason, ref.status)
 }
 
@@ -479,7 +487,7 @@ func (g *registrar) issue(req *JoinRequest) (*JoinResponse, *refusal) {
 		if st == "Online" {
 			// LXD sees a member offline only after missed heartbeats
 			// (cluster.offline_threshold, 20 s by default).
-			return nil, &refusal{http.StatusServiceUnavailable, fmt.Sprintf("%s is a member LXD still sees online; a re-installed host is let in once its old member is offline: retry", req.Name)}
+			return nil, &refusal{http.StatusServiceUnavailable, fmt.Sprintf("busy: %s is a member LXD still sees online; a re-installed host is let in once its old member is offline: retry", req.Name)}
 		}
 		if ref := g.replace(req, st); ref != nil {
 			return nil, ref

@@ -116,8 +116,10 @@ func (a *answers) err() error {
 }
 
 // ask asks the other listed hosts for a join token, the initiator first,
-// until one gives one or says to wait: a host told to wait does not ask
-// the next meanwhile, so joins stay one at a time.
+// until one gives one or says another join is under way there: then it
+// waits rather than ask the next, so joins stay one at a time. Other
+// refusals (a member whose LXD does not answer, a rate limit) pass on to
+// the next host.
 func (s *Service) ask(ctx context.Context) answers {
 	var a answers
 	for _, m := range s.others() {
@@ -131,9 +133,13 @@ func (s *Service) ask(ctx context.Context) answers {
 			a.noCluster++
 			a.said = append(a.said, m.Name+": in no cluster")
 		case errors.As(err, &ra):
+			// Never a bootstrap after this: the host may be a member.
 			a.retry = ra
 			a.said = append(a.said, m.Name+": "+err.Error())
-			return a
+			if ra.busy {
+				// Joins stay one at a time: wait for that one.
+				return a
+			}
 		default:
 			a.said = append(a.said, m.Name+": "+err.Error())
 		}
@@ -285,7 +291,7 @@ func (s *Service) post(ctx context.Context, client *http.Client, url string, msg
 	if resp.StatusCode != http.StatusOK {
 		err := fmt.Errorf("registration refused (%s): %s", resp.Status, strings.TrimSpace(string(data)))
 		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
-			return "", &retryAfterError{after: min(time.Duration(secs)*time.Second, maxRetryAfter), err: err}
+			return "", &retryAfterError{after: min(time.Duration(secs)*time.Second, maxRetryAfter), busy: resp.Header.Get(busyHeader) != "", err: err}
 		}
 		return "", err
 	}
@@ -301,6 +307,7 @@ func (s *Service) post(ctx context.Context, client *http.Client, url string, msg
 // retryAfterError is a refusal that says when to try again.
 type retryAfterError struct {
 	after time.Duration
+	busy  bool // another join is under way there
 	err   error
 }
 

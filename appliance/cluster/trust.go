@@ -213,7 +213,7 @@ func Fingerprint(cert *x509.Certificate) string {
 // log, so it says which check failed and never anything about the secret.
 type refusal struct {
 	status int
-	reason string
+	reason string // "busy: ..." when another join is under way there (busyHeader)
 }
 
 func (r *refusal) Error() string { return r.reason }
