@@ -175,6 +175,8 @@ type Service struct {
 	statusMu sync.Mutex
 	status   Status
 
+	keyMu sync.RWMutex // key changes when the secret is rotated (RotatePath)
+
 	reg       *registrar
 	epMu      sync.Mutex
 	ep        *endpoint         // the registration endpoint while anyone holds it
@@ -280,6 +282,13 @@ func (s *Service) runRole(ctx context.Context) error {
 		return s.runInitiator(ctx)
 	}
 	return s.runJoiner(ctx)
+}
+
+// currentKey is the key of the cluster secret this host holds now.
+func (s *Service) currentKey() key {
+	s.keyMu.RLock()
+	defer s.keyMu.RUnlock()
+	return s.key
 }
 
 // reached reports a step and says whether fault injection stops here.

@@ -1,11 +1,15 @@
 package cluster
 
 import (
+	"context"
+	"encoding/hex"
 	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/config"
 )
 
 // TestFormation forms a three-member cluster on a bed: host2 starts before
@@ -231,6 +235,48 @@ func TestFormation(t *testing.T) {
 		}
 		if Bootstrapped(e.cfgs[0].StateDir) {
 			t.Errorf("the re-joined initiator says it bootstrapped its cluster")
+		}
+	})
+	t.Run("rotate secret", func(t *testing.T) {
+		e.serve(0) // host1's Run returned: serve as its service would
+		newSecret := []byte(hex.EncodeToString([]byte("a new secret for the bed cluster!")))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		began := time.Now()
+		o := RotateOptions{Config: e.cfgs[1], Secret: e.secret, NewSecret: newSecret,
+			LXD: h2.LXD(), LXDDir: h2.LXDDir, Dial: h2.DialContext}
+		results, err := RotateSecret(ctx, o)
+		if err != nil {
+			t.Fatalf("rotate: %v (%+v)", err, results)
+		}
+		t.Logf("figure: secret rotated on %d members in %s", len(results), time.Since(began).Round(time.Millisecond))
+		for i, c := range e.cfgs {
+			if got, err := config.ReadSecret(c.SecretFile); err != nil || string(got) != string(newSecret) {
+				t.Errorf("%s's secret file after the rotation: %v", e.bed.Hosts[i].Name, err)
+			}
+		}
+		// A proof with the old secret fails; one with the new one passes
+		// (host2 is a member already: the proof verified).
+		status, body := e.post(t, h2, mustJSON(t, e.request(t, 1, h2, good, nil)))
+		if status != 401 || !strings.Contains(body, "proof does not verify") {
+			t.Errorf("old secret after the rotation: %d %q, want 401", status, body)
+		}
+		newKey := deriveKey(newSecret, e.cfgs[0].Cluster.Name)
+		status, body = e.post(t, h2, mustJSON(t, e.request(t, 1, h2, newKey, nil)))
+		if status != 409 || !strings.Contains(body, "already a member") {
+			t.Errorf("new secret after the rotation: %d %q, want 409 already a member", status, body)
+		}
+		// A re-run finds every member holding it; the old secret rotates nothing.
+		o.Secret = newSecret
+		if _, err := RotateSecret(ctx, o); err != nil {
+			t.Errorf("re-run: %v", err)
+		}
+		o.Secret, o.NewSecret = e.secret, []byte("yet another secret, from an old stick")
+		if res, err := RotateSecret(ctx, o); err == nil {
+			t.Errorf("rotation with the old secret: %+v", res)
+		}
+		if strings.Contains(e.output(), string(newSecret)) {
+			t.Error("the new secret appears in the services' output")
 		}
 	})
 	e.assertNoLeak(t)

@@ -320,16 +320,28 @@ func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.o.now()
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
 	from := src.Addr().Unmap()
-	if r.Method != http.MethodPost || (r.URL.Path != RegistrationPath && r.URL.Path != ChallengePath) {
+	if r.Method != http.MethodPost || (r.URL.Path != RegistrationPath && r.URL.Path != ChallengePath && r.URL.Path != RotatePath) {
 		http.NotFound(w, r)
 		return
 	}
 	var name string
 	var answer any
 	var ref *refusal
-	if r.URL.Path == ChallengePath {
+	switch r.URL.Path {
+	case ChallengePath:
 		answer, ref = g.challenge(w, r, from, now)
-	} else {
+	case RotatePath:
+		var resp *RotateResponse
+		var proved bool
+		resp, proved, ref = g.rotate(w, r, from, now)
+		if proved && ref != nil {
+			g.refuse(w, from, name, ref, 0)
+			return
+		}
+		if ref == nil {
+			answer = resp
+		}
+	default:
 		var req *JoinRequest
 		var proved bool
 		req, proved, ref = g.check(w, r, from, now)
@@ -412,7 +424,7 @@ func (g *registrar) challenge(w http.ResponseWriter, r *http.Request, from netip
 		return nil, &refusal{http.StatusServiceUnavailable, "initiator cannot make a challenge: retry"}
 	}
 	c := &Challenge{Version: ProtocolVersion, Nonce: n}
-	signChallenge(s.key, s.cfg.Cluster.Name, h.Nonce, s.fp, c)
+	signChallenge(s.currentKey(), s.cfg.Cluster.Name, h.Nonce, s.fp, c)
 	return c, nil
 }
 
@@ -430,7 +442,7 @@ func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Add
 		return req, false, ref
 	}
 	fresh := g.challenges.take(req.InitiatorNonce, req.JoinerNonce, from, now)
-	if !verifyMAC(s.key, req.macFields(s.fp), req.MAC) {
+	if !verifyMAC(s.currentKey(), req.macFields(s.fp), req.MAC) {
 		return req, false, &refusal{http.StatusUnauthorized, "proof does not verify: wrong cluster secret or altered request"}
 	}
 	if !fresh {
@@ -468,7 +480,7 @@ func (g *registrar) issue(req *JoinRequest) (*JoinResponse, *refusal) {
 	}
 	if !clustered {
 		resp := &JoinResponse{NoCluster: true, Fingerprint: s.fp}
-		signNoCluster(s.key, req, resp)
+		signNoCluster(s.currentKey(), req, resp)
 		return resp, nil
 	}
 	members, err := s.o.LXD.GetClusterMembers()
@@ -522,7 +534,7 @@ func (g *registrar) issue(req *JoinRequest) (*JoinResponse, *refusal) {
 		return nil, &refusal{http.StatusServiceUnavailable, "initiator stopping: retry"}
 	}
 	resp := &JoinResponse{Token: tok.String(), Fingerprint: s.fp}
-	signResponse(s.key, req, resp)
+	signResponse(s.currentKey(), req, resp)
 	return resp, nil
 }
 

@@ -219,20 +219,7 @@ const maxRetryAfter = 10 * time.Second
 // sends its own proof. An endpoint without the secret gets the nonce and
 // nothing else.
 func (s *Service) register(ctx context.Context, regAddr string) (string, error) {
-	client := &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{
-			DialContext: s.o.Dial,
-			// The initiator's certificate is not known beforehand: it is
-			// pinned below, by the fingerprint its proof covers.
-			TLSClientConfig: &tls.Config{
-				InsecureSkipVerify: true,
-				Certificates:       []tls.Certificate{s.cert},
-				MinVersion:         tls.VersionTLS13,
-			},
-			DisableKeepAlives: true,
-		},
-	}
+	client := s.registrationClient()
 	hello, err := newHello(s.cfg.Cluster.Name)
 	if err != nil {
 		return "", err
@@ -242,10 +229,10 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	if ch.Version != ProtocolVersion || !verifyMAC(s.key, challengeFields(s.cfg.Cluster.Name, hello.Nonce, ch.Nonce, peerFP), ch.MAC) {
+	if ch.Version != ProtocolVersion || !verifyMAC(s.currentKey(), challengeFields(s.cfg.Cluster.Name, hello.Nonce, ch.Nonce, peerFP), ch.MAC) {
 		return "", errProofMismatch
 	}
-	req := newJoinRequest(s.key, s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, hello, &ch, peerFP, s.memberList()...)
+	req := newJoinRequest(s.currentKey(), s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, hello, &ch, peerFP, s.memberList()...)
 	var jr JoinResponse
 	fp, err := s.post(ctx, client, "https://"+regAddr+RegistrationPath, req, &jr)
 	if err != nil {
@@ -256,15 +243,34 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 		return "", errors.New("the registration endpoint's certificate is not the one the initiator's proof covers")
 	}
 	if jr.NoCluster {
-		if !verifyMAC(s.key, noClusterFields(req, &jr), jr.MAC) {
+		if !verifyMAC(s.currentKey(), noClusterFields(req, &jr), jr.MAC) {
 			return "", errProofMismatch
 		}
 		return "", errNoCluster
 	}
-	if !verifyMAC(s.key, responseFields(req, &jr), jr.MAC) {
+	if !verifyMAC(s.currentKey(), responseFields(req, &jr), jr.MAC) {
 		return "", errProofMismatch
 	}
 	return jr.Token, nil
+}
+
+// registrationClient talks to other hosts' registration endpoints with
+// this host's LXD certificate.
+func (s *Service) registrationClient() *http.Client {
+	return &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			DialContext: s.o.Dial,
+			// The peer's certificate is not known beforehand: it is pinned
+			// by the fingerprint its proof covers.
+			TLSClientConfig: &tls.Config{
+				InsecureSkipVerify: true,
+				Certificates:       []tls.Certificate{s.cert},
+				MinVersion:         tls.VersionTLS13,
+			},
+			DisableKeepAlives: true,
+		},
+	}
 }
 
 // post sends one registration message and decodes the answer; it returns
