@@ -120,6 +120,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			verifyCommand(),
 			loadDockerImagesCommand(),
 			applianceCommand(),
+			clusterCommand(),
 			proxyCommand(),
 			versionCommand(),
 			completionCommand(),

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/config"
+)
+
+func clusterCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "cluster",
+		Usage: "change the formed cluster, from one of its members",
+		Subcommands: []*cli.Command{
+			{
+				Name: "rotate-secret",
+				Usage: "replace the cluster secret on every member, through their running appliance services: " +
+					"afterwards old sticks and the old secret are refused; the new secret goes to --out (0600, never printed) " +
+					"for the recipe's cluster secret file and new sticks",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "this member's appliance.yaml `FILE`"},
+					&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"},
+						Usage: "LXD's directory `DIR` (unix.socket, server certificate)"},
+					&cli.StringFlag{Name: "out", Required: true, Usage: "new `FILE` for the new secret (must not exist)"},
+					&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
+				},
+				Action: clusterRotateSecret,
+			},
+		},
+	}
+}
+
+func clusterRotateSecret(c *cli.Context) error {
+	a, err := loadAppliance(c)
+	if err != nil {
+		return err
+	}
+	old, err := config.ReadSecret(a.SecretFile)
+	if err != nil {
+		return invalidError{err}
+	}
+	lxdc, err := connectLXD(c)
+	if err != nil {
+		return err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return fmt.Errorf("new secret: %w", err)
+	}
+	secret := []byte(hex.EncodeToString(raw))
+	// Kept before any member takes it: a partial rotation can be finished.
+	if err := config.WriteSecret(c.String("out"), secret); err != nil {
+		return err
+	}
+	results, rerr := cluster.RotateSecret(c.Context, cluster.RotateOptions{
+		Config: a, Secret: old, NewSecret: secret, LXD: lxdc, LXDDir: c.String("lxd-dir"),
+	})
+	if c.Bool("json") {
+		type row struct {
+			Host  string `json:"host"`
+			Error string `json:"error,omitempty"`
+		}
+		rows := []row{}
+		for _, r := range results {
+			rr := row{Host: r.Host}
+			if r.Err != nil {
+				rr.Error = r.Err.Error()
+			}
+			rows = append(rows, rr)
+		}
+		if err := writeJSON(c.App.Writer, rows); err != nil {
+			return err
+		}
+	} else {
+		for _, r := range results {
+			if r.Err != nil {
+				fmt.Fprintf(c.App.Writer, "%s: kept the old secret: %v\n", r.Host, r.Err)
+			} else {
+				fmt.Fprintf(c.App.Writer, "%s: holds the new secret\n", r.Host)
+			}
+		}
+		if rerr == nil {
+			fmt.Fprintf(c.App.Writer, "new secret in %s: put it where the recipe's cluster.secret.file points before building sticks\n", c.String("out"))
+		}
+	}
+	return rerr
+}
