@@ -1,27 +1,38 @@
 package service_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/config"
 	"github.com/sovereign-stack/ssbuild/appliance/config/configtest"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/appliance/service/servicetest"
 	"github.com/sovereign-stack/ssbuild/appliance/testbed"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/testenv"
 )
 
 // TestHostLifecycle is issue 15 on four bed hosts, each running its own
 // service process: host1-3 form the cluster from the first recipe
 // revision; host4, whose appliance.yaml comes from a later revision that
-// lists it, joins the formed cluster while the others keep running; then
-// the initiator is re-installed (power cut, its LXD, pool and state
+// lists it, joins the formed cluster while the others keep running; host4
+// is removed again, its container and volume moving with their data to
+// another member; then the initiator is re-installed (power cut, its LXD, pool and state
 // directories emptied, the same appliance.yaml and secret) and its service
 // started again: it joins the existing cluster, its old member and
 // registry node are replaced, and there is still one cluster, one
@@ -83,6 +94,51 @@ func TestHostLifecycle(t *testing.T) {
 		t.Logf("figure: host4's service start to serving its registry node: %s", time.Since(added).Round(time.Second))
 	})
 
+	t.Run("host remove moves its instance with its data", func(t *testing.T) {
+		began := time.Now()
+		c := hosts[0].Bed.LXD()
+		h4 := hosts[3]
+		launchWithVolume(t, c, "host4", "box", "data")
+		// The volume's data, where the dir pool keeps it on host4.
+		file := filepath.Join(h4.Config.Cluster.Storage.Source, "custom", "default_data", "kept.txt")
+		if err := os.WriteFile(file, []byte("written on host4\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The operator stops host4's service (it would join again while
+		// the recipe lists it), then removes it from host1.
+		if err := services[3].Stop(); err != nil {
+			t.Fatal(err)
+		}
+		removed := time.Now()
+		forget := func(ctx context.Context) error {
+			return service.Forget(ctx, hosts[0].Config, "host4", h4.Config.Host.Address)
+		}
+		var out strings.Builder
+		if err := cluster.RemoveHost(ctx, c, "host4", forget, progress.New(&out, progress.Plain)); err != nil {
+			t.Fatalf("remove host4: %v\n%s", err, out.String())
+		}
+		t.Logf("%s", out.String())
+		t.Logf("figure: host remove of a host with one instance and one volume: %s", time.Since(removed).Round(100*time.Millisecond))
+		in, _, err := c.GetInstance("box")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.Location == "host4" || in.Status != "Running" {
+			t.Errorf("box after the removal: on %s, %s", in.Location, in.Status)
+		}
+		var to configtest.Host
+		for _, h := range hosts {
+			if h.Bed.Name == in.Location {
+				to = h
+			}
+		}
+		got, err := os.ReadFile(filepath.Join(to.Config.Cluster.Storage.Source, "custom", "default_data", "kept.txt"))
+		if err != nil || string(got) != "written on host4\n" {
+			t.Errorf("the volume's data on %s: %q, %v", in.Location, got, err)
+		}
+		waitCluster(t, ctx, hosts[0], []string{"host1", "host2", "host3"}, removed)
+		t.Logf("figure: subtest with launch: %s", time.Since(began).Round(time.Second))
+	})
 	t.Run("re-installed initiator joins the existing cluster", func(t *testing.T) {
 		h1 := hosts[0]
 		certBefore := clusterCert(t, hosts[1].Bed)
@@ -102,9 +158,9 @@ func TestHostLifecycle(t *testing.T) {
 		if err := services[0].Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		waitCluster(t, ctx, hosts[1], []string{"host1", "host2", "host3", "host4"}, wiped)
+		waitCluster(t, ctx, hosts[1], []string{"host1", "host2", "host3"}, wiped)
 		t.Logf("figure: re-installed initiator's start to serving again: %s", time.Since(wiped).Round(time.Second))
-		for _, h := range hosts {
+		for _, h := range hosts[:3] { // host4 was removed: it is no member
 			if got := clusterCert(t, h.Bed); got != certBefore {
 				t.Errorf("%s serves another cluster certificate: a second cluster", h.Bed.Name)
 			}
@@ -124,6 +180,97 @@ func TestHostLifecycle(t *testing.T) {
 			t.Fatalf("host1's registry node does not answer: %s", r.RegistryError)
 		}
 	})
+}
+
+// launchWithVolume starts a busybox container on member with a custom
+// volume of its own mounted at /data (pool configtest.BedPool).
+func launchWithVolume(t *testing.T, c lxd.InstanceServer, member, name, volume string) {
+	t.Helper()
+	testenv.RequireTools(t, "busybox")
+	bin, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := tarball(t, map[string]string{"metadata.yaml": "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  os: busybox\n"})
+	rootfs := tarball(t, map[string]string{"bin/busybox": string(bin), "bin/sh": "->busybox",
+		"sbin/init": "#!/bin/sh\nwhile true; do /bin/busybox sleep 3600; done\n", "dev/": "", "proc/": "", "sys/": "", "tmp/": "", "data/": ""})
+	op, err := c.CreateImage(api.ImagesPost{}, &lxd.ImageCreateArgs{MetaFile: bytes.NewReader(meta), MetaName: "meta.tar",
+		RootfsFile: bytes.NewReader(rootfs), RootfsName: "rootfs.tar"})
+	if err == nil {
+		err = op.Wait()
+	}
+	if err != nil {
+		t.Fatalf("import busybox image: %v", err)
+	}
+	fp, _ := op.Get().Metadata["fingerprint"].(string)
+	on := c.UseTarget(member)
+	if err := on.CreateStoragePoolVolume(configtest.BedPool, api.StorageVolumesPost{Name: volume, Type: "custom"}); err != nil {
+		t.Fatal(err)
+	}
+	op, err = on.CreateInstance(api.InstancesPost{Name: name, Type: api.InstanceTypeContainer,
+		Source: api.InstanceSource{Type: "image", Fingerprint: fp},
+		InstancePut: api.InstancePut{Devices: map[string]map[string]string{
+			"root":   {"type": "disk", "path": "/", "pool": configtest.BedPool},
+			"volume": {"type": "disk", "path": "/data", "pool": configtest.BedPool, "source": volume},
+		}}})
+	if err == nil {
+		err = op.Wait()
+	}
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	op, err = c.UpdateInstanceState(name, api.InstanceStatePut{Action: "start", Timeout: -1}, "")
+	if err == nil {
+		err = op.Wait()
+	}
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+}
+
+// tarball makes a tar of files (a trailing / is a directory, a body
+// "->x" a symbolic link to x; files under sbin/ and bin/ are executable).
+func tarball(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	for _, n := range names {
+		if d := filepath.Dir(strings.TrimSuffix(n, "/")); d != "." && !dirs[d] {
+			dirs[d] = true
+			if err := tw.WriteHeader(&tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(1700000000, 0)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		body := files[n]
+		hdr := &tar.Header{Name: n, Mode: 0o644, ModTime: time.Unix(1700000000, 0), Typeflag: tar.TypeReg, Size: int64(len(body))}
+		switch {
+		case strings.HasSuffix(n, "/"):
+			hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeDir, 0o755, 0
+			dirs[strings.TrimSuffix(n, "/")] = true
+			body = ""
+		case strings.HasPrefix(body, "->"):
+			hdr.Typeflag, hdr.Linkname, hdr.Mode, hdr.Size = tar.TypeSymlink, body[2:], 0o777, 0
+			body = ""
+		case strings.HasPrefix(n, "bin/") || strings.HasPrefix(n, "sbin/"):
+			hdr.Mode = 0o755
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 // waitCluster waits until h's LXD lists exactly want, every one online, and
