@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/url"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/config"
+	"github.com/sovereign-stack/ssbuild/appliance/service"
 )
 
 func clusterCommand() *cli.Command {
@@ -32,6 +35,75 @@ func clusterCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+func hostCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "host",
+		Usage: "change the cluster's hosts, from one of its members",
+		Subcommands: []*cli.Command{
+			{
+				Name: "remove",
+				Usage: "move the host's instances and their volumes (stopped first, started again) to the other members, " +
+					"then remove it from the registry and the LXD cluster; refuses, naming what, if the others cannot take them. " +
+					"Stop the host's appliance service first: it joins again while the recipe lists it",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "this member's appliance.yaml `FILE`"},
+					&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"}, Usage: "LXD's directory `DIR` (unix.socket)"},
+					&cli.BoolFlag{Name: "dry-run", Usage: "print where each instance would go, change nothing"},
+				},
+				Action: hostRemove,
+			},
+		},
+	}
+}
+
+func hostRemove(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("host remove takes one host name")
+	}
+	name := c.Args().First()
+	path := c.String("config")
+	a, err := config.Load(path)
+	if err != nil {
+		return invalidError{err}
+	}
+	if name == a.Host.Name {
+		return usagef("%s is this host: remove it from another member", name)
+	}
+	lxdc, err := connectLXD(c)
+	if err != nil {
+		return err
+	}
+	if c.Bool("dry-run") {
+		moves, err := cluster.PlanRemoval(lxdc, name)
+		for _, mv := range moves {
+			if mv.To != "" {
+				fmt.Fprintf(c.App.Writer, "%s/%s: to %s (%d bytes, %d volumes)\n", mv.Project, mv.Instance, mv.To, mv.Bytes, len(mv.Volumes))
+			}
+		}
+		return err
+	}
+	members, err := lxdc.GetClusterMembers()
+	if err != nil {
+		return fmt.Errorf("list members (GET /1.0/cluster/members): %w", err)
+	}
+	addr := ""
+	for _, m := range members {
+		if m.ServerName == name {
+			if u, err := url.Parse(m.URL); err == nil {
+				addr = u.Hostname()
+			}
+		}
+	}
+	forget := func(ctx context.Context) error {
+		if addr == "" {
+			return fmt.Errorf("%s: no address in LXD to find its registry node by", name)
+		}
+		return service.Forget(ctx, a, name, addr)
+	}
+	return cluster.RemoveHost(c.Context, lxdc, name, forget, progressFor(c))
 }
 
 func clusterRotateSecret(c *cli.Context) error {
