@@ -14,6 +14,9 @@
 // host whose old member LXD sees offline (it was re-installed, or died
 // inside its join) has that member force-removed and joins again
 // (Options.OnReplace lets the caller forget it elsewhere first).
+// RotateSecret hands every member a new secret through the same endpoint
+// (RotatePath); RemoveHost moves a live member's instances to the others
+// and removes it.
 //
 // Trust: the cluster secret never crosses the wire, and the answering host
 // proves it first. Below, "initiator" is whichever host answers. Over TLS (the initiator's LXD server certificate; the
