@@ -201,6 +201,7 @@ func TestFormation(t *testing.T) {
 	}
 	e.assertFormed(t)
 
+	stopServing3 := func() {}
 	t.Run("wiped initiator joins the existing cluster", func(t *testing.T) {
 		began := time.Now()
 		e.wipe(0)
@@ -221,7 +222,7 @@ func TestFormation(t *testing.T) {
 		// The members serve registration as the appliance service does:
 		// the initiator gets a token once LXD sees its old member offline.
 		e.serve(1)
-		e.serve(2)
+		stopServing3 = e.serve(2)
 		if err := again.wait(t, 3*time.Minute); err != nil {
 			t.Fatalf("the wiped initiator: %v", err)
 		}
@@ -275,6 +276,30 @@ func TestFormation(t *testing.T) {
 		if res, err := RotateSecret(ctx, o); err == nil {
 			t.Errorf("rotation with the old secret: %+v", res)
 		}
+		// A re-installed host3 with an old stick is refused; with the new
+		// secret (its secret file holds it since the rotation) it joins.
+		stopServing3()
+		e.wipe(2)
+		before := strings.Count(e.output(), "host3: attempt 1 to join failed")
+		old := e.start(2, func(o *Options) { o.Secret = e.secret; o.BackoffInitial = time.Minute })
+		deadline := time.Now().Add(time.Minute)
+		for strings.Count(e.output(), "host3: attempt 1 to join failed") == before {
+			if time.Now().After(deadline) {
+				t.Fatal("host3 with the old secret made no attempt")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		old.stop()
+		if err := old.wait(t, 30*time.Second); err == nil || !strings.Contains(err.Error(), "proof does not verify") {
+			t.Errorf("host3 with the old secret: %v", err)
+		}
+		if got := memberNames(t, h3); got != nil {
+			t.Fatalf("host3 with the old secret is in a cluster of %v", got)
+		}
+		if err := e.start(2, nil).wait(t, 3*time.Minute); err != nil {
+			t.Fatalf("host3 with the new secret: %v", err)
+		}
+		e.assertFormed(t)
 		if strings.Contains(e.output(), string(newSecret)) {
 			t.Error("the new secret appears in the services' output")
 		}
