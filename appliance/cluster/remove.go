@@ -295,3 +295,33 @@ func copyVolume(ctx context.Context, src, dst lxd.InstanceServer, v VolumeRef) (
 	}
 	return nil
 }
+
+// ReplaceDead force-removes member name, which must be offline (dead, or
+// being re-installed), from LXD after forget (when set) dropped it from
+// the registry. Its instances and their volumes are lost with it: they are
+// returned, for the caller to say so before (dry run: remove false) and to
+// bring them up elsewhere (the next deploy creates them empty). The
+// re-installed machine then joins as a new member, with the same stick.
+func ReplaceDead(ctx context.Context, c lxd.InstanceServer, name string, remove bool, forget func(context.Context) error) (lost []string, err error) {
+	m, _, err := c.GetClusterMember(name)
+	if err != nil {
+		return nil, fmt.Errorf("replace %s: %w", name, err)
+	}
+	if m.Status == "Online" {
+		return nil, fmt.Errorf("replace %s: it is online: remove it with its instances instead (host remove), or wait until LXD sees it offline", name)
+	}
+	s := &Service{o: Options{LXD: c}}
+	lost = s.instancesOn(name)
+	if !remove {
+		return lost, nil
+	}
+	if forget != nil {
+		if err := forget(ctx); err != nil {
+			return lost, fmt.Errorf("replace %s: %w", name, err)
+		}
+	}
+	if err := c.DeleteClusterMember(name, true); err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) {
+		return lost, fmt.Errorf("replace %s: remove the member (DELETE /1.0/cluster/members/%s?force=1): %w", name, name, err)
+	}
+	return lost, nil
+}

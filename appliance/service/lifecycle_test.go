@@ -36,7 +36,9 @@ import (
 // directories emptied, the same appliance.yaml and secret) and its service
 // started again: it joins the existing cluster, its old member and
 // registry node are replaced, and there is still one cluster, one
-// bootstrap, one registry with one node and one row per host.
+// bootstrap, one registry with one node and one row per host; last, host3
+// dies, the operator replaces it (cluster.ReplaceDead, as `ssbuild host
+// replace`) and the re-installed host3 joins as a new member.
 func TestHostLifecycle(t *testing.T) {
 	bed := testbed.New(t, testbed.Options{Hosts: 4})
 	hosts, secret := configtest.ForBed(t, bed)
@@ -178,6 +180,53 @@ func TestHostLifecycle(t *testing.T) {
 		r := service.Status(ctx, h1.Config, h1.Bed.LXD(), nil)
 		if r.Registry == nil {
 			t.Fatalf("host1's registry node does not answer: %s", r.RegistryError)
+		}
+	})
+
+	t.Run("dead host replaced by the operator then re-installed", func(t *testing.T) {
+		h1, h3 := hosts[0], hosts[2]
+		c := h1.Bed.LXD()
+		died := time.Now()
+		if err := h3.Bed.Wipe(ctx); err != nil { // its disk is gone; it stays off for now
+			t.Fatal(err)
+		}
+		_ = services[2].Stop()
+		if _, err := cluster.ReplaceDead(ctx, c, "host3", false, nil); err == nil || !strings.Contains(err.Error(), "online") {
+			t.Errorf("replace while LXD still sees host3 online: %v", err)
+		}
+		for {
+			m, _, err := c.GetClusterMember("host3")
+			if err == nil && m.Status != "Online" {
+				break
+			}
+			if time.Since(died) > 2*time.Minute {
+				t.Fatalf("LXD still sees host3 online: %+v %v", m, err)
+			}
+			time.Sleep(time.Second)
+		}
+		forget := func(ctx context.Context) error {
+			return service.Forget(ctx, h1.Config, "host3", h3.Config.Host.Address)
+		}
+		if _, err := cluster.ReplaceDead(ctx, c, "host3", true, forget); err != nil {
+			t.Fatal(err)
+		}
+		replaced := time.Now()
+		waitCluster(t, ctx, h1, []string{"host1", "host2"}, replaced)
+		for _, dir := range []string{h3.Config.StateDir, h3.Config.Cluster.Storage.Source} {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Mkdir(h3.Config.Cluster.Storage.Source, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := services[2].Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitCluster(t, ctx, h1, []string{"host1", "host2", "host3"}, replaced)
+		t.Logf("figure: replaced host3's service start to serving: %s", time.Since(replaced).Round(time.Second))
+		if strings.Contains(log.String(), "host3 registers again") {
+			t.Error("host3's old member was still there when it came back")
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -55,8 +56,61 @@ func hostCommand() *cli.Command {
 				},
 				Action: hostRemove,
 			},
+			{
+				Name: "replace",
+				Usage: "forget a dead host (offline in LXD): remove it from the registry and, forced, from the LXD cluster; " +
+					"its instances and their volumes are lost with it and are listed first (without --yes nothing changes); " +
+					"the next deploy brings them up empty on the others, and the re-installed machine joins with its stick",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "this member's appliance.yaml `FILE`"},
+					&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"}, Usage: "LXD's directory `DIR` (unix.socket)"},
+					&cli.BoolFlag{Name: "yes", Usage: "remove it (without: only list what is lost)"},
+				},
+				Action: hostReplace,
+			},
 		},
 	}
+}
+
+func hostReplace(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("host replace takes one host name")
+	}
+	name := c.Args().First()
+	a, err := config.Load(c.String("config"))
+	if err != nil {
+		return invalidError{err}
+	}
+	lxdc, err := connectLXD(c)
+	if err != nil {
+		return err
+	}
+	forget := func(ctx context.Context) error {
+		m, _, err := lxdc.GetClusterMember(name)
+		if err != nil {
+			return err
+		}
+		u, err := url.Parse(m.URL)
+		if err != nil {
+			return fmt.Errorf("%s: address %q: %w", name, m.URL, err)
+		}
+		return service.Forget(ctx, a, name, u.Hostname())
+	}
+	lost, err := cluster.ReplaceDead(c.Context, lxdc, name, c.Bool("yes"), forget)
+	what := "no instances"
+	if len(lost) > 0 {
+		what = "its instances " + strings.Join(lost, ", ") + " and their volumes"
+	}
+	switch {
+	case err != nil:
+		return err
+	case !c.Bool("yes"):
+		fmt.Fprintf(c.App.Writer, "%s is offline; replacing it loses %s. Run again with --yes to remove it.\n", name, what)
+	default:
+		fmt.Fprintf(c.App.Writer, "%s removed with %s; the next deploy brings its instances up empty on the others; the re-installed machine joins with its stick\n", name, what)
+	}
+	return nil
 }
 
 func hostRemove(c *cli.Context) error {

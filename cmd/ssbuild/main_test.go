@@ -185,7 +185,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		{"plan", "--help"}, {"image", "--help"}, {"installer", "--help"}, {"load-docker-images", "--help"},
 		{"appliance", "--help"}, {"appliance", "run", "--help"}, {"appliance", "status", "--help"},
 		{"cluster", "--help"}, {"cluster", "rotate-secret", "--help"},
-		{"host", "--help"}, {"host", "remove", "--help"},
+		{"host", "--help"}, {"host", "remove", "--help"}, {"host", "replace", "--help"},
 		{"version", "--help"}, {"completion", "--help"}, {"man", "--help"}, {"deploy", "--help"}, {"down", "--help"},
 		{"show", "--help"}, {"proxy", "--help"}} {
 		code, out, _ := ssbuild(t, args...)
