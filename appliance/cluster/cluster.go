@@ -19,8 +19,9 @@
 // and removes it.
 //
 // Trust: the cluster secret never crosses the wire, and the answering host
-// proves it first. Below, "initiator" is whichever host answers. Over TLS (the initiator's LXD server certificate; the
-// joiner's as client certificate) a joiner POSTs a Hello, a fresh random
+// proves it first (below, "initiator" is whichever host answers). Over TLS
+// (the initiator's LXD server certificate; the joiner's as client
+// certificate) a joiner POSTs a Hello, a fresh random
 // nonce and nothing else, to https://<initiator>:<registrationPort>/ssbuild/v2/challenge.
 // The initiator answers with a one-time nonce of its own (30 s, in a bounded
 // table) and an HMAC-SHA256 (key: Argon2id of the secret, t=3, 64 MiB, p=4,
