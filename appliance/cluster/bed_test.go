@@ -16,6 +16,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -129,6 +130,57 @@ func (e *env) start(i int, mod func(*Options)) *service {
 		}
 	})
 	return s
+}
+
+// serve keeps host i's registration endpoint open (Service.Serve, as the
+// appliance service does after formation) until the test ends or the
+// returned stop is called.
+func (e *env) serve(i int) (stop func()) {
+	e.t.Helper()
+	h := e.bed.Hosts[i]
+	secret, err := config.ReadSecret(e.cfgs[i].SecretFile)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	svc, err := New(Options{Config: e.cfgs[i], Secret: secret, LXD: h.LXD(), LXDDir: h.LXDDir,
+		Listen: h.Listen, Dial: h.DialContext, Progress: progress.New(e, progress.Plain)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Serve(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				e.t.Errorf("%s: serve: %v", h.Name, err)
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	return stop
+}
+
+// wipe re-installs host i: a power cut, its LXD directory, pool and state
+// directory emptied, a fresh LXD started (same name, same address).
+func (e *env) wipe(i int) {
+	e.t.Helper()
+	h := e.bed.Hosts[i]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := h.Wipe(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, dir := range []string{e.cfgs[i].Cluster.Storage.Source, e.cfgs[i].StateDir} {
+		if err := os.RemoveAll(dir); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(e.cfgs[i].Cluster.Storage.Source, 0o711); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // wait returns the service's result; it fails the test on timeout.

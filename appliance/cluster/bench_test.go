@@ -177,3 +177,94 @@ func preseed(e *env, i int, yaml string) {
 		e.t.Fatalf("%s: lxd init --preseed: %v\n%s", h.Name, err, out)
 	}
 }
+
+// Adding a host to a formed cluster: the fourth host's service start to
+// "member online", against a plain LXD join of the same host (a token made
+// on the first host, `lxd init --preseed` on the fourth). host1-3 are
+// formed by their services and keep serving registration; their configs
+// list three hosts, the fourth's (a later recipe revision) four. Run:
+//
+//	go test -run XXX -bench AddHost -benchtime 3x ./appliance/cluster/
+func BenchmarkAddHost(b *testing.B) {
+	b.Run("service", func(b *testing.B) {
+		benchAddHost(b, func(e *env) {
+			if err := e.start(3, nil).wait(b, 2*time.Minute); err != nil {
+				b.Fatalf("host4: %v", err)
+			}
+		})
+	})
+	b.Run("preseed", func(b *testing.B) {
+		benchAddHost(b, func(e *env) {
+			h1, h4 := e.bed.Hosts[0], e.bed.Hosts[3]
+			c := e.cfgs[3].Cluster
+			server, _, err := h1.LXD().GetServer()
+			if err != nil {
+				b.Fatal(err)
+			}
+			op, err := h1.LXD().CreateClusterMember(api.ClusterMembersPost{ServerName: h4.Name})
+			if err != nil {
+				b.Fatal(err)
+			}
+			opAPI := op.Get()
+			tok, err := opAPI.ToClusterJoinToken()
+			if err != nil {
+				b.Fatal(err)
+			}
+			https := func(h *testbed.Host) string { return net.JoinHostPort(h.Address.String(), "8443") }
+			preseed(e, 3, fmt.Sprintf(`cluster:
+  enabled: true
+  server_name: %s
+  server_address: %s
+  cluster_address: %s
+  cluster_certificate: %q
+  cluster_token: %s
+  member_config:
+  - {entity: storage-pool, name: %s, key: source, value: %s}
+`, h4.Name, https(h4), https(h1), server.Environment.Certificate, tok.String(), c.Storage.Pool, c.Storage.Source))
+		})
+	})
+}
+
+func benchAddHost(b *testing.B, add func(*env)) {
+	testenv.Short(b)
+	testenv.RequireRoot(b)
+	testenv.RequireTools(b, testbed.Tools...)
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		bed, err := testbed.Start(ctx, testbed.Options{Hosts: 4})
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { bed.Close() })
+		e := envOn(b, bed)
+		e.quiet = true
+		for _, a := range e.cfgs[:3] {
+			a.Cluster.Members = a.Cluster.Members[:3]
+		}
+		var svcs []*service
+		for j := 0; j < 3; j++ {
+			svcs = append(svcs, e.start(j, nil))
+		}
+		for _, s := range svcs {
+			if err := s.wait(b, 2*time.Minute); err != nil {
+				b.Fatalf("%s: %v", s.host.Name, err)
+			}
+		}
+		for j := 0; j < 3; j++ {
+			e.serve(j)
+		}
+		b.StartTimer()
+		start := time.Now()
+		add(e)
+		e.waitAllOnline(4)
+		total += time.Since(start)
+		b.StopTimer()
+		if err := bed.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "s/add")
+}

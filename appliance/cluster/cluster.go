@@ -1,12 +1,27 @@
 // Package cluster turns freshly installed hosts into one LXD cluster without
 // anyone typing a command. Every host runs the same Service with its
-// appliance.yaml: the initiator named there bootstraps the cluster and
-// serves a registration endpoint; every other host registers there and
-// joins with the LXD join token it gets back.
+// appliance.yaml and serves a registration endpoint for as long as it runs.
+// A host that is not a member yet asks the other listed hosts, the
+// initiator first, for a join token and joins the first cluster that
+// answers with one. Only the initiator bootstraps, and only once a majority
+// of the listed hosts, itself included, have proved (with the secret) that
+// they are in no cluster: a re-installed initiator therefore joins the
+// cluster the others still form, and one that boots while they are
+// unreachable waits instead of making a second cluster (see mayBootstrap).
 //
-// Trust: the cluster secret never crosses the wire, and the initiator
-// proves it first. Over TLS (the initiator's LXD server certificate; the
-// joiner's as client certificate) a joiner POSTs a Hello, a fresh random
+// Members keep serving registration after formation, for every host their
+// appliance.yaml lists: a host listed but missing joins later, and a listed
+// host whose old member LXD sees offline (it was re-installed, or died
+// inside its join) has that member force-removed and joins again
+// (Options.OnReplace lets the caller forget it elsewhere first).
+// RotateSecret hands every member a new secret through the same endpoint
+// (RotatePath); RemoveHost moves a live member's instances to the others
+// and removes it.
+//
+// Trust: the cluster secret never crosses the wire, and the answering host
+// proves it first (below, "initiator" is whichever host answers). Over TLS
+// (the initiator's LXD server certificate; the joiner's as client
+// certificate) a joiner POSTs a Hello, a fresh random
 // nonce and nothing else, to https://<initiator>:<registrationPort>/ssbuild/v2/challenge.
 // The initiator answers with a one-time nonce of its own (30 s, in a bounded
 // table) and an HMAC-SHA256 (key: Argon2id of the secret, t=3, 64 MiB, p=4,
@@ -33,16 +48,19 @@
 // ends in the same cluster:
 //
 //	lxd-initialised       lxdinit finds everything in place (or the host is a member)
-//	cluster-bootstrapped  GET /1.0/cluster is enabled with this host a member; never bootstrapped twice
-//	registration-serving  the endpoint listens
+//	cluster-bootstrapped  GET /1.0/cluster is enabled with this host a member; never bootstrapped twice,
+//	                      never while another listed host may hold a cluster
+//	registration-serving  the endpoint listens (every host opens it at start;
+//	                      the initiator reports it once it is a member)
 //	token-issued          per joiner: older tokens for the name deleted, one fresh token pending
 //	cluster-formed        every listed member online; no token pending
-//	registered            joiner: holds a token from an initiator that proved the secret
+//	registered            joiner: holds a token from a member that proved the secret
 //	joined                joiner: its LXD is clustered and lists itself (checked before every attempt)
 //	member-online         joiner: the cluster sees it online
 //
-// Joins are serialised: the initiator gives one joiner a token at a time and
-// tells the others to retry (503, Retry-After) until that one is online.
+// Joins are serialised: a member gives one joiner a token at a time and
+// tells the others to retry (503, Retry-After) until that one is online; a
+// joiner that is told to wait does not ask the next host meanwhile.
 // Options.FailAfter stops the service right after a named step, for tests.
 package cluster
 
@@ -129,6 +147,12 @@ type Options struct {
 	// the status command).
 	OnStep func(Step)
 
+	// OnReplace, when set, is called by a member before it force-removes
+	// the old LXD member of a listed host that registers again while that
+	// member is offline (re-installed, or died inside its join). An error
+	// refuses the registration for now (503): nothing was removed yet.
+	OnReplace func(ctx context.Context, name, address string) error
+
 	// BackoffInitial and BackoffMax shape a joiner's retries (1s doubling
 	// to 30s by default).
 	BackoffInitial, BackoffMax time.Duration
@@ -154,6 +178,13 @@ type Service struct {
 
 	statusMu sync.Mutex
 	status   Status
+
+	keyMu sync.RWMutex // key changes when the secret is rotated (RotatePath)
+
+	reg       *registrar
+	epMu      sync.Mutex
+	ep        *endpoint         // the registration endpoint while anyone holds it
+	runCancel func(cause error) // stops the current Run (fault injection in the registrar)
 }
 
 // New checks the options and derives the HMAC key from the secret (about
@@ -189,6 +220,7 @@ func New(o Options) (*Service, error) {
 	s.fp = Fingerprint(cert.Leaf)
 	s.key = deriveKey(o.Secret, o.Config.Cluster.Name)
 	s.o.Secret = nil
+	s.reg = newRegistrar(s, s.stopRun)
 	return s, nil
 }
 
@@ -207,13 +239,60 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 func (s *Service) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.epMu.Lock()
+	s.runCancel = cancel
+	s.epMu.Unlock()
+	defer func() {
+		s.epMu.Lock()
+		s.runCancel = nil
+		s.epMu.Unlock()
+	}()
 	if err := s.initLXD(ctx); err != nil {
 		return err
 	}
+	// Every host answers the others' questions from the start: a host
+	// that is in no cluster says so (with the secret), which is what lets
+	// the initiator bootstrap.
+	release, err := s.openEndpoint()
+	if err != nil {
+		if s.cfg.IsInitiator() {
+			return err
+		}
+		// A joiner can still join; the initiator just counts it as unknown.
+		s.log.Info("%s: %v; joining without it", s.cfg.Host.Name, err)
+	} else {
+		defer release()
+	}
+	err = s.runRole(ctx)
+	if cause := context.Cause(ctx); err != nil && cause != nil && errors.Is(cause, ErrInjected) {
+		return cause
+	}
+	return err
+}
+
+// stopRun stops the current Run with cause (fault injection after a token).
+func (s *Service) stopRun(cause error) {
+	s.epMu.Lock()
+	defer s.epMu.Unlock()
+	if s.runCancel != nil {
+		s.runCancel(cause)
+	}
+}
+
+func (s *Service) runRole(ctx context.Context) error {
 	if s.cfg.IsInitiator() {
 		return s.runInitiator(ctx)
 	}
 	return s.runJoiner(ctx)
+}
+
+// currentKey is the key of the cluster secret this host holds now.
+func (s *Service) currentKey() key {
+	s.keyMu.RLock()
+	defer s.keyMu.RUnlock()
+	return s.key
 }
 
 // reached reports a step and says whether fault injection stops here.

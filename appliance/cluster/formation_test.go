@@ -1,11 +1,15 @@
 package cluster
 
 import (
+	"context"
+	"encoding/hex"
 	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
 // TestFormation forms a three-member cluster on a bed: host2 starts before
@@ -196,5 +200,109 @@ func TestFormation(t *testing.T) {
 		t.Fatalf("initiator: %v", err)
 	}
 	e.assertFormed(t)
+
+	stopServing3 := func() {}
+	t.Run("wiped initiator joins the existing cluster", func(t *testing.T) {
+		began := time.Now()
+		e.wipe(0)
+		// host2 and host3 serve no registration yet (their services
+		// returned): the wiped initiator hears from no one and must wait,
+		// not bootstrap a second cluster.
+		again := e.start(0, nil)
+		deadline := time.Now().Add(time.Minute)
+		for strings.Count(e.output(), "no bootstrap before 2 of 3 listed hosts") < 3 {
+			if time.Now().After(deadline) || len(again.done) > 0 {
+				t.Fatalf("the wiped initiator did not wait for the others")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := memberNames(t, h1); got != nil {
+			t.Fatalf("the wiped initiator is in a cluster of %v while the others were unreachable", got)
+		}
+		// The members serve registration as the appliance service does:
+		// the initiator gets a token once LXD sees its old member offline.
+		e.serve(1)
+		stopServing3 = e.serve(2)
+		if err := again.wait(t, 3*time.Minute); err != nil {
+			t.Fatalf("the wiped initiator: %v", err)
+		}
+		t.Logf("figure: wiped initiator's start to its cluster formed: %s", time.Since(began).Round(time.Second))
+		e.assertFormed(t)
+		if n := strings.Count(e.output(), "host1: cluster-bootstrapped: bootstrapped"); n != 1 {
+			t.Errorf("bootstrapped %d times, want once", n)
+		}
+		if !strings.Contains(e.output(), "removing the old member") || e.reachedCount(h1.Name, StepRegistered) != 1 {
+			t.Errorf("host1 did not register as a replaced member")
+		}
+		if Bootstrapped(e.cfgs[0].StateDir) {
+			t.Errorf("the re-joined initiator says it bootstrapped its cluster")
+		}
+	})
+	t.Run("rotate secret", func(t *testing.T) {
+		e.serve(0) // host1's Run returned: serve as its service would
+		newSecret := []byte(hex.EncodeToString([]byte("a new secret for the bed cluster!")))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		began := time.Now()
+		o := RotateOptions{Config: e.cfgs[1], Secret: e.secret, NewSecret: newSecret,
+			LXD: h2.LXD(), LXDDir: h2.LXDDir, Dial: h2.DialContext}
+		results, err := RotateSecret(ctx, o)
+		if err != nil {
+			t.Fatalf("rotate: %v (%+v)", err, results)
+		}
+		t.Logf("figure: secret rotated on %d members in %s", len(results), time.Since(began).Round(time.Millisecond))
+		for i, c := range e.cfgs {
+			if got, err := config.ReadSecret(c.SecretFile); err != nil || string(got) != string(newSecret) {
+				t.Errorf("%s's secret file after the rotation: %v", e.bed.Hosts[i].Name, err)
+			}
+		}
+		// A proof with the old secret fails; one with the new one passes
+		// (host2 is a member already: the proof verified).
+		status, body := e.post(t, h2, mustJSON(t, e.request(t, 1, h2, good, nil)))
+		if status != 401 || !strings.Contains(body, "proof does not verify") {
+			t.Errorf("old secret after the rotation: %d %q, want 401", status, body)
+		}
+		newKey := deriveKey(newSecret, e.cfgs[0].Cluster.Name)
+		status, body = e.post(t, h2, mustJSON(t, e.request(t, 1, h2, newKey, nil)))
+		if status != 409 || !strings.Contains(body, "already a member") {
+			t.Errorf("new secret after the rotation: %d %q, want 409 already a member", status, body)
+		}
+		// A re-run finds every member holding it; the old secret rotates nothing.
+		o.Secret = newSecret
+		if _, err := RotateSecret(ctx, o); err != nil {
+			t.Errorf("re-run: %v", err)
+		}
+		o.Secret, o.NewSecret = e.secret, []byte("yet another secret, from an old stick")
+		if res, err := RotateSecret(ctx, o); err == nil {
+			t.Errorf("rotation with the old secret: %+v", res)
+		}
+		// A re-installed host3 with an old stick is refused; with the new
+		// secret (its secret file holds it since the rotation) it joins.
+		stopServing3()
+		e.wipe(2)
+		before := strings.Count(e.output(), "host3: attempt 1 to join failed")
+		old := e.start(2, func(o *Options) { o.Secret = e.secret; o.BackoffInitial = time.Minute })
+		deadline := time.Now().Add(time.Minute)
+		for strings.Count(e.output(), "host3: attempt 1 to join failed") == before {
+			if time.Now().After(deadline) {
+				t.Fatal("host3 with the old secret made no attempt")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		old.stop()
+		if err := old.wait(t, 30*time.Second); err == nil || !strings.Contains(err.Error(), "proof does not verify") {
+			t.Errorf("host3 with the old secret: %v", err)
+		}
+		if got := memberNames(t, h3); got != nil {
+			t.Fatalf("host3 with the old secret is in a cluster of %v", got)
+		}
+		if err := e.start(2, nil).wait(t, 3*time.Minute); err != nil {
+			t.Fatalf("host3 with the new secret: %v", err)
+		}
+		e.assertFormed(t)
+		if strings.Contains(e.output(), string(newSecret)) {
+			t.Error("the new secret appears in the services' output")
+		}
+	})
 	e.assertNoLeak(t)
 }

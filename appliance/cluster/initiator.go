@@ -10,13 +10,18 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
 // The registration endpoint's URL paths: a joiner POSTs a Hello to
@@ -25,6 +30,11 @@ const (
 	ChallengePath    = "/ssbuild/v2/challenge"
 	RegistrationPath = "/ssbuild/v2/join"
 )
+
+// busyHeader marks a refusal because another join is under way. Like
+// Retry-After it is not authenticated: it only makes a joiner wait (at
+// most maxRetryAfter) instead of asking the next host.
+const busyHeader = "Ssbuild-Busy"
 
 // maxRequestBytes bounds a request body: a valid one is under 700 bytes.
 const maxRequestBytes = 4096
@@ -51,46 +61,148 @@ func newRegistrar(s *Service, stop context.CancelCauseFunc) *registrar {
 		limiter: failureLimiter{limit: s.o.MaxFailures, block: s.o.Block, globalLimit: defaultGlobalFailures}}
 }
 
-func (s *Service) runInitiator(ctx context.Context) error {
-	if err := s.bootstrap(ctx); err != nil {
-		return err
+// endpoint is the registration endpoint: one listener and server per
+// Service, open while Run or Serve holds it.
+type endpoint struct {
+	addr   string
+	srv    *http.Server
+	served chan error
+	users  int
+}
+
+// openEndpoint opens the registration endpoint on this host's address, or
+// takes another hold on the open one; release lets it go, and the last
+// release stops it (waiting for a handler that is issuing a token, so a
+// stop never leaves LXD mid-request).
+func (s *Service) openEndpoint() (release func(), err error) {
+	s.epMu.Lock()
+	defer s.epMu.Unlock()
+	if s.ep == nil {
+		addr := s.registrationAddress(s.cfg.Host.Address)
+		ln, err := s.o.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %s: registration endpoint: listen on %s: %w", s.cfg.Host.Name, addr, err)
+		}
+		srv := &http.Server{
+			Handler:           s.reg,
+			ReadHeaderTimeout: 10 * time.Second,
+			MaxHeaderBytes:    8 << 10,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			TLSConfig:         registrationTLS(s.cert),
+			ErrorLog:          quietLog(),
+		}
+		ep := &endpoint{addr: addr, srv: srv, served: make(chan error, 1)}
+		go func() { ep.served <- srv.ServeTLS(ln, "", "") }()
+		s.ep = ep
 	}
-	ctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	reg := newRegistrar(s, stop)
-	addr := net.JoinHostPort(s.cfg.Host.Address, fmt.Sprint(s.cfg.Cluster.RegistrationPort))
-	ln, err := s.o.Listen("tcp", addr)
+	s.ep.users++
+	var once sync.Once
+	return func() { once.Do(s.releaseEndpoint) }, nil
+}
+
+func (s *Service) releaseEndpoint() {
+	s.epMu.Lock()
+	ep := s.ep
+	ep.users--
+	if ep.users > 0 {
+		s.epMu.Unlock()
+		return
+	}
+	s.ep = nil
+	s.epMu.Unlock()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = ep.srv.Shutdown(sctx)
+	<-ep.served
+}
+
+// Serve keeps the registration endpoint open until ctx ends, alongside Run
+// and after it returns: members serve registration for hosts added or
+// re-installed later. It returns nil when ctx ends.
+func (s *Service) Serve(ctx context.Context) error {
+	release, err := s.openEndpoint()
 	if err != nil {
-		return fmt.Errorf("cluster: %s: registration endpoint: listen on %s: %w", s.cfg.Host.Name, addr, err)
-	}
-	srv := &http.Server{
-		Handler:           reg,
-		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    8 << 10,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		TLSConfig:         registrationTLS(s.cert),
-		ErrorLog:          quietLog(),
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(ln, "", "") }()
-	defer func() {
-		// Wait for a handler that is issuing a token, so a stop never
-		// leaves LXD mid-request.
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-		<-served
-	}()
-	if err := s.reached(StepServing, "https://"+addr+RegistrationPath); err != nil {
 		return err
 	}
-	return s.awaitFormation(ctx, reg)
+	defer release()
+	<-ctx.Done()
+	return nil
+}
+
+// registrationAddress is host:port of the registration endpoint of the
+// host at addr (every host serves one on the same port).
+func (s *Service) registrationAddress(addr string) string {
+	a, _ := netip.ParseAddr(addr)
+	return netip.AddrPortFrom(a, uint16(s.cfg.Cluster.RegistrationPort)).String()
+}
+
+// runInitiator: a member already goes on to serve and await formation;
+// otherwise it joins the cluster another listed host answers for, or
+// bootstraps one when a majority proved there is none (seek).
+func (s *Service) runInitiator(ctx context.Context) error {
+	member, err := s.isMember()
+	if err != nil {
+		return err
+	}
+	if member {
+		// Bootstrapped (or joined) by an earlier run: never again.
+		if err := s.reached(StepBootstrapped, "already clustered"); err != nil {
+			return err
+		}
+	} else {
+		bootstrapped, err := s.seek(ctx)
+		if err != nil {
+			return err
+		}
+		if !bootstrapped {
+			if err := s.awaitOnline(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	if err := s.reached(StepServing, "https://"+s.registrationAddress(s.cfg.Host.Address)+RegistrationPath); err != nil {
+		return err
+	}
+	return s.awaitFormation(ctx, s.reg)
+}
+
+// BootstrapMarker is the file in the state directory that says this host
+// bootstrapped its LXD cluster (written just before the bootstrap, removed
+// before any join), so a caller knows to bootstrap what goes with it (the
+// registry) rather than join the others'.
+const BootstrapMarker = "cluster-bootstrapped-here"
+
+// Bootstrapped reports whether the host whose state directory is stateDir
+// bootstrapped the LXD cluster it is in (BootstrapMarker).
+func Bootstrapped(stateDir string) bool {
+	_, err := os.Stat(filepath.Join(stateDir, BootstrapMarker))
+	return err == nil
+}
+
+func (s *Service) setBootstrapMarker(on bool) error {
+	if s.cfg.StateDir == "" {
+		return nil
+	}
+	path := filepath.Join(s.cfg.StateDir, BootstrapMarker)
+	if !on {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("cluster: %s: %w", s.cfg.Host.Name, err)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(s.cfg.StateDir, 0o755); err != nil {
+		return fmt.Errorf("cluster: %s: %w", s.cfg.Host.Name, err)
+	}
+	if err := os.WriteFile(path, []byte(s.cfg.Cluster.Name+"\n"), 0o644); err != nil {
+		return fmt.Errorf("cluster: %s: %w", s.cfg.Host.Name, err)
+	}
+	return nil
 }
 
 // bootstrap is StepBootstrapped: only a server that is not clustered yet is
 // bootstrapped, so a re-run can never make a second cluster.
-func (s *Service) bootstrap(ctx context.Context) error {
+func (s *Service) bootstrap(ctx context.Context, detail string) error {
 	name := s.cfg.Host.Name
 	clustered, err := s.clustered()
 	if err != nil {
@@ -102,6 +214,9 @@ func (s *Service) bootstrap(ctx context.Context) error {
 		}
 		return s.reached(StepBootstrapped, "already clustered")
 	}
+	if err := s.setBootstrapMarker(true); err != nil {
+		return err
+	}
 	op, err := s.o.LXD.UpdateCluster(api.ClusterPut{Cluster: api.Cluster{ServerName: name, Enabled: true}}, "")
 	if err == nil {
 		err = op.WaitContext(ctx)
@@ -109,7 +224,7 @@ func (s *Service) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %s: bootstrap the cluster (PUT /1.0/cluster): %w", name, err)
 	}
-	return s.reached(StepBootstrapped, "bootstrapped")
+	return s.reached(StepBootstrapped, "bootstrapped"+detail)
 }
 
 // awaitFormation waits until every listed member is online, then removes
@@ -133,9 +248,10 @@ func (s *Service) awaitFormation(ctx context.Context, reg *registrar) error {
 			lastOnline = online
 		}
 		if online == want {
-			// No request may issue a token after the sweep.
+			// Tokens left by joiners that crashed before using them; the
+			// endpoint keeps serving (a listed host may come back later)
+			// and issues a fresh one on request.
 			reg.mu.Lock()
-			reg.closed = true
 			// Only tokens for listed hosts: others are an operator's.
 			n, err := s.deleteTokens(func(name string) bool {
 				_, listed := s.cfg.Cluster.Member(name)
@@ -194,10 +310,9 @@ type registrar struct {
 
 	// mu serialises token issuing; slot is the joiner that holds the one
 	// join LXD is asked to do at a time.
-	mu     sync.Mutex
-	slot   string
-	until  time.Time
-	closed bool
+	mu    sync.Mutex
+	slot  string
+	until time.Time
 }
 
 func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -205,16 +320,28 @@ func (g *registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := s.o.now()
 	src, _ := netip.ParseAddrPort(r.RemoteAddr)
 	from := src.Addr().Unmap()
-	if r.Method != http.MethodPost || (r.URL.Path != RegistrationPath && r.URL.Path != ChallengePath) {
+	if r.Method != http.MethodPost || (r.URL.Path != RegistrationPath && r.URL.Path != ChallengePath && r.URL.Path != RotatePath) {
 		http.NotFound(w, r)
 		return
 	}
 	var name string
 	var answer any
 	var ref *refusal
-	if r.URL.Path == ChallengePath {
+	switch r.URL.Path {
+	case ChallengePath:
 		answer, ref = g.challenge(w, r, from, now)
-	} else {
+	case RotatePath:
+		var resp *RotateResponse
+		var proved bool
+		resp, proved, ref = g.rotate(w, r, from, now)
+		if proved && ref != nil {
+			g.refuse(w, from, name, ref, 0)
+			return
+		}
+		if ref == nil {
+			answer = resp
+		}
+	default:
 		var req *JoinRequest
 		var proved bool
 		req, proved, ref = g.check(w, r, from, now)
@@ -258,6 +385,9 @@ func (g *registrar) refuse(w http.ResponseWriter, from netip.Addr, name string, 
 		// Busy or stopping: worth a retry soon, not after a long backoff.
 		w.Header().Set("Retry-After", "1")
 	}
+	if strings.HasPrefix(ref.reason, "busy: ") {
+		w.Header().Set(busyHeader, "1")
+	}
 	http.Error(w, ref.reason, ref.status)
 }
 
@@ -294,7 +424,7 @@ func (g *registrar) challenge(w http.ResponseWriter, r *http.Request, from netip
 		return nil, &refusal{http.StatusServiceUnavailable, "initiator cannot make a challenge: retry"}
 	}
 	c := &Challenge{Version: ProtocolVersion, Nonce: n}
-	signChallenge(s.key, s.cfg.Cluster.Name, h.Nonce, s.fp, c)
+	signChallenge(s.currentKey(), s.cfg.Cluster.Name, h.Nonce, s.fp, c)
 	return c, nil
 }
 
@@ -312,7 +442,7 @@ func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Add
 		return req, false, ref
 	}
 	fresh := g.challenges.take(req.InitiatorNonce, req.JoinerNonce, from, now)
-	if !verifyMAC(s.key, req.macFields(s.fp), req.MAC) {
+	if !verifyMAC(s.currentKey(), req.macFields(s.fp), req.MAC) {
 		return req, false, &refusal{http.StatusUnauthorized, "proof does not verify: wrong cluster secret or altered request"}
 	}
 	if !fresh {
@@ -323,7 +453,10 @@ func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Add
 	}
 	m, listed := s.cfg.Cluster.Member(req.Name)
 	if !listed {
-		return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%q is not a member of cluster %s", req.Name, s.cfg.Cluster.Name)}
+		var why string
+		if m, why = g.listedByJoiner(req); why != "" {
+			return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%q is not a member of cluster %s: %s", req.Name, s.cfg.Cluster.Name, why)}
+		}
 	}
 	if m.Address != req.Address || netip.MustParseAddr(m.Address) != from {
 		return req, true, &refusal{http.StatusForbidden, fmt.Sprintf("%s registers from %s with address %s; its address is %s", req.Name, from, req.Address, m.Address)}
@@ -334,13 +467,21 @@ func (g *registrar) check(w http.ResponseWriter, r *http.Request, from netip.Add
 	return req, true, nil
 }
 
-// issue gives the joiner a fresh token, one joiner at a time.
+// issue gives the joiner a fresh token, one joiner at a time. A host in no
+// cluster answers that instead, under its proof; a listed host whose old
+// member is offline has that member removed first (replace).
 func (g *registrar) issue(req *JoinRequest) (*JoinResponse, *refusal) {
 	s := g.s
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.closed {
-		return nil, &refusal{http.StatusConflict, "the cluster is formed: no more joins"}
+	clustered, err := s.clustered()
+	if err != nil {
+		return nil, &refusal{http.StatusServiceUnavailable, "cannot read its cluster state: retry"}
+	}
+	if !clustered {
+		resp := &JoinResponse{NoCluster: true, Fingerprint: s.fp}
+		signNoCluster(s.currentKey(), req, resp)
+		return resp, nil
 	}
 	members, err := s.o.LXD.GetClusterMembers()
 	if err != nil {
@@ -350,8 +491,20 @@ func (g *registrar) issue(req *JoinRequest) (*JoinResponse, *refusal) {
 	for _, m := range members {
 		status[m.ServerName] = m.Status
 	}
-	if _, ok := status[req.Name]; ok {
-		return nil, &refusal{http.StatusConflict, fmt.Sprintf("%s is already a member", req.Name)}
+	if st, ok := status[req.Name]; ok {
+		same := s.memberFingerprint(req.Name) == req.Fingerprint
+		if st == "Online" && same {
+			return nil, &refusal{http.StatusConflict, fmt.Sprintf("%s is already a member", req.Name)}
+		}
+		if st == "Online" {
+			// LXD sees a member offline only after missed heartbeats
+			// (cluster.offline_threshold, 20 s by default).
+			return nil, &refusal{http.StatusServiceUnavailable, fmt.Sprintf("busy: %s is a member LXD still sees online; a re-installed host is let in once its old member is offline: retry", req.Name)}
+		}
+		if ref := g.replace(req, st); ref != nil {
+			return nil, ref
+		}
+		delete(status, req.Name)
 	}
 	// A joiner is listed as soon as LXD accepts it, well before its join
 	// is done: the slot is free only once it is online.
@@ -381,6 +534,107 @@ func (g *registrar) issue(req *JoinRequest) (*JoinResponse, *refusal) {
 		return nil, &refusal{http.StatusServiceUnavailable, "initiator stopping: retry"}
 	}
 	resp := &JoinResponse{Token: tok.String(), Fingerprint: s.fp}
-	signResponse(s.key, req, resp)
+	signResponse(s.currentKey(), req, resp)
 	return resp, nil
+}
+
+// replace force-removes the old LXD member of a listed host that proved the
+// secret from its own address and asks to join again while LXD sees that
+// member offline: its disk was replaced, or it died inside its join. What
+// the member held is named first, since it is lost with it.
+func (g *registrar) replace(req *JoinRequest, status string) *refusal {
+	s := g.s
+	name := req.Name
+	lost := s.instancesOn(name)
+	what := "no instances"
+	if len(lost) > 0 {
+		what = "its instances " + strings.Join(lost, ", ") + " (lost with it: restore them from backups)"
+	}
+	s.log.Info("%s: registration: %s registers again while its member is %s (re-installed, or died inside its join): removing the old member with %s", s.cfg.Host.Name, name, status, what)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if s.o.OnReplace != nil {
+		if err := s.o.OnReplace(ctx, name, req.Address); err != nil {
+			s.log.Info("%s: registration: forget %s before replacing it: %v", s.cfg.Host.Name, name, err)
+			return &refusal{http.StatusServiceUnavailable, fmt.Sprintf("cannot forget the old %s yet: retry", name)}
+		}
+	}
+	if err := s.o.LXD.DeleteClusterMember(name, true); err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) {
+		s.log.Info("%s: registration: remove the old member %s (DELETE /1.0/cluster/members/%s?force=1): %v", s.cfg.Host.Name, name, name, err)
+		return &refusal{http.StatusServiceUnavailable, fmt.Sprintf("cannot remove the old member %s yet: retry", name)}
+	}
+	s.log.Info("%s: registration: old member %s removed", s.cfg.Host.Name, name)
+	return nil
+}
+
+// memberFingerprint is the fingerprint of the server certificate LXD
+// trusts for member name; empty when it cannot tell.
+func (s *Service) memberFingerprint(name string) string {
+	certs, err := s.o.LXD.GetCertificates()
+	if err != nil {
+		return ""
+	}
+	for _, c := range certs {
+		if c.Type == api.CertificateTypeServer && c.Name == name {
+			return c.Fingerprint
+		}
+	}
+	return ""
+}
+
+// instancesOn lists project/instance of the instances on member name, as
+// far as LXD tells.
+func (s *Service) instancesOn(name string) []string {
+	insts, err := s.o.LXD.GetInstancesAllProjects(api.InstanceTypeAny)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, in := range insts {
+		if in.Location == name {
+			out = append(out, in.Project+"/"+in.Name)
+		}
+	}
+	return out
+}
+
+// listedByJoiner lets in a host that this host's appliance.yaml does not
+// list but a newer recipe revision does: the joiner's list (under its
+// proof) must name it and every current LXD member at its address, so it
+// is a later revision of this cluster's recipe, not an older or a foreign
+// one. why says what is missing when it is not.
+func (g *registrar) listedByJoiner(req *JoinRequest) (config.Member, string) {
+	s := g.s
+	listed := map[string]string{}
+	for _, e := range req.Members {
+		name, addr, _ := parseMember(e)
+		listed[name] = addr.String()
+	}
+	self, ok := listed[req.Name]
+	if !ok {
+		return config.Member{}, "neither this host's recipe nor the joiner's lists it"
+	}
+	clustered, err := s.clustered()
+	if err != nil || !clustered {
+		return config.Member{}, "not in this host's recipe, and this host is in no cluster to check the joiner's recipe against"
+	}
+	members, err := s.o.LXD.GetClusterMembers()
+	if err != nil {
+		return config.Member{}, "cannot read the members to check the joiner's recipe against: retry"
+	}
+	var missing []string
+	for _, m := range members {
+		host := m.ServerName
+		if u, err := url.Parse(m.URL); err == nil {
+			if listed[m.ServerName] != u.Hostname() {
+				missing = append(missing, m.ServerName+"="+u.Hostname())
+			}
+		} else if _, ok := listed[host]; !ok {
+			missing = append(missing, host)
+		}
+	}
+	if len(missing) > 0 {
+		return config.Member{}, "the joiner's recipe does not list every member (" + strings.Join(missing, ", ") + "): it is not a later revision of this cluster's"
+	}
+	return config.Member{Name: req.Name, Address: self}, ""
 }

@@ -120,7 +120,7 @@ func writeCert(t testing.TB, dir, cn string) tls.Certificate {
 // (127.0.0.1, the initiator), host2 (127.0.0.2) and host3 (127.0.0.3).
 func newLoop(t *testing.T) *loop {
 	t.Helper()
-	l := &loop{t: t, lxd: &tokenLXD{}, out: &syncBuffer{}}
+	l := &loop{t: t, lxd: &tokenLXD{clustered: true}, out: &syncBuffer{}}
 	l.cfg = config.Cluster{Name: "demo", Initiator: "host1", InitiatorAddress: "127.0.0.1",
 		Members: []config.Member{{Name: "host1", Address: "127.0.0.1"}, {Name: "host2", Address: "127.0.0.2"}, {Name: "host3", Address: "127.0.0.3"}}}
 	dir := t.TempDir()
@@ -513,13 +513,14 @@ func mustLeaf(t testing.TB, c tls.Certificate) *x509.Certificate {
 // tokens. Everything else panics (nil embedded interface).
 type tokenLXD struct {
 	lxd.InstanceServer
-	mu     sync.Mutex
-	tokens map[string]api.Operation // by operation ID
-	n      int
+	clustered bool // the initiator's is; a joiner's is not yet
+	mu        sync.Mutex
+	tokens    map[string]api.Operation // by operation ID
+	n         int
 }
 
 func (f *tokenLXD) GetCluster() (*api.Cluster, string, error) {
-	return &api.Cluster{}, "", nil
+	return &api.Cluster{Enabled: f.clustered}, "", nil
 }
 
 func (f *tokenLXD) GetClusterMembers() ([]api.ClusterMember, error) {
@@ -583,3 +584,47 @@ type tokenOp struct {
 }
 
 func (o tokenOp) Get() api.Operation { return o.op }
+
+// TestJoinNoClusterAnswerIsProved: a host in no cluster answers a valid
+// request with a proved "no cluster" and issues nothing; the same answer
+// made without the secret is refused as a bad proof, so it never counts
+// towards a bootstrap.
+func TestJoinNoClusterAnswerIsProved(t *testing.T) {
+	l := newLoop(t)
+	l.lxd.clustered = false
+	j := l.joiner("host2", nil)
+	if _, err := j.register(context.Background(), l.addr()); !errors.Is(err, errNoCluster) {
+		t.Fatalf("asking a host in no cluster: %v, want %v", err, errNoCluster)
+	}
+	if l.lxd.issued() != 0 {
+		t.Fatal("a host in no cluster issued a token")
+	}
+	// A forger that relays the real challenge but makes up the answer.
+	l.inner = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == ChallengePath {
+			l.reg.ServeHTTP(w, r)
+			return
+		}
+		resp := &JoinResponse{NoCluster: true, Fingerprint: l.init.fp, MAC: strings.Repeat("00", 32)}
+		_ = json.NewEncoder(w).Encode(resp)
+	})
+	if _, err := j.register(context.Background(), l.addr()); !errors.Is(err, errProofMismatch) {
+		t.Fatalf("a made-up no-cluster answer: %v, want %v", err, errProofMismatch)
+	}
+}
+
+// TestMayBootstrap: the initiator needs a majority of the listed hosts,
+// itself included, proved in no cluster.
+func TestMayBootstrap(t *testing.T) {
+	for _, c := range []struct {
+		listed, noCluster int
+		want              bool
+	}{
+		{1, 0, true}, {2, 0, false}, {2, 1, true}, {3, 0, false}, {3, 1, true},
+		{4, 1, false}, {4, 2, true}, {5, 1, false}, {5, 2, true},
+	} {
+		if got := mayBootstrap(c.listed, c.noCluster); got != c.want {
+			t.Errorf("mayBootstrap(%d listed, %d in no cluster) = %v, want %v", c.listed, c.noCluster, got, c.want)
+		}
+	}
+}

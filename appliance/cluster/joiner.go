@@ -17,49 +17,162 @@ import (
 
 	"github.com/canonical/lxd/shared"
 	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
 func (s *Service) runJoiner(ctx context.Context) error {
+	if _, err := s.seek(ctx); err != nil {
+		return err
+	}
+	return s.awaitOnline(ctx)
+}
+
+// mayBootstrap is the initiator's rule: bootstrap only when a majority of
+// the listed hosts, itself included, proved they are in no cluster. An
+// unreachable host, or one that does not prove the secret, counts for
+// nothing: a cluster it may hold is not ruled out. As with etcd's initial
+// quorum and Raft's elections, two majorities of one member list always
+// share a host, so a cluster holding a majority of the listed hosts is
+// never overlooked, and a wiped initiator that boots while the others are
+// briefly unreachable waits for them instead of forming a second cluster.
+// (k3s's --cluster-init bootstraps on that node's word alone, and a
+// re-installed init node starts a cluster of its own.) The price: the first
+// formation starts once a majority of the hosts run their service.
+func mayBootstrap(listed, provedNoCluster int) bool {
+	return 2*(provedNoCluster+1) > listed
+}
+
+// seek runs until this host is a member: it asks the other listed hosts
+// for a join token (ask) and joins with the first one; on the initiator,
+// once mayBootstrap allows it, it bootstraps instead and says so.
+func (s *Service) seek(ctx context.Context) (bootstrapped bool, err error) {
 	name := s.cfg.Host.Name
-	regAddr := s.cfg.Cluster.RegistrationAddress()
 	backoff := s.o.BackoffInitial
 	for attempt := 1; ; attempt++ {
 		// Checked before every attempt: a join a crashed run started may
 		// finish in LXD while this run retries.
 		joined, err := s.isMember()
 		if err != nil {
-			return err
+			return false, err
 		}
 		if joined {
-			if err := s.reached(StepJoined, "already a member"); err != nil {
-				return err
-			}
-			return s.awaitOnline(ctx)
+			return false, s.reached(StepJoined, "already a member")
 		}
-		err = s.registerAndJoin(ctx, regAddr)
-		if err == nil {
-			return s.awaitOnline(ctx)
+		a := s.ask(ctx)
+		listed := len(s.cfg.Cluster.Members)
+		switch {
+		case a.token != "":
+			err = s.joinWith(ctx, a.token, a.from)
+			if err == nil {
+				return false, nil
+			}
+		case s.cfg.IsInitiator() && a.retry == nil && mayBootstrap(listed, a.noCluster):
+			return true, s.bootstrap(ctx, fmt.Sprintf(" (%d of %d listed hosts, this one included, proved they are in no cluster)", a.noCluster+1, listed))
+		default:
+			err = a.err()
+			if s.cfg.IsInitiator() && a.retry == nil {
+				err = fmt.Errorf("%w; no bootstrap before %d of %d listed hosts (this one included) prove they are in no cluster", err, listed/2+1, listed)
+			}
 		}
 		if errors.Is(err, ErrInjected) {
-			return err
+			return false, err
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w (last error: %v)", name, attempt, ctx.Err(), err)
+			return false, fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w (last error: %v)", name, attempt, ctx.Err(), err)
 		}
 		wait := backoff
-		var ra *retryAfterError
-		if errors.As(err, &ra) {
-			// The initiator said when (busy with another joiner); capped
-			// at maxRetryAfter, since nothing proves who said it.
-			wait = ra.after
-		} else {
+		switch {
+		case a.retry != nil:
+			// A member said when (busy with another joiner); capped at
+			// maxRetryAfter, since nothing proves who said it.
+			wait = a.retry.after
+		case a.noCluster > 0:
+			// A cluster is being formed: ask again soon.
+			wait = s.o.BackoffInitial
+		default:
 			backoff = min(2*backoff, s.o.BackoffMax)
 		}
-		s.log.Info("%s: attempt %d to join via %s failed: %v; next attempt in %s", name, attempt, regAddr, err, wait)
+		s.log.Info("%s: attempt %d to join failed: %v; next attempt in %s", name, attempt, err, wait)
 		if serr := sleep(ctx, wait); serr != nil {
-			return fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w (last error: %v)", name, attempt, serr, err)
+			return false, fmt.Errorf("cluster: %s: gave up joining after %d attempts: %w (last error: %v)", name, attempt, serr, err)
 		}
 	}
+}
+
+// answers is what the other listed hosts said to one round of asking.
+type answers struct {
+	token, from string           // a join token, and the host that gave it
+	noCluster   int              // hosts that proved they are in no cluster
+	retry       *retryAfterError // a host said when to ask again
+	said        []string         // per host, what it answered
+}
+
+func (a *answers) err() error {
+	if a.retry != nil {
+		return a.retry
+	}
+	return fmt.Errorf("no join token: %s", strings.Join(a.said, "; "))
+}
+
+// ask asks the other listed hosts for a join token, the initiator first,
+// until one gives one or says another join is under way there: then it
+// waits rather than ask the next, so joins stay one at a time. Other
+// refusals (a member whose LXD does not answer, a rate limit) pass on to
+// the next host.
+func (s *Service) ask(ctx context.Context) answers {
+	var a answers
+	for _, m := range s.others() {
+		tok, err := s.register(ctx, s.registrationAddress(m.Address))
+		var ra *retryAfterError
+		switch {
+		case err == nil:
+			a.token, a.from = tok, m.Name
+			return a
+		case errors.Is(err, errNoCluster):
+			a.noCluster++
+			a.said = append(a.said, m.Name+": in no cluster")
+		case errors.As(err, &ra):
+			// Never a bootstrap after this: the host may be a member.
+			a.retry = ra
+			a.said = append(a.said, m.Name+": "+err.Error())
+			if ra.busy {
+				// Joins stay one at a time: wait for that one.
+				return a
+			}
+		default:
+			a.said = append(a.said, m.Name+": "+err.Error())
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return a
+}
+
+// memberList is this host's recipe's hosts as name=address, for a
+// JoinRequest.
+func (s *Service) memberList() []string {
+	var out []string
+	for _, m := range s.cfg.Cluster.Members {
+		out = append(out, m.Name+"="+m.Address)
+	}
+	return out
+}
+
+// others lists the listed hosts other than this one, the initiator first.
+func (s *Service) others() []config.Member {
+	var out []config.Member
+	c := s.cfg.Cluster
+	if m, ok := c.Member(c.Initiator); ok && m.Name != s.cfg.Host.Name {
+		out = append(out, m)
+	}
+	for _, m := range c.Members {
+		if m.Name != s.cfg.Host.Name && m.Name != c.Initiator {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // isMember is the end state of StepJoined: this LXD is clustered and knows
@@ -76,12 +189,14 @@ func (s *Service) isMember() (bool, error) {
 	return true, nil
 }
 
-func (s *Service) registerAndJoin(ctx context.Context, regAddr string) error {
-	token, err := s.register(ctx, regAddr)
-	if err != nil {
+// joinWith is StepRegistered and StepJoined with a token from member from.
+func (s *Service) joinWith(ctx context.Context, token, from string) error {
+	if err := s.reached(StepRegistered, "join token received from "+from); err != nil {
 		return err
 	}
-	if err := s.reached(StepRegistered, "join token received from "+s.cfg.Cluster.Initiator); err != nil {
+	// This host joins a cluster: it bootstrapped none (an earlier attempt
+	// that failed before LXD bootstrapped leaves no cluster behind).
+	if err := s.setBootstrapMarker(false); err != nil {
 		return err
 	}
 	if err := s.join(ctx, token); err != nil {
@@ -104,20 +219,7 @@ const maxRetryAfter = 10 * time.Second
 // sends its own proof. An endpoint without the secret gets the nonce and
 // nothing else.
 func (s *Service) register(ctx context.Context, regAddr string) (string, error) {
-	client := &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{
-			DialContext: s.o.Dial,
-			// The initiator's certificate is not known beforehand: it is
-			// pinned below, by the fingerprint its proof covers.
-			TLSClientConfig: &tls.Config{
-				InsecureSkipVerify: true,
-				Certificates:       []tls.Certificate{s.cert},
-				MinVersion:         tls.VersionTLS13,
-			},
-			DisableKeepAlives: true,
-		},
-	}
+	client := s.registrationClient()
 	hello, err := newHello(s.cfg.Cluster.Name)
 	if err != nil {
 		return "", err
@@ -127,10 +229,10 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	if ch.Version != ProtocolVersion || !verifyMAC(s.key, challengeFields(s.cfg.Cluster.Name, hello.Nonce, ch.Nonce, peerFP), ch.MAC) {
+	if ch.Version != ProtocolVersion || !verifyMAC(s.currentKey(), challengeFields(s.cfg.Cluster.Name, hello.Nonce, ch.Nonce, peerFP), ch.MAC) {
 		return "", errProofMismatch
 	}
-	req := newJoinRequest(s.key, s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, hello, &ch, peerFP)
+	req := newJoinRequest(s.currentKey(), s.cfg.Cluster.Name, s.cfg.Host.Name, s.cfg.Host.Address, s.fp, hello, &ch, peerFP, s.memberList()...)
 	var jr JoinResponse
 	fp, err := s.post(ctx, client, "https://"+regAddr+RegistrationPath, req, &jr)
 	if err != nil {
@@ -140,10 +242,35 @@ func (s *Service) register(ctx context.Context, regAddr string) (string, error) 
 	if fp != peerFP || jr.Fingerprint != peerFP {
 		return "", errors.New("the registration endpoint's certificate is not the one the initiator's proof covers")
 	}
-	if !verifyMAC(s.key, responseFields(req, &jr), jr.MAC) {
+	if jr.NoCluster {
+		if !verifyMAC(s.currentKey(), noClusterFields(req, &jr), jr.MAC) {
+			return "", errProofMismatch
+		}
+		return "", errNoCluster
+	}
+	if !verifyMAC(s.currentKey(), responseFields(req, &jr), jr.MAC) {
 		return "", errProofMismatch
 	}
 	return jr.Token, nil
+}
+
+// registrationClient talks to other hosts' registration endpoints with
+// this host's LXD certificate.
+func (s *Service) registrationClient() *http.Client {
+	return &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			DialContext: s.o.Dial,
+			// The peer's certificate is not known beforehand: it is pinned
+			// by the fingerprint its proof covers.
+			TLSClientConfig: &tls.Config{
+				InsecureSkipVerify: true,
+				Certificates:       []tls.Certificate{s.cert},
+				MinVersion:         tls.VersionTLS13,
+			},
+			DisableKeepAlives: true,
+		},
+	}
 }
 
 // post sends one registration message and decodes the answer; it returns
@@ -170,7 +297,7 @@ func (s *Service) post(ctx context.Context, client *http.Client, url string, msg
 	if resp.StatusCode != http.StatusOK {
 		err := fmt.Errorf("registration refused (%s): %s", resp.Status, strings.TrimSpace(string(data)))
 		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
-			return "", &retryAfterError{after: min(time.Duration(secs)*time.Second, maxRetryAfter), err: err}
+			return "", &retryAfterError{after: min(time.Duration(secs)*time.Second, maxRetryAfter), busy: resp.Header.Get(busyHeader) != "", err: err}
 		}
 		return "", err
 	}
@@ -186,6 +313,7 @@ func (s *Service) post(ctx context.Context, client *http.Client, url string, msg
 // retryAfterError is a refusal that says when to try again.
 type retryAfterError struct {
 	after time.Duration
+	busy  bool // another join is under way there
 	err   error
 }
 

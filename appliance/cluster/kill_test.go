@@ -75,7 +75,8 @@ func serviceMain(path string) int {
 func TestSurvivesKillAtEveryStep(t *testing.T) {
 	e := newEnv(t, 3)
 	plans := [][]Step{
-		{StepLXDInitialised, StepBootstrapped, StepServing, StepTokenIssued, StepTokenIssued, StepClusterFormed},
+		// One token: host3 may get its own from host2 while host1 is down.
+		{StepLXDInitialised, StepBootstrapped, StepServing, StepTokenIssued, StepClusterFormed},
 		{StepLXDInitialised, StepRegistered, StepJoined, StepMemberOnline},
 		{StepRegistered, StepJoined},
 	}

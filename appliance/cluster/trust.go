@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,14 +108,24 @@ type JoinRequest struct {
 	Fingerprint    string `json:"fingerprint"`    // SHA-256 of the joiner's LXD server certificate, hex
 	JoinerNonce    string `json:"joinerNonce"`    // from the joiner's Hello
 	InitiatorNonce string `json:"initiatorNonce"` // from the initiator's Challenge: one use
-	MAC            string `json:"mac"`            // hex HMAC-SHA256
+	// Members is every host the joiner's recipe revision lists, as
+	// name=address: a host added by a newer revision than the members'
+	// own appliance.yaml is let in when that list names it and every
+	// current member (see registrar.listedByJoiner).
+	Members []string `json:"members,omitempty"`
+	MAC     string   `json:"mac"` // hex HMAC-SHA256
 }
 
 // JoinResponse is the initiator's answer: a fresh LXD join token for the
 // joiner and the initiator's own proof, bound to both nonces and the
 // certificate the registration endpoint served.
+//
+// A host that is in no cluster answers with NoCluster set and no token,
+// under a MAC of its own kind: the proof the initiator counts before it
+// bootstraps (an unreachable or unproved host counts for nothing).
 type JoinResponse struct {
 	Token       string `json:"token"`
+	NoCluster   bool   `json:"noCluster,omitempty"`
 	Fingerprint string `json:"fingerprint"` // SHA-256 of the initiator's certificate, hex
 	MAC         string `json:"mac"`
 }
@@ -127,12 +138,26 @@ func challengeFields(cluster, joinerNonce, initiatorNonce, initiatorFP string) [
 }
 
 func (r *JoinRequest) macFields(initiatorFP string) []string {
-	return []string{"ssbuild join request v2", fmt.Sprint(r.Version), r.Cluster, r.Name, r.Address,
+	f := []string{"ssbuild join request v2", fmt.Sprint(r.Version), r.Cluster, r.Name, r.Address,
 		r.Fingerprint, r.JoinerNonce, r.InitiatorNonce, initiatorFP}
+	if len(r.Members) > 0 {
+		// Counted, so no member moves into another field.
+		f = append(f, "members", fmt.Sprint(len(r.Members)))
+		f = append(f, r.Members...)
+	}
+	return f
 }
 
 func responseFields(req *JoinRequest, resp *JoinResponse) []string {
 	return []string{"ssbuild join response v2", req.Cluster, req.Name, req.JoinerNonce, req.InitiatorNonce, resp.Fingerprint, resp.Token}
+}
+
+func noClusterFields(req *JoinRequest, resp *JoinResponse) []string {
+	return []string{"ssbuild join answer v2: in no cluster", req.Cluster, req.Name, req.JoinerNonce, req.InitiatorNonce, resp.Fingerprint}
+}
+
+func signNoCluster(k key, req *JoinRequest, resp *JoinResponse) {
+	resp.MAC = hex.EncodeToString(k.mac(noClusterFields(req, resp)...))
 }
 
 // newNonce is 32 random bytes, hex.
@@ -158,9 +183,9 @@ func signChallenge(k key, cluster, joinerNonce, initiatorFP string, c *Challenge
 
 // newJoinRequest builds and signs a request answering challenge c, which
 // came over a connection whose peer served initiatorFP.
-func newJoinRequest(k key, cluster, name, address, fingerprint string, h *Hello, c *Challenge, initiatorFP string) *JoinRequest {
+func newJoinRequest(k key, cluster, name, address, fingerprint string, h *Hello, c *Challenge, initiatorFP string, members ...string) *JoinRequest {
 	r := &JoinRequest{Version: ProtocolVersion, Cluster: cluster, Name: name, Address: address,
-		Fingerprint: fingerprint, JoinerNonce: h.Nonce, InitiatorNonce: c.Nonce}
+		Fingerprint: fingerprint, JoinerNonce: h.Nonce, InitiatorNonce: c.Nonce, Members: members}
 	r.MAC = hex.EncodeToString(k.mac(r.macFields(initiatorFP)...))
 	return r
 }
@@ -188,7 +213,7 @@ func Fingerprint(cert *x509.Certificate) string {
 // log, so it says which check failed and never anything about the secret.
 type refusal struct {
 	status int
-	reason string
+	reason string // "busy: ..." when another join is under way there (busyHeader)
 }
 
 func (r *refusal) Error() string { return r.reason }
@@ -226,11 +251,28 @@ func checkForm(r *JoinRequest, cluster string) *refusal {
 		return &refusal{400, "malformed nonce"}
 	case !hex64.MatchString(r.MAC):
 		return &refusal{400, "malformed proof"}
+	case len(r.Members) > maxMembers:
+		return &refusal{400, "too many members"}
+	}
+	for _, m := range r.Members {
+		if _, _, ok := parseMember(m); !ok {
+			return &refusal{400, "malformed member list"}
+		}
 	}
 	if _, err := netip.ParseAddr(r.Address); err != nil {
 		return &refusal{400, "malformed address"}
 	}
 	return nil
+}
+
+// maxMembers bounds a joiner's member list (a request stays small).
+const maxMembers = 32
+
+// parseMember splits a members entry, name=address.
+func parseMember(m string) (name string, addr netip.Addr, ok bool) {
+	name, a, found := strings.Cut(m, "=")
+	addr, err := netip.ParseAddr(a)
+	return name, addr, found && err == nil && nameRe.MatchString(name)
 }
 
 // challenges holds the initiator's outstanding challenges: each answers
@@ -406,5 +448,8 @@ func (l *failureLimiter) fail(addr netip.Addr, now time.Time) (blocked time.Dura
 	blocked = l.blockedLocked(addr, now)
 	return blocked, before == 0 && blocked > 0
 }
+
+// errNoCluster is a proved answer: the host asked is in no cluster.
+var errNoCluster = errors.New("in no cluster yet")
 
 var errProofMismatch = errors.New("the initiator's proof does not verify: it does not hold this cluster's secret (wrong cluster secret or cluster name on one side) or it is not the initiator; nothing derived from the secret was sent to it")

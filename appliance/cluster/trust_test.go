@@ -79,6 +79,8 @@ func TestProofCoversEveryField(t *testing.T) {
 			f.SetString(f.String() + "x")
 		case reflect.Int, reflect.Int64:
 			f.SetInt(f.Int() + 1)
+		case reflect.Slice:
+			f.Set(reflect.Append(f, reflect.ValueOf("host4=10.0.0.14")))
 		}
 		if verifyMAC(testKey, changed.macFields(initFP), r.MAC) {
 			t.Errorf("changing %s keeps the proof valid", name)

@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -78,17 +81,31 @@ func runService(path string) int {
 }
 
 // TestFirstBootDeploysDemo is issue 6's first boot end to end on three
-// bed hosts: each host's own service forms the cluster and the registry,
+// bed hosts (a fourth joins later): each host's own service forms the
+// cluster and the registry,
 // and the initiator, whose appliance.yaml has a deploy section as the
 // installer writes it, deploys the demo recipe by itself. While its recipe
 // file is missing, status shows the failed deploy as the host's last error
 // and the service retries; once it is there, a user sees "deployed" in
-// status and the sites answering on the www member's port 80; a restarted
-// service deploys again with 0 mutations.
+// status and the sites answering on the www member's port 80; a fourth
+// host from a later recipe revision joins while the site keeps answering;
+// a restarted service deploys again with 0 mutations.
 func TestFirstBootDeploysDemo(t *testing.T) {
 	img := deploytest.DemoImage(t)
-	bed := testbed.New(t, testbed.Options{Hosts: 3})
+	// host4 is added later by a new recipe revision: host1-3's configs
+	// list three hosts, host4's four.
+	bed := testbed.New(t, testbed.Options{Hosts: 4})
 	hosts, secret := configtest.ForBed(t, bed)
+	for _, h := range hosts[:3] {
+		h.Config.Cluster.Members = h.Config.Cluster.Members[:3]
+		data, err := config.Marshal(h.Config)
+		if err == nil {
+			err = os.WriteFile(h.Path, data, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 
@@ -103,7 +120,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	}
 	// As the installer writes them, the joiners have a deploy section too,
 	// without the base image (the initiator carries it).
-	for _, h := range hosts[1:] {
+	for _, h := range hosts[1:3] {
 		h.Config.Deploy = &config.Deploy{Recipe: recipeFile}
 		data, err := config.Marshal(h.Config)
 		if err == nil {
@@ -153,7 +170,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		}
 	})
 	began := time.Now()
-	for _, s := range services {
+	for _, s := range services[:3] {
 		if err := s.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -201,13 +218,13 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	}
 	// The joiners, once the lease is theirs, find the recipe deployed by
 	// host1 since they started and deploy nothing.
-	for _, h := range hosts[1:] {
+	for _, h := range hosts[1:3] {
 		hs := waitStatus(t, ctx, h, 3*time.Minute, "deployed by host1", func(hs service.HostStatus) bool {
 			return hs.Step == string(service.StepDeployed) && strings.Contains(hs.Detail, project+" revision 1 by host1")
 		})
 		t.Logf("%s: %s (%s)", h.Bed.Name, hs.Step, hs.Detail)
 	}
-	for _, h := range hosts[1:] {
+	for _, h := range hosts[1:3] {
 		if strings.Contains(log.String(), h.Bed.Name+": deploying ") {
 			t.Errorf("%s deployed too, not only the lease holder host1", h.Bed.Name)
 		}
@@ -223,7 +240,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 			t.Errorf("port 80 of %s for %s answered %q, want %q", www.Name, host, got, want)
 		}
 	}
-	set := checkSecretsInRegistry(t, ctx, hosts, project, older)
+	set := checkSecretsInRegistry(t, ctx, hosts[:3], project, older)
 	for _, n := range set.Names() {
 		if v, _ := set.Get(n); strings.Contains(log.String(), v) {
 			t.Errorf("the deployment's secret %s appears in the service's output", n)
@@ -254,7 +271,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if _, err := os.Stat(secrets.File(cliState, project)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the older `ssbuild deploy` secrets file is still there (%v)", err)
 	}
-	if again := checkSecretsInRegistry(t, ctx, hosts, project, older); again.Digest() != set.Digest() {
+	if again := checkSecretsInRegistry(t, ctx, hosts[:3], project, older); again.Digest() != set.Digest() {
 		t.Error("ssbuild deploy changed the deployment's secrets")
 	}
 	revs, err := (&deploystate.Client{Socket: filepath.Join(other.Config.StateDir, service.SocketName)}).History(ctx, project)
@@ -265,7 +282,41 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		t.Errorf("revisions after ssbuild deploy: %+v; want revision 1 deployed by %s", revs, other.Bed.Name)
 	}
 
-	// systemctl restart: the service reconciles again, changing nothing.
+	// A fourth host from a later recipe revision joins while the sites
+	// keep answering (asked every half second meanwhile).
+	asking, stopAsking := context.WithCancel(ctx)
+	failures := make(chan []string, 1)
+	go func() {
+		var failed []string
+		for asking.Err() == nil {
+			if body, err := askOnce(asking, bed, www, "demo.example"); err != nil && asking.Err() == nil {
+				failed = append(failed, err.Error())
+			} else if err == nil && body != "ghost demo.example" {
+				failed = append(failed, "answered "+body)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		failures <- failed
+	}()
+	added := time.Now()
+	if err := services[3].Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, ctx, hosts[3], 5*time.Minute, "host4 serving", func(hs service.HostStatus) bool {
+		return hs.Source == service.FromRegistry && hs.Step == string(service.StepServing) && hs.Updated.After(added)
+	})
+	t.Logf("figure: host4's service start to serving, sites answering meanwhile: %s", time.Since(added).Round(time.Second))
+	time.Sleep(2 * time.Second)
+	stopAsking()
+	if failed := <-failures; len(failed) > 0 {
+		t.Errorf("demo.example failed %d times while host4 joined: %v", len(failed), failed)
+	}
+	if m, _, err := init.Bed.LXD().GetClusterMember("host4"); err != nil || m.Status != "Online" {
+		t.Errorf("host4 is not an online member: %+v, %v", m, err)
+	}
+
+	// systemctl restart: the service reconciles again, changing nothing
+	// (host4 is a member now: instances stay where they are).
 	if err := services[0].Stop(); err != nil {
 		t.Error(err)
 	}
@@ -510,6 +561,34 @@ func askSite(t *testing.T, ctx context.Context, bed *testbed.Bed, at *testbed.Ho
 		t.Error(err)
 	}
 	return body
+}
+
+// askOnce asks port 80 of member at for site once (2 s), from another
+// bed host: a failure is not retried, so a blip shows.
+func askOnce(ctx context.Context, bed *testbed.Bed, at *testbed.Host, site string) (string, error) {
+	from := bed.Hosts[0]
+	if from == at {
+		from = bed.Hosts[1]
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return from.DialContext(ctx, network, net.JoinHostPort(at.Address.String(), "80"))
+		}}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+site+"/", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 // serviceLog keeps every line the services printed (for the leak checks)

@@ -77,6 +77,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(v)
 	})
+	mux.HandleFunc("POST "+forgetPath, s.handleForget)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -45,8 +45,14 @@
 // Before using it, the service checks that the file is the certificate
 // LXD serves, so a stale file cannot pin the wrong cluster.
 //
-// Limitation: an initiator whose registry directory is lost bootstraps a
-// new registry of its own; re-install it as a joiner instead.
+// The registry follows LXD: only the host that bootstrapped the LXD cluster
+// (cluster.Bootstrapped) bootstraps the registry; every other host, a
+// re-installed initiator included, joins the registry nodes of the other
+// listed hosts. The cluster's registration endpoint is served for as long
+// as the service runs (cluster.Service.Serve); when a member replaces a
+// re-installed host's old LXD member, it first removes that host's old
+// registry node and row (OnReplace), so the fresh host joins both again
+// under its name with one node and one row.
 package service
 
 import (
@@ -161,6 +167,7 @@ type svc struct {
 	key     secrets.Key  // seals the deployments' secrets in the registry
 	formed  <-chan error // formation's result when it runs alongside the registry
 	serving atomic.Bool
+	reg     atomic.Pointer[registry.Registry] // once open, for OnReplace
 
 	mu sync.Mutex // record is called from formation's goroutine too
 	st cluster.Status
@@ -193,6 +200,7 @@ func (s *svc) run(ctx context.Context) error {
 			}
 		},
 	}
+	co.OnReplace = s.forget
 	if s.o.Cluster != nil {
 		s.o.Cluster(&co)
 	}
@@ -205,6 +213,21 @@ func (s *svc) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Registration is served while the service runs, not only during
+	// formation: hosts added to the recipe later, and re-installed ones,
+	// join through any member that is up.
+	sctx, stopServing := context.WithCancel(ctx)
+	serveDone := make(chan struct{})
+	go func() {
+		defer close(serveDone)
+		if err := formation.Serve(sctx); err != nil {
+			s.log.Info("%s: %v", name, err)
+		}
+	}()
+	defer func() {
+		stopServing()
+		<-serveDone
+	}()
 	if s.resuming() {
 		// This host has served its registry node before: serve it again at
 		// once, so a restarted initiator answers even while a lost member
@@ -240,6 +263,8 @@ func (s *svc) run(ctx context.Context) error {
 			s.log.Info("%s: registry node closed", name)
 		}
 	}()
+	s.reg.Store(reg)
+	defer s.reg.Store(nil)
 	if err := s.reached(StepRegistryOpen, reg.Address()); err != nil {
 		return err
 	}
@@ -268,8 +293,9 @@ func (s *svc) reached(step cluster.Step, detail string) error {
 }
 
 // openRegistry starts this host's node: TLS pinned to the LXD cluster
-// certificate, bootstrapped by the initiator, joined by the others through
-// any member's node (the initiator's may be the one that is down).
+// certificate, bootstrapped by the host that bootstrapped LXD, joined by
+// every other through any member's node (the initiator's may be the one
+// that is down, or the one re-installed).
 func (s *svc) openRegistry(ctx context.Context) (*registry.Registry, error) {
 	name := s.cfg.Host.Name
 	cert, leaf, err := s.clusterCertificate()
@@ -285,7 +311,8 @@ func (s *svc) openRegistry(ctx context.Context) (*registry.Registry, error) {
 			s.log.Info("%s: registry: %s", name, fmt.Sprintf(format, args...))
 		},
 	}
-	if !s.cfg.IsInitiator() {
+	bootstrap := s.cfg.IsInitiator() && cluster.Bootstrapped(s.cfg.StateDir)
+	if !bootstrap {
 		for _, m := range c.Members {
 			if m.Name != name {
 				rc.Join = append(rc.Join, c.RegistryAddress(m.Address))
@@ -296,7 +323,7 @@ func (s *svc) openRegistry(ctx context.Context) (*registry.Registry, error) {
 	switch {
 	case statErr == nil:
 		s.log.Info("%s: registry: starting the node in %s on %s", name, rc.Dir, rc.Address)
-	case s.cfg.IsInitiator():
+	case bootstrap:
 		s.log.Info("%s: registry: bootstrapping on %s", name, rc.Address)
 	default:
 		s.log.Info("%s: registry: joining via %s", name, strings.Join(rc.Join, ", "))
@@ -378,4 +405,25 @@ func (s *svc) recordHost(ctx context.Context, reg *registry.Registry) error {
 		}
 	}
 	return s.reached(StepHostRecorded, detail)
+}
+
+// forget is cluster.Options.OnReplace: before a member force-removes the
+// old LXD member of a re-installed host, the registry drops that host's
+// node (a fresh node joins under the same address) and its row (pinned to
+// the old certificate). Without an open registry it refuses, and the host
+// is told to retry.
+func (s *svc) forget(ctx context.Context, name, address string) error {
+	reg := s.reg.Load()
+	if reg == nil {
+		return errors.New("this host's registry node is not open yet")
+	}
+	node := s.cfg.Cluster.RegistryAddress(address)
+	if err := reg.RemoveNode(ctx, node); err != nil {
+		return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
+	}
+	if err := reg.DeleteHost(ctx, name); err != nil {
+		return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
+	}
+	s.log.Info("%s: registry: forgot %s (node %s and its row) before it joins again", s.cfg.Host.Name, name, node)
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -248,6 +249,44 @@ func TestApplianceInitiatorLost(t *testing.T) {
 	t.Logf("figure: initiator restarted with a joiner lost, to serving: %s", time.Since(restarted).Round(100*time.Millisecond))
 	if out := hosts[0].out.String(); !strings.Contains(out[strings.LastIndex(out, "host1: registry node found"):], "host1: 2 of 3 members online") {
 		t.Errorf("host1's formation did not wait for the lost member: the test did not test serving alongside it")
+	}
+
+	// `ssbuild cluster rotate-secret` on host2 while host3 is still lost:
+	// host1 and host2 take the new secret, host3 is named as keeping the
+	// old one, and the command fails for it.
+	oldSecret, err := config.ReadSecret(hosts[2].cfg.SecretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newFile := filepath.Join(hosts[1].bed.Dir, "new.secret")
+	rotate := hosts[1].bed.Command(ctx, os.Args[0], "cluster", "rotate-secret", "--config", hosts[1].path, "--out", newFile)
+	rotate.Env = append(rotate.Env, asCLIEnv+"=1")
+	var rotateErr strings.Builder
+	rotate.Stderr = &rotateErr
+	stdout, err := rotate.Output()
+	hosts[1].out.add(string(stdout) + rotateErr.String())
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(stdout), "host1: holds the new secret") ||
+		!strings.Contains(string(stdout), "host2: holds the new secret") || !strings.Contains(string(stdout), "host3: kept the old secret") ||
+		!strings.Contains(rotateErr.String(), "1 of 3 hosts did not take the new secret: host3") {
+		t.Errorf("rotate-secret with host3 lost: %v\n%s%s", err, stdout, rotateErr.String())
+	}
+	newSecret, err := config.ReadSecret(newFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hosts {
+		got, err := config.ReadSecret(h.cfg.SecretFile)
+		want := newSecret
+		if i == 2 {
+			want = oldSecret
+		}
+		if err != nil || string(got) != string(want) {
+			t.Errorf("%s's secret file after the rotation: new %v, old %v (%v)", h.bed.Name, string(got) == string(newSecret), string(got) == string(oldSecret), err)
+		}
+		if strings.Contains(h.out.String(), string(newSecret)) {
+			t.Errorf("the new secret appears in %s's output", h.bed.Name)
+		}
 	}
 }
 

@@ -51,6 +51,8 @@ func TestUnreadableInputExitsInvalid(t *testing.T) {
 		{[]string{"show", "--recipe", "/nope"}, "read recipe: open /nope"},
 		{[]string{"appliance", "run", "--config", "/nonexistent/appliance.yaml"}, "appliance config: open /nonexistent/appliance.yaml"},
 		{[]string{"appliance", "status", "--config", "/nonexistent/appliance.yaml"}, "appliance config: open /nonexistent/appliance.yaml"},
+		{[]string{"cluster", "rotate-secret", "--config", "/nonexistent/appliance.yaml", "--out", "/nonexistent/new.secret"}, "appliance config: open /nonexistent/appliance.yaml"},
+		{[]string{"host", "remove", "--config", "/nonexistent/appliance.yaml", "host3"}, "appliance config: open /nonexistent/appliance.yaml"},
 		{[]string{"recipe", "import", "--project", "/nonexistent/project.conf"}, "import: open /nonexistent/project.conf"},
 		{[]string{"deploy", "--recipe", "demo", "--image", "/nonexistent/image"}, "--image: stat /nonexistent/image: no such file or directory"},
 		{[]string{"installer", "--recipe", "demo", "--base-image", "/nonexistent/image"}, "--base-image: stat /nonexistent/image"},

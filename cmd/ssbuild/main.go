@@ -122,6 +122,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			verifyCommand(),
 			loadDockerImagesCommand(),
 			applianceCommand(),
+			clusterCommand(),
+			hostCommand(),
 			proxyCommand(),
 			versionCommand(),
 			completionCommand(),

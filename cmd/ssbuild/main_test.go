@@ -184,6 +184,8 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		{"recipe", "show", "--help"}, {"recipe", "schema", "--help"}, {"recipe", "import", "--help"},
 		{"plan", "--help"}, {"image", "--help"}, {"installer", "--help"}, {"load-docker-images", "--help"},
 		{"appliance", "--help"}, {"appliance", "run", "--help"}, {"appliance", "status", "--help"},
+		{"cluster", "--help"}, {"cluster", "rotate-secret", "--help"},
+		{"host", "--help"}, {"host", "remove", "--help"}, {"host", "replace", "--help"},
 		{"version", "--help"}, {"completion", "--help"}, {"man", "--help"}, {"deploy", "--help"}, {"down", "--help"},
 		{"show", "--help"}, {"proxy", "--help"}} {
 		code, out, _ := ssbuild(t, args...)

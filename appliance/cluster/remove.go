@@ -1,0 +1,327 @@
+package cluster
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/internal/progress"
+)
+
+// Move is where one instance of a host that is being removed goes, with
+// the custom volumes it uses (storage is local to each member: they are
+// copied over, then deleted on the old member).
+type Move struct {
+	Project, Instance string
+	To                string
+	Running           bool
+	Volumes           []VolumeRef
+	Bytes             int64 // root disk and volumes, as LXD counts them
+}
+
+// VolumeRef is a custom volume on a pool.
+type VolumeRef struct{ Pool, Name string }
+
+// RemovalRefused lists why the other members cannot take a host's
+// instances; nothing was changed.
+type RemovalRefused struct{ Problems []string }
+
+func (e *RemovalRefused) Error() string {
+	return "the other members cannot take its instances: " + strings.Join(e.Problems, "; ")
+}
+
+// PlanRemoval says where each instance of member name goes: to the online
+// member with the fewest instances that has room on each pool for its root
+// disk and volumes, never a second deployment's www onto a member that has
+// one (the deploy rule). It changes nothing.
+func PlanRemoval(c lxd.InstanceServer, name string) ([]Move, error) {
+	members, err := c.GetClusterMembers()
+	if err != nil {
+		return nil, fmt.Errorf("list members (GET /1.0/cluster/members): %w", err)
+	}
+	var targets []string
+	found := false
+	for _, m := range members {
+		switch {
+		case m.ServerName == name:
+			found = true
+		case m.Status == "Online":
+			targets = append(targets, m.ServerName)
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%s is not a member of this cluster", name)
+	}
+	insts, err := c.GetInstancesAllProjects(api.InstanceTypeAny)
+	if err != nil {
+		return nil, fmt.Errorf("list instances: %w", err)
+	}
+	count := map[string]int{}
+	www := map[string]bool{}
+	var mine []api.Instance
+	for _, in := range insts {
+		if in.Location == name {
+			mine = append(mine, in)
+			continue
+		}
+		count[in.Location]++
+		if in.Name == "www" {
+			www[in.Location] = true
+		}
+	}
+	if len(mine) > 0 && len(targets) == 0 {
+		return nil, &RemovalRefused{[]string{"no other member is online"}}
+	}
+	free := map[string]map[string]int64{} // member -> pool -> bytes free
+	room := func(member, pool string) int64 {
+		if free[member] == nil {
+			free[member] = map[string]int64{}
+		}
+		if v, ok := free[member][pool]; ok {
+			return v
+		}
+		res, err := c.UseTarget(member).GetStoragePoolResources(pool)
+		v := int64(-1) // unknown: no room
+		if err == nil {
+			v = int64(res.Space.Total) - int64(res.Space.Used)
+		}
+		free[member][pool] = v
+		return v
+	}
+	var moves []Move
+	need := map[int]map[string]int64{} // move index -> pool -> bytes
+	for _, in := range mine {
+		mv := Move{Project: in.Project, Instance: in.Name, Running: in.StatusCode == api.Running || in.StatusCode == api.Frozen}
+		pools := map[string]int64{}
+		pc := c.UseProject(in.Project)
+		state, _, err := pc.GetInstanceState(in.Name)
+		for dev, d := range in.ExpandedDevices {
+			if d["type"] != "disk" || d["pool"] == "" {
+				continue
+			}
+			if d["path"] == "/" {
+				if err == nil {
+					pools[d["pool"]] += state.Disk[dev].Usage
+				}
+				continue
+			}
+			if d["source"] == "" {
+				continue
+			}
+			v := VolumeRef{Pool: d["pool"], Name: strings.TrimPrefix(d["source"], "custom/")}
+			mv.Volumes = append(mv.Volumes, v)
+			if st, err := pc.UseTarget(name).GetStoragePoolVolumeState(v.Pool, "custom", v.Name); err == nil && st.Usage != nil {
+				pools[v.Pool] += int64(st.Usage.Used)
+			}
+		}
+		for _, b := range pools {
+			mv.Bytes += b
+		}
+		slices.SortFunc(mv.Volumes, func(a, b VolumeRef) int { return cmp.Compare(a.Pool+"/"+a.Name, b.Pool+"/"+b.Name) })
+		need[len(moves)] = pools
+		moves = append(moves, mv)
+	}
+	// The biggest first: they have the fewest places to go.
+	order := make([]int, len(moves))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(moves[b].Bytes, moves[a].Bytes) })
+	var problems []string
+	for _, i := range order {
+		mv := &moves[i]
+		cands := slices.Clone(targets)
+		slices.SortStableFunc(cands, func(a, b string) int { return cmp.Compare(count[a], count[b]) })
+		var why []string
+		for _, t := range cands {
+			if mv.Instance == "www" && www[t] {
+				why = append(why, t+" runs another deployment's www")
+				continue
+			}
+			fits := true
+			for pool, b := range need[i] {
+				if r := room(t, pool); r < b {
+					fits = false
+					why = append(why, fmt.Sprintf("%s has %d bytes free on pool %s, needs %d", t, max(r, 0), pool, b))
+				}
+			}
+			if !fits {
+				continue
+			}
+			mv.To = t
+			count[t]++
+			if mv.Instance == "www" {
+				www[t] = true
+			}
+			for pool, b := range need[i] {
+				free[t][pool] -= b
+			}
+			break
+		}
+		if mv.To == "" {
+			problems = append(problems, fmt.Sprintf("%s/%s: %s", mv.Project, mv.Instance, strings.Join(why, ", ")))
+		}
+	}
+	if len(problems) > 0 {
+		return moves, &RemovalRefused{problems}
+	}
+	return moves, nil
+}
+
+// RemoveHost takes member name out of the cluster: its instances, stopped
+// first, and their custom volumes move to the other members as
+// PlanRemoval says (a running instance is started again there); then
+// forget (when set) drops the host from whatever else knows it (the
+// registry), and LXD removes the member. It refuses, before any change,
+// when the others cannot take the instances. The host's own LXD must be up
+// (its storage is local): a dead host is replaced instead.
+func RemoveHost(ctx context.Context, c lxd.InstanceServer, name string, forget func(context.Context) error, log *progress.Reporter) error {
+	log = cmp.Or(log, progress.Discard())
+	moves, err := PlanRemoval(c, name)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	for _, mv := range moves {
+		if err := move(ctx, c, name, mv); err != nil {
+			return fmt.Errorf("remove %s: move %s/%s to %s: %w", name, mv.Project, mv.Instance, mv.To, err)
+		}
+		log.Info("%s/%s moved from %s to %s (%d volumes)", mv.Project, mv.Instance, name, mv.To, len(mv.Volumes))
+	}
+	if forget != nil {
+		if err := forget(ctx); err != nil {
+			return fmt.Errorf("remove %s: %w", name, err)
+		}
+	}
+	if err := c.DeleteClusterMember(name, false); err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) {
+		return fmt.Errorf("remove %s from the LXD cluster (DELETE /1.0/cluster/members/%s): %w", name, name, err)
+	}
+	log.Info("%s removed from the cluster", name)
+	return nil
+}
+
+func move(ctx context.Context, c lxd.InstanceServer, from string, mv Move) error {
+	pc := c.UseProject(mv.Project)
+	if mv.Running {
+		op, err := pc.UpdateInstanceState(mv.Instance, api.InstanceStatePut{Action: "stop", Timeout: 60, Force: true}, "")
+		if err == nil {
+			err = op.WaitContext(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("stop: %w", err)
+		}
+	}
+	src, dst := pc.UseTarget(from), pc.UseTarget(mv.To)
+	for _, v := range mv.Volumes {
+		if _, _, err := dst.GetStoragePoolVolume(v.Pool, "custom", v.Name); err == nil {
+			continue // copied by an earlier, interrupted run
+		}
+		if err := copyVolume(ctx, src, dst, v); err != nil {
+			return fmt.Errorf("copy volume %s/%s: %w", v.Pool, v.Name, err)
+		}
+	}
+	op, err := dst.MigrateInstance(mv.Instance, api.InstancePost{Name: mv.Instance, Migration: true})
+	if err == nil {
+		err = op.WaitContext(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("move the instance: %w", err)
+	}
+	var errs []error
+	for _, v := range mv.Volumes {
+		if err := src.DeleteStoragePoolVolume(v.Pool, "custom", v.Name); err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) {
+			errs = append(errs, fmt.Errorf("delete the old volume %s/%s on %s: %w", v.Pool, v.Name, from, err))
+		}
+	}
+	if mv.Running {
+		op, err := pc.UpdateInstanceState(mv.Instance, api.InstanceStatePut{Action: "start", Timeout: -1}, "")
+		if err == nil {
+			err = op.WaitContext(ctx)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("start on %s: %w", mv.To, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// copyVolume copies a custom volume from one member to another through a
+// backup export and import: LXD 5.0 has no cluster-internal copy of a
+// custom volume (cluster_internal_custom_volume_copy), and its copy
+// between members over the network needs this client on the network.
+// The tarball passes through a temporary file here.
+func copyVolume(ctx context.Context, src, dst lxd.InstanceServer, v VolumeRef) (err error) {
+	const backup = "ssbuild-host-remove"
+	op, err := src.CreateStoragePoolVolumeBackup(v.Pool, v.Name, api.StoragePoolVolumeBackupsPost{
+		Name: backup, ExpiresAt: time.Now().Add(24 * time.Hour), VolumeOnly: true})
+	if err == nil {
+		err = op.WaitContext(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	defer func() {
+		if op, derr := src.DeleteStoragePoolVolumeBackup(v.Pool, v.Name, backup); derr == nil {
+			_ = op.Wait()
+		}
+	}()
+	f, err := os.CreateTemp("", "ssbuild-volume-*.tar")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := src.GetStoragePoolVolumeBackupFile(v.Pool, v.Name, backup, &lxd.BackupFileRequest{BackupFile: f}); err != nil {
+		return fmt.Errorf("download the export: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	op, err = dst.CreateStoragePoolVolumeFromBackup(v.Pool, lxd.StoragePoolVolumeBackupArgs{BackupFile: f, Name: v.Name})
+	if err == nil {
+		err = op.WaitContext(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	return nil
+}
+
+// ReplaceDead force-removes member name, which must be offline (dead, or
+// being re-installed), from LXD after forget (when set) dropped it from
+// the registry. Its instances and their volumes are lost with it: they are
+// returned, for the caller to say so before (dry run: remove false) and to
+// bring them up elsewhere (the next deploy creates them empty). The
+// re-installed machine then joins as a new member, with the same stick.
+func ReplaceDead(ctx context.Context, c lxd.InstanceServer, name string, remove bool, forget func(context.Context) error) (lost []string, err error) {
+	m, _, err := c.GetClusterMember(name)
+	if err != nil {
+		return nil, fmt.Errorf("replace %s: %w", name, err)
+	}
+	if m.Status == "Online" {
+		return nil, fmt.Errorf("replace %s: it is online: remove it with its instances instead (host remove), or wait until LXD sees it offline", name)
+	}
+	s := &Service{o: Options{LXD: c}}
+	lost = s.instancesOn(name)
+	if !remove {
+		return lost, nil
+	}
+	if forget != nil {
+		if err := forget(ctx); err != nil {
+			return lost, fmt.Errorf("replace %s: %w", name, err)
+		}
+	}
+	if err := c.DeleteClusterMember(name, true); err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) {
+		return lost, fmt.Errorf("replace %s: remove the member (DELETE /1.0/cluster/members/%s?force=1): %w", name, name, err)
+	}
+	return lost, nil
+}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/service"
+	"github.com/sovereign-stack/ssbuild/handoff/config"
+)
+
+func clusterCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "cluster",
+		Usage: "change the formed cluster, from one of its members",
+		Subcommands: []*cli.Command{
+			{
+				Name: "rotate-secret",
+				Usage: "replace the cluster secret on every member, through their running appliance services: " +
+					"afterwards old sticks and the old secret are refused; the new secret goes to --out (0600, never printed) " +
+					"for the recipe's cluster secret file and new sticks",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "this member's appliance.yaml `FILE`"},
+					&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"},
+						Usage: "LXD's directory `DIR` (unix.socket, server certificate)"},
+					&cli.StringFlag{Name: "out", Required: true, Usage: "new `FILE` for the new secret (must not exist)"},
+					&cli.BoolFlag{Name: "json", Usage: "machine-readable output"},
+				},
+				Action: clusterRotateSecret,
+			},
+		},
+	}
+}
+
+func hostCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "host",
+		Usage: "change the cluster's hosts, from one of its members",
+		Subcommands: []*cli.Command{
+			{
+				Name: "remove",
+				Usage: "move the host's instances and their volumes (stopped first, started again) to the other members, " +
+					"then remove it from the registry and the LXD cluster; refuses, naming what, if the others cannot take them. " +
+					"Stop the host's appliance service first: it joins again while the recipe lists it",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "this member's appliance.yaml `FILE`"},
+					&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"}, Usage: "LXD's directory `DIR` (unix.socket)"},
+					&cli.BoolFlag{Name: "dry-run", Usage: "print where each instance would go, change nothing"},
+				},
+				Action: hostRemove,
+			},
+			{
+				Name: "replace",
+				Usage: "forget a dead host (offline in LXD): remove it from the registry and, forced, from the LXD cluster; " +
+					"its instances and their volumes are lost with it and are listed first (without --yes nothing changes); " +
+					"the next deploy brings them up empty on the others, and the re-installed machine joins with its stick",
+				ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "this member's appliance.yaml `FILE`"},
+					&cli.StringFlag{Name: "lxd-dir", Value: "/var/lib/lxd", EnvVars: []string{"LXD_DIR"}, Usage: "LXD's directory `DIR` (unix.socket)"},
+					&cli.BoolFlag{Name: "yes", Usage: "remove it (without: only list what is lost)"},
+				},
+				Action: hostReplace,
+			},
+		},
+	}
+}
+
+func hostReplace(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("host replace takes one host name")
+	}
+	name := c.Args().First()
+	a, err := config.Load(c.String("config"))
+	if err != nil {
+		return invalidError{err}
+	}
+	lxdc, err := connectLXD(c)
+	if err != nil {
+		return err
+	}
+	forget := func(ctx context.Context) error {
+		m, _, err := lxdc.GetClusterMember(name)
+		if err != nil {
+			return err
+		}
+		u, err := url.Parse(m.URL)
+		if err != nil {
+			return fmt.Errorf("%s: address %q: %w", name, m.URL, err)
+		}
+		return service.Forget(ctx, a, name, u.Hostname())
+	}
+	lost, err := cluster.ReplaceDead(c.Context, lxdc, name, c.Bool("yes"), forget)
+	what := "no instances"
+	if len(lost) > 0 {
+		what = "its instances " + strings.Join(lost, ", ") + " and their volumes"
+	}
+	switch {
+	case err != nil:
+		return err
+	case !c.Bool("yes"):
+		fmt.Fprintf(c.App.Writer, "%s is offline; replacing it loses %s. Run again with --yes to remove it.\n", name, what)
+	default:
+		fmt.Fprintf(c.App.Writer, "%s removed with %s; the next deploy brings its instances up empty on the others; the re-installed machine joins with its stick\n", name, what)
+	}
+	return nil
+}
+
+func hostRemove(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("host remove takes one host name")
+	}
+	name := c.Args().First()
+	path := c.String("config")
+	a, err := config.Load(path)
+	if err != nil {
+		return invalidError{err}
+	}
+	if name == a.Host.Name {
+		return usagef("%s is this host: remove it from another member", name)
+	}
+	lxdc, err := connectLXD(c)
+	if err != nil {
+		return err
+	}
+	if c.Bool("dry-run") {
+		moves, err := cluster.PlanRemoval(lxdc, name)
+		for _, mv := range moves {
+			if mv.To != "" {
+				fmt.Fprintf(c.App.Writer, "%s/%s: to %s (%d bytes, %d volumes)\n", mv.Project, mv.Instance, mv.To, mv.Bytes, len(mv.Volumes))
+			}
+		}
+		return err
+	}
+	members, err := lxdc.GetClusterMembers()
+	if err != nil {
+		return fmt.Errorf("list members (GET /1.0/cluster/members): %w", err)
+	}
+	addr := ""
+	for _, m := range members {
+		if m.ServerName == name {
+			if u, err := url.Parse(m.URL); err == nil {
+				addr = u.Hostname()
+			}
+		}
+	}
+	forget := func(ctx context.Context) error {
+		if addr == "" {
+			return fmt.Errorf("%s: no address in LXD to find its registry node by", name)
+		}
+		return service.Forget(ctx, a, name, addr)
+	}
+	return cluster.RemoveHost(c.Context, lxdc, name, forget, progressFor(c))
+}
+
+func clusterRotateSecret(c *cli.Context) error {
+	a, err := loadAppliance(c)
+	if err != nil {
+		return err
+	}
+	old, err := config.ReadSecret(a.SecretFile)
+	if err != nil {
+		return invalidError{err}
+	}
+	lxdc, err := connectLXD(c)
+	if err != nil {
+		return err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return fmt.Errorf("new secret: %w", err)
+	}
+	secret := []byte(hex.EncodeToString(raw))
+	// Kept before any member takes it: a partial rotation can be finished.
+	if err := config.WriteSecret(c.String("out"), secret); err != nil {
+		return err
+	}
+	results, rerr := cluster.RotateSecret(c.Context, cluster.RotateOptions{
+		Config: a, Secret: old, NewSecret: secret, LXD: lxdc, LXDDir: c.String("lxd-dir"),
+	})
+	if c.Bool("json") {
+		type row struct {
+			Host  string `json:"host"`
+			Error string `json:"error,omitempty"`
+		}
+		rows := []row{}
+		for _, r := range results {
+			rr := row{Host: r.Host}
+			if r.Err != nil {
+				rr.Error = r.Err.Error()
+			}
+			rows = append(rows, rr)
+		}
+		if err := writeJSON(c.App.Writer, rows); err != nil {
+			return err
+		}
+	} else {
+		for _, r := range results {
+			if r.Err != nil {
+				fmt.Fprintf(c.App.Writer, "%s: kept the old secret: %v\n", r.Host, r.Err)
+			} else {
+				fmt.Fprintf(c.App.Writer, "%s: holds the new secret\n", r.Host)
+			}
+		}
+		if rerr == nil {
+			fmt.Fprintf(c.App.Writer, "new secret in %s: put it where the recipe's cluster.secret.file points before building sticks\n", c.String("out"))
+		}
+	}
+	return rerr
+}
