@@ -164,3 +164,26 @@ func (r *Registry) SecretEvents(ctx context.Context, deployment string) ([]Secre
 	})
 	return out, err
 }
+
+// SealedDeployments lists the deployments whose sealed secrets the
+// registry holds, sorted.
+func (r *Registry) SealedDeployments(ctx context.Context) ([]string, error) {
+	var out []string
+	err := r.inTx(ctx, "list the deployments with secrets", func(tx *sql.Tx) error {
+		out = nil
+		rows, err := tx.QueryContext(ctx, `SELECT deployment FROM deployment_secrets ORDER BY deployment`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var d string
+			if err := rows.Scan(&d); err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return rows.Err()
+	})
+	return out, err
+}

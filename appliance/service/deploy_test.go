@@ -247,6 +247,31 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 		}
 	}
 
+	// `ssbuild cluster rotate-secret` would leave the sealed secrets
+	// unreadable: refused, naming the deployment, every secret file as it was.
+	before := map[string][]byte{}
+	for _, h := range hosts[:3] {
+		b, err := os.ReadFile(h.Config.SecretFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[h.Bed.Name] = b
+	}
+	rotate := hosts[1].Bed.Command(ctx, filepath.Join(filepath.Dir(img), "ssbuild"), "cluster", "rotate-secret",
+		"--config", hosts[1].Path, "--out", filepath.Join(t.TempDir(), "new.secret"))
+	var rotateErr bytes.Buffer
+	rotate.Stderr = &rotateErr
+	rotateOut, err := rotate.Output()
+	log.add(string(rotateOut) + rotateErr.String())
+	if err == nil || !strings.Contains(rotateErr.String(), "holds the secrets of "+project) || !strings.Contains(rotateErr.String(), "nothing was changed") {
+		t.Errorf("cluster rotate-secret with sealed deployment secrets: %v, stderr %q; want a refusal naming %s", err, rotateErr.String(), project)
+	}
+	for _, h := range hosts[:3] {
+		if b, err := os.ReadFile(h.Config.SecretFile); err != nil || !bytes.Equal(b, before[h.Bed.Name]) {
+			t.Errorf("%s's cluster secret changed after a refused rotation (%v)", h.Bed.Name, err)
+		}
+	}
+
 	// A manual `ssbuild deploy` on another member uses the same secrets:
 	// every service stays as it is (0 mutations), and the revision records
 	// that member.

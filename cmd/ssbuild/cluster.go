@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
@@ -168,6 +170,17 @@ func clusterRotateSecret(c *cli.Context) error {
 	old, err := config.ReadSecret(a.SecretFile)
 	if err != nil {
 		return invalidError{err}
+	}
+	// The deployments' secrets are sealed under a key derived from this
+	// secret (appliance/deploystate); a new one would leave them unreadable
+	// until rotation re-seals them, which is not built yet.
+	sealed, err := (&deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName)}).Sealed(c.Context)
+	if err != nil {
+		return fmt.Errorf("cluster rotate-secret: cannot tell whether the registry holds deployment secrets, so nothing was changed: %w", err)
+	}
+	if len(sealed) > 0 {
+		return fmt.Errorf("cluster rotate-secret: the registry holds the secrets of %s, sealed under a key from the current cluster secret; "+
+			"a new cluster secret would leave them unreadable, and re-sealing them on rotation is not built yet, so nothing was changed", strings.Join(sealed, ", "))
 	}
 	lxdc, err := connectLXD(c)
 	if err != nil {
