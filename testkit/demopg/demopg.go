@@ -235,9 +235,9 @@ func assemble(full, dest string, busybox []byte) error {
 		}
 	}
 	files := map[string]string{
-		"etc/passwd":            "root:x:0:0:root:/root:/bin/sh\npostgres:x:70:70:PostgreSQL:/var/lib/postgresql:/bin/sh\n",
-		"etc/group":             "root:x:0:\npostgres:x:70:\n",
-		"etc/nsswitch.conf":     "passwd: files\ngroup: files\n",
+		"etc/passwd":           "root:x:0:0:root:/root:/bin/sh\npostgres:x:70:70:PostgreSQL:/var/lib/postgresql:/bin/sh\n",
+		"etc/group":            "root:x:0:\npostgres:x:70:\n",
+		"etc/nsswitch.conf":    "passwd: files\ngroup: files\n",
 		"usr/local/bin/pg-run": runScript,
 	}
 	for name, content := range files {
