@@ -16,9 +16,10 @@ import (
 
 	"github.com/docker/docker/client"
 
+	"github.com/sovereign-stack/ssbuild/images/rootfs"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/demopg"
-	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 )
 
 func main() {
@@ -30,12 +31,24 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The demo recipe's own debootstrap spec: the image build that follows
+	// finds the tree in the same cache entry, so bookworm is fetched once.
+	r, err := recipes.Open("demo")
+	if err != nil {
+		fail(err)
+	}
+	src := r.Image.Source
+	spec := rootfs.Debootstrap{Suite: src.Suite, Mirror: src.Mirror, Keyring: src.Keyring, Variant: src.Variant, Components: src.Components}
 	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err == nil {
-		_, err = demopg.Build(ctx, c, *cache, rootfstest.Bookworm(), progress.ForFile(os.Stderr, false))
+		_, err = demopg.Build(ctx, c, *cache, spec, progress.ForFile(os.Stderr, false))
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "demo-postgres:", err)
-		os.Exit(1)
+		fail(err)
 	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "demo-postgres:", err)
+	os.Exit(1)
 }
