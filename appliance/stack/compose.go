@@ -54,6 +54,7 @@ type composeService struct {
 type composeBackup struct {
 	Dump *struct {
 		Command []string `yaml:"command"`
+		Restore []string `yaml:"restore"`
 		File    string   `yaml:"file"`
 	} `yaml:"dump"`
 	Volumes      []string `yaml:"volumes"`
@@ -290,10 +291,12 @@ func parseBackup(cb *composeBackup, mounts []string, volumes map[string]*struct{
 		switch {
 		case len(d.Command) == 0:
 			errs = append(errs, errors.New("dump: no command (the program and its arguments, run in the container, writing the dump to stdout)"))
+		case len(d.Restore) == 0:
+			errs = append(errs, errors.New("dump: no restore command (the program and its arguments, run in the container, reading the dump on stdin)"))
 		case !dumpFileRE.MatchString(d.File) || d.File == "." || d.File == "..":
 			errs = append(errs, fmt.Errorf("dump: file %q: want a plain file name such as db.sql", d.File))
 		default:
-			b.Dump = &Dump{Command: d.Command, File: d.File}
+			b.Dump = &Dump{Command: d.Command, Restore: d.Restore, File: d.File}
 		}
 	}
 	mounted := map[string]bool{}

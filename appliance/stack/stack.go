@@ -83,9 +83,11 @@ type Backup struct {
 }
 
 // Dump is a consistent dump of a database: Command runs in the service's
-// running container and writes the dump to stdout, saved as File.
+// running container and writes the dump to stdout, saved as File; Restore
+// runs there too and reads it back on stdin.
 type Dump struct {
 	Command []string `yaml:"command" json:"command"`
+	Restore []string `yaml:"restore" json:"restore"`
 	File    string   `yaml:"file" json:"file"`
 }
 
