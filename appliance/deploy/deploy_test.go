@@ -195,6 +195,8 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		}
 	})
 
+	t.Run("backup", func(t *testing.T) { checkBackup(t, ctx, o, project) })
+
 	start = time.Now()
 	rep, err = deploy.Deploy(ctx, o)
 	if err != nil {
