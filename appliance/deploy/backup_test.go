@@ -42,7 +42,7 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	if page != "btcpay demo.example" {
 		t.Fatalf("the btcpay stand-in's table holds %q, want its row %q", page, "btcpay demo.example")
 	}
-	dockerExec(t, o, project, "btcpay", ctr, "psql", "-q", "-c", "INSERT INTO pages (body) VALUES ('written before the backup')")
+	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written before the backup')")
 	const live = "live-channel-state-7f3a"
 	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo "+live+" > /root/.lightning/regtest/lightningd.sqlite3")
 
@@ -110,4 +110,17 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	if _, err := backup.Verify(dir, ids); err == nil || !strings.Contains(err.Error(), dump+": sha256") {
 		t.Errorf("verify after a flipped byte in %s: %v; want the file named", dump, err)
 	}
+}
+
+// psqlIn runs psql with sql in the btcpay stand-in's container (its
+// environment names the database and its password) and returns the
+// output; a failure shows psql's own message.
+func psqlIn(t *testing.T, o deploy.Options, project, sql string) string {
+	t.Helper()
+	out, errOut, code, err := lxdexec.Run(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay",
+		"psql", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql)
+	if err != nil || code != 0 {
+		t.Fatalf("psql %q in btcpay: code %d, %v: %s", sql, code, err, errOut)
+	}
+	return strings.TrimSpace(out)
 }

@@ -88,3 +88,50 @@ func backupVerifyAction(c *cli.Context) error {
 		m.Created.Format("2006-01-02 15:04:05Z"), len(m.Items), what)
 	return nil
 }
+
+// restoreCommand is `ssbuild restore DEPLOYMENT --from DIR --identity FILE`.
+func restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "put a backup back into the running deployment it was taken from",
+		ArgsUsage: "DEPLOYMENT",
+		Description: "Verifies the whole backup first (nothing changes when a file is damaged or does not decrypt),\n" +
+			"then copies the volume paths back and feeds each dump to its service's restore command.\n" +
+			"Never-restore paths (a Lightning node's live channel database) are not in a backup and stay as they are.",
+		Flags: deployFlags(
+			&cli.StringFlag{Name: "from", Usage: "the backup folder `DIR`"},
+			&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (the private key of one of backup.recipients)"},
+		),
+		Action: restoreAction,
+	}
+}
+
+func restoreAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("restore takes one deployment name")
+	}
+	if c.String("from") == "" || c.String("identity") == "" {
+		return usagef("restore needs --from DIR (the backup) and --identity FILE (its key)")
+	}
+	r, err := loadRecipe(c.String("recipe"))
+	if err != nil {
+		return err
+	}
+	if _, err := deploy.FindDeployment(r, c.Args().First()); err != nil {
+		return usageError{err}
+	}
+	ids, err := backup.ReadIdentities(c.String("identity"))
+	if err != nil {
+		return err
+	}
+	o, err := deployOptions(c)
+	if err != nil {
+		return err
+	}
+	if err := backup.Restore(c.Context, backup.RestoreOptions{LXD: o.LXD, Recipe: r, Deployment: c.Args().First(),
+		From: c.String("from"), Identities: ids, Progress: o.Progress}); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s: restored from %s\n", c.Args().First(), c.String("from"))
+	return nil
+}

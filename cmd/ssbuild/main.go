@@ -126,7 +126,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			versionCommand(),
 			completionCommand(),
 			manCommand(),
-		}, append(deployCommands(), backupCommand())...)),
+		}, append(deployCommands(), backupCommand(), restoreCommand())...)),
 	}
 }
 
