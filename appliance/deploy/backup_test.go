@@ -42,7 +42,7 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	if page != "btcpay demo.example" {
 		t.Fatalf("the btcpay stand-in's table holds %q, want its row %q", page, "btcpay demo.example")
 	}
-	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written before the backup')")
+	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written before the backup') ON CONFLICT DO NOTHING")
 	const live = "live-channel-state-7f3a"
 	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo "+live+" > /root/.lightning/regtest/lightningd.sqlite3")
 
@@ -114,7 +114,9 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 
 // psqlIn runs psql with sql in the btcpay stand-in's container (its
 // environment names the database and its password) and returns the
-// output; a failure shows psql's own message.
+// output; a failure shows psql's own message. lxdexec retries an exec LXD
+// reported as not started, which under load may have run after all: the
+// statements given here must be safe to run twice.
 func psqlIn(t *testing.T, o deploy.Options, project, sql string) string {
 	t.Helper()
 	out, errOut, code, err := lxdexec.Run(o.LXD.UseProject(project), "btcpay", "docker", "exec", project+"-btcpay",

@@ -29,7 +29,7 @@ func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project s
 	defer func() { o.Recipe.Backup.Recipients = nil }()
 	ctr := project + "-btcpay"
 	psql := func(sql string) string { return psqlIn(t, o, project, sql) }
-	psql("INSERT INTO pages (body) VALUES ('row to restore')")
+	psql("INSERT INTO pages (body) VALUES ('row to restore') ON CONFLICT DO NOTHING")
 	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo before > /data/restore-marker")
 	dir := filepath.Join(t.TempDir(), "backup")
 	if _, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir}); err != nil {
