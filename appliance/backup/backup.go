@@ -41,6 +41,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/recipes/stacks"
 )
@@ -48,7 +49,7 @@ import (
 // Names in the folder.
 const (
 	ManifestFile = "manifest.json"
-	SumsFile     = "SHA256SUMS"
+	SumsFile     = signature.ChecksumsFile // sha256sum -c format, as the image folders
 )
 
 // Options say what to back up and where.
