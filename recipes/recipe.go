@@ -23,11 +23,18 @@ type Recipe struct {
 	Installer   Installer    `yaml:"installer" json:"installer" doc:"stage 2: the USB installer that installs the cluster hosts"`
 	Cluster     Cluster      `yaml:"cluster" json:"cluster" doc:"stage 3: the LXD cluster the hosts form on first boot"`
 	Deployments []Deployment `yaml:"deployments" json:"deployments" doc:"stage 4: the sites deployed onto the cluster, one LXD project each"`
+	Backup      Backup       `yaml:"backup,omitempty" json:"backup,omitempty" doc:"ssbuild backup: who can read the deployments' backups"`
 
 	// File is where the recipe was read from ("builtin:demo" for a shipped
 	// one); relative paths in it are relative to its directory.
 	File string `yaml:"-" json:"-"`
 	dir  string
+}
+
+// Backup says how ssbuild backup encrypts: only to the owner's keys, whose
+// private halves never sit beside a backup.
+type Backup struct {
+	Recipients []string `yaml:"recipients,omitempty" json:"recipients,omitempty" doc:"age public keys (age1...) every backup is encrypted to; ssbuild backup refuses to run without one"`
 }
 
 // Path resolves a path written in the recipe against the recipe's directory.

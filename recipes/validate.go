@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"filippo.io/age"
 )
 
 var (
@@ -39,6 +41,15 @@ func validate(r *Recipe, rep *report) {
 	validateDeployments(r, rep)
 	validateUniqueMACs(r, rep)
 	checkPathsStayInside(r, rep)
+	for i, k := range r.Backup.Recipients {
+		// The value is never quoted: a pasted private key must not be echoed.
+		switch _, err := age.ParseX25519Recipient(k); {
+		case strings.HasPrefix(strings.ToUpper(k), "AGE-SECRET-KEY-"):
+			rep.at(indexPath("backup.recipients", i), "this is a private key: put its public key here (age-keygen -y KEYFILE) and keep the private key off the cluster")
+		case err != nil:
+			rep.at(indexPath("backup.recipients", i), "not an age public key (age1..., from age-keygen -y KEYFILE)")
+		}
+	}
 }
 
 func validateImage(r *Recipe, rep *report) {

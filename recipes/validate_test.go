@@ -151,7 +151,7 @@ func TestStructureProblems(t *testing.T) {
 	})
 	t.Run("unknown keys", func(t *testing.T) {
 		expectProblems(t, base+"imge: {}\ncluster:\n  secret:\n    value: hunter2\n",
-			`t.yaml:6:1: imge: unknown field (allowed here: apiVersion, name, description, image, installer, cluster, deployments)`,
+			`t.yaml:6:1: imge: unknown field (allowed here: apiVersion, name, description, image, installer, cluster, deployments, backup)`,
 			`t.yaml:9:5: cluster.secret.value: unknown field (allowed here: file, generate)`)
 	})
 	t.Run("duplicate key", func(t *testing.T) {
@@ -575,4 +575,12 @@ deployments:
 	if !called || strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("problems differ\n got:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
+}
+
+// A backup recipient must be an age public key: a private key or a typo is
+// refused at its entry (a backup nobody can read is worse than none).
+func TestBackupRecipients(t *testing.T) {
+	expectProblems(t, base+"backup:\n  recipients:\n    - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\n    - AGE-SECRET-KEY-1QQQ\n    - age1typo\n",
+		`t.yaml:9:7: backup.recipients[1]: this is a private key: put its public key here (age-keygen -y KEYFILE) and keep the private key off the cluster`,
+		`t.yaml:10:7: backup.recipients[2]: not an age public key (age1..., from age-keygen -y KEYFILE)`)
 }

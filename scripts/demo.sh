@@ -3,8 +3,9 @@
 # today: validate and plan, build the demo base image, build the demo
 # installer (USB image) carrying it, and boot that image in qemu (TCG, OVMF)
 # to install a virtual host (demo1, by its MAC) onto a blank sparse disk.
-# The demo's one Docker image (ssbuild-demo/web:1) is made here with
-# `docker import` of a busybox tree in a private dockerd, since no registry
+# The demo's Docker images (ssbuild-demo/web:1, busybox, and
+# ssbuild-demo/postgres:15, Debian's PostgreSQL) are made here with
+# `docker import` of a small tree in a private dockerd, since no registry
 # is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,13 @@ ln -s busybox "$work/web/bin/sh"
 echo "served by the ssbuild demo" > "$work/web/www/index.html"
 tar -C "$work/web" --sort=name --mtime=@0 --owner=0 --group=0 -c . |
   docker import -c 'CMD ["/bin/busybox","httpd","-f","-p","80","-h","/www"]' - ssbuild-demo/web:1 >/dev/null
+
+# The demo's database: Debian bookworm's postgresql-15 cut down into a
+# small tree (cached beside the base image's rootfs after the first run),
+# imported the same way, as ssbuild-demo/postgres:15.
+pg_start=$(date +%s)
+go run ./scripts/demo-postgres --cache "${XDG_CACHE_HOME:-$HOME/.cache}/ssbuild"
+echo "demo: ssbuild-demo/postgres:15 made in $(( $(date +%s) - pg_start )) s"
 
 rm -rf "$out"
 "$bin" image --recipe demo --out "$out" --docker-host "$DOCKER_HOST" --epoch "$epoch"

@@ -195,6 +195,9 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		}
 	})
 
+	t.Run("backup", func(t *testing.T) { checkBackup(t, ctx, o, project) })
+	t.Run("restore", func(t *testing.T) { checkRestore(t, ctx, o, project, www) })
+
 	start = time.Now()
 	rep, err = deploy.Deploy(ctx, o)
 	if err != nil {

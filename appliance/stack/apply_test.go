@@ -134,6 +134,8 @@ func TestStoppedServiceStarted(t *testing.T) {
 	ctx := context.Background()
 	st := e.render(t, "btcpay")
 	e.apply(t, st)
+	// The stand-in answers once its database is up and holds its row.
+	waitHealthy(t, e, st.Project, 2)
 	ids := containerIDs(t, e.c, st.Project)
 	secs := 5
 	if err := e.c.ContainerStop(ctx, ids["btcpay"], container.StopOptions{Timeout: &secs}); err != nil {
@@ -217,8 +219,8 @@ func TestMissingImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := Apply(context.Background(), e.c, st, progress.Discard())
-	if err == nil || !strings.Contains(err.Error(), "image ssbuild-demo/web:1") || !strings.Contains(err.Error(), "btcpay") {
-		t.Fatalf("Apply without the image: %v; want an error naming ssbuild-demo/web:1", err)
+	if err == nil || !strings.Contains(err.Error(), "image ssbuild-demo/postgres:15") || !strings.Contains(err.Error(), "btcpay") {
+		t.Fatalf("Apply without the image: %v; want an error naming ssbuild-demo/postgres:15", err)
 	}
 	if res.Mutations != 0 {
 		t.Errorf("%d mutations before failing; want 0", res.Mutations)
@@ -304,8 +306,8 @@ func TestNetworkChange(t *testing.T) {
 	before := containerIDs(t, e.c, st.Project)["btcpay"]
 	st.Networks[0].Internal = true
 	res := e.apply(t, st)
-	if !slices.Equal(res.Recreated, []string{"btcpay"}) {
-		t.Fatalf("Apply with the network made internal: %+v", res)
+	if !slices.Equal(res.Recreated, []string{"btcpay", "btcpay-db"}) {
+		t.Fatalf("Apply with the network made internal: %+v; want both services on it recreated", res)
 	}
 	n, err := e.c.NetworkInspect(ctx, st.NetworkName("btcpay"), network.InspectOptions{})
 	if err != nil {
@@ -336,17 +338,22 @@ func TestNetworkChange(t *testing.T) {
 func TestImagePin(t *testing.T) {
 	e := newDemoEnv(t)
 	st := e.render(t, "btcpay")
-	info, err := e.c.ImageInspect(context.Background(), "ssbuild-demo/web:1")
+	info, err := e.c.ImageInspect(context.Background(), "ssbuild-demo/postgres:15")
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Services[0].ImageDigest = "sha256:" + strings.Repeat("0", 64)
+	pin := func(digest string) { // the recipe pins the image of both services
+		for i := range st.Services {
+			st.Services[i].ImageDigest = digest
+		}
+	}
+	pin("sha256:" + strings.Repeat("0", 64))
 	res, err := Apply(context.Background(), e.c, st, progress.Discard())
 	if err == nil || !strings.Contains(err.Error(), "not the digest sha256:000") || res.Mutations != 0 {
 		t.Fatalf("Apply with a wrong pin: %v (%d mutations); want a refusal naming the pin, no mutation", err, res.Mutations)
 	}
-	st.Services[0].ImageDigest = info.ID
-	if res := e.apply(t, st); len(res.Created) != 1 {
+	pin(info.ID)
+	if res := e.apply(t, st); len(res.Created) != 2 {
 		t.Fatalf("Apply with the right pin: %+v", res)
 	}
 }

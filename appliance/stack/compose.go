@@ -46,6 +46,19 @@ type composeService struct {
 	Configs     []composeConfigRef            `yaml:"configs"`
 	Healthcheck *composeHealthcheck           `yaml:"healthcheck"`
 	ExtraHosts  []string                      `yaml:"extra_hosts"`
+	Backup      *composeBackup                `yaml:"x-backup"`
+}
+
+// composeBackup is a service's backup declaration (an x- extension, so
+// other compose tools ignore it).
+type composeBackup struct {
+	Dump *struct {
+		Command []string `yaml:"command"`
+		Restore []string `yaml:"restore"`
+		File    string   `yaml:"file"`
+	} `yaml:"dump"`
+	Volumes      []string `yaml:"volumes"`
+	NeverRestore []string `yaml:"neverRestore"`
 }
 
 type composeHealthcheck struct {
@@ -242,6 +255,13 @@ func parse(file, text string, lines []int, images []recipes.DockerImage) (*Stack
 			}
 			svc.ExtraHosts = append(svc.ExtraHosts, h)
 		}
+		if cs.Backup != nil {
+			b, errs := parseBackup(cs.Backup, cs.Volumes, cf.Volumes)
+			for _, err := range errs {
+				p.at(at("x-backup"), "service %s: x-backup: %v", name, err)
+			}
+			svc.Backup = b
+		}
 		if hc := cs.Healthcheck; hc != nil {
 			h, err := parseHealthcheck(hc)
 			if err != nil {
@@ -255,6 +275,76 @@ func parse(file, text string, lines []int, images []recipes.DockerImage) (*Stack
 		return nil, err
 	}
 	return st, nil
+}
+
+// dumpFileRE is a dump's file name in the backup: plain, no folders.
+var dumpFileRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// parseBackup checks a service's x-backup: the dump has a command and a
+// plain file name; every volume entry ("volume" or "volume:/path") names a
+// volume of the stack that this service mounts; nothing is both kept and
+// never restored.
+func parseBackup(cb *composeBackup, mounts []string, volumes map[string]*struct{}) (*Backup, []error) {
+	var errs []error
+	b := &Backup{}
+	if d := cb.Dump; d != nil {
+		switch {
+		case len(d.Command) == 0:
+			errs = append(errs, errors.New("dump: no command (the program and its arguments, run in the container, writing the dump to stdout)"))
+		case len(d.Restore) == 0:
+			errs = append(errs, errors.New("dump: no restore command (the program and its arguments, run in the container, reading the dump on stdin)"))
+		case !dumpFileRE.MatchString(d.File) || d.File == "." || d.File == "..":
+			errs = append(errs, fmt.Errorf("dump: file %q: want a plain file name such as db.sql", d.File))
+		default:
+			b.Dump = &Dump{Command: d.Command, Restore: d.Restore, File: d.File}
+		}
+	}
+	mounted := map[string]bool{}
+	for _, m := range mounts {
+		mounted[strings.Split(m, ":")[0]] = true
+	}
+	parse := func(field, s string) (BackupPath, error) {
+		vol, p, hasPath := strings.Cut(s, ":")
+		bp := BackupPath{Volume: vol, Path: "/"}
+		if hasPath {
+			if !path.IsAbs(p) || path.Clean(p) != p {
+				return bp, fmt.Errorf("%s %q: the path in the volume must be absolute and clean (volume:/dir/file)", field, s)
+			}
+			bp.Path = p
+		}
+		if _, ok := volumes[vol]; !ok {
+			return bp, fmt.Errorf("%s %q: volume %s is not defined under volumes", field, s, vol)
+		}
+		if !mounted[vol] {
+			return bp, fmt.Errorf("%s %q: the service does not mount volume %s", field, s, vol)
+		}
+		return bp, nil
+	}
+	for _, v := range cb.Volumes {
+		bp, err := parse("volumes", v)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b.Volumes = append(b.Volumes, bp)
+	}
+	for _, v := range cb.NeverRestore {
+		bp, err := parse("neverRestore", v)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, k := range b.Volumes {
+			if k.Volume == bp.Volume && (k.Path == bp.Path || strings.HasPrefix(bp.Path, strings.TrimSuffix(k.Path, "/")+"/") || strings.HasPrefix(k.Path, strings.TrimSuffix(bp.Path, "/")+"/")) {
+				errs = append(errs, fmt.Errorf("neverRestore %q overlaps volumes entry %s:%s: a never-restore path must not be copied (name the files to keep instead)", v, k.Volume, k.Path))
+			}
+		}
+		b.NeverRestore = append(b.NeverRestore, bp)
+	}
+	if b.Dump == nil && len(b.Volumes) == 0 && len(b.NeverRestore) == 0 && len(errs) == 0 {
+		errs = append(errs, errors.New("empty: declare a dump, volumes or neverRestore"))
+	}
+	return b, errs
 }
 
 // checkExtraHost accepts compose's "name:address" form, the address an IP

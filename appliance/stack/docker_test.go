@@ -22,6 +22,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/demopg"
 	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
@@ -113,6 +114,7 @@ func newDemoEnv(t testing.TB) *demoEnv {
 	e := &demoEnv{docker: testdocker.Start(t)}
 	e.c = e.docker.Client
 	importDemoImage(t, e.c)
+	demopg.Import(t, e.c) // the btcpay stack's database and stand-in
 	e.recipe = openRecipe(t, "demo")
 	e.dep = e.recipe.Deployments[0]
 	names, err := SecretNames(e.dep)

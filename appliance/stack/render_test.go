@@ -107,6 +107,9 @@ func TestStackFileErrors(t *testing.T) {
 	r := openRecipe(t, "demo")
 	d := r.Deployments[0]
 	sec := goldenSecrets(t, d)
+	// bk is a service mounting volume v (w is defined, not mounted); its
+	// x-backup starts at line 9.
+	bk := "networks:\n  n: {}\nvolumes: {v: {}, w: {}}\nservices:\n  a:\n    image: ssbuild-demo/web\n    volumes: [\"v:/data\"]\n    networks: {n: {}}\n"
 	cases := []struct {
 		name, src, want string
 	}{
@@ -130,6 +133,24 @@ func TestStackFileErrors(t *testing.T) {
 			"bad.yaml:7: service a: healthcheck: test: want [CMD, program, args...]"},
 		{"bad extra host", "networks:\n  n: {}\nservices:\n  a:\n    image: ssbuild-demo/web\n    networks: {n: {}}\n    extra_hosts: [\"btcpay:gateway\"]\n",
 			"bad.yaml:7: service a: extra host \"btcpay:gateway\": the address is not an IP address or host-gateway"},
+		{"backup: unknown key", bk + "    x-backup: {dumps: {command: [x], file: a.sql}}\n",
+			"bad.yaml:9: field dumps not found"},
+		{"backup: dump without command", bk + "    x-backup:\n      dump: {file: a.sql}\n",
+			"bad.yaml:9: service a: x-backup: dump: no command"},
+		{"backup: dump without restore", bk + "    x-backup:\n      dump: {command: [x], file: a.sql}\n",
+			"bad.yaml:9: service a: x-backup: dump: no restore command"},
+		{"backup: dump file with a folder", bk + "    x-backup:\n      dump: {command: [x], restore: [y], file: ../a.sql}\n",
+			"bad.yaml:9: service a: x-backup: dump: file \"../a.sql\": want a plain file name"},
+		{"backup: undefined volume", bk + "    x-backup: {volumes: [nope]}\n",
+			"bad.yaml:9: service a: x-backup: volumes \"nope\": volume nope is not defined under volumes"},
+		{"backup: volume not mounted", bk + "    x-backup: {volumes: [w]}\n",
+			"bad.yaml:9: service a: x-backup: volumes \"w\": the service does not mount volume w"},
+		{"backup: relative path", bk + "    x-backup: {volumes: [\"v:data/x\"]}\n",
+			"bad.yaml:9: service a: x-backup: volumes \"v:data/x\": the path in the volume must be absolute"},
+		{"backup: kept and never restored", bk + "    x-backup:\n      volumes: [v]\n      neverRestore: [\"v:/db.sqlite3\"]\n",
+			"bad.yaml:9: service a: x-backup: neverRestore \"v:/db.sqlite3\" overlaps volumes entry v:/"},
+		{"backup: empty", bk + "    x-backup: {}\n",
+			"bad.yaml:9: service a: x-backup: empty"},
 		{"missing secret", "services:\n  a:\n    image: ssbuild-demo/web\n    environment: {X: \"{{secret \"never-generated\"}}\"}\n",
 			"bad.yaml: secrets never-generated of deployment demo were not generated"},
 	}

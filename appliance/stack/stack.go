@@ -65,7 +65,39 @@ type Service struct {
 	Files       []File            `yaml:"files,omitempty" json:"files,omitempty"`             // copied in before the container starts
 	Healthcheck *Healthcheck      `yaml:"healthcheck,omitempty" json:"healthcheck,omitempty"` // Docker's health check
 	ExtraHosts  []string          `yaml:"extraHosts,omitempty" json:"extraHosts,omitempty"`   // name:address lines added to /etc/hosts
+	// Backup says what `ssbuild backup` takes from the service; it does not
+	// change the container (json:"-" keeps it out of the spec hash).
+	Backup *Backup `yaml:"backup,omitempty" json:"-"`
 }
+
+// Backup is a service's backup declaration (the stack file's x-backup):
+// first the dump, taken while the service runs, then the volume paths.
+type Backup struct {
+	Dump *Dump `yaml:"dump,omitempty" json:"dump,omitempty"`
+	// Volumes are copied as files: whole volumes or paths in them.
+	Volumes []BackupPath `yaml:"volumes,omitempty" json:"volumes,omitempty"`
+	// NeverRestore are paths that must never come back from a periodic
+	// copy (a Lightning node's live channel database: an old one loses
+	// funds); a backup never holds them.
+	NeverRestore []BackupPath `yaml:"neverRestore,omitempty" json:"neverRestore,omitempty"`
+}
+
+// Dump is a consistent dump of a database: Command runs in the service's
+// running container and writes the dump to stdout, saved as File; Restore
+// runs there too and reads it back on stdin.
+type Dump struct {
+	Command []string `yaml:"command" json:"command"`
+	Restore []string `yaml:"restore" json:"restore"`
+	File    string   `yaml:"file" json:"file"`
+}
+
+// BackupPath is a path in one of the stack's volumes ("/": all of it).
+type BackupPath struct {
+	Volume string `yaml:"volume" json:"volume"`
+	Path   string `yaml:"path" json:"path"`
+}
+
+func (p BackupPath) String() string { return p.Volume + ":" + p.Path }
 
 // Healthcheck is a command Docker runs in the container to report it
 // healthy (exit 0) or unhealthy.

@@ -128,7 +128,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			versionCommand(),
 			completionCommand(),
 			manCommand(),
-		}, deployCommands()...)),
+		}, append(deployCommands(), backupCommand(), restoreCommand())...)),
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/baseimage"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/configtest"
+	"github.com/sovereign-stack/ssbuild/testkit/demopg"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 	"github.com/sovereign-stack/ssbuild/testkit/testdocker"
@@ -46,7 +47,7 @@ var (
 
 // DemoImage builds the demo base image once per test binary (the rootfs
 // layer is cached across runs) and returns its folder: Debian bookworm with
-// Docker, the static ssbuild, the demo's one Docker image pre-loaded and a
+// Docker, the static ssbuild, the demo's Docker images (web, postgres) pre-loaded and a
 // small pruned regtest datadir as the chainstate. Call Cleanup from
 // TestMain to remove it.
 func DemoImage(t testing.TB) string {
@@ -61,6 +62,7 @@ func DemoImage(t testing.TB) string {
 		imageDir = dir
 		docker := testdocker.Start(t)
 		testdocker.ImportBusybox(t, docker.Client, "ssbuild-demo/web:1", "demo")
+		demopg.Import(t, docker.Client)
 		bin := filepath.Join(dir, "ssbuild")
 		if imageErr = testenv.BuildStaticSSBuild(bin); imageErr != nil {
 			return

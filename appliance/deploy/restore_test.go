@@ -1,0 +1,85 @@
+package deploy_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/sovereign-stack/ssbuild/appliance/backup"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+)
+
+// checkRestore is issue 16's restore into the same deployment (a subtest
+// of TestDeployDemoOnThreeHosts): rows and files changed after a backup
+// come back as they were, the site answers from the restored database,
+// the live channel database (never in a backup) is left as it is, and a
+// damaged backup is refused before anything changes.
+func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project string, www endpoint) {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []age.Identity{id}
+	o.Recipe.Backup.Recipients = []string{id.Recipient().String()}
+	defer func() { o.Recipe.Backup.Recipients = nil }()
+	ctr := project + "-btcpay"
+	psql := func(sql string) string { return psqlIn(t, o, project, sql) }
+	psql("INSERT INTO pages (body) VALUES ('row to restore') ON CONFLICT DO NOTHING")
+	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo before > /data/restore-marker")
+	dir := filepath.Join(t.TempDir(), "backup")
+	if _, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir}); err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+
+	// After the backup: the rows go, a file changes, the node moves on.
+	psql("DELETE FROM pages")
+	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo after > /data/restore-marker; echo live-after-backup > /root/.lightning/regtest/lightningd.sqlite3")
+
+	// A damaged copy is refused and changes nothing.
+	damaged := filepath.Join(t.TempDir(), "damaged")
+	if err := os.CopyFS(damaged, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	dump := filepath.Join(damaged, "btcpay/btcpay-db/btcpay-db.sql.age")
+	b, _ := os.ReadFile(dump)
+	b[len(b)-5] ^= 0x01
+	os.WriteFile(dump, b, 0o600)
+	err = backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, From: damaged, Identities: ids})
+	if err == nil || !strings.Contains(err.Error(), "nothing changed") || !strings.Contains(err.Error(), "btcpay-db.sql.age") {
+		t.Fatalf("restore from a damaged backup: %v; want a refusal naming the file", err)
+	}
+	if got := dockerExec(t, o, project, "btcpay", ctr, "cat", "/data/restore-marker"); got != "after" {
+		t.Fatalf("a refused restore changed /data/restore-marker to %q", got)
+	}
+
+	start := time.Now()
+	if err := backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name,
+		From: dir, Identities: ids, Progress: o.Progress}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Logf("restore: %s", time.Since(start).Round(time.Millisecond))
+	if got := psql("SELECT body FROM pages ORDER BY id"); !strings.Contains(got, "btcpay demo.example") || !strings.Contains(got, "row to restore") {
+		t.Errorf("rows after restore: %q; want the stand-in's and the test's", got)
+	}
+	if got := dockerExec(t, o, project, "btcpay", ctr, "cat", "/data/restore-marker"); got != "before" {
+		t.Errorf("/data/restore-marker after restore: %q, want %q", got, "before")
+	}
+	if got := dockerExec(t, o, project, "btcpay", ctr, "cat", "/root/.lightning/regtest/lightningd.sqlite3"); got != "live-after-backup" {
+		t.Errorf("the live channel database after restore: %q; a restore must never put a periodic copy back", got)
+	}
+	// The site answers from the restored database (the stand-in re-reads it every 5 s).
+	var page string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if page = httpGet(t, ctx, www, "btcpay.demo.example"); page == "btcpay demo.example" {
+			break
+		}
+	}
+	if page != "btcpay demo.example" {
+		t.Errorf("btcpay.demo.example after restore answered %q", page)
+	}
+}
