@@ -16,9 +16,11 @@ import (
 // exit code. err is about the exec itself (the instance is missing or
 // stopped, LXD failed), not about the command's exit code.
 //
-// LXD 5.0.2 under load sometimes fails to start the process at all
-// ("Failed to retrieve PID of executing child process"); the command never
-// ran, so that exec is tried again (a few times, with a short pause).
+// LXD 5.0.2 under load sometimes loses the PID of the process it started
+// ("Failed to retrieve PID of executing child process"). Its forkexec
+// may have started the command by then, so Run tries again (a few times,
+// with a short pause) and a command may run twice: pass only commands safe
+// to repeat (reads, checks, idempotent writes).
 func Run(c lxd.InstanceServer, instance string, command ...string) (stdout, stderr string, code int, err error) {
 	for attempt := 1; ; attempt++ {
 		stdout, stderr, code, err = runOnce(c, instance, command...)
