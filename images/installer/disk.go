@@ -1,7 +1,6 @@
 package installer
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -130,36 +129,47 @@ func (f espFile) size() (int64, error) {
 	return info.Size(), nil
 }
 
-// writeDisk creates the sparse image at img: partition table, ESP with its
-// files, and the payload image written into partition 2.
-func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, err error) {
-	files, err := s.espFiles()
-	if err != nil {
-		return res, err
+// espLayout returns the ESP's files, their total size and the ESP's size,
+// which are known before the payload is packed: the payload partition
+// starts right after the ESP.
+func (s Spec) espLayout() (files []espFile, data, size int64, err error) {
+	if files, err = s.espFiles(); err != nil {
+		return nil, 0, 0, err
 	}
-	var espData int64
 	for _, f := range files {
 		n, err := f.size()
 		if err != nil {
-			return res, fmt.Errorf("ESP: %w", err)
+			return nil, 0, 0, fmt.Errorf("ESP: %w", err)
 		}
-		espData += n
+		data += n
 	}
-	res.ESPSize = espSizeFor(max(espMinSize, roundUp(espData*11/10+espSlack, mib)))
-	info, err := os.Stat(payload)
+	return files, data, espSizeFor(max(espMinSize, roundUp(data*11/10+espSlack, mib))), nil
+}
+
+// writeDisk completes the image at img, whose payload partition
+// mksquashfs has already filled from payloadStart on: it sizes the file
+// (the payload partition rounded up to MiB, then the backup GPT; the
+// gaps stay holes), writes the partition table and the ESP with its files.
+func (s Spec) writeDisk(ctx context.Context, img string, files []espFile, espData, espSize int64) (res Result, err error) {
+	res.ESPSize = espSize
+	payloadStart := espStart + res.ESPSize
+	info, err := os.Stat(img)
 	if err != nil {
 		return res, err
 	}
-	// WritePartitionContents fills the whole partition: the squashfs is
-	// padded with zeros to it (mksquashfs pads to 4 KiB itself).
-	res.PayloadSize = roundUp(info.Size(), mib)
-	if err := os.Truncate(payload, res.PayloadSize); err != nil {
-		return res, err
+	if info.Size() <= payloadStart {
+		return res, fmt.Errorf("payload partition: mksquashfs wrote nothing at offset %d", payloadStart)
 	}
+	// The partition is the squashfs (padded to 4 KiB by mksquashfs) and
+	// zeros up to the next MiB.
+	res.PayloadSize = roundUp(info.Size()-payloadStart, mib)
 	res.Size = espStart + res.ESPSize + res.PayloadSize + gptBackup
 	res.IDs = s.diskIDs()
+	if err := os.Truncate(img, res.Size); err != nil {
+		return res, err
+	}
 
-	d, err := diskfs.Create(img, res.Size, diskfs.SectorSize512)
+	d, err := diskfs.Open(img, diskfs.WithOpenMode(diskfs.ReadWrite), diskfs.WithSectorSize(diskfs.SectorSize512))
 	if err != nil {
 		return res, err
 	}
@@ -168,7 +178,6 @@ func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, e
 			err = cerr
 		}
 	}()
-	payloadStart := espStart + res.ESPSize
 	table := &gpt.Table{
 		LogicalSectorSize:  sectorSize,
 		PhysicalSectorSize: sectorSize,
@@ -186,7 +195,28 @@ func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, e
 	}
 
 	task := s.Progress.Start("ESP", espData, "bytes")
-	err = gptimage.WithEpoch(s.Epoch, func() error {
+	err = writeESP(ctx, d, s.Epoch, files, task)
+	task.Done(err)
+	if err != nil {
+		return res, fmt.Errorf("ESP: %w", err)
+	}
+	if err := gptimage.FixFAT32(img, espStart, res.ESPSize); err != nil {
+		return res, fmt.Errorf("ESP: %w", err)
+	}
+	return res, nil
+}
+
+// writeESP formats partition 1 and writes the files, through
+// coalescingStorage: go-diskfs writes a file 512 bytes at a time.
+func writeESP(ctx context.Context, d *disk.Disk, epoch int64, files []espFile, task io.Writer) error {
+	plain := d.Backend
+	c, err := newCoalescingStorage(plain)
+	if err != nil {
+		return err
+	}
+	d.Backend = c
+	defer func() { d.Backend = plain }()
+	err = gptimage.WithEpoch(epoch, func() error {
 		fs, err := d.CreateFilesystem(gptimage.FAT32(1, ESPLabel))
 		if err != nil {
 			return err
@@ -198,27 +228,10 @@ func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, e
 		}
 		return nil
 	})
-	task.Done(err)
-	if err != nil {
-		return res, fmt.Errorf("ESP: %w", err)
+	if ferr := c.w.flush(); err == nil {
+		err = ferr
 	}
-	if err := gptimage.FixFAT32(img, espStart, res.ESPSize); err != nil {
-		return res, fmt.Errorf("ESP: %w", err)
-	}
-
-	p, err := os.Open(payload)
-	if err != nil {
-		return res, err
-	}
-	defer p.Close()
-	task = s.Progress.Start("payload partition", res.PayloadSize, "bytes")
-	// Reads buffered and writes coalesced: go-diskfs moves 512 bytes at a time.
-	err = writeCoalesced(d, 2, bufio.NewReaderSize(io.TeeReader(ctxReader{ctx, p}, task), 4<<20))
-	task.Done(err)
-	if err != nil {
-		return res, fmt.Errorf("payload partition: %w", err)
-	}
-	return res, nil
+	return err
 }
 
 func writeESPFile(ctx context.Context, fs filesystem.FileSystem, f espFile, task io.Writer) error {
@@ -280,21 +293,6 @@ func espSizeFor(min int64) int64 {
 			return size
 		}
 	}
-}
-
-// writeCoalesced is d.WritePartitionContents through coalescingStorage.
-func writeCoalesced(d *disk.Disk, partition int, r io.Reader) error {
-	plain := d.Backend
-	c, err := newCoalescingStorage(plain)
-	if err != nil {
-		return err
-	}
-	d.Backend = c
-	defer func() { d.Backend = plain }()
-	if _, err := d.WritePartitionContents(partition, r); err != nil {
-		return err
-	}
-	return c.w.flush()
 }
 
 func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }

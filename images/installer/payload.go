@@ -21,8 +21,9 @@ import (
 
 // buildPayload stages the payload files under work/payload (hard links
 // where the file system allows, copies otherwise), writes the manifest and
-// packs the tree with mksquashfs into out.
-func (s Spec) buildPayload(ctx context.Context, work, out string) error {
+// packs the tree with mksquashfs into out from offset on (the bytes before
+// it are left zero: out is truncated).
+func (s Spec) buildPayload(ctx context.Context, work, out string, offset int64) error {
 	stage := filepath.Join(work, "payload")
 	if err := os.Mkdir(stage, 0o755); err != nil {
 		return err
@@ -56,7 +57,7 @@ func (s Spec) buildPayload(ctx context.Context, work, out string) error {
 			return err
 		}
 	}
-	return writeSquashfs(ctx, s.Progress, stage, out, s.Compression, s.Epoch)
+	return writeSquashfs(ctx, s.Progress, stage, out, offset, s.Compression, s.Epoch)
 }
 
 // stageTree puts src at dest and adds a manifest line ("<sha256>  <name>")
@@ -145,10 +146,12 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 // writeSquashfs packs dir reproducibly: every file owned by root, every
 // time the epoch, no xattrs (the payload's files are data for the
 // installer; the owners inside images are kept by those images).
-func writeSquashfs(ctx context.Context, rep *progress.Reporter, dir, out, comp string, epoch int64) error {
+// With -offset the file system's bytes are those of a stand-alone image:
+// squashfs addresses are relative to its start.
+func writeSquashfs(ctx context.Context, rep *progress.Reporter, dir, out string, offset int64, comp string, epoch int64) error {
 	e := strconv.FormatInt(epoch, 10)
-	args := []string{dir, out, "-noappend", "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
-		"-reproducible", "-mkfs-time", e, "-all-time", e}
+	args := []string{dir, out, "-noappend", "-offset", strconv.FormatInt(offset, 10), "-b", "1M", "-no-exports",
+		"-no-xattrs", "-all-root", "-reproducible", "-mkfs-time", e, "-all-time", e}
 	if comp == "" {
 		// zstd's default level (15) packs an incompressible 512 MiB file
 		// in 9 s here, level 3 in 1.1 s; payloads are mostly compressed
