@@ -1,6 +1,7 @@
 package installer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -146,11 +147,60 @@ func (s Spec) espLayout() (files []espFile, data, size int64, err error) {
 	return files, data, espSizeFor(max(espMinSize, roundUp(data*11/10+espSlack, mib))), nil
 }
 
+// partitionTable is the image's GPT: the ESP from 1 MiB, the payload after
+// it; a disk of espStart+espSize+payloadSize+gptBackup bytes.
+func (s Spec) partitionTable(espSize, payloadSize int64) *gpt.Table {
+	ids := s.diskIDs()
+	payloadStart := espStart + espSize
+	table := &gpt.Table{
+		LogicalSectorSize:  sectorSize,
+		PhysicalSectorSize: sectorSize,
+		ProtectiveMBR:      true,
+		GUID:               ids.Disk,
+		Partitions: []*gpt.Partition{
+			{Index: 1, Start: uint64(espStart / sectorSize), End: uint64(payloadStart/sectorSize - 1),
+				Type: gpt.EFISystemPartition, Name: ESPLabel, GUID: ids.ESP},
+		},
+	}
+	if payloadSize > 0 {
+		table.Partitions = append(table.Partitions, &gpt.Partition{Index: 2, Start: uint64(payloadStart / sectorSize),
+			End:  uint64((payloadStart+payloadSize)/sectorSize - 1),
+			Type: gpt.LinuxFilesystem, Name: PayloadLabel, GUID: ids.Payload})
+	}
+	return table
+}
+
+// buildESP writes the ESP at path: a sparse disk whose partition 1 lies
+// where the image's does, so the file system's bytes (its offset in the
+// boot sector among them) are those the image needs; writeDisk copies
+// them over.
+func (s Spec) buildESP(ctx context.Context, path string, files []espFile, espData, espSize int64) (err error) {
+	d, err := diskfs.Create(path, espStart+espSize+gptBackup, diskfs.SectorSize512)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := d.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	if err := d.Partition(s.partitionTable(espSize, 0)); err != nil {
+		return fmt.Errorf("partition table: %w", err)
+	}
+	task := s.Progress.Start("ESP", espData, "bytes")
+	err = writeESP(ctx, d, s.Epoch, files, task)
+	task.Done(err)
+	if err != nil {
+		return err
+	}
+	return gptimage.FixFAT32(path, espStart, espSize)
+}
+
 // writeDisk completes the image at img, whose payload partition
-// mksquashfs has already filled from payloadStart on: it sizes the file
-// (the payload partition rounded up to MiB, then the backup GPT; the
-// gaps stay holes), writes the partition table and the ESP with its files.
-func (s Spec) writeDisk(ctx context.Context, img string, files []espFile, espData, espSize int64) (res Result, err error) {
+// mksquashfs has already filled: it sizes the file (the payload partition
+// rounded up to MiB, then the backup GPT; the gaps stay holes), writes the
+// partition table and copies the ESP in from esp (see buildESP).
+func (s Spec) writeDisk(ctx context.Context, img, esp string, espSize int64) (res Result, err error) {
 	res.ESPSize = espSize
 	payloadStart := espStart + res.ESPSize
 	info, err := os.Stat(img)
@@ -173,37 +223,50 @@ func (s Spec) writeDisk(ctx context.Context, img string, files []espFile, espDat
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		if cerr := d.Close(); err == nil && cerr != nil {
-			err = cerr
-		}
-	}()
-	table := &gpt.Table{
-		LogicalSectorSize:  sectorSize,
-		PhysicalSectorSize: sectorSize,
-		ProtectiveMBR:      true,
-		GUID:               res.IDs.Disk,
-		Partitions: []*gpt.Partition{
-			{Index: 1, Start: uint64(espStart / sectorSize), End: uint64(payloadStart/sectorSize - 1),
-				Type: gpt.EFISystemPartition, Name: ESPLabel, GUID: res.IDs.ESP},
-			{Index: 2, Start: uint64(payloadStart / sectorSize), End: uint64((payloadStart+res.PayloadSize)/sectorSize - 1),
-				Type: gpt.LinuxFilesystem, Name: PayloadLabel, GUID: res.IDs.Payload},
-		},
+	err = d.Partition(s.partitionTable(res.ESPSize, res.PayloadSize))
+	if cerr := d.Close(); err == nil {
+		err = cerr
 	}
-	if err := d.Partition(table); err != nil {
+	if err != nil {
 		return res, fmt.Errorf("partition table: %w", err)
 	}
-
-	task := s.Progress.Start("ESP", espData, "bytes")
-	err = writeESP(ctx, d, s.Epoch, files, task)
-	task.Done(err)
-	if err != nil {
-		return res, fmt.Errorf("ESP: %w", err)
-	}
-	if err := gptimage.FixFAT32(img, espStart, res.ESPSize); err != nil {
+	if err := copySparse(ctx, img, esp, espStart, res.ESPSize); err != nil {
 		return res, fmt.Errorf("ESP: %w", err)
 	}
 	return res, nil
+}
+
+// copySparse copies size bytes at off from src to the same place in dst,
+// in large writes, leaving out chunks of zeros: dst is a hole there.
+func copySparse(ctx context.Context, dst, src string, off, size int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	const chunk = 1 << 20
+	buf, zeros := make([]byte, chunk), make([]byte, chunk)
+	for end := off + size; off < end; off += chunk {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := buf[:min(chunk, end-off)]
+		if _, err := in.ReadAt(b, off); err != nil {
+			return err
+		}
+		if bytes.Equal(b, zeros[:len(b)]) {
+			continue
+		}
+		if _, err := out.WriteAt(b, off); err != nil {
+			return err
+		}
+	}
+	return out.Close()
 }
 
 // writeESP formats partition 1 and writes the files, through

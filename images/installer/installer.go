@@ -35,6 +35,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -133,17 +135,38 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
-	// mksquashfs writes the payload straight to its partition's place in
-	// the image (-offset), so its bytes are written once and never copied;
-	// the partition table and the ESP go in around it afterwards.
+	// The ESP is built in a file of its own while the payload files are
+	// hashed (each mostly one core's work); then mksquashfs writes the
+	// payload straight to its partition's place in the image (-offset), so
+	// its bytes are written once and never copied, and the partition table
+	// and the ESP go in around it.
+	esp := filepath.Join(work, "esp.img")
+	var stage string
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		if stage, err = s.stagePayload(gctx, work); err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := s.buildESP(gctx, esp, files, espData, espSize); err != nil {
+			return fmt.Errorf("ESP: %w", err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
 	img := filepath.Join(work, "image.img")
 	if err := createEmpty(img); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
-	if err := s.buildPayload(ctx, work, img, espStart+espSize); err != nil {
+	if err := writeSquashfs(ctx, s.Progress, stage, img, espStart+espSize, s.Compression, s.Epoch); err != nil {
 		return res, fmt.Errorf("installer image: payload: %w", err)
 	}
-	if res, err = s.writeDisk(ctx, img, files, espData, espSize); err != nil {
+	if res, err = s.writeDisk(ctx, img, esp, espSize); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
 	sum, err := sha256File(ctx, s.Progress, img)
