@@ -169,7 +169,14 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	if res, err = s.writeDisk(ctx, img, esp, espSize); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
+	// The image goes to disk while it is hashed: the one waits on the
+	// disk, the other on a core.
+	synced := make(chan error, 1)
+	go func() { synced <- syncFile(img) }()
 	sum, err := sha256File(ctx, s.Progress, img)
+	if serr := <-synced; err == nil && serr != nil {
+		return res, fmt.Errorf("installer image: %w", serr)
+	}
 	if err != nil {
 		return res, fmt.Errorf("installer image: checksum: %w", err)
 	}
@@ -177,9 +184,6 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	sums := filepath.Join(work, ChecksumsFile)
 	line := sum + "  " + filepath.Base(s.Output) + "\n"
 	if err := writeSynced(sums, []byte(line)); err != nil {
-		return res, fmt.Errorf("installer image: %w", err)
-	}
-	if err := syncFile(img); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
 	// The image first: a SHA256SUMS never names an image that is not there.

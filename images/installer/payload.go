@@ -151,7 +151,7 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 		defer out.Close()
 		w = io.MultiWriter(h, out)
 	}
-	if _, err := io.Copy(io.MultiWriter(w, task), ctxReader{ctx, in}); err != nil {
+	if err := pipelinedCopy(io.MultiWriter(w, task), ctxReader{ctx, in}); err != nil {
 		return "", err
 	}
 	if out != nil {
