@@ -3,14 +3,15 @@ module github.com/sovereign-stack/ssbuild
 go 1.26.8
 
 require (
+	filippo.io/age v1.2.1
 	github.com/canonical/go-dqlite v1.11.5
 	github.com/canonical/lxd v0.0.0-20241209155119-76da976c6ee7
 	github.com/hiddeco/sshsig v0.2.0
+	github.com/klauspost/pgzip v1.3.0
 	golang.org/x/sys v0.49.0
 )
 
 require (
-	filippo.io/age v1.2.1 // indirect
 	github.com/containerd/log v0.2.0 // indirect
 	github.com/moby/sys/atomicwriter v0.1.0 // indirect
 	github.com/moby/term v0.5.2 // indirect
@@ -46,7 +47,7 @@ require (
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/gorilla/securecookie v1.1.2 // indirect
 	github.com/gorilla/websocket v1.5.1 // indirect
-	github.com/klauspost/compress v1.18.5
+	github.com/klauspost/compress v1.20.3
 	github.com/kr/fs v0.1.0 // indirect
 	github.com/mattn/go-sqlite3 v1.14.24 // indirect
 	github.com/moby/docker-image-spec v1.3.1 // indirect

@@ -7,16 +7,29 @@ import (
 )
 
 // coalescingStorage hands go-diskfs a writer that joins adjacent writes:
-// WritePartitionContents (v1.9.4) writes 512 bytes at a time, one system
-// call each, which made the payload copy the slowest step of a build.
-// Reads go straight to the file; call flush before anything reads what
-// was written, and after the last write.
+// its FAT32 (v1.9.4) writes a file one 512-byte cluster at a time, one
+// system call each. Every read through it flushes first, so go-diskfs
+// reads back what it wrote; call flush after the last write.
 type coalescingStorage struct {
 	backend.Storage
 	w *coalescingWriter
 }
 
 func (c coalescingStorage) Writable() (backend.WritableFile, error) { return c.w, nil }
+
+func (c coalescingStorage) ReadAt(p []byte, off int64) (int, error) {
+	if err := c.w.flush(); err != nil {
+		return 0, err
+	}
+	return c.Storage.ReadAt(p, off)
+}
+
+func (c coalescingStorage) Read(p []byte) (int, error) {
+	if err := c.w.flush(); err != nil {
+		return 0, err
+	}
+	return c.Storage.Read(p)
+}
 
 func newCoalescingStorage(s backend.Storage) (coalescingStorage, error) {
 	w, err := s.Writable()
@@ -46,6 +59,20 @@ func (c *coalescingWriter) WriteAt(p []byte, off int64) (int, error) {
 	}
 	c.buf = append(c.buf, p...)
 	return len(p), nil
+}
+
+func (c *coalescingWriter) ReadAt(p []byte, off int64) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.WritableFile.ReadAt(p, off)
+}
+
+func (c *coalescingWriter) Read(p []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.WritableFile.Read(p)
 }
 
 func (c *coalescingWriter) flush() error {

@@ -55,3 +55,28 @@ func TestCoalescingWriterWritesWhatItWasGiven(t *testing.T) {
 		t.Errorf("coalesced writes differ from plain ones (%d vs %d bytes)", len(b), len(a))
 	}
 }
+
+// go-diskfs reads back directory entries it has just written: a read must
+// see every write before it.
+func TestCoalescingWriterReadsWhatItWrote(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c := &coalescingWriter{WritableFile: f, buf: make([]byte, 0, 4096)}
+	for i := 0; i < 4; i++ {
+		if _, err := c.WriteAt(bytes.Repeat([]byte{byte('a' + i)}, 512), int64(i*512)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([]byte, 4)
+	for i := 0; i < 4; i++ {
+		if _, err := c.ReadAt(got[i:i+1], int64(i*512+100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if string(got) != "abcd" {
+		t.Errorf("read back %q, want %q", got, "abcd")
+	}
+}

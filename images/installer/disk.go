@@ -1,7 +1,7 @@
 package installer
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -131,63 +131,156 @@ func (f espFile) size() (int64, error) {
 	return info.Size(), nil
 }
 
-// writeDisk creates the sparse image at img: partition table, ESP with its
-// files, and the payload image written into partition 2.
-func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, err error) {
-	files, err := s.espFiles()
-	if err != nil {
-		return res, err
+// espLayout returns the ESP's files, their total size and the ESP's size,
+// which are known before the payload is packed: the payload partition
+// starts right after the ESP.
+func (s Spec) espLayout() (files []espFile, data, size int64, err error) {
+	if files, err = s.espFiles(); err != nil {
+		return nil, 0, 0, err
 	}
-	var espData int64
 	for _, f := range files {
 		n, err := f.size()
 		if err != nil {
-			return res, fmt.Errorf("ESP: %w", err)
+			return nil, 0, 0, fmt.Errorf("ESP: %w", err)
 		}
-		espData += n
+		data += n
 	}
-	res.ESPSize = espSizeFor(max(espMinSize, roundUp(espData*11/10+espSlack, mib)))
-	info, err := os.Stat(payload)
-	if err != nil {
-		return res, err
-	}
-	// WritePartitionContents fills the whole partition: the squashfs is
-	// padded with zeros to it (mksquashfs pads to 4 KiB itself).
-	res.PayloadSize = roundUp(info.Size(), mib)
-	if err := os.Truncate(payload, res.PayloadSize); err != nil {
-		return res, err
-	}
-	res.Size = espStart + res.ESPSize + res.PayloadSize + gptBackup
-	res.IDs = s.diskIDs()
+	return files, data, espSizeFor(max(espMinSize, roundUp(data*11/10+espSlack, mib))), nil
+}
 
-	d, err := diskfs.Create(img, res.Size, diskfs.SectorSize512)
+// partitionTable is the image's GPT: the ESP from 1 MiB, the payload after
+// it; a disk of espStart+espSize+payloadSize+gptBackup bytes.
+func (s Spec) partitionTable(espSize, payloadSize int64) *gpt.Table {
+	ids := s.diskIDs()
+	payloadStart := espStart + espSize
+	table := &gpt.Table{
+		LogicalSectorSize:  sectorSize,
+		PhysicalSectorSize: sectorSize,
+		ProtectiveMBR:      true,
+		GUID:               ids.Disk,
+		Partitions: []*gpt.Partition{
+			{Index: 1, Start: uint64(espStart / sectorSize), End: uint64(payloadStart/sectorSize - 1),
+				Type: gpt.EFISystemPartition, Name: stick.ESPLabel, GUID: ids.ESP},
+		},
+	}
+	if payloadSize > 0 {
+		table.Partitions = append(table.Partitions, &gpt.Partition{Index: 2, Start: uint64(payloadStart / sectorSize),
+			End:  uint64((payloadStart+payloadSize)/sectorSize - 1),
+			Type: gpt.LinuxFilesystem, Name: stick.PayloadLabel, GUID: ids.Payload})
+	}
+	return table
+}
+
+// buildESP writes the ESP at path: a sparse disk whose partition 1 lies
+// where the image's does, so the file system's bytes (its offset in the
+// boot sector among them) are those the image needs; writeDisk copies
+// them over.
+func (s Spec) buildESP(ctx context.Context, path string, files []espFile, espData, espSize int64) (err error) {
+	d, err := diskfs.Create(path, espStart+espSize+gptBackup, diskfs.SectorSize512)
 	if err != nil {
-		return res, err
+		return err
 	}
 	defer func() {
 		if cerr := d.Close(); err == nil && cerr != nil {
 			err = cerr
 		}
 	}()
-	payloadStart := espStart + res.ESPSize
-	table := &gpt.Table{
-		LogicalSectorSize:  sectorSize,
-		PhysicalSectorSize: sectorSize,
-		ProtectiveMBR:      true,
-		GUID:               res.IDs.Disk,
-		Partitions: []*gpt.Partition{
-			{Index: 1, Start: uint64(espStart / sectorSize), End: uint64(payloadStart/sectorSize - 1),
-				Type: gpt.EFISystemPartition, Name: stick.ESPLabel, GUID: res.IDs.ESP},
-			{Index: 2, Start: uint64(payloadStart / sectorSize), End: uint64((payloadStart+res.PayloadSize)/sectorSize - 1),
-				Type: gpt.LinuxFilesystem, Name: stick.PayloadLabel, GUID: res.IDs.Payload},
-		},
+	if err := d.Partition(s.partitionTable(espSize, 0)); err != nil {
+		return fmt.Errorf("partition table: %w", err)
 	}
-	if err := d.Partition(table); err != nil {
-		return res, fmt.Errorf("partition table: %w", err)
+	task := s.Progress.Start("ESP", espData, "bytes")
+	err = writeESP(ctx, d, s.Epoch, files, task)
+	task.Done(err)
+	if err != nil {
+		return err
+	}
+	return gptimage.FixFAT32(path, espStart, espSize)
+}
+
+// writeDisk completes the image at img, whose payload partition
+// mksquashfs has already filled: it sizes the file (the payload partition
+// rounded up to MiB, then the backup GPT; the gaps stay holes), writes the
+// partition table and copies the ESP in from esp (see buildESP).
+func (s Spec) writeDisk(ctx context.Context, img, esp string, espSize int64) (res Result, err error) {
+	res.ESPSize = espSize
+	payloadStart := espStart + res.ESPSize
+	info, err := os.Stat(img)
+	if err != nil {
+		return res, err
+	}
+	if info.Size() <= payloadStart {
+		return res, fmt.Errorf("payload partition: mksquashfs wrote nothing at offset %d", payloadStart)
+	}
+	// The partition is the squashfs (padded to 4 KiB by mksquashfs) and
+	// zeros up to the next MiB.
+	res.PayloadSize = roundUp(info.Size()-payloadStart, mib)
+	res.Size = espStart + res.ESPSize + res.PayloadSize + gptBackup
+	res.IDs = s.diskIDs()
+	if err := os.Truncate(img, res.Size); err != nil {
+		return res, err
 	}
 
-	task := s.Progress.Start("ESP", espData, "bytes")
-	err = gptimage.WithEpoch(s.Epoch, func() error {
+	d, err := diskfs.Open(img, diskfs.WithOpenMode(diskfs.ReadWrite), diskfs.WithSectorSize(diskfs.SectorSize512))
+	if err != nil {
+		return res, err
+	}
+	err = d.Partition(s.partitionTable(res.ESPSize, res.PayloadSize))
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("partition table: %w", err)
+	}
+	if err := copySparse(ctx, img, esp, espStart, res.ESPSize); err != nil {
+		return res, fmt.Errorf("ESP: %w", err)
+	}
+	return res, nil
+}
+
+// copySparse copies size bytes at off from src to the same place in dst,
+// in large writes, leaving out chunks of zeros: dst is a hole there.
+func copySparse(ctx context.Context, dst, src string, off, size int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	const chunk = 1 << 20
+	buf, zeros := make([]byte, chunk), make([]byte, chunk)
+	for end := off + size; off < end; off += chunk {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := buf[:min(chunk, end-off)]
+		if _, err := in.ReadAt(b, off); err != nil {
+			return err
+		}
+		if bytes.Equal(b, zeros[:len(b)]) {
+			continue
+		}
+		if _, err := out.WriteAt(b, off); err != nil {
+			return err
+		}
+	}
+	return out.Close()
+}
+
+// writeESP formats partition 1 and writes the files, through
+// coalescingStorage: go-diskfs writes a file 512 bytes at a time.
+func writeESP(ctx context.Context, d *disk.Disk, epoch int64, files []espFile, task io.Writer) error {
+	plain := d.Backend
+	c, err := newCoalescingStorage(plain)
+	if err != nil {
+		return err
+	}
+	d.Backend = c
+	defer func() { d.Backend = plain }()
+	err = gptimage.WithEpoch(epoch, func() error {
 		fs, err := d.CreateFilesystem(gptimage.FAT32(1, stick.ESPLabel))
 		if err != nil {
 			return err
@@ -199,27 +292,10 @@ func (s Spec) writeDisk(ctx context.Context, img, payload string) (res Result, e
 		}
 		return nil
 	})
-	task.Done(err)
-	if err != nil {
-		return res, fmt.Errorf("ESP: %w", err)
+	if ferr := c.w.flush(); err == nil {
+		err = ferr
 	}
-	if err := gptimage.FixFAT32(img, espStart, res.ESPSize); err != nil {
-		return res, fmt.Errorf("ESP: %w", err)
-	}
-
-	p, err := os.Open(payload)
-	if err != nil {
-		return res, err
-	}
-	defer p.Close()
-	task = s.Progress.Start("payload partition", res.PayloadSize, "bytes")
-	// Reads buffered and writes coalesced: go-diskfs moves 512 bytes at a time.
-	err = writeCoalesced(d, 2, bufio.NewReaderSize(io.TeeReader(ctxReader{ctx, p}, task), 4<<20))
-	task.Done(err)
-	if err != nil {
-		return res, fmt.Errorf("payload partition: %w", err)
-	}
-	return res, nil
+	return err
 }
 
 func writeESPFile(ctx context.Context, fs filesystem.FileSystem, f espFile, task io.Writer) error {
@@ -281,21 +357,6 @@ func espSizeFor(min int64) int64 {
 			return size
 		}
 	}
-}
-
-// writeCoalesced is d.WritePartitionContents through coalescingStorage.
-func writeCoalesced(d *disk.Disk, partition int, r io.Reader) error {
-	plain := d.Backend
-	c, err := newCoalescingStorage(plain)
-	if err != nil {
-		return err
-	}
-	d.Backend = c
-	defer func() { d.Backend = plain }()
-	if _, err := d.WritePartitionContents(partition, r); err != nil {
-		return err
-	}
-	return c.w.flush()
 }
 
 func roundUp(n, to int64) int64 { return (n + to - 1) / to * to }

@@ -4,12 +4,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/sovereign-stack/ssbuild/testkit/gpttest"
 
 	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"

@@ -35,6 +35,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
@@ -127,15 +129,52 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	}
 	defer os.RemoveAll(work)
 
-	payload := filepath.Join(work, "payload.squashfs")
-	if err := s.buildPayload(ctx, work, payload); err != nil {
-		return res, fmt.Errorf("installer image: payload: %w", err)
-	}
-	img := filepath.Join(work, "image.img")
-	if res, err = s.writeDisk(ctx, img, payload); err != nil {
+	files, espData, espSize, err := s.espLayout()
+	if err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
+	// The ESP is built in a file of its own while the payload files are
+	// hashed (each mostly one core's work); then mksquashfs writes the
+	// payload straight to its partition's place in the image (-offset), so
+	// its bytes are written once and never copied, and the partition table
+	// and the ESP go in around it.
+	esp := filepath.Join(work, "esp.img")
+	var stage string
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		if stage, err = s.stagePayload(gctx, work); err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := s.buildESP(gctx, esp, files, espData, espSize); err != nil {
+			return fmt.Errorf("ESP: %w", err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	img := filepath.Join(work, "image.img")
+	if err := createEmpty(img); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	if err := writeSquashfs(ctx, s.Progress, stage, img, espStart+espSize, s.Compression, s.Epoch); err != nil {
+		return res, fmt.Errorf("installer image: payload: %w", err)
+	}
+	if res, err = s.writeDisk(ctx, img, esp, espSize); err != nil {
+		return res, fmt.Errorf("installer image: %w", err)
+	}
+	// The image goes to disk while it is hashed: the one waits on the
+	// disk, the other on a core.
+	synced := make(chan error, 1)
+	go func() { synced <- syncFile(img) }()
 	sum, err := sha256File(ctx, s.Progress, img)
+	if serr := <-synced; err == nil && serr != nil {
+		return res, fmt.Errorf("installer image: %w", serr)
+	}
 	if err != nil {
 		return res, fmt.Errorf("installer image: checksum: %w", err)
 	}
@@ -143,9 +182,6 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	sums := filepath.Join(work, signature.ChecksumsFile)
 	line := sum + "  " + filepath.Base(s.Output) + "\n"
 	if err := writeSynced(sums, []byte(line)); err != nil {
-		return res, fmt.Errorf("installer image: %w", err)
-	}
-	if err := syncFile(img); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
 	// The image first: a SHA256SUMS never names an image that is not there.
@@ -194,6 +230,8 @@ func (s Spec) check() error {
 	return nil
 }
 
+// sha256File hashes path, reading the next chunk while the last one is
+// hashed: on two cores the read costs next to nothing.
 func sha256File(ctx context.Context, rep *progress.Reporter, path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -206,12 +244,70 @@ func sha256File(ctx context.Context, rep *progress.Reporter, path string) (strin
 	}
 	task := rep.Start("sha256 "+filepath.Base(path), info.Size(), "bytes")
 	h := sha256.New()
-	_, err = io.Copy(io.MultiWriter(h, task), ctxReader{ctx, f})
+	err = pipelinedCopy(io.MultiWriter(h, task), ctxReader{ctx, f})
 	task.Done(err)
 	if err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// pipelinedCopy copies r to w, reading into one buffer while w takes the
+// one before.
+func pipelinedCopy(w io.Writer, r io.Reader) error {
+	const size, count = 4 << 20, 3
+	free := make(chan []byte, count)
+	for range count {
+		free <- make([]byte, size)
+	}
+	full := make(chan []byte, count)
+	readErr := make(chan error, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(full)
+		for {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			n, err := io.ReadFull(r, buf)
+			if n > 0 {
+				full <- buf[:n]
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return
+			}
+			if err != nil {
+				readErr <- err
+				return
+			}
+		}
+	}()
+	for buf := range full {
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+		free <- buf[:cap(buf)]
+	}
+	select {
+	case err := <-readErr:
+		return err
+	default:
+		return nil
+	}
+}
+
+// createEmpty creates path as an empty file (0644 less the umask), which
+// mksquashfs then fills: it keeps the file's mode.
+func createEmpty(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o666)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // ctxReader stops a long copy when the context ends.

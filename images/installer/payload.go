@@ -10,60 +10,72 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/squashfs"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
-// buildPayload stages the payload files under work/payload (hard links
-// where the file system allows, copies otherwise), writes the manifest and
-// packs the tree with mksquashfs into out.
-func (s Spec) buildPayload(ctx context.Context, work, out string) error {
+// stagePayload stages the payload files under work/payload (hard links
+// where the file system allows, copies otherwise) and writes the manifest
+// (and its signature); it returns the staged tree, for writeSquashfs.
+func (s Spec) stagePayload(ctx context.Context, work string) (string, error) {
 	stage := filepath.Join(work, "payload")
 	if err := os.Mkdir(stage, 0o755); err != nil {
-		return err
+		return "", err
 	}
 	task := s.Progress.Start("payload files", 0, "bytes")
 	var sums []string
 	err := func() error {
+		var files []stagedFile
 		for _, f := range s.Payload {
-			if err := stageTree(ctx, f.Path, filepath.Join(stage, f.Name), f.Name, task, &sums); err != nil {
+			if err := stageTree(ctx, f.Path, filepath.Join(stage, f.Name), f.Name, &files); err != nil {
 				return fmt.Errorf("%s: %w", f.Name, err)
 			}
 		}
-		return nil
+		var err error
+		sums, err = linkAndHash(ctx, files, task)
+		return err
 	}()
 	task.Done(err)
 	if err != nil {
-		return err
+		return "", err
 	}
 	// By path (after "<64 hex>  "), as sha256sum lists a sorted tree.
 	sort.Slice(sums, func(i, j int) bool { return sums[i][66:] < sums[j][66:] })
 	manifest := []byte(strings.Join(sums, ""))
 	if err := os.WriteFile(filepath.Join(stage, stick.Manifest), manifest, 0o644); err != nil {
-		return err
+		return "", err
 	}
 	if s.SignManifest != nil {
 		sig, err := s.SignManifest(manifest)
 		if err != nil {
-			return fmt.Errorf("sign %s: %w", stick.Manifest, err)
+			return "", fmt.Errorf("sign %s: %w", stick.Manifest, err)
 		}
 		if err := os.WriteFile(filepath.Join(stage, s.ManifestSigName), sig, 0o644); err != nil {
-			return err
+			return "", err
 		}
 	}
-	return writeSquashfs(ctx, s.Progress, stage, out, s.Compression, s.Epoch)
+	return stage, nil
 }
 
-// stageTree puts src at dest and adds a manifest line ("<sha256>  <name>")
-// for every regular file. Symlinks are kept as they are; other special
-// files are refused, the installer has no use for them.
-func stageTree(ctx context.Context, src, dest, name string, task *progress.Task, sums *[]string) error {
+// stagedFile is a regular file of the payload, to be linked (or copied)
+// into the staging tree and hashed for the manifest.
+type stagedFile struct {
+	src, dest, name string
+}
+
+// stageTree makes src's directories and symlinks under dest and lists its
+// regular files in files. Other special files are refused, the installer
+// has no use for them.
+func stageTree(ctx context.Context, src, dest, name string, files *[]stagedFile) error {
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -95,13 +107,28 @@ func stageTree(ctx context.Context, src, dest, name string, task *progress.Task,
 		case !info.Mode().IsRegular():
 			return fmt.Errorf("%s (%s): not a regular file, directory or symlink", relName, p)
 		}
-		sum, err := linkOrCopy(ctx, p, target, task)
-		if err != nil {
-			return err
-		}
-		*sums = append(*sums, sum+"  "+relName+"\n")
+		*files = append(*files, stagedFile{src: p, dest: target, name: relName})
 		return nil
 	})
+}
+
+// linkAndHash stages files, hashing several at once (a payload holds a few
+// large images), and returns their manifest lines ("<sha256>  <name>").
+func linkAndHash(ctx context.Context, files []stagedFile, task *progress.Task) ([]string, error) {
+	sums := make([]string, len(files))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.NumCPU())
+	for i, f := range files {
+		g.Go(func() error {
+			sum, err := linkOrCopy(gctx, f.src, f.dest, task)
+			if err != nil {
+				return fmt.Errorf("%s: %w", f.name, err)
+			}
+			sums[i] = sum + "  " + f.name + "\n"
+			return nil
+		})
+	}
+	return sums, g.Wait()
 }
 
 // linkOrCopy hard-links src to dest (copies across file systems) and
@@ -125,7 +152,7 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 		defer out.Close()
 		w = io.MultiWriter(h, out)
 	}
-	if _, err := io.Copy(io.MultiWriter(w, task), ctxReader{ctx, in}); err != nil {
+	if err := pipelinedCopy(io.MultiWriter(w, task), ctxReader{ctx, in}); err != nil {
 		return "", err
 	}
 	if out != nil {
@@ -143,13 +170,16 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// writeSquashfs packs dir reproducibly: every file owned by root, every
+// writeSquashfs packs dir into out from offset on (the bytes before it are
+// left zero: out is truncated), reproducibly: every file owned by root, every
 // time the epoch, no xattrs (the payload's files are data for the
 // installer; the owners inside images are kept by those images).
-func writeSquashfs(ctx context.Context, rep *progress.Reporter, dir, out, comp string, epoch int64) error {
+// With -offset the file system's bytes are those of a stand-alone image:
+// squashfs addresses are relative to its start.
+func writeSquashfs(ctx context.Context, rep *progress.Reporter, dir, out string, offset int64, comp string, epoch int64) error {
 	e := strconv.FormatInt(epoch, 10)
-	args := []string{dir, out, "-noappend", "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
-		"-reproducible", "-mkfs-time", e, "-all-time", e}
+	args := []string{dir, out, "-noappend", "-offset", strconv.FormatInt(offset, 10), "-b", "1M", "-no-exports",
+		"-no-xattrs", "-all-root", "-reproducible", "-mkfs-time", e, "-all-time", e}
 	if comp == "" {
 		// zstd's default level (15) packs an incompressible 512 MiB file
 		// in 9 s here, level 3 in 1.1 s; payloads are mostly compressed

@@ -7,7 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/klauspost/compress/gzip"
+
+	"github.com/sovereign-stack/ssbuild/images/squashfs"
 	"github.com/sovereign-stack/ssbuild/internal/command"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
@@ -55,14 +59,15 @@ func BenchmarkCopyTree(b *testing.B) {
 	}
 }
 
-func benchSquashfs(b *testing.B, comp string) {
+func benchSquashfs(b *testing.B, comp string, extra ...string) {
 	testenv.RequireTools(b, "mksquashfs")
 	tree, size := benchTree(b)
 	b.SetBytes(size)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		out := filepath.Join(b.TempDir(), "rootfs.squashfs")
-		if err := writeSquashfs(context.Background(), progress.Discard(), tree, out, comp, 1700000000); err != nil {
+		args := append(squashfsArgs(tree, out, comp, 1700000000), extra...)
+		if err := squashfs.Make(context.Background(), progress.Discard(), "squashfs", args); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
@@ -74,10 +79,23 @@ func benchSquashfs(b *testing.B, comp string) {
 	}
 }
 
-func BenchmarkSquashfsGzip(b *testing.B) { benchSquashfs(b, "gzip") }
-func BenchmarkSquashfsXz(b *testing.B)   { benchSquashfs(b, "xz") }
+// As built (every core), and on one core for comparison.
+func BenchmarkSquashfsGzip(b *testing.B)        { benchSquashfs(b, "gzip") }
+func BenchmarkSquashfsXz(b *testing.B)          { benchSquashfs(b, "xz") }
+func BenchmarkSquashfsGzipOneCore(b *testing.B) { benchSquashfs(b, "gzip", "-processors", "1") }
+func BenchmarkSquashfsXzOneCore(b *testing.B)   { benchSquashfs(b, "xz", "-processors", "1") }
 
-func benchTarball(b *testing.B, compress bool) {
+// newSingleGzip is the tarballs' compressor before pgzip: one deflate
+// stream on one core, for comparison.
+func newSingleGzip(w io.Writer) io.WriteCloser {
+	zw, _ := gzip.NewWriterLevel(w, gzip.DefaultCompression)
+	zw.ModTime = time.Unix(0, 0)
+	return zw
+}
+
+// benchTarball writes the unified tarball's entries through compress
+// (nil: plain tar).
+func benchTarball(b *testing.B, compress func(io.Writer) io.WriteCloser) {
 	tree, size := benchTree(b)
 	b.SetBytes(size)
 	meta, err := metadataYAML("x86_64", 1700000000, Properties{OS: "debian", Release: "bookworm"}, false)
@@ -88,17 +106,27 @@ func benchTarball(b *testing.B, compress bool) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		out := filepath.Join(b.TempDir(), "container.tar")
-		if compress {
-			err = s.writeUnified(context.Background(), out, meta)
-		} else {
-			err = writeFile(out, func(w io.Writer) error {
-				tw := newReproducibleTar(w, s.Epoch, nil)
-				if err := tw.writeTree(context.Background(), tree, "rootfs"); err != nil {
-					return err
-				}
-				return tw.Close()
-			})
-		}
+		err = writeFile(out, func(w io.Writer) error {
+			var zw io.WriteCloser
+			if compress != nil {
+				zw = compress(w)
+				w = zw
+			}
+			tw := newReproducibleTar(w, s.Epoch, nil)
+			if err := tw.writeGenerated(metadataEntries(meta)); err != nil {
+				return err
+			}
+			if err := tw.writeTree(context.Background(), tree, "rootfs"); err != nil {
+				return err
+			}
+			if err := tw.Close(); err != nil {
+				return err
+			}
+			if zw != nil {
+				return zw.Close()
+			}
+			return nil
+		})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -108,6 +136,10 @@ func benchTarball(b *testing.B, compress bool) {
 	}
 }
 
-// The unified tarball as shipped (gzip), and the tar writer alone.
-func BenchmarkUnifiedTarball(b *testing.B) { benchTarball(b, true) }
-func BenchmarkTarWriter(b *testing.B)      { benchTarball(b, false) }
+// The unified tarball as shipped (gzip on every core), as it was (one
+// gzip stream), and the tar writer alone.
+func BenchmarkUnifiedTarball(b *testing.B) {
+	benchTarball(b, func(w io.Writer) io.WriteCloser { return newGzip(w) })
+}
+func BenchmarkUnifiedTarballOneStream(b *testing.B) { benchTarball(b, newSingleGzip) }
+func BenchmarkTarWriter(b *testing.B)               { benchTarball(b, nil) }

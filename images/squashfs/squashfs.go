@@ -9,6 +9,8 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"runtime"
+	"slices"
 	"strconv"
 
 	"github.com/sovereign-stack/ssbuild/internal/command"
@@ -16,11 +18,15 @@ import (
 )
 
 // Make runs mksquashfs with args (sources, output, options) as the
-// progress task named task.
+// progress task named task, compressing on every core this process may
+// use (-processors), unless args set a count. The image does not depend on
+// the count: mksquashfs writes blocks and fragments in file order whatever
+// thread compressed them (TestSameBytesWithAnyProcessorCount).
 func Make(ctx context.Context, rep *progress.Reporter, task string, args []string) error {
 	if rep == nil {
 		rep = progress.Discard()
 	}
+	args = withProcessors(args)
 	t := rep.Start(task, 0, "files")
 	_, err := command.Run(ctx, command.Cmd{Name: "mksquashfs", Args: args, Stdout: &barProgress{task: t}})
 	t.Done(err)
@@ -28,6 +34,18 @@ func Make(ctx context.Context, rep *progress.Reporter, task string, args []strin
 		return fmt.Errorf("squashfs: %w", err)
 	}
 	return nil
+}
+
+// Processors is the core count Make gives mksquashfs: the processors this
+// process may run on (its CPU affinity), which mksquashfs's own default,
+// the online processors, ignores.
+func Processors() int { return runtime.NumCPU() }
+
+func withProcessors(args []string) []string {
+	if slices.Contains(args, "-processors") {
+		return args
+	}
+	return append(slices.Clip(args), "-processors", strconv.Itoa(Processors()))
 }
 
 // barProgress reads mksquashfs's bar, "\r[===  ] 1700/6300  26%", from its
