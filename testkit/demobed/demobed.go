@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -117,7 +118,10 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := service.Status(ctx, init.Config, init.Bed.LXD(), nil).Write(o.Out, time.Now()); err != nil {
 		return err
 	}
-	do := deploy.Options{LXD: init.Bed.LXD(), Recipe: r, StateDir: filepath.Join(init.Config.StateDir, service.DeployStateDir)}
+	// As `ssbuild show` on a member: the deployment's state is the
+	// registry's, reached through the host's service.
+	do := deploy.Options{LXD: init.Bed.LXD(), Recipe: r,
+		State: &deploystate.Client{Socket: filepath.Join(init.Config.StateDir, service.SocketName)}}
 	state, err := deploy.Show(ctx, do)
 	if err != nil {
 		return err
