@@ -14,7 +14,7 @@ import (
 
 const newClusterSecret = "fedcba9876543210fedcba9876543210"
 
-// open is what a member that (re)starts with secret finds: a fresh store,
+// openSet is what a member that (re)starts with secret finds: a fresh store,
 // nothing cached.
 func openSet(t *testing.T, reg *registry.Registry, secret string) (secrets.Set, error) {
 	t.Helper()
