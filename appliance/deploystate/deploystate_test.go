@@ -61,7 +61,11 @@ func store(t *testing.T, reg *registry.Registry, secret string, importDirs ...st
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &deploystate.Registry{Reg: reg, Key: key, Member: "host1", ImportDirs: importDirs, Logf: t.Logf}
+	kek, err := secrets.DeriveKEK([]byte(secret), "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &deploystate.Registry{Reg: reg, KEK: kek, Cluster: "demo", Legacy: key, Member: "host1", ImportDirs: importDirs, Logf: t.Logf}
 }
 
 func ctx(t *testing.T) context.Context {

@@ -6,9 +6,23 @@
 // (Client), so every member sees the same secrets and history. On a
 // standalone LXD it is a local folder (Folder).
 //
-// Secrets are sealed (appliance/secrets.Seal, XChaCha20-Poly1305) under a
-// key derived from the cluster secret before they reach the registry: a
-// copy of the registry's files alone reveals none of them.
+// Secrets are sealed (appliance/secrets.Seal, XChaCha20-Poly1305) under the
+// cluster's random data key before they reach the registry. The registry
+// keeps the data key only wrapped, under a key-encryption key derived from
+// a cluster secret (secrets.DeriveKEK), one wrapping per cluster secret
+// still in use: a copy of the registry's files alone reveals none of them.
+// A member unwraps the data key with its own cluster secret on first use.
+//
+// Rotating the cluster secret (`ssbuild cluster rotate-secret`) first adds
+// a wrapping under the new secret's KEK (AddWrapping), then hands every
+// member the new secret; the sealed sets are not touched. When every
+// member took the new secret the other wrappings are removed
+// (RemoveWrappings); until then a member that missed the rotation still
+// opens the data key with its old secret.
+//
+// Upgrade: sets sealed by an older ssbuild straight under the key derived
+// from the cluster secret (secrets.SealDerived) are re-sealed under the data
+// key once, when the service starts (Upgrade) or on their first use.
 //
 // Upgrade: a deployment's secrets file left by an older ssbuild (the
 // first-boot deploy's <stateDir>/deploy, `ssbuild deploy`'s
@@ -23,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
@@ -47,7 +62,13 @@ type Store interface {
 // holds it.
 type Registry struct {
 	Reg *registry.Registry
-	Key secrets.Key // from the cluster secret (secrets.DeriveKey)
+	// KEK, from this host's cluster secret (secrets.DeriveKEK), unwraps the
+	// data key; Cluster is the cluster's name the wrapping is bound to.
+	KEK     secrets.KEK
+	Cluster string
+	// Legacy, from the cluster secret (secrets.DeriveKey), opens the sets
+	// an older ssbuild sealed, to re-seal them under the data key.
+	Legacy secrets.Key
 	// Member is this host's name, recorded with every change.
 	Member string
 	// ImportDirs are folders of older ssbuilds' secrets files, imported on
@@ -56,6 +77,152 @@ type Registry struct {
 	ImportDirs []string
 	// Logf, when set, hears what was imported (names and counts only).
 	Logf func(format string, args ...any)
+
+	mu      sync.Mutex
+	dataKey secrets.Key // once unwrapped
+}
+
+// key returns the data key: unwrapped from the registry with KEK, or, when
+// the registry holds none yet, a new one stored wrapped under KEK.
+func (s *Registry) key(ctx context.Context) (secrets.Key, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.dataKey.IsZero() {
+		return s.dataKey, nil
+	}
+	if s.KEK.IsZero() {
+		return secrets.Key{}, errors.New("data key: no KEK (no cluster secret)")
+	}
+	fp := s.KEK.Fingerprint()
+	wrappings, err := s.Reg.DataKeyWrappings(ctx)
+	if err != nil {
+		return secrets.Key{}, fmt.Errorf("data key: %w", err)
+	}
+	if len(wrappings) == 0 {
+		fresh, err := secrets.NewDataKey()
+		if err != nil {
+			return secrets.Key{}, err
+		}
+		w, err := secrets.Wrap(s.KEK, s.Cluster, fresh)
+		if err != nil {
+			return secrets.Key{}, err
+		}
+		// Another member may have stored its own first: use that one.
+		if wrappings, err = s.Reg.InitDataKey(ctx, fp, w); err != nil {
+			return secrets.Key{}, fmt.Errorf("data key: %w", err)
+		}
+	}
+	w, ok := wrappings[fp]
+	if !ok {
+		// The sets do not open with this host's secret: ErrWrongKey.
+		return secrets.Key{}, fmt.Errorf("data key: none of its %d wrappings in the registry is under this host's cluster secret "+
+			"(rotated while this host was away, and the old wrapping since removed?): %w", len(wrappings), secrets.ErrWrongKey)
+	}
+	k, err := secrets.Unwrap(s.KEK, s.Cluster, w)
+	if err != nil {
+		return secrets.Key{}, fmt.Errorf("data key: %w", err)
+	}
+	s.dataKey = k
+	return k, nil
+}
+
+// open opens a deployment's sealed set with the key it was sealed under,
+// and says whether it was an older ssbuild's (to re-seal).
+func (s *Registry) open(ctx context.Context, deployment string, sealed []byte) (set secrets.Set, legacy bool, err error) {
+	if secrets.SealVersion(sealed) == secrets.SealDerived {
+		if s.Legacy.IsZero() {
+			return secrets.Set{}, true, fmt.Errorf("secrets of %s: sealed by an older ssbuild, and no key to open them", deployment)
+		}
+		set, err = secrets.Open(s.Legacy, deployment, sealed)
+		return set, true, err
+	}
+	k, err := s.key(ctx)
+	if err != nil {
+		return secrets.Set{}, false, err
+	}
+	set, err = secrets.Open(k, deployment, sealed)
+	return set, false, err
+}
+
+// seal seals a set under the data key.
+func (s *Registry) seal(ctx context.Context, set secrets.Set) ([]byte, error) {
+	k, err := s.key(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return secrets.Seal(k, set)
+}
+
+// resealed is the event of a set re-sealed under the data key.
+func (s *Registry) resealed() registry.SecretEvent {
+	return registry.SecretEvent{What: "resealed", Member: s.Member}
+}
+
+// Upgrade re-seals under the data key every set an older ssbuild sealed
+// under the key derived from the cluster secret (the service does it when
+// its registry opens); the values stay as they are.
+func (s *Registry) Upgrade(ctx context.Context) (int, error) {
+	if _, err := s.key(ctx); err != nil {
+		return 0, err
+	}
+	deployments, err := s.Reg.SealedDeployments(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var errs []error
+	for _, d := range deployments {
+		done := false
+		_, err := s.Reg.UpdateSealedSecrets(ctx, d, func(cur []byte) ([]byte, []registry.SecretEvent, error) {
+			done = false
+			if cur == nil || secrets.SealVersion(cur) != secrets.SealDerived {
+				return nil, nil, nil
+			}
+			set, _, err := s.open(ctx, d, cur)
+			if err != nil {
+				return nil, nil, fmt.Errorf("the registry's %w", err)
+			}
+			next, err := s.seal(ctx, set)
+			done = err == nil
+			return next, []registry.SecretEvent{s.resealed()}, err
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("re-seal the secrets of %s under the data key: %w", d, err))
+		} else if done {
+			n++
+		}
+	}
+	if n > 0 && s.Logf != nil {
+		s.Logf("re-sealed the secrets of %d deployments under the cluster's data key", n)
+	}
+	return n, errors.Join(errs...)
+}
+
+// AddWrapping stores the data key wrapped under kek (a new cluster
+// secret's, before the members take it) and returns its fingerprint.
+func (s *Registry) AddWrapping(ctx context.Context, kek secrets.KEK) (string, error) {
+	k, err := s.key(ctx)
+	if err != nil {
+		return "", err
+	}
+	w, err := secrets.Wrap(kek, s.Cluster, k)
+	if err != nil {
+		return "", err
+	}
+	if err := s.Reg.AddDataKeyWrapping(ctx, kek.Fingerprint(), w); err != nil {
+		return "", fmt.Errorf("data key: %w", err)
+	}
+	return kek.Fingerprint(), nil
+}
+
+// RemoveWrappings removes every wrapping of the data key but the one under
+// the KEK fingerprinted keep (once every member holds that KEK's secret).
+func (s *Registry) RemoveWrappings(ctx context.Context, keep string) (int, error) {
+	n, err := s.Reg.RemoveDataKeyWrappings(ctx, keep)
+	if err != nil {
+		return 0, fmt.Errorf("data key: %w", err)
+	}
+	return n, nil
 }
 
 // Where says the registry.
@@ -93,15 +260,19 @@ func (s *Registry) EnsureImporting(ctx context.Context, deployment string, names
 	_, err := s.Reg.UpdateSealedSecrets(ctx, deployment, func(cur []byte) ([]byte, []registry.SecretEvent, error) {
 		notes = nil
 		set := secrets.New(deployment, nil)
+		var evs []registry.SecretEvent
 		if cur != nil {
 			var err error
-			if set, err = secrets.Open(s.Key, deployment, cur); err != nil {
+			var legacy bool
+			if set, legacy, err = s.open(ctx, deployment, cur); err != nil {
 				// Never generate over a set that does not open: that would
 				// be the second set of passwords this store exists to stop.
 				return nil, nil, fmt.Errorf("the registry's %w", err)
 			}
+			if legacy {
+				evs = append(evs, s.resealed())
+			}
 		}
-		var evs []registry.SecretEvent
 		for _, src := range sources {
 			merged, added, differing := set.Merge(src.set)
 			set = merged
@@ -123,7 +294,7 @@ func (s *Registry) EnsureImporting(ctx context.Context, deployment string, names
 		if len(evs) == 0 {
 			return nil, nil, nil // nothing new: no write
 		}
-		next, err := secrets.Seal(s.Key, set)
+		next, err := s.seal(ctx, set)
 		return next, evs, err
 	})
 	if err != nil {
@@ -155,7 +326,7 @@ func (s *Registry) Rotate(ctx context.Context, deployment, name string) error {
 		if cur == nil {
 			return nil, nil, fmt.Errorf("deployment %s has no secrets in the registry", deployment)
 		}
-		set, err := secrets.Open(s.Key, deployment, cur)
+		set, _, err := s.open(ctx, deployment, cur)
 		if err != nil {
 			return nil, nil, fmt.Errorf("the registry's %w", err)
 		}
@@ -165,7 +336,7 @@ func (s *Registry) Rotate(ctx context.Context, deployment, name string) error {
 		if set, err = set.Replace(name); err != nil {
 			return nil, nil, err
 		}
-		next, err := secrets.Seal(s.Key, set)
+		next, err := s.seal(ctx, set)
 		return next, []registry.SecretEvent{{What: "rotated", Names: []string{name}, Member: s.Member}}, err
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,11 @@ type secretsRequest struct {
 
 type secretsResponse struct {
 	Values map[string]string `json:"values"`
+}
+
+// wrapRequest hands the service a KEK to wrap the data key under.
+type wrapRequest struct {
+	KEK string `json:"kek"` // hex
 }
 
 type endRequest struct {
@@ -101,6 +107,37 @@ func (s *Registry) Register(mux *http.ServeMux) {
 			return
 		}
 		writeJSON(w, map[string]bool{"removed": true})
+	})
+	// The data key's wrappings, for `cluster rotate-secret`: the CLI hands
+	// the new secret's KEK (never the secret) before the members take it.
+	mux.HandleFunc("POST /v1/datakey/wrappings", func(w http.ResponseWriter, r *http.Request) {
+		var req wrapRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		kek, err := secrets.ParseKEK(req.KEK)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		fp, err := s.AddWrapping(ctx, kek)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, map[string]string{"fingerprint": fp})
+	})
+	mux.HandleFunc("DELETE /v1/datakey/wrappings", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		n, err := s.RemoveWrappings(ctx, r.URL.Query().Get("keep"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, map[string]int{"removed": n})
 	})
 	mux.HandleFunc("POST /v1/revisions/{deployment}", func(w http.ResponseWriter, r *http.Request) {
 		var req registry.DeployStart
@@ -265,6 +302,22 @@ func (c *Client) Sealed(ctx context.Context) ([]string, error) {
 	var resp struct{ Deployments []string }
 	err := c.do(ctx, http.MethodGet, "/v1/secrets", nil, &resp)
 	return resp.Deployments, err
+}
+
+// AddWrapping has the service store the data key wrapped under kek (a new
+// cluster secret's) and returns the KEK's fingerprint.
+func (c *Client) AddWrapping(ctx context.Context, kek secrets.KEK) (string, error) {
+	var resp struct{ Fingerprint string }
+	err := c.do(ctx, http.MethodPost, "/v1/datakey/wrappings", wrapRequest{KEK: kek.Hex()}, &resp)
+	return resp.Fingerprint, err
+}
+
+// RemoveWrappings has the service remove every wrapping of the data key but
+// keep's, and says how many it removed.
+func (c *Client) RemoveWrappings(ctx context.Context, keep string) (int, error) {
+	var resp struct{ Removed int }
+	err := c.do(ctx, http.MethodDelete, "/v1/datakey/wrappings?keep="+url.QueryEscape(keep), nil, &resp)
+	return resp.Removed, err
 }
 
 // Remove deletes the deployment's secrets from the registry and the older

@@ -71,6 +71,14 @@ var migrations = []string{
 		holder     TEXT NOT NULL,
 		expires_at INTEGER NOT NULL
 	);`,
+	// 3: the cluster's data key (which seals the deployments' secrets),
+	// wrapped under key-encryption keys derived from cluster secrets, one
+	// row per secret still in use, named by the KEK's fingerprint.
+	`CREATE TABLE data_key_wrappings (
+		kek        TEXT PRIMARY KEY,
+		wrapped    BLOB NOT NULL,
+		created_at INTEGER NOT NULL
+	);`,
 }
 
 // migrate applies the missing migrations in one transaction. Every node

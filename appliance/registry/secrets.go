@@ -19,7 +19,8 @@ import (
 type SecretEvent struct {
 	Deployment string    `json:"deployment"`
 	At         time.Time `json:"at"`
-	// What happened: "generated", "imported", "rotated" or "removed".
+	// What happened: "generated", "imported", "rotated", "removed", or
+	// "resealed" (an older ssbuild's set sealed again under the data key).
 	What   string   `json:"what"`
 	Names  []string `json:"names,omitempty"`
 	Member string   `json:"member,omitempty"` // the host that made the change

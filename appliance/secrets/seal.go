@@ -11,11 +11,17 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// Key seals a deployment's secrets at rest (in the registry). It is derived
-// from the cluster secret, which every member holds and the registry's
-// files do not, so a copy of those files alone reveals no secret. Printing
-// a Key never shows it.
-type Key struct{ k []byte }
+// Key seals a deployment's secrets at rest (in the registry). It is the
+// cluster's data key (NewDataKey, kept in the registry only wrapped under a
+// KEK derived from the cluster secret, which every member holds and the
+// registry's files do not), or, in sets sealed by an older ssbuild, a key
+// derived straight from the cluster secret (DeriveKey). Either way a copy of
+// the registry's files alone reveals no secret. Printing a Key never shows
+// it.
+type Key struct {
+	k []byte
+	v byte // the seal version its sets carry: SealDerived or SealDataKey
+}
 
 // keyInfo names what the derived key is for (HKDF's info): a key derived
 // from the cluster secret for another purpose never equals this one.
@@ -31,7 +37,7 @@ func DeriveKey(clusterSecret []byte, cluster string) (Key, error) {
 	if err != nil {
 		return Key{}, fmt.Errorf("secrets: derive key: %w", err)
 	}
-	return Key{k: k}, nil
+	return Key{k: k, v: SealDerived}, nil
 }
 
 // IsZero says the key was never derived.
@@ -46,9 +52,20 @@ func (k Key) GoString() string { return k.String() }
 // Format never shows the key, whatever the verb.
 func (k Key) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(k.String())) }
 
-// sealVersion is the first byte of a sealed set: the format below
-// (XChaCha20-Poly1305, 24-byte random nonce, the set's name=value lines).
-const sealVersion = 1
+// The first byte of a sealed set says which key sealed it; the format after
+// it is the same (XChaCha20-Poly1305, 24-byte random nonce, the set's
+// name=value lines).
+const (
+	// SealDerived: under the key derived from the cluster secret
+	// (DeriveKey), as ssbuild sealed before the data key; such a set is
+	// re-sealed under the data key once (appliance/deploystate).
+	SealDerived = 1
+	// SealDataKey: under the cluster's data key.
+	SealDataKey = 2
+)
+
+// SealVersion is the first byte of a sealed set (-1 when empty).
+func SealVersion(sealed []byte) int { return firstByte(sealed) }
 
 // ErrWrongKey is returned by Open when the sealed set does not open: it was
 // sealed under another cluster secret, for another deployment, or altered.
@@ -71,7 +88,7 @@ func Seal(k Key, s Set) ([]byte, error) {
 		return nil, fmt.Errorf("secrets: seal: %w", err)
 	}
 	out := make([]byte, 1+aead.NonceSize(), 1+aead.NonceSize()+len(s.values)*80+aead.Overhead())
-	out[0] = sealVersion
+	out[0] = k.v
 	if _, err := rand.Read(out[1:]); err != nil {
 		return nil, fmt.Errorf("secrets: seal: random: %w", err)
 	}
@@ -88,7 +105,7 @@ func Open(k Key, deployment string, sealed []byte) (Set, error) {
 	if err != nil {
 		return Set{}, fmt.Errorf("secrets: open: %w", err)
 	}
-	if len(sealed) < 1+aead.NonceSize()+aead.Overhead() || sealed[0] != sealVersion {
+	if len(sealed) < 1+aead.NonceSize()+aead.Overhead() || sealed[0] != k.v {
 		return Set{}, fmt.Errorf("secrets of %s: not a sealed set of this ssbuild (version %d, %d bytes)", deployment, firstByte(sealed), len(sealed))
 	}
 	nonce, box := sealed[1:1+aead.NonceSize()], sealed[1+aead.NonceSize():]

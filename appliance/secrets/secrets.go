@@ -2,8 +2,9 @@
 // deployment's services (database passwords, admin passwords, RPC
 // credentials), values from crypto/rand, kept across runs so a re-deploy
 // finds the same passwords its databases were initialised with. A Store
-// keeps them: on a cluster member the registry, sealed (Seal) under a key
-// derived from the cluster secret; on a standalone LXD one file per
+// keeps them: on a cluster member the registry, sealed (Seal) under the
+// cluster's data key, itself wrapped (Wrap) under a key derived from the
+// cluster secret (DeriveKEK); on a standalone LXD one file per
 // deployment readable only by root (Dir). A Set never prints its values.
 package secrets
 

@@ -2,6 +2,7 @@ package secrets
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -213,5 +214,78 @@ func TestMergeKeepsExistingValues(t *testing.T) {
 	got, added, differing := have.Merge(New("d", map[string]string{"b": "x", "c": "3"}))
 	if v, _ := got.Get("b"); v != "2" || !slices.Equal(added, []string{"c"}) || !slices.Equal(differing, []string{"b"}) {
 		t.Errorf("merge: b=%q added %v differing %v", v, added, differing)
+	}
+}
+
+// The data key opens only with the KEK it was wrapped under, for the same
+// cluster; the KEK's fingerprint is neither the KEK nor the secret, and the
+// KEK is derived apart from the sealing key of DeriveKey. Sets sealed under
+// the data key carry its version and do not open with a derived key.
+func TestDataKeyWrapsUnderItsKEK(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	kek, err := DeriveKEK(secret, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	derived, _ := DeriveKey(secret, "demo")
+	if bytes.Equal(kek.k, derived.k) {
+		t.Fatal("the KEK equals the derived sealing key")
+	}
+	fp := kek.Fingerprint()
+	if len(fp) != 64 || strings.Contains(fp, hex.EncodeToString(kek.k)) || strings.Contains(fp, string(secret)) {
+		t.Errorf("fingerprint %q shows the KEK or the secret", fp)
+	}
+	dk, err := NewDataKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped, err := Wrap(kek, "demo", dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(wrapped, dk.k) {
+		t.Error("the wrapping holds the data key in clear")
+	}
+	got, err := Unwrap(kek, "demo", wrapped)
+	if err != nil || !bytes.Equal(got.k, dk.k) {
+		t.Fatalf("unwrap with the same KEK: %v", err)
+	}
+	other, _ := DeriveKEK([]byte("another secret of 32 characters!"), "demo")
+	otherCluster, _ := DeriveKEK(secret, "prod")
+	bad := bytes.Clone(wrapped)
+	bad[len(bad)-1] ^= 1
+	for what, try := range map[string]func() error{
+		"another cluster secret": func() error { _, err := Unwrap(other, "demo", wrapped); return err },
+		"another cluster":        func() error { _, err := Unwrap(otherCluster, "demo", wrapped); return err },
+		"the same KEK, another cluster name": func() error {
+			_, err := Unwrap(kek, "prod", wrapped)
+			return err
+		},
+		"one byte altered": func() error { _, err := Unwrap(kek, "demo", bad); return err },
+	} {
+		if err := try(); !errors.Is(err, ErrWrongKEK) {
+			t.Errorf("%s: %v; want ErrWrongKEK", what, err)
+		}
+	}
+	parsed, err := ParseKEK(kek.Hex())
+	if err != nil || parsed.Fingerprint() != fp {
+		t.Errorf("ParseKEK(Hex()): %v", err)
+	}
+	set, _, _ := New("demo-regtest", nil).WithNames([]string{"db-password"})
+	sealed, err := Seal(dk, set)
+	if err != nil || SealVersion(sealed) != SealDataKey {
+		t.Fatalf("seal under the data key: version %d, %v", SealVersion(sealed), err)
+	}
+	if _, err := Open(derived, "demo-regtest", sealed); err == nil {
+		t.Error("a set sealed under the data key opens with the derived key")
+	}
+	if o, err := Open(dk, "demo-regtest", sealed); err != nil || o.Digest() != set.Digest() {
+		t.Errorf("open under the data key: %v", err)
+	}
+	for _, v := range []any{kek, dk} {
+		if s := fmt.Sprintf("%v %+v %#v %s", v, v, v, v); !strings.Contains(s, "redacted") ||
+			strings.Contains(s, hex.EncodeToString(kek.k)) || strings.Contains(s, hex.EncodeToString(dk.k)) {
+			t.Errorf("a printed key shows more than redacted: %q", s)
+		}
 	}
 }

@@ -54,7 +54,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		ln.Close()
 		return fmt.Errorf("service: %s: status socket: %w", name, err)
 	}
-	state := &deploystate.Registry{Reg: reg, Key: s.key, Member: name,
+	state := &deploystate.Registry{Reg: reg, KEK: s.kek, Cluster: s.cfg.Cluster.Name, Legacy: s.key, Member: name,
 		ImportDirs: []string{filepath.Join(s.cfg.StateDir, DeployStateDir)},
 		Logf:       func(format string, args ...any) { s.log.Info("%s: %s", name, fmt.Sprintf(format, args...)) }}
 	// Secrets files of an older ssbuild go into the registry before any
@@ -62,6 +62,11 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 	ictx, cancel := context.WithTimeout(ctx, writeTimeout)
 	if err := state.ImportAll(ictx); err != nil {
 		s.log.Info("%s: import older secrets files: %v", name, err)
+	}
+	// Sets an older ssbuild sealed under the derived key move to the data
+	// key; a failure leaves them for their first use.
+	if _, err := state.Upgrade(ictx); err != nil {
+		s.log.Info("%s: deployment secrets: %v", name, err)
 	}
 	cancel()
 	mux := http.NewServeMux()

@@ -164,7 +164,8 @@ type svc struct {
 	cfg *config.Appliance
 	log *progress.Reporter
 
-	key     secrets.Key  // seals the deployments' secrets in the registry
+	key     secrets.Key  // opens deployment secrets an older ssbuild sealed
+	kek     secrets.KEK  // unwraps the data key that seals them now
 	formed  <-chan error // formation's result when it runs alongside the registry
 	serving atomic.Bool
 	reg     atomic.Pointer[registry.Registry] // once open, for OnReplace
@@ -204,8 +205,11 @@ func (s *svc) run(ctx context.Context) error {
 	if s.o.Cluster != nil {
 		s.o.Cluster(&co)
 	}
-	// Only the key derived for sealing deployment secrets stays in memory.
+	// Only the keys derived for the deployment secrets stay in memory.
 	if s.key, err = secrets.DeriveKey(s.o.Secret, s.cfg.Cluster.Name); err != nil {
+		return fmt.Errorf("service: %s: %w", name, err)
+	}
+	if s.kek, err = secrets.DeriveKEK(s.o.Secret, s.cfg.Cluster.Name); err != nil {
 		return fmt.Errorf("service: %s: %w", name, err)
 	}
 	s.o.Secret = nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
@@ -171,17 +172,6 @@ func clusterRotateSecret(c *cli.Context) error {
 	if err != nil {
 		return invalidError{err}
 	}
-	// The deployments' secrets are sealed under a key derived from this
-	// secret (appliance/deploystate); a new one would leave them unreadable
-	// until rotation re-seals them, which is not built yet.
-	sealed, err := (&deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName)}).Sealed(c.Context)
-	if err != nil {
-		return fmt.Errorf("cluster rotate-secret: cannot tell whether the registry holds deployment secrets, so nothing was changed: %w", err)
-	}
-	if len(sealed) > 0 {
-		return fmt.Errorf("cluster rotate-secret: the registry holds the secrets of %s, sealed under a key from the current cluster secret; "+
-			"a new cluster secret would leave them unreadable, and re-sealing them on rotation is not built yet, so nothing was changed", strings.Join(sealed, ", "))
-	}
 	lxdc, err := connectLXD(c)
 	if err != nil {
 		return err
@@ -191,6 +181,21 @@ func clusterRotateSecret(c *cli.Context) error {
 		return fmt.Errorf("new secret: %w", err)
 	}
 	secret := []byte(hex.EncodeToString(raw))
+	// The deployments' secrets are sealed under the cluster's data key,
+	// which the registry keeps wrapped under a key from each cluster secret
+	// in use (appliance/deploystate): it gets a wrapping under the new
+	// secret before any member takes it, so a member that restarts with
+	// either secret opens them. Only the new secret's KEK crosses the
+	// socket.
+	kek, err := secrets.DeriveKEK(secret, a.Cluster.Name)
+	if err != nil {
+		return err
+	}
+	state := &deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName)}
+	keep, err := state.AddWrapping(c.Context, kek)
+	if err != nil {
+		return fmt.Errorf("cluster rotate-secret: cannot wrap the deployments' data key under the new secret, so nothing was changed: %w", err)
+	}
 	// Kept before any member takes it: a partial rotation can be finished.
 	if err := config.WriteSecret(c.String("out"), secret); err != nil {
 		return err
@@ -226,5 +231,19 @@ func clusterRotateSecret(c *cli.Context) error {
 			fmt.Fprintf(c.App.Writer, "new secret in %s: put it where the recipe's cluster.secret.file points before building sticks\n", c.String("out"))
 		}
 	}
-	return rerr
+	if rerr != nil {
+		// The old secret's wrapping stays: a member still holding it opens
+		// the deployments' secrets until a rotation reaches every member.
+		return rerr
+	}
+	// Every member holds the new secret: the old secrets no longer open
+	// the data key.
+	n, err := state.RemoveWrappings(c.Context, keep)
+	if err != nil {
+		return fmt.Errorf("cluster rotate-secret: every member holds the new secret, but the data key's wrappings under older secrets were not removed: %w", err)
+	}
+	if !c.Bool("json") {
+		fmt.Fprintf(c.App.Writer, "deployment secrets: the data key is now wrapped under the new secret only (%d older wrappings removed)\n", n)
+	}
+	return nil
 }
