@@ -79,16 +79,6 @@ func (s *Registry) Register(mux *http.ServeMux) {
 		}
 		writeJSON(w, map[string]bool{"rotated": true})
 	})
-	mux.HandleFunc("GET /v1/secrets", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-		defer cancel()
-		names, err := s.Reg.SealedDeployments(ctx)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		writeJSON(w, map[string][]string{"deployments": names})
-	})
 	mux.HandleFunc("GET /v1/secrets/{deployment}", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
@@ -295,13 +285,6 @@ func (c *Client) Has(ctx context.Context, deployment string) (bool, error) {
 	var resp struct{ Exists bool }
 	err := c.do(ctx, http.MethodGet, "/v1/secrets/"+deployment, nil, &resp)
 	return resp.Exists, err
-}
-
-// Sealed lists the deployments whose secrets the registry holds.
-func (c *Client) Sealed(ctx context.Context) ([]string, error) {
-	var resp struct{ Deployments []string }
-	err := c.do(ctx, http.MethodGet, "/v1/secrets", nil, &resp)
-	return resp.Deployments, err
 }
 
 // AddWrapping has the service store the data key wrapped under kek (a new
