@@ -140,6 +140,12 @@ type Options struct {
 
 	// Progress gets one status line per step and per registration attempt.
 	Progress *progress.Reporter
+	// Record is the host's first-boot status record when formation runs
+	// inside the service (appliance/service), which owns it: steps go
+	// through it and FailAfter and OnStep below are its, not these; a
+	// failed Run is left for the owner to record. When nil, New makes one
+	// from Progress, FailAfter and OnStep, and Run records its failures.
+	Record *Record
 	// FailAfter stops the service (Run returns ErrInjected) right after the
 	// named step is reached, for fault-injection tests.
 	FailAfter Step
@@ -176,8 +182,8 @@ type Service struct {
 	fp   string          // its fingerprint
 	log  *progress.Reporter
 
-	statusMu sync.Mutex
-	status   Status
+	rec       *Record
+	ownRecord bool // made by New: Run records its failures
 
 	keyMu sync.RWMutex // key changes when the secret is rotated (RotatePath)
 
@@ -216,7 +222,11 @@ func New(o Options) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %s: LXD server certificate: %w", o.Config.Host.Name, err)
 	}
-	s := &Service{o: o, cfg: o.Config, cert: cert, log: cmp.Or(o.Progress, progress.Discard())}
+	s := &Service{o: o, cfg: o.Config, cert: cert, log: cmp.Or(o.Progress, progress.Discard()), rec: o.Record}
+	if s.rec == nil {
+		s.rec = NewRecord(o.Config, RecordOptions{Progress: s.log, FailAfter: o.FailAfter, OnStep: o.OnStep, now: o.now})
+		s.ownRecord = true
+	}
 	s.fp = Fingerprint(cert.Leaf)
 	s.key = deriveKey(o.Secret, o.Config.Cluster.Name)
 	s.o.Secret = nil
@@ -229,11 +239,11 @@ func New(o Options) (*Service, error) {
 // crash or an error at any point.
 //
 // Its status (step reached, last error) goes to the state directory's
-// StatusFile as it goes.
+// StatusFile as it goes, through its Record.
 func (s *Service) Run(ctx context.Context) error {
 	err := s.run(ctx)
-	if err != nil {
-		s.record("", "", err)
+	if err != nil && s.ownRecord {
+		s.rec.Failed(err)
 	}
 	return err
 }
@@ -295,23 +305,10 @@ func (s *Service) currentKey() key {
 	return s.key
 }
 
-// reached reports a step and says whether fault injection stops here.
+// reached reports a step through the host's Record and says whether fault
+// injection stops here.
 func (s *Service) reached(step Step, detail string) error {
-	if detail != "" {
-		s.log.Info("%s: %s: %s", s.cfg.Host.Name, step, detail)
-	} else {
-		s.log.Info("%s: %s", s.cfg.Host.Name, step)
-	}
-	if step != StepTokenIssued { // per joiner, not where this host is
-		s.record(step, detail, nil)
-	}
-	if s.o.OnStep != nil {
-		s.o.OnStep(step)
-	}
-	if s.o.FailAfter == step {
-		return fmt.Errorf("%s: after %s: %w", s.cfg.Host.Name, step, ErrInjected)
-	}
-	return nil
+	return s.rec.Reached(step, detail)
 }
 
 func (s *Service) httpsAddress() string {
