@@ -120,8 +120,10 @@ const (
 // ErrInjected is what Run returns when Options.FailAfter stopped it.
 var ErrInjected = errors.New("stopped by fault injection")
 
-// Options configure one host's service.
-type Options struct {
+// Host is what every part of a host's first boot is given, once: its
+// appliance.yaml, the cluster secret, its LXD and how its steps are
+// reported. Options here and the service's (appliance/service) embed it.
+type Host struct {
 	// Config is the host's appliance.yaml.
 	Config *config.Appliance
 	// Secret is the cluster secret (config.ReadSecret(Config.SecretFile)).
@@ -129,29 +131,36 @@ type Options struct {
 	// LXD is this host's LXD daemon (its unix socket).
 	LXD lxd.InstanceServer
 	// LXDDir holds the daemon's server.crt and server.key, the identity the
-	// host proves and pins (default /var/lib/lxd).
+	// host proves and pins, and cluster.crt/.key (default /var/lib/lxd).
 	LXDDir string
+
+	// Progress gets one status line per step (and, in formation, per
+	// registration attempt).
+	Progress *progress.Reporter
+	// FailAfter stops the run (it returns an error wrapping ErrInjected)
+	// right after the named step is reached, for fault-injection tests.
+	FailAfter Step
+	// OnStep, when set, is called with every step reached (for tests and
+	// the status command).
+	OnStep func(Step)
+}
+
+// Options configure one host's cluster formation.
+type Options struct {
+	Host
+
+	// Record is the host's first-boot status record when formation runs
+	// inside the service (appliance/service), which owns it: steps go
+	// through it, with its FailAfter and OnStep, and a failed Run is left
+	// for the owner to record. When nil, New makes one from Host, and Run
+	// records its failures.
+	Record *Record
 
 	// Listen creates the registration listener (default net.Listen); Dial
 	// connects to other hosts (default a net.Dialer). The test bed passes
 	// functions that work inside a host's network namespace.
 	Listen func(network, address string) (net.Listener, error)
 	Dial   func(ctx context.Context, network, address string) (net.Conn, error)
-
-	// Progress gets one status line per step and per registration attempt.
-	Progress *progress.Reporter
-	// Record is the host's first-boot status record when formation runs
-	// inside the service (appliance/service), which owns it: steps go
-	// through it and FailAfter and OnStep below are its, not these; a
-	// failed Run is left for the owner to record. When nil, New makes one
-	// from Progress, FailAfter and OnStep, and Run records its failures.
-	Record *Record
-	// FailAfter stops the service (Run returns ErrInjected) right after the
-	// named step is reached, for fault-injection tests.
-	FailAfter Step
-	// OnStep, when set, is called with every step reached (for tests and
-	// the status command).
-	OnStep func(Step)
 
 	// OnReplace, when set, is called by a member before it force-removes
 	// the old LXD member of a listed host that registers again while that
@@ -224,7 +233,8 @@ func New(o Options) (*Service, error) {
 	}
 	s := &Service{o: o, cfg: o.Config, cert: cert, log: cmp.Or(o.Progress, progress.Discard()), rec: o.Record}
 	if s.rec == nil {
-		s.rec = NewRecord(o.Config, RecordOptions{Progress: s.log, FailAfter: o.FailAfter, OnStep: o.OnStep, now: o.now})
+		s.rec = NewRecord(o.Host)
+		s.rec.now = o.now
 		s.ownRecord = true
 	}
 	s.fp = Fingerprint(cert.Leaf)

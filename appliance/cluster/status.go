@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -118,29 +117,16 @@ type Record struct {
 	migrated bool // the legacy files are gone (or were never there)
 }
 
-// RecordOptions configure a Record.
-type RecordOptions struct {
-	Progress *progress.Reporter
-	// FailAfter stops the run right after the named step: Reached returns
-	// an error wrapping ErrInjected (for fault-injection tests).
-	FailAfter Step
-	// OnStep, when set, is called with every step reached.
-	OnStep func(Step)
-
-	now func() time.Time // default time.Now
-}
-
-// NewRecord starts cfg's host's record from what its state directory holds
-// (an earlier ssbuild's files included), so a failure before the first step
-// keeps the step reached before.
-func NewRecord(cfg *config.Appliance, o RecordOptions) *Record {
+// NewRecord starts the record of h's host from what its state directory
+// holds (an earlier ssbuild's files included), so a failure before the
+// first step keeps the step reached before. Steps are logged to
+// h.Progress, passed to h.OnStep, and stop at h.FailAfter.
+func NewRecord(h Host) *Record {
+	cfg := h.Config
 	r := &Record{dir: cfg.StateDir, host: cfg.Host.Name, initiator: cfg.IsInitiator(),
-		log: o.Progress, onStep: o.OnStep, failAfter: o.FailAfter, now: o.now}
+		log: h.Progress, onStep: h.OnStep, failAfter: h.FailAfter, now: time.Now}
 	if r.log == nil {
 		r.log = progress.Discard()
-	}
-	if r.now == nil {
-		r.now = time.Now
 	}
 	if r.dir != "" {
 		if prev, err := ReadStatus(r.dir); err == nil {

@@ -61,7 +61,7 @@ func TestRecordUpgradesOldStatusFiles(t *testing.T) {
 			if st, err := ReadStatus(dir); err != nil || st.Step != c.want {
 				t.Fatalf("status before the upgraded run: %+v %v, want step %s", st, err, c.want)
 			}
-			r := NewRecord(cfg, RecordOptions{})
+			r := NewRecord(Host{Config: cfg})
 			if step, _ := r.Current(); step != c.want {
 				t.Fatalf("record starts at %q, want %q", step, c.want)
 			}
@@ -94,7 +94,7 @@ func TestRecordSettled(t *testing.T) {
 	cfg := &config.Appliance{Host: config.Host{Name: "host1"}, StateDir: dir,
 		Cluster: config.Cluster{Initiator: "host1"}}
 	var steps []Step
-	r := NewRecord(cfg, RecordOptions{FailAfter: "deployed", OnStep: func(s Step) { steps = append(steps, s) }})
+	r := NewRecord(Host{Config: cfg, FailAfter: "deployed", OnStep: func(s Step) { steps = append(steps, s) }})
 	step := func() Step { s, _ := r.Current(); return s }
 	if err := r.Reached(StepBootstrapped, "bootstrapped"); err != nil || step() != StepBootstrapped {
 		t.Fatalf("reached %s: %v, step %s", StepBootstrapped, err, step())

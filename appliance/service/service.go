@@ -70,8 +70,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	lxd "github.com/canonical/lxd/client"
-
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
@@ -113,21 +111,14 @@ const DefaultHeartbeat = 5 * time.Second
 // ErrInjected is returned when Options.FailAfter stopped the service.
 var ErrInjected = cluster.ErrInjected
 
-// Options configure one host's service.
+// Options configure one host's first boot, formation included: the
+// fields every part is given once (cluster.Host), then the service's own.
+// Host.FailAfter may name a cluster step too; when formation runs
+// alongside the registry (see the package doc), a cluster step stops only
+// formation. Host.Secret is handed to formation and never kept.
 type Options struct {
-	Config *config.Appliance
-	Secret []byte // the cluster secret; handed to cluster formation, never kept
-	LXD    lxd.InstanceServer
-	LXDDir string // server.crt/.key and cluster.crt/.key (default /var/lib/lxd)
+	cluster.Host
 
-	Progress *progress.Reporter
-	// FailAfter stops the service right after the named step, cluster
-	// steps included (for fault-injection tests). When formation runs
-	// alongside the registry (see the package doc), a cluster step stops
-	// only formation.
-	FailAfter cluster.Step
-	// OnStep is called with every step reached.
-	OnStep func(cluster.Step)
 	// Cluster, when set, adjusts the cluster formation's options (tests
 	// shorten its backoff).
 	Cluster func(*cluster.Options)
@@ -152,7 +143,7 @@ func Run(ctx context.Context, o Options) error {
 	s := &svc{o: o, cfg: o.Config, log: cmp.Or(o.Progress, progress.Discard())}
 	// One record for the whole first boot, formation's steps included; it
 	// starts from the state directory's (an earlier ssbuild's files too).
-	s.rec = cluster.NewRecord(o.Config, cluster.RecordOptions{Progress: s.log, FailAfter: o.FailAfter, OnStep: o.OnStep})
+	s.rec = cluster.NewRecord(o.Host)
 	err := s.run(ctx)
 	if err != nil && ctx.Err() == nil {
 		s.rec.Failed(err) // a stop is not an error worth showing in status
@@ -185,11 +176,9 @@ func (s *svc) resuming() bool {
 func (s *svc) run(ctx context.Context) error {
 	name := s.cfg.Host.Name
 	var err error
-	co := cluster.Options{
-		Config: s.cfg, Secret: s.o.Secret, LXD: s.o.LXD, LXDDir: s.o.LXDDir,
-		Progress: s.log, Record: s.rec,
-	}
-	co.OnReplace = s.forget
+	// Formation gets the host's fields and this service's record: one
+	// record, one status file for the whole first boot.
+	co := cluster.Options{Host: s.o.Host, Record: s.rec, OnReplace: s.forget}
 	if s.o.Cluster != nil {
 		s.o.Cluster(&co)
 	}
