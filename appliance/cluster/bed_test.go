@@ -92,15 +92,15 @@ func (e *env) start(i int, mod func(*Options)) *service {
 		e.t.Fatal(err)
 	}
 	o := Options{
-		Config: e.cfgs[i], Secret: secret, LXD: h.LXD(), LXDDir: h.LXDDir,
+		Host: Host{Config: e.cfgs[i], Secret: secret, LXD: h.LXD(), LXDDir: h.LXDDir,
+			Progress: progress.New(e, progress.Plain),
+			OnStep: func(s Step) {
+				e.mu.Lock()
+				defer e.mu.Unlock()
+				e.steps[h.Name] = append(e.steps[h.Name], s)
+			}},
 		Listen: h.Listen, Dial: h.DialContext,
-		Progress:       progress.New(e, progress.Plain),
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
-		OnStep: func(s Step) {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			e.steps[h.Name] = append(e.steps[h.Name], s)
-		},
 	}
 	if mod != nil {
 		mod(&o)
@@ -142,8 +142,8 @@ func (e *env) serve(i int) (stop func()) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	svc, err := New(Options{Config: e.cfgs[i], Secret: secret, LXD: h.LXD(), LXDDir: h.LXDDir,
-		Listen: h.Listen, Dial: h.DialContext, Progress: progress.New(e, progress.Plain)})
+	svc, err := New(Options{Host: Host{Config: e.cfgs[i], Secret: secret, LXD: h.LXD(), LXDDir: h.LXDDir,
+		Progress: progress.New(e, progress.Plain)}, Listen: h.Listen, Dial: h.DialContext})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -120,8 +120,10 @@ const (
 // ErrInjected is what Run returns when Options.FailAfter stopped it.
 var ErrInjected = errors.New("stopped by fault injection")
 
-// Options configure one host's service.
-type Options struct {
+// Host is what every part of a host's first boot is given, once: its
+// appliance.yaml, the cluster secret, its LXD and how its steps are
+// reported. Options here and the service's (appliance/service) embed it.
+type Host struct {
 	// Config is the host's appliance.yaml.
 	Config *config.Appliance
 	// Secret is the cluster secret (config.ReadSecret(Config.SecretFile)).
@@ -129,23 +131,36 @@ type Options struct {
 	// LXD is this host's LXD daemon (its unix socket).
 	LXD lxd.InstanceServer
 	// LXDDir holds the daemon's server.crt and server.key, the identity the
-	// host proves and pins (default /var/lib/lxd).
+	// host proves and pins, and cluster.crt/.key (default /var/lib/lxd).
 	LXDDir string
+
+	// Progress gets one status line per step (and, in formation, per
+	// registration attempt).
+	Progress *progress.Reporter
+	// FailAfter stops the run (it returns an error wrapping ErrInjected)
+	// right after the named step is reached, for fault-injection tests.
+	FailAfter Step
+	// OnStep, when set, is called with every step reached (for tests and
+	// the status command).
+	OnStep func(Step)
+}
+
+// Options configure one host's cluster formation.
+type Options struct {
+	Host
+
+	// Record is the host's first-boot status record when formation runs
+	// inside the service (appliance/service), which owns it: steps go
+	// through it, with its FailAfter and OnStep, and a failed Run is left
+	// for the owner to record. When nil, New makes one from Host, and Run
+	// records its failures.
+	Record *Record
 
 	// Listen creates the registration listener (default net.Listen); Dial
 	// connects to other hosts (default a net.Dialer). The test bed passes
 	// functions that work inside a host's network namespace.
 	Listen func(network, address string) (net.Listener, error)
 	Dial   func(ctx context.Context, network, address string) (net.Conn, error)
-
-	// Progress gets one status line per step and per registration attempt.
-	Progress *progress.Reporter
-	// FailAfter stops the service (Run returns ErrInjected) right after the
-	// named step is reached, for fault-injection tests.
-	FailAfter Step
-	// OnStep, when set, is called with every step reached (for tests and
-	// the status command).
-	OnStep func(Step)
 
 	// OnReplace, when set, is called by a member before it force-removes
 	// the old LXD member of a listed host that registers again while that
@@ -176,8 +191,8 @@ type Service struct {
 	fp   string          // its fingerprint
 	log  *progress.Reporter
 
-	statusMu sync.Mutex
-	status   Status
+	rec       *Record
+	ownRecord bool // made by New: Run records its failures
 
 	keyMu sync.RWMutex // key changes when the secret is rotated (RotatePath)
 
@@ -216,7 +231,12 @@ func New(o Options) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %s: LXD server certificate: %w", o.Config.Host.Name, err)
 	}
-	s := &Service{o: o, cfg: o.Config, cert: cert, log: cmp.Or(o.Progress, progress.Discard())}
+	s := &Service{o: o, cfg: o.Config, cert: cert, log: cmp.Or(o.Progress, progress.Discard()), rec: o.Record}
+	if s.rec == nil {
+		s.rec = NewRecord(o.Host)
+		s.rec.now = o.now
+		s.ownRecord = true
+	}
 	s.fp = Fingerprint(cert.Leaf)
 	s.key = deriveKey(o.Secret, o.Config.Cluster.Name)
 	s.o.Secret = nil
@@ -229,11 +249,11 @@ func New(o Options) (*Service, error) {
 // crash or an error at any point.
 //
 // Its status (step reached, last error) goes to the state directory's
-// StatusFile as it goes.
+// StatusFile as it goes, through its Record.
 func (s *Service) Run(ctx context.Context) error {
 	err := s.run(ctx)
-	if err != nil {
-		s.record("", "", err)
+	if err != nil && s.ownRecord {
+		s.rec.Failed(err)
 	}
 	return err
 }
@@ -295,23 +315,10 @@ func (s *Service) currentKey() key {
 	return s.key
 }
 
-// reached reports a step and says whether fault injection stops here.
+// reached reports a step through the host's Record and says whether fault
+// injection stops here.
 func (s *Service) reached(step Step, detail string) error {
-	if detail != "" {
-		s.log.Info("%s: %s: %s", s.cfg.Host.Name, step, detail)
-	} else {
-		s.log.Info("%s: %s", s.cfg.Host.Name, step)
-	}
-	if step != StepTokenIssued { // per joiner, not where this host is
-		s.record(step, detail, nil)
-	}
-	if s.o.OnStep != nil {
-		s.o.OnStep(step)
-	}
-	if s.o.FailAfter == step {
-		return fmt.Errorf("%s: after %s: %w", s.cfg.Host.Name, step, ErrInjected)
-	}
-	return nil
+	return s.rec.Reached(step, detail)
 }
 
 func (s *Service) httpsAddress() string {

@@ -32,13 +32,13 @@ func ExampleService_Run() {
 		if err != nil {
 			return fmt.Errorf("connect to LXD: %w", err)
 		}
-		svc, err := cluster.New(cluster.Options{
+		svc, err := cluster.New(cluster.Options{Host: cluster.Host{
 			Config:   a,
 			Secret:   secret,
 			LXD:      c,
 			LXDDir:   "/var/lib/lxd", // server.crt and server.key; the snap's is /var/snap/lxd/common/lxd
 			Progress: progress.ForFile(os.Stderr, false),
-		})
+		}})
 		if err != nil {
 			return err
 		}

@@ -125,10 +125,10 @@ func newLoop(t *testing.T) *loop {
 		Members: []config.Member{{Name: "host1", Address: "127.0.0.1"}, {Name: "host2", Address: "127.0.0.2"}, {Name: "host3", Address: "127.0.0.3"}}}
 	dir := t.TempDir()
 	cert := writeCert(t, dir, "host1")
-	init, err := New(Options{
+	init, err := New(Options{Host: Host{
 		Config: &config.Appliance{Host: config.Host{Name: "host1", Address: "127.0.0.1"}, Cluster: l.cfg, StateDir: t.TempDir()},
 		Secret: []byte(loopSecret), LXD: l.lxd, LXDDir: dir, Progress: progress.New(l.out, progress.Plain),
-	})
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,11 +173,10 @@ func (l *loop) joiner(name string, mod func(*Options)) *Service {
 	writeCert(l.t, dir, name)
 	c := l.cfg
 	c.RegistrationPort = l.srv.Listener.Addr().(*net.TCPAddr).Port
-	o := Options{
+	o := Options{Host: Host{
 		Config: &config.Appliance{Host: config.Host{Name: name, Address: m.Address}, Cluster: c, StateDir: l.t.TempDir()},
-		Secret: []byte(loopSecret), LXD: &tokenLXD{}, LXDDir: dir, Dial: dialFrom(m.Address),
-		Progress: progress.New(l.out, progress.Plain), BackoffInitial: 100 * time.Millisecond,
-	}
+		Secret: []byte(loopSecret), LXD: &tokenLXD{}, LXDDir: dir, Progress: progress.New(l.out, progress.Plain),
+	}, Dial: dialFrom(m.Address), BackoffInitial: 100 * time.Millisecond}
 	if mod != nil {
 		mod(&o)
 	}

@@ -53,8 +53,8 @@ func serviceMain(path string) int {
 	if err != nil {
 		return fail(err)
 	}
-	svc, err := New(Options{Config: a, Secret: secret, LXD: c, LXDDir: dir,
-		Progress:       progress.New(os.Stdout, progress.Plain),
+	svc, err := New(Options{Host: Host{Config: a, Secret: secret, LXD: c, LXDDir: dir,
+		Progress: progress.New(os.Stdout, progress.Plain)},
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second})
 	if err != nil {
 		return fail(err)

@@ -310,7 +310,7 @@ func ReplaceDead(ctx context.Context, c lxd.InstanceServer, name string, remove 
 	if m.Status == "Online" {
 		return nil, fmt.Errorf("replace %s: it is online: remove it with its instances instead (host remove), or wait until LXD sees it offline", name)
 	}
-	s := &Service{o: Options{LXD: c}}
+	s := &Service{o: Options{Host: Host{LXD: c}}}
 	lost = s.instancesOn(name)
 	if !remove {
 		return lost, nil

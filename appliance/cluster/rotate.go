@@ -233,7 +233,7 @@ func RotateSecret(ctx context.Context, o RotateOptions) ([]RotateResult, error) 
 	if len(o.NewSecret) < config.MinSecretLength || len(o.NewSecret) > maxSecretBytes {
 		return nil, fmt.Errorf("cluster: new secret: want %d to %d bytes", config.MinSecretLength, maxSecretBytes)
 	}
-	s, err := New(Options{Config: o.Config, Secret: o.Secret, LXD: o.LXD, LXDDir: o.LXDDir, Dial: o.Dial})
+	s, err := New(Options{Host: Host{Config: o.Config, Secret: o.Secret, LXD: o.LXD, LXDDir: o.LXDDir}, Dial: o.Dial})
 	if err != nil {
 		return nil, err
 	}

@@ -90,7 +90,7 @@ func (s *svc) deployUntilDone(ctx context.Context, reg *registry.Registry, state
 		}
 		err = fmt.Errorf("service: %s: deploy (attempt %d): %w", name, attempt, err)
 		s.log.Info("%v; trying again in %s", err, backoff)
-		s.record("", "", err)
+		s.rec.Failed(err)
 		select {
 		case <-ctx.Done():
 			return

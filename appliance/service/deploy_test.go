@@ -21,6 +21,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
@@ -66,8 +67,8 @@ func runService(path string) int {
 		if err == nil {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 			defer stop()
-			err = service.Run(ctx, service.Options{Config: a, Secret: secret, LXD: c, LXDDir: os.Getenv("LXD_DIR"),
-				Progress: progress.New(os.Stderr, progress.Plain), DeployBackoff: 2 * time.Second})
+			err = service.Run(ctx, service.Options{Host: cluster.Host{Config: a, Secret: secret, LXD: c, LXDDir: os.Getenv("LXD_DIR"),
+				Progress: progress.New(os.Stderr, progress.Plain)}, DeployBackoff: 2 * time.Second})
 			if ctx.Err() != nil {
 				err = nil
 			}

@@ -10,6 +10,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -37,8 +38,8 @@ func ExampleRun() {
 	defer stop()
 	// Forms or joins the cluster, opens the registry node, serves status
 	// until SIGTERM; run it again after any failure.
-	if err := service.Run(ctx, service.Options{Config: a, Secret: secret, LXD: c,
-		LXDDir: "/var/lib/lxd", Progress: progress.ForFile(os.Stderr, false)}); err != nil {
+	if err := service.Run(ctx, service.Options{Host: cluster.Host{Config: a, Secret: secret, LXD: c,
+		LXDDir: "/var/lib/lxd", Progress: progress.ForFile(os.Stderr, false)}}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
 

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 )
@@ -93,7 +92,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		<-served
 		_ = os.Remove(sock)
 	}()
-	s.serving.Store(true)
+	s.rec.Settle() // formation alongside no longer moves the host's step
 	if err := s.reached(StepServing, sock); err != nil {
 		return err
 	}
@@ -116,7 +115,7 @@ func (s *svc) heartbeat(ctx context.Context, reg *registry.Registry) error {
 	failing := false
 	for {
 		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-		step, lastErr := s.current()
+		step, lastErr := s.rec.Current()
 		err := reg.SetHostState(wctx, name, StateOnline, string(step), lastErr)
 		cancel()
 		switch {
@@ -136,7 +135,7 @@ func (s *svc) heartbeat(ctx context.Context, reg *registry.Registry) error {
 			s.formed = nil
 			if err != nil && ctx.Err() == nil {
 				s.log.Info("%s: cluster formation (alongside the registry): %v", name, err)
-				s.record("", "", err)
+				s.rec.Failed(err)
 			}
 		case <-t.C:
 		}
@@ -165,23 +164,4 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 		v.Deployments[i].Recipe = ""
 	}
 	return v, nil
-}
-
-// current is the step and last error the status file holds: serving, or
-// deployed, and a failed deploy's or formation's error.
-func (s *svc) current() (cluster.Step, string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.st.Step, s.st.LastError
-}
-
-// record keeps the step and last error in the state directory's StatusFile
-// (atomically), for status when the registry does not answer.
-func (s *svc) record(step cluster.Step, detail string, runErr error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.st.Update(s.cfg.Host.Name, s.cfg.IsInitiator(), step, detail, runErr, time.Now())
-	if err := cluster.SaveStatus(s.cfg.StateDir, StatusFile, 0o700, &s.st); err != nil {
-		s.log.Info("%s: cannot record status in %s: %v", s.cfg.Host.Name, s.cfg.StateDir, err)
-	}
 }

@@ -67,11 +67,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
-
-	lxd "github.com/canonical/lxd/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
@@ -101,9 +98,11 @@ const (
 
 // Names in the state directory.
 const (
-	RegistryDir = "registry"            // the registry node's Raft log and identity
-	SocketName  = "service.sock"        // the status socket
-	StatusFile  = "service-status.json" // the last step and error, also without the registry
+	RegistryDir = "registry"     // the registry node's Raft log and identity
+	SocketName  = "service.sock" // the status socket
+	// StatusFile holds the last step and error, also without the registry:
+	// formation's and the service's, one file (cluster.StatusFile).
+	StatusFile = cluster.StatusFile
 )
 
 // DefaultHeartbeat is how often a serving host rewrites its registry row.
@@ -112,21 +111,14 @@ const DefaultHeartbeat = 5 * time.Second
 // ErrInjected is returned when Options.FailAfter stopped the service.
 var ErrInjected = cluster.ErrInjected
 
-// Options configure one host's service.
+// Options configure one host's first boot, formation included: the
+// fields every part is given once (cluster.Host), then the service's own.
+// Host.FailAfter may name a cluster step too; when formation runs
+// alongside the registry (see the package doc), a cluster step stops only
+// formation. Host.Secret is handed to formation and never kept.
 type Options struct {
-	Config *config.Appliance
-	Secret []byte // the cluster secret; handed to cluster formation, never kept
-	LXD    lxd.InstanceServer
-	LXDDir string // server.crt/.key and cluster.crt/.key (default /var/lib/lxd)
+	cluster.Host
 
-	Progress *progress.Reporter
-	// FailAfter stops the service right after the named step, cluster
-	// steps included (for fault-injection tests). When formation runs
-	// alongside the registry (see the package doc), a cluster step stops
-	// only formation.
-	FailAfter cluster.Step
-	// OnStep is called with every step reached.
-	OnStep func(cluster.Step)
 	// Cluster, when set, adjusts the cluster formation's options (tests
 	// shorten its backoff).
 	Cluster func(*cluster.Options)
@@ -149,12 +141,12 @@ func Run(ctx context.Context, o Options) error {
 	o.LXDDir = cmp.Or(o.LXDDir, "/var/lib/lxd")
 	o.Heartbeat = cmp.Or(o.Heartbeat, DefaultHeartbeat)
 	s := &svc{o: o, cfg: o.Config, log: cmp.Or(o.Progress, progress.Discard())}
-	if prev, err := ReadStatus(o.Config.StateDir); err == nil {
-		s.st = *prev // a failure before the first step keeps the step reached before
-	}
+	// One record for the whole first boot, formation's steps included; it
+	// starts from the state directory's (an earlier ssbuild's files too).
+	s.rec = cluster.NewRecord(o.Host)
 	err := s.run(ctx)
 	if err != nil && ctx.Err() == nil {
-		s.record("", "", err) // a stop is not an error worth showing in status
+		s.rec.Failed(err) // a stop is not an error worth showing in status
 	}
 	return err
 }
@@ -164,14 +156,12 @@ type svc struct {
 	cfg *config.Appliance
 	log *progress.Reporter
 
-	key     secrets.Key  // opens deployment secrets an older ssbuild sealed
-	kek     secrets.KEK  // unwraps the data key that seals them now
-	formed  <-chan error // formation's result when it runs alongside the registry
-	serving atomic.Bool
-	reg     atomic.Pointer[registry.Registry] // once open, for OnReplace
+	key    secrets.Key                       // opens deployment secrets an older ssbuild sealed
+	kek    secrets.KEK                       // unwraps the data key that seals them now
+	formed <-chan error                      // formation's result when it runs alongside the registry
+	reg    atomic.Pointer[registry.Registry] // once open, for OnReplace
 
-	mu sync.Mutex // record is called from formation's goroutine too
-	st cluster.Status
+	rec *cluster.Record // the host's first-boot status, formation's steps included
 }
 
 // resuming reports whether this host is an LXD cluster member whose
@@ -187,21 +177,9 @@ func (s *svc) resuming() bool {
 func (s *svc) run(ctx context.Context) error {
 	name := s.cfg.Host.Name
 	var err error
-	co := cluster.Options{
-		Config: s.cfg, Secret: s.o.Secret, LXD: s.o.LXD, LXDDir: s.o.LXDDir,
-		Progress: s.log, FailAfter: s.o.FailAfter,
-		OnStep: func(st cluster.Step) {
-			// A token is per joiner, not where this host is; once serving,
-			// the host's step stays "serving" whatever formation reports.
-			if st != cluster.StepTokenIssued && !s.serving.Load() {
-				s.record(st, "", nil)
-			}
-			if s.o.OnStep != nil {
-				s.o.OnStep(st)
-			}
-		},
-	}
-	co.OnReplace = s.forget
+	// Formation gets the host's fields and this service's record: one
+	// record, one status file for the whole first boot.
+	co := cluster.Options{Host: s.o.Host, Record: s.rec, OnReplace: s.forget}
 	if s.o.Cluster != nil {
 		s.o.Cluster(&co)
 	}
@@ -281,19 +259,7 @@ func (s *svc) run(ctx context.Context) error {
 // reached records a step of the service's own and says whether fault
 // injection stops here.
 func (s *svc) reached(step cluster.Step, detail string) error {
-	if detail != "" {
-		s.log.Info("%s: %s: %s", s.cfg.Host.Name, step, detail)
-	} else {
-		s.log.Info("%s: %s", s.cfg.Host.Name, step)
-	}
-	s.record(step, detail, nil)
-	if s.o.OnStep != nil {
-		s.o.OnStep(step)
-	}
-	if s.o.FailAfter == step {
-		return fmt.Errorf("%s: after %s: %w", s.cfg.Host.Name, step, ErrInjected)
-	}
-	return nil
+	return s.rec.Reached(step, detail)
 }
 
 // openRegistry starts this host's node: TLS pinned to the LXD cluster

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,18 +19,10 @@ import (
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
-// ReadStatus reads what the service last recorded in stateDir.
+// ReadStatus reads what the host's first boot last recorded in stateDir
+// (an earlier ssbuild's files too, see cluster.ReadStatus).
 func ReadStatus(stateDir string) (*cluster.Status, error) {
-	path := filepath.Join(stateDir, StatusFile)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("service status: %w", err)
-	}
-	var st cluster.Status
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("service status %s: %w", path, err)
-	}
-	return &st, nil
+	return cluster.ReadStatus(stateDir)
 }
 
 // Report is `ssbuild appliance status`: what this host's LXD, this host's
@@ -118,8 +109,6 @@ func hostStatus(a *config.Appliance, name string, v *RegistryView) HostStatus {
 	if name == a.Host.Name {
 		if st, err := ReadStatus(a.StateDir); err == nil {
 			return HostStatus{Name: name, Step: string(st.Step), Detail: st.Detail, LastError: st.LastError, Updated: st.Updated, Source: FromStatusFile}
-		} else if st, err := cluster.ReadStatus(a.StateDir); err == nil {
-			return HostStatus{Name: name, Step: string(st.Step), LastError: st.LastError, Updated: st.Updated, Source: FromStatusFile}
 		}
 	}
 	return HostStatus{Name: name, Source: FromNowhere}

@@ -11,6 +11,7 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/urfave/cli/v2"
 
+	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
@@ -85,10 +86,10 @@ func applianceRun(c *cli.Context) error {
 	// SIGTERM (systemctl stop) ends the context: the registry node hands
 	// over leadership and stops. A stop is a clean exit at any step: the
 	// next start continues from there.
-	err = service.Run(c.Context, service.Options{
+	err = service.Run(c.Context, service.Options{Host: cluster.Host{
 		Config: a, Secret: secret, LXD: lxdc, LXDDir: c.String("lxd-dir"),
 		Progress: progressFor(c),
-	})
+	}})
 	if err != nil && c.Context.Err() != nil && errors.Is(err, context.Canceled) {
 		fmt.Fprintf(c.App.ErrWriter, "%s: stopped: %v\n", a.Host.Name, err)
 		return nil

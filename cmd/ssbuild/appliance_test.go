@@ -86,6 +86,23 @@ stateDir: STATE
 		t.Errorf("status --json: %+v", r)
 	}
 
+	// A host upgraded from an ssbuild that kept formation's status in
+	// cluster-status.json, not run since: status reads that file.
+	st.Step = cluster.StepJoined
+	data, _ = json.Marshal(st)
+	if err := os.Remove(filepath.Join(dir, "state", service.StatusFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state", "cluster-status.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = ssbuild(t, "appliance", "status", "--config", path, "--lxd-dir", dir, "--json")
+	r = service.Report{}
+	if code != 0 || json.Unmarshal([]byte(out), &r) != nil || len(r.Hosts) != 2 ||
+		r.Hosts[1].Source != service.FromStatusFile || r.Hosts[1].Step != string(cluster.StepJoined) {
+		t.Errorf("status --json from the old cluster-status.json: code %d: %s", code, out)
+	}
+
 	bad := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(bad, []byte(strings.Replace(cfg, "driver: dir", "driver: ext4", 1)), 0o644); err != nil {
 		t.Fatal(err)

@@ -58,9 +58,9 @@ func run(ctx context.Context, h configtest.Host) error {
 		return err
 	}
 	svc, err := cluster.New(cluster.Options{
-		Config: h.Config, Secret: secret, LXD: h.Bed.LXD(), LXDDir: h.Bed.LXDDir,
+		Host: cluster.Host{Config: h.Config, Secret: secret, LXD: h.Bed.LXD(), LXDDir: h.Bed.LXDDir,
+			Progress: progress.Discard()},
 		Listen: h.Bed.Listen, Dial: h.Bed.DialContext,
-		Progress:       progress.Discard(),
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 2 * time.Second,
 	})
 	if err != nil {
