@@ -23,6 +23,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/images/installer"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
@@ -708,6 +709,15 @@ func resignedStick(t *testing.T, img, key string) string {
 		t.Fatal(err)
 	}
 	runTool(t, "ssh-keygen", "-Y", "sign", "-f", key, "-n", "ssbuild", manifest)
+	// Consistent: signed by key, every file as its sum says (what the
+	// installer would go on to check were the signer's key not its own).
+	pub, err := signature.ReadPublicKey(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := signature.VerifyDir(pub, dir); err != nil || len(v.Unlisted) > 0 {
+		t.Fatalf("the forged payload is not consistent: %v (unlisted: %v)", err, v)
+	}
 	// The build's own options (images/installer writeSquashfs).
 	sqfs := filepath.Join(t.TempDir(), "payload.sqfs")
 	runTool(t, "mksquashfs", dir, sqfs, "-noappend", "-no-progress", "-quiet", "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
