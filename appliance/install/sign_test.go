@@ -68,8 +68,10 @@ func TestRunSignedPayload(t *testing.T) {
 }
 
 // TestRunRefusesPayloadNotSignedByTheBuilder: with the builder's key in
-// the installer, a payload re-signed with another key, left unsigned, or
-// whose manifest changed after signing is refused before any disk is
+// the installer, a payload re-signed with another key (its manifest as
+// built, or a consistent forgery: files replaced, sums recomputed, a good
+// signature by that key), left unsigned, or whose manifest changed after
+// signing is refused before any disk is
 // looked at; the error names the cause and the target's bytes are as
 // they were.
 func TestRunRefusesPayloadNotSignedByTheBuilder(t *testing.T) {
@@ -81,6 +83,43 @@ func TestRunRefusesPayloadNotSignedByTheBuilder(t *testing.T) {
 	}{
 		{"re-signed with another key", func(t *testing.T, env Env) { signPayload(t, env, other) },
 			regexp.MustCompile(`SHA256SUMS.sig: made by another key \(` + regexp.QuoteMeta(fingerprintOf(t, other)) + `\), not builder@example \(` + regexp.QuoteMeta(fingerprintOf(t, builder)) + `\)`)},
+		// A consistent forgery: the OS image and the recipe replaced (the
+		// recipe now wipes disks), SHA256SUMS recomputed so every sum
+		// matches, and a valid signature by another key.
+		{"payload replaced and re-signed with another key", func(t *testing.T, env Env) {
+			img := filepath.Join(env.PayloadDir, stick.OSImage)
+			f, err := os.OpenFile(img, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte("forged"), 4096); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			recipe := strings.Replace(testRecipe, "installer:\n", "installer:\n  wipe: true\n", 1)
+			if err := os.WriteFile(filepath.Join(env.PayloadDir, stick.RecipeName), []byte(recipe), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(filepath.Join(env.PayloadDir, stick.ManifestSig)) // not listed in the sums it signs
+			writeManifest(t, env.PayloadDir)
+			signPayload(t, env, other)
+			if _, err := VerifyPayload(env.PayloadDir, io.Discard); err != nil {
+				t.Fatalf("the forgery is not self-consistent: %v", err)
+			}
+			// And its signature is good, by OpenSSH's own check.
+			check := exec.Command("ssh-keygen", "-Y", "check-novalidate", "-n", "ssbuild", "-s", filepath.Join(env.PayloadDir, stick.ManifestSig))
+			manifest, err := os.Open(filepath.Join(env.PayloadDir, stick.Manifest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer manifest.Close()
+			check.Stdin = manifest
+			if out, err := check.CombinedOutput(); err != nil {
+				t.Fatalf("ssh-keygen -Y check-novalidate of the forgery: %v\n%s", err, out)
+			}
+		}, regexp.MustCompile(`SHA256SUMS.sig: made by another key \(` + regexp.QuoteMeta(fingerprintOf(t, other)) + `\), not builder@example \(` + regexp.QuoteMeta(fingerprintOf(t, builder)) + `\)`)},
 		{"signature missing", func(t *testing.T, env Env) { os.Remove(filepath.Join(env.PayloadDir, stick.ManifestSig)) },
 			regexp.MustCompile(`SHA256SUMS.sig: missing: SHA256SUMS is not signed`)},
 		{"manifest changed after signing", func(t *testing.T, env Env) {

@@ -23,6 +23,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/handoff/stick"
 	"github.com/sovereign-stack/ssbuild/images/hostos"
 	"github.com/sovereign-stack/ssbuild/images/installer"
+	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
@@ -441,7 +442,7 @@ func debugfsCat(t *testing.T, img, path string) string {
 func TestInstallerQEMU(t *testing.T) {
 	rootfstest.Require(t)
 	kerneltest.Require(t)
-	testenv.RequireTools(t, "qemu-system-x86_64", "ssh-keygen", "cryptsetup", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs")
+	testenv.RequireTools(t, "qemu-system-x86_64", "ssh-keygen", "cryptsetup", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs", "mksquashfs")
 	if _, err := os.Stat(ovmfVars); err != nil {
 		if testenv.InCI() {
 			t.Fatalf("CI=true but %v (install ovmf)", err)
@@ -555,6 +556,26 @@ func TestInstallerQEMU(t *testing.T) {
 		neverWritten(t, disk)
 	})
 
+	// A consistent forgery: the payload rebuilt with a changed recipe (it
+	// now wipes disks), SHA256SUMS recomputed and signed, well-formed, by
+	// another key. Refused on the signature, naming both keys, before any
+	// disk is looked at; the blank target stays blank.
+	t.Run("payload re-signed with another key refused before any write", func(t *testing.T) {
+		otherKey := filepath.Join(t.TempDir(), "mallory_ed25519")
+		runTool(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mallory@example", "-f", otherKey)
+		forged := resignedStick(t, img, otherKey)
+		disk := blankDisk(t, "disk.raw", smallDisk)
+		lines := refuse(t, qemuMachine{stick: forged, disks: []string{disk}, mac: macDemo3}, "nothing was written")
+		fp := func(key string) string { return strings.Fields(runTool(t, "ssh-keygen", "-l", "-f", key))[1] }
+		if want := "SHA256SUMS.sig: made by another key (" + fp(otherKey) + "), not vendor@example (" + fp(signKey) + ")"; !strings.Contains(lines, want) {
+			t.Errorf("the console does not say %q:\n%s", want, lines)
+		}
+		if strings.Contains(lines, "target disk:") {
+			t.Errorf("the installer chose a target disk before refusing the signature:\n%s", lines)
+		}
+		neverWritten(t, disk)
+	})
+
 	// The power cut: qemu killed while the OS is being written, then the
 	// same machine boots the stick again and the install finishes clean.
 	// The machine's MAC is no host's: it is demo1 by the stick's boot menu
@@ -642,6 +663,99 @@ func tamperedStick(t *testing.T, img string) string {
 	if _, err := f.WriteAt([]byte{sample[100] ^ 0xff}, off); err != nil {
 		t.Fatal(err)
 	}
+	return out
+}
+
+// resignedStick is a copy of stick whose payload squashfs is rebuilt with
+// recipe.yaml changed (installer.wipe: true), SHA256SUMS updated to match
+// and SHA256SUMS.sig made by key with OpenSSH (-n ssbuild): a payload a
+// forger could make, consistent in every sum, signed by the wrong key.
+// The new squashfs goes where the old one was (it must fit the partition).
+func resignedStick(t *testing.T, img, key string) string {
+	t.Helper()
+	start := time.Now()
+	parts := gpttest.Partitions(t, img)
+	payload := gpttest.Extract(t, img, parts[1])
+	dir := filepath.Join(t.TempDir(), "payload")
+	runTool(t, "unsquashfs", "-no-progress", "-no-xattrs", "-d", dir, payload)
+	if err := os.Remove(payload); err != nil { // a few hundred MiB of temp space back
+		t.Fatal(err)
+	}
+	recipe := filepath.Join(dir, stick.RecipeName)
+	text, err := os.ReadFile(recipe)
+	if err != nil || !bytes.Contains(text, []byte("\ninstaller:\n")) {
+		t.Fatalf("payload recipe: %v; want an installer: section:\n%s", err, text)
+	}
+	text = bytes.Replace(text, []byte("\ninstaller:\n"), []byte("\ninstaller:\n  wipe: true\n"), 1)
+	if err := os.WriteFile(recipe, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The recipe's line of the manifest, with its new sum.
+	manifest := filepath.Join(dir, stick.Manifest)
+	sums, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := regexp.MustCompile(`(?m)^[0-9a-f]{64}(  \*?(\./)?` + regexp.QuoteMeta(stick.RecipeName) + `)$`)
+	if !line.Match(sums) {
+		t.Fatalf("%s does not list %s:\n%s", stick.Manifest, stick.RecipeName, sums)
+	}
+	sum := sha256.Sum256(text)
+	sums = line.ReplaceAll(sums, []byte(hex.EncodeToString(sum[:])+"$1"))
+	if err := os.WriteFile(manifest, sums, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, stick.ManifestSig)); err != nil { // ssh-keygen asks before overwriting
+		t.Fatal(err)
+	}
+	runTool(t, "ssh-keygen", "-Y", "sign", "-f", key, "-n", "ssbuild", manifest)
+	// Consistent: signed by key, every file as its sum says (what the
+	// installer would go on to check were the signer's key not its own).
+	pub, err := signature.ReadPublicKey(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := signature.VerifyDir(pub, dir); err != nil || len(v.Unlisted) > 0 {
+		t.Fatalf("the forged payload is not consistent: %v (unlisted: %v)", err, v)
+	}
+	// The build's own options (images/installer writeSquashfs).
+	sqfs := filepath.Join(t.TempDir(), "payload.sqfs")
+	runTool(t, "mksquashfs", dir, sqfs, "-noappend", "-no-progress", "-quiet", "-b", "1M", "-no-exports", "-no-xattrs", "-all-root",
+		"-comp", "zstd", "-Xcompression-level", "3")
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.Open(sqfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	info, err := in.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	partStart, partSize := parts[1].Start*512, (parts[1].End-parts[1].Start+1)*512
+	if info.Size() > partSize {
+		t.Fatalf("the rebuilt payload (%d bytes) does not fit its partition (%d bytes)", info.Size(), partSize)
+	}
+	out := filepath.Join(t.TempDir(), "resigned.img")
+	runTool(t, "cp", "--sparse=always", img, out)
+	f, err := os.OpenFile(out, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(io.NewOffsetWriter(f, partStart), in); err != nil {
+		t.Fatal(err)
+	}
+	// Zeros after it: nothing of the old squashfs is left in the partition.
+	if _, err := f.WriteAt(make([]byte, partSize-info.Size()), partStart+info.Size()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("re-signed stick made in %v", time.Since(start).Round(time.Second))
 	return out
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
+	"github.com/sovereign-stack/ssbuild/testkit/signtest"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
@@ -20,12 +21,7 @@ import (
 // OS build): ssh-keygen accepts SHA256SUMS.sig, and VerifyDir the folder.
 func TestSignStepSignsTheChecksums(t *testing.T) {
 	testenv.RequireTools(t, "ssh-keygen", "sha256sum")
-	key := filepath.Join(t.TempDir(), "id_ed25519")
-	sh(t, "", "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "builder", "-f", key)
-	signer, err := signature.LoadSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, signer := signtest.Signer(t, "builder")
 	out := t.TempDir()
 	os.WriteFile(filepath.Join(out, ImageFile), []byte("a disk image"), 0o644)
 	sum := exec.Command("sha256sum", ImageFile)
@@ -39,14 +35,7 @@ func TestSignStepSignsTheChecksums(t *testing.T) {
 	if err := b.sign(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	pub, _ := os.ReadFile(key + ".pub")
-	allowed := filepath.Join(t.TempDir(), "allowed_signers")
-	os.WriteFile(allowed, append([]byte("builder "), pub...), 0o644)
-	cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", "builder", "-n", "ssbuild", "-s", filepath.Join(out, "SHA256SUMS.sig"))
-	cmd.Stdin = strings.NewReader(string(sums))
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("ssh-keygen -Y verify: %v\n%s", err, msg)
-	}
+	signtest.Verify(t, key, "builder", filepath.Join(out, signature.SigFile), sums)
 	k, err := signature.ReadPublicKey(key + ".pub")
 	if err != nil {
 		t.Fatal(err)
