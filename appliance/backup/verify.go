@@ -2,8 +2,6 @@ package backup
 
 import (
 	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +13,8 @@ import (
 	"strings"
 
 	"filippo.io/age"
+
+	"github.com/sovereign-stack/ssbuild/internal/digest"
 )
 
 // Verify checks a backup folder: SHA256SUMS lists manifest.json and every
@@ -31,7 +31,7 @@ func Verify(dir string, ids []age.Identity) (Manifest, error) {
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	for name, want := range sums {
-		got, err := fileSum(filepath.Join(dir, filepath.FromSlash(name)))
+		got, _, err := digest.File(filepath.Join(dir, filepath.FromSlash(name)))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			bad("%s: missing", name)
@@ -135,19 +135,6 @@ func readSums(dir string) (map[string]string, error) {
 		sums[name] = sum
 	}
 	return sums, nil
-}
-
-func fileSum(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func sortedUnique(s []string) []string {
