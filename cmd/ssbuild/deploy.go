@@ -17,6 +17,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 // deployFlags are shared by deploy, down and show: the recipe, the LXD the
@@ -82,6 +83,26 @@ func deployOptions(c *cli.Context) (deploy.Options, error) {
 	if err != nil {
 		return deploy.Options{}, err
 	}
+	return optionsFor(c, r)
+}
+
+// namedDeployment is the deployment the command's first argument names, and
+// the options to act on it; a name the recipe lacks is a usage error, found
+// before LXD is asked.
+func namedDeployment(c *cli.Context) (recipes.Deployment, deploy.Options, error) {
+	r, err := loadRecipe(c.String("recipe"))
+	if err != nil {
+		return recipes.Deployment{}, deploy.Options{}, err
+	}
+	d, err := deploy.FindDeployment(r, c.Args().First())
+	if err != nil {
+		return recipes.Deployment{}, deploy.Options{}, usageError{err}
+	}
+	o, err := optionsFor(c, r)
+	return d, o, err
+}
+
+func optionsFor(c *cli.Context, r *recipes.Recipe) (deploy.Options, error) {
 	lxdc, err := connectLXD(c)
 	if err != nil {
 		return deploy.Options{}, err
@@ -164,15 +185,7 @@ func downAction(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usagef("down takes one deployment name")
 	}
-	r, err := loadRecipe(c.String("recipe"))
-	if err != nil {
-		return err
-	}
-	d, err := deploy.FindDeployment(r, c.Args().First())
-	if err != nil {
-		return usageError{err}
-	}
-	o, err := deployOptions(c)
+	d, o, err := namedDeployment(c)
 	if err != nil {
 		return err
 	}
@@ -225,15 +238,7 @@ func rotateAction(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return usagef("rotate-secret takes a deployment and a secret name")
 	}
-	r, err := loadRecipe(c.String("recipe"))
-	if err != nil {
-		return err
-	}
-	d, err := deploy.FindDeployment(r, c.Args().First())
-	if err != nil {
-		return usageError{err}
-	}
-	o, err := deployOptions(c)
+	d, o, err := namedDeployment(c)
 	if err != nil {
 		return err
 	}
