@@ -26,9 +26,9 @@ const (
 // IsDebian reports whether the source suite is a Debian release.
 func (s Source) IsDebian() bool { return debianSuites[s.Suite] }
 
-func applyDefaults(r *Recipe) {
-	img := &r.Image
-	src := &img.Source
+// applySourceDefaults fills a debootstrap source's suite, variant, mirror,
+// keyring and components for its distribution.
+func applySourceDefaults(src *Source) {
 	if src.Kind == "" {
 		src.Kind = "debootstrap"
 		if src.Tarball != "" {
@@ -48,6 +48,12 @@ func applyDefaults(r *Recipe) {
 			setList(&src.Components, "main", "universe")
 		}
 	}
+}
+
+func applyDefaults(r *Recipe) {
+	img := &r.Image
+	src := &img.Source
+	applySourceDefaults(src)
 	// What every site instance needs: an init to boot (debootstrap's
 	// minbase has none), Docker for the stacks, cloud-init for LXD's
 	// user-data, SSH for the owner.
@@ -69,8 +75,25 @@ func applyDefaults(r *Recipe) {
 	}
 
 	in := &r.Installer
-	if src.IsDebian() {
-		setList(&in.Packages, "linux-image-amd64", "systemd-boot", "lxd", "zfsutils-linux", "openssh-server", "systemd-timesyncd")
+	inherited := in.Source.Kind == "" && in.Source.Suite == "" && in.Source.Tarball == ""
+	if inherited {
+		// Unwritten: Debian 12 hosts, the host OS proven here (LXD from
+		// Debian, ZFS built for its kernel); a Debian image's own source
+		// when it has one, so both share one debootstrap.
+		in.Source = Source{Kind: "debootstrap", Suite: "bookworm", Components: []string{"main", "contrib"}}
+		if img.Source.Kind == "debootstrap" && img.Source.IsDebian() {
+			in.Source = img.Source
+			in.Source.Components = slices.Clone(img.Source.Components)
+		}
+	}
+	applySourceDefaults(&in.Source)
+	if in.Source.IsDebian() {
+		// zfs-dkms: Debian ships ZFS as source (contrib); hostos builds it
+		// for the host's kernel and leaves no compiler behind.
+		setList(&in.Packages, "linux-image-amd64", "systemd-boot", "lxd", "zfs-dkms", "zfsutils-linux", "openssh-server", "systemd-timesyncd")
+		if inherited && slices.Contains(in.Packages, "zfs-dkms") && !slices.Contains(in.Source.Components, "contrib") {
+			in.Source.Components = append(in.Source.Components, "contrib")
+		}
 	} else {
 		// On Ubuntu LXD is a snap; the installer seeds it for an offline first boot.
 		setList(&in.Packages, "linux-generic", "systemd-boot", "snapd", "zfsutils-linux", "openssh-server")

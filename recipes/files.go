@@ -28,17 +28,20 @@ func pathFields(r *Recipe, rep *report) []pathField {
 			out = append(out, pathField{path, value, what, dirOK})
 		}
 	}
-	src := r.Image.Source
-	if src.Kind == "tarball" && !strings.Contains(src.Tarball, "://") {
-		add("image.source.tarball", src.Tarball, "the rootfs tarball", false)
-	}
-	if src.Kind == "debootstrap" || src.Kind == "" {
-		add("image.source.keyring", src.Keyring, "the archive keyring", false)
-		// A file:// mirror is a folder of the build machine.
-		if u, err := url.Parse(src.Mirror); err == nil && u.Scheme == "file" && u.Path != "" {
-			add("image.source.mirror", u.Path, "the archive mirror", true)
+	addSource := func(prefix string, src Source) {
+		if src.Kind == "tarball" && !strings.Contains(src.Tarball, "://") {
+			add(prefix+".tarball", src.Tarball, "the rootfs tarball", false)
+		}
+		if src.Kind == "debootstrap" || src.Kind == "" {
+			add(prefix+".keyring", src.Keyring, "the archive keyring", false)
+			// A file:// mirror is a folder of the build machine.
+			if u, err := url.Parse(src.Mirror); err == nil && u.Scheme == "file" && u.Path != "" {
+				add(prefix+".mirror", u.Path, "the archive mirror", true)
+			}
 		}
 	}
+	addSource("image.source", r.Image.Source)
+	addSource("installer.source", r.Installer.Source)
 	if cs := r.Image.Chainstate; cs != nil {
 		// A pruned datadir may be a folder or a tarball; an AssumeUTXO
 		// snapshot is one file (handoff/chainstate refuses anything else).

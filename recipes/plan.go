@@ -3,6 +3,7 @@ package recipes
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -95,8 +96,18 @@ func installerPlan(r *Recipe) Stage {
 		}
 		hosts = append(hosts, s)
 	}
+	src := "debootstrap " + in.Source.Suite + " (components " + strings.Join(in.Source.Components, ",") + ") from " + in.Source.Mirror
+	if in.Source.Kind == "tarball" {
+		src = "root filesystem from " + in.Source.Tarball
+	}
+	zfs := "no ZFS module built (zfs-dkms is not in installer.packages)"
+	if slices.Contains(in.Packages, "zfs-dkms") {
+		zfs = "build the ZFS module (zfs-dkms) for the host kernel, keep it as a package, remove the compiler"
+	}
 	return Stage{Name: "installer: the USB image that installs the cluster hosts", Steps: []string{
+		"host OS: " + src,
 		fmt.Sprintf("host OS packages: %s", strings.Join(in.Packages, ", ")),
+		zfs,
 		fmt.Sprintf("install %d hosts: %s", len(in.Hosts), strings.Join(hosts, ", ")),
 		"target disk: " + target + "; " + wipe,
 		fmt.Sprintf("partitions: ESP %s | OS %s ext4 | rest ZFS (at least %s); smallest disk %s", l.ESP, l.OS, l.MinZFS, l.MinDisk),

@@ -95,7 +95,8 @@ type Reproducible struct {
 
 // Installer describes the USB installer and the hosts it installs.
 type Installer struct {
-	Packages     []string `yaml:"packages" json:"packages" doc:"packages of the host OS written to the OS partition (LXD, ZFS utils, kernel, ...)"`
+	Source       Source   `yaml:"source" json:"source" doc:"where the host OS's root filesystem comes from (default: image.source); Debian 12 (bookworm) is the host OS that is proven: LXD from Debian, ZFS built for its kernel"`
+	Packages     []string `yaml:"packages" json:"packages" doc:"packages of the host OS written to the OS partition (kernel, LXD, ZFS, ...); with zfs-dkms the ZFS module is built for the host's kernel during the build and the compiler removed"`
 	Target       Target   `yaml:"target" json:"target" doc:"which disk of a host to install onto (the boot stick is never chosen)"`
 	Wipe         bool     `yaml:"wipe" json:"wipe" doc:"allow installing over a disk that holds anything: partitions, a filesystem, LUKS, RAID, LVM, ZFS, swap, or any non-zero byte in its first or last MiB (default: refuse such a disk); the installer prints what it erases"`
 	Layout       Layout   `yaml:"layout" json:"layout" doc:"partition sizes of the target disk"`

@@ -55,33 +55,7 @@ func validate(r *Recipe, rep *report) {
 func validateImage(r *Recipe, rep *report) {
 	img := &r.Image
 	src := img.Source
-	switch src.Kind {
-	case "debootstrap":
-		checkURL(rep, "image.source.mirror", src.Mirror, "http", "https", "file")
-		if src.Suite != "" && !labelRe.MatchString(src.Suite) {
-			rep.at("image.source.suite", "%q is not a suite name (like jammy or bookworm)", src.Suite)
-		}
-		for _, f := range []string{"tarball", "sha256"} {
-			if rep.written("image.source." + f) {
-				rep.at("image.source."+f, "only used with kind tarball; remove it or set kind: tarball")
-			}
-		}
-	case "tarball":
-		if src.Tarball == "" {
-			rep.at("image.source.tarball", "missing; kind tarball needs a tarball path or URL")
-		} else if strings.Contains(src.Tarball, "://") {
-			checkURL(rep, "image.source.tarball", src.Tarball, "http", "https")
-		}
-		if src.SHA256 == "" {
-			rep.at("image.source.sha256", "missing; a tarball must be pinned by its sha256 (64 hex digits)")
-		}
-		for _, f := range []string{"suite", "mirror", "keyring", "variant", "components"} {
-			if rep.written("image.source." + f) {
-				rep.at("image.source."+f, "only used with kind debootstrap; remove it or set kind: debootstrap")
-			}
-		}
-	}
-	checkSHA256(rep, "image.source.sha256", src.SHA256)
+	validateSource(rep, "image.source", src)
 	checkPackages(rep, "image.packages", img.Packages)
 	checkPackages(rep, "installer.packages", r.Installer.Packages)
 	if img.RegistryMirror != "" {
@@ -116,8 +90,63 @@ func validateImage(r *Recipe, rep *report) {
 	}
 }
 
+// validateSource checks a root filesystem source at prefix (image.source,
+// installer.source).
+func validateSource(rep *report, prefix string, src Source) {
+	switch src.Kind {
+	case "debootstrap":
+		checkURL(rep, prefix+".mirror", src.Mirror, "http", "https", "file")
+		if src.Suite != "" && !labelRe.MatchString(src.Suite) {
+			rep.at(prefix+".suite", "%q is not a suite name (like jammy or bookworm)", src.Suite)
+		}
+		for _, f := range []string{"tarball", "sha256"} {
+			if rep.written(prefix + "." + f) {
+				rep.at(prefix+"."+f, "only used with kind tarball; remove it or set kind: tarball")
+			}
+		}
+	case "tarball":
+		if src.Tarball == "" {
+			rep.at(prefix+".tarball", "missing; kind tarball needs a tarball path or URL")
+		} else if strings.Contains(src.Tarball, "://") {
+			checkURL(rep, prefix+".tarball", src.Tarball, "http", "https")
+		}
+		if src.SHA256 == "" {
+			rep.at(prefix+".sha256", "missing; a tarball must be pinned by its sha256 (64 hex digits)")
+		}
+		for _, f := range []string{"suite", "mirror", "keyring", "variant", "components"} {
+			if rep.written(prefix + "." + f) {
+				rep.at(prefix+"."+f, "only used with kind debootstrap; remove it or set kind: debootstrap")
+			}
+		}
+	}
+	checkSHA256(rep, prefix+".sha256", src.SHA256)
+}
+
+// writtenOr is path when the recipe writes it, else fallback (a position
+// must point at something in the file).
+func writtenOr(rep *report, path, fallback string) string {
+	if rep.written(path) {
+		return path
+	}
+	return fallback
+}
+
 func validateInstaller(in *Installer, rep *report) {
 	checkTarget(rep, "installer.target", in.Target)
+	if rep.written("installer.source") {
+		validateSource(rep, "installer.source", in.Source)
+	}
+	if src := in.Source; src.Kind == "debootstrap" {
+		if src.IsDebian() && slices.Contains(in.Packages, "zfs-dkms") && !slices.Contains(src.Components, "contrib") {
+			rep.at(writtenOr(rep, "installer.source.components", "installer.packages"), "zfs-dkms is in Debian's contrib: add contrib to installer.source.components")
+		}
+		if !src.IsDebian() && !slices.Contains(in.Packages, "lxd") {
+			// Ubuntu's LXD is a snap; nothing seeds it for an offline first
+			// boot yet, so such hosts would come up without a cluster daemon.
+			rep.at(writtenOr(rep, "installer.source.suite", writtenOr(rep, "installer.source", "image.source.suite")),
+				"%s hosts would get no LXD: Ubuntu ships it as a snap, which ssbuild cannot seed for an offline first boot yet; use Debian 12 hosts (installer.source: {suite: bookworm, components: [main, contrib]}), as the default recipe does", src.Suite)
+		}
+	}
 	l := in.Layout
 	if need := l.Need(); need > l.MinDisk {
 		rep.at("installer.layout.os", "esp %s + os %s + minZFS %s (+2MiB for GPT) = %s do not fit on the smallest allowed disk (minDisk %s); lower os or raise minDisk",

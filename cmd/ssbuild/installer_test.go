@@ -11,8 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/testkit/kerneltest"
+	"github.com/sovereign-stack/ssbuild/testkit/qemutest"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
@@ -80,42 +79,15 @@ func TestInstallerRefusesADynamicBinary(t *testing.T) {
 	}
 }
 
-// buildInstaller runs `ssbuild installer` with the tests' shared rootfs cache.
-func buildInstaller(t *testing.T, bin, recipe, out string, extra ...string) (stdout, stderr bytes.Buffer) {
-	t.Helper()
-	start := time.Now()
-	args := append([]string{"installer", "--recipe", recipe, "--out", out, "--cache", rootfstest.CacheDir(), "--epoch", "1700000000"}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("ssbuild installer: %v\n%s\n%s", err, stdout.String(), stderr.String())
-	}
-	t.Logf("built in %v: %s", time.Since(start).Round(time.Second), stdout.String())
-	return stdout, stderr
-}
-
-// staticSSBuild builds bin/ssbuild the way `make build` does (static), the
-// binary that becomes the installer's /init.
-func staticSSBuild(t *testing.T) string {
-	t.Helper()
-	testenv.RequireTools(t, "make", "gcc")
-	bin := filepath.Join(t.TempDir(), "ssbuild")
-	cmd := exec.Command("make", "-C", "../..", "build", "BIN="+bin)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("make build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // The demo installer, built as a user would: the static binary's
 // `ssbuild installer --recipe demo`. Checked with sgdisk, blkid, unsquashfs,
 // sha256sum and e2fsck.
 func TestInstallerBuildsDemoImage(t *testing.T) {
 	rootfstest.Require(t)
 	testenv.RequireTools(t, "sgdisk", "blkid", "unsquashfs", "sha256sum", "e2fsck", "mkfs.ext4", "debugfs", "mksquashfs")
-	bin := staticSSBuild(t)
+	bin := qemutest.StaticSSBuild(t)
 	out := filepath.Join(t.TempDir(), "out")
-	stdout, stderr := buildInstaller(t, bin, "demo", out)
+	stdout, stderr := qemutest.BuildInstaller(t, bin, "demo", out)
 
 	ents, _ := os.ReadDir(out)
 	var names []string
@@ -229,91 +201,6 @@ func qemuTestRecipe(t *testing.T) string {
 	return writeFile(t, "small-layout.yaml", text)
 }
 
-// qemuMachine is one boot of a test machine under TCG with OVMF: the stick
-// (if any) on USB, the disks on virtio in order (vda, vdb, ...), and a NIC
-// with mac (none when empty). vars is the firmware's variable store, kept
-// from boot to boot as a real machine keeps its own; empty: a fresh copy.
-type qemuMachine struct {
-	stick string
-	disks []string
-	mac   string
-	vars  string
-	usb   []string // drives on USB that are not the stick (an external disk), not flagged removable
-}
-
-const ovmfCode, ovmfVars = "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"
-
-func (m qemuMachine) args(t *testing.T) []string {
-	t.Helper()
-	varsCopy := m.vars
-	if varsCopy == "" {
-		varsCopy = filepath.Join(t.TempDir(), "OVMF_VARS.fd")
-	}
-	if _, err := os.Stat(varsCopy); err != nil {
-		vars, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(varsCopy, vars, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	args := []string{"-m", "1024",
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
-		"-drive", "if=pflash,format=raw,file=" + qemuPath(varsCopy)}
-	if m.stick != "" || len(m.usb) > 0 {
-		args = append(args, "-device", "qemu-xhci")
-	}
-	if m.stick != "" {
-		// snapshot=on: the guest cannot change the shared stick.
-		args = append(args, "-drive", "if=none,id=stick,format=raw,snapshot=on,file="+qemuPath(m.stick),
-			"-device", "usb-storage,drive=stick")
-	}
-	for i, d := range m.usb {
-		id := "usb" + strconv.Itoa(i)
-		args = append(args, "-drive", "if=none,id="+id+",format=raw,file="+qemuPath(d), "-device", "usb-storage,drive="+id+",removable=off")
-	}
-	for _, d := range m.disks {
-		args = append(args, "-drive", "if=virtio,format=raw,file="+qemuPath(d))
-	}
-	if m.mac != "" {
-		// e1000 without its option ROM: the installer's e1000 driver sees
-		// the MAC, the firmware has no driver and so no network boot to try.
-		args = append(args, "-netdev", "user,id=n0,restrict=on", "-device", "e1000,netdev=n0,romfile=,mac="+m.mac)
-	}
-	return args
-}
-
-// qemuPath escapes a file name for a qemu option list, where a comma
-// (which t.TempDir keeps from a subtest's name) separates options.
-func qemuPath(p string) string { return strings.ReplaceAll(p, ",", ",,") }
-
-// blankDisk is a sparse file of size bytes.
-func blankDisk(t *testing.T, name string, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(p, size); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// neverWritten fails unless the sparse file has no block allocated: a
-// single byte written would allocate one.
-func neverWritten(t *testing.T, disk string) {
-	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(disk, &st); err != nil {
-		t.Fatal(err)
-	}
-	if st.Blocks != 0 {
-		t.Errorf("%s was written: %d blocks allocated", filepath.Base(disk), st.Blocks)
-	}
-}
-
 // sha256sum is the sha256 of the whole file, holes read as zeros (Go's
 // SHA-NI code: several times faster than coreutils on a sparse 8 GiB disk).
 func sha256sum(t *testing.T, file string) string {
@@ -332,15 +219,15 @@ func sha256sum(t *testing.T, file string) string {
 
 // installOn boots m until the installer powers it off and fails the test
 // unless it finished.
-func installOn(t *testing.T, m qemuMachine) string {
+func installOn(t *testing.T, m qemutest.Machine) string {
 	t.Helper()
 	start := time.Now()
-	serial, exited := qemuUntil(t, 10*time.Minute, nil, m.args(t)...)
+	serial, exited := qemutest.Until(t, 10*time.Minute, nil, m.Args(t)...)
 	t.Logf("install under TCG: %v", time.Since(start).Round(time.Second))
 	lines := installerLines(serial)
 	if !exited || len(kerneltest.Lines(serial, "FAILED")) > 0 || !regexp.MustCompile(`installed \S+ onto /dev/`).MatchString(serial) {
 		t.Fatalf("the install did not finish (qemu exited: %v); installer lines:\n%s\nserial tail:\n%s",
-			exited, strings.Join(lines, "\n"), tail(serial, 4000))
+			exited, strings.Join(lines, "\n"), qemutest.Tail(serial, 4000))
 	}
 	t.Logf("installer on the serial console:\n%s", strings.Join(lines, "\n"))
 	return serial
@@ -361,14 +248,14 @@ func installerLines(serial string) []string {
 
 // refuse boots m until the installer prints FAILED and the marker, then
 // kills qemu; it returns the installer's lines.
-func refuse(t *testing.T, m qemuMachine, marker string) string {
+func refuse(t *testing.T, m qemutest.Machine, marker string) string {
 	t.Helper()
 	start := time.Now()
 	re := regexp.MustCompile(`FAILED: (?s:.*)` + regexp.QuoteMeta(marker))
-	serial, found := qemuUntil(t, 8*time.Minute, re, m.args(t)...)
+	serial, found := qemutest.Until(t, 8*time.Minute, re, m.Args(t)...)
 	t.Logf("boot to the refusal under TCG: %v", time.Since(start).Round(time.Second))
 	if !found {
-		t.Fatalf("no FAILED ... %q on the console; serial tail:\n%s", marker, tail(serial, 4000))
+		t.Fatalf("no FAILED ... %q on the console; serial tail:\n%s", marker, qemutest.Tail(serial, 4000))
 	}
 	t.Logf("the installer refused:\n%s", strings.Join(installerLines(serial[max(0, strings.Index(serial, "ssbuild installer: FAILED")):]), "\n"))
 	return serial[strings.Index(serial, "ssbuild installer"):]
@@ -443,19 +330,19 @@ func TestInstallerQEMU(t *testing.T) {
 	rootfstest.Require(t)
 	kerneltest.Require(t)
 	testenv.RequireTools(t, "qemu-system-x86_64", "ssh-keygen", "cryptsetup", "sgdisk", "blkid", "e2fsck", "fsck.fat", "debugfs", "dd", "mdir", "mtype", "mcopy", "cp", "unsquashfs", "mksquashfs")
-	if _, err := os.Stat(ovmfVars); err != nil {
+	if _, err := os.Stat(qemutest.OVMFVars); err != nil {
 		if testenv.InCI() {
 			t.Fatalf("CI=true but %v (install ovmf)", err)
 		}
 		t.Skip(err)
 	}
-	bin := staticSSBuild(t)
+	bin := qemutest.StaticSSBuild(t)
 	out := filepath.Join(t.TempDir(), "out")
 	// Signed, as a vendor ships it: the installer checks the payload
 	// against the key in its initramfs before it looks at any disk.
 	signKey := filepath.Join(t.TempDir(), "vendor_ed25519")
 	runTool(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vendor@example", "-f", signKey)
-	buildInstaller(t, bin, qemuTestRecipe(t), out, "--sign-key", signKey)
+	qemutest.BuildInstaller(t, bin, qemuTestRecipe(t), out, "--sign-key", signKey)
 	img := filepath.Join(out, "installer.img")
 
 	// The NIC's MAC is the second host's; two blank disks, the larger
@@ -465,9 +352,9 @@ func TestInstallerQEMU(t *testing.T) {
 	// its own): OVMF then boots by BootOrder, so this needs the boot entry
 	// the installer wrote.
 	t.Run("MAC picks the host and the larger disk is the target", func(t *testing.T) {
-		small, large := blankDisk(t, "small.raw", smallDisk+(6<<30)), blankDisk(t, "large.raw", 80<<30)
+		small, large := qemutest.BlankDisk(t, "small.raw", smallDisk+(6<<30)), qemutest.BlankDisk(t, "large.raw", 80<<30)
 		vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
-		serial := installOn(t, qemuMachine{stick: img, disks: []string{small, large}, mac: macDemo2, vars: vars})
+		serial := installOn(t, qemutest.Machine{Stick: img, Disks: []string{small, large}, MAC: macDemo2, Vars: vars})
 		if !strings.Contains(serial, "this machine is host demo2 (MAC "+macDemo2) || !strings.Contains(serial, "target disk: /dev/vdb") {
 			t.Errorf("the console does not say demo2 by MAC onto /dev/vdb")
 		}
@@ -477,7 +364,7 @@ func TestInstallerQEMU(t *testing.T) {
 		if !regexp.MustCompile(`firmware boot entry Boot[0-9A-F]{4} "Sovereign Stack \(demo2\)" .* on /dev/vdb\) is first in BootOrder`).MatchString(serial) {
 			t.Errorf("the console does not say the installer registered /dev/vdb with the firmware:\n%s", strings.Join(installerLines(serial), "\n"))
 		}
-		neverWritten(t, small)
+		qemutest.NeverWritten(t, small)
 		checkInstalled(t, large, 80<<30, "demo2")
 		if t.Failed() {
 			return
@@ -486,9 +373,9 @@ func TestInstallerQEMU(t *testing.T) {
 		// The login prompt names the host; before it, systemd started the
 		// first-boot unit (it colours the unit name and shortens it to fit).
 		started := regexp.MustCompile(`Started \S*` + regexp.QuoteMeta(strings.TrimSuffix(hostos.UnitName, "service")))
-		serial, found := qemuUntil(t, 6*time.Minute, regexp.MustCompile(`demo2 login:`), qemuMachine{disks: []string{large}, vars: vars}.args(t)...)
+		serial, found := qemutest.Until(t, 6*time.Minute, regexp.MustCompile(`demo2 login:`), qemutest.Machine{Disks: []string{large}, Vars: vars}.Args(t)...)
 		if !found || !started.MatchString(serial) {
-			t.Fatalf("booting the installed target did not reach %s and then demo2's login prompt; serial tail:\n%s", started, tail(serial, 6000))
+			t.Fatalf("booting the installed target did not reach %s and then demo2's login prompt; serial tail:\n%s", started, qemutest.Tail(serial, 6000))
 		}
 		t.Logf("installed target booted to the first-boot unit and demo2's login prompt under TCG in %v:\n%s", time.Since(start).Round(time.Second),
 			strings.Join(kerneltest.Lines(serial, "ssbuild-appliance"), "\n"))
@@ -499,11 +386,11 @@ func TestInstallerQEMU(t *testing.T) {
 	// like most) larger than both: the install goes onto the blank internal
 	// disk; the encrypted disk keeps every byte, the USB drive is never written.
 	t.Run("LUKS disk and USB drive left alone and the blank internal disk is the target", func(t *testing.T) {
-		luks, internal, usb := blankDisk(t, "luks.raw", smallDisk+(2<<30)), blankDisk(t, "internal.raw", smallDisk), blankDisk(t, "usb.raw", smallDisk+(4<<30))
+		luks, internal, usb := qemutest.BlankDisk(t, "luks.raw", smallDisk+(2<<30)), qemutest.BlankDisk(t, "internal.raw", smallDisk), qemutest.BlankDisk(t, "usb.raw", smallDisk+(4<<30))
 		keyFile := writeFile(t, "luks.key", "not a real key, only a test volume\n")
 		runTool(t, "cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", keyFile, luks)
 		before := sha256sum(t, luks)
-		serial := installOn(t, qemuMachine{stick: img, disks: []string{luks, internal}, usb: []string{usb}, mac: macDemo3})
+		serial := installOn(t, qemutest.Machine{Stick: img, Disks: []string{luks, internal}, USB: []string{usb}, MAC: macDemo3})
 		if !strings.Contains(serial, "target disk: /dev/vdb") {
 			t.Errorf("the target is not the blank internal disk /dev/vdb:\n%s", strings.Join(installerLines(serial), "\n"))
 		}
@@ -511,31 +398,31 @@ func TestInstallerQEMU(t *testing.T) {
 		if after := sha256sum(t, luks); after != before {
 			t.Errorf("the LUKS2 disk changed: sha256 %s before, %s after", before, after)
 		}
-		neverWritten(t, usb)
+		qemutest.NeverWritten(t, usb)
 	})
 
 	// A machine no host's MAC names: the console lists its MACs, the
 	// stick's hosts and how to choose; no disk is touched.
 	t.Run("unknown machine is told how to choose and no disk is touched", func(t *testing.T) {
-		disk := blankDisk(t, "disk.raw", smallDisk)
-		lines := refuse(t, qemuMachine{stick: img, disks: []string{disk}, mac: macStranger}, "to choose:")
+		disk := qemutest.BlankDisk(t, "disk.raw", smallDisk)
+		lines := refuse(t, qemutest.Machine{Stick: img, Disks: []string{disk}, MAC: macStranger}, "to choose:")
 		for _, want := range []string{macStranger, "demo1 (" + macDemo1 + ")", "demo2 (" + macDemo2 + ")", "demo3 (" + macDemo3 + ")",
 			`"install host NAME"`, "installer.hosts[].mac", "no disk was touched"} {
 			if !strings.Contains(lines, want) {
 				t.Errorf("the console does not say %q:\n%s", want, lines)
 			}
 		}
-		neverWritten(t, disk)
+		qemutest.NeverWritten(t, disk)
 	})
 
 	// A disk holding a partition table and a filesystem, the only disk:
 	// refused (the recipe does not say wipe), every byte unchanged.
 	t.Run("disk with partitions refused and unchanged", func(t *testing.T) {
-		disk := blankDisk(t, "used.raw", smallDisk)
+		disk := qemutest.BlankDisk(t, "used.raw", smallDisk)
 		runTool(t, "sgdisk", "-n", "1:2048:+1G", "-t", "1:8300", "-c", "1:data", disk)
 		runTool(t, "dd", "if=/dev/urandom", "of="+disk, "bs=1M", "count=4", "seek=1", "conv=notrunc,fsync", "status=none")
 		before := sha256sum(t, disk)
-		lines := refuse(t, qemuMachine{stick: img, disks: []string{disk}, mac: macDemo1}, "refusing to install onto /dev/vda")
+		lines := refuse(t, qemutest.Machine{Stick: img, Disks: []string{disk}, MAC: macDemo1}, "refusing to install onto /dev/vda")
 		if !strings.Contains(lines, "wipe") {
 			t.Errorf("the refusal does not say how to allow it (wipe):\n%s", lines)
 		}
@@ -548,12 +435,12 @@ func TestInstallerQEMU(t *testing.T) {
 	// fails, the blank target stays blank.
 	t.Run("tampered payload leaves the target untouched", func(t *testing.T) {
 		tampered := tamperedStick(t, img)
-		disk := blankDisk(t, "disk.raw", smallDisk)
-		lines := refuse(t, qemuMachine{stick: tampered, disks: []string{disk}, mac: macDemo3}, "nothing was written")
+		disk := qemutest.BlankDisk(t, "disk.raw", smallDisk)
+		lines := refuse(t, qemutest.Machine{Stick: tampered, Disks: []string{disk}, MAC: macDemo3}, "nothing was written")
 		if !strings.Contains(lines, "verify: payload "+stick.ESPDir+"/"+hostos.KernelFile+": sha256 ") || !strings.Contains(lines, "manifest says") {
 			t.Errorf("the console does not name the changed file and its wrong sha256:\n%s", lines)
 		}
-		neverWritten(t, disk)
+		qemutest.NeverWritten(t, disk)
 	})
 
 	// A consistent forgery: the payload rebuilt with a changed recipe (it
@@ -564,8 +451,8 @@ func TestInstallerQEMU(t *testing.T) {
 		otherKey := filepath.Join(t.TempDir(), "mallory_ed25519")
 		runTool(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mallory@example", "-f", otherKey)
 		forged := resignedStick(t, img, otherKey)
-		disk := blankDisk(t, "disk.raw", smallDisk)
-		lines := refuse(t, qemuMachine{stick: forged, disks: []string{disk}, mac: macDemo3}, "nothing was written")
+		disk := qemutest.BlankDisk(t, "disk.raw", smallDisk)
+		lines := refuse(t, qemutest.Machine{Stick: forged, Disks: []string{disk}, MAC: macDemo3}, "nothing was written")
 		fp := func(key string) string { return strings.Fields(runTool(t, "ssh-keygen", "-l", "-f", key))[1] }
 		if want := "SHA256SUMS.sig: made by another key (" + fp(otherKey) + "), not vendor@example (" + fp(signKey) + ")"; !strings.Contains(lines, want) {
 			t.Errorf("the console does not say %q:\n%s", want, lines)
@@ -573,7 +460,7 @@ func TestInstallerQEMU(t *testing.T) {
 		if strings.Contains(lines, "target disk:") {
 			t.Errorf("the installer chose a target disk before refusing the signature:\n%s", lines)
 		}
-		neverWritten(t, disk)
+		qemutest.NeverWritten(t, disk)
 	})
 
 	// The power cut: qemu killed while the OS is being written, then the
@@ -582,13 +469,13 @@ func TestInstallerQEMU(t *testing.T) {
 	// entry "install host demo1", made the menu's default on a copy of the
 	// stick (what the owner picks with the arrow keys).
 	t.Run("killed while writing the OS then booted again gives a clean install", func(t *testing.T) {
-		disk := blankDisk(t, "disk.raw", smallDisk)
-		m := qemuMachine{stick: withDefaultEntry(t, img, "host-demo1"), disks: []string{disk}, mac: macStranger}
+		disk := qemutest.BlankDisk(t, "disk.raw", smallDisk)
+		m := qemutest.Machine{Stick: withDefaultEntry(t, img, "host-demo1"), Disks: []string{disk}, MAC: macStranger}
 		midway := regexp.MustCompile(`write OS to /dev/vda: .*\(([2-8]\d)%\)`)
 		start := time.Now()
-		serial, found := qemuUntil(t, 8*time.Minute, midway, m.args(t)...)
+		serial, found := qemutest.Until(t, 8*time.Minute, midway, m.Args(t)...)
 		if !found {
-			t.Fatalf("the OS write did not get under way; serial tail:\n%s", tail(serial, 4000))
+			t.Fatalf("the OS write did not get under way; serial tail:\n%s", qemutest.Tail(serial, 4000))
 		}
 		t.Logf("qemu killed after %v: %s", time.Since(start).Round(time.Second), midway.FindString(serial))
 		if parts := gpttest.Partitions(t, disk); len(parts) != 3 {
@@ -759,62 +646,6 @@ func resignedStick(t *testing.T, img, key string) string {
 	return out
 }
 
-// qemuUntil boots qemu (TCG, serial on stdout) until the serial output
-// matches marker (nil: until qemu exits) or timeout passes, then kills it
-// by its PID. found is whether the marker matched, or with a nil marker
-// whether qemu exited by itself.
-func qemuUntil(t *testing.T, timeout time.Duration, marker *regexp.Regexp, args ...string) (serial string, found bool) {
-	t.Helper()
-	base := []string{"-accel", "tcg", "-machine", "q35", "-nic", "none", "-display", "none", "-monitor", "none",
-		"-serial", "stdio", "-no-reboot"}
-	cmd := exec.Command("qemu-system-x86_64", append(base, args...)...)
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("qemu: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	stop := func() { _ = cmd.Process.Kill(); <-exited } // by PID
-	t.Cleanup(stop)
-	matched := func() bool { return marker != nil && marker.MatchString(out.String()) }
-	deadline := time.After(timeout)
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-exited:
-			return out.String(), marker == nil || matched()
-		case <-deadline:
-			stop()
-			return out.String(), false
-		case <-tick.C:
-			if matched() {
-				stop()
-				return out.String(), true
-			}
-		}
-	}
-}
-
-// lockedBuffer collects qemu's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // sparseCopy copies a partition of a sparse disk image into its own sparse
 // file (holes stay holes, so an 8 GiB partition costs what it holds).
 func sparseCopy(t *testing.T, img string, p gpttest.Partition) string {
@@ -823,11 +654,4 @@ func sparseCopy(t *testing.T, img string, p gpttest.Partition) string {
 	runTool(t, "dd", "if="+img, "of="+out, "bs=4M", "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none",
 		"skip="+strconv.FormatInt(p.Start*512, 10), "count="+strconv.FormatInt((p.End-p.Start+1)*512, 10))
 	return out
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }

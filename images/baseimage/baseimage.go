@@ -226,9 +226,14 @@ func (b *build) report(name string, state outcache.State, sum, why string) {
 	b.rep.Artifact(name, string(state), sum, why)
 }
 
+// layer is the base image's cached tree: image.source with image.packages.
+func (b *build) layer() osbase.Layer {
+	return osbase.Layer{Name: "packages", Source: b.r.Image.Source, Packages: b.r.Image.Packages, Epoch: b.epoch}
+}
+
 func (b *build) rootfs(ctx context.Context) error {
 	rb := &rootfs.Builder{CacheDir: b.opts.CacheDir, Progress: b.rep}
-	plan, err := osbase.PlanLayer(ctx, rb, "packages", b.r, b.r.Image.Packages, b.epoch)
+	plan, err := osbase.PlanLayer(ctx, rb, b.r, b.layer())
 	if err != nil {
 		return err
 	}
@@ -249,7 +254,7 @@ func (b *build) rootfs(ctx context.Context) error {
 			return nil
 		}
 	}
-	res, err := osbase.Build(ctx, rb, "packages", b.r, b.r.Image.Packages, b.epoch, b.tree)
+	res, err := osbase.Build(ctx, rb, b.r, b.layer(), b.tree)
 	if err != nil {
 		return err
 	}

@@ -1,5 +1,5 @@
 // Package hostos builds the host OS that the USB installer writes to a
-// cluster host: the recipe's rootfs (the same source as the base image)
+// cluster host: the recipe's installer.source rootfs
 // with installer.packages (kernel, systemd-boot, LXD, ...), the ssbuild
 // binary and its first-boot unit, packed as the payload's os.img (ext4)
 // and esp/ (the target's EFI system partition), in the layout
@@ -7,9 +7,11 @@
 //
 // The steps, in order, each named in errors and progress:
 //
-//	rootfs    debootstrap (or the recipe's tarball), then a cached layer with
-//	          installer.packages and systemd-sysv installed in a chroot
-//	          (rootfs.Builder.Derive)
+//	rootfs    debootstrap installer.source (or its tarball), then a cached
+//	          layer with installer.packages and systemd-sysv installed in a
+//	          chroot (rootfs.Builder.Derive); with zfs-dkms, the ZFS module
+//	          built for the tree's kernel and kept as a package, the
+//	          compiler removed (zfs.go)
 //	files     /usr/local/bin/ssbuild, ssbuild-appliance.service (enabled),
 //	          /etc/fstab by PARTLABEL, root's authorized_keys
 //	esp       systemd-boot as EFI/BOOT/BOOTX64.EFI (the removable-media path:
@@ -154,7 +156,7 @@ type build struct {
 
 func (b *build) rootfs(ctx context.Context) error {
 	rb := &rootfs.Builder{CacheDir: b.CacheDir, Progress: b.Progress}
-	res, err := osbase.Build(ctx, rb, "host-os-packages", b.Recipe, b.packages(), b.Epoch, b.res.Root)
+	res, err := osbase.Build(ctx, rb, b.Recipe, Layer(b.Recipe, b.Epoch), b.res.Root)
 	b.res.CacheHit = res.CacheHit
 	if err != nil {
 		return err
@@ -163,14 +165,24 @@ func (b *build) rootfs(ctx context.Context) error {
 	return err
 }
 
-// packages are installer.packages and systemd-sysv: a minbase tree has no
-// /sbin/init, and the first-boot unit needs systemd as the init.
-func (b *build) packages() []string {
-	pkgs := slices.Clone(b.Recipe.Installer.Packages)
+// Layer is the host OS's cached tree: installer.source with
+// installer.packages and systemd-sysv (a minbase tree has no /sbin/init,
+// and the first-boot unit needs systemd as the init). With zfs-dkms
+// listed, the ZFS module is built for the tree's kernel after the other
+// packages are in (buildZFS), inside the same layer.
+func Layer(r *recipes.Recipe, epoch int64) osbase.Layer {
+	pkgs := slices.Clone(r.Installer.Packages)
 	if !slices.Contains(pkgs, "systemd-sysv") {
 		pkgs = append(pkgs, "systemd-sysv")
 	}
-	return pkgs
+	l := osbase.Layer{Name: "host-os-packages", Source: r.Installer.Source, Epoch: epoch}
+	if i := slices.Index(pkgs, ZFSDKMS); i >= 0 {
+		l.Packages = slices.Delete(pkgs, i, i+1)
+		l.Finish, l.FinishKey = buildZFS, zfsFinishKey
+		return l
+	}
+	l.Packages = pkgs
+	return l
 }
 
 // kernelVersion is the version of the tree's only kernel; the host OS

@@ -40,9 +40,27 @@ type Plan struct {
 	base                            func(context.Context, string) error
 }
 
+// Layer is one cached tree: a source with packages installed in a chroot,
+// then Finish, if any, in the same chroot.
+type Layer struct {
+	Name     string // tells layers apart, e.g. "packages", "host-os-packages"
+	Source   recipes.Source
+	Packages []string
+	// Epoch is part of the key: packages are installed with it as
+	// SOURCE_DATE_EPOCH, and tools that honour it (useradd, ...) write it
+	// into the tree.
+	Epoch int64
+	// Finish runs after the packages are installed, inside the cached
+	// layer; FinishKey names what it does in the key (change it when
+	// Finish changes what it makes).
+	Finish    func(ctx context.Context, s *chroot.Session) error
+	FinishKey string
+}
+
 // PlanLayer computes the layer's key and source without building anything.
-func PlanLayer(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.Recipe, packages []string, epoch int64) (Plan, error) {
-	src := r.Image.Source
+// r resolves a tarball's path.
+func PlanLayer(ctx context.Context, rb *rootfs.Builder, r *recipes.Recipe, l Layer) (Plan, error) {
+	src := l.Source
 	var p Plan
 	if src.Kind == "tarball" {
 		tb := rootfs.Tarball{Path: r.Path(src.Tarball), SHA256: src.SHA256}
@@ -59,33 +77,36 @@ func PlanLayer(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.
 		p.SourceDetail = fmt.Sprintf("%s %s %s", src.Mirror, src.Variant, strings.Join(src.Components, ","))
 		p.base = func(ctx context.Context, dir string) error { _, err := rb.Debootstrap(ctx, spec, dir); return err }
 	}
-	key := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%s:%s\x00%s\x00%d", name, layerFormat,
-		src.Kind, p.SourceKey, strings.Join(packages, ","), epoch)))
+	key := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%s:%s\x00%s\x00%d\x00%s", l.Name, layerFormat,
+		src.Kind, p.SourceKey, strings.Join(l.Packages, ","), l.Epoch, l.FinishKey)))
 	p.Key = hex.EncodeToString(key[:])
 	return p, nil
 }
 
-// Build puts the recipe's root filesystem with packages installed into dest.
-// name tells layers apart (e.g. "packages", "host-os-packages"). The epoch
-// is part of the key: packages are installed with it as SOURCE_DATE_EPOCH,
-// and tools that honour it (useradd, ...) write it into the tree.
-func Build(ctx context.Context, rb *rootfs.Builder, name string, r *recipes.Recipe, packages []string, epoch int64, dest string) (Result, error) {
+// Build puts the layer's tree into dest, from the cache when it holds it.
+func Build(ctx context.Context, rb *rootfs.Builder, r *recipes.Recipe, l Layer, dest string) (Result, error) {
 	var res Result
-	p, err := PlanLayer(ctx, rb, name, r, packages, epoch)
+	p, err := PlanLayer(ctx, rb, r, l)
 	if err != nil {
 		return res, err
 	}
 	res.Source, res.SourceKey, res.SourceDetail = p.Source, p.SourceKey, p.SourceDetail
 	install := func(ctx context.Context, dir string) (err error) {
 		s, err := chroot.Open(ctx, dir, chroot.Options{Progress: rb.Progress,
-			Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(epoch, 10)}})
+			Env: []string{"SOURCE_DATE_EPOCH=" + strconv.FormatInt(l.Epoch, 10)}})
 		if err != nil {
 			return err
 		}
 		// Close leaves the tree clean: no apt lists, logs, machine identity.
 		defer func() { err = errors.Join(err, s.Close()) }()
-		return s.Install(ctx, packages...)
+		if err := s.Install(ctx, l.Packages...); err != nil {
+			return err
+		}
+		if l.Finish != nil {
+			return l.Finish(ctx, s)
+		}
+		return nil
 	}
-	res.Result, err = rb.Derive(ctx, rootfs.Layer{Name: name, Key: p.Key, Base: p.base, Build: install}, dest)
+	res.Result, err = rb.Derive(ctx, rootfs.Layer{Name: l.Name, Key: p.Key, Base: p.base, Build: install}, dest)
 	return res, err
 }
