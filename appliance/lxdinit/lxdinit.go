@@ -225,7 +225,7 @@ func ensureStoragePool(c lxd.InstanceServer, cfg Config) (Step, error) {
 		return s, fmt.Errorf("storage pool %q exists with driver %s, want %s: LXD cannot change a pool's driver (delete the pool or change the config)",
 			p.Name, pool.Driver, p.Driver)
 	}
-	if p.Source != "" && pool.Config["source"] != p.Source {
+	if p.Source != "" && pool.Config["source"] != p.Source && !zfsPoolOnDevice(pool, p.Source) {
 		return s, fmt.Errorf("storage pool %q exists on source %q, want %q: LXD cannot move a pool", p.Name, pool.Config["source"], p.Source)
 	}
 	if pool.Status != "" && pool.Status != api.StoragePoolStatusCreated {
@@ -243,6 +243,14 @@ func ensureStoragePool(c lxd.InstanceServer, cfg Config) (Step, error) {
 	}
 	s.Action = Updated
 	return s, nil
+}
+
+// zfsPoolOnDevice reports whether pool is a ZFS pool LXD made on the
+// block device source: LXD then records the zpool's name as the pool's
+// source, not the device (seen on the installed host's second start).
+func zfsPoolOnDevice(pool *api.StoragePool, source string) bool {
+	return pool.Driver == "zfs" && strings.HasPrefix(source, "/dev/") &&
+		pool.Config["source"] != "" && pool.Config["source"] == pool.Config["zfs.pool_name"]
 }
 
 // differing lists the keys of want whose value in have differs, sorted.

@@ -8,7 +8,7 @@
 // The steps, in order, each named in errors and progress:
 //
 //	rootfs    debootstrap installer.source (or its tarball), then a cached
-//	          layer with installer.packages and systemd-sysv installed in a
+//	          layer with installer.packages and Needs installed in a
 //	          chroot (rootfs.Builder.Derive); with zfs-dkms, the ZFS module
 //	          built for the tree's kernel and kept as a package, the
 //	          compiler removed (zfs.go)
@@ -166,14 +166,15 @@ func (b *build) rootfs(ctx context.Context) error {
 }
 
 // Layer is the host OS's cached tree: installer.source with
-// installer.packages and systemd-sysv (a minbase tree has no /sbin/init,
-// and the first-boot unit needs systemd as the init). With zfs-dkms
-// listed, the ZFS module is built for the tree's kernel after the other
-// packages are in (buildZFS), inside the same layer.
+// installer.packages and what the appliance needs of the host beside them
+// (Needs). With zfs-dkms listed, the ZFS module is built for the tree's
+// kernel after the other packages are in (buildZFS), inside the same layer.
 func Layer(r *recipes.Recipe, epoch int64) osbase.Layer {
 	pkgs := slices.Clone(r.Installer.Packages)
-	if !slices.Contains(pkgs, "systemd-sysv") {
-		pkgs = append(pkgs, "systemd-sysv")
+	for _, p := range Needs(pkgs) {
+		if !slices.Contains(pkgs, p) {
+			pkgs = append(pkgs, p)
+		}
 	}
 	l := osbase.Layer{Name: "host-os-packages", Source: r.Installer.Source, Epoch: epoch}
 	if i := slices.Index(pkgs, ZFSDKMS); i >= 0 {
@@ -187,6 +188,20 @@ func Layer(r *recipes.Recipe, epoch int64) osbase.Layer {
 
 // kernelVersion is the version of the tree's only kernel; the host OS
 // needs exactly one (installer.packages must name a kernel package).
+// Needs are the packages the host OS gets beside installer.packages: a
+// minbase tree has no /sbin/init (systemd-sysv; the first-boot unit needs
+// systemd as the init), and Debian's lxd neither depends on nor
+// recommends what it runs for a host's networking: it exits at start
+// without ip (iproute2), and a bridge network needs dnsmasq and a
+// firewall (nftables).
+func Needs(packages []string) []string {
+	needs := []string{"systemd-sysv", "iproute2"}
+	if slices.Contains(packages, "lxd") {
+		needs = append(needs, "dnsmasq-base", "nftables")
+	}
+	return needs
+}
+
 func kernelVersion(root string) (string, error) {
 	ents, err := os.ReadDir(filepath.Join(root, "lib/modules"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
