@@ -32,8 +32,8 @@ import (
 //
 // The service's extra second: Argon2id on every host at once (64 MiB, ~0.3 s
 // each on 2 cores), lxdinit on the joiners before they join (the script lets
-// the join create their pool and network), and retry waits while joins are
-// serialised.
+// the join create their pool and network; since 2026-12-03 the joiners do
+// too), and retry waits while joins are serialised.
 func BenchmarkFormation(b *testing.B) {
 	for _, n := range []int{3, 5} {
 		b.Run(fmt.Sprintf("service/hosts=%d", n), func(b *testing.B) {
