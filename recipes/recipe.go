@@ -223,9 +223,12 @@ type Instance struct {
 	Enabled *bool  `yaml:"enabled,omitempty" json:"enabled,omitempty" doc:"create this instance (default true)"`
 	Type    string `yaml:"type" json:"type" rule:"enum=virtual-machine|container" doc:"LXD instance type (default container; deploy refuses virtual-machine for now)"`
 	MAC     MAC    `yaml:"mac,omitempty" json:"mac,omitempty" doc:"pinned MAC address of the LAN NIC (for a DHCP reservation)"`
-	CPUs    int    `yaml:"cpus,omitempty" json:"cpus,omitempty" rule:"min=1,max=256" doc:"limits.cpu"`
-	Memory  Size   `yaml:"memory,omitempty" json:"memory,omitempty" rule:"min=256MiB" doc:"limits.memory"`
-	Disks   Disks  `yaml:"disks" json:"disks" doc:"root disk and custom volume sizes"`
+	// Host pins where a new instance goes, e.g. onto a host a later recipe
+	// revision added; placement never moves an instance that exists.
+	Host   string `yaml:"host,omitempty" json:"host,omitempty" doc:"the cluster host (one of installer.hosts) that creates this instance; default the online member with the fewest instances. An instance that exists stays where it is"`
+	CPUs   int    `yaml:"cpus,omitempty" json:"cpus,omitempty" rule:"min=1,max=256" doc:"limits.cpu"`
+	Memory Size   `yaml:"memory,omitempty" json:"memory,omitempty" rule:"min=256MiB" doc:"limits.memory"`
+	Disks  Disks  `yaml:"disks" json:"disks" doc:"root disk and custom volume sizes"`
 }
 
 // IsEnabled is true unless the recipe turned the instance off.

@@ -286,6 +286,11 @@ func validateDeployments(r *Recipe, rep *report) {
 		if d.PrimaryDomain != "" {
 			checkDomain(rep, p+".primaryDomain", d.PrimaryDomain)
 		}
+		for _, role := range d.Instances.Roles() {
+			if h := role.Instance.Host; h != "" && len(r.Installer.Hosts) > 0 && !hasHost(r.Installer.Hosts, h) {
+				rep.at(p+".instances."+role.Name+".host", "%q is not one of installer.hosts (%s)", h, hostList(r.Installer.Hosts))
+			}
+		}
 		for j, s := range d.Sites {
 			sp := indexPath(p+".sites", j)
 			if s.Domain == "" {

@@ -461,6 +461,16 @@ deployments:
 			`t.yaml:14:11: deployments[2].name: project "p-mainnet" is already made by deployments[1]; change name or chain`,
 			`t.yaml:18:18: deployments[2].sites[0].domain: "shop.example.com" is already a site at deployments[1].sites[0].domain; a domain can be served once`)
 	})
+	t.Run("instance host", func(t *testing.T) {
+		expectProblems(t, base+`deployments:
+  - name: p
+    primaryDomain: example.com
+    instances:
+      www: {host: h1}
+      clams: {host: h4}
+`,
+			`t.yaml:11:21: deployments[0].instances.clams.host: "h4" is not one of installer.hosts (h1)`)
+	})
 	t.Run("nostr", func(t *testing.T) {
 		expectProblems(t, base+`deployments:
   - name: p

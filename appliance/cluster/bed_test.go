@@ -282,7 +282,7 @@ func (e *env) assertFormed(t testing.TB) {
 	// LXD hands out database roles shortly after a join: give it time.
 	deadline := time.Now().Add(60 * time.Second)
 	certs := map[string]bool{}
-	for _, h := range e.bed.Hosts {
+	for i, h := range e.bed.Hosts {
 		// One cluster: every member serves the same cluster certificate.
 		server, _, err := h.LXD().GetServer()
 		if err != nil {
@@ -320,9 +320,32 @@ func (e *env) assertFormed(t testing.TB) {
 		if toks := pendingTokens(t, h); len(toks) > 0 {
 			t.Errorf("%s: join tokens left pending for %v", h.Name, toks)
 		}
+		e.assertMemberReady(t, i)
 	}
 	if len(certs) != 1 {
 		t.Errorf("the hosts serve %d different cluster certificates, want 1", len(certs))
+	}
+}
+
+// assertMemberReady: host i's member has the cluster's pool on its own
+// source, the network and a profile using both, whether lxdinit made them
+// (the initiator) or its join did (a joiner).
+func (e *env) assertMemberReady(t testing.TB, i int) {
+	t.Helper()
+	h, c := e.bed.Hosts[i], e.cfgs[i].Cluster
+	on := h.LXD().UseTarget(h.Name)
+	pool, _, err := on.GetStoragePool(c.Storage.Pool)
+	if err != nil || pool.Status != "Created" || pool.Config["source"] != c.Storage.Source {
+		t.Errorf("%s: pool %s: %+v, %v; want created on %s", h.Name, c.Storage.Pool, pool, err, c.Storage.Source)
+	}
+	if len(c.Networks) > 0 {
+		if n, _, err := on.GetNetwork(c.Networks[0].Name); err != nil || n.Status != "Created" {
+			t.Errorf("%s: network %s: %+v, %v", h.Name, c.Networks[0].Name, n, err)
+		}
+	}
+	p, _, err := h.LXD().GetProfile("default")
+	if err != nil || p.Devices["root"]["pool"] != c.Storage.Pool {
+		t.Errorf("%s: default profile: %+v, %v; want its root disk on %s", h.Name, p, err, c.Storage.Pool)
 	}
 }
 

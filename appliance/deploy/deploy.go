@@ -340,21 +340,24 @@ func (o *Options) deployInstance(ctx context.Context, w work, m *mutations) (Ins
 	r := InstanceReport{Project: s.Project, Name: s.Name, Member: w.member}
 	label := s.Project + "/" + s.Name
 	task := o.Progress.Start(label+": instance on "+memberName(w.member), 0, "")
-	before := m.n.Load()
+	// Counted apart: the other instances deploy in parallel, and their
+	// changes are not this one's.
+	var own mutations
 	pool := o.Recipe.Cluster.Storage.Pool
-	err := ensureVolumes(o.LXD, pool, s, w.member, m)
+	err := ensureVolumes(o.LXD, pool, s, w.member, &own)
 	if err == nil && s.Name == "btcpay" {
 		// bitcoind starts from the pre-loaded chainstate, not from genesis.
-		w.chainstate, err = ensureChainstate(ctx, o.LXD, pool, o.ImageDir, w.dep.Chain, s, w.member, m)
+		w.chainstate, err = ensureChainstate(ctx, o.LXD, pool, o.ImageDir, w.dep.Chain, s, w.member, &own)
 		if w.chainstate {
 			s.Devices = maps.Clone(s.Devices)
 			s.Devices["chainstate"] = map[string]string{"type": "disk", "pool": pool, "source": s.Name + "-chainstate", "path": ChainstatePath}
 		}
 	}
 	if err == nil {
-		err = ensureInstance(o.LXD, s, w.member, m)
+		err = ensureInstance(o.LXD, s, w.member, &own)
 	}
-	r.Created = m.n.Load() != before
+	r.Created = own.n.Load() != 0
+	m.add(int(own.n.Load()))
 	task.Done(err)
 	if err != nil {
 		return r, err

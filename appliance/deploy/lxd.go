@@ -195,11 +195,13 @@ func keptVolumes(c lxd.InstanceServer, pool string, specs []InstanceSpec) (map[s
 }
 
 // choose places specs (one deployment's instances) on members: an instance
-// that exists stays where it is; one whose volumes were kept goes back to
-// their member; a new one goes to the member with the fewest instances (in
-// every project), ties by name, so a deployment's instances spread over
-// the cluster. A www instance owns its member's ports 80 and 443, so it
-// never goes where another deployment's www is.
+// that exists stays where it is (also when its host says otherwise:
+// nothing running moves); one whose volumes were kept goes back to their
+// member; a new one goes to its host when the recipe names one (a host a
+// later revision added, say), else to the member with the fewest instances
+// (in every project), ties by name, so a deployment's instances spread
+// over the cluster. A www instance owns its member's ports 80 and 443, so
+// it never goes where another deployment's www is.
 func choose(members []string, all []api.Instance, kept map[string]string, specs []InstanceSpec) (map[string]string, error) {
 	where := map[string]string{}
 	load := map[string]int{}
@@ -225,8 +227,22 @@ func choose(members []string, all []api.Instance, kept map[string]string, specs 
 			if _, online := load[m]; !online {
 				return nil, fmt.Errorf("%s/%s: its volumes are on member %s, which is not online; bring it back (or move the volumes) first", s.Project, s.Name, m)
 			}
+			if s.Host != "" && s.Host != m {
+				return nil, fmt.Errorf("%s/%s: its host is %s, but its volumes are on member %s (local storage); remove host or move the volumes", s.Project, s.Name, s.Host, m)
+			}
 			where[s.Name] = m
 			load[m]++
+			continue
+		}
+		if s.Host != "" {
+			if _, online := load[s.Host]; !online {
+				return nil, fmt.Errorf("%s/%s: its host %s is not an online cluster member (online: %s)", s.Project, s.Name, s.Host, strings.Join(members, ", "))
+			}
+			if s.Name == "www" && wwwOf[s.Host] != "" {
+				return nil, fmt.Errorf("%s/www: its host %s already runs the www of %s, which owns the member's ports 80 and 443", s.Project, s.Host, wwwOf[s.Host])
+			}
+			where[s.Name] = s.Host
+			load[s.Host]++
 			continue
 		}
 		best := ""

@@ -86,3 +86,37 @@ func TestChooseFollowsKeptVolumes(t *testing.T) {
 		t.Errorf("btcpay's volumes on an offline member: %v", err)
 	}
 }
+
+// TestChooseHonoursHost: after a fourth member joined, a new instance
+// whose recipe names that host goes there even though another member is
+// as empty; the existing ones stay, also one whose host now names another
+// member (nothing running moves); a host that is not online, or whose www
+// is another deployment's, is refused before anything changes.
+func TestChooseHonoursHost(t *testing.T) {
+	members := []string{"h1", "h2", "h3", "h4"}
+	all := []api.Instance{instance("a-regtest", "www", "h1"), instance("a-regtest", "btcpay", "h2")}
+	specs := []InstanceSpec{{Project: "a-regtest", Name: "www"}, {Project: "a-regtest", Name: "btcpay", Host: "h3"},
+		{Project: "a-regtest", Name: "clams", Host: "h4"}}
+	where, err := choose(members, all, nil, specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if where["clams"] != "h4" || where["www"] != "h1" || where["btcpay"] != "h2" {
+		t.Errorf("placed %v; want clams on its host h4, www and btcpay where they run", where)
+	}
+	if where, err := choose(members, all, nil, specs[2:]); err != nil || where["clams"] != "h4" {
+		t.Errorf("clams alone: %v, %v", where, err)
+	}
+	specs[2].Host = "h5"
+	if _, err := choose(members, all, nil, specs); err == nil || !strings.Contains(err.Error(), "a-regtest/clams: its host h5 is not an online cluster member") {
+		t.Errorf("clams on a host that is no member: %v", err)
+	}
+	specs[2].Host = "h2"
+	if _, err := choose(members, all, map[string]string{"clams": "h3"}, specs); err == nil || !strings.Contains(err.Error(), "its volumes are on member h3") {
+		t.Errorf("clams on h2 with its volumes kept on h3: %v", err)
+	}
+	_, err = choose(members, all, nil, []InstanceSpec{{Project: "b-regtest", Name: "www", Host: "h1"}})
+	if err == nil || !strings.Contains(err.Error(), "already runs the www of a-regtest") {
+		t.Errorf("b's www on a's www member: %v", err)
+	}
+}

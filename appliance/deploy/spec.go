@@ -33,6 +33,7 @@ type InstanceSpec struct {
 	Project string
 	Name    string // the role: www, btcpay, clams
 	Type    string // container or virtual-machine
+	Host    string `yaml:",omitempty"` // the member a new instance goes to (instances.<role>.host); "" for the least-loaded
 	Config  map[string]string
 	Devices map[string]map[string]string
 	Volumes []VolumeSpec
@@ -66,7 +67,7 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 			return nil, err
 		}
 		s := InstanceSpec{
-			Project: d.Project(), Name: role.Name, Type: in.Type,
+			Project: d.Project(), Name: role.Name, Type: in.Type, Host: in.Host,
 			Config: map[string]string{
 				keyDeployment:          d.Project(),
 				keyRole:                role.Name,

@@ -4,9 +4,11 @@
 // only what differs, so running Apply again after a crash at any point
 // converges instead of failing on what the first run already did.
 //
-// It runs on a standalone server, before the host joins or bootstraps a
-// cluster; a joiner initialised the same way joins fine, and a re-run on a
-// cluster member finds everything in place. Creating a pool or network on
+// It runs on the initiator's standalone server, before it bootstraps a
+// cluster (or, re-installed, joins one: initialised this way it joins
+// fine); the other hosts leave all this to their join, which brings the
+// cluster's pool, network and profiles. A re-run on a cluster member finds
+// everything in place. Creating a pool or network on
 // a cluster (pending per member) is the cluster step's job, not this one's.
 package lxdinit
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -59,15 +60,16 @@ func Open(ctx context.Context, cfg Config) (reg *Registry, err error) {
 		n.dial = client.DialFuncWithTLS(client.DefaultDialFunc, cfg.TLS.Dial)
 	}
 	defer func() {
-		if err != nil {
-			_ = a.Close()
+		if err != nil && n.app != nil {
+			_ = n.app.Close()
 		}
 	}()
 	// Ready means joined (for a new node) and roles settled; without it
 	// the first queries of a joiner would race its own join.
-	if err := a.Ready(ctx); err != nil {
+	if err := n.ready(ctx, cfg, opts); err != nil {
 		return nil, fmt.Errorf("registry %s: wait until part of the cluster (join %v): %w", cfg.Address, cfg.Join, err)
 	}
+	a = n.app
 	db, err := a.Open(ctx, database)
 	if err != nil {
 		return nil, fmt.Errorf("registry %s: open database: %w", cfg.Address, err)
@@ -78,6 +80,70 @@ func Open(ctx context.Context, cfg Config) (reg *Registry, err error) {
 		return nil, err
 	}
 	return reg, nil
+}
+
+// joinCheck is how often a joining node that is not ready asks the leader
+// whether its join went through already (see ready).
+const joinCheck = 3 * time.Second
+
+// ready waits until the node is ready. A joiner whose Add the leader
+// committed while the answer was lost (the leader's process died right
+// then; dqlite returns before the add is known to be applied, canonical/
+// dqlite#799) is a member already, yet go-dqlite v1.11.5's app retries Add
+// for ever ("server ID already in use"). So while not ready, a joining node
+// asks the leader every joinCheck whether its ID is a member at its
+// address; if it is, the app starts again without its join marker, as the
+// member it is.
+func (n *dqliteNode) ready(ctx context.Context, cfg Config, opts []app.Option) error {
+	marker := filepath.Join(cfg.Dir, "join") // go-dqlite app's joinFile
+	for {
+		wait := ctx
+		var cancel context.CancelFunc = func() {}
+		if _, err := os.Stat(marker); err == nil {
+			wait, cancel = context.WithTimeout(ctx, joinCheck)
+		}
+		err := n.app.Ready(wait)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if !n.isMember(ctx) {
+			continue
+		}
+		if cfg.Logf != nil {
+			cfg.Logf("joined already (the leader lists this node); restarting it as a member")
+		}
+		err = n.app.Close()
+		n.app = nil
+		if err != nil {
+			return fmt.Errorf("restart as a member: close: %w", err)
+		}
+		if err := os.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("restart as a member: %w", err)
+		}
+		a, err := app.New(cfg.Dir, opts...)
+		if err != nil {
+			return fmt.Errorf("restart as a member in %s: %w", cfg.Dir, err)
+		}
+		n.app = a
+	}
+}
+
+// isMember reports whether the leader lists this node, by its ID and
+// address.
+func (n *dqliteNode) isMember(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, joinCheck)
+	defer cancel()
+	members, err := n.members(ctx)
+	if err != nil {
+		return false
+	}
+	for _, m := range members {
+		if m.ID == n.app.ID() && m.Address == n.app.Address() {
+			return true
+		}
+	}
+	return false
 }
 
 // rolesAdjustment is how often the leader checks that there are 3 voters

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
@@ -336,20 +337,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 
 	// A fourth host from a later recipe revision joins while the sites
 	// keep answering (asked every half second meanwhile).
-	asking, stopAsking := context.WithCancel(ctx)
-	failures := make(chan []string, 1)
-	go func() {
-		var failed []string
-		for asking.Err() == nil {
-			if body, err := askOnce(asking, bed, www, "demo.example"); err != nil && asking.Err() == nil {
-				failed = append(failed, err.Error())
-			} else if err == nil && body != "ghost demo.example" {
-				failed = append(failed, "answered "+body)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-		failures <- failed
-	}()
+	stopAsking := keepAsking(ctx, bed, www, "demo.example", "ghost demo.example")
 	added := time.Now()
 	if err := services[3].Start(ctx); err != nil {
 		t.Fatal(err)
@@ -359,8 +347,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	})
 	t.Logf("figure: host4's service start to serving, sites answering meanwhile: %s", time.Since(added).Round(time.Second))
 	time.Sleep(2 * time.Second)
-	stopAsking()
-	if failed := <-failures; len(failed) > 0 {
+	if failed := stopAsking(); len(failed) > 0 {
 		t.Errorf("demo.example failed %d times while host4 joined: %v", len(failed), failed)
 	}
 	if m, _, err := init.Bed.LXD().GetClusterMember("host4"); err != nil || m.Status != "Online" {
@@ -384,6 +371,57 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if got := askSite(t, ctx, bed, www, "demo.example"); got != "ghost demo.example" {
 		t.Errorf("after the restart demo.example answered %q", got)
 	}
+
+	// A following revision can use host4: it lists host4 and enables the
+	// clams instance with host: host4. `ssbuild deploy` on host4 itself
+	// creates it there; www and btcpay stay on their members and the site
+	// keeps answering meanwhile.
+	t.Run("a following revision places its new instance on host4", func(t *testing.T) {
+		before := instanceMembers(t, init.Bed, project)
+		rec, err := recipes.Load(recipeFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Installer.Hosts = append(rec.Installer.Hosts, recipes.Host{Name: "host4", MAC: "02:5e:00:00:01:04", Address: "10.99.0.14/24"})
+		clams := rec.Deployments[0].Instances.BTCPay
+		clams.Host = "host4"
+		rec.Deployments[0].Instances.Clams = clams
+		data, err := recipes.Marshal(rec)
+		if err == nil {
+			err = os.WriteFile(recipeFile, data, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopAsking := keepAsking(ctx, bed, www, "demo.example", "ghost demo.example")
+		placed := time.Now()
+		out := runCLI(t, ctx, hosts[3], img, log, "deploy", "--json", "--config", hosts[3].Path, "--recipe", recipeFile, "--image", img, "--state-dir", cliState)
+		t.Logf("figure: ssbuild deploy on host4 of the revision adding clams on host4: %s", time.Since(placed).Round(time.Second))
+		if failed := stopAsking(); len(failed) > 0 {
+			t.Errorf("demo.example failed %d times during the deploy: %v", len(failed), failed)
+		}
+		var rep deploy.Report
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("ssbuild deploy --json: %v\n%s", err, out)
+		}
+		after := instanceMembers(t, init.Bed, project)
+		if after["clams"] != "host4 Running" {
+			t.Errorf("clams is %q, want running on host4 (instances %v)", after["clams"], after)
+		}
+		for name, where := range before {
+			if after[name] != where {
+				t.Errorf("%s moved or stopped: %q before, %q after", name, where, after[name])
+			}
+		}
+		for _, in := range rep.Instances {
+			if in.Name != "clams" && (in.Created || len(in.Services.Created)+len(in.Services.Recreated) > 0) {
+				t.Errorf("the deploy changed %s: %+v", in.Name, in)
+			}
+		}
+		if got := askSite(t, ctx, bed, www, "btcpay.demo.example"); got != "btcpay demo.example" {
+			t.Errorf("btcpay.demo.example answered %q after the deploy", got)
+		}
+	})
 
 	// The initiator's service (its registry node) is killed and the recipe
 	// changes (gitea added to demo.example); a survivor's service, started
@@ -428,10 +466,11 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &shown); err != nil {
 		t.Fatalf("ssbuild show --history --json: %v\n%s", err, out)
 	}
-	if h := shown.Deployments[0].History; len(h) != 2 || h[0].State != registry.RevisionDeployed || h[0].Member != init.Bed.Name ||
-		h[1].State != registry.RevisionDeployed || h[1].Member != survivor.Bed.Name || h[1].RecipeDigest == h[0].RecipeDigest ||
-		!strings.Contains(h[1].Recipe, "gitea") {
-		t.Errorf("show --history: %+v; want revision 1 by %s and 2 (with gitea) by %s, both deployed", h, init.Bed.Name, survivor.Bed.Name)
+	if h := shown.Deployments[0].History; len(h) != 3 || h[0].State != registry.RevisionDeployed || h[0].Member != init.Bed.Name ||
+		h[1].State != registry.RevisionDeployed || h[1].Member != "host4" || !strings.Contains(h[1].Recipe, "host: host4") ||
+		h[2].State != registry.RevisionDeployed || h[2].Member != survivor.Bed.Name || h[2].RecipeDigest == h[1].RecipeDigest ||
+		!strings.Contains(h[2].Recipe, "gitea") {
+		t.Errorf("show --history: %+v; want revision 1 by %s, 2 (clams on host4) by host4 and 3 (with gitea) by %s, all deployed", h, init.Bed.Name, survivor.Bed.Name)
 	}
 	t.Logf("ssbuild show --history on %s:\n%s", survivor.Bed.Name,
 		runCLI(t, ctx, survivor, img, log, "show", "--history", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState))
@@ -447,6 +486,43 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if has, err := (&deploystate.Client{Socket: filepath.Join(survivor.Config.StateDir, service.SocketName)}).Has(ctx, project); has || err != nil {
 		t.Errorf("after down --purge the registry still has the secrets of %s (%v)", project, err)
 	}
+}
+
+// keepAsking asks port 80 of the www member for site every half second
+// until the returned stop, which says every failure and wrong answer.
+func keepAsking(ctx context.Context, bed *testbed.Bed, www *testbed.Host, site, want string) (stop func() []string) {
+	asking, cancel := context.WithCancel(ctx)
+	failures := make(chan []string, 1)
+	go func() {
+		var failed []string
+		for asking.Err() == nil {
+			if body, err := askOnce(asking, bed, www, site); err != nil && asking.Err() == nil {
+				failed = append(failed, err.Error())
+			} else if err == nil && body != want {
+				failed = append(failed, "answered "+body)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		failures <- failed
+	}()
+	return func() []string {
+		cancel()
+		return <-failures
+	}
+}
+
+// instanceMembers is "member status" per instance of the project.
+func instanceMembers(t *testing.T, h *testbed.Host, project string) map[string]string {
+	t.Helper()
+	ins, err := h.LXD().UseProject(project).GetInstances(api.InstanceTypeAny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, in := range ins {
+		out[in.Name] = in.Location + " " + in.Status
+	}
+	return out
 }
 
 // runCLI runs the ssbuild binary the demo image was built with (static,
