@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"bufio"
 	"errors"
 	"io"
 )
@@ -22,31 +21,49 @@ const (
 )
 
 type chunker struct {
-	r    *bufio.Reader
-	gear *[256]uint64
+	r          io.Reader
+	gear       *[256]uint64
+	buf        []byte // buf[start:end] is read and not cut yet
+	start, end int
+	err        error // from r, once it failed or ended
 }
 
 func newChunker(r io.Reader, gear *[256]uint64) *chunker {
-	return &chunker{r: bufio.NewReaderSize(r, maxChunk), gear: gear}
+	return &chunker{r: r, gear: gear}
 }
 
-// next returns the next chunk, a new slice; io.EOF after the last.
+// chunkBuf is the size of the buffers chunks are cut from: chunks are
+// slices of them, handed on without a copy; a buffer is never written
+// again once it holds a chunk (the rest moves to a new one).
+const chunkBuf = 4 * maxChunk
+
+// next returns the next chunk; io.EOF after the last.
 func (c *chunker) next() ([]byte, error) {
-	p, err := c.r.Peek(maxChunk)
-	if len(p) == 0 {
-		if err == nil || errors.Is(err, bufio.ErrBufferFull) {
-			err = io.ErrNoProgress
+	for c.end-c.start < maxChunk && c.err == nil {
+		if len(c.buf)-c.end < 64<<10 { // little room left: the rest goes to a new buffer
+			nb := make([]byte, chunkBuf)
+			c.end = copy(nb, c.buf[c.start:c.end])
+			c.buf, c.start = nb, 0
 		}
-		return nil, err
+		n, err := c.r.Read(c.buf[c.end:])
+		c.end += n
+		if err != nil {
+			c.err = err
+		}
 	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+	if c.start == c.end {
+		if c.err == nil || errors.Is(c.err, io.EOF) {
+			return nil, io.EOF
+		}
+		return nil, c.err
 	}
-	n := cut(p, c.gear)
-	chunk := make([]byte, n)
-	copy(chunk, p[:n])
-	_, err = c.r.Discard(n)
-	return chunk, err
+	if c.err != nil && !errors.Is(c.err, io.EOF) {
+		return nil, c.err
+	}
+	n := cut(c.buf[c.start:c.end], c.gear)
+	chunk := c.buf[c.start : c.start+n : c.start+n]
+	c.start += n
+	return chunk, nil
 }
 
 // cut is the length of the chunk that starts p.

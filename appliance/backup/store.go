@@ -77,6 +77,7 @@ type Writer struct {
 	mu      sync.Mutex
 	known   map[string]Chunk // signed by this key in the folder's earlier backups
 	written map[string]Chunk // named by this backup so far
+	fresh   []string         // chunk files this backup wrote
 }
 
 // NewWriter starts a backup in the folder top: new, empty, or holding
@@ -274,6 +275,7 @@ func (w *Writer) store(data []byte) (string, error) {
 	}
 	w.mu.Lock()
 	w.written[id] = c
+	w.fresh = append(w.fresh, p)
 	w.Stats.New++
 	w.Stats.NewBytes += c.Size
 	w.mu.Unlock()
@@ -315,14 +317,14 @@ func writeChunk(p, id string, data []byte, recips []age.Recipient) (c Chunk, err
 	return Chunk{ID: id, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
-// Close finishes the backup: every chunk on disk first (one syncfs),
-// then the manifest and its signature, then SHA256SUMS, renamed into place
-// last, so a backup with SHA256SUMS is whole.
+// Close finishes the backup: every chunk on disk first, then the manifest
+// and its signature, then SHA256SUMS, renamed into place last, so a backup
+// with SHA256SUMS is whole.
 func (w *Writer) Close() (Manifest, error) {
 	defer w.unlock()
 	m := w.m
 	m.Format, m.Name, m.Signer, m.Stats = format, w.name, w.keys.Signer(), w.Stats
-	if err := syncFolder(w.top); err != nil {
+	if err := w.syncChunks(); err != nil {
 		return m, err
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -356,13 +358,54 @@ func (w *Writer) Close() (Manifest, error) {
 	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		return m, err
 	}
-	if err := syncFolder(w.top); err != nil {
-		return m, err
+	for _, p := range []string{filepath.Join(dir, ManifestFile), filepath.Join(dir, SigFile), tmp} {
+		if err := fsync(p); err != nil {
+			return m, err
+		}
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, SumsFile)); err != nil {
 		return m, err
 	}
-	return m, syncFolder(w.top)
+	for _, p := range []string{dir, filepath.Join(w.top, backupsDir)} {
+		if err := fsync(p); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// syncChunks puts the chunks this backup wrote on disk: one by one when
+// they are few (an incremental backup then waits for nothing else written
+// to the file system), else with one syncfs.
+func (w *Writer) syncChunks() error {
+	if len(w.fresh) > 64 {
+		return syncFolder(w.top)
+	}
+	dirs := map[string]bool{filepath.Join(w.top, chunksDir): true}
+	for _, p := range w.fresh {
+		if err := fsync(p); err != nil {
+			return err
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	for d := range dirs {
+		if err := fsync(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fsync(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	return nil
 }
 
 // Abort removes the unfinished backup; chunks it wrote stay until prune.
