@@ -59,6 +59,9 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	}
 	from := o.From
 	if o.Backup != "" {
+		if strings.ContainsAny(o.Backup, `/\`) || strings.HasPrefix(o.Backup, ".") {
+			return fmt.Errorf("restore %s: --backup %q: want a name backup list shows", d.Name, o.Backup)
+		}
 		from = filepath.Join(o.From, backupsDir, o.Backup)
 	} else if from, err = Latest(o.From, d.Project()); err != nil {
 		return fmt.Errorf("restore %s: %w", d.Name, err)
