@@ -261,8 +261,30 @@ func TestIncremental(t *testing.T) {
 		t.Errorf("a backup with no change wrote %d chunks", third.Stats.New)
 	}
 
+	// One backup at a time in a folder.
+	w, err := NewWriter(dir, Manifest{Deployment: "d", Project: "d", Created: t0.Add(3 * time.Hour)}, keys, []age.Recipient{id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewWriter(dir, Manifest{Created: t0}, keys, []age.Recipient{id.Recipient()}); err == nil || !strings.Contains(err.Error(), "another backup or prune is running") {
+		t.Errorf("a second writer while one runs: %v", err)
+	}
+	if _, err := Prune(dir, 1); err == nil || !strings.Contains(err.Error(), "another backup or prune is running") {
+		t.Errorf("prune while a backup runs: %v", err)
+	}
+	// An interrupted run: its backup has no SHA256SUMS, a chunk write was cut short.
+	if err := w.AddReader(Item{File: "interrupted"}, bytes.NewReader(noise(6, 100))); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "chunks", "ab"), 0o700)
+	os.WriteFile(filepath.Join(dir, "chunks", "ab", "cut-short.age.tmp"), []byte("x"), 0o600)
+	w.unlock()
+	if _, err := Verify(dir, nil); err == nil || !strings.Contains(err.Error(), "backups/"+w.Name()+": no SHA256SUMS: not a finished backup") {
+		t.Errorf("verify with an interrupted backup: %v", err)
+	}
+
 	r, err := Prune(dir, 1)
-	if err != nil || len(r.Removed) != 2 || r.Removed[0] != first.Name || r.Chunks < 1 || r.KeptBackups != 1 {
+	if err != nil || len(r.Removed) != 3 || r.Removed[0] != first.Name || r.Removed[2] != w.Name() || r.Chunks < 3 || r.KeptBackups != 1 {
 		t.Fatalf("prune --keep 1: %+v, %v", r, err)
 	}
 	if _, err := VerifyWith(dir, VerifyOptions{Identities: []age.Identity{id}, Signer: keys.Signer()}); err != nil {
@@ -270,6 +292,9 @@ func TestIncremental(t *testing.T) {
 	}
 	if !bytes.Equal(plain(t, dir, "btcpay/web/data.tar.age", id), vol2) {
 		t.Error("the kept backup decrypts to other content after prune")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "chunks", "ab", "cut-short.age.tmp")); err == nil {
+		t.Error("prune left a cut-short chunk write")
 	}
 	if f, _ := List(dir); len(f.Backups) != 1 || f.UnusedChunks != 0 {
 		t.Errorf("after prune: %+v", f)
