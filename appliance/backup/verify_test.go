@@ -277,6 +277,7 @@ func TestIncremental(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.MkdirAll(filepath.Join(dir, "chunks", "ab"), 0o700)
+	os.MkdirAll(filepath.Join(dir, "chunks", "ab"), 0o700)
 	os.WriteFile(filepath.Join(dir, "chunks", "ab", "cut-short.age.tmp"), []byte("x"), 0o600)
 	w.unlock()
 	if _, err := Verify(dir, nil); err == nil || !strings.Contains(err.Error(), "backups/"+w.Name()+": no SHA256SUMS: not a finished backup") {
