@@ -6,26 +6,17 @@
 // are never copied; the manifest lists them. Nothing that can decrypt a
 // backup is ever written beside it.
 //
-// The folder:
-//
-//	manifest.json                      what was taken, from where, when; each file's size and sha256
-//	SHA256SUMS                         sha256sum -c format, over manifest.json and every .age file
-//	<instance>/<service>/<file>.age    a dump
-//	<instance>/<service>/<volume>[<path>].tar.age   a volume path (slashes in the path as '_')
+// Each item is cut into content-defined chunks stored once per folder
+// (store.go has the layout), so a second backup into the same folder
+// writes only what changed, and every backup in it stays whole on its own.
 package backup
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
-	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -57,42 +48,53 @@ type Options struct {
 	LXD        lxd.InstanceServer // any cluster member
 	Recipe     *recipes.Recipe
 	Deployment string // its name in the recipe
-	To         string // the folder; created, must be empty
-	Progress   *progress.Reporter
+	To         string // the folder: new, empty, or holding earlier backups
+	// State holds the deployment's secrets; the backup key (KeySecret) is
+	// made there on the first backup.
+	State    secrets.Store
+	Progress *progress.Reporter
 }
 
 // Manifest describes a backup folder.
 type Manifest struct {
-	Format     int       `json:"format"`
+	Format int `json:"format"`
+	// Name is the backup's folder under backups/ (its UTC start time).
+	Name       string    `json:"name"`
 	Deployment string    `json:"deployment"`
 	Project    string    `json:"project"`
 	Created    time.Time `json:"created"`
 	// Recipients are the age public keys the files are encrypted to.
 	Recipients []string `json:"recipients"`
-	Items      []Item   `json:"items"`
+	// Signer is the public key whose signature manifest.sig holds; a
+	// restore checks it against the cluster's own key or --signer.
+	Signer string `json:"signer"`
+	Items  []Item `json:"items"`
 	// NeverRestored are the declared paths deliberately not in the backup.
 	NeverRestored []Item `json:"neverRestored,omitempty"`
 	// Absent are declared paths that did not exist when the backup ran
 	// (for example a Lightning node's emergency.recover before its first channel).
 	Absent []Item `json:"absent,omitempty"`
+	// Stats say what the run that wrote it read and wrote (not in the file).
+	Stats Stats `json:"-"`
 }
 
 // Item is one thing taken (or deliberately not taken).
 type Item struct {
-	File     string `json:"file,omitempty"` // in the folder, for items taken
-	Kind     string `json:"kind"`           // dump or volume
-	Instance string `json:"instance"`
-	Service  string `json:"service"`
-	Volume   string `json:"volume,omitempty"`
-	Path     string `json:"path,omitempty"` // in the volume
-	Size     int64  `json:"size,omitempty"` // of the encrypted file
-	SHA256   string `json:"sha256,omitempty"`
+	File     string  `json:"file,omitempty"` // its name in the backup, for items taken
+	Kind     string  `json:"kind"`           // dump or volume
+	Instance string  `json:"instance"`
+	Service  string  `json:"service"`
+	Volume   string  `json:"volume,omitempty"`
+	Path     string  `json:"path,omitempty"`   // in the volume
+	Size     int64   `json:"size,omitempty"`   // plain bytes
+	Chunks   []Chunk `json:"chunks,omitempty"` // its content, in order
 }
 
-const format = 1
+// format 2: chunks shared by the backups of a folder (1 was one file per item).
+const format = 2
 
-// Run takes the backup. On error the folder may hold a partial backup
-// without a manifest; verify refuses it.
+// Run takes the backup. On error the unfinished backup is removed; chunks
+// it wrote stay until `backup prune`.
 func Run(ctx context.Context, o Options) (Manifest, error) {
 	rep := o.Progress
 	if rep == nil {
@@ -102,22 +104,44 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 	if err != nil {
 		return Manifest{}, err
 	}
-	if len(o.Recipe.Backup.Recipients) == 0 {
-		return Manifest{}, errors.New("the recipe has no backup.recipients: add the age public key (age-keygen -y KEYFILE) a backup is encrypted to")
+	recips, err := Recipients(o.Recipe.Backup.Recipients)
+	if err != nil {
+		return Manifest{}, err
+	}
+	keys, err := DeploymentKeys(ctx, o.State, d.Project(), true)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("backup %s: %w", d.Name, err)
+	}
+	m := Manifest{Deployment: d.Name, Project: d.Project(), Created: time.Now().UTC(),
+		Recipients: o.Recipe.Backup.Recipients}
+	w, err := NewWriter(o.To, m, keys, recips)
+	if err != nil {
+		return m, err
+	}
+	if err := runInstances(ctx, o, d, w, rep); err != nil {
+		w.Abort()
+		return m, err
+	}
+	return w.Close()
+}
+
+// Recipients parses the recipe's backup.recipients.
+func Recipients(keys []string) ([]age.Recipient, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("the recipe has no backup.recipients: add the age public key (age-keygen -y KEYFILE) a backup is encrypted to")
 	}
 	var recips []age.Recipient
-	for _, k := range o.Recipe.Backup.Recipients {
+	for _, k := range keys {
 		r, err := age.ParseX25519Recipient(k)
 		if err != nil {
-			return Manifest{}, fmt.Errorf("backup.recipients: not an age public key: %w", err)
+			return nil, fmt.Errorf("backup.recipients: not an age public key: %w", err)
 		}
 		recips = append(recips, r)
 	}
-	if err := emptyDir(o.To); err != nil {
-		return Manifest{}, err
-	}
-	m := Manifest{Format: format, Deployment: d.Name, Project: d.Project(), Created: time.Now().UTC(),
-		Recipients: o.Recipe.Backup.Recipients}
+	return recips, nil
+}
+
+func runInstances(ctx context.Context, o Options, d recipes.Deployment, w *Writer, rep *progress.Reporter) error {
 	pc := o.LXD.UseProject(d.Project())
 	for _, role := range stack.Roles(d) {
 		if !stacks.Has(d.Stack, role) {
@@ -125,25 +149,22 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 		}
 		st, err := declarations(o.Recipe, d, role)
 		if err != nil {
-			return m, err
+			return err
 		}
 		if !declares(st) {
 			continue
 		}
 		docker, err := instancedocker.Client(ctx, pc, role)
 		if err != nil {
-			return m, fmt.Errorf("backup %s: %w", d.Name, err)
+			return fmt.Errorf("backup %s: %w", d.Name, err)
 		}
-		err = backupInstance(ctx, docker, st, o.To, recips, &m, rep)
+		err = backupInstance(ctx, docker, st, w, rep)
 		docker.Close()
 		if err != nil {
-			return m, fmt.Errorf("backup %s, instance %s: %w", d.Name, role, err)
+			return fmt.Errorf("backup %s, instance %s: %w", d.Name, role, err)
 		}
 	}
-	if err := writeManifest(o.To, m); err != nil {
-		return m, err
-	}
-	return m, nil
+	return nil
 }
 
 // declarations renders the role's stack for its x-backup declarations;
@@ -171,7 +192,7 @@ func declares(st *stack.Stack) bool {
 
 // backupInstance takes every dump of the instance first (they are the
 // consistent copies), then the volume paths.
-func backupInstance(ctx context.Context, c client.APIClient, st *stack.Stack, dir string, recips []age.Recipient, m *Manifest, rep *progress.Reporter) error {
+func backupInstance(ctx context.Context, c client.APIClient, st *stack.Stack, w *Writer, rep *progress.Reporter) error {
 	for _, svc := range st.Services {
 		if svc.Backup == nil || svc.Backup.Dump == nil {
 			continue
@@ -179,21 +200,20 @@ func backupInstance(ctx context.Context, c client.APIClient, st *stack.Stack, di
 		it := Item{Kind: "dump", Instance: st.Instance, Service: svc.Name,
 			File: path.Join(st.Instance, svc.Name, svc.Backup.Dump.File+".age")}
 		task := rep.Start(fmt.Sprintf("dump %s/%s", st.Instance, svc.Name), 0, "bytes")
-		err := writeEncrypted(dir, &it, recips, func(w io.Writer) error {
-			return execDump(ctx, c, st.ContainerName(svc.Name), svc.Backup.Dump.Command, w)
+		err := w.Add(it, func(out io.Writer) error {
+			return execDump(ctx, c, st.ContainerName(svc.Name), svc.Backup.Dump.Command, out)
 		})
 		task.Done(err)
 		if err != nil {
 			return fmt.Errorf("service %s: dump: %w", svc.Name, err)
 		}
-		m.Items = append(m.Items, it)
 	}
 	for _, svc := range st.Services {
 		if svc.Backup == nil {
 			continue
 		}
 		for _, bp := range svc.Backup.NeverRestore {
-			m.NeverRestored = append(m.NeverRestored, Item{Kind: "volume", Instance: st.Instance, Service: svc.Name, Volume: bp.Volume, Path: bp.Path})
+			w.m.NeverRestored = append(w.m.NeverRestored, Item{Kind: "volume", Instance: st.Instance, Service: svc.Name, Volume: bp.Volume, Path: bp.Path})
 		}
 		for _, bp := range svc.Backup.Volumes {
 			target := ""
@@ -209,25 +229,22 @@ func backupInstance(ctx context.Context, c client.APIClient, st *stack.Stack, di
 				src = target + "/." // the volume's content, not the mount point's name
 			}
 			task := rep.Start(fmt.Sprintf("copy %s/%s %s", st.Instance, svc.Name, bp), 0, "bytes")
-			err := writeEncrypted(dir, &it, recips, func(w io.Writer) error {
-				rc, _, err := c.CopyFromContainer(ctx, st.ContainerName(svc.Name), src)
-				if err != nil {
-					return err
-				}
-				defer rc.Close()
-				_, err = io.Copy(w, rc)
-				return err
-			})
-			task.Done(err)
+			// Asked before the item starts, so an absent path leaves no item.
+			rc, _, err := c.CopyFromContainer(ctx, st.ContainerName(svc.Name), src)
 			if errdefs.IsNotFound(err) {
+				task.Done(nil)
 				it.File = ""
-				m.Absent = append(m.Absent, it)
+				w.m.Absent = append(w.m.Absent, it)
 				continue
 			}
+			if err == nil {
+				err = w.AddReader(it, rc)
+				rc.Close()
+			}
+			task.Done(err)
 			if err != nil {
 				return fmt.Errorf("service %s: volume %s: %w", svc.Name, bp, err)
 			}
-			m.Items = append(m.Items, it)
 		}
 	}
 	return nil
@@ -279,44 +296,6 @@ func (t *tail) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// writeEncrypted writes fill's output encrypted to recips into dir/it.File,
-// recording the file's size and sha256 in it. On error the file is removed.
-func writeEncrypted(dir string, it *Item, recips []age.Recipient, fill func(io.Writer) error) (err error) {
-	p := filepath.Join(dir, filepath.FromSlash(it.File))
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(p)
-		}
-	}()
-	h := sha256.New()
-	cw := &counter{w: io.MultiWriter(f, h)}
-	enc, err := age.Encrypt(cw, recips...)
-	if err != nil {
-		return err
-	}
-	if err := fill(enc); err != nil {
-		return err
-	}
-	if err := enc.Close(); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	it.Size, it.SHA256 = cw.n, hex.EncodeToString(h.Sum(nil))
-	return nil
-}
-
 type counter struct {
 	w io.Writer
 	n int64
@@ -326,46 +305,4 @@ func (c *counter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// emptyDir makes dir, or accepts it when it exists and is empty (a fresh
-// mount point).
-func emptyDir(dir string) error {
-	if dir == "" {
-		return errors.New("no backup folder given (--to DIR)")
-	}
-	entries, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return os.MkdirAll(dir, 0o700)
-	case err != nil:
-		return fmt.Errorf("backup folder %s: %w", dir, err)
-	case len(entries) > 0:
-		return fmt.Errorf("backup folder %s is not empty: give a new or empty folder (backups are never mixed)", dir)
-	}
-	return nil
-}
-
-// writeManifest writes manifest.json, then SHA256SUMS over it and every
-// file: the sums are the last thing written, so a folder with them is whole.
-func writeManifest(dir string, m Manifest) error {
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
-	if err := os.WriteFile(filepath.Join(dir, ManifestFile), b, 0o600); err != nil {
-		return err
-	}
-	sum := sha256.Sum256(b)
-	lines := []string{hex.EncodeToString(sum[:]) + "  " + ManifestFile}
-	for _, it := range m.Items {
-		lines = append(lines, it.SHA256+"  "+it.File)
-	}
-	sort.Strings(lines[1:])
-	tmp := filepath.Join(dir, SumsFile+".tmp")
-	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, filepath.Join(dir, SumsFile))
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"path/filepath"
 	"strings"
 
 	"filippo.io/age"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -25,9 +27,16 @@ type RestoreOptions struct {
 	LXD        lxd.InstanceServer // any cluster member
 	Recipe     *recipes.Recipe
 	Deployment string // its name in the recipe; it must be deployed (its services running)
-	From       string // the backup folder
+	From       string // a folder of backups (its newest of the deployment), or one backup in it
+	Backup     string // a backup's name in From (backup list), instead of the newest
 	Identities []age.Identity
-	Progress   *progress.Reporter
+	// Signer is the public key the manifest must be signed with; without
+	// it, the key the deployment's secrets in State give. A cluster that
+	// holds no backup key for the deployment (a fresh one, or after down
+	// --purge) needs it: `backup` printed it.
+	Signer   string
+	State    secrets.Store
+	Progress *progress.Reporter
 }
 
 // Restore puts a backup back into the running deployment it was taken
@@ -48,7 +57,29 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	if len(o.Identities) == 0 {
 		return fmt.Errorf("restore %s: no identity to decrypt the backup with (--identity FILE)", d.Name)
 	}
-	m, err := Verify(o.From, o.Identities)
+	from := o.From
+	if o.Backup != "" {
+		if strings.ContainsAny(o.Backup, `/\`) || strings.HasPrefix(o.Backup, ".") {
+			return fmt.Errorf("restore %s: --backup %q: want a name backup list shows", d.Name, o.Backup)
+		}
+		from = filepath.Join(o.From, backupsDir, o.Backup)
+	} else if from, err = Latest(o.From, d.Project()); err != nil {
+		return fmt.Errorf("restore %s: %w", d.Name, err)
+	}
+	signer := o.Signer
+	if signer == "" && o.State != nil {
+		keys, err := DeploymentKeys(ctx, o.State, d.Project(), false)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", d.Name, err)
+		}
+		if keys != nil {
+			signer = keys.Signer()
+		}
+	}
+	if signer == "" {
+		return fmt.Errorf("restore %s: this cluster holds no backup key of %s to check the backup's signature with: give --signer KEY, the key `ssbuild backup` printed", d.Name, d.Project())
+	}
+	m, err := VerifyWith(from, VerifyOptions{Identities: o.Identities, Signer: signer})
 	if err != nil {
 		return fmt.Errorf("restore %s: the backup does not verify, nothing changed: %w", d.Name, err)
 	}
@@ -73,7 +104,7 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", d.Name, err)
 		}
-		err = restoreInstance(ctx, docker, st, o.From, o.Identities, byInstance[role], rep)
+		err = restoreInstance(ctx, docker, st, from, o.Identities, byInstance[role], rep)
 		docker.Close()
 		if err != nil {
 			return fmt.Errorf("restore %s, instance %s: %w", d.Name, role, err)

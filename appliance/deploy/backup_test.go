@@ -14,14 +14,17 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/backup"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 )
 
 // checkBackup is issue 16's backup check on the deployed demo (a subtest
 // of TestDeployDemoOnThreeHosts, on its cluster): a row written through
 // the btcpay stand-in's real PostgreSQL is in the backup's dump, decrypted
 // with the owner's identity; the folder holds no key and no plain data;
-// the live channel database (declared never-restore) is in no file; one
-// flipped byte fails verify naming the file.
+// the live channel database (declared never-restore) is in no file; a
+// second backup into the same folder after a row is added writes only the
+// chunks that changed, and each backup verifies and decrypts alone; one
+// flipped byte fails verify naming the chunk and its item.
 func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project string) {
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
@@ -48,11 +51,11 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 
 	dir := filepath.Join(t.TempDir(), "backup")
 	start := time.Now()
-	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, Progress: o.Progress})
+	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o), Progress: o.Progress})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
-	t.Logf("backup of %s: %d files in %s", project, len(m.Items), time.Since(start).Round(time.Millisecond))
+	t.Logf("backup of %s: %d items in %s, %+v", project, len(m.Items), time.Since(start).Round(time.Millisecond), m.Stats)
 	ids := []age.Identity{id}
 	if _, err := backup.Verify(dir, ids); err != nil {
 		t.Fatalf("verify: %v", err)
@@ -98,7 +101,40 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 		return nil
 	})
 
-	p := filepath.Join(dir, filepath.FromSlash(dump))
+	// A row more, then a second backup into the same folder.
+	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written between the backups') ON CONFLICT DO NOTHING")
+	start = time.Now()
+	m2, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o)})
+	if err != nil {
+		t.Fatalf("second backup into %s: %v", dir, err)
+	}
+	t.Logf("second backup: %s, %+v", time.Since(start).Round(time.Millisecond), m2.Stats)
+	if m2.Name == m.Name || m2.Signer != m.Signer || m2.Stats.New == 0 || m2.Stats.Reused == 0 || m2.Stats.New > len(m2.Items)/2 {
+		t.Errorf("second backup %s (first %s): %+v; want a few new chunks, the rest reused, the same signer", m2.Name, m.Name, m2.Stats)
+	}
+	for _, b := range []struct {
+		m   backup.Manifest
+		has bool
+	}{{m, false}, {m2, true}} {
+		one := filepath.Join(dir, "backups", b.m.Name)
+		if _, err := backup.VerifyWith(one, backup.VerifyOptions{Identities: ids, Signer: m.Signer}); err != nil {
+			t.Errorf("verify %s alone: %v", b.m.Name, err)
+		}
+		var sql bytes.Buffer
+		if err := backup.Decrypt(one, dump, ids, &sql); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(sql.String(), "written between the backups") != b.has {
+			t.Errorf("backup %s: the row written between the backups in its dump: %v, want %v", b.m.Name, !b.has, b.has)
+		}
+	}
+	var chunk string
+	for _, it := range m2.Items {
+		if it.File == dump {
+			chunk = filepath.Join("chunks", it.Chunks[0].ID[:2], it.Chunks[0].ID+".age")
+		}
+	}
+	p := filepath.Join(dir, chunk)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -107,9 +143,20 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := backup.Verify(dir, ids); err == nil || !strings.Contains(err.Error(), dump+": sha256") {
-		t.Errorf("verify after a flipped byte in %s: %v; want the file named", dump, err)
+	if _, err := backup.Verify(dir, ids); err == nil || !strings.Contains(err.Error(), chunk+" ("+dump+" in backups/"+m2.Name+"): sha256") {
+		t.Errorf("verify after a flipped byte in %s: %v; want the chunk and its item named", chunk, err)
 	}
+	if _, err := backup.Verify(filepath.Join(dir, "backups", m.Name), ids); err != nil {
+		t.Errorf("the first backup, which does not use the damaged chunk: %v", err)
+	}
+}
+
+// stateOf is where the deployment's secrets are, as deploy finds them.
+func stateOf(o deploy.Options) secrets.Store {
+	if o.State != nil {
+		return o.State
+	}
+	return secrets.Dir(o.StateDir)
 }
 
 // psqlIn runs psql with sql in the btcpay stand-in's container (its

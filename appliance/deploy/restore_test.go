@@ -18,7 +18,8 @@ import (
 // of TestDeployDemoOnThreeHosts): rows and files changed after a backup
 // come back as they were, the site answers from the restored database,
 // the live channel database (never in a backup) is left as it is, and a
-// damaged backup is refused before anything changes.
+// damaged backup, or a whole one another key signed (anyone can encrypt
+// to the owner's public key), is refused before anything changes.
 func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project string, www endpoint) {
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
@@ -32,7 +33,8 @@ func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project s
 	psql("INSERT INTO pages (body) VALUES ('row to restore') ON CONFLICT DO NOTHING")
 	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo before > /data/restore-marker")
 	dir := filepath.Join(t.TempDir(), "backup")
-	if _, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir}); err != nil {
+	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o)})
+	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
 
@@ -45,13 +47,39 @@ func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project s
 	if err := os.CopyFS(damaged, os.DirFS(dir)); err != nil {
 		t.Fatal(err)
 	}
-	dump := filepath.Join(damaged, "btcpay/btcpay-db/btcpay-db.sql.age")
-	b, _ := os.ReadFile(dump)
-	b[len(b)-5] ^= 0x01
-	os.WriteFile(dump, b, 0o600)
-	err = backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, From: damaged, Identities: ids})
+	for _, it := range m.Items {
+		if it.File == "btcpay/btcpay-db/btcpay-db.sql.age" {
+			dump := filepath.Join(damaged, "chunks", it.Chunks[0].ID[:2], it.Chunks[0].ID+".age")
+			b, _ := os.ReadFile(dump)
+			b[len(b)-5] ^= 0x01
+			os.WriteFile(dump, b, 0o600)
+		}
+	}
+	err = backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, From: damaged, Identities: ids, State: stateOf(o)})
 	if err == nil || !strings.Contains(err.Error(), "nothing changed") || !strings.Contains(err.Error(), "btcpay-db.sql.age") {
 		t.Fatalf("restore from a damaged backup: %v; want a refusal naming the file", err)
+	}
+	// A forged backup: whole, encrypted to the owner's public key, its
+	// dump empty, signed by a key that is not the cluster's.
+	forged := filepath.Join(t.TempDir(), "forged")
+	fk, _ := backup.DeriveKeys(strings.Repeat("not this cluster's backup key ", 2))
+	fm := m
+	fm.Items, fm.Created = nil, m.Created.Add(time.Minute)
+	fw, err := backup.NewWriter(forged, fm, fk, []age.Recipient{id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range m.Items {
+		if err := fw.AddReader(it, strings.NewReader("")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err = backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, From: forged, Identities: ids, State: stateOf(o)})
+	if err == nil || !strings.Contains(err.Error(), "nothing changed") || !strings.Contains(err.Error(), "signature does not match") {
+		t.Fatalf("restore from a backup another key signed: %v; want a refusal", err)
 	}
 	if got := dockerExec(t, o, project, "btcpay", ctr, "cat", "/data/restore-marker"); got != "after" {
 		t.Fatalf("a refused restore changed /data/restore-marker to %q", got)
@@ -59,7 +87,7 @@ func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project s
 
 	start := time.Now()
 	if err := backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name,
-		From: dir, Identities: ids, Progress: o.Progress}); err != nil {
+		From: dir, Identities: ids, State: stateOf(o), Progress: o.Progress}); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	t.Logf("restore: %s", time.Since(start).Round(time.Millisecond))

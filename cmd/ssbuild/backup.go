@@ -10,8 +10,8 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 )
 
-// backupCommand is `ssbuild backup DEPLOYMENT --to DIR` and `ssbuild
-// backup verify DIR`.
+// backupCommand is `ssbuild backup DEPLOYMENT --to DIR`, `backup verify
+// DIR`, `backup list DIR` and `backup prune DIR --keep N`.
 func backupCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "backup",
@@ -19,20 +19,36 @@ func backupCommand() *cli.Command {
 		ArgsUsage: "DEPLOYMENT",
 		Description: "What each service's x-backup declares (recipes/stacks): first every database's dump, taken\n" +
 			"in its running container, then the volume paths, each file age-encrypted to the recipe's\n" +
-			"backup.recipients, with manifest.json and SHA256SUMS. Paths declared neverRestore (a Lightning\n" +
-			"node's live channel database) are never copied. The folder must be new or empty.",
+			"backup.recipients, in content-defined chunks: a second backup into the same folder writes only\n" +
+			"the chunks that changed, and each backup stays whole on its own (backups/NAME: a signed\n" +
+			"manifest.json and SHA256SUMS). Paths declared neverRestore (a Lightning node's live channel\n" +
+			"database) are never copied. The folder must be new, empty or hold only backups.",
 		Flags: deployFlags(
-			&cli.StringFlag{Name: "to", Usage: "the backup folder `DIR` (new or empty; a USB disk or NAS mount)"},
+			&cli.StringFlag{Name: "to", Usage: "the backup folder `DIR` (new, empty, or holding earlier backups; a USB disk or NAS mount)"},
 		),
 		Action: backupAction,
 		Subcommands: []*cli.Command{{
 			Name:      "verify",
-			Usage:     "check a backup folder: every file's sha256, nothing missing or added; with --identity, that each decrypts",
+			Usage:     "check every backup in a folder (or one, backups/NAME): signatures, every chunk's sha256, nothing missing or added; with --identity, that each decrypts",
 			ArgsUsage: "DIR",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (age-keygen's) to decrypt every file with"},
+				&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (age-keygen's) to decrypt every chunk with"},
+				&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) `backup` printed: every manifest must be signed with it"},
 			},
 			Action: backupVerifyAction,
+		}, {
+			Name:      "list",
+			Usage:     "list the backups in a folder, oldest first, with what each added",
+			ArgsUsage: "DIR",
+			Action:    backupListAction,
+		}, {
+			Name:      "prune",
+			Usage:     "keep the newest N backups of each deployment in a folder; remove the others and the chunks only they used",
+			ArgsUsage: "DIR",
+			Flags: []cli.Flag{
+				&cli.IntFlag{Name: "keep", Usage: "how many backups of each deployment to keep (at least 1)"},
+			},
+			Action: backupPruneAction,
 		}},
 	}
 }
@@ -56,12 +72,54 @@ func backupAction(c *cli.Context) error {
 		return err
 	}
 	m, err := backup.Run(c.Context, backup.Options{LXD: o.LXD, Recipe: r, Deployment: c.Args().First(),
-		To: c.String("to"), Progress: o.Progress})
+		To: c.String("to"), State: o.State, Progress: o.Progress})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "%s: %d files in %s (%d never-restore paths left out, %d declared paths absent)\n",
-		m.Project, len(m.Items), c.String("to"), len(m.NeverRestored), len(m.Absent))
+	st := m.Stats
+	fmt.Fprintf(c.App.Writer, "%s: backup %s in %s: %d items, %s read; %d of %d chunks new (%s written) (%d never-restore paths left out, %d declared paths absent)\n",
+		m.Project, m.Name, c.String("to"), len(m.Items), mib(st.Read), st.New, st.Chunks, mib(st.NewBytes), len(m.NeverRestored), len(m.Absent))
+	fmt.Fprintf(c.App.Writer, "signed by %s (keep it: restore into a fresh cluster checks the backup with --signer)\n", m.Signer)
+	return nil
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func backupListAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("backup list takes one folder")
+	}
+	f, err := backup.List(c.Args().First())
+	if err != nil {
+		return err
+	}
+	w := c.App.Writer
+	for _, l := range f.Backups {
+		switch {
+		case l.Err != "":
+			fmt.Fprintf(w, "%s  unreadable manifest: %s\n", l.Name, l.Err)
+		case !l.Finished:
+			fmt.Fprintf(w, "%s  %s  unfinished (an interrupted run; prune removes it)\n", l.Name, l.Project)
+		default:
+			fmt.Fprintf(w, "%s  %s  %d items, %s, %s stored, %s new\n", l.Name, l.Project, l.Items, mib(l.Size), mib(l.Stored), mib(l.New))
+		}
+	}
+	if f.UnusedChunks > 0 {
+		fmt.Fprintf(w, "%d chunks (%s) no backup names: prune removes them\n", f.UnusedChunks, mib(f.UnusedBytes))
+	}
+	return nil
+}
+
+func backupPruneAction(c *cli.Context) error {
+	if c.NArg() != 1 || !c.IsSet("keep") {
+		return usagef("backup prune takes one folder and --keep N")
+	}
+	r, err := backup.Prune(c.Args().First(), c.Int("keep"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s: removed %d backups %v and %d chunks (%s); %d kept\n",
+		c.Args().First(), len(r.Removed), r.Removed, r.Chunks, mib(r.FreedBytes), r.KeptBackups)
 	return nil
 }
 
@@ -76,16 +134,20 @@ func backupVerifyAction(c *cli.Context) error {
 			return err
 		}
 	}
-	m, err := backup.Verify(c.Args().First(), ids)
+	m, err := backup.VerifyWith(c.Args().First(), backup.VerifyOptions{Identities: ids, Signer: c.String("signer")})
 	if err != nil {
 		return err
 	}
 	what := "sums match"
 	if len(ids) > 0 {
-		what = "sums match, every file decrypts"
+		what = "sums match, every chunk decrypts"
 	}
-	fmt.Fprintf(c.App.Writer, "%s: backup of %s taken %s: %d files, %s\n", c.Args().First(), m.Project,
-		m.Created.Format("2006-01-02 15:04:05Z"), len(m.Items), what)
+	signed := "signatures whole (give --signer to check who signed)"
+	if c.String("signer") != "" {
+		signed = "signed by " + c.String("signer")
+	}
+	fmt.Fprintf(c.App.Writer, "%s: newest backup %s of %s taken %s: %d items; %s; %s\n", c.Args().First(), m.Name, m.Project,
+		m.Created.Format("2006-01-02 15:04:05Z"), len(m.Items), what, signed)
 	return nil
 }
 
@@ -95,12 +157,15 @@ func restoreCommand() *cli.Command {
 		Name:      "restore",
 		Usage:     "put a backup back into the running deployment it was taken from",
 		ArgsUsage: "DEPLOYMENT",
-		Description: "Verifies the whole backup first (nothing changes when a file is damaged or does not decrypt),\n" +
+		Description: "Takes the newest backup of the deployment in the folder (or --backup NAME). Verifies it whole first,\n" +
+			"its manifest signed by the cluster's backup key or --signer (nothing changes when a file is damaged or does not decrypt),\n" +
 			"then copies the volume paths back and feeds each dump to its service's restore command.\n" +
 			"Never-restore paths (a Lightning node's live channel database) are not in a backup and stay as they are.",
 		Flags: deployFlags(
 			&cli.StringFlag{Name: "from", Usage: "the backup folder `DIR`"},
+			&cli.StringFlag{Name: "backup", Usage: "the backup's `NAME` in the folder (backup list); default the newest"},
 			&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (the private key of one of backup.recipients)"},
+			&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) `backup` printed; needed when this cluster holds no backup key of the deployment"},
 		),
 		Action: restoreAction,
 	}
@@ -129,7 +194,7 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	if err := backup.Restore(c.Context, backup.RestoreOptions{LXD: o.LXD, Recipe: r, Deployment: c.Args().First(),
-		From: c.String("from"), Identities: ids, Progress: o.Progress}); err != nil {
+		From: c.String("from"), Backup: c.String("backup"), Identities: ids, Signer: c.String("signer"), State: o.State, Progress: o.Progress}); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%s: restored from %s\n", c.Args().First(), c.String("from"))

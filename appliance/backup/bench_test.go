@@ -1,0 +1,167 @@
+package backup
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+)
+
+// The benchmarks of bench/backup.sh: export and import of a real directory
+// tree (SSBUILD_BENCH_DATA: a PostgreSQL data dir and mixed files) through
+// this package, against tar of the same tree. The tree is streamed by
+// `tar -c`, as Docker streams a volume path to a backup. Every side ends
+// with its data on disk (syncfs for the backup, sync -f for tar).
+// SSBUILD_BENCH_CHANGE is a shell command that makes a small change to the
+// tree (bench/backup.sh runs a few pgbench transactions), run untimed
+// before the incremental backup.
+
+func benchData(b *testing.B) string {
+	dir := os.Getenv("SSBUILD_BENCH_DATA")
+	if dir == "" {
+		b.Skip("SSBUILD_BENCH_DATA is not set (bench/backup.sh sets it)")
+	}
+	return dir
+}
+
+func benchKeys(b *testing.B) (*Keys, *age.X25519Identity) {
+	k, err := DeriveKeys("a benchmark deployment's backup secret, 32 bytes or more")
+	if err != nil {
+		b.Fatal(err)
+	}
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return k, id
+}
+
+func run(b *testing.B, name string, args ...string) {
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		b.Fatalf("%s %v: %v: %s", name, args, err, out)
+	}
+}
+
+// exportTree writes one backup of the tree into folder.
+func exportTree(b *testing.B, data, folder string, keys *Keys, id *age.X25519Identity) Manifest {
+	w, err := NewWriter(folder, Manifest{Deployment: "bench", Project: "bench", Created: time.Now().UTC()}, keys, []age.Recipient{id.Recipient()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command("tar", "-cf", "-", "-C", data, ".")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	if err := w.AddReader(Item{File: "bench/data.tar.age", Kind: "volume", Instance: "bench", Service: "db", Volume: "data", Path: "/"}, out); err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	m, err := w.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
+}
+
+func BenchmarkTarCreate(b *testing.B) {
+	data := benchData(b)
+	for b.Loop() {
+		b.StopTimer()
+		out := filepath.Join(b.TempDir(), "data.tar")
+		run(b, "sync") // start with nothing waiting to be written, as every side does
+		b.StartTimer()
+		run(b, "tar", "-cf", out, "-C", data, ".")
+		run(b, "sync", "-f", out)
+	}
+}
+
+func BenchmarkBackupFull(b *testing.B) {
+	data := benchData(b)
+	keys, id := benchKeys(b)
+	for b.Loop() {
+		b.StopTimer()
+		folder := filepath.Join(b.TempDir(), "backups")
+		run(b, "sync")
+		b.StartTimer()
+		m := exportTree(b, data, folder, keys, id)
+		b.ReportMetric(float64(m.Stats.NewBytes)/(1<<20), "MiB-written")
+	}
+}
+
+func BenchmarkBackupIncremental(b *testing.B) {
+	data := benchData(b)
+	keys, id := benchKeys(b)
+	for b.Loop() {
+		b.StopTimer()
+		folder := filepath.Join(b.TempDir(), "backups")
+		exportTree(b, data, folder, keys, id)
+		if c := os.Getenv("SSBUILD_BENCH_CHANGE"); c != "" {
+			run(b, "sh", "-c", c)
+		}
+		run(b, "sync")
+		b.StartTimer()
+		m := exportTree(b, data, folder, keys, id)
+		b.ReportMetric(float64(m.Stats.NewBytes)/(1<<20), "MiB-written")
+		b.ReportMetric(float64(m.Stats.New), "chunks-new")
+		b.ReportMetric(float64(m.Stats.Chunks), "chunks")
+	}
+}
+
+func BenchmarkTarExtract(b *testing.B) {
+	data := benchData(b)
+	for b.Loop() {
+		b.StopTimer()
+		tmp := b.TempDir()
+		tarball, into := filepath.Join(tmp, "data.tar"), filepath.Join(tmp, "out")
+		run(b, "tar", "-cf", tarball, "-C", data, ".")
+		os.Mkdir(into, 0o700)
+		run(b, "sync")
+		b.StartTimer()
+		run(b, "tar", "-xf", tarball, "-C", into)
+		run(b, "sync", "-f", into)
+	}
+}
+
+func BenchmarkRestore(b *testing.B) {
+	data := benchData(b)
+	keys, id := benchKeys(b)
+	for b.Loop() {
+		b.StopTimer()
+		tmp := b.TempDir()
+		folder, into := filepath.Join(tmp, "backups"), filepath.Join(tmp, "out")
+		exportTree(b, data, folder, keys, id)
+		os.Mkdir(into, 0o700)
+		run(b, "sync")
+		b.StartTimer()
+		// As Restore does: the whole backup verified and decrypted first, then put back.
+		if _, err := VerifyWith(folder, VerifyOptions{Identities: []age.Identity{id}, Signer: keys.Signer()}); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command("tar", "-xf", "-", "-C", into)
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		err = Decrypt(folder, "bench/data.tar.age", []age.Identity{id}, in)
+		in.Close()
+		if werr := cmd.Wait(); err == nil {
+			err = werr
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		run(b, "sync", "-f", into)
+	}
+}

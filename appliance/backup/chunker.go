@@ -1,0 +1,97 @@
+package backup
+
+import (
+	"errors"
+	"io"
+)
+
+// Content-defined chunking (gear hash with FastCDC's normalised cut, Xia
+// et al., USENIX ATC 2016): a cut falls where the hash of the last 64
+// bytes has its top bits clear, so an insertion moves only the chunks
+// around it, and a changed row in a dump or a file in a volume's tar
+// stream costs a chunk or two, not the rest of the stream (fixed-size
+// chunks would all shift). The gear table comes from the deployment's key.
+const (
+	minChunk = 256 << 10
+	avgChunk = 1 << 20
+	maxChunk = 4 << 20
+	// Harder before the average size, easier after: sizes bunch around it.
+	maskHard = uint64(1<<22-1) << (64 - 22)
+	maskEasy = uint64(1<<18-1) << (64 - 18)
+)
+
+type chunker struct {
+	r          io.Reader
+	gear       *[256]uint64
+	buf        []byte // buf[start:end] is read and not cut yet
+	start, end int
+	err        error // from r, once it failed or ended
+}
+
+func newChunker(r io.Reader, gear *[256]uint64) *chunker {
+	return &chunker{r: r, gear: gear}
+}
+
+// chunkBuf is the size of the buffers chunks are cut from: chunks are
+// slices of them, handed on without a copy; a buffer is never written
+// again once it holds a chunk (the rest moves to a new one).
+const chunkBuf = 4 * maxChunk
+
+// next returns the next chunk; io.EOF after the last.
+func (c *chunker) next() ([]byte, error) {
+	for c.end-c.start < maxChunk && c.err == nil {
+		if len(c.buf)-c.end < 64<<10 { // little room left: the rest goes to a new buffer
+			nb := make([]byte, chunkBuf)
+			c.end = copy(nb, c.buf[c.start:c.end])
+			c.buf, c.start = nb, 0
+		}
+		n, err := c.r.Read(c.buf[c.end:])
+		c.end += n
+		if err != nil {
+			c.err = err
+		}
+	}
+	if c.start == c.end {
+		if c.err == nil || errors.Is(c.err, io.EOF) {
+			return nil, io.EOF
+		}
+		return nil, c.err
+	}
+	if c.err != nil && !errors.Is(c.err, io.EOF) {
+		return nil, c.err
+	}
+	n := cut(c.buf[c.start:c.end], c.gear)
+	chunk := c.buf[c.start : c.start+n : c.start+n]
+	c.start += n
+	return chunk, nil
+}
+
+// cut is the length of the chunk that starts p.
+func cut(p []byte, gear *[256]uint64) int {
+	n := len(p)
+	if n <= minChunk {
+		return n
+	}
+	if n > maxChunk {
+		n = maxChunk
+	}
+	normal := min(avgChunk, n)
+	var h uint64
+	i := minChunk - 64 // the hash covers 64 bytes: warm it up before the first cut may fall
+	for ; i < minChunk; i++ {
+		h = h<<1 + gear[p[i]]
+	}
+	for ; i < normal; i++ {
+		h = h<<1 + gear[p[i]]
+		if h&maskHard == 0 {
+			return i + 1
+		}
+	}
+	for ; i < n; i++ {
+		h = h<<1 + gear[p[i]]
+		if h&maskEasy == 0 {
+			return i + 1
+		}
+	}
+	return n
+}

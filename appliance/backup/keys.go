@@ -1,0 +1,113 @@
+package backup
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
+)
+
+// KeySecret names the deployment secret (sealed with its other secrets in
+// the registry, or its state folder's file) that backups derive their keys
+// from. It never leaves the cluster: a backup folder holds only what the
+// owner's age identity opens, chunk names and a public key.
+const KeySecret = "ssbuild-backup-key"
+
+// Keys are what a deployment's backup secret gives, each from HKDF-SHA256
+// with its own info string:
+//   - the key of the chunk names (HMAC-SHA256 of a chunk's plain bytes), so
+//     equal chunks share a name across backups, while whoever holds the
+//     folder cannot test a guess of the content (a plain hash would let him);
+//   - the chunker's gear table, so where chunks are cut does not follow from
+//     the content alone (a fixed table lets chunk sizes fingerprint files);
+//   - the Ed25519 key that signs each manifest: age says nothing of who
+//     encrypted a file, so without it anyone could put a manifest of their
+//     own chunks in the folder.
+type Keys struct {
+	mac  []byte
+	gear [256]uint64
+	sign ed25519.PrivateKey
+}
+
+// DeriveKeys derives the keys from a backup secret's value.
+func DeriveKeys(secret string) (*Keys, error) {
+	if len(secret) < 32 {
+		return nil, errors.New("backup secret too short")
+	}
+	read := func(info string, n int) ([]byte, error) {
+		return hkdf.Key(sha256.New, []byte(secret), nil, "ssbuild backup "+info, n)
+	}
+	k := &Keys{}
+	var err error
+	if k.mac, err = read("chunk names v1", 32); err != nil {
+		return nil, err
+	}
+	g, err := read("chunker gear v1", 256*8)
+	if err != nil {
+		return nil, err
+	}
+	for i := range k.gear {
+		k.gear[i] = binary.LittleEndian.Uint64(g[i*8:])
+	}
+	seed, err := read("manifest signing v1", ed25519.SeedSize)
+	if err != nil {
+		return nil, err
+	}
+	k.sign = ed25519.NewKeyFromSeed(seed)
+	return k, nil
+}
+
+// Signer is the public key that checks this deployment's manifests, as
+// `backup` prints it and `--signer` takes it.
+func (k *Keys) Signer() string {
+	return signerPrefix + base64.RawStdEncoding.EncodeToString(k.sign.Public().(ed25519.PublicKey))
+}
+
+// String keeps the keys out of any print.
+func (k *Keys) String() string { return "backup.Keys{redacted}" }
+
+const signerPrefix = "ed25519:"
+
+// ParseSigner reads a signer public key ("ed25519:BASE64").
+func ParseSigner(s string) (ed25519.PublicKey, error) {
+	b64, ok := strings.CutPrefix(strings.TrimSpace(s), signerPrefix)
+	if !ok {
+		return nil, fmt.Errorf("signer %q: want %sBASE64 (as `ssbuild backup` prints it)", s, signerPrefix)
+	}
+	b, err := base64.RawStdEncoding.DecodeString(b64)
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("signer %q: not an Ed25519 public key", s)
+	}
+	return ed25519.PublicKey(b), nil
+}
+
+// DeploymentKeys returns the keys of a deployment (its project name) from
+// its secrets, making the backup secret when create is set and the
+// deployment has none; without create, a store without one gives nil.
+func DeploymentKeys(ctx context.Context, st secrets.Store, project string, create bool) (*Keys, error) {
+	if st == nil {
+		return nil, errors.New("no deployment state to find the backup key in")
+	}
+	var names []string
+	if create {
+		names = []string{KeySecret}
+	} else if ok, err := st.Has(ctx, project); err != nil || !ok {
+		return nil, err
+	}
+	set, err := st.Ensure(ctx, project, names)
+	if err != nil {
+		return nil, fmt.Errorf("backup key of %s (%s): %w", project, st.Where(), err)
+	}
+	v, ok := set.Get(KeySecret)
+	if !ok {
+		return nil, nil
+	}
+	return DeriveKeys(v)
+}

@@ -1,0 +1,719 @@
+package backup
+
+import (
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"filippo.io/age"
+	"golang.org/x/sys/unix"
+)
+
+// The folder holds any number of backups that share their chunks:
+//
+//	chunks/<2 hex>/<64 hex>.age   one chunk, age-encrypted on its own; its name
+//	                              is the HMAC-SHA256 of its plain bytes under the
+//	                              deployment's chunk key (see Keys)
+//	backups/<name>/manifest.json  one backup: its items, each a list of chunks
+//	                              (name, size and sha256 of the encrypted file)
+//	backups/<name>/manifest.sig   Ed25519 signature of manifest.json
+//	backups/<name>/SHA256SUMS     written last, so a backup with it is whole;
+//	                              paths relative to the folder
+//	                              (cd DIR && sha256sum -c backups/<name>/SHA256SUMS)
+//	.lock                         held by backup and prune
+const (
+	chunksDir   = "chunks"
+	backupsDir  = "backups"
+	lockFile    = ".lock"
+	SigFile     = "manifest.sig"
+	nameLayout  = "2006-01-02T150405Z"
+	chunkSuffix = ".age"
+)
+
+// Chunk is one stored piece of an item.
+type Chunk struct {
+	ID     string `json:"id"`     // HMAC-SHA256 of the plain bytes, hex
+	Size   int64  `json:"size"`   // of the encrypted file
+	SHA256 string `json:"sha256"` // of the encrypted file
+}
+
+// chunkPath is a chunk's file, relative to the folder, with slashes.
+func chunkPath(id string) string { return path.Join(chunksDir, id[:2], id+chunkSuffix) }
+
+// Stats say what one backup read and wrote.
+type Stats struct {
+	Read      int64 // plain bytes of every item
+	Chunks    int   // chunks the backup names
+	New       int   // of them, written by this backup
+	NewBytes  int64 // encrypted bytes written
+	Reused    int   // named by an earlier backup and left as they were
+	Duplicate int   // met twice in this backup
+}
+
+// Writer adds one new backup to a folder.
+type Writer struct {
+	top, name string
+	m         Manifest
+	keys      *Keys
+	recips    []age.Recipient
+	unlock    func()
+	Stats     Stats
+
+	mu      sync.Mutex
+	known   map[string]Chunk // signed by this key in the folder's earlier backups
+	written map[string]Chunk // named by this backup so far
+	fresh   []string         // chunk files this backup wrote
+}
+
+// NewWriter starts a backup in the folder top: new, empty, or holding
+// earlier backups (of any deployment; only this key's chunks are reused).
+// m is the manifest so far (deployment, recipients, ...).
+func NewWriter(top string, m Manifest, keys *Keys, recips []age.Recipient) (*Writer, error) {
+	if top == "" {
+		return nil, errors.New("no backup folder given (--to DIR)")
+	}
+	if err := checkFolder(top); err != nil {
+		return nil, err
+	}
+	unlock, err := lockFolder(top)
+	if err != nil {
+		return nil, err
+	}
+	w := &Writer{top: top, m: m, keys: keys, recips: recips, unlock: unlock,
+		known: map[string]Chunk{}, written: map[string]Chunk{}}
+	if err := w.start(); err != nil {
+		unlock()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Writer) start() error {
+	for _, d := range []string{chunksDir, backupsDir} {
+		if err := os.MkdirAll(filepath.Join(w.top, d), 0o700); err != nil {
+			return fmt.Errorf("backup folder %s: %w", w.top, err)
+		}
+	}
+	base := w.m.Created.UTC().Format(nameLayout)
+	for i := 1; ; i++ {
+		w.name = base
+		if i > 1 {
+			w.name = fmt.Sprintf("%s-%d", base, i)
+		}
+		err := os.Mkdir(filepath.Join(w.top, backupsDir, w.name), 0o700)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("backup folder %s: %w", w.top, err)
+		}
+	}
+	// The chunks of earlier backups this key signed can be named again;
+	// another key's names never match (the names are keyed).
+	names, err := backupNames(w.top)
+	if err != nil {
+		return err
+	}
+	pub := w.keys.sign.Public().(ed25519.PublicKey)
+	for _, n := range names {
+		if n == w.name {
+			continue
+		}
+		m, _, err := readSigned(w.top, n, pub)
+		if err != nil {
+			continue // not ours, unfinished or damaged: its chunks are not trusted
+		}
+		for _, it := range m.Items {
+			for _, c := range it.Chunks {
+				w.known[c.ID] = c
+			}
+		}
+	}
+	return nil
+}
+
+// Name is the new backup's name in the folder.
+func (w *Writer) Name() string { return w.name }
+
+// Add stores one item: fill writes its plain content.
+func (w *Writer) Add(it Item, fill func(io.Writer) error) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(fill(pw)) }()
+	err := w.add(&it, pr)
+	pr.CloseWithError(err) // stops fill if the store failed
+	if err != nil {
+		return err
+	}
+	w.m.Items = append(w.m.Items, it)
+	return nil
+}
+
+// AddReader stores one item read from r.
+func (w *Writer) AddReader(it Item, r io.Reader) error {
+	if err := w.add(&it, r); err != nil {
+		return err
+	}
+	w.m.Items = append(w.m.Items, it)
+	return nil
+}
+
+// add chunks r and stores every chunk not stored yet; the chunks' names
+// are keyed hashes and their encryption runs on every core.
+func (w *Writer) add(it *Item, r io.Reader) error {
+	type job struct {
+		i    int
+		data []byte
+	}
+	workers := runtime.GOMAXPROCS(0)
+	jobs := make(chan job, workers)
+	var (
+		mu       sync.Mutex
+		ids      []string
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				id, err := w.store(j.data)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				mu.Lock()
+				ids[j.i] = id
+				mu.Unlock()
+			}
+		}()
+	}
+	c := newChunker(r, &w.keys.gear)
+	var size int64
+	for i := 0; ; i++ {
+		data, err := c.next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			fail(err)
+			break
+		}
+		mu.Lock()
+		ids = append(ids, "")
+		stop := firstErr != nil
+		mu.Unlock()
+		if stop {
+			break
+		}
+		size += int64(len(data))
+		jobs <- job{i, data}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	it.Size, it.Chunks = size, make([]Chunk, len(ids))
+	for i, id := range ids {
+		it.Chunks[i] = w.written[id]
+	}
+	w.Stats.Read += size
+	w.Stats.Chunks += len(ids)
+	return nil
+}
+
+// store names a chunk and writes it unless the folder has it already.
+func (w *Writer) store(data []byte) (string, error) {
+	mac := hmac.New(sha256.New, w.keys.mac)
+	mac.Write(data)
+	id := hex.EncodeToString(mac.Sum(nil))
+	p := filepath.Join(w.top, filepath.FromSlash(chunkPath(id)))
+	w.mu.Lock()
+	if _, ok := w.written[id]; ok {
+		w.Stats.Duplicate++
+		w.mu.Unlock()
+		return id, nil
+	}
+	if c, ok := w.known[id]; ok {
+		if fi, err := os.Stat(p); err == nil && fi.Size() == c.Size {
+			w.written[id] = c
+			w.Stats.Reused++
+			w.mu.Unlock()
+			return id, nil
+		}
+	}
+	w.written[id] = Chunk{ID: id} // others meeting it wait for nothing: it is filled before add returns
+	w.mu.Unlock()
+	c, err := writeChunk(p, id, data, w.recips)
+	if err != nil {
+		return "", fmt.Errorf("chunk %s: %w", chunkPath(id), err)
+	}
+	w.mu.Lock()
+	w.written[id] = c
+	w.fresh = append(w.fresh, p)
+	w.Stats.New++
+	w.Stats.NewBytes += c.Size
+	w.mu.Unlock()
+	return id, nil
+}
+
+func writeChunk(p, id string, data []byte, recips []age.Recipient) (c Chunk, err error) {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return c, err
+	}
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return c, err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp, p)
+		}
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	h := sha256.New()
+	cw := &counter{w: io.MultiWriter(f, h)}
+	enc, err := age.Encrypt(cw, recips...)
+	if err != nil {
+		return c, err
+	}
+	if _, err := enc.Write(data); err != nil {
+		return c, err
+	}
+	if err := enc.Close(); err != nil {
+		return c, err
+	}
+	return Chunk{ID: id, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// Close finishes the backup: every chunk on disk first, then the manifest
+// and its signature, then SHA256SUMS, renamed into place last, so a backup
+// with SHA256SUMS is whole.
+func (w *Writer) Close() (Manifest, error) {
+	defer w.unlock()
+	m := w.m
+	m.Format, m.Name, m.Signer, m.Stats = format, w.name, w.keys.Signer(), w.Stats
+	if err := w.syncChunks(); err != nil {
+		return m, err
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return m, err
+	}
+	b = append(b, '\n')
+	sig := base64.StdEncoding.EncodeToString(ed25519.Sign(w.keys.sign, b)) + "\n"
+	dir := filepath.Join(w.top, backupsDir, w.name)
+	if err := os.WriteFile(filepath.Join(dir, ManifestFile), b, 0o600); err != nil {
+		return m, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, SigFile), []byte(sig), 0o600); err != nil {
+		return m, err
+	}
+	rel := path.Join(backupsDir, w.name)
+	lines := []string{sum(b) + "  " + path.Join(rel, ManifestFile), sum([]byte(sig)) + "  " + path.Join(rel, SigFile)}
+	seen := map[string]bool{}
+	var chunks []string
+	for _, it := range m.Items {
+		for _, c := range it.Chunks {
+			if !seen[c.ID] {
+				seen[c.ID] = true
+				chunks = append(chunks, c.SHA256+"  "+chunkPath(c.ID))
+			}
+		}
+	}
+	sort.Slice(chunks, func(i, j int) bool { return chunks[i][66:] < chunks[j][66:] })
+	lines = append(lines, chunks...)
+	tmp := filepath.Join(dir, SumsFile+".tmp")
+	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		return m, err
+	}
+	for _, p := range []string{filepath.Join(dir, ManifestFile), filepath.Join(dir, SigFile), tmp} {
+		if err := fsync(p); err != nil {
+			return m, err
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, SumsFile)); err != nil {
+		return m, err
+	}
+	for _, p := range []string{dir, filepath.Join(w.top, backupsDir)} {
+		if err := fsync(p); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// syncChunks puts the chunks this backup wrote on disk: one by one when
+// they are few (an incremental backup then waits for nothing else written
+// to the file system), else with one syncfs.
+func (w *Writer) syncChunks() error {
+	if len(w.fresh) > 64 {
+		return syncFolder(w.top)
+	}
+	dirs := map[string]bool{filepath.Join(w.top, chunksDir): true}
+	for _, p := range w.fresh {
+		if err := fsync(p); err != nil {
+			return err
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	for d := range dirs {
+		if err := fsync(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fsync(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", p, err)
+	}
+	return nil
+}
+
+// Abort removes the unfinished backup; chunks it wrote stay until prune.
+func (w *Writer) Abort() {
+	os.RemoveAll(filepath.Join(w.top, backupsDir, w.name))
+	w.unlock()
+}
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// syncFolder flushes the folder's file system (one syncfs, not a sync per
+// chunk).
+func syncFolder(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// checkFolder accepts a new folder, an empty one (a fresh mount point) or
+// one that holds backups and nothing else.
+func checkFolder(dir string) error {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return os.MkdirAll(dir, 0o700)
+	case err != nil:
+		return fmt.Errorf("backup folder %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		switch e.Name() {
+		case chunksDir, backupsDir, lockFile:
+		case ManifestFile, SumsFile:
+			return fmt.Errorf("backup folder %s holds a backup of the first format (one file per item), which this ssbuild does not add to: give a new or empty folder", dir)
+		default:
+			return fmt.Errorf("backup folder %s holds %s, which no backup wrote: give a new or empty folder, or one that holds only backups", dir, e.Name())
+		}
+	}
+	return nil
+}
+
+// lockFolder takes the folder's lock: one backup or prune at a time.
+func lockFolder(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("backup folder %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("backup folder %s: another backup or prune is running in it (%w)", dir, err)
+	}
+	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+}
+
+// backupNames lists the backups in the folder, oldest first (the names
+// are their UTC start times).
+func backupNames(top string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(top, backupsDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+func finished(top, name string) bool {
+	_, err := os.Stat(filepath.Join(top, backupsDir, name, SumsFile))
+	return err == nil
+}
+
+// readSigned reads a backup's manifest and checks its signature: under
+// pub when given, else under the manifest's own signer (which proves only
+// that it is whole). It returns the manifest and its signer.
+func readSigned(top, name string, pub ed25519.PublicKey) (Manifest, string, error) {
+	var m Manifest
+	dir := filepath.Join(top, backupsDir, name)
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return m, "", err
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, "", fmt.Errorf("%s: %w", ManifestFile, err)
+	}
+	sig, err := os.ReadFile(filepath.Join(dir, SigFile))
+	if err != nil {
+		return m, m.Signer, err
+	}
+	s, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(sig)))
+	if err != nil {
+		return m, m.Signer, fmt.Errorf("%s: not a signature", SigFile)
+	}
+	if pub == nil {
+		if pub, err = ParseSigner(m.Signer); err != nil {
+			return m, m.Signer, fmt.Errorf("%s: %w", ManifestFile, err)
+		}
+	}
+	if !ed25519.Verify(pub, b, s) {
+		return m, m.Signer, fmt.Errorf("%s: the signature does not match (the manifest changed, or another key signed it)", ManifestFile)
+	}
+	if m.Name != name {
+		return m, m.Signer, fmt.Errorf("%s: it is backup %s's manifest, not %s's", ManifestFile, m.Name, name)
+	}
+	return m, m.Signer, nil
+}
+
+// Listing is one backup in a folder.
+type Listing struct {
+	Name       string
+	Deployment string
+	Project    string
+	Created    time.Time
+	Finished   bool
+	Items      int
+	Size       int64 // plain bytes
+	Stored     int64 // encrypted bytes of the chunks it names
+	New        int64 // of them, bytes no older backup in the folder names
+	Signer     string
+	Err        string // why its manifest could not be read
+}
+
+// Folder is what a backup folder holds.
+type Folder struct {
+	Backups      []Listing // oldest first
+	UnusedChunks int       // chunk files no backup names (left by an interrupted run; prune removes them)
+	UnusedBytes  int64
+}
+
+// List reads every backup's manifest (without checking signatures or
+// chunks: that is Verify's).
+func List(top string) (Folder, error) {
+	var f Folder
+	names, err := backupNames(top)
+	if err != nil {
+		return f, fmt.Errorf("backup folder %s: %w", top, err)
+	}
+	if _, err := os.Stat(filepath.Join(top, backupsDir)); err != nil {
+		return f, fmt.Errorf("backup folder %s: %w", top, err)
+	}
+	named := map[string]bool{}
+	for _, n := range names {
+		l := Listing{Name: n, Finished: finished(top, n)}
+		var m Manifest
+		b, err := os.ReadFile(filepath.Join(top, backupsDir, n, ManifestFile))
+		if err == nil {
+			err = json.Unmarshal(b, &m)
+		}
+		if err != nil {
+			l.Err = err.Error()
+			f.Backups = append(f.Backups, l)
+			continue
+		}
+		l.Deployment, l.Project, l.Created, l.Items, l.Signer = m.Deployment, m.Project, m.Created, len(m.Items), m.Signer
+		for _, it := range m.Items {
+			l.Size += it.Size
+			for _, c := range it.Chunks {
+				l.Stored += c.Size
+				if !named[c.ID] {
+					named[c.ID] = true
+					l.New += c.Size
+				}
+			}
+		}
+		f.Backups = append(f.Backups, l)
+	}
+	err = walkChunks(top, func(p string, id string, size int64) error {
+		if !named[id] {
+			f.UnusedChunks++
+			f.UnusedBytes += size
+		}
+		return nil
+	})
+	return f, err
+}
+
+// walkChunks calls fn for each file under chunks/ (id "" for one that is
+// not a chunk, such as an interrupted write's .tmp).
+func walkChunks(top string, fn func(p, id string, size int64) error) error {
+	root := filepath.Join(top, chunksDir)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		id, ok := strings.CutSuffix(d.Name(), chunkSuffix)
+		if !ok || len(id) != 64 {
+			id = ""
+		}
+		return fn(p, id, fi.Size())
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// PruneReport says what prune removed.
+type PruneReport struct {
+	Removed     []string // backups
+	Chunks      int
+	FreedBytes  int64
+	KeptBackups int
+}
+
+// Prune keeps the newest keep finished backups of each deployment,
+// removes the older ones and unfinished ones (under the folder's lock, so
+// not a running one), then every chunk no kept backup names. A manifest
+// it cannot read stops it before anything is removed.
+func Prune(top string, keep int) (PruneReport, error) {
+	var r PruneReport
+	if keep < 1 {
+		return r, errors.New("prune keeps at least one backup (--keep N, N ≥ 1)")
+	}
+	if _, err := os.Stat(filepath.Join(top, backupsDir)); err != nil {
+		return r, fmt.Errorf("backup folder %s: %w", top, err)
+	}
+	unlock, err := lockFolder(top)
+	if err != nil {
+		return r, err
+	}
+	defer unlock()
+	f, err := List(top)
+	if err != nil {
+		return r, err
+	}
+	perProject := map[string]int{}
+	var drop []string
+	keepSet := map[string]bool{}
+	for i := len(f.Backups) - 1; i >= 0; i-- { // newest first
+		l := f.Backups[i]
+		switch {
+		case !l.Finished:
+			drop = append(drop, l.Name)
+		case l.Err != "":
+			return r, fmt.Errorf("backup folder %s: backup %s: %s; nothing removed", top, l.Name, l.Err)
+		case perProject[l.Project] < keep:
+			perProject[l.Project]++
+			keepSet[l.Name] = true
+		default:
+			drop = append(drop, l.Name)
+		}
+	}
+	named := map[string]bool{}
+	for n := range keepSet {
+		m, err := readManifest(top, n)
+		if err != nil {
+			return r, fmt.Errorf("backup folder %s: backup %s: %w; nothing removed", top, n, err)
+		}
+		for _, it := range m.Items {
+			for _, c := range it.Chunks {
+				named[c.ID] = true
+			}
+		}
+	}
+	sort.Strings(drop)
+	for _, n := range drop {
+		dir := filepath.Join(top, backupsDir, n)
+		// SHA256SUMS first: a prune cut short leaves an unfinished backup, never a whole-looking one without chunks.
+		if err := os.Remove(filepath.Join(dir, SumsFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return r, err
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return r, err
+		}
+		r.Removed = append(r.Removed, n)
+	}
+	if err := syncFolder(top); err != nil {
+		return r, err
+	}
+	err = walkChunks(top, func(p, id string, size int64) error {
+		if id != "" && named[id] {
+			return nil
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+		r.Chunks++
+		r.FreedBytes += size
+		return nil
+	})
+	r.KeptBackups = len(keepSet)
+	return r, err
+}
+
+func readManifest(top, name string) (Manifest, error) {
+	var m Manifest
+	b, err := os.ReadFile(filepath.Join(top, backupsDir, name, ManifestFile))
+	if err == nil {
+		err = json.Unmarshal(b, &m)
+	}
+	return m, err
+}
