@@ -33,7 +33,7 @@ func backupCommand() *cli.Command {
 			ArgsUsage: "DIR",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (age-keygen's) to decrypt every chunk with"},
-				&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) `backup` printed: every manifest must be signed with it"},
+				&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) that backup printed: every manifest must be signed with it"},
 			},
 			Action: backupVerifyAction,
 		}, {
@@ -46,7 +46,7 @@ func backupCommand() *cli.Command {
 			Usage:     "keep the newest N backups of each deployment in a folder; remove the others and the chunks only they used",
 			ArgsUsage: "DIR",
 			Flags: []cli.Flag{
-				&cli.IntFlag{Name: "keep", Usage: "how many backups of each deployment to keep (at least 1)"},
+				&cli.IntFlag{Name: "keep", Usage: "keep the newest `N` backups of each deployment (at least 1)"},
 			},
 			Action: backupPruneAction,
 		}},
@@ -165,7 +165,7 @@ func restoreCommand() *cli.Command {
 			&cli.StringFlag{Name: "from", Usage: "the backup folder `DIR`"},
 			&cli.StringFlag{Name: "backup", Usage: "the backup's `NAME` in the folder (backup list); default the newest"},
 			&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (the private key of one of backup.recipients)"},
-			&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) `backup` printed; needed when this cluster holds no backup key of the deployment"},
+			&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) that backup printed; needed when this cluster holds no backup key of the deployment"},
 		),
 		Action: restoreAction,
 	}
