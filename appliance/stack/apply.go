@@ -139,8 +139,11 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 			task := rep.Start(fmt.Sprintf("%s: %s %s", where, j.verb, j.svc.Name), 0, "")
 			var err error
 			if j.start != nil {
-				one.Mutations++
-				err = c.ContainerStart(gctx, j.start.ID, container.StartOptions{})
+				err = fenced(gctx, c, s, j.svc, j.start.ID)
+				if err == nil {
+					one.Mutations++
+					err = c.ContainerStart(gctx, j.start.ID, container.StartOptions{})
+				}
 			} else {
 				err = removeContainers(gctx, c, j.cts, &one)
 				if err == nil {
@@ -444,11 +447,26 @@ func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Servi
 			return fmt.Errorf("copy %s into %s: %w", f.Path, s.ContainerName(svc.Name), err)
 		}
 	}
+	if err := fenced(ctx, c, s, svc, created.ID); err != nil {
+		return err
+	}
 	res.Mutations++
 	if err := c.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		return fmt.Errorf("start %s: %w", s.ContainerName(svc.Name), err)
 	}
 	return nil
+}
+
+// fenced runs the stack's fence check before a Lightning service starts:
+// without a check it never starts.
+func fenced(ctx context.Context, c client.APIClient, s *Stack, svc *Service, id string) error {
+	if svc.Lightning == nil {
+		return nil
+	}
+	if s.Fence == nil {
+		return fmt.Errorf("%s runs a Lightning node and no fence check was given: not started", s.ContainerName(svc.Name))
+	}
+	return s.Fence(ctx, c, s, svc, id)
 }
 
 // fileTar packs one file for extraction in its parent directory.
