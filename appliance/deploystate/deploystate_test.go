@@ -367,16 +367,16 @@ func TestLightningGeneration(t *testing.T) {
 		"registry": &deploystate.Client{Socket: serve(t, store(t, reg, clusterSecret))},
 		"folder":   deploystate.Folder{Dir: secrets.Dir(t.TempDir())},
 	} {
-		if g, err := s.LightningGeneration(ctx(t), deployment); err != nil || g != 0 {
+		if g, err := s.LightningGeneration(ctx(t), deployment+"/btcpay"); err != nil || g != 0 {
 			t.Fatalf("%s: generation before any: %d, %v", what, g, err)
 		}
-		if g, err := s.BumpLightning(ctx(t), deployment, 0, "first start"); err != nil || g != 1 {
+		if g, err := s.BumpLightning(ctx(t), deployment+"/btcpay", 0, "first start"); err != nil || g != 1 {
 			t.Fatalf("%s: first bump: %d, %v", what, g, err)
 		}
-		if _, err := s.BumpLightning(ctx(t), deployment, 0, "stale"); err == nil || !strings.Contains(err.Error(), "it is 1, not 0") {
+		if _, err := s.BumpLightning(ctx(t), deployment+"/btcpay", 0, "stale"); err == nil || !strings.Contains(err.Error(), "it is 1, not 0") {
 			t.Errorf("%s: a stale bump: %v; want it refused", what, err)
 		}
-		if g, err := s.LightningGeneration(ctx(t), deployment); err != nil || g != 1 {
+		if g, err := s.LightningGeneration(ctx(t), deployment+"/btcpay"); err != nil || g != 1 {
 			t.Errorf("%s: generation: %d, %v; want 1", what, g, err)
 		}
 	}

@@ -8,18 +8,19 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 )
 
 // LightningGeneration reads the generation from the registry.
-func (s *Registry) LightningGeneration(ctx context.Context, deployment string) (int64, error) {
-	return s.Reg.LightningGeneration(ctx, deployment)
+func (s *Registry) LightningGeneration(ctx context.Context, node string) (int64, error) {
+	return s.Reg.LightningGeneration(ctx, node)
 }
 
 // BumpLightning moves the generation in the registry, recording this member.
-func (s *Registry) BumpLightning(ctx context.Context, deployment string, from int64, why string) (int64, error) {
-	return s.Reg.BumpLightning(ctx, deployment, from, s.Member, why)
+func (s *Registry) BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error) {
+	return s.Reg.BumpLightning(ctx, node, from, s.Member, why)
 }
 
 type bumpRequest struct {
@@ -32,24 +33,24 @@ type generationResponse struct {
 }
 
 func (s *Registry) registerLightning(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/lightning/{deployment}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/lightning/{deployment}/{instance}", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
-		g, err := s.LightningGeneration(ctx, r.PathValue("deployment"))
+		g, err := s.LightningGeneration(ctx, r.PathValue("deployment")+"/"+r.PathValue("instance"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		writeJSON(w, generationResponse{g})
 	})
-	mux.HandleFunc("POST /v1/lightning/{deployment}/bump", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/lightning/{deployment}/{instance}/bump", func(w http.ResponseWriter, r *http.Request) {
 		var req bumpRequest
 		if !readJSON(w, r, &req) {
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
-		g, err := s.BumpLightning(ctx, r.PathValue("deployment"), req.From, req.Why)
+		g, err := s.BumpLightning(ctx, r.PathValue("deployment")+"/"+r.PathValue("instance"), req.From, req.Why)
 		switch {
 		case errors.Is(err, registry.ErrGenerationMoved):
 			http.Error(w, err.Error(), http.StatusConflict)
@@ -63,43 +64,43 @@ func (s *Registry) registerLightning(mux *http.ServeMux) {
 }
 
 // LightningGeneration asks the registry through the service.
-func (c *Client) LightningGeneration(ctx context.Context, deployment string) (int64, error) {
+func (c *Client) LightningGeneration(ctx context.Context, node string) (int64, error) {
 	var resp generationResponse
-	err := c.do(ctx, http.MethodGet, "/v1/lightning/"+deployment, nil, &resp)
+	err := c.do(ctx, http.MethodGet, "/v1/lightning/"+node, nil, &resp)
 	return resp.Generation, err
 }
 
 // BumpLightning has the service move the generation in the registry.
-func (c *Client) BumpLightning(ctx context.Context, deployment string, from int64, why string) (int64, error) {
+func (c *Client) BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error) {
 	var resp generationResponse
-	err := c.do(ctx, http.MethodPost, "/v1/lightning/"+deployment+"/bump", bumpRequest{From: from, Why: why}, &resp)
+	err := c.do(ctx, http.MethodPost, "/v1/lightning/"+node+"/bump", bumpRequest{From: from, Why: why}, &resp)
 	return resp.Generation, err
 }
 
 // lightningFile keeps a standalone LXD's generation of a deployment.
-func (f Folder) lightningFile(deployment string) string {
-	return filepath.Join(string(f.Dir), deployment+".lightning.json")
+func (f Folder) lightningFile(node string) string {
+	return filepath.Join(string(f.Dir), strings.ReplaceAll(node, "/", "_")+".lightning.json")
 }
 
 // LightningGeneration reads the folder's generation file; 0 without one.
-func (f Folder) LightningGeneration(_ context.Context, deployment string) (int64, error) {
-	data, err := os.ReadFile(f.lightningFile(deployment))
+func (f Folder) LightningGeneration(_ context.Context, node string) (int64, error) {
+	data, err := os.ReadFile(f.lightningFile(node))
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	} else if err != nil {
-		return 0, fmt.Errorf("Lightning generation of %s: %w", deployment, err)
+		return 0, fmt.Errorf("Lightning generation of %s: %w", node, err)
 	}
 	var g generationResponse
 	if err := json.Unmarshal(data, &g); err != nil {
-		return 0, fmt.Errorf("Lightning generation of %s: %s: %w", deployment, f.lightningFile(deployment), err)
+		return 0, fmt.Errorf("Lightning generation of %s: %s: %w", node, f.lightningFile(node), err)
 	}
 	return g.Generation, nil
 }
 
 // BumpLightning rewrites the folder's generation file (one host: no race
 // to guard beyond the check).
-func (f Folder) BumpLightning(ctx context.Context, deployment string, from int64, _ string) (int64, error) {
-	cur, err := f.LightningGeneration(ctx, deployment)
+func (f Folder) BumpLightning(ctx context.Context, node string, from int64, _ string) (int64, error) {
+	cur, err := f.LightningGeneration(ctx, node)
 	if err != nil {
 		return 0, err
 	}
@@ -110,12 +111,12 @@ func (f Folder) BumpLightning(ctx context.Context, deployment string, from int64
 		return 0, err
 	}
 	data, _ := json.Marshal(generationResponse{from + 1})
-	tmp := f.lightningFile(deployment) + ".tmp"
+	tmp := f.lightningFile(node) + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return 0, fmt.Errorf("Lightning generation of %s: %w", deployment, err)
+		return 0, fmt.Errorf("Lightning generation of %s: %w", node, err)
 	}
-	if err := os.Rename(tmp, f.lightningFile(deployment)); err != nil {
-		return 0, fmt.Errorf("Lightning generation of %s: %w", deployment, err)
+	if err := os.Rename(tmp, f.lightningFile(node)); err != nil {
+		return 0, fmt.Errorf("Lightning generation of %s: %w", node, err)
 	}
 	return from + 1, nil
 }

@@ -13,12 +13,13 @@ import (
 // the node meanwhile.
 var ErrGenerationMoved = errors.New("the Lightning generation changed meanwhile")
 
-// LightningGeneration returns the deployment's Lightning node's current
-// fencing generation; 0 when none was ever recorded.
-func (r *Registry) LightningGeneration(ctx context.Context, deployment string) (int64, error) {
+// LightningGeneration returns a Lightning node's current fencing
+// generation; 0 when none was ever recorded. A node is named
+// <deployment>/<instance>.
+func (r *Registry) LightningGeneration(ctx context.Context, node string) (int64, error) {
 	var gen int64
-	err := r.inTx(ctx, "read the Lightning generation of "+deployment, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `SELECT generation FROM lightning_generations WHERE deployment = ?`, deployment).Scan(&gen)
+	err := r.inTx(ctx, "read the Lightning generation of "+node, func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `SELECT generation FROM lightning_generations WHERE node = ?`, node).Scan(&gen)
 		if errors.Is(err, sql.ErrNoRows) {
 			gen = 0
 			return nil
@@ -28,24 +29,24 @@ func (r *Registry) LightningGeneration(ctx context.Context, deployment string) (
 	return gen, err
 }
 
-// BumpLightning moves the deployment's Lightning generation from from to
+// BumpLightning moves the node's generation from from to
 // from+1 (compare-and-set: ErrGenerationMoved when it is no longer from)
 // and returns the new one; member and why are recorded with it.
-func (r *Registry) BumpLightning(ctx context.Context, deployment string, from int64, member, why string) (int64, error) {
+func (r *Registry) BumpLightning(ctx context.Context, node string, from int64, member, why string) (int64, error) {
 	next := from + 1
-	err := r.inTx(ctx, fmt.Sprintf("bump the Lightning generation of %s from %d", deployment, from), func(tx *sql.Tx) error {
+	err := r.inTx(ctx, fmt.Sprintf("bump the Lightning generation of %s from %d", node, from), func(tx *sql.Tx) error {
 		var cur int64
-		err := tx.QueryRowContext(ctx, `SELECT generation FROM lightning_generations WHERE deployment = ?`, deployment).Scan(&cur)
+		err := tx.QueryRowContext(ctx, `SELECT generation FROM lightning_generations WHERE node = ?`, node).Scan(&cur)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		if cur != from {
 			return fmt.Errorf("%w: it is %d, not %d", ErrGenerationMoved, cur, from)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO lightning_generations (deployment, generation, member, why, updated_at) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (deployment) DO UPDATE SET generation = excluded.generation, member = excluded.member,
+		_, err = tx.ExecContext(ctx, `INSERT INTO lightning_generations (node, generation, member, why, updated_at) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (node) DO UPDATE SET generation = excluded.generation, member = excluded.member,
 			why = excluded.why, updated_at = excluded.updated_at`,
-			deployment, next, member, why, unixNano(time.Now()))
+			node, next, member, why, unixNano(time.Now()))
 		return err
 	})
 	if err != nil {

@@ -79,11 +79,11 @@ var migrations = []string{
 		wrapped    BLOB NOT NULL,
 		created_at INTEGER NOT NULL
 	);`,
-	// 4: each deployment's Lightning node's fencing generation: only the
-	// copy holding the current one may start the node; restore and
-	// migrate bump it.
+	// 4: each Lightning node's fencing generation, by node
+	// (<deployment>/<instance>): only the copy holding the current one may
+	// start the node; restore and migrate bump it.
 	`CREATE TABLE lightning_generations (
-		deployment TEXT PRIMARY KEY,
+		node       TEXT PRIMARY KEY,
 		generation INTEGER NOT NULL,
 		member     TEXT NOT NULL DEFAULT '',
 		why        TEXT NOT NULL DEFAULT '',
