@@ -37,6 +37,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
@@ -58,7 +59,10 @@ type Options struct {
 	Recipe     *recipes.Recipe
 	Deployment string // its name in the recipe
 	To         string // the folder; created, must be empty
-	Progress   *progress.Reporter
+	// State holds the Lightning nodes' generations (the deploy's store):
+	// each node's is recorded in the manifest.
+	State    fence.Store
+	Progress *progress.Reporter
 }
 
 // Manifest describes a backup folder.
@@ -75,6 +79,17 @@ type Manifest struct {
 	// Absent are declared paths that did not exist when the backup ran
 	// (for example a Lightning node's emergency.recover before its first channel).
 	Absent []Item `json:"absent,omitempty"`
+	// Lightning are the deployment's Lightning nodes with the generation
+	// each had when the backup was taken: restore refuses to put back a
+	// node's files when its generation has moved on since.
+	Lightning []LightningNode `json:"lightning,omitempty"`
+}
+
+// LightningNode is a Lightning node in a backup.
+type LightningNode struct {
+	Instance   string `json:"instance"`
+	Service    string `json:"service"`
+	Generation int64  `json:"generation"`
 }
 
 // Item is one thing taken (or deliberately not taken).
@@ -129,6 +144,16 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 		}
 		if !declares(st) {
 			continue
+		}
+		if svc := st.LightningService(); svc != nil {
+			if o.State == nil {
+				return m, fmt.Errorf("backup %s: instance %s runs a Lightning node and no state store was given to read its generation from", d.Name, role)
+			}
+			gen, err := o.State.LightningGeneration(ctx, fence.NodeName(d.Project(), role))
+			if err != nil {
+				return m, fmt.Errorf("backup %s: Lightning generation of %s: %w", d.Name, role, err)
+			}
+			m.Lightning = append(m.Lightning, LightningNode{Instance: role, Service: svc.Name, Generation: gen})
 		}
 		docker, err := instancedocker.Client(ctx, pc, role)
 		if err != nil {
