@@ -13,7 +13,9 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/backup"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
+	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 )
 
 // checkBackup is issue 16's backup check on the deployed demo (a subtest
@@ -44,11 +46,12 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	}
 	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written before the backup') ON CONFLICT DO NOTHING")
 	const live = "live-channel-state-7f3a"
-	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo "+live+" > /root/.lightning/regtest/lightningd.sqlite3")
+	dockerExec(t, o, project, "btcpay", project+"-lightning", "sh", "-c", "echo "+live+" > /root/.lightning/regtest/lightningd.sqlite3")
 
 	dir := filepath.Join(t.TempDir(), "backup")
 	start := time.Now()
-	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, Progress: o.Progress})
+	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir,
+		State: stateOf(o), Progress: o.Progress})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
@@ -78,15 +81,18 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 		if strings.Contains(plain.String(), live) {
 			t.Errorf("%s holds the live channel database", it.File)
 		}
-		if it.File == "btcpay/btcpay/lightning-data_regtest_hsm_secret.tar.age" && !strings.Contains(plain.String(), "stand-in hsm_secret") {
+		if it.File == "btcpay/lightning/lightning-data_regtest_hsm_secret.tar.age" && !strings.Contains(plain.String(), "stand-in hsm_secret") {
 			t.Errorf("%s lacks the node's hsm_secret", it.File)
 		}
 	}
-	for _, f := range []string{dump, "btcpay/btcpay/btcpay-data.tar.age", "btcpay/btcpay/lightning-data_regtest_hsm_secret.tar.age",
-		"btcpay/btcpay/lightning-data_regtest_emergency.recover.tar.age", "www/ghost-blog-example/ghost-blog-example-data.tar.age"} {
+	for _, f := range []string{dump, "btcpay/btcpay/btcpay-data.tar.age", "btcpay/lightning/lightning-data_regtest_hsm_secret.tar.age",
+		"btcpay/lightning/lightning-data_regtest_emergency.recover.tar.age", "www/ghost-blog-example/ghost-blog-example-data.tar.age"} {
 		if !files[f] {
 			t.Errorf("the backup lacks %s (has %v)", f, m.Items)
 		}
+	}
+	if len(m.Lightning) != 1 || m.Lightning[0].Instance != "btcpay" || m.Lightning[0].Service != "lightning" || m.Lightning[0].Generation < 1 {
+		t.Errorf("the manifest's Lightning nodes: %+v; want btcpay's lightning with its generation", m.Lightning)
 	}
 	if len(m.NeverRestored) != 1 || m.NeverRestored[0].Path != "/regtest/lightningd.sqlite3" {
 		t.Errorf("never restored: %+v; want the live channel database", m.NeverRestored)
@@ -110,6 +116,12 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	if _, err := backup.Verify(dir, ids); err == nil || !strings.Contains(err.Error(), dump+": sha256") {
 		t.Errorf("verify after a flipped byte in %s: %v; want the file named", dump, err)
 	}
+}
+
+// stateOf is the deploy's state store of o (the bed deploys with a
+// state folder).
+func stateOf(o deploy.Options) deploystate.Store {
+	return deploystate.Folder{Dir: secrets.Dir(o.StateDir)}
 }
 
 // psqlIn runs psql with sql in the btcpay stand-in's container (its
