@@ -3,6 +3,7 @@ package stack
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -161,6 +163,52 @@ func TestStoppedServiceStarted(t *testing.T) {
 	}
 }
 
+// TestLightningStartsOnlyAfterTheFence: the stack's Lightning node is
+// created but never started without a fence check or when the check
+// refuses (the error says why), has no restart policy, and starts once the
+// check lets it.
+func TestLightningStartsOnlyAfterTheFence(t *testing.T) {
+	e := newDemoEnv(t)
+	ctx := context.Background()
+	st := e.render(t, "btcpay")
+	ctr := st.ContainerName("lightning")
+	isRunning := func() bool {
+		info, err := e.c.ContainerInspect(ctx, ctr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.HostConfig.RestartPolicy.Name != container.RestartPolicyDisabled {
+			t.Errorf("the Lightning node's restart policy is %q; want none", info.HostConfig.RestartPolicy.Name)
+		}
+		return info.State.Running
+	}
+	st.Fence = nil
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "no fence check was given: not started") {
+		t.Fatalf("Apply without a fence check: %v", err)
+	}
+	if isRunning() {
+		t.Fatal("the node runs without a fence check")
+	}
+	st.Fence = func(context.Context, client.APIClient, *Stack, *Service, string) error {
+		return errors.New("this copy holds generation 1, the current is 2")
+	}
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "this copy holds generation 1") {
+		t.Fatalf("Apply with a refusing fence: %v", err)
+	}
+	if isRunning() {
+		t.Fatal("the node runs though the fence refused it")
+	}
+	checked := ""
+	st.Fence = func(_ context.Context, _ client.APIClient, _ *Stack, svc *Service, _ string) error {
+		checked = svc.Name
+		return nil
+	}
+	res := e.apply(t, st)
+	if checked != "lightning" || !slices.Contains(res.Started, "lightning") || !isRunning() {
+		t.Fatalf("Apply with the fence letting it: checked %q, %+v; want lightning started", checked, res)
+	}
+}
+
 // TestDownKeepsVolumes: Down removes the containers and networks but keeps
 // the volumes; a later Apply reuses them with the data intact; Down with
 // purge removes them.
@@ -306,7 +354,7 @@ func TestNetworkChange(t *testing.T) {
 	before := containerIDs(t, e.c, st.Project)["btcpay"]
 	st.Networks[0].Internal = true
 	res := e.apply(t, st)
-	if !slices.Equal(res.Recreated, []string{"btcpay", "btcpay-db"}) {
+	if !slices.Equal(res.Recreated, []string{"btcpay", "btcpay-db", "lightning"}) {
 		t.Fatalf("Apply with the network made internal: %+v; want both services on it recreated", res)
 	}
 	n, err := e.c.NetworkInspect(ctx, st.NetworkName("btcpay"), network.InspectOptions{})
