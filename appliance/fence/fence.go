@@ -49,6 +49,9 @@ type Refused struct {
 	Node      string
 }
 
+// Unwrap makes a refusal a stack.ErrFenced: a running copy is stopped.
+func (e *Refused) Unwrap() error { return stack.ErrFenced }
+
 func (e *Refused) Error() string {
 	switch {
 	case e.Current == 0:
@@ -65,9 +68,9 @@ func (e *Refused) Error() string {
 
 // Check is the stacks' stack.FenceFunc: a copy of a node starts only
 // when it holds the current generation. The node's first start anywhere
-// (no generation yet, no fence file) records generation 1 and writes it;
-// a new, empty node (no fence file, no channel database) takes the
-// current one.
+// (no generation yet, no fence file; also a node from before fencing)
+// records generation 1 and writes it; a new, empty node (no fence file, no
+// channel database) takes the current one.
 func Check(st Store) stack.FenceFunc {
 	return func(ctx context.Context, c client.APIClient, s *stack.Stack, svc *stack.Service, id string) error {
 		node := NodeName(s.Project, s.Instance)
@@ -82,7 +85,9 @@ func Check(st Store) stack.FenceFunc {
 		switch {
 		case held != 0 && held == cur:
 			return nil
-		case held == 0 && !db && cur == 0:
+		case held == 0 && cur == 0:
+			// The node's first start, or the first check of a node an
+			// older ssbuild started (its channel database, no fence).
 			if cur, err = st.BumpLightning(ctx, node, 0, "first start of "+s.ContainerName(svc.Name)); err != nil {
 				return fmt.Errorf("Lightning generation of %s: %w", node, err)
 			}

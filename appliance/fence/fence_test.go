@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/docker/docker/client"
+
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
@@ -102,5 +104,26 @@ func TestFence(t *testing.T) {
 	}
 	if g, _, err := fence.Held(ctx, c, fresh.LightningService(), fresh.ContainerName("lightning")); err != nil || g != 3 {
 		t.Errorf("the new node holds %d, %v; want 3", g, err)
+	}
+
+	// A node an older ssbuild started (a channel database, no fence file,
+	// no generation) is fenced at generation 1 when next started.
+	old := node("r-regtest")
+	old.Fence = func(context.Context, client.APIClient, *stack.Stack, *stack.Service, string) error { return nil }
+	if _, err := stack.Apply(ctx, c, old, progress.Discard()); err != nil {
+		t.Fatal(err)
+	}
+	if err := fence.Stop(ctx, c, old); err != nil {
+		t.Fatal(err)
+	}
+	if g, db, err := fence.Held(ctx, c, old.LightningService(), old.ContainerName("lightning")); err != nil || g != 0 || !db {
+		t.Fatalf("the unfenced node: held %d, channel database %v, %v", g, db, err)
+	}
+	old.Fence = fence.Check(state)
+	if _, err := stack.Apply(ctx, c, old, progress.Discard()); err != nil {
+		t.Fatalf("starting a node from before fencing: %v", err)
+	}
+	if g, _, err := fence.Held(ctx, c, old.LightningService(), old.ContainerName("lightning")); err != nil || g != 1 {
+		t.Errorf("the node from before fencing holds %d, %v; want 1", g, err)
 	}
 }

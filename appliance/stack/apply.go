@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"sort"
@@ -122,6 +123,11 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		case keep != nil && len(cts) == 1 && (keep.State == "running" || keep.State == "restarting"):
 			res.Unchanged = append(res.Unchanged, svc.Name)
 			rep.Info("%s: %s unchanged", where, svc.Name)
+			if svc.Lightning != nil {
+				// A running node is checked too: a copy started behind
+				// ssbuild's back is stopped.
+				jobs = append(jobs, job{svc: svc, start: keep, verb: "check"})
+			}
 		case keep != nil && len(cts) == 1:
 			jobs = append(jobs, job{svc: svc, start: keep, verb: "start"})
 		case len(cts) > 0 || wasReplaced[svc.Name]:
@@ -136,6 +142,26 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 	for _, j := range jobs {
 		g.Go(func() error {
 			var one Result
+			if j.verb == "check" {
+				err := fenced(gctx, c, s, j.svc, j.start.ID)
+				if err == nil {
+					return nil
+				}
+				if !errors.Is(err, ErrFenced) {
+					return s.errorf("%s: check %s: %w", where, j.svc.Name, err)
+				}
+				timeout := int(StopTimeout / time.Second)
+				serr := c.ContainerStop(gctx, j.start.ID, container.StopOptions{Timeout: &timeout})
+				mu.Lock()
+				res.Mutations++
+				mu.Unlock()
+				if serr != nil {
+					err = fmt.Errorf("%w; stopping it failed: %w", err, serr)
+				} else {
+					err = fmt.Errorf("%w; stopped", err)
+				}
+				return s.errorf("%s: check %s: %w", where, j.svc.Name, err)
+			}
 			task := rep.Start(fmt.Sprintf("%s: %s %s", where, j.verb, j.svc.Name), 0, "")
 			var err error
 			if j.start != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -166,7 +167,8 @@ func TestStoppedServiceStarted(t *testing.T) {
 // TestLightningStartsOnlyAfterTheFence: the stack's Lightning node is
 // created but never started without a fence check or when the check
 // refuses (the error says why), has no restart policy, and starts once the
-// check lets it.
+// check lets it; a running node is checked again at every Apply and
+// stopped when the check refuses it.
 func TestLightningStartsOnlyAfterTheFence(t *testing.T) {
 	e := newDemoEnv(t)
 	ctx := context.Background()
@@ -206,6 +208,30 @@ func TestLightningStartsOnlyAfterTheFence(t *testing.T) {
 	res := e.apply(t, st)
 	if checked != "lightning" || !slices.Contains(res.Started, "lightning") || !isRunning() {
 		t.Fatalf("Apply with the fence letting it: checked %q, %+v; want lightning started", checked, res)
+	}
+	// A running node is checked at every Apply, with no change when it
+	// holds the current generation ...
+	checked = ""
+	if res := e.apply(t, st); checked != "lightning" || res.Mutations != 0 {
+		t.Fatalf("Apply with the node running: checked %q, %d mutations; want it checked and nothing changed", checked, res.Mutations)
+	}
+	// ... left running when the check cannot tell (the state unreachable) ...
+	st.Fence = func(context.Context, client.APIClient, *Stack, *Service, string) error {
+		return errors.New("the registry is not reachable")
+	}
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "not reachable") || !isRunning() {
+		t.Fatalf("Apply with the state unreachable: %v, running %v; want an error and the node left running", err, isRunning())
+	}
+	// ... and stopped when it is not the current copy (one started behind
+	// ssbuild's back).
+	st.Fence = func(context.Context, client.APIClient, *Stack, *Service, string) error {
+		return fmt.Errorf("this copy holds generation 1, the current is 2: %w", ErrFenced)
+	}
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "not the Lightning node's current copy; stopped") {
+		t.Fatalf("Apply with a running node the fence refuses: %v; want it stopped", err)
+	}
+	if isRunning() {
+		t.Fatal("the refused node still runs")
 	}
 }
 

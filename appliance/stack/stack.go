@@ -95,9 +95,16 @@ type Lightning struct {
 // generation this copy of the node holds.
 const FenceFile = ".ssbuild-fence"
 
-// FenceFunc decides whether the Lightning service's container id (created,
-// not running) may start; an error says why not. Apply calls it.
+// FenceFunc decides whether the Lightning service's container id may
+// start (or, running, go on running); an error says why not, and wraps
+// ErrFenced when this copy of the node is not the current one (Apply then
+// stops a running one; any other error, such as the state being
+// unreachable, leaves it as it is). Apply calls it.
 type FenceFunc func(ctx context.Context, c client.APIClient, s *Stack, svc *Service, id string) error
+
+// ErrFenced is wrapped by a FenceFunc's error when the copy of the node is
+// not its current one.
+var ErrFenced = errors.New("not the Lightning node's current copy")
 
 // LightningService returns the stack's Lightning service, or nil.
 func (s *Stack) LightningService() *Service {
