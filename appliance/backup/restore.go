@@ -64,7 +64,11 @@ func (e *StaleLightning) Error() string {
 // is damaged or does not decrypt), then copies the volume paths back into
 // their services' volumes and feeds each dump to its service's restore
 // command. Paths declared never-restore are not in a backup, so they are
-// never overwritten.
+// never overwritten. An instance's Lightning node is stopped meanwhile,
+// then given a new generation (older copies of it never start again) and
+// started; a backup older than the node's live state (its generation moved
+// on since) is refused before any change (StaleLightning) unless
+// RecoverLightning, which puts back only the node's static files.
 func Restore(ctx context.Context, o RestoreOptions) error {
 	rep := o.Progress
 	if rep == nil {
