@@ -54,7 +54,10 @@ type Result struct {
 // differs, starts stopped ones, and removes the containers (and networks)
 // of the project and instance that are no longer in the stack. Volumes are
 // never removed here. Images must already be in Docker (pre-loaded): a
-// missing one is an error naming it, before anything changes.
+// missing one is an error naming it, before anything changes. A Lightning
+// service starts only after the stack's Fence check; one the check refuses
+// stays down (a running one is stopped), the rest is applied, and the
+// refusal is the error returned.
 func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Reporter) (Result, error) {
 	var res Result
 	if rep == nil {
@@ -137,6 +140,7 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		}
 	}
 	var mu sync.Mutex
+	var fenceErr error // a Lightning node not started: said at the end
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(Parallel)
 	for _, j := range jobs {
@@ -147,20 +151,19 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 				if err == nil {
 					return nil
 				}
-				if !errors.Is(err, ErrFenced) {
-					return s.errorf("%s: check %s: %w", where, j.svc.Name, err)
-				}
-				timeout := int(StopTimeout / time.Second)
-				serr := c.ContainerStop(gctx, j.start.ID, container.StopOptions{Timeout: &timeout})
 				mu.Lock()
-				res.Mutations++
-				mu.Unlock()
-				if serr != nil {
-					err = fmt.Errorf("%w; stopping it failed: %w", err, serr)
-				} else {
-					err = fmt.Errorf("%w; stopped", err)
+				defer mu.Unlock()
+				if errors.Is(err, ErrFenced) {
+					timeout := int(StopTimeout / time.Second)
+					res.Mutations++
+					if serr := c.ContainerStop(gctx, j.start.ID, container.StopOptions{Timeout: &timeout}); serr != nil {
+						err = fmt.Errorf("%w; stopping it failed: %w", err, serr)
+					} else {
+						err = fmt.Errorf("%w; stopped", err)
+					}
 				}
-				return s.errorf("%s: check %s: %w", where, j.svc.Name, err)
+				fenceErr = s.errorf("%s: check %s: %w", where, j.svc.Name, err)
+				return nil
 			}
 			task := rep.Start(fmt.Sprintf("%s: %s %s", where, j.verb, j.svc.Name), 0, "")
 			var err error
@@ -183,6 +186,11 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 			mu.Lock()
 			defer mu.Unlock()
 			res.Mutations += one.Mutations
+			if fe := (*fenceError)(nil); errors.As(err, &fe) {
+				// The node stays down; the other services go on.
+				fenceErr = err
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -234,7 +242,7 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		rep.Info("%s: network %s removed", where, n.Name)
 		res.Removed = append(res.Removed, "network "+n.Labels[LabelNetwork])
 	}
-	return res, nil
+	return res, fenceErr
 }
 
 // imageID finds a pre-loaded image and checks the recipe's pin.
@@ -490,10 +498,20 @@ func fenced(ctx context.Context, c client.APIClient, s *Stack, svc *Service, id 
 		return nil
 	}
 	if s.Fence == nil {
-		return fmt.Errorf("%s runs a Lightning node and no fence check was given: not started", s.ContainerName(svc.Name))
+		return &fenceError{fmt.Errorf("%s runs a Lightning node and no fence check was given: not started", s.ContainerName(svc.Name))}
 	}
-	return s.Fence(ctx, c, s, svc, id)
+	if err := s.Fence(ctx, c, s, svc, id); err != nil {
+		return &fenceError{err}
+	}
+	return nil
 }
+
+// fenceError is a Lightning node the fence check kept from starting: Apply
+// goes on with the other services and returns it at the end.
+type fenceError struct{ err error }
+
+func (e *fenceError) Error() string { return e.err.Error() }
+func (e *fenceError) Unwrap() error { return e.err }
 
 // fileTar packs one file for extraction in its parent directory.
 func fileTar(f File) (*bytes.Reader, error) {

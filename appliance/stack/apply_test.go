@@ -191,6 +191,10 @@ func TestLightningStartsOnlyAfterTheFence(t *testing.T) {
 	if isRunning() {
 		t.Fatal("the node runs without a fence check")
 	}
+	// The other services were applied all the same.
+	if info, err := e.c.ContainerInspect(ctx, st.ContainerName("btcpay-db")); err != nil || !info.State.Running {
+		t.Fatalf("btcpay-db does not run after the Lightning node was kept down (%v)", err)
+	}
 	st.Fence = func(context.Context, client.APIClient, *Stack, *Service, string) error {
 		return errors.New("this copy holds generation 1, the current is 2")
 	}
@@ -416,9 +420,11 @@ func TestImagePin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pin := func(digest string) { // the recipe pins the image of both services
+	pin := func(digest string) { // the recipe pins the image of both PostgreSQL services
 		for i := range st.Services {
-			st.Services[i].ImageDigest = digest
+			if strings.HasPrefix(st.Services[i].Image, "ssbuild-demo/postgres:") {
+				st.Services[i].ImageDigest = digest
+			}
 		}
 	}
 	pin("sha256:" + strings.Repeat("0", 64))
@@ -427,8 +433,8 @@ func TestImagePin(t *testing.T) {
 		t.Fatalf("Apply with a wrong pin: %v (%d mutations); want a refusal naming the pin, no mutation", err, res.Mutations)
 	}
 	pin(info.ID)
-	if res := e.apply(t, st); len(res.Created) != 2 {
-		t.Fatalf("Apply with the right pin: %+v", res)
+	if res := e.apply(t, st); len(res.Created) != 3 {
+		t.Fatalf("Apply with the right pin: %+v; want its 3 services created", res)
 	}
 }
 
