@@ -79,7 +79,8 @@ installer:
 			`DIR/r.yaml:9:12: deployments[0].stack: deployment d, www instance, service ghost-demo-example (recipes/stacks/demo/www.yaml:80): image ssbuild-demo/web is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/web:<tag>, and its digest) so the base image pre-loads it`,
 			`DIR/r.yaml:9:12: deployments[0].stack: deployment d, www instance, service proxy (recipes/stacks/demo/www.yaml:28): image ssbuild-demo/web is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/web:<tag>, and its digest) so the base image pre-loads it`,
 			`DIR/r.yaml:9:12: deployments[0].stack: deployment d, btcpay instance, service btcpay (recipes/stacks/demo/btcpay.yaml:43): image ssbuild-demo/postgres is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/postgres:<tag>, and its digest) so the base image pre-loads it`,
-			`DIR/r.yaml:9:12: deployments[0].stack: deployment d, btcpay instance, service btcpay-db (recipes/stacks/demo/btcpay.yaml:20): image ssbuild-demo/postgres is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/postgres:<tag>, and its digest) so the base image pre-loads it`}},
+			`DIR/r.yaml:9:12: deployments[0].stack: deployment d, btcpay instance, service btcpay-db (recipes/stacks/demo/btcpay.yaml:20): image ssbuild-demo/postgres is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/postgres:<tag>, and its digest) so the base image pre-loads it`,
+			`DIR/r.yaml:9:12: deployments[0].stack: deployment d, btcpay instance, service lightning (recipes/stacks/demo/btcpay.yaml:85): image ssbuild-demo/web is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/web:<tag>, and its digest) so the base image pre-loads it`}},
 		{name: "stack images pre-loaded", text: checkBase + `image:
   dockerImages: [{ref: "ssbuild-demo/web:1"}, {ref: "ssbuild-demo/postgres:15"}]
 deployments:

@@ -28,6 +28,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
@@ -49,9 +50,10 @@ type Options struct {
 	Recipe     *recipes.Recipe
 	Deployment string // its name in the recipe
 	To         string // the folder: new, empty, or holding earlier backups
-	// State holds the deployment's secrets; the backup key (KeySecret) is
-	// made there on the first backup.
-	State    secrets.Store
+	// State holds the deployment's secrets (the backup key, KeySecret, is
+	// made there on the first backup) and its Lightning nodes'
+	// generations, each recorded in the manifest.
+	State    State
 	Progress *progress.Reporter
 }
 
@@ -76,6 +78,17 @@ type Manifest struct {
 	Absent []Item `json:"absent,omitempty"`
 	// Stats say what the run that wrote it read and wrote (not in the file).
 	Stats Stats `json:"-"`
+	// Lightning are the deployment's Lightning nodes with the generation
+	// each had when the backup was taken: restore refuses to put back a
+	// node's files when its generation has moved on since.
+	Lightning []LightningNode `json:"lightning,omitempty"`
+}
+
+// LightningNode is a Lightning node in a backup.
+type LightningNode struct {
+	Instance   string `json:"instance"`
+	Service    string `json:"service"`
+	Generation int64  `json:"generation"`
 }
 
 // Item is one thing taken (or deliberately not taken).
@@ -114,6 +127,9 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 	}
 	m := Manifest{Deployment: d.Name, Project: d.Project(), Created: time.Now().UTC(),
 		Recipients: o.Recipe.Backup.Recipients}
+	if m.Lightning, err = lightningNodes(ctx, o, d); err != nil {
+		return m, err
+	}
 	w, err := NewWriter(o.To, m, keys, recips)
 	if err != nil {
 		return m, err
@@ -165,6 +181,34 @@ func runInstances(ctx context.Context, o Options, d recipes.Deployment, w *Write
 		}
 	}
 	return nil
+}
+
+// lightningNodes are the deployment's Lightning nodes with their current
+// generations, for the manifest.
+func lightningNodes(ctx context.Context, o Options, d recipes.Deployment) ([]LightningNode, error) {
+	var nodes []LightningNode
+	for _, role := range stack.Roles(d) {
+		if !stacks.Has(d.Stack, role) {
+			continue
+		}
+		st, err := declarations(o.Recipe, d, role)
+		if err != nil {
+			return nil, err
+		}
+		svc := st.LightningService()
+		if svc == nil {
+			continue
+		}
+		if o.State == nil {
+			return nil, fmt.Errorf("backup %s: instance %s runs a Lightning node and no state store was given to read its generation from", d.Name, role)
+		}
+		gen, err := o.State.LightningGeneration(ctx, fence.NodeName(d.Project(), role))
+		if err != nil {
+			return nil, fmt.Errorf("backup %s: Lightning generation of %s: %w", d.Name, role, err)
+		}
+		nodes = append(nodes, LightningNode{Instance: role, Service: svc.Name, Generation: gen})
+	}
+	return nodes, nil
 }
 
 // declarations renders the role's stack for its x-backup declarations;
@@ -305,4 +349,12 @@ func (c *counter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// State is what backup and restore need of the deployment's state store
+// (appliance/deploystate): its secrets, where the backup key is kept, and
+// its Lightning nodes' generations.
+type State interface {
+	secrets.Store
+	fence.Store
 }

@@ -6,7 +6,9 @@ import (
 	"io"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"filippo.io/age"
 	lxd "github.com/canonical/lxd/client"
@@ -15,8 +17,8 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
-	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/recipes"
@@ -34,9 +36,35 @@ type RestoreOptions struct {
 	// it, the key the deployment's secrets in State give. A cluster that
 	// holds no backup key for the deployment (a fresh one, or after down
 	// --purge) needs it: `backup` printed it.
-	Signer   string
-	State    secrets.Store
-	Progress *progress.Reporter
+	Signer string
+	// State holds the deployment's secrets (its backup key) and its
+	// Lightning nodes' generations (the deploy's store).
+	State State
+	// RecoverLightning is the owner's explicit choice to recover a
+	// Lightning node from its static backup: only the x-lightning static
+	// files (seed, static channel backup) of its service come back, also
+	// from a backup older than the node's live state.
+	RecoverLightning bool
+	Progress         *progress.Reporter
+}
+
+// RecoverFlag is the command-line flag of RestoreOptions.RecoverLightning.
+const RecoverFlag = "--lightning-recover-from-static-backup"
+
+// StaleLightning refuses a restore that would put back a Lightning node's
+// files from a backup older than the node's live state; nothing changed.
+type StaleLightning struct {
+	Deployment, Instance string
+	Backup, Current      int64 // generations
+	Taken                time.Time
+}
+
+func (e *StaleLightning) Error() string {
+	return fmt.Sprintf("restore %s: the backup (taken %s) holds the Lightning node of %s at generation %d, older than its live state "+
+		"(generation %d: the node was restored or migrated, and ran on, since): putting its files back could lose the channels' funds; "+
+		"nothing changed. To recover the node from its static backup only (hsm_secret, emergency.recover; never the channel database), "+
+		"run the restore again with %s",
+		e.Deployment, e.Taken.Format("2006-01-02 15:04:05Z"), e.Instance, e.Backup, e.Current, RecoverFlag)
 }
 
 // Restore puts a backup back into the running deployment it was taken
@@ -44,7 +72,11 @@ type RestoreOptions struct {
 // is damaged or does not decrypt), then copies the volume paths back into
 // their services' volumes and feeds each dump to its service's restore
 // command. Paths declared never-restore are not in a backup, so they are
-// never overwritten.
+// never overwritten. An instance's Lightning node is stopped meanwhile,
+// then given a new generation (older copies of it never start again) and
+// started; a backup older than the node's live state (its generation moved
+// on since) is refused before any change (StaleLightning) unless
+// RecoverLightning, which puts back only the node's static files.
 func Restore(ctx context.Context, o RestoreOptions) error {
 	rep := o.Progress
 	if rep == nil {
@@ -86,6 +118,37 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	if m.Project != d.Project() {
 		return fmt.Errorf("restore %s: the backup in %s is of %s, not %s (restoring into another deployment is not supported yet)", d.Name, o.From, m.Project, d.Project())
 	}
+	// The Lightning nodes first: nothing changes when one is refused.
+	stacks := map[string]*stack.Stack{}
+	for _, it := range m.Items {
+		if stacks[it.Instance] != nil {
+			continue
+		}
+		st, err := declarations(o.Recipe, d, it.Instance)
+		if err != nil {
+			return err
+		}
+		stacks[it.Instance] = st
+		if st.LightningService() == nil {
+			continue
+		}
+		if o.State == nil {
+			return fmt.Errorf("restore %s: instance %s runs a Lightning node and no state store was given to check its generation", d.Name, it.Instance)
+		}
+		cur, err := o.State.LightningGeneration(ctx, fence.NodeName(d.Project(), it.Instance))
+		if err != nil {
+			return fmt.Errorf("restore %s: Lightning generation of %s: %w", d.Name, it.Instance, err)
+		}
+		var taken int64
+		for _, n := range m.Lightning {
+			if n.Instance == it.Instance {
+				taken = n.Generation
+			}
+		}
+		if cur > taken && !o.RecoverLightning {
+			return &StaleLightning{Deployment: d.Name, Instance: it.Instance, Backup: taken, Current: cur, Taken: m.Created}
+		}
+	}
 	byInstance := map[string][]Item{}
 	var order []string
 	for _, it := range m.Items {
@@ -96,21 +159,60 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	}
 	pc := o.LXD.UseProject(d.Project())
 	for _, role := range order {
-		st, err := declarations(o.Recipe, d, role)
-		if err != nil {
-			return err
-		}
+		st := stacks[role]
 		docker, err := instancedocker.Client(ctx, pc, role)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", d.Name, err)
 		}
-		err = restoreInstance(ctx, docker, st, from, o.Identities, byInstance[role], rep)
+		err = restoreLightning(ctx, docker, st, o, func() error {
+			return restoreInstance(ctx, docker, st, from, o.Identities, lightningItems(st, byInstance[role], o.RecoverLightning), rep)
+		})
 		docker.Close()
 		if err != nil {
 			return fmt.Errorf("restore %s, instance %s: %w", d.Name, role, err)
 		}
 	}
 	return nil
+}
+
+// restoreLightning runs restore with the instance's Lightning node (if it
+// has one) stopped, then makes the restored copy the node's only current
+// one (a new generation: any copy from before the restore is refused) and
+// starts it.
+func restoreLightning(ctx context.Context, c client.APIClient, st *stack.Stack, o RestoreOptions, restore func() error) error {
+	if st.LightningService() == nil {
+		return restore()
+	}
+	if err := fence.Stop(ctx, c, st); err != nil {
+		return err
+	}
+	if err := restore(); err != nil {
+		return err
+	}
+	from, to, err := fence.Bump(ctx, c, o.State, st, "restore from "+o.From)
+	if err != nil {
+		return err
+	}
+	if o.Progress != nil {
+		o.Progress.Info("%s/%s: Lightning generation %d -> %d", st.Project, st.Instance, from, to)
+	}
+	return fence.Start(ctx, c, o.State, st)
+}
+
+// lightningItems leaves out, when recovering the node from its static
+// backup, every item of its service but the declared static files.
+func lightningItems(st *stack.Stack, items []Item, recover bool) []Item {
+	svc := st.LightningService()
+	if svc == nil || !recover {
+		return items
+	}
+	var out []Item
+	for _, it := range items {
+		if it.Service != svc.Name || (it.Kind == "volume" && it.Volume == svc.Lightning.Volume && slices.Contains(svc.Lightning.Static, it.Path)) {
+			out = append(out, it)
+		}
+	}
+	return out
 }
 
 // restoreInstance copies the volume paths back first, then restores the

@@ -101,33 +101,7 @@ func PlanRemoval(c lxd.InstanceServer, name string) ([]Move, error) {
 	var moves []Move
 	need := map[int]map[string]int64{} // move index -> pool -> bytes
 	for _, in := range mine {
-		mv := Move{Project: in.Project, Instance: in.Name, Running: in.StatusCode == api.Running || in.StatusCode == api.Frozen}
-		pools := map[string]int64{}
-		pc := c.UseProject(in.Project)
-		state, _, err := pc.GetInstanceState(in.Name)
-		for dev, d := range in.ExpandedDevices {
-			if d["type"] != "disk" || d["pool"] == "" {
-				continue
-			}
-			if d["path"] == "/" {
-				if err == nil {
-					pools[d["pool"]] += state.Disk[dev].Usage
-				}
-				continue
-			}
-			if d["source"] == "" {
-				continue
-			}
-			v := VolumeRef{Pool: d["pool"], Name: strings.TrimPrefix(d["source"], "custom/")}
-			mv.Volumes = append(mv.Volumes, v)
-			if st, err := pc.UseTarget(name).GetStoragePoolVolumeState(v.Pool, "custom", v.Name); err == nil && st.Usage != nil {
-				pools[v.Pool] += int64(st.Usage.Used)
-			}
-		}
-		for _, b := range pools {
-			mv.Bytes += b
-		}
-		slices.SortFunc(mv.Volumes, func(a, b VolumeRef) int { return cmp.Compare(a.Pool+"/"+a.Name, b.Pool+"/"+b.Name) })
+		mv, pools := PlanMove(c, in, name)
 		need[len(moves)] = pools
 		moves = append(moves, mv)
 	}
@@ -178,6 +152,40 @@ func PlanRemoval(c lxd.InstanceServer, name string) ([]Move, error) {
 	return moves, nil
 }
 
+// PlanMove is the Move of instance in, on member from, with its custom
+// volumes and how many bytes each pool holds of it (To left empty). It
+// changes nothing.
+func PlanMove(c lxd.InstanceServer, in api.Instance, from string) (Move, map[string]int64) {
+	mv := Move{Project: in.Project, Instance: in.Name, Running: in.StatusCode == api.Running || in.StatusCode == api.Frozen}
+	pools := map[string]int64{}
+	pc := c.UseProject(in.Project)
+	state, _, err := pc.GetInstanceState(in.Name)
+	for dev, d := range in.ExpandedDevices {
+		if d["type"] != "disk" || d["pool"] == "" {
+			continue
+		}
+		if d["path"] == "/" {
+			if err == nil {
+				pools[d["pool"]] += state.Disk[dev].Usage
+			}
+			continue
+		}
+		if d["source"] == "" {
+			continue
+		}
+		v := VolumeRef{Pool: d["pool"], Name: strings.TrimPrefix(d["source"], "custom/")}
+		mv.Volumes = append(mv.Volumes, v)
+		if st, err := pc.UseTarget(from).GetStoragePoolVolumeState(v.Pool, "custom", v.Name); err == nil && st.Usage != nil {
+			pools[v.Pool] += int64(st.Usage.Used)
+		}
+	}
+	for _, b := range pools {
+		mv.Bytes += b
+	}
+	slices.SortFunc(mv.Volumes, func(a, b VolumeRef) int { return cmp.Compare(a.Pool+"/"+a.Name, b.Pool+"/"+b.Name) })
+	return mv, pools
+}
+
 // RemoveHost takes member name out of the cluster: its instances, stopped
 // first, and their custom volumes move to the other members as
 // PlanRemoval says (a running instance is started again there); then
@@ -192,7 +200,7 @@ func RemoveHost(ctx context.Context, c lxd.InstanceServer, name string, forget f
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
 	for _, mv := range moves {
-		if err := move(ctx, c, name, mv); err != nil {
+		if err := MoveInstance(ctx, c, name, mv); err != nil {
 			return fmt.Errorf("remove %s: move %s/%s to %s: %w", name, mv.Project, mv.Instance, mv.To, err)
 		}
 		log.Info("%s/%s moved from %s to %s (%d volumes)", mv.Project, mv.Instance, name, mv.To, len(mv.Volumes))
@@ -209,7 +217,11 @@ func RemoveHost(ctx context.Context, c lxd.InstanceServer, name string, forget f
 	return nil
 }
 
-func move(ctx context.Context, c lxd.InstanceServer, from string, mv Move) error {
+// MoveInstance moves one instance from member from to mv.To: stopped
+// first when it runs, its custom volumes copied over (export and import),
+// the instance moved, the old volumes deleted, then started there again
+// when it ran. An interrupted run can be run again.
+func MoveInstance(ctx context.Context, c lxd.InstanceServer, from string, mv Move) error {
 	pc := c.UseProject(mv.Project)
 	if mv.Running {
 		op, err := pc.UpdateInstanceState(mv.Instance, api.InstanceStatePut{Action: "stop", Timeout: 60, Force: true}, "")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/appliance/backup"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 )
@@ -47,7 +48,7 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	}
 	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written before the backup') ON CONFLICT DO NOTHING")
 	const live = "live-channel-state-7f3a"
-	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo "+live+" > /root/.lightning/regtest/lightningd.sqlite3")
+	dockerExec(t, o, project, "btcpay", project+"-lightning", "sh", "-c", "echo "+live+" > /root/.lightning/regtest/lightningd.sqlite3")
 
 	dir := filepath.Join(t.TempDir(), "backup")
 	start := time.Now()
@@ -81,15 +82,18 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 		if strings.Contains(plain.String(), live) {
 			t.Errorf("%s holds the live channel database", it.File)
 		}
-		if it.File == "btcpay/btcpay/lightning-data_regtest_hsm_secret.tar.age" && !strings.Contains(plain.String(), "stand-in hsm_secret") {
+		if it.File == "btcpay/lightning/lightning-data_regtest_hsm_secret.tar.age" && !strings.Contains(plain.String(), "stand-in hsm_secret") {
 			t.Errorf("%s lacks the node's hsm_secret", it.File)
 		}
 	}
-	for _, f := range []string{dump, "btcpay/btcpay/btcpay-data.tar.age", "btcpay/btcpay/lightning-data_regtest_hsm_secret.tar.age",
-		"btcpay/btcpay/lightning-data_regtest_emergency.recover.tar.age", "www/ghost-blog-example/ghost-blog-example-data.tar.age"} {
+	for _, f := range []string{dump, "btcpay/btcpay/btcpay-data.tar.age", "btcpay/lightning/lightning-data_regtest_hsm_secret.tar.age",
+		"btcpay/lightning/lightning-data_regtest_emergency.recover.tar.age", "www/ghost-blog-example/ghost-blog-example-data.tar.age"} {
 		if !files[f] {
 			t.Errorf("the backup lacks %s (has %v)", f, m.Items)
 		}
+	}
+	if len(m.Lightning) != 1 || m.Lightning[0].Instance != "btcpay" || m.Lightning[0].Service != "lightning" || m.Lightning[0].Generation < 1 {
+		t.Errorf("the manifest's Lightning nodes: %+v; want btcpay's lightning with its generation", m.Lightning)
 	}
 	if len(m.NeverRestored) != 1 || m.NeverRestored[0].Path != "/regtest/lightningd.sqlite3" {
 		t.Errorf("never restored: %+v; want the live channel database", m.NeverRestored)
@@ -152,11 +156,13 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 }
 
 // stateOf is where the deployment's secrets are, as deploy finds them.
-func stateOf(o deploy.Options) secrets.Store {
+// stateOf is the deploy's state store of o (the bed deploys with a
+// state folder).
+func stateOf(o deploy.Options) deploystate.Store {
 	if o.State != nil {
 		return o.State
 	}
-	return secrets.Dir(o.StateDir)
+	return deploystate.Folder{Dir: secrets.Dir(o.StateDir)}
 }
 
 // psqlIn runs psql with sql in the btcpay stand-in's container (its

@@ -197,6 +197,8 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 
 	t.Run("backup", func(t *testing.T) { checkBackup(t, ctx, o, project) })
 	t.Run("restore", func(t *testing.T) { checkRestore(t, ctx, o, project, www) })
+	t.Run("lightning fence", func(t *testing.T) { checkFence(t, ctx, o, project, www) })
+	t.Run("migrate", func(t *testing.T) { checkMigrate(t, ctx, bed, o, project) })
 
 	start = time.Now()
 	rep, err = deploy.Deploy(ctx, o)

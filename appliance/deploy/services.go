@@ -5,6 +5,7 @@ import (
 
 	lxd "github.com/canonical/lxd/client"
 
+	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
@@ -36,6 +37,7 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 	if err != nil {
 		return ServiceChanges{}, err
 	}
+	s.Fence = fence.Check(o.State)
 	docker, err := instancedocker.Client(ctx, pc, w.spec.Name)
 	if err != nil {
 		return ServiceChanges{}, err

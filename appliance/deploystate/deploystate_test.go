@@ -358,3 +358,26 @@ func TestRotateOneSecret(t *testing.T) {
 		t.Errorf("registry events %+v; want the generation and the rotation of %s", evs, names[1])
 	}
 }
+
+// The Lightning generation moves one step from the value read, through the
+// socket (a member's CLI) as in a standalone folder; a stale bump is refused.
+func TestLightningGeneration(t *testing.T) {
+	reg := openRegistry(t, filepath.Join(t.TempDir(), "registry"))
+	for what, s := range map[string]deploystate.Store{
+		"registry": &deploystate.Client{Socket: serve(t, store(t, reg, clusterSecret))},
+		"folder":   deploystate.Folder{Dir: secrets.Dir(t.TempDir())},
+	} {
+		if g, err := s.LightningGeneration(ctx(t), deployment+"/btcpay"); err != nil || g != 0 {
+			t.Fatalf("%s: generation before any: %d, %v", what, g, err)
+		}
+		if g, err := s.BumpLightning(ctx(t), deployment+"/btcpay", 0, "first start"); err != nil || g != 1 {
+			t.Fatalf("%s: first bump: %d, %v", what, g, err)
+		}
+		if _, err := s.BumpLightning(ctx(t), deployment+"/btcpay", 0, "stale"); err == nil || !strings.Contains(err.Error(), "it is 1, not 0") {
+			t.Errorf("%s: a stale bump: %v; want it refused", what, err)
+		}
+		if g, err := s.LightningGeneration(ctx(t), deployment+"/btcpay"); err != nil || g != 1 {
+			t.Errorf("%s: generation: %d, %v; want 1", what, g, err)
+		}
+	}
+}

@@ -56,6 +56,12 @@ type Store interface {
 	// Rotate gives one secret a new value, recorded; the next deploy
 	// hands it to the services that use it.
 	Rotate(ctx context.Context, deployment, name string) error
+	// LightningGeneration is a Lightning node's current fencing
+	// generation (0: none yet), the node named <deployment>/<instance>;
+	// BumpLightning moves it from from to from+1
+	// (registry.ErrGenerationMoved when it is no longer from) and says why.
+	LightningGeneration(ctx context.Context, node string) (int64, error)
+	BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error)
 }
 
 // Registry keeps the state in this host's registry node; the service

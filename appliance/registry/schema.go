@@ -79,6 +79,16 @@ var migrations = []string{
 		wrapped    BLOB NOT NULL,
 		created_at INTEGER NOT NULL
 	);`,
+	// 4: each Lightning node's fencing generation, by node
+	// (<deployment>/<instance>): only the copy holding the current one may
+	// start the node; restore and migrate bump it.
+	`CREATE TABLE lightning_generations (
+		node       TEXT PRIMARY KEY,
+		generation INTEGER NOT NULL,
+		member     TEXT NOT NULL DEFAULT '',
+		why        TEXT NOT NULL DEFAULT '',
+		updated_at INTEGER NOT NULL
+	);`,
 }
 
 // migrate applies the missing migrations in one transaction. Every node

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"sort"
@@ -53,7 +54,10 @@ type Result struct {
 // differs, starts stopped ones, and removes the containers (and networks)
 // of the project and instance that are no longer in the stack. Volumes are
 // never removed here. Images must already be in Docker (pre-loaded): a
-// missing one is an error naming it, before anything changes.
+// missing one is an error naming it, before anything changes. A Lightning
+// service starts only after the stack's Fence check; one the check refuses
+// stays down (a running one is stopped), the rest is applied, and the
+// refusal is the error returned.
 func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Reporter) (Result, error) {
 	var res Result
 	if rep == nil {
@@ -122,6 +126,11 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		case keep != nil && len(cts) == 1 && (keep.State == "running" || keep.State == "restarting"):
 			res.Unchanged = append(res.Unchanged, svc.Name)
 			rep.Info("%s: %s unchanged", where, svc.Name)
+			if svc.Lightning != nil {
+				// A running node is checked too: a copy started behind
+				// ssbuild's back is stopped.
+				jobs = append(jobs, job{svc: svc, start: keep, verb: "check"})
+			}
 		case keep != nil && len(cts) == 1:
 			jobs = append(jobs, job{svc: svc, start: keep, verb: "start"})
 		case len(cts) > 0 || wasReplaced[svc.Name]:
@@ -131,16 +140,39 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		}
 	}
 	var mu sync.Mutex
+	var fenceErr error // a Lightning node not started: said at the end
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(Parallel)
 	for _, j := range jobs {
 		g.Go(func() error {
 			var one Result
+			if j.verb == "check" {
+				err := fenced(gctx, c, s, j.svc, j.start.ID)
+				if err == nil {
+					return nil
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if errors.Is(err, ErrFenced) {
+					timeout := int(StopTimeout / time.Second)
+					res.Mutations++
+					if serr := c.ContainerStop(gctx, j.start.ID, container.StopOptions{Timeout: &timeout}); serr != nil {
+						err = fmt.Errorf("%w; stopping it failed: %w", err, serr)
+					} else {
+						err = fmt.Errorf("%w; stopped", err)
+					}
+				}
+				fenceErr = s.errorf("%s: check %s: %w", where, j.svc.Name, err)
+				return nil
+			}
 			task := rep.Start(fmt.Sprintf("%s: %s %s", where, j.verb, j.svc.Name), 0, "")
 			var err error
 			if j.start != nil {
-				one.Mutations++
-				err = c.ContainerStart(gctx, j.start.ID, container.StartOptions{})
+				err = fenced(gctx, c, s, j.svc, j.start.ID)
+				if err == nil {
+					one.Mutations++
+					err = c.ContainerStart(gctx, j.start.ID, container.StartOptions{})
+				}
 			} else {
 				err = removeContainers(gctx, c, j.cts, &one)
 				if err == nil {
@@ -154,6 +186,11 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 			mu.Lock()
 			defer mu.Unlock()
 			res.Mutations += one.Mutations
+			if fe := (*fenceError)(nil); errors.As(err, &fe) {
+				// The node stays down; the other services go on.
+				fenceErr = err
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -205,7 +242,7 @@ func Apply(ctx context.Context, c client.APIClient, s *Stack, rep *progress.Repo
 		rep.Info("%s: network %s removed", where, n.Name)
 		res.Removed = append(res.Removed, "network "+n.Labels[LabelNetwork])
 	}
-	return res, nil
+	return res, fenceErr
 }
 
 // imageID finds a pre-loaded image and checks the recipe's pin.
@@ -444,12 +481,37 @@ func createService(ctx context.Context, c client.APIClient, s *Stack, svc *Servi
 			return fmt.Errorf("copy %s into %s: %w", f.Path, s.ContainerName(svc.Name), err)
 		}
 	}
+	if err := fenced(ctx, c, s, svc, created.ID); err != nil {
+		return err
+	}
 	res.Mutations++
 	if err := c.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		return fmt.Errorf("start %s: %w", s.ContainerName(svc.Name), err)
 	}
 	return nil
 }
+
+// fenced runs the stack's fence check before a Lightning service starts:
+// without a check it never starts.
+func fenced(ctx context.Context, c client.APIClient, s *Stack, svc *Service, id string) error {
+	if svc.Lightning == nil {
+		return nil
+	}
+	if s.Fence == nil {
+		return &fenceError{fmt.Errorf("%s runs a Lightning node and no fence check was given: not started", s.ContainerName(svc.Name))}
+	}
+	if err := s.Fence(ctx, c, s, svc, id); err != nil {
+		return &fenceError{err}
+	}
+	return nil
+}
+
+// fenceError is a Lightning node the fence check kept from starting: Apply
+// goes on with the other services and returns it at the end.
+type fenceError struct{ err error }
+
+func (e *fenceError) Error() string { return e.err.Error() }
+func (e *fenceError) Unwrap() error { return e.err }
 
 // fileTar packs one file for extraction in its parent directory.
 func fileTar(f File) (*bytes.Reader, error) {

@@ -3,6 +3,8 @@ package stack
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
@@ -161,6 +164,81 @@ func TestStoppedServiceStarted(t *testing.T) {
 	}
 }
 
+// TestLightningStartsOnlyAfterTheFence: the stack's Lightning node is
+// created but never started without a fence check or when the check
+// refuses (the error says why), has no restart policy, and starts once the
+// check lets it; a running node is checked again at every Apply and
+// stopped when the check refuses it.
+func TestLightningStartsOnlyAfterTheFence(t *testing.T) {
+	e := newDemoEnv(t)
+	ctx := context.Background()
+	st := e.render(t, "btcpay")
+	ctr := st.ContainerName("lightning")
+	isRunning := func() bool {
+		info, err := e.c.ContainerInspect(ctx, ctr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.HostConfig.RestartPolicy.Name != container.RestartPolicyDisabled {
+			t.Errorf("the Lightning node's restart policy is %q; want none", info.HostConfig.RestartPolicy.Name)
+		}
+		return info.State.Running
+	}
+	st.Fence = nil
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "no fence check was given: not started") {
+		t.Fatalf("Apply without a fence check: %v", err)
+	}
+	if isRunning() {
+		t.Fatal("the node runs without a fence check")
+	}
+	// The other services were applied all the same.
+	if info, err := e.c.ContainerInspect(ctx, st.ContainerName("btcpay-db")); err != nil || !info.State.Running {
+		t.Fatalf("btcpay-db does not run after the Lightning node was kept down (%v)", err)
+	}
+	st.Fence = func(context.Context, client.APIClient, *Stack, *Service, string) error {
+		return errors.New("this copy holds generation 1, the current is 2")
+	}
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "this copy holds generation 1") {
+		t.Fatalf("Apply with a refusing fence: %v", err)
+	}
+	if isRunning() {
+		t.Fatal("the node runs though the fence refused it")
+	}
+	checked := ""
+	st.Fence = func(_ context.Context, _ client.APIClient, _ *Stack, svc *Service, _ string) error {
+		checked = svc.Name
+		return nil
+	}
+	res := e.apply(t, st)
+	if checked != "lightning" || !slices.Contains(res.Started, "lightning") || !isRunning() {
+		t.Fatalf("Apply with the fence letting it: checked %q, %+v; want lightning started", checked, res)
+	}
+	// A running node is checked at every Apply, with no change when it
+	// holds the current generation ...
+	checked = ""
+	if res := e.apply(t, st); checked != "lightning" || res.Mutations != 0 {
+		t.Fatalf("Apply with the node running: checked %q, %d mutations; want it checked and nothing changed", checked, res.Mutations)
+	}
+	// ... left running when the check cannot tell (the state unreachable) ...
+	st.Fence = func(context.Context, client.APIClient, *Stack, *Service, string) error {
+		return errors.New("the registry is not reachable")
+	}
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "not reachable") || !isRunning() {
+		t.Fatalf("Apply with the state unreachable: %v, running %v; want an error and the node left running", err, isRunning())
+	}
+	// ... and stopped when it is not the current copy (one started behind
+	// ssbuild's back).
+	st.Fence = func(context.Context, client.APIClient, *Stack, *Service, string) error {
+		return fmt.Errorf("this copy holds generation 1, the current is 2: %w", ErrFenced)
+	}
+	if _, err := Apply(ctx, e.c, st, progress.Discard()); err == nil || !strings.Contains(err.Error(), "not the Lightning node's current copy; stopped") {
+		t.Fatalf("Apply with a running node the fence refuses: %v; want it stopped", err)
+	}
+	if isRunning() {
+		t.Fatal("the refused node still runs")
+	}
+}
+
 // TestDownKeepsVolumes: Down removes the containers and networks but keeps
 // the volumes; a later Apply reuses them with the data intact; Down with
 // purge removes them.
@@ -306,7 +384,7 @@ func TestNetworkChange(t *testing.T) {
 	before := containerIDs(t, e.c, st.Project)["btcpay"]
 	st.Networks[0].Internal = true
 	res := e.apply(t, st)
-	if !slices.Equal(res.Recreated, []string{"btcpay", "btcpay-db"}) {
+	if !slices.Equal(res.Recreated, []string{"btcpay", "btcpay-db", "lightning"}) {
 		t.Fatalf("Apply with the network made internal: %+v; want both services on it recreated", res)
 	}
 	n, err := e.c.NetworkInspect(ctx, st.NetworkName("btcpay"), network.InspectOptions{})
@@ -342,9 +420,11 @@ func TestImagePin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pin := func(digest string) { // the recipe pins the image of both services
+	pin := func(digest string) { // the recipe pins the image of both PostgreSQL services
 		for i := range st.Services {
-			st.Services[i].ImageDigest = digest
+			if strings.HasPrefix(st.Services[i].Image, "ssbuild-demo/postgres:") {
+				st.Services[i].ImageDigest = digest
+			}
 		}
 	}
 	pin("sha256:" + strings.Repeat("0", 64))
@@ -353,8 +433,8 @@ func TestImagePin(t *testing.T) {
 		t.Fatalf("Apply with a wrong pin: %v (%d mutations); want a refusal naming the pin, no mutation", err, res.Mutations)
 	}
 	pin(info.ID)
-	if res := e.apply(t, st); len(res.Created) != 2 {
-		t.Fatalf("Apply with the right pin: %+v", res)
+	if res := e.apply(t, st); len(res.Created) != 3 {
+		t.Fatalf("Apply with the right pin: %+v; want its 3 services created", res)
 	}
 }
 

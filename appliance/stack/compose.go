@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -47,6 +48,7 @@ type composeService struct {
 	Healthcheck *composeHealthcheck           `yaml:"healthcheck"`
 	ExtraHosts  []string                      `yaml:"extra_hosts"`
 	Backup      *composeBackup                `yaml:"x-backup"`
+	Lightning   *Lightning                    `yaml:"x-lightning"`
 }
 
 // composeBackup is a service's backup declaration (an x- extension, so
@@ -168,6 +170,7 @@ func parse(file, text string, lines []int, images []recipes.DockerImage) (*Stack
 	if len(cf.Services) == 0 {
 		p.at(1, "no services")
 	}
+	lightning := "" // the service declaring x-lightning
 	for _, name := range sortedKeys(cf.Services) {
 		cs := cf.Services[name]
 		at := func(field string) int {
@@ -262,6 +265,15 @@ func parse(file, text string, lines []int, images []recipes.DockerImage) (*Stack
 			}
 			svc.Backup = b
 		}
+		if cs.Lightning != nil {
+			for _, err := range checkLightning(cs, cf.Volumes) {
+				p.at(at("x-lightning"), "service %s: x-lightning: %v", name, err)
+			}
+			if lightning != "" {
+				p.at(at("x-lightning"), "service %s: x-lightning: service %s already runs this stack's Lightning node (one per stack)", name, lightning)
+			}
+			lightning, svc.Lightning = name, cs.Lightning
+		}
 		if hc := cs.Healthcheck; hc != nil {
 			h, err := parseHealthcheck(hc)
 			if err != nil {
@@ -345,6 +357,49 @@ func parseBackup(cb *composeBackup, mounts []string, volumes map[string]*struct{
 		errs = append(errs, errors.New("empty: declare a dump, volumes or neverRestore"))
 	}
 	return b, errs
+}
+
+// checkLightning checks a service's x-lightning: its volume is one the
+// service mounts; the channel database is declared never-restore and the
+// static files kept, in the service's x-backup (so a backup holds the one
+// and never the other); no restart policy, since dockerd would start an
+// old copy of the node by itself, without the fence check.
+func checkLightning(cs *composeService, volumes map[string]*struct{}) []error {
+	l := cs.Lightning
+	var errs []error
+	if _, ok := volumes[l.Volume]; !ok || l.Volume == "" {
+		errs = append(errs, fmt.Errorf("volume %q is not defined under volumes", l.Volume))
+	}
+	mounted := false
+	for _, m := range cs.Volumes {
+		mounted = mounted || strings.Split(m, ":")[0] == l.Volume
+	}
+	if !mounted {
+		errs = append(errs, fmt.Errorf("the service does not mount volume %q", l.Volume))
+	}
+	declared := func(list []string, p string) bool {
+		return cs.Backup != nil && slices.Contains(list, l.Volume+":"+p)
+	}
+	for _, p := range append([]string{l.ChannelDB}, l.Static...) {
+		if !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
+			errs = append(errs, fmt.Errorf("path %q: want an absolute, clean file path in volume %s", p, l.Volume))
+		}
+	}
+	if cs.Backup == nil || !declared(cs.Backup.NeverRestore, l.ChannelDB) {
+		errs = append(errs, fmt.Errorf("channelDB %s: declare it in x-backup neverRestore as %s:%s (a periodic copy of it must never come back)", l.ChannelDB, l.Volume, l.ChannelDB))
+	}
+	if len(l.Static) == 0 {
+		errs = append(errs, errors.New("static: name the node's static backup files (hsm_secret, emergency.recover)"))
+	}
+	for _, p := range l.Static {
+		if cs.Backup == nil || !declared(cs.Backup.Volumes, p) {
+			errs = append(errs, fmt.Errorf("static %s: declare it in x-backup volumes as %s:%s", p, l.Volume, p))
+		}
+	}
+	if cs.Restart != "" && cs.Restart != "no" {
+		errs = append(errs, fmt.Errorf("restart %s: a Lightning node takes no restart policy (dockerd would start an old copy by itself, without the fence check); ssbuild starts it", cs.Restart))
+	}
+	return errs
 }
 
 // checkExtraHost accepts compose's "name:address" form, the address an IP

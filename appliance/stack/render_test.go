@@ -151,6 +151,12 @@ func TestStackFileErrors(t *testing.T) {
 			"bad.yaml:9: service a: x-backup: neverRestore \"v:/db.sqlite3\" overlaps volumes entry v:/"},
 		{"backup: empty", bk + "    x-backup: {}\n",
 			"bad.yaml:9: service a: x-backup: empty"},
+		{"lightning: restart policy", bk + "    restart: unless-stopped\n    x-backup: {volumes: [\"v:/seed\"], neverRestore: [\"v:/db\"]}\n    x-lightning: {volume: v, channelDB: /db, static: [/seed]}\n",
+			"bad.yaml:11: service a: x-lightning: restart unless-stopped: a Lightning node takes no restart policy"},
+		{"lightning: channel DB kept", bk + "    x-backup: {volumes: [\"v:/seed\", \"v:/db\"]}\n    x-lightning: {volume: v, channelDB: /db, static: [/seed]}\n",
+			"bad.yaml:10: service a: x-lightning: channelDB /db: declare it in x-backup neverRestore as v:/db"},
+		{"lightning: volume not mounted", bk + "    x-backup: {volumes: [\"v:/seed\"], neverRestore: [\"v:/db\"]}\n    x-lightning: {volume: w, channelDB: /db, static: [/seed]}\n",
+			"the service does not mount volume \"w\""},
 		{"missing secret", "services:\n  a:\n    image: ssbuild-demo/web\n    environment: {X: \"{{secret \"never-generated\"}}\"}\n",
 			"bad.yaml: secrets never-generated of deployment demo were not generated"},
 	}

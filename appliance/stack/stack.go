@@ -8,11 +8,14 @@
 package stack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/docker/docker/client"
 )
 
 // Labels on every container, network and volume Apply makes.
@@ -32,6 +35,9 @@ type Stack struct {
 	Networks []Network `yaml:"networks" json:"networks"`
 	Volumes  []Volume  `yaml:"volumes" json:"volumes"`
 	Services []Service `yaml:"services" json:"services"`
+	// Fence is the check Apply runs before it starts a Lightning service;
+	// without one, Apply never starts it.
+	Fence FenceFunc `yaml:"-" json:"-"`
 
 	// redact removes secret values from messages.
 	redact func(string) string
@@ -68,6 +74,56 @@ type Service struct {
 	// Backup says what `ssbuild backup` takes from the service; it does not
 	// change the container (json:"-" keeps it out of the spec hash).
 	Backup *Backup `yaml:"backup,omitempty" json:"-"`
+	// Lightning marks the service that runs the deployment's Lightning
+	// node (x-lightning): Apply starts it only after the stack's Fence
+	// check, and never with a restart policy (dockerd would start an old
+	// copy by itself).
+	Lightning *Lightning `yaml:"lightning,omitempty" json:"-"`
+}
+
+// Lightning is a Lightning node's declaration: the volume holding its
+// state (the fence file, FenceFile, lives at its root), its live channel
+// database and its static backup files (the seed, the static channel
+// backup), paths in that volume.
+type Lightning struct {
+	Volume    string   `yaml:"volume" json:"volume"`
+	ChannelDB string   `yaml:"channelDB" json:"channelDB"`
+	Static    []string `yaml:"static" json:"static"`
+}
+
+// FenceFile is the fence file's name at the root of a Lightning volume: the
+// generation this copy of the node holds.
+const FenceFile = ".ssbuild-fence"
+
+// FenceFunc decides whether the Lightning service's container id may
+// start (or, running, go on running); an error says why not, and wraps
+// ErrFenced when this copy of the node is not the current one (Apply then
+// stops a running one; any other error, such as the state being
+// unreachable, leaves it as it is). Apply calls it.
+type FenceFunc func(ctx context.Context, c client.APIClient, s *Stack, svc *Service, id string) error
+
+// ErrFenced is wrapped by a FenceFunc's error when the copy of the node is
+// not its current one.
+var ErrFenced = errors.New("not the Lightning node's current copy")
+
+// LightningService returns the stack's Lightning service, or nil.
+func (s *Stack) LightningService() *Service {
+	for i := range s.Services {
+		if s.Services[i].Lightning != nil {
+			return &s.Services[i]
+		}
+	}
+	return nil
+}
+
+// MountTarget is where svc mounts volume, "" when it does not.
+func (svc *Service) MountTarget(volume string) string {
+	for _, m := range svc.Mounts {
+		if m.Type == "volume" && m.Source == volume {
+			return m.Target
+		}
+	}
+	return ""
 }
 
 // Backup is a service's backup declaration (the stack file's x-backup):

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
@@ -160,12 +161,18 @@ func restoreCommand() *cli.Command {
 		Description: "Takes the newest backup of the deployment in the folder (or --backup NAME). Verifies it whole first,\n" +
 			"its manifest signed by the cluster's backup key or --signer (nothing changes when a file is damaged or does not decrypt),\n" +
 			"then copies the volume paths back and feeds each dump to its service's restore command.\n" +
-			"Never-restore paths (a Lightning node's live channel database) are not in a backup and stay as they are.",
+			"Never-restore paths (a Lightning node's live channel database) are not in a backup and stay as they are.\n" +
+			"A Lightning node is stopped meanwhile, then gets a new generation (an older copy of it never starts\n" +
+			"again) and is started. A backup older than the node's live state (its generation moved on since) is\n" +
+			"refused unless " + backup.RecoverFlag + ", which puts back only the node's static\n" +
+			"backup files (hsm_secret, emergency.recover), never its channel database.",
 		Flags: deployFlags(
 			&cli.StringFlag{Name: "from", Usage: "the backup folder `DIR`"},
 			&cli.StringFlag{Name: "backup", Usage: "the backup's `NAME` in the folder (backup list); default the newest"},
 			&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (the private key of one of backup.recipients)"},
 			&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) that backup printed; needed when this cluster holds no backup key of the deployment"},
+			&cli.BoolFlag{Name: strings.TrimPrefix(backup.RecoverFlag, "--"),
+				Usage: "recover the Lightning node from its static backup only (hsm_secret, emergency.recover), also from a backup older than its live state"},
 		),
 		Action: restoreAction,
 	}
@@ -194,7 +201,8 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	if err := backup.Restore(c.Context, backup.RestoreOptions{LXD: o.LXD, Recipe: r, Deployment: c.Args().First(),
-		From: c.String("from"), Backup: c.String("backup"), Identities: ids, Signer: c.String("signer"), State: o.State, Progress: o.Progress}); err != nil {
+		From: c.String("from"), Backup: c.String("backup"), Identities: ids, Signer: c.String("signer"), State: o.State,
+		RecoverLightning: c.Bool(strings.TrimPrefix(backup.RecoverFlag, "--")), Progress: o.Progress}); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%s: restored from %s\n", c.Args().First(), c.String("from"))

@@ -70,6 +70,17 @@ func deployCommands() []*cli.Command {
 			Action: rotateAction,
 		},
 		{
+			Name:      "migrate",
+			Usage:     "move one instance of a deployment, with its volumes, to another cluster member",
+			ArgsUsage: "DEPLOYMENT INSTANCE",
+			Description: "Stops the instance, moves it and its custom volumes to --to MEMBER (as `host remove` does),\n" +
+				"and starts it there. An instance running the deployment's Lightning node gives the node a new\n" +
+				"generation, written into the moved copy: an older copy of it never starts its node again.\n" +
+				"An unknown instance or member, or a member not online, is refused before any change.",
+			Flags:  deployFlags(&cli.StringFlag{Name: "to", Usage: "the cluster `MEMBER` to move the instance to"}),
+			Action: migrateAction,
+		},
+		{
 			Name:   "show",
 			Usage:  "the cluster's members and the recipe's deployments: current revision, instances, members, services, health, URLs",
 			Flags:  deployFlags(&cli.BoolFlag{Name: "history", Usage: "every revision of each deployment (with --json also each one's recipe text)"}),
@@ -247,5 +258,31 @@ func rotateAction(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%s: secret %s has a new value in %s; run ssbuild deploy to hand it to the services\n", d.Project(), name, o.State.Where())
+	return nil
+}
+
+func migrateAction(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return usagef("migrate takes a deployment and an instance name")
+	}
+	if c.String("to") == "" {
+		return usagef("migrate needs --to MEMBER, the cluster member to move the instance to")
+	}
+	d, o, err := namedDeployment(c)
+	if err != nil {
+		return err
+	}
+	mg, err := deploy.Migrate(c.Context, o, d.Name, c.Args().Get(1), c.String("to"))
+	if errors.Is(err, deploy.ErrMigrateRefused) {
+		return usageError{err}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s/%s: on %s (was on %s, %d volumes moved)", mg.Project, mg.Instance, mg.To, mg.From, mg.Volumes)
+	if mg.Generations[1] != 0 {
+		fmt.Fprintf(c.App.Writer, "; Lightning generation %d -> %d", mg.Generations[0], mg.Generations[1])
+	}
+	fmt.Fprintln(c.App.Writer)
 	return nil
 }

@@ -171,6 +171,9 @@ func TestUsageAndFailureExitCodes(t *testing.T) {
 		{[]string{"down", "--recipe", "demo", "nosuch"}, exitUsage, `the recipe has no deployment "nosuch" (it has: demo)`},
 		{[]string{"deploy", "--recipe", "demo", "--lxd-dir", "/nonexistent"}, exitFailed, "connect to LXD at /nonexistent/unix.socket"},
 		{[]string{"show", "--recipe", "demo", "extra"}, exitUsage, "show takes no arguments"},
+		{[]string{"migrate", "--recipe", "demo", "demo"}, exitUsage, "migrate takes a deployment and an instance name"},
+		{[]string{"migrate", "--recipe", "demo", "demo", "btcpay"}, exitUsage, "migrate needs --to MEMBER"},
+		{[]string{"migrate", "--recipe", "demo", "--to", "host2", "nosuch", "btcpay"}, exitUsage, `the recipe has no deployment "nosuch"`},
 	} {
 		code, _, errOut := ssbuild(t, c.args...)
 		if code != c.code || !strings.Contains(errOut, c.msg) {
@@ -187,7 +190,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		{"cluster", "--help"}, {"cluster", "rotate-secret", "--help"},
 		{"host", "--help"}, {"host", "remove", "--help"}, {"host", "replace", "--help"},
 		{"version", "--help"}, {"completion", "--help"}, {"man", "--help"}, {"deploy", "--help"}, {"down", "--help"},
-		{"show", "--help"}, {"proxy", "--help"}} {
+		{"show", "--help"}, {"proxy", "--help"}, {"migrate", "--help"}, {"restore", "--help"}} {
 		code, out, _ := ssbuild(t, args...)
 		if code != 0 || !strings.Contains(out, "USAGE:") {
 			t.Errorf("%v: code %d, no usage:\n%s", args, code, out)

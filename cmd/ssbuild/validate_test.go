@@ -23,7 +23,8 @@ deployments:
 		path + `:6:7: installer.hosts[1]: host h2 has no static address; every host needs one, the hosts find each other by them (address: 192.168.1.11/24)`,
 		path + `:8:38: deployments[0].stack: deployment d, btcpay instance, service btcpay (recipes/stacks/demo/btcpay.yaml:43): image ssbuild-demo/postgres is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/postgres:<tag>, and its digest) so the base image pre-loads it`,
 		path + `:8:38: deployments[0].stack: deployment d, btcpay instance, service btcpay-db (recipes/stacks/demo/btcpay.yaml:20): image ssbuild-demo/postgres is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/postgres:<tag>, and its digest) so the base image pre-loads it`,
-		"3 problems",
+		path + `:8:38: deployments[0].stack: deployment d, btcpay instance, service lightning (recipes/stacks/demo/btcpay.yaml:85): image ssbuild-demo/web is not in the recipe's image.dockerImages: add it there (ref: ssbuild-demo/web:<tag>, and its digest) so the base image pre-loads it`,
+		"4 problems",
 	}
 	if code != exitInvalid || strings.TrimSpace(errOut) != strings.Join(want, "\n") || out != "" {
 		t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant exit %d and:\n%s", code, out, errOut, exitInvalid, strings.Join(want, "\n"))

@@ -1,0 +1,83 @@
+package deploy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/fence"
+	"github.com/sovereign-stack/ssbuild/testkit/testbed"
+)
+
+// checkMigrate is issue 16's migrate on the deployed demo (a subtest of
+// TestDeployDemoOnThreeHosts): an unknown member or instance is refused
+// and nothing moves; the btcpay instance moved to the member running
+// neither instance answers through www with its database's rows, its
+// Lightning node runs there with its channel database and a new
+// generation.
+func checkMigrate(t *testing.T, ctx context.Context, bed *testbed.Bed, o deploy.Options, project string) {
+	name := o.Recipe.Deployments[0].Name
+	pc := o.LXD.UseProject(project)
+	where := func(instance string) string {
+		in, _, err := pc.GetInstance(instance)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in.Location
+	}
+	from, wwwAt := where("btcpay"), where("www")
+	to := ""
+	for _, h := range bed.Hosts {
+		if h.Name != from && h.Name != wwwAt {
+			to = h.Name
+		}
+	}
+	for _, c := range []struct{ instance, member, want string }{
+		{"btcpay", "nosuch", "nosuch is not a member of this cluster"},
+		{"nope", to, "has no instance nope (it has: btcpay, www)"},
+	} {
+		_, err := deploy.Migrate(ctx, o, name, c.instance, c.member)
+		if !errors.Is(err, deploy.ErrMigrateRefused) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("migrate %s to %s: %v; want it refused: %q", c.instance, c.member, err, c.want)
+		}
+	}
+	if got := where("btcpay"); got != from {
+		t.Fatalf("a refused migrate moved btcpay from %s to %s", from, got)
+	}
+
+	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('row before the migrate') ON CONFLICT DO NOTHING")
+	lnd := project + "-lightning"
+	channelDB := dockerExec(t, o, project, "btcpay", lnd, "cat", "/root/.lightning/regtest/lightningd.sqlite3")
+	start := time.Now()
+	mg, err := deploy.Migrate(ctx, o, name, "btcpay", to)
+	if err != nil {
+		t.Fatalf("migrate btcpay from %s to %s: %v", from, to, err)
+	}
+	t.Logf("migrate btcpay %s -> %s: %s, %d volumes, Lightning generation %d -> %d", mg.From, mg.To, time.Since(start).Round(time.Millisecond),
+		mg.Volumes, mg.Generations[0], mg.Generations[1])
+	if got := where("btcpay"); got != to || mg.From != from {
+		t.Fatalf("after migrate btcpay is on %s (from %s); want %s (from %s)", got, mg.From, to, from)
+	}
+	if mg.Generations[1] != mg.Generations[0]+1 || mg.Generations[0] < 1 {
+		t.Errorf("Lightning generations %v; want one step on", mg.Generations)
+	}
+	if g, _ := stateOf(o).LightningGeneration(ctx, fence.NodeName(project, "btcpay")); g != mg.Generations[1] {
+		t.Errorf("the state's generation is %d, want %d", g, mg.Generations[1])
+	}
+	if got := dockerExec(t, o, project, "btcpay", lnd, "cat", "/root/.lightning/.ssbuild-fence"); !strings.Contains(got, fmt.Sprintf(`"generation":%d`, mg.Generations[1])) {
+		t.Errorf("the moved node's fence file: %q; want generation %d", got, mg.Generations[1])
+	}
+	if got := dockerExec(t, o, project, "btcpay", lnd, "cat", "/root/.lightning/regtest/lightningd.sqlite3"); !strings.HasPrefix(got, channelDB) {
+		t.Errorf("the moved node's channel database: %q; want it to go on from %q", got, channelDB)
+	}
+	if got := psqlIn(t, o, project, "SELECT body FROM pages ORDER BY id"); !strings.Contains(got, "row before the migrate") {
+		t.Errorf("rows after the migrate: %q", got)
+	}
+	if got := httpGet(t, ctx, instanceOn(t, bed, o, project, "www"), "btcpay.demo.example"); got != "btcpay demo.example" {
+		t.Errorf("btcpay.demo.example after the migrate answered %q", got)
+	}
+}
