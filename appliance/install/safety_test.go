@@ -237,9 +237,11 @@ func TestDisksSettled(t *testing.T) {
 	if d := time.Since(began); d < 800*time.Millisecond || d > 3*time.Second {
 		t.Errorf("took %s; want the late disk's 300 ms plus 500 ms quiet", d)
 	}
-	stop := make(chan struct{})
-	defer close(stop)
+	// The writer is waited for: a write racing t.TempDir's cleanup fails it.
+	stop, done := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-done }()
 	go func() {
+		defer close(done)
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
