@@ -2,6 +2,8 @@ package installer_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"flag"
 	"fmt"
 	"os"
@@ -86,5 +88,49 @@ func TestGoldenLayout(t *testing.T) {
 	}
 	if string(want) != b.String() {
 		t.Errorf("layout differs from %s (re-record with -update if intended):\n%s", golden, b.String())
+	}
+}
+
+// A digest the caller gives for a payload file (its output cache's) saves
+// the build a pass over the file: the image is the same bytes as when the
+// build hashes the file itself, and a wrong digest fails the build, naming
+// the file, and leaves no image.
+func TestGivenPayloadDigest(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs")
+	in := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(in, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	osImg := strings.Repeat("os", 300000)
+	sum := sha256.Sum256([]byte(osImg))
+	spec := func(digest string) installer.Spec {
+		return installer.Spec{Name: "digest", Epoch: epoch,
+			Kernel: file("vmlinuz", "kernel"), Initramfs: file("initrd.img", "initrd"), SystemdBoot: file("bootx64.efi", "MZ"),
+			Payload: []installer.PayloadFile{{Name: "os.img", Path: file("os.img", osImg), SHA256: digest},
+				{Name: "recipe.yaml", Path: file("recipe.yaml", "name: digest\n")}},
+			Output: filepath.Join(t.TempDir(), "installer.img")}
+	}
+	hashed, err := installer.Build(context.Background(), spec(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	given, err := installer.Build(context.Background(), spec(hex.EncodeToString(sum[:])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if given.SHA256 != hashed.SHA256 {
+		t.Errorf("image with the digest given: sha256 %s, hashed by the build: %s", given.SHA256, hashed.SHA256)
+	}
+	wrong := spec(strings.Repeat("0", 64))
+	_, err = installer.Build(context.Background(), wrong)
+	if err == nil || !strings.Contains(err.Error(), "os.img: sha256 is "+hex.EncodeToString(sum[:])) {
+		t.Fatalf("wrong digest: error %v, want one naming os.img and its real sha256", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(wrong.Output)); len(ents) != 0 {
+		t.Errorf("failed build left %v", ents)
 	}
 }

@@ -25,19 +25,28 @@ import (
 
 // stagePayload stages the payload files under work/payload (hard links
 // where the file system allows, copies otherwise) and writes the manifest
-// (and its signature); it returns the staged tree, for writeSquashfs.
-func (s Spec) stagePayload(ctx context.Context, work string) (string, error) {
-	stage := filepath.Join(work, "payload")
+// (and its signature); it returns the staged tree, for writeSquashfs, and
+// check, which checks the digests the caller gave (PayloadFile.SHA256):
+// run it while mksquashfs reads the same files.
+func (s Spec) stagePayload(ctx context.Context, work string) (stage string, check func(context.Context) error, err error) {
+	stage = filepath.Join(work, "payload")
 	if err := os.Mkdir(stage, 0o755); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	task := s.Progress.Start("payload files", 0, "bytes")
 	var sums []string
-	err := func() error {
-		var files []stagedFile
+	var files []stagedFile
+	err = func() error {
 		for _, f := range s.Payload {
+			n := len(files)
 			if err := stageTree(ctx, f.Path, filepath.Join(stage, f.Name), f.Name, &files); err != nil {
 				return fmt.Errorf("%s: %w", f.Name, err)
+			}
+			if f.SHA256 != "" {
+				if len(files) != n+1 || files[n].src != f.Path {
+					return fmt.Errorf("%s: a digest is given, but it is not a regular file", f.Name)
+				}
+				files[n].known = f.SHA256
 			}
 		}
 		var err error
@@ -46,30 +55,56 @@ func (s Spec) stagePayload(ctx context.Context, work string) (string, error) {
 	}()
 	task.Done(err)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	// By path (after "<64 hex>  "), as sha256sum lists a sorted tree.
 	sort.Slice(sums, func(i, j int) bool { return sums[i][66:] < sums[j][66:] })
 	manifest := []byte(strings.Join(sums, ""))
 	if err := os.WriteFile(filepath.Join(stage, stick.Manifest), manifest, 0o644); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if s.SignManifest != nil {
 		sig, err := s.SignManifest(manifest)
 		if err != nil {
-			return "", fmt.Errorf("sign %s: %w", stick.Manifest, err)
+			return "", nil, fmt.Errorf("sign %s: %w", stick.Manifest, err)
 		}
 		if err := os.WriteFile(filepath.Join(stage, s.ManifestSigName), sig, 0o644); err != nil {
-			return "", err
+			return "", nil, err
 		}
 	}
-	return stage, nil
+	return stage, func(ctx context.Context) error { return checkKnown(ctx, files) }, nil
+}
+
+// checkKnown hashes the staged files whose digest was given and fails
+// on the first that differs.
+func checkKnown(ctx context.Context, files []stagedFile) error {
+	for _, f := range files {
+		if f.known == "" || f.verified {
+			continue
+		}
+		in, err := os.Open(f.dest)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+		h := sha256.New()
+		err = pipelinedCopy(h, ctxReader{ctx, in})
+		in.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != f.known {
+			return fmt.Errorf("%s: sha256 is %s, but %s was given for it", f.name, got, f.known)
+		}
+	}
+	return nil
 }
 
 // stagedFile is a regular file of the payload, to be linked (or copied)
 // into the staging tree and hashed for the manifest.
 type stagedFile struct {
 	src, dest, name string
+	known           string // the digest the caller gave, if any
+	verified        bool   // known was checked while staging (a copy)
 }
 
 // stageTree makes src's directories and symlinks under dest and lists its
@@ -118,11 +153,20 @@ func linkAndHash(ctx context.Context, files []stagedFile, task *progress.Task) (
 	sums := make([]string, len(files))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(runtime.NumCPU())
-	for i, f := range files {
+	for i := range files {
+		f := &files[i]
 		g.Go(func() error {
-			sum, err := linkOrCopy(gctx, f.src, f.dest, task)
+			sum, err := linkOrCopy(gctx, f.src, f.dest, f.known != "", task)
 			if err != nil {
 				return fmt.Errorf("%s: %w", f.name, err)
+			}
+			switch {
+			case sum == "": // linked, not read: checkKnown checks it
+				sum = f.known
+			case f.known != "" && sum != f.known:
+				return fmt.Errorf("%s: sha256 is %s, but %s was given for it", f.name, sum, f.known)
+			case f.known != "":
+				f.verified = true
 			}
 			sums[i] = sum + "  " + f.name + "\n"
 			return nil
@@ -132,8 +176,9 @@ func linkAndHash(ctx context.Context, files []stagedFile, task *progress.Task) (
 }
 
 // linkOrCopy hard-links src to dest (copies across file systems) and
-// returns the content's sha256.
-func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (string, error) {
+// returns the content's sha256; with skipHash, a link is not read and its
+// digest is "".
+func linkOrCopy(ctx context.Context, src, dest string, skipHash bool, task *progress.Task) (string, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return "", err
@@ -151,6 +196,8 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 		}
 		defer out.Close()
 		w = io.MultiWriter(h, out)
+	} else if skipHash {
+		return "", nil
 	}
 	if err := pipelinedCopy(io.MultiWriter(w, task), ctxReader{ctx, in}); err != nil {
 		return "", err
