@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
 	"github.com/sovereign-stack/ssbuild/handoff/stick"
@@ -113,7 +114,11 @@ type Spec struct {
 	Binary   string // the static ssbuild binary installed in the OS
 	Epoch    int64  // SOURCE_DATE_EPOCH
 	// WorkDir receives rootfs/ (the tree), os.img and esp/; it must exist.
-	WorkDir  string
+	WorkDir string
+	// TreeOnly stops after the rootfs step: the caller has os.img and
+	// esp/ already (its output cache) and needs only the tree's kernel
+	// modules.
+	TreeOnly bool
 	Progress *progress.Reporter
 }
 
@@ -123,7 +128,8 @@ type Result struct {
 	OSImage       string // ext4 image of Root
 	ESPDir        string // the target's ESP files
 	KernelVersion string
-	CacheHit      bool // the packages layer came from the cache
+	CacheHit      bool      // the packages layer came from the cache
+	LayerBuilt    time.Time // when the packages layer was built
 }
 
 // Kernel is the tree's kernel image.
@@ -139,11 +145,13 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	}
 	b := &build{Spec: s, res: Result{Root: filepath.Join(s.WorkDir, "rootfs"),
 		OSImage: filepath.Join(s.WorkDir, stick.OSImage), ESPDir: filepath.Join(s.WorkDir, stick.ESPDir)}}
-	err := steps.Runner{Stage: "host os"}.Run(ctx,
-		steps.Step{Name: "rootfs", Run: b.rootfs},
-		steps.Step{Name: "files", Run: b.files},
-		steps.Step{Name: "esp", Run: b.esp},
-		steps.Step{Name: "os-image", Run: b.osImage})
+	list := []steps.Step{{Name: "rootfs", Run: b.rootfs}}
+	if !s.TreeOnly {
+		list = append(list, steps.Step{Name: "files", Run: b.files},
+			steps.Step{Name: "esp", Run: b.esp},
+			steps.Step{Name: "os-image", Run: b.osImage})
+	}
+	err := steps.Runner{Stage: "host os"}.Run(ctx, list...)
 	return b.res, err
 }
 
@@ -154,8 +162,8 @@ type build struct {
 
 func (b *build) rootfs(ctx context.Context) error {
 	rb := &rootfs.Builder{CacheDir: b.CacheDir, Progress: b.Progress}
-	res, err := osbase.Build(ctx, rb, "host-os-packages", b.Recipe, b.packages(), b.Epoch, b.res.Root)
-	b.res.CacheHit = res.CacheHit
+	res, err := osbase.Build(ctx, rb, LayerName, b.Recipe, Packages(b.Recipe), b.Epoch, b.res.Root)
+	b.res.CacheHit, b.res.LayerBuilt = res.CacheHit, res.BuiltAt
 	if err != nil {
 		return err
 	}
@@ -163,10 +171,13 @@ func (b *build) rootfs(ctx context.Context) error {
 	return err
 }
 
-// packages are installer.packages and systemd-sysv: a minbase tree has no
+// LayerName is the host OS's packages layer (osbase.PlanLayer's name).
+const LayerName = "host-os-packages"
+
+// Packages are installer.packages and systemd-sysv: a minbase tree has no
 // /sbin/init, and the first-boot unit needs systemd as the init.
-func (b *build) packages() []string {
-	pkgs := slices.Clone(b.Recipe.Installer.Packages)
+func Packages(r *recipes.Recipe) []string {
+	pkgs := slices.Clone(r.Installer.Packages)
 	if !slices.Contains(pkgs, "systemd-sysv") {
 		pkgs = append(pkgs, "systemd-sysv")
 	}
