@@ -257,6 +257,48 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 			t.Errorf("the stick's ESP (kernel, initramfs) differs: %s, rebuilt %s", a, b)
 		}
 	})
+
+	// A cache entry that no longer matches its recorded sha256 is found,
+	// said and built again (from the tree, os.img still reused), never
+	// shipped: the stick's ESP is the cold build's.
+	t.Run("corrupt initramfs entry is rebuilt", func(t *testing.T) {
+		entries, _ := filepath.Glob(filepath.Join(cache, "artifacts", "*", "entry.json"))
+		corrupted := false
+		for _, e := range entries {
+			b, _ := os.ReadFile(e)
+			var ent struct{ Kind string }
+			if json.Unmarshal(b, &ent) == nil && ent.Kind == "installer-initramfs" {
+				p := filepath.Join(filepath.Dir(e), "files", "installer-initrd.img")
+				data, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data[len(data)/2] ^= 0xff
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				corrupted = true
+			}
+		}
+		if !corrupted {
+			t.Fatalf("no installer-initramfs entry among %v", entries)
+		}
+		out3 := filepath.Join(t.TempDir(), "out")
+		start := time.Now()
+		_, stderr3 := buildInstallerCache(t, bin, "demo", out3, cache, "--json")
+		t.Logf("rebuild after corruption %v", time.Since(start).Round(time.Second))
+		got := artifactStates(t, stderr3.Bytes())
+		if got["initramfs"] != "rebuilt" || got["os.img"] != "reused" || got["esp"] != "reused" {
+			t.Errorf("after corrupting the initramfs entry: artifacts %v, want initramfs rebuilt, os.img and esp reused", got)
+		}
+		if !strings.Contains(stderr3.String(), "corrupt") {
+			t.Error("the build does not say the entry was corrupt")
+		}
+		img3 := filepath.Join(out3, "installer.img")
+		if a, b := sha256File(t, esp), sha256File(t, gpttest.Extract(t, img3, gpttest.Partitions(t, img3)[0])); a != b {
+			t.Errorf("the stick's ESP (kernel, initramfs) differs from the cold build's: %s, rebuilt %s", a, b)
+		}
+	})
 }
 
 // artifactStates reads the artifact events of --json progress.

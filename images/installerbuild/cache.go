@@ -96,7 +96,7 @@ func (b *build) hostOS(ctx context.Context) error {
 	}
 	spec := hostos.Spec{Recipe: b.r, CacheDir: b.opts.CacheDir, Binary: b.opts.Binary,
 		Epoch: b.epoch, WorkDir: dir, Progress: b.opts.Progress}
-	var whyHost, whyInitrd string
+	var whyHost string
 	if b.cache.Dir != "" {
 		rb := &rootfs.Builder{CacheDir: b.opts.CacheDir, Progress: b.opts.Progress}
 		plan, err := osbase.PlanLayer(ctx, rb, hostos.LayerName, b.r, hostos.Packages(b.r), b.epoch)
@@ -116,7 +116,7 @@ func (b *build) hostOS(ctx context.Context) error {
 			if whyHost, err = b.restoreHostOS(dir); err != nil {
 				return err
 			}
-			if whyInitrd, err = b.restoreInitramfs(); err != nil {
+			if b.whyInitrd, err = b.restoreInitramfs(); err != nil {
 				return err
 			}
 			if b.hostReused && b.initrdReused {
@@ -163,7 +163,7 @@ func (b *build) hostOS(ctx context.Context) error {
 		b.layerBuilt = host.LayerBuilt
 		b.initrdReused = false // made for another layer
 	}
-	return b.storeHostOS(whyHost, whyInitrd)
+	return b.storeHostOS(whyHost)
 }
 
 // restoreHostOS restores os.img and esp/ into dir when the cache has them
@@ -238,8 +238,7 @@ func (b *build) corrupt(name string, err error) (string, error) {
 }
 
 // storeHostOS stores os.img and esp/ just built, and reports them.
-func (b *build) storeHostOS(whyHost, whyInitrd string) error {
-	b.whyInitrd = whyInitrd
+func (b *build) storeHostOS(whyHost string) error {
 	state := outcache.Built
 	if whyHost != "" {
 		state = outcache.Rebuilt
