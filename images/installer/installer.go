@@ -61,11 +61,12 @@ type PayloadFile struct {
 	// Path is the file or directory on the build machine.
 	Path string
 	// SHA256, if set, is the digest of Path (a regular file) that the
-	// caller already has, computed while the file was written or copied
-	// (the output cache's record): the manifest takes it instead of a
-	// pass over the file before packing. It is still checked, while
-	// mksquashfs packs the file (then the bytes are in memory anyway):
-	// a mismatch fails the build.
+	// caller computed over the bytes as it wrote or copied them (the
+	// output cache does, verifying a cached file while restoring it): the
+	// manifest takes it, and the file is not read again to hash it (the
+	// payload's largest file, read a second time only for its digest).
+	// It is trusted: a wrong one makes a stick whose installer refuses
+	// the payload (its manifest check names the file).
 	SHA256 string
 }
 
@@ -141,7 +142,7 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
 	// Two lines of work at once, each mostly one core's: the payload
-	// (hash what has no known digest, then mksquashfs straight into its
+	// (hash what has no given digest, then mksquashfs straight into its
 	// partition's place in the image, -offset, so its bytes are written
 	// once and never copied) and the ESP, in a file of its own. Then the
 	// partition table and the ESP go in around the payload.
@@ -149,12 +150,10 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	img := filepath.Join(work, "image.img")
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		stage, check, err := s.stagePayload(gctx, work)
+		stage, err := s.stagePayload(gctx, work)
 		if err != nil {
 			return fmt.Errorf("payload: %w", err)
 		}
-		checked := make(chan error, 1)
-		go func() { checked <- check(gctx) }()
 		if err := createEmpty(img); err != nil {
 			return err
 		}
@@ -163,9 +162,6 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 		stop := writeBehind(img)
 		err = writeSquashfs(gctx, s.Progress, stage, img, espStart+espSize, s.Compression, s.Epoch)
 		stop()
-		if cerr := <-checked; cerr != nil {
-			return fmt.Errorf("payload: %w", cerr)
-		}
 		if err != nil {
 			return fmt.Errorf("payload: %w", err)
 		}

@@ -25,13 +25,13 @@ import (
 
 // stagePayload stages the payload files under work/payload (hard links
 // where the file system allows, copies otherwise) and writes the manifest
-// (and its signature); it returns the staged tree, for writeSquashfs, and
-// check, which checks the digests the caller gave (PayloadFile.SHA256):
-// run it while mksquashfs reads the same files.
-func (s Spec) stagePayload(ctx context.Context, work string) (stage string, check func(context.Context) error, err error) {
+// (and its signature); it returns the staged tree, for writeSquashfs.
+// Files whose digest the caller gave (PayloadFile.SHA256) are linked
+// without being read.
+func (s Spec) stagePayload(ctx context.Context, work string) (stage string, err error) {
 	stage = filepath.Join(work, "payload")
 	if err := os.Mkdir(stage, 0o755); err != nil {
-		return "", nil, err
+		return "", err
 	}
 	task := s.Progress.Start("payload files", 0, "bytes")
 	var sums []string
@@ -55,48 +55,24 @@ func (s Spec) stagePayload(ctx context.Context, work string) (stage string, chec
 	}()
 	task.Done(err)
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
 	// By path (after "<64 hex>  "), as sha256sum lists a sorted tree.
 	sort.Slice(sums, func(i, j int) bool { return sums[i][66:] < sums[j][66:] })
 	manifest := []byte(strings.Join(sums, ""))
 	if err := os.WriteFile(filepath.Join(stage, stick.Manifest), manifest, 0o644); err != nil {
-		return "", nil, err
+		return "", err
 	}
 	if s.SignManifest != nil {
 		sig, err := s.SignManifest(manifest)
 		if err != nil {
-			return "", nil, fmt.Errorf("sign %s: %w", stick.Manifest, err)
+			return "", fmt.Errorf("sign %s: %w", stick.Manifest, err)
 		}
 		if err := os.WriteFile(filepath.Join(stage, s.ManifestSigName), sig, 0o644); err != nil {
-			return "", nil, err
+			return "", err
 		}
 	}
-	return stage, func(ctx context.Context) error { return checkKnown(ctx, files) }, nil
-}
-
-// checkKnown hashes the staged files whose digest was given and fails
-// on the first that differs.
-func checkKnown(ctx context.Context, files []stagedFile) error {
-	for _, f := range files {
-		if f.known == "" || f.verified {
-			continue
-		}
-		in, err := os.Open(f.dest)
-		if err != nil {
-			return fmt.Errorf("%s: %w", f.name, err)
-		}
-		h := sha256.New()
-		err = pipelinedCopy(h, ctxReader{ctx, in})
-		in.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", f.name, err)
-		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != f.known {
-			return fmt.Errorf("%s: sha256 is %s, but %s was given for it", f.name, got, f.known)
-		}
-	}
-	return nil
+	return stage, nil
 }
 
 // stagedFile is a regular file of the payload, to be linked (or copied)
@@ -104,7 +80,6 @@ func checkKnown(ctx context.Context, files []stagedFile) error {
 type stagedFile struct {
 	src, dest, name string
 	known           string // the digest the caller gave, if any
-	verified        bool   // known was checked while staging (a copy)
 }
 
 // stageTree makes src's directories and symlinks under dest and lists its
@@ -161,12 +136,10 @@ func linkAndHash(ctx context.Context, files []stagedFile, task *progress.Task) (
 				return fmt.Errorf("%s: %w", f.name, err)
 			}
 			switch {
-			case sum == "": // linked, not read: checkKnown checks it
+			case sum == "": // linked, not read
 				sum = f.known
-			case f.known != "" && sum != f.known:
+			case f.known != "" && sum != f.known: // copied: read anyway
 				return fmt.Errorf("%s: sha256 is %s, but %s was given for it", f.name, sum, f.known)
-			case f.known != "":
-				f.verified = true
 			}
 			sums[i] = sum + "  " + f.name + "\n"
 			return nil
