@@ -258,6 +258,30 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 		}
 	})
 
+	// The same inputs (a fixed secret file) give the same stick whether
+	// os.img, ESP and initramfs come from the cache or are built afresh.
+	t.Run("rebuild from the cache is byte-identical to a build without it", func(t *testing.T) {
+		demo, err := recipes.BuiltinSource("demo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Replace(string(demo), "cluster:\n", "cluster:\n  secret:\n    file: secret.txt\n", 1)
+		rcp := writeFile(t, "r.yaml", text)
+		secretFile := filepath.Join(filepath.Dir(rcp), "secret.txt")
+		if err := os.WriteFile(secretFile, []byte("Fixed-secret-for-the-byte-compare-0123456789abcdef\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fresh, reused := filepath.Join(t.TempDir(), "fresh"), filepath.Join(t.TempDir(), "reused")
+		buildInstallerCache(t, bin, rcp, fresh, cache, "--no-output-cache")
+		_, stderr := buildInstallerCache(t, bin, rcp, reused, cache, "--json")
+		if got := artifactStates(t, stderr.Bytes()); got["os.img"] != "reused" || got["esp"] != "reused" || got["initramfs"] != "reused" {
+			t.Errorf("build with the cache: artifacts %v, want os.img, esp and initramfs reused", got)
+		}
+		if a, b := sha256File(t, filepath.Join(fresh, "installer.img")), sha256File(t, filepath.Join(reused, "installer.img")); a != b {
+			t.Errorf("installer.img built afresh %s, from the cache %s: want the same bytes", a, b)
+		}
+	})
+
 	// A cache entry that no longer matches its recorded sha256 is found,
 	// said and built again (from the tree, os.img still reused), never
 	// shipped: the stick's ESP is the cold build's.
