@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,7 +23,8 @@ func installerCommand() *cli.Command {
 		Flags: []cli.Flag{
 			recipeFlag(),
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "output folder `DIR` (must not exist); default out/<recipe>-installer"},
-			&cli.StringFlag{Name: "cache", Usage: "cache folder `DIR` for debootstrapped trees", Value: defaultCacheDir()},
+			&cli.StringFlag{Name: "cache", Usage: "cache folder `DIR` for debootstrapped trees, package layers and built artifacts (DIR/artifacts: os.img, the ESP files, the initramfs; never the secret)", Value: defaultCacheDir()},
+			&cli.BoolFlag{Name: "no-output-cache", Usage: "build every artifact, neither reusing nor storing any in the output cache"},
 			&cli.StringFlag{Name: "base-image", Usage: "output `DIR` of ssbuild image to carry on the stick"},
 			&cli.Int64Flag{Name: "epoch", Usage: "SOURCE_DATE_EPOCH (`SECONDS` since 1970) for a reproducible build"},
 			&cli.StringFlag{Name: "sign-key", Usage: "ed25519 OpenSSH private key `FILE` (0600) that signs SHA256SUMS as SHA256SUMS.sig"},
@@ -47,18 +49,26 @@ func installerCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("find the ssbuild binary for the installer: %w", err)
 			}
-			res, err := installerbuild.Build(c.Context, r, installerbuild.Options{OutDir: out,
+			opts := installerbuild.Options{OutDir: out,
 				CacheDir: c.String("cache"), Binary: self, BaseImage: c.String("base-image"),
-				Epoch: c.Int64("epoch"), SignKey: c.String("sign-key"), Progress: progressFor(c)})
+				Epoch: c.Int64("epoch"), SignKey: c.String("sign-key"), Progress: progressFor(c)}
+			if !c.Bool("no-output-cache") {
+				opts.ArtifactCache = filepath.Join(c.String("cache"), "artifacts")
+			}
+			res, err := installerbuild.Build(c.Context, r, opts)
 			if err != nil {
 				return err
+			}
+			var states []string
+			for _, a := range res.Artifacts {
+				states = append(states, a.Name+" "+string(a.State))
 			}
 			secret := "the recipe's secret file"
 			if res.SecretGenerated {
 				secret = "a new secret, kept in " + filepath.Join(out, installerbuild.SecretFile)
 			}
-			fmt.Fprintf(c.App.Writer, "%s: installer of %s written (%d MiB, sha256 %s, kernel %s, cluster secret: %s, SOURCE_DATE_EPOCH=%d)\n",
-				res.Image, r.Name, res.Installer.Size>>20, res.Installer.SHA256, res.KernelVersion, secret, res.Epoch)
+			fmt.Fprintf(c.App.Writer, "%s: installer of %s written (%d MiB, sha256 %s, kernel %s, cluster secret: %s, SOURCE_DATE_EPOCH=%d; %s)\n",
+				res.Image, r.Name, res.Installer.Size>>20, res.Installer.SHA256, res.KernelVersion, secret, res.Epoch, strings.Join(states, ", "))
 			return nil
 		},
 	}

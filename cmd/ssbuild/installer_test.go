@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
@@ -86,8 +87,22 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 	rootfstest.Require(t)
 	testenv.RequireTools(t, "sgdisk", "blkid", "unsquashfs", "sha256sum", "e2fsck", "mkfs.ext4", "debugfs", "mksquashfs")
 	bin := qemutest.StaticSSBuild(t)
+	// The shared trees and layers, but an output cache of this test's own:
+	// the first build builds every artifact, a rebuild reuses them.
+	cache := t.TempDir()
+	for _, d := range []string{"debootstrap", "layers"} {
+		os.MkdirAll(filepath.Join(rootfstest.CacheDir(), d), 0o755)
+		if err := os.Symlink(filepath.Join(rootfstest.CacheDir(), d), filepath.Join(cache, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out := filepath.Join(t.TempDir(), "out")
-	stdout, stderr := qemutest.BuildInstaller(t, bin, "demo", out)
+	start := time.Now()
+	stdout, stderr := qemutest.BuildInstallerCache(t, bin, "demo", out, cache, "--json")
+	cold := time.Since(start)
+	if got := artifactStates(t, stderr.Bytes()); got["os.img"] != "built" || got["esp"] != "built" || got["initramfs"] != "built" {
+		t.Errorf("first build with an empty output cache: artifacts %v, want os.img, esp and initramfs built", got)
+	}
 
 	ents, _ := os.ReadDir(out)
 	var names []string
@@ -158,6 +173,146 @@ func TestInstallerBuildsDemoImage(t *testing.T) {
 	if _, err := recipes.Load(filepath.Join(x, "recipe.yaml")); err != nil {
 		t.Errorf("payload recipe.yaml does not load: %v", err)
 	}
+
+	// Issue 17: what does not carry the secret comes from the output cache
+	// when nothing else changed; the stick is written anew with its secret.
+	t.Run("rebuild with only a new secret reuses os.img, ESP and initramfs", func(t *testing.T) {
+		out2 := filepath.Join(t.TempDir(), "out")
+		start := time.Now()
+		stdout2, stderr2 := qemutest.BuildInstallerCache(t, bin, "demo", out2, cache, "--json")
+		t.Logf("cold build %v, rebuild %v", cold.Round(time.Second), time.Since(start).Round(time.Second))
+		want := map[string]string{"rootfs": "reused", "os.img": "reused", "esp": "reused", "initramfs": "reused"}
+		if got := artifactStates(t, stderr2.Bytes()); len(got) != len(want) || got["os.img"] != "reused" || got["esp"] != "reused" ||
+			got["initramfs"] != "reused" || got["rootfs"] != "reused" {
+			t.Errorf("rebuild: artifacts %v, want %v", got, want)
+		}
+		if !strings.Contains(stdout2.String(), "rootfs reused, os.img reused, esp reused, initramfs reused") {
+			t.Errorf("rebuild's summary does not say what was reused:\n%s", stdout2.String())
+		}
+		img2 := filepath.Join(out2, "installer.img")
+		secret2, _ := os.ReadFile(filepath.Join(out2, "cluster.secret"))
+		if bytes.Equal(secret2, secret) {
+			t.Fatal("the rebuild generated the same secret")
+		}
+		parts2 := gpttest.Partitions(t, img2)
+		x2 := filepath.Join(t.TempDir(), "x")
+		runTool(t, "unsquashfs", "-q", "-n", "-d", x2, gpttest.Extract(t, img2, parts2[1]))
+		check := exec.Command("sha256sum", "--strict", "-c", stick.Manifest)
+		check.Dir = x2
+		if b, err := check.CombinedOutput(); err != nil {
+			t.Errorf("sha256sum -c in the rebuilt payload: %v\n%s", err, b)
+		}
+		if got, _ := os.ReadFile(filepath.Join(x2, "cluster.secret")); !bytes.Equal(got, secret2) {
+			t.Error("the rebuilt payload does not carry the new secret")
+		}
+		// Same os.img, ESP and initramfs bytes as the cold build: the same
+		// manifest lines apart from the secret's, and the same ESP.
+		lines := func(dir string) []string {
+			b, _ := os.ReadFile(filepath.Join(dir, stick.Manifest))
+			var keep []string
+			for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				if !strings.HasSuffix(l, "  cluster.secret") {
+					keep = append(keep, l)
+				}
+			}
+			return keep
+		}
+		if a, b := lines(x), lines(x2); strings.Join(a, "\n") != strings.Join(b, "\n") {
+			t.Errorf("payload manifests differ beyond the secret:\n%s\n---\n%s", strings.Join(a, "\n"), strings.Join(b, "\n"))
+		}
+		if a, b := sha256File(t, esp), sha256File(t, gpttest.Extract(t, img2, parts2[0])); a != b {
+			t.Errorf("the stick's ESP (kernel, initramfs) differs: %s, rebuilt %s", a, b)
+		}
+	})
+
+	// The same inputs (a fixed secret file) give the same stick whether
+	// os.img, ESP and initramfs come from the cache or are built afresh.
+	t.Run("rebuild from the cache is byte-identical to a build without it", func(t *testing.T) {
+		demo, err := recipes.BuiltinSource("demo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Replace(string(demo), "cluster:\n", "cluster:\n  secret:\n    file: secret.txt\n", 1)
+		rcp := writeFile(t, "r.yaml", text)
+		secretFile := filepath.Join(filepath.Dir(rcp), "secret.txt")
+		if err := os.WriteFile(secretFile, []byte("Fixed-secret-for-the-byte-compare-0123456789abcdef\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fresh, reused := filepath.Join(t.TempDir(), "fresh"), filepath.Join(t.TempDir(), "reused")
+		qemutest.BuildInstallerCache(t, bin, rcp, fresh, cache, "--no-output-cache")
+		_, stderr := qemutest.BuildInstallerCache(t, bin, rcp, reused, cache, "--json")
+		if got := artifactStates(t, stderr.Bytes()); got["os.img"] != "reused" || got["esp"] != "reused" || got["initramfs"] != "reused" {
+			t.Errorf("build with the cache: artifacts %v, want os.img, esp and initramfs reused", got)
+		}
+		if a, b := sha256File(t, filepath.Join(fresh, "installer.img")), sha256File(t, filepath.Join(reused, "installer.img")); a != b {
+			t.Errorf("installer.img built afresh %s, from the cache %s: want the same bytes", a, b)
+		}
+	})
+
+	// A cache entry that no longer matches its recorded sha256 is found,
+	// said and built again (from the tree, os.img still reused), never
+	// shipped: the stick's ESP is the cold build's.
+	t.Run("corrupt initramfs entry is rebuilt", func(t *testing.T) {
+		entries, _ := filepath.Glob(filepath.Join(cache, "artifacts", "*", "entry.json"))
+		corrupted := false
+		for _, e := range entries {
+			b, _ := os.ReadFile(e)
+			var ent struct{ Kind string }
+			if json.Unmarshal(b, &ent) == nil && ent.Kind == "installer-initramfs" {
+				p := filepath.Join(filepath.Dir(e), "files", "installer-initrd.img")
+				data, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data[len(data)/2] ^= 0xff
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				corrupted = true
+			}
+		}
+		if !corrupted {
+			t.Fatalf("no installer-initramfs entry among %v", entries)
+		}
+		out3 := filepath.Join(t.TempDir(), "out")
+		start := time.Now()
+		_, stderr3 := qemutest.BuildInstallerCache(t, bin, "demo", out3, cache, "--json")
+		t.Logf("rebuild after corruption %v", time.Since(start).Round(time.Second))
+		got := artifactStates(t, stderr3.Bytes())
+		if got["initramfs"] != "rebuilt" || got["os.img"] != "reused" || got["esp"] != "reused" {
+			t.Errorf("after corrupting the initramfs entry: artifacts %v, want initramfs rebuilt, os.img and esp reused", got)
+		}
+		if !strings.Contains(stderr3.String(), "corrupt") {
+			t.Error("the build does not say the entry was corrupt")
+		}
+		img3 := filepath.Join(out3, "installer.img")
+		if a, b := sha256File(t, esp), sha256File(t, gpttest.Extract(t, img3, gpttest.Partitions(t, img3)[0])); a != b {
+			t.Errorf("the stick's ESP (kernel, initramfs) differs from the cold build's: %s, rebuilt %s", a, b)
+		}
+	})
+}
+
+// artifactStates reads the artifact events of --json progress.
+func artifactStates(t *testing.T, events []byte) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(events)), "\n") {
+		var ev struct{ Task, Event, State string }
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.Event == "artifact" {
+			m[ev.Task] = ev.State
+		}
+	}
+	return m
+}
+
+func sha256File(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 func runTool(t *testing.T, name string, args ...string) string {

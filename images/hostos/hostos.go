@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
 	"github.com/sovereign-stack/ssbuild/handoff/stick"
@@ -115,7 +116,11 @@ type Spec struct {
 	Binary   string // the static ssbuild binary installed in the OS
 	Epoch    int64  // SOURCE_DATE_EPOCH
 	// WorkDir receives rootfs/ (the tree), os.img and esp/; it must exist.
-	WorkDir  string
+	WorkDir string
+	// TreeOnly stops after the rootfs step: the caller has os.img and
+	// esp/ already (its output cache) and needs only the tree's kernel
+	// modules.
+	TreeOnly bool
 	Progress *progress.Reporter
 }
 
@@ -125,7 +130,8 @@ type Result struct {
 	OSImage       string // ext4 image of Root
 	ESPDir        string // the target's ESP files
 	KernelVersion string
-	CacheHit      bool // the packages layer came from the cache
+	CacheHit      bool      // the packages layer came from the cache
+	LayerBuilt    time.Time // when the packages layer was built
 }
 
 // Kernel is the tree's kernel image.
@@ -141,11 +147,13 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	}
 	b := &build{Spec: s, res: Result{Root: filepath.Join(s.WorkDir, "rootfs"),
 		OSImage: filepath.Join(s.WorkDir, stick.OSImage), ESPDir: filepath.Join(s.WorkDir, stick.ESPDir)}}
-	err := steps.Runner{Stage: "host os"}.Run(ctx,
-		steps.Step{Name: "rootfs", Run: b.rootfs},
-		steps.Step{Name: "files", Run: b.files},
-		steps.Step{Name: "esp", Run: b.esp},
-		steps.Step{Name: "os-image", Run: b.osImage})
+	list := []steps.Step{{Name: "rootfs", Run: b.rootfs}}
+	if !s.TreeOnly {
+		list = append(list, steps.Step{Name: "files", Run: b.files},
+			steps.Step{Name: "esp", Run: b.esp},
+			steps.Step{Name: "os-image", Run: b.osImage})
+	}
+	err := steps.Runner{Stage: "host os"}.Run(ctx, list...)
 	return b.res, err
 }
 
@@ -157,13 +165,16 @@ type build struct {
 func (b *build) rootfs(ctx context.Context) error {
 	rb := &rootfs.Builder{CacheDir: b.CacheDir, Progress: b.Progress}
 	res, err := osbase.Build(ctx, rb, b.Recipe, Layer(b.Recipe, b.Epoch), b.res.Root)
-	b.res.CacheHit = res.CacheHit
+	b.res.CacheHit, b.res.LayerBuilt = res.CacheHit, res.BuiltAt
 	if err != nil {
 		return err
 	}
 	b.res.KernelVersion, err = kernelVersion(b.res.Root)
 	return err
 }
+
+// LayerName is the host OS's packages layer.
+const LayerName = "host-os-packages"
 
 // Layer is the host OS's cached tree: installer.source with
 // installer.packages and what the appliance needs of the host beside them
@@ -176,7 +187,7 @@ func Layer(r *recipes.Recipe, epoch int64) osbase.Layer {
 			pkgs = append(pkgs, p)
 		}
 	}
-	l := osbase.Layer{Name: "host-os-packages", Source: r.Installer.Source, Epoch: epoch}
+	l := osbase.Layer{Name: LayerName, Source: r.Installer.Source, Epoch: epoch}
 	if i := slices.Index(pkgs, ZFSDKMS); i >= 0 {
 		l.Packages = slices.Delete(pkgs, i, i+1)
 		l.Finish, l.FinishKey = buildZFS, zfsFinishKey

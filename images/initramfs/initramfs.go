@@ -32,8 +32,9 @@
 // the boot tests check it.
 //
 // The archive is reproducible: entries sorted, one fixed mtime (the epoch),
-// owner 0:0, inode numbers in entry order, and a gzip header without name
-// or time. The same inputs give the same bytes.
+// owner 0:0, inode numbers in entry order, and one gzip member compressed
+// on every core in fixed blocks (internal/pgz) with a header without name
+// or time. The same inputs give the same bytes on any machine.
 package initramfs
 
 import (
@@ -46,9 +47,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/klauspost/compress/gzip"
-
 	"github.com/sovereign-stack/ssbuild/handoff/modload"
+	"github.com/sovereign-stack/ssbuild/internal/pgz"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -193,9 +193,9 @@ func (s Spec) Write(w io.Writer) (Result, error) {
 	h := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(w, h)}
 	err = func() error {
-		// No name and a zero time in the gzip header: the output depends
-		// only on the contents.
-		zw := gzip.NewWriter(io.MultiWriter(cw, task))
+		// On every core, in fixed blocks, no name and no time in the
+		// header: the output depends only on the contents (pgz).
+		zw := pgz.NewWriter(io.MultiWriter(cw, task))
 		if _, err := a.WriteTo(zw); err != nil {
 			return err
 		}

@@ -2,9 +2,12 @@ package installer_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -86,5 +89,55 @@ func TestGoldenLayout(t *testing.T) {
 	}
 	if string(want) != b.String() {
 		t.Errorf("layout differs from %s (re-record with -update if intended):\n%s", golden, b.String())
+	}
+}
+
+// A digest the caller gives for a payload file (computed while it wrote
+// the file: the output cache's) saves the build a pass over the file: the
+// image is the same bytes as when the build hashes the file itself. The
+// digest is trusted; a wrong one gives a stick whose payload fails the
+// manifest check (sha256sum -c, as the installer checks it), naming the
+// file.
+func TestGivenPayloadDigest(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs", "unsquashfs", "sha256sum")
+	in := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(in, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	osImg := strings.Repeat("os", 300000)
+	sum := sha256.Sum256([]byte(osImg))
+	spec := func(digest string) installer.Spec {
+		return installer.Spec{Name: "digest", Epoch: epoch,
+			Kernel: file("vmlinuz", "kernel"), Initramfs: file("initrd.img", "initrd"), SystemdBoot: file("bootx64.efi", "MZ"),
+			Payload: []installer.PayloadFile{{Name: "os.img", Path: file("os.img", osImg), SHA256: digest},
+				{Name: "recipe.yaml", Path: file("recipe.yaml", "name: digest\n")}},
+			Output: filepath.Join(t.TempDir(), "installer.img")}
+	}
+	hashed, err := installer.Build(context.Background(), spec(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	given, err := installer.Build(context.Background(), spec(hex.EncodeToString(sum[:])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if given.SHA256 != hashed.SHA256 {
+		t.Errorf("image with the digest given: sha256 %s, hashed by the build: %s", given.SHA256, hashed.SHA256)
+	}
+	wrong := spec(strings.Repeat("0", 64))
+	if _, err := installer.Build(context.Background(), wrong); err != nil {
+		t.Fatal(err)
+	}
+	x := filepath.Join(t.TempDir(), "x")
+	run(t, "unsquashfs", "-q", "-n", "-d", x, gpttest.Extract(t, wrong.Output, gpttest.Partitions(t, wrong.Output)[1]))
+	cmd := exec.Command("sha256sum", "--quiet", "-c", "SHA256SUMS")
+	cmd.Dir = x
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "os.img: FAILED") {
+		t.Errorf("payload with a wrong given digest: sha256sum -c %v:\n%s\nwant os.img named as failing", err, out)
 	}
 }

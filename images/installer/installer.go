@@ -60,6 +60,14 @@ type PayloadFile struct {
 	Name string
 	// Path is the file or directory on the build machine.
 	Path string
+	// SHA256, if set, is the digest of Path (a regular file) that the
+	// caller computed over the bytes as it wrote or copied them (the
+	// output cache does, verifying a cached file while restoring it): the
+	// manifest takes it, and the file is not read again to hash it (the
+	// payload's largest file, read a second time only for its digest).
+	// It is trusted: a wrong one makes a stick whose installer refuses
+	// the payload (its manifest check names the file).
+	SHA256 string
 }
 
 // Spec says what goes into an installer image.
@@ -133,17 +141,28 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
 	}
-	// The ESP is built in a file of its own while the payload files are
-	// hashed (each mostly one core's work); then mksquashfs writes the
-	// payload straight to its partition's place in the image (-offset), so
-	// its bytes are written once and never copied, and the partition table
-	// and the ESP go in around it.
+	// Two lines of work at once, each mostly one core's: the payload
+	// (hash what has no given digest, then mksquashfs straight into its
+	// partition's place in the image, -offset, so its bytes are written
+	// once and never copied) and the ESP, in a file of its own. Then the
+	// partition table and the ESP go in around the payload.
 	esp := filepath.Join(work, "esp.img")
-	var stage string
+	img := filepath.Join(work, "image.img")
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		var err error
-		if stage, err = s.stagePayload(gctx, work); err != nil {
+		stage, err := s.stagePayload(gctx, work)
+		if err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+		if err := createEmpty(img); err != nil {
+			return err
+		}
+		// The disk takes the payload while mksquashfs still writes it,
+		// rather than all at once at the final sync.
+		stop := writeBehind(img)
+		err = writeSquashfs(gctx, s.Progress, stage, img, espStart+espSize, s.Compression, s.Epoch)
+		stop()
+		if err != nil {
 			return fmt.Errorf("payload: %w", err)
 		}
 		return nil
@@ -156,13 +175,6 @@ func Build(ctx context.Context, s Spec) (Result, error) {
 	})
 	if err := g.Wait(); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)
-	}
-	img := filepath.Join(work, "image.img")
-	if err := createEmpty(img); err != nil {
-		return res, fmt.Errorf("installer image: %w", err)
-	}
-	if err := writeSquashfs(ctx, s.Progress, stage, img, espStart+espSize, s.Compression, s.Epoch); err != nil {
-		return res, fmt.Errorf("installer image: payload: %w", err)
 	}
 	if res, err = s.writeDisk(ctx, img, esp, espSize); err != nil {
 		return res, fmt.Errorf("installer image: %w", err)

@@ -26,18 +26,27 @@ import (
 // stagePayload stages the payload files under work/payload (hard links
 // where the file system allows, copies otherwise) and writes the manifest
 // (and its signature); it returns the staged tree, for writeSquashfs.
-func (s Spec) stagePayload(ctx context.Context, work string) (string, error) {
-	stage := filepath.Join(work, "payload")
+// Files whose digest the caller gave (PayloadFile.SHA256) are linked
+// without being read.
+func (s Spec) stagePayload(ctx context.Context, work string) (stage string, err error) {
+	stage = filepath.Join(work, "payload")
 	if err := os.Mkdir(stage, 0o755); err != nil {
 		return "", err
 	}
 	task := s.Progress.Start("payload files", 0, "bytes")
 	var sums []string
-	err := func() error {
-		var files []stagedFile
+	var files []stagedFile
+	err = func() error {
 		for _, f := range s.Payload {
+			n := len(files)
 			if err := stageTree(ctx, f.Path, filepath.Join(stage, f.Name), f.Name, &files); err != nil {
 				return fmt.Errorf("%s: %w", f.Name, err)
+			}
+			if f.SHA256 != "" {
+				if len(files) != n+1 || files[n].src != f.Path {
+					return fmt.Errorf("%s: a digest is given, but it is not a regular file", f.Name)
+				}
+				files[n].known = f.SHA256
 			}
 		}
 		var err error
@@ -70,6 +79,7 @@ func (s Spec) stagePayload(ctx context.Context, work string) (string, error) {
 // into the staging tree and hashed for the manifest.
 type stagedFile struct {
 	src, dest, name string
+	known           string // the digest the caller gave, if any
 }
 
 // stageTree makes src's directories and symlinks under dest and lists its
@@ -118,11 +128,18 @@ func linkAndHash(ctx context.Context, files []stagedFile, task *progress.Task) (
 	sums := make([]string, len(files))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(runtime.NumCPU())
-	for i, f := range files {
+	for i := range files {
+		f := &files[i]
 		g.Go(func() error {
-			sum, err := linkOrCopy(gctx, f.src, f.dest, task)
+			sum, err := linkOrCopy(gctx, f.src, f.dest, f.known != "", task)
 			if err != nil {
 				return fmt.Errorf("%s: %w", f.name, err)
+			}
+			switch {
+			case sum == "": // linked, not read
+				sum = f.known
+			case f.known != "" && sum != f.known: // copied: read anyway
+				return fmt.Errorf("%s: sha256 is %s, but %s was given for it", f.name, sum, f.known)
 			}
 			sums[i] = sum + "  " + f.name + "\n"
 			return nil
@@ -132,8 +149,9 @@ func linkAndHash(ctx context.Context, files []stagedFile, task *progress.Task) (
 }
 
 // linkOrCopy hard-links src to dest (copies across file systems) and
-// returns the content's sha256.
-func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (string, error) {
+// returns the content's sha256; with skipHash, a link is not read and its
+// digest is "".
+func linkOrCopy(ctx context.Context, src, dest string, skipHash bool, task *progress.Task) (string, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return "", err
@@ -151,6 +169,8 @@ func linkOrCopy(ctx context.Context, src, dest string, task *progress.Task) (str
 		}
 		defer out.Close()
 		w = io.MultiWriter(h, out)
+	} else if skipHash {
+		return "", nil
 	}
 	if err := pipelinedCopy(io.MultiWriter(w, task), ctxReader{ctx, in}); err != nil {
 		return "", err

@@ -36,6 +36,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 	"github.com/sovereign-stack/ssbuild/handoff/hostdisk"
@@ -45,6 +46,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/initramfs"
 	"github.com/sovereign-stack/ssbuild/images/installer"
 	"github.com/sovereign-stack/ssbuild/images/mounts"
+	"github.com/sovereign-stack/ssbuild/images/outcache"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/internal/signature"
 	"github.com/sovereign-stack/ssbuild/internal/steps"
@@ -70,8 +72,12 @@ type Options struct {
 	Epoch     int64 // 0: baseimage.ResolveEpoch's rules
 	// SignKey is an ed25519 OpenSSH private key file that signs SHA256SUMS
 	// (SHA256SUMS.sig beside it); empty: unsigned.
-	SignKey  string
-	Progress *progress.Reporter
+	SignKey string
+	// ArtifactCache is the output cache's folder (outcache): os.img, the
+	// target's ESP files and the initramfs are reused from it when none
+	// of their inputs changed; empty: built every time.
+	ArtifactCache string
+	Progress      *progress.Reporter
 }
 
 // Result describes the built installer.
@@ -82,6 +88,9 @@ type Result struct {
 	SecretGenerated bool
 	HostOSCached    bool
 	Epoch           int64
+	// Artifacts says for the rootfs, os.img, esp and the initramfs whether
+	// each was built, reused or rebuilt (installer.img always is built).
+	Artifacts []baseimage.Artifact
 }
 
 // Build runs the steps. Nothing is left behind on error.
@@ -120,7 +129,8 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 			err = fmt.Errorf("installer: clean up %s: %w", work, rmErr)
 		}
 	}()
-	b := &build{r: r, opts: opts, epoch: res.Epoch, work: work, out: filepath.Join(work, "out"), signer: signer}
+	b := &build{r: r, opts: opts, epoch: res.Epoch, work: work, out: filepath.Join(work, "out"), signer: signer,
+		cache: outcache.Cache{Dir: opts.ArtifactCache}}
 	err = steps.Runner{Stage: "installer"}.Run(ctx,
 		steps.Step{Name: "hosts", Run: b.hosts},
 		steps.Step{Name: "secret", Run: b.secret},
@@ -137,6 +147,12 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 	res.OutDir, res.Image = opts.OutDir, filepath.Join(opts.OutDir, ImageFile)
 	res.Installer, res.KernelVersion = b.img, b.host.KernelVersion
 	res.SecretGenerated, res.HostOSCached = b.secretGenerated, b.host.CacheHit
+	res.Artifacts = b.artifacts
+	if removed, err := b.cache.Prune(keepPerKind); err != nil {
+		rep.Info("output cache: %v", err) // the build is done; the cache only grows
+	} else if len(removed) > 0 {
+		rep.Info("output cache: removed %d entries not used lately", len(removed))
+	}
 	return res, nil
 }
 
@@ -151,6 +167,19 @@ type build struct {
 	initrd          string
 	img             installer.Result
 	signer          *signature.Signer // nil: unsigned
+
+	// The output cache (cache.go).
+	cache               outcache.Cache
+	artifacts           []baseimage.Artifact
+	layerKey            string
+	layerBuilt          time.Time
+	hostKey, initrdKey  string
+	hostReused          bool // os.img and esp/ came from the cache
+	initrdReused        bool
+	initrdMeta          initramfsMeta
+	initrdSum, osSum    string // known digests ("": not known)
+	whyInitrd           string // its cache entry was corrupt
+	kernel, systemdBoot string // for the installer's ESP; "": the tree's
 }
 
 // hosts refuses, at build time, a recipe the installer would refuse on
@@ -227,19 +256,9 @@ func (b *build) secret(context.Context) error {
 	return config.WriteSecret(b.secretPath, []byte(hex.EncodeToString(raw)+"\n"))
 }
 
-func (b *build) hostOS(ctx context.Context) error {
-	dir := filepath.Join(b.work, "hostos")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	var err error
-	b.host, err = hostos.Build(ctx, hostos.Spec{Recipe: b.r, CacheDir: b.opts.CacheDir, Binary: b.opts.Binary,
-		Epoch: b.epoch, WorkDir: dir, Progress: b.opts.Progress})
-	if err != nil {
-		return err
-	}
-	// The installer checks this again at the target; here it fails the
-	// build rather than every install.
+// checkOSFits: the installer checks this again at the target; here it
+// fails the build rather than every install.
+func (b *build) checkOSFits() error {
 	info, err := os.Stat(b.host.OSImage)
 	if err != nil {
 		return err
@@ -247,8 +266,17 @@ func (b *build) hostOS(ctx context.Context) error {
 	return hostdisk.FitOS(info.Size(), int64(b.r.Installer.Layout.OS))
 }
 
+// InitrdName is the installer initramfs's file name in the build (and in
+// the output cache).
+const InitrdName = "installer-initrd.img"
+
 func (b *build) initramfs(ctx context.Context) error {
-	b.initrd = filepath.Join(b.work, "installer-initrd.img")
+	if b.initrdReused {
+		b.report(ArtifactInitramfs, outcache.Reused, b.initrdSum, "")
+		b.skippedModules(b.initrdMeta.KernelVersion, b.initrdMeta.Skipped)
+		return nil
+	}
+	b.initrd = filepath.Join(b.work, InitrdName)
 	var files map[string][]byte
 	if b.signer != nil {
 		// The installer refuses a payload this key did not sign.
@@ -257,11 +285,18 @@ func (b *build) initramfs(ctx context.Context) error {
 	res, err := initramfs.Build(ctx, initramfs.Spec{Init: b.opts.Binary, Root: b.host.Root,
 		KernelVersion: b.host.KernelVersion, Modules: installerModules(), OptionalModules: initramfs.NICModules,
 		Files: files, Epoch: b.epoch, Progress: b.opts.Progress}, b.initrd)
-	if err == nil && len(res.Skipped) > 0 {
-		b.opts.Progress.Info("initramfs: kernel %s has no NIC driver %s; machines with those NICs can only be told apart by the boot menu",
-			res.KernelVersion, strings.Join(res.Skipped, ", "))
+	if err != nil {
+		return err
 	}
-	return err
+	b.skippedModules(res.KernelVersion, res.Skipped)
+	return b.storeInitramfs(initramfsMeta{KernelVersion: res.KernelVersion, Skipped: res.Skipped}, res.SHA256)
+}
+
+func (b *build) skippedModules(kernel string, skipped []string) {
+	if len(skipped) > 0 {
+		b.opts.Progress.Info("initramfs: kernel %s has no NIC driver %s; machines with those NICs can only be told apart by the boot menu",
+			kernel, strings.Join(skipped, ", "))
+	}
 }
 
 // menu is one boot menu entry per host when the stick installs several:
@@ -298,7 +333,7 @@ func (b *build) image(ctx context.Context) error {
 		return err
 	}
 	payload := []installer.PayloadFile{
-		{Name: stick.OSImage, Path: b.host.OSImage},
+		{Name: stick.OSImage, Path: b.host.OSImage, SHA256: b.osSum},
 		{Name: stick.ESPDir, Path: b.host.ESPDir},
 		{Name: stick.RecipeName, Path: recipeFile},
 		{Name: stick.SecretName, Path: b.secretPath},
@@ -309,9 +344,13 @@ func (b *build) image(ctx context.Context) error {
 		}
 		payload = append(payload, installer.PayloadFile{Name: stick.BaseImageDir, Path: b.opts.BaseImage})
 	}
+	kernel, boot := b.kernel, b.systemdBoot
+	if kernel == "" {
+		kernel, boot = b.host.Kernel(), b.host.SystemdBoot()
+	}
 	spec := installer.Spec{
 		Name: b.r.Name, Epoch: b.epoch,
-		Kernel: b.host.Kernel(), Initramfs: b.initrd, SystemdBoot: b.host.SystemdBoot(), Menu: b.menu(),
+		Kernel: kernel, Initramfs: b.initrd, SystemdBoot: boot, Menu: b.menu(),
 		Payload: payload, Output: filepath.Join(b.out, ImageFile), Progress: b.opts.Progress,
 	}
 	if b.signer != nil {

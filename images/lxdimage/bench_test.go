@@ -13,6 +13,7 @@ import (
 
 	"github.com/sovereign-stack/ssbuild/images/squashfs"
 	"github.com/sovereign-stack/ssbuild/internal/command"
+	"github.com/sovereign-stack/ssbuild/internal/pgz"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
@@ -139,7 +140,7 @@ func benchTarball(b *testing.B, compress func(io.Writer) io.WriteCloser) {
 // The unified tarball as shipped (gzip on every core), as it was (one
 // gzip stream), and the tar writer alone.
 func BenchmarkUnifiedTarball(b *testing.B) {
-	benchTarball(b, func(w io.Writer) io.WriteCloser { return newGzip(w) })
+	benchTarball(b, func(w io.Writer) io.WriteCloser { return pgz.NewWriter(w) })
 }
 func BenchmarkUnifiedTarballOneStream(b *testing.B) { benchTarball(b, newSingleGzip) }
 func BenchmarkTarWriter(b *testing.B)               { benchTarball(b, nil) }

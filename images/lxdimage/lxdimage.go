@@ -35,6 +35,7 @@ import (
 	"slices"
 
 	"github.com/sovereign-stack/ssbuild/handoff/imagedir"
+	"github.com/sovereign-stack/ssbuild/internal/pgz"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -222,7 +223,7 @@ func (s Spec) build(ctx context.Context, dir string) (*Manifest, error) {
 }
 
 func writeMetadataTarball(w io.Writer, metaYAML []byte, epoch int64) error {
-	zw := newGzip(w)
+	zw := pgz.NewWriter(w)
 	tw := newReproducibleTar(zw, epoch, nil)
 	if err := tw.writeGenerated(metadataEntries(metaYAML)); err != nil {
 		return err
@@ -238,7 +239,7 @@ func writeMetadataTarball(w io.Writer, metaYAML []byte, epoch int64) error {
 func (s Spec) writeUnified(ctx context.Context, path string, metaYAML []byte) error {
 	task := s.Progress.Start("unified tarball", 0, "bytes")
 	err := writeFile(path, func(w io.Writer) error {
-		zw := newGzip(w)
+		zw := pgz.NewWriter(w)
 		tw := newReproducibleTar(zw, s.Epoch, task)
 		if err := tw.writeGenerated(metadataEntries(metaYAML)); err != nil {
 			return err

@@ -188,6 +188,10 @@ func ToolVersions(ctx context.Context, formats []Format) (map[string]string, err
 // a Spec without Architecture builds for.
 func DefaultArchitecture() (string, error) { return defaultArchitecture() }
 
+// ToolVersion is the first line tool (mksquashfs, mkfs.ext4, debugfs,
+// qemu-img) prints about its version, for cache keys.
+func ToolVersion(ctx context.Context, tool string) (string, error) { return toolVersion(ctx, tool) }
+
 // toolVersion returns the first line a tool prints about its version.
 func toolVersion(ctx context.Context, tool string) (string, error) {
 	args := map[string][]string{

@@ -3,11 +3,8 @@ package lxdimage
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"runtime"
-	"time"
 
-	"github.com/klauspost/pgzip"
 	"gopkg.in/yaml.v3"
 )
 
@@ -115,31 +112,6 @@ func metadataEntries(metaYAML []byte) []tarEntry {
 		entries = append(entries, tarEntry{name: "templates/" + file, mode: 0o644, body: []byte(t.body)})
 	}
 	return entries
-}
-
-// gzipBlockSize is the input each of pgzip's parallel deflate streams
-// takes (each primed with the previous block's last 32 KiB). The output
-// depends on it, and not on how many blocks are compressed at once, so it
-// is fixed here and the concurrency follows the machine.
-const gzipBlockSize = 1 << 20
-
-// newGzip returns a gzip writer that compresses on every core, whose
-// header carries no name and no time, so equal input gives equal bytes on
-// any machine (TestGzipSameBytesWithAnyConcurrency). pgzip writes one
-// ordinary gzip member: gzip, tar and LXD read it as any other.
-func newGzip(w io.Writer) *pgzip.Writer {
-	return newGzipConcurrency(w, runtime.GOMAXPROCS(0))
-}
-
-func newGzipConcurrency(w io.Writer, blocks int) *pgzip.Writer {
-	zw, _ := pgzip.NewWriterLevel(w, pgzip.DefaultCompression) // a valid level: no error
-	// Twice the cores in flight: one block being written out while every
-	// core compresses another.
-	if err := zw.SetConcurrency(gzipBlockSize, 2*blocks); err != nil {
-		panic(err) // constant arguments, checked by the tests
-	}
-	zw.ModTime = time.Unix(0, 0) // "no time"; the zero time.Time would wrap
-	return zw
 }
 
 func defaultArchitecture() (string, error) { return lxdArchitecture(runtime.GOARCH) }

@@ -21,6 +21,7 @@
 package outcache
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -32,6 +33,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/internal/version"
@@ -318,19 +320,33 @@ func plainName(name string) bool {
 }
 
 // copyFile copies src to dst (created, 0644, synced when asked) and
-// returns the digest and size of what it copied: one read serves both.
+// returns the digest and size of what it copied: one read serves both. A
+// sparse src gives a sparse dst (its zero blocks left as holes), a dense
+// one a dense dst: tools that read the file can tell (mksquashfs packs a
+// sparse file differently), so a restored artifact must be what was built.
 func copyFile(src, dst string, sync bool) (string, int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return "", 0, err
 	}
 	defer in.Close()
+	info, err := in.Stat()
+	if err != nil {
+		return "", 0, err
+	}
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
 		return "", 0, err
 	}
 	h := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(out, h), in, make([]byte, 1<<20))
+	var w io.Writer = out
+	if st, ok := info.Sys().(*syscall.Stat_t); ok && st.Blocks*512 < info.Size() {
+		w = &holeWriter{f: out}
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), in, make([]byte, 1<<20))
+	if err == nil {
+		err = out.Truncate(n) // a hole at the end has no write to make the size
+	}
 	if err == nil && sync {
 		err = out.Sync()
 	}
@@ -342,6 +358,27 @@ func copyFile(src, dst string, sync bool) (string, int64, error) {
 		return "", 0, fmt.Errorf("copy %s: %w", filepath.Base(src), err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// holeWriter writes to f, leaving out 4 KiB blocks of zeros (holes).
+type holeWriter struct {
+	f   *os.File
+	off int64
+}
+
+func (w *holeWriter) Write(p []byte) (int, error) {
+	const block = 4096
+	var zero [block]byte
+	for i := 0; i < len(p); i += block {
+		b := p[i:min(i+block, len(p))]
+		if !bytes.Equal(b, zero[:len(b)]) {
+			if _, err := w.f.WriteAt(b, w.off); err != nil {
+				return i, err
+			}
+		}
+		w.off += int64(len(b))
+	}
+	return len(p), nil
 }
 
 func hashFile(path string) (string, error) {

@@ -1,11 +1,13 @@
 package outcache
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -137,5 +139,59 @@ func TestInputDigest(t *testing.T) {
 	want := sha256.Sum256([]byte("UTXO"))
 	if err != nil || single != hex.EncodeToString(want[:]) {
 		t.Errorf("file digest %q %v", single, err)
+	}
+}
+
+// A restored file is sparse exactly when the stored one was (mksquashfs,
+// for one, packs a sparse file differently from a dense one of the same
+// bytes), with the same bytes.
+func TestRestoreKeepsSparseness(t *testing.T) {
+	c := Cache{Dir: t.TempDir()}
+	src := t.TempDir()
+	sparse, dense := filepath.Join(src, "sparse.img"), filepath.Join(src, "dense.img")
+	content := make([]byte, 3<<20) // zeros but for a block in the middle
+	copy(content[1<<20:], "data")
+	for _, p := range []string{sparse, dense} {
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Holes where the zeros are, in the sparse one only.
+	f, err := os.OpenFile(sparse, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]int64{{0, 1 << 20}, {2 << 20, 1 << 20}} {
+		if err := syscall.Fallocate(int(f.Fd()), 0x01|0x02, r[0], r[1]); err != nil { // KEEP_SIZE|PUNCH_HOLE
+			t.Skipf("no hole punching here: %v", err)
+		}
+	}
+	f.Close()
+	isSparse := func(p string) bool {
+		info, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Sys().(*syscall.Stat_t).Blocks*512 < info.Size()
+	}
+	if !isSparse(sparse) || isSparse(dense) {
+		t.Fatalf("set-up: sparse %v, dense %v", isSparse(sparse), isSparse(dense))
+	}
+	key, _ := Key("disk", "sparseness")
+	if _, err := c.Store("disk", key, nil, nil, sparse, dense); err != nil {
+		t.Fatal(err)
+	}
+	dest := t.TempDir()
+	if _, ok, err := c.Restore(key, dest, nil); !ok || err != nil {
+		t.Fatalf("restore: %v %v", ok, err)
+	}
+	for name, want := range map[string]bool{"sparse.img": true, "dense.img": false} {
+		p := filepath.Join(dest, name)
+		if got := isSparse(p); got != want {
+			t.Errorf("restored %s: sparse %v, want %v", name, got, want)
+		}
+		if b, _ := os.ReadFile(p); !bytes.Equal(b, content) {
+			t.Errorf("restored %s: bytes differ", name)
+		}
 	}
 }

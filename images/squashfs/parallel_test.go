@@ -73,3 +73,20 @@ func TestArgsUseEveryCore(t *testing.T) {
 		t.Errorf("args %q, want %q", got, given)
 	}
 }
+
+// The time options carry the epoch; SOURCE_DATE_EPOCH in the environment
+// (the user's, or set for a FAT written meanwhile by gptimage.WithEpoch)
+// must not make mksquashfs refuse to run.
+func TestTimesWithSourceDateEpochSet(t *testing.T) {
+	testenv.RequireTools(t, "mksquashfs")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+	out := filepath.Join(t.TempDir(), "out.sqfs")
+	args := []string{dir, out, "-noappend", "-all-root", "-mkfs-time", "0", "-all-time", "0"}
+	if err := Make(context.Background(), nil, "test", args); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -28,7 +28,14 @@ func Make(ctx context.Context, rep *progress.Reporter, task string, args []strin
 	}
 	args = withProcessors(args)
 	t := rep.Start(task, 0, "files")
-	_, err := command.Run(ctx, command.Cmd{Name: "mksquashfs", Args: args, Stdout: &barProgress{task: t}})
+	cmd := command.Cmd{Name: "mksquashfs", Args: args, Stdout: &barProgress{task: t}}
+	if slices.Contains(args, "-mkfs-time") || slices.Contains(args, "-all-time") {
+		// The arguments carry the epoch; mksquashfs refuses to run when
+		// SOURCE_DATE_EPOCH is set too, from the user's environment or
+		// from a FAT being written meanwhile (gptimage.WithEpoch).
+		cmd.Unset = []string{"SOURCE_DATE_EPOCH"}
+	}
+	_, err := command.Run(ctx, cmd)
 	t.Done(err)
 	if err != nil {
 		return fmt.Errorf("squashfs: %w", err)

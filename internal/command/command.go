@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -24,6 +25,7 @@ type Cmd struct {
 	Args  []string  // arguments, without the program
 	Dir   string    // working directory; empty means the current one
 	Env   []string  // extra KEY=value entries added to the inherited environment
+	Unset []string  // variables left out of the inherited environment
 	Stdin io.Reader // optional
 	// Stdout receives the tool's standard output. When nil, it is captured
 	// and returned by Run.
@@ -54,8 +56,14 @@ func (e *Error) Unwrap() error { return e.Err }
 func Run(ctx context.Context, c Cmd) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, c.Name, c.Args...)
 	cmd.Dir = c.Dir
-	if len(c.Env) > 0 {
-		cmd.Env = append(cmd.Environ(), c.Env...)
+	if len(c.Env) > 0 || len(c.Unset) > 0 {
+		cmd.Env = nil
+		for _, kv := range cmd.Environ() {
+			if !slices.Contains(c.Unset, strings.SplitN(kv, "=", 2)[0]) {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, c.Env...)
 	}
 	cmd.Stdin = c.Stdin
 	var stdout bytes.Buffer

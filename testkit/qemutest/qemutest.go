@@ -262,8 +262,14 @@ func StaticSSBuild(t *testing.T) string {
 // shared cache and epoch, and fails the test unless it succeeds.
 func BuildInstaller(t *testing.T, bin, recipe, out string, extra ...string) (stdout, stderr bytes.Buffer) {
 	t.Helper()
+	return BuildInstallerCache(t, bin, recipe, out, rootfstest.CacheDir(), extra...)
+}
+
+// BuildInstallerCache is BuildInstaller with the cache folder cache.
+func BuildInstallerCache(t *testing.T, bin, recipe, out, cache string, extra ...string) (stdout, stderr bytes.Buffer) {
+	t.Helper()
 	start := time.Now()
-	args := append([]string{"installer", "--recipe", recipe, "--out", out, "--cache", rootfstest.CacheDir(), "--epoch", "1700000000"}, extra...)
+	args := append([]string{"installer", "--recipe", recipe, "--out", out, "--cache", cache, "--epoch", "1700000000"}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -1,4 +1,4 @@
-package lxdimage
+package pgz
 
 import (
 	"bytes"
@@ -11,14 +11,14 @@ import (
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
-// The tarballs are compressed on every core, so a machine with another
+// Output is compressed on every core, so a machine with another
 // core count, or the same machine under another load, must still write the
 // same bytes: only the fixed block size may shape the output.
-func TestGzipSameBytesWithAnyConcurrency(t *testing.T) {
+func TestSameBytesWithAnyConcurrency(t *testing.T) {
 	// Several blocks and a short last one; text and incompressible data.
 	r := rand.New(rand.NewSource(1))
 	var in bytes.Buffer
-	for i := 0; in.Len() < 5*gzipBlockSize+12345; i++ {
+	for i := 0; in.Len() < 5*BlockSize+12345; i++ {
 		chunk := make([]byte, r.Intn(200<<10))
 		if i%3 == 0 {
 			r.Read(chunk)
@@ -31,7 +31,7 @@ func TestGzipSameBytesWithAnyConcurrency(t *testing.T) {
 	}
 	compress := func(blocks, writeSize int) []byte {
 		var out bytes.Buffer
-		zw := newGzipConcurrency(&out, blocks)
+		zw := NewWriterConcurrency(&out, blocks)
 		for b := in.Bytes(); len(b) > 0; {
 			n := min(writeSize, len(b))
 			if _, err := zw.Write(b[:n]); err != nil {
