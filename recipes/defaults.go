@@ -21,6 +21,10 @@ const (
 	defaultBridge        = "lxdbr0"
 	defaultInstanceCPUs  = 4
 	defaultInstanceMemGB = 4
+	// Continuous protection: a snapshot and a replica refresh every 15
+	// minutes, each snapshot kept for 4 of them (an hour).
+	defaultSnapshotMinutes = 15
+	defaultSnapshotKeep    = 4
 )
 
 // IsDebian reports whether the source suite is a Debian release.
@@ -105,6 +109,13 @@ func applyDefaults(r *Recipe) {
 		if c.Networks[i].Type == "bridge" {
 			setString(&c.Networks[i].IPv4, "auto")
 		}
+	}
+
+	if r.Backup.Snapshots.Minutes == 0 {
+		r.Backup.Snapshots.Minutes = defaultSnapshotMinutes
+	}
+	if r.Backup.Snapshots.Keep == 0 {
+		r.Backup.Snapshots.Keep = defaultSnapshotKeep
 	}
 
 	if r.Deployments == nil {

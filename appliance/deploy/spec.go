@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"fmt"
+	"maps"
 	"strconv"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy/cloudinit"
@@ -86,6 +87,7 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 					"listen": "tcp:0.0.0.0:" + port, "connect": "tcp:127.0.0.1:" + port}
 			}
 		}
+		maps.Copy(s.Config, SnapshotConfig(r))
 		if in.Type == "container" {
 			// Docker runs inside: it needs nested containers.
 			s.Config["security.nesting"] = "true"
@@ -107,7 +109,7 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 		}
 		sizes := map[string]recipes.Size{"docker": in.Disks.Docker, "data": in.Disks.Data, "backup": in.Disks.Backup}
 		for _, kind := range volumeKinds {
-			v := VolumeSpec{Name: role.Name + "-" + kind, Kind: kind, Config: map[string]string{}}
+			v := VolumeSpec{Name: role.Name + "-" + kind, Kind: kind, Config: SnapshotConfig(r)}
 			if sized && sizes[kind] > 0 {
 				v.Config["size"] = sizeString(sizes[kind])
 			}
@@ -120,6 +122,21 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 		return nil, fmt.Errorf("deployment %s: every instance is disabled", d.Name)
 	}
 	return out, nil
+}
+
+// SnapshotConfig is the LXD config that snapshots an instance or a custom
+// volume every backup.snapshots.minutes and expires each snapshot after
+// keep of them: LXD's own scheduler takes and prunes them on the member.
+func SnapshotConfig(r *recipes.Recipe) map[string]string {
+	sn := r.Backup.Snapshots
+	schedule := fmt.Sprintf("*/%d * * * *", sn.Minutes)
+	if sn.Minutes >= 60 {
+		schedule = "0 * * * *"
+	}
+	return map[string]string{
+		"snapshots.schedule": schedule,
+		"snapshots.expiry":   fmt.Sprintf("%dM", sn.Minutes*sn.Keep), // M: minutes in LXD's expiry syntax
+	}
 }
 
 func sizeString(s recipes.Size) string { return strconv.FormatInt(int64(s), 10) + "B" }
