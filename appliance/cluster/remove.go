@@ -15,6 +15,7 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
 
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
@@ -222,8 +223,14 @@ func move(ctx context.Context, c lxd.InstanceServer, from string, mv Move) error
 	}
 	src, dst := pc.UseTarget(from), pc.UseTarget(mv.To)
 	for _, v := range mv.Volumes {
-		if _, _, err := dst.GetStoragePoolVolume(v.Pool, "custom", v.Name); err == nil {
-			continue // copied by an earlier, interrupted run
+		if cur, _, err := dst.GetStoragePoolVolume(v.Pool, "custom", v.Name); err == nil {
+			if cur.Config[deploy.KeyReplicaOf] == "" {
+				continue // copied by an earlier, interrupted run
+			}
+			// The replica pass's copy there is older than the volume.
+			if err := dst.DeleteStoragePoolVolume(v.Pool, "custom", v.Name); err != nil {
+				return fmt.Errorf("delete the replica of %s/%s on %s: %w", v.Pool, v.Name, mv.To, err)
+			}
 		}
 		if err := copyVolume(ctx, src, dst, v); err != nil {
 			return fmt.Errorf("copy volume %s/%s: %w", v.Pool, v.Name, err)

@@ -185,7 +185,9 @@ func keptVolumes(c lxd.InstanceServer, pool string, specs []InstanceSpec) (map[s
 	for _, s := range specs {
 		for _, want := range s.Volumes {
 			for _, v := range vols {
-				if v.Name == want.Name && v.Location != "" && v.Location != "none" {
+				// A replica is a copy on another member, not where the
+				// instance's data lives (host replace promotes it).
+				if v.Name == want.Name && v.Location != "" && v.Location != "none" && v.Config[KeyReplicaOf] == "" {
 					kept[s.Name] = v.Location
 				}
 			}
