@@ -21,11 +21,12 @@ const (
 	defaultBridge        = "lxdbr0"
 	defaultInstanceCPUs  = 4
 	defaultInstanceMemGB = 4
-	// Continuous protection: a snapshot and a replica refresh every 15
-	// minutes, each snapshot kept for 4 of them (an hour).
-	defaultSnapshotMinutes = 15
-	defaultSnapshotKeep    = 4
+	defaultSnapshotKeep  = 4 // intervals (an hour by default)
 )
+
+// DefaultSnapshotMinutes is continuous protection's default interval: a
+// snapshot and a replica refresh every 15 minutes.
+const DefaultSnapshotMinutes = 15
 
 // IsDebian reports whether the source suite is a Debian release.
 func (s Source) IsDebian() bool { return debianSuites[s.Suite] }
@@ -112,7 +113,7 @@ func applyDefaults(r *Recipe) {
 	}
 
 	if r.Backup.Snapshots.Minutes == 0 {
-		r.Backup.Snapshots.Minutes = defaultSnapshotMinutes
+		r.Backup.Snapshots.Minutes = DefaultSnapshotMinutes
 	}
 	if r.Backup.Snapshots.Keep == 0 {
 		r.Backup.Snapshots.Keep = defaultSnapshotKeep

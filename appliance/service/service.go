@@ -128,6 +128,9 @@ type Options struct {
 	// DeployBackoff is the wait before a failed deploy is retried, doubled
 	// up to DeployBackoffMax (DefaultDeployBackoff, DefaultDeployBackoffMax).
 	DeployBackoff, DeployBackoffMax time.Duration
+	// ReplicaInterval, when set, replaces the recipe's
+	// backup.snapshots.minutes as the replica refresh interval.
+	ReplicaInterval time.Duration
 }
 
 // Run brings the host through every step and serves until ctx ends; it
@@ -162,6 +165,8 @@ type svc struct {
 	reg    atomic.Pointer[registry.Registry] // once open, for OnReplace
 
 	rec *cluster.Record // the host's first-boot status, formation's steps included
+
+	replicas replicator // one replica pass at a time
 }
 
 // resuming reports whether this host is an LXD cluster member whose
