@@ -24,6 +24,7 @@ import (
 // the instances where they are.
 const (
 	KeyReplicaOf        = "user.ssbuild.replica-of"        // the member the original is on
+	KeyReplicaInstance  = "user.ssbuild.replica-instance"  // the instance that uses the original
 	KeyReplicaRefreshed = "user.ssbuild.replica-refreshed" // RFC 3339: the data is as of then
 )
 
@@ -161,7 +162,7 @@ func replicateInstance(ctx context.Context, c lxd.InstanceServer, in api.Instanc
 	// A first copy runs live, so the frozen refresh after it is short.
 	for _, v := range vols {
 		if _, _, err := dst.GetStoragePoolVolume(v[0], "custom", v[1]); isNotFound(err) {
-			if err := copyReplica(ctx, src, dst, v, in.Location, time.Now()); err != nil {
+			if err := copyReplica(ctx, src, dst, v, in.Location, in.Name, time.Now()); err != nil {
 				return r, err
 			}
 		}
@@ -175,7 +176,7 @@ func replicateInstance(ctx context.Context, c lxd.InstanceServer, in api.Instanc
 	r.At = time.Now()
 	var errs []error
 	for _, v := range vols {
-		if err := copyReplica(ctx, src, dst, v, in.Location, r.At); err != nil {
+		if err := copyReplica(ctx, src, dst, v, in.Location, in.Name, r.At); err != nil {
 			errs = append(errs, err)
 			break
 		}
@@ -193,7 +194,7 @@ func replicateInstance(ctx context.Context, c lxd.InstanceServer, in api.Instanc
 // copyReplica copies (refreshes, when it exists) volume v from src to dst
 // and labels the copy: a replica of from's, as of at, without the
 // original's snapshot schedule (a replica is refreshed, not snapshotted).
-func copyReplica(ctx context.Context, src, dst lxd.InstanceServer, v [2]string, from string, at time.Time) error {
+func copyReplica(ctx context.Context, src, dst lxd.InstanceServer, v [2]string, from, instance string, at time.Time) error {
 	pool, name := v[0], v[1]
 	vol, _, err := src.GetStoragePoolVolume(pool, "custom", name)
 	if err != nil {
@@ -230,7 +231,8 @@ func copyReplica(ctx context.Context, src, dst lxd.InstanceServer, v [2]string, 
 			delete(put.Config, k)
 		}
 	}
-	maps.Copy(put.Config, map[string]string{KeyReplicaOf: from, KeyReplicaRefreshed: at.UTC().Format(time.RFC3339Nano)})
+	maps.Copy(put.Config, map[string]string{KeyReplicaOf: from, KeyReplicaInstance: instance,
+		KeyReplicaRefreshed: at.UTC().Format(time.RFC3339Nano)})
 	if err := dst.UpdateStoragePoolVolume(pool, "custom", name, put, etag); err != nil {
 		return fmt.Errorf("label replica %s: %w", name, err)
 	}
@@ -242,59 +244,64 @@ type Lost struct {
 	Project, Instance string
 	Volumes           []string
 	pools             []string // each volume's pool
-	// Replica is the member holding a replica of every volume, "" when
-	// some has none (the instance comes back without its data);
-	// Refreshed is when the oldest of them was refreshed.
+	// Replica is the member holding a replica of its volumes, "" when
+	// there is none or some volume LXD knows has none (the instance comes
+	// back without its data); Refreshed is when the oldest of them was.
 	Replica   string
 	Refreshed time.Time
-	Missing   []string // volumes without a replica
+	Missing   []string // volumes without a replica, when LXD still knows them
 }
 
-// LostWith lists the deployed instances of member (read from LXD's
-// database: the member itself may be dead) and their replicas.
+// LostWith lists the instances of member and their replicas. The member
+// may be dead: LXD then lists its instances by name only (no config, no
+// devices), so the replicas are found by their labels (the member and the
+// instance they copy); an instance none names comes back empty.
 func LostWith(c lxd.InstanceServer, member string) ([]Lost, error) {
 	all, err := c.GetInstancesAllProjects(api.InstanceTypeAny)
 	if err != nil {
 		return nil, fmt.Errorf("list instances: %w", err)
 	}
+	pools, err := c.GetStoragePoolNames()
+	if err != nil {
+		return nil, fmt.Errorf("list storage pools: %w", err)
+	}
+	have := map[string]map[[2]string][]api.StorageVolume{} // project -> replicas
 	var out []Lost
 	for _, in := range all {
-		if in.Location != member || in.Config[keyDeployment] == "" {
+		if in.Location != member {
 			continue
 		}
+		if have[in.Project] == nil {
+			if have[in.Project], err = replicas(c, in.Project, pools); err != nil {
+				return nil, err
+			}
+		}
 		l := Lost{Project: in.Project, Instance: in.Name}
-		vols := instanceVolumes(in)
-		var pools []string
-		for _, v := range vols {
-			pools = append(pools, v[0])
-		}
-		have, err := replicas(c, in.Project, pools)
-		if err != nil {
-			return nil, err
-		}
-		for _, v := range vols {
-			l.Volumes = append(l.Volumes, v[1])
-			l.pools = append(l.pools, v[0])
-			found := false
-			for _, rv := range have[v] {
-				if rv.Location == member || (l.Replica != "" && rv.Location != l.Replica) {
+		for k, rvs := range have[in.Project] {
+			for _, rv := range rvs {
+				if rv.Config[KeyReplicaOf] != member || rv.Config[KeyReplicaInstance] != in.Name || rv.Location == member {
 					continue
 				}
 				at, err := time.Parse(time.RFC3339Nano, rv.Config[KeyReplicaRefreshed])
-				if err != nil {
+				if err != nil || (l.Replica != "" && rv.Location != l.Replica) {
 					continue
 				}
-				l.Replica, found = rv.Location, true
+				l.Replica = rv.Location
+				l.Volumes = append(l.Volumes, k[1])
+				l.pools = append(l.pools, k[0])
 				if l.Refreshed.IsZero() || at.Before(l.Refreshed) {
 					l.Refreshed = at
 				}
 			}
-			if !found {
+		}
+		// The instance's own volumes, when LXD still knows its devices.
+		for _, v := range instanceVolumes(in) {
+			if !slices.Contains(l.Volumes, v[1]) {
 				l.Missing = append(l.Missing, v[1])
 			}
 		}
 		if len(l.Missing) > 0 {
-			l.Replica, l.Refreshed = "", time.Time{}
+			l.Replica, l.Refreshed, l.Volumes, l.pools = "", time.Time{}, nil, nil
 		}
 		out = append(out, l)
 	}
@@ -322,6 +329,7 @@ func Promote(c lxd.InstanceServer, lost []Lost) error {
 			}
 			put := cur.Writable()
 			delete(put.Config, KeyReplicaOf)
+			delete(put.Config, KeyReplicaInstance)
 			delete(put.Config, KeyReplicaRefreshed)
 			if err := tc.UpdateStoragePoolVolume(p, "custom", name, put, etag); err != nil {
 				errs = append(errs, fmt.Errorf("promote replica %s/%s on %s: %w", l.Project, name, l.Replica, err))

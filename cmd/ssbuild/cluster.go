@@ -118,7 +118,11 @@ func hostReplace(c *cli.Context) error {
 			fmt.Fprintf(c.App.Writer, "%s/%s: replica of its volumes on %s as of %s (%s ago): what it wrote since then is lost\n",
 				l.Project, l.Instance, l.Replica, l.Refreshed.Format(time.RFC3339), now.Sub(l.Refreshed).Round(time.Second))
 		} else {
-			fmt.Fprintf(c.App.Writer, "%s/%s: no replica of %s: it comes back empty\n", l.Project, l.Instance, strings.Join(l.Missing, ", "))
+			what := "its volumes"
+			if len(l.Missing) > 0 {
+				what = strings.Join(l.Missing, ", ")
+			}
+			fmt.Fprintf(c.App.Writer, "%s/%s: no replica of %s: it comes back empty\n", l.Project, l.Instance, what)
 		}
 	}
 	if !c.Bool("yes") {
