@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -157,7 +158,7 @@ func hostReplace(c *cli.Context) error {
 	rep, err := deploy.Deploy(c.Context, deploy.Options{LXD: lxdc, Recipe: r, ImageDir: a.Deploy.Image,
 		State: &deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName)}, Member: a.Host.Name, Progress: progressFor(c)})
 	for _, in := range rep.Instances {
-		if in.Created {
+		if slices.ContainsFunc(lost, func(l deploy.Lost) bool { return l.Project == in.Project && l.Instance == in.Name }) {
 			fmt.Fprintf(c.App.Writer, "%s/%s: up on %s\n", in.Project, in.Name, in.Member)
 		}
 	}
