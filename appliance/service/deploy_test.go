@@ -798,8 +798,20 @@ func failover(t *testing.T, ctx context.Context, bed *testbed.Bed, hosts []confi
 		t.Errorf("the site answered %s after the member was lost, more than 10 minutes", since.Round(time.Second))
 	}
 	// Docker restarts the database from the replica's state (PostgreSQL
-	// recovers as after a power cut): the site answered, so it is up.
-	rows := psql("SELECT body FROM pages ORDER BY id")
+	// recovers as after a power cut); it may still be starting.
+	var rows string
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
+		out, errOut, code, err := lxdexec.Run(at.Bed.LXD().UseProject(project), "btcpay", "docker", "exec", project+"-btcpay",
+			"psql", "-tA", "-c", "SELECT body FROM pages ORDER BY id")
+		if err == nil && code == 0 {
+			rows = out
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored database does not answer: code %d, %v: %s", code, err, errOut)
+		}
+	}
+	t.Logf("figure: the restored database answers %s after the loss", time.Since(killed).Round(time.Second))
 	if !strings.Contains(rows, "written before the replica") {
 		t.Errorf("the row written before the replica pass is lost: %q", rows)
 	}
