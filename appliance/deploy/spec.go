@@ -87,7 +87,14 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 					"listen": "tcp:0.0.0.0:" + port, "connect": "tcp:127.0.0.1:" + port}
 			}
 		}
-		maps.Copy(s.Config, SnapshotConfig(r))
+		sized := t.Driver != "dir" // the dir driver has no quotas here
+		// LXD's scheduled snapshots, on copy-on-write pools: on dir each
+		// one is a full copy with the instance frozen meanwhile.
+		snapshots := map[string]string{}
+		if t.Driver != "dir" {
+			snapshots = SnapshotConfig(r)
+		}
+		maps.Copy(s.Config, snapshots)
 		if in.Type == "container" {
 			// Docker runs inside: it needs nested containers.
 			s.Config["security.nesting"] = "true"
@@ -103,13 +110,12 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 		if in.MAC != "" {
 			s.Devices["eth0"]["hwaddr"] = string(in.MAC)
 		}
-		sized := t.Driver != "dir" // the dir driver has no quotas here
 		if sized && in.Disks.Root > 0 {
 			s.Devices["root"]["size"] = sizeString(in.Disks.Root)
 		}
 		sizes := map[string]recipes.Size{"docker": in.Disks.Docker, "data": in.Disks.Data, "backup": in.Disks.Backup}
 		for _, kind := range volumeKinds {
-			v := VolumeSpec{Name: role.Name + "-" + kind, Kind: kind, Config: SnapshotConfig(r)}
+			v := VolumeSpec{Name: role.Name + "-" + kind, Kind: kind, Config: maps.Clone(snapshots)}
 			if sized && sizes[kind] > 0 {
 				v.Config["size"] = sizeString(sizes[kind])
 			}
