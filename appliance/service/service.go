@@ -393,11 +393,22 @@ func (s *svc) forget(ctx context.Context, name, address string) error {
 		return errors.New("this host's registry node is not open yet")
 	}
 	node := s.cfg.Cluster.RegistryAddress(address)
-	if err := reg.RemoveNode(ctx, node); err != nil {
-		return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
-	}
-	if err := reg.DeleteHost(ctx, name); err != nil {
-		return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
+	// Both steps are idempotent: retried while the registry elects a new
+	// leader (the lost host may have been the leader, and a call cut by
+	// its loss ends in EOF, which the registry does not retry itself).
+	for {
+		err := reg.RemoveNode(ctx, node)
+		if err == nil {
+			err = reg.DeleteHost(ctx, name)
+		}
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
+		case <-time.After(time.Second):
+		}
 	}
 	s.log.Info("%s: registry: forgot %s (node %s and its row) before it joins again", s.cfg.Host.Name, name, node)
 	return nil
