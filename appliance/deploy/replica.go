@@ -202,9 +202,13 @@ func copyReplica(ctx context.Context, src, dst lxd.InstanceServer, v [2]string, 
 	}
 	_, _, err = dst.GetStoragePoolVolume(pool, "custom", name)
 	exists := err == nil
+	// volatile.idmap.* stay: they say the files are already shifted to
+	// the instances' ID map; without them LXD shifts the copy again when
+	// an instance attaches it, and PostgreSQL finds its data owned by
+	// nobody.
 	cfg := map[string]string{}
 	for k, val := range vol.Config {
-		if !strings.HasPrefix(k, "snapshots.") && !strings.HasPrefix(k, "volatile.") {
+		if !strings.HasPrefix(k, "snapshots.") {
 			cfg[k] = val
 		}
 	}

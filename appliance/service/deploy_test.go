@@ -808,7 +808,9 @@ func failover(t *testing.T, ctx context.Context, bed *testbed.Bed, hosts []confi
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the restored database does not answer: code %d, %v: %s", code, err, errOut)
+			ps, _, _, _ := lxdexec.Run(at.Bed.LXD().UseProject(project), "btcpay", "docker", "ps", "-a")
+			logs, logsErr, _, _ := lxdexec.Run(at.Bed.LXD().UseProject(project), "btcpay", "docker", "logs", "--tail", "20", project+"-btcpay-db")
+			t.Fatalf("the restored database does not answer: code %d, %v: %s\ndocker ps -a:\n%s\nbtcpay-db's log:\n%s%s", code, err, errOut, ps, logs, logsErr)
 		}
 	}
 	t.Logf("figure: the restored database answers %s after the loss", time.Since(killed).Round(time.Second))
