@@ -15,7 +15,10 @@
 //	serving         <stateDir>/service.sock answers status requests; the
 //	                host's row is rewritten every Heartbeat (with the step
 //	                and last error of the status file), so its update
-//	                time says the host and the registry are alive
+//	                time says the host and the registry are alive; the
+//	                holder of the registry's replica lease refreshes every
+//	                deployed instance's volume replicas on another member
+//	                every backup.snapshots.minutes (ReplicaLease)
 //	deployed        only on a host whose appliance.yaml has a deploy section
 //	                (the installer gives every host one; only the initiator's
 //	                names the base image): while serving, once every
