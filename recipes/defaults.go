@@ -21,7 +21,12 @@ const (
 	defaultBridge        = "lxdbr0"
 	defaultInstanceCPUs  = 4
 	defaultInstanceMemGB = 4
+	defaultSnapshotKeep  = 4 // intervals (an hour by default)
 )
+
+// DefaultSnapshotMinutes is continuous protection's default interval: a
+// snapshot and a replica refresh every 15 minutes.
+const DefaultSnapshotMinutes = 15
 
 // IsDebian reports whether the source suite is a Debian release.
 func (s Source) IsDebian() bool { return debianSuites[s.Suite] }
@@ -128,6 +133,13 @@ func applyDefaults(r *Recipe) {
 		if c.Networks[i].Type == "bridge" {
 			setString(&c.Networks[i].IPv4, "auto")
 		}
+	}
+
+	if r.Backup.Snapshots.Minutes == 0 {
+		r.Backup.Snapshots.Minutes = DefaultSnapshotMinutes
+	}
+	if r.Backup.Snapshots.Keep == 0 {
+		r.Backup.Snapshots.Keep = defaultSnapshotKeep
 	}
 
 	if r.Deployments == nil {

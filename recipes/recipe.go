@@ -23,7 +23,7 @@ type Recipe struct {
 	Installer   Installer    `yaml:"installer" json:"installer" doc:"stage 2: the USB installer that installs the cluster hosts"`
 	Cluster     Cluster      `yaml:"cluster" json:"cluster" doc:"stage 3: the LXD cluster the hosts form on first boot"`
 	Deployments []Deployment `yaml:"deployments" json:"deployments" doc:"stage 4: the sites deployed onto the cluster, one LXD project each"`
-	Backup      Backup       `yaml:"backup,omitempty" json:"backup,omitempty" doc:"ssbuild backup: who can read the deployments' backups"`
+	Backup      Backup       `yaml:"backup,omitempty" json:"backup,omitempty" doc:"ssbuild backup: who can read the deployments' backups; continuous protection: snapshots and replicas"`
 
 	// File is where the recipe was read from ("builtin:demo" for a shipped
 	// one); relative paths in it are relative to its directory.
@@ -34,7 +34,15 @@ type Recipe struct {
 // Backup says how ssbuild backup encrypts: only to the owner's keys, whose
 // private halves never sit beside a backup.
 type Backup struct {
-	Recipients []string `yaml:"recipients,omitempty" json:"recipients,omitempty" doc:"age public keys (age1...) every backup is encrypted to; ssbuild backup refuses to run without one"`
+	Recipients []string  `yaml:"recipients,omitempty" json:"recipients,omitempty" doc:"age public keys (age1...) every backup is encrypted to; ssbuild backup refuses to run without one"`
+	Snapshots  Snapshots `yaml:"snapshots,omitempty" json:"snapshots,omitempty" doc:"continuous protection of every deployed instance: LXD snapshots on its member and a replica of its volumes on another member"`
+}
+
+// Snapshots is continuous protection: how often, and for how long.
+// Losing a member loses at most Minutes of its instances' data.
+type Snapshots struct {
+	Minutes int `yaml:"minutes,omitempty" json:"minutes,omitempty" rule:"min=1,max=60" doc:"every how many minutes each instance and its custom volumes get an LXD snapshot (snapshots.schedule) and the replica of its volumes on another member is refreshed"`
+	Keep    int `yaml:"keep,omitempty" json:"keep,omitempty" rule:"min=1,max=1000" doc:"how many intervals a snapshot is kept (snapshots.expiry = minutes × keep)"`
 }
 
 // Path resolves a path written in the recipe against the recipe's directory.

@@ -234,8 +234,14 @@ func MoveInstance(ctx context.Context, c lxd.InstanceServer, from string, mv Mov
 	}
 	src, dst := pc.UseTarget(from), pc.UseTarget(mv.To)
 	for _, v := range mv.Volumes {
-		if _, _, err := dst.GetStoragePoolVolume(v.Pool, "custom", v.Name); err == nil {
-			continue // copied by an earlier, interrupted run
+		if cur, _, err := dst.GetStoragePoolVolume(v.Pool, "custom", v.Name); err == nil {
+			if cur.Config[KeyReplicaOf] == "" {
+				continue // copied by an earlier, interrupted run
+			}
+			// The replica pass's copy there is older than the volume.
+			if err := dst.DeleteStoragePoolVolume(v.Pool, "custom", v.Name); err != nil {
+				return fmt.Errorf("delete the replica of %s/%s on %s: %w", v.Pool, v.Name, mv.To, err)
+			}
 		}
 		if err := copyVolume(ctx, src, dst, v); err != nil {
 			return fmt.Errorf("copy volume %s/%s: %w", v.Pool, v.Name, err)
@@ -307,6 +313,15 @@ func copyVolume(ctx context.Context, src, dst lxd.InstanceServer, v VolumeRef) (
 	}
 	return nil
 }
+
+// The labels of a replica volume (appliance/deploy's replica pass makes
+// them): a copy of an instance's custom volume on another member, under
+// the same name.
+const (
+	KeyReplicaOf        = "user.ssbuild.replica-of"        // the member the original is on
+	KeyReplicaInstance  = "user.ssbuild.replica-instance"  // the instance that uses the original
+	KeyReplicaRefreshed = "user.ssbuild.replica-refreshed" // RFC 3339: the data is as of then
+)
 
 // ReplaceDead force-removes member name, which must be offline (dead, or
 // being re-installed), from LXD after forget (when set) dropped it from

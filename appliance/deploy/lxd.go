@@ -185,7 +185,9 @@ func keptVolumes(c lxd.InstanceServer, pool string, specs []InstanceSpec) (map[s
 	for _, s := range specs {
 		for _, want := range s.Volumes {
 			for _, v := range vols {
-				if v.Name == want.Name && v.Location != "" && v.Location != "none" {
+				// A replica is a copy on another member, not where the
+				// instance's data lives (host replace promotes it).
+				if v.Name == want.Name && v.Location != "" && v.Location != "none" && v.Config[KeyReplicaOf] == "" {
 					kept[s.Name] = v.Location
 				}
 			}
@@ -277,7 +279,17 @@ func wwwList(wwwOf map[string]string) string {
 func ensureVolumes(c lxd.InstanceServer, pool string, s InstanceSpec, member string, m *mutations) error {
 	pc := scoped(c.UseProject(s.Project), member)
 	for _, v := range s.Volumes {
-		if _, _, err := pc.GetStoragePoolVolume(pool, "custom", v.Name); err == nil {
+		if cur, etag, err := pc.GetStoragePoolVolume(pool, "custom", v.Name); err == nil {
+			// Existing volumes get the snapshot keys a later recipe (or
+			// ssbuild) sets; other keys are LXD's or fixed at creation.
+			if !configMatches(cur.Config, snapshotKeys(v.Config)) {
+				put := cur.Writable()
+				maps.Copy(put.Config, snapshotKeys(v.Config))
+				if err := pc.UpdateStoragePoolVolume(pool, "custom", v.Name, put, etag); err != nil {
+					return fmt.Errorf("volume %s/%s: set its snapshot schedule: %w", s.Project, v.Name, err)
+				}
+				m.add(1)
+			}
 			continue
 		} else if !isNotFound(err) {
 			return fmt.Errorf("volume %s/%s: %w", s.Project, v.Name, err)
@@ -290,6 +302,18 @@ func ensureVolumes(c lxd.InstanceServer, pool string, s InstanceSpec, member str
 		m.add(1)
 	}
 	return nil
+}
+
+// snapshotKeys is the part of a volume's config that applies to an
+// existing volume too.
+func snapshotKeys(c map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range c {
+		if strings.HasPrefix(k, "snapshots.") {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // ensureInstance creates the instance on member when missing, brings its

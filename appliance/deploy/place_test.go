@@ -4,7 +4,10 @@ import (
 	"strings"
 	"testing"
 
+	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
+
+	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
 func instance(project, name, member string) api.Instance {
@@ -118,5 +121,54 @@ func TestChooseHonoursHost(t *testing.T) {
 	_, err = choose(members, all, nil, []InstanceSpec{{Project: "b-regtest", Name: "www", Host: "h1"}})
 	if err == nil || !strings.Contains(err.Error(), "already runs the www of a-regtest") {
 		t.Errorf("b's www on a's www member: %v", err)
+	}
+}
+
+// volumesLXD answers keptVolumes' two questions: the project exists, and
+// its custom volumes with their members and labels.
+type volumesLXD struct {
+	lxd.InstanceServer
+	vols []api.StorageVolume
+}
+
+func (f *volumesLXD) GetProject(string) (*api.Project, string, error) { return &api.Project{}, "", nil }
+func (f *volumesLXD) UseProject(string) lxd.InstanceServer            { return f }
+func (f *volumesLXD) GetStoragePoolVolumes(string) ([]api.StorageVolume, error) {
+	return f.vols, nil
+}
+
+// TestKeptVolumesIgnoreReplicas: a replica of btcpay's volumes on
+// another member (same name, labelled) never decides where btcpay comes
+// back; once host replace promoted it (label removed), it does.
+func TestKeptVolumesIgnoreReplicas(t *testing.T) {
+	specs := []InstanceSpec{{Project: "a-regtest", Name: "btcpay", Volumes: []VolumeSpec{{Name: "btcpay-data"}}}}
+	replica := api.StorageVolume{Name: "btcpay-data", Type: "custom", Location: "h3", Config: map[string]string{KeyReplicaOf: "h2"}}
+	f := &volumesLXD{vols: []api.StorageVolume{{Name: "btcpay-data", Type: "custom", Location: "h2", Config: map[string]string{}}, replica}}
+	kept, err := keptVolumes(f, "local", specs)
+	if err != nil || kept["btcpay"] != "h2" {
+		t.Errorf("kept volumes with a replica on h3: %v, %v; want btcpay on h2", kept, err)
+	}
+	f.vols = []api.StorageVolume{replica}
+	if kept, _ := keptVolumes(f, "local", specs); kept["btcpay"] != "" {
+		t.Errorf("an unpromoted replica placed btcpay on %s", kept["btcpay"])
+	}
+	f.vols[0].Config = map[string]string{}
+	if kept, _ := keptVolumes(f, "local", specs); kept["btcpay"] != "h3" {
+		t.Errorf("the promoted replica on h3: btcpay kept on %q", kept["btcpay"])
+	}
+}
+
+// TestSnapshotConfig: LXD's schedule and expiry from the recipe's
+// minutes and keep.
+func TestSnapshotConfig(t *testing.T) {
+	for _, c := range []struct {
+		minutes, keep    int
+		schedule, expiry string
+	}{{15, 4, "*/15 * * * *", "60M"}, {1, 3, "*/1 * * * *", "3M"}, {60, 24, "0 * * * *", "1440M"}} {
+		r := &recipes.Recipe{Backup: recipes.Backup{Snapshots: recipes.Snapshots{Minutes: c.minutes, Keep: c.keep}}}
+		got := SnapshotConfig(r)
+		if got["snapshots.schedule"] != c.schedule || got["snapshots.expiry"] != c.expiry {
+			t.Errorf("minutes %d keep %d: %v, want %q and %q", c.minutes, c.keep, got, c.schedule, c.expiry)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"fmt"
+	"maps"
 	"strconv"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy/cloudinit"
@@ -87,6 +88,14 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 					"listen": "tcp:0.0.0.0:" + port, "connect": "tcp:127.0.0.1:" + port}
 			}
 		}
+		sized := t.Driver != "dir" // the dir driver has no quotas here
+		// LXD's scheduled snapshots, on copy-on-write pools: on dir each
+		// one is a full copy with the instance frozen meanwhile.
+		snapshots := map[string]string{}
+		if t.Driver != "dir" {
+			snapshots = SnapshotConfig(r)
+		}
+		maps.Copy(s.Config, snapshots)
 		if in.Type == "container" {
 			// Docker runs inside: it needs nested containers.
 			s.Config["security.nesting"] = "true"
@@ -102,13 +111,12 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 		if in.MAC != "" {
 			s.Devices["eth0"]["hwaddr"] = string(in.MAC)
 		}
-		sized := t.Driver != "dir" // the dir driver has no quotas here
 		if sized && in.Disks.Root > 0 {
 			s.Devices["root"]["size"] = sizeString(in.Disks.Root)
 		}
 		sizes := map[string]recipes.Size{"docker": in.Disks.Docker, "data": in.Disks.Data, "backup": in.Disks.Backup}
 		for _, kind := range volumeKinds {
-			v := VolumeSpec{Name: role.Name + "-" + kind, Kind: kind, Config: map[string]string{}}
+			v := VolumeSpec{Name: role.Name + "-" + kind, Kind: kind, Config: maps.Clone(snapshots)}
 			if sized && sizes[kind] > 0 {
 				v.Config["size"] = sizeString(sizes[kind])
 			}
@@ -121,6 +129,21 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 		return nil, fmt.Errorf("deployment %s: every instance is disabled", d.Name)
 	}
 	return out, nil
+}
+
+// SnapshotConfig is the LXD config that snapshots an instance or a custom
+// volume every backup.snapshots.minutes and expires each snapshot after
+// keep of them: LXD's own scheduler takes and prunes them on the member.
+func SnapshotConfig(r *recipes.Recipe) map[string]string {
+	sn := r.Backup.Snapshots
+	schedule := fmt.Sprintf("*/%d * * * *", sn.Minutes)
+	if sn.Minutes >= 60 {
+		schedule = "0 * * * *"
+	}
+	return map[string]string{
+		"snapshots.schedule": schedule,
+		"snapshots.expiry":   fmt.Sprintf("%dM", sn.Minutes*sn.Keep), // M: minutes in LXD's expiry syntax
+	}
 }
 
 func sizeString(s recipes.Size) string { return strconv.FormatInt(int64(s), 10) + "B" }

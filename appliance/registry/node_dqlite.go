@@ -243,7 +243,7 @@ func (n *dqliteNode) members(ctx context.Context) ([]Member, error) {
 // busy while a leader is being elected or catching up, and the driver
 // says no leader at all while an election runs.
 func isRetriable(err error) bool {
-	if errors.Is(err, driver.ErrNoAvailableLeader) || errors.Is(err, sqldriver.ErrBadConn) {
+	if errors.Is(err, driver.ErrNoAvailableLeader) || errors.Is(err, sqldriver.ErrBadConn) || connLost(err) {
 		return true
 	}
 	var derr driver.Error

@@ -19,8 +19,10 @@ import (
 	"context"
 	"crypto/tls"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -136,8 +138,23 @@ func (r *Registry) inTx(ctx context.Context, what string, fn func(*sql.Tx) error
 	}
 }
 
-func (r *Registry) tryTx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := r.db.BeginTx(ctx, nil)
+func (r *Registry) tryTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if connLost(err) {
+			// go-dqlite v1.11.5 reports a connection its leader closed
+			// (over TLS: io.EOF) as an error, not as a bad connection, so
+			// database/sql would keep handing it out: every later call
+			// failed with EOF after the leader was lost. Dropped here, the
+			// next try dials the new leader.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		_ = conn.Close()
+	}()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -146,6 +163,11 @@ func (r *Registry) tryTx(ctx context.Context, fn func(*sql.Tx) error) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// connLost reports an error that means the connection's peer went away.
+func connLost(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // unixNano and fromUnixNano store times as integers: exact, sortable and

@@ -64,7 +64,7 @@ func (s *svc) deployUntilDone(ctx context.Context, reg *registry.Registry, state
 	maxBackoff := cmp.Or(s.o.DeployBackoffMax, DefaultDeployBackoffMax)
 	started := time.Now()
 	for attempt := 1; ; attempt++ {
-		if err := s.waitMembersOnline(ctx); err != nil {
+		if err := s.waitMembersOnline(ctx, reg); err != nil {
 			return // only ctx ends the wait
 		}
 		if err := s.waitBaseImage(ctx); err != nil {
@@ -190,11 +190,15 @@ func (s *svc) waitBaseImage(ctx context.Context) error {
 
 // waitMembersOnline returns once every configured member is an online LXD
 // cluster member: a deploy places instances on members, and one that has
-// not joined yet would get none of them.
-func (s *svc) waitMembersOnline(ctx context.Context) error {
+// not joined yet would get none of them. Once the cluster has been
+// deployed (the registry has a deployed revision), a configured member
+// LXD no longer lists was removed (host remove, or host replace of a lost
+// one) and is not waited for; one LXD lists as offline is, and the log
+// says how to stop waiting if it is lost.
+func (s *svc) waitMembersOnline(ctx context.Context, reg *registry.Registry) error {
 	last := ""
 	for {
-		missing := s.membersNotOnline()
+		missing := s.membersNotOnline(s.deployedBefore(ctx, reg))
 		if missing == "" {
 			return nil
 		}
@@ -210,9 +214,28 @@ func (s *svc) waitMembersOnline(ctx context.Context) error {
 	}
 }
 
+// deployedBefore reports whether some deployment has a deployed revision.
+func (s *svc) deployedBefore(ctx context.Context, reg *registry.Registry) bool {
+	if reg == nil {
+		return false
+	}
+	rctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	revs, err := reg.Deployments(rctx)
+	if err != nil {
+		return false
+	}
+	for _, r := range revs {
+		if r.State == registry.RevisionDeployed {
+			return true
+		}
+	}
+	return false
+}
+
 // membersNotOnline says which configured members LXD does not list as
-// online; "" when all are.
-func (s *svc) membersNotOnline() string {
+// online, and why; "" when all are (or, removed ones skipped, the rest).
+func (s *svc) membersNotOnline(removedAreGone bool) string {
 	members, err := s.o.LXD.GetClusterMembers()
 	if err != nil {
 		return fmt.Sprintf("list members (GET /1.0/cluster/members): %v", err)
@@ -223,12 +246,14 @@ func (s *svc) membersNotOnline() string {
 	}
 	var missing []string
 	for _, m := range s.cfg.Cluster.Members {
-		switch st := status[m.Name]; st {
-		case "Online":
-		case "":
+		switch st := status[m.Name]; {
+		case st == "Online":
+		case st == "" && removedAreGone:
+			// Removed from the cluster after it was deployed: not waited for.
+		case st == "":
 			missing = append(missing, m.Name+" not a member yet")
 		default:
-			missing = append(missing, m.Name+" "+st)
+			missing = append(missing, fmt.Sprintf("%s %s (if it is lost, `ssbuild host replace %s --yes` on a member brings its instances up from their replicas and ends this wait)", m.Name, st, m.Name))
 		}
 	}
 	slices.Sort(missing)

@@ -82,6 +82,7 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 		_ = json.NewEncoder(w).Encode(v)
 	})
 	mux.HandleFunc("POST "+forgetPath, s.handleForget)
+	mux.HandleFunc("POST "+replicatePath, s.handleReplicate(reg))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -98,9 +99,11 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 	}
 	dctx, stopDeploy := context.WithCancel(ctx)
 	waitDeploy := s.startDeploy(dctx, reg, state)
+	waitReplicas := s.startReplicas(dctx, reg)
 	defer func() {
 		stopDeploy()
 		waitDeploy()
+		waitReplicas()
 	}()
 	return s.heartbeat(ctx, reg)
 }

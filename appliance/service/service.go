@@ -15,7 +15,10 @@
 //	serving         <stateDir>/service.sock answers status requests; the
 //	                host's row is rewritten every Heartbeat (with the step
 //	                and last error of the status file), so its update
-//	                time says the host and the registry are alive
+//	                time says the host and the registry are alive; the
+//	                holder of the registry's replica lease refreshes every
+//	                deployed instance's volume replicas on another member
+//	                every backup.snapshots.minutes (ReplicaLease)
 //	deployed        only on a host whose appliance.yaml has a deploy section
 //	                (the installer gives every host one; only the initiator's
 //	                names the base image): while serving, once every
@@ -128,6 +131,9 @@ type Options struct {
 	// DeployBackoff is the wait before a failed deploy is retried, doubled
 	// up to DeployBackoffMax (DefaultDeployBackoff, DefaultDeployBackoffMax).
 	DeployBackoff, DeployBackoffMax time.Duration
+	// ReplicaInterval, when set, replaces the recipe's
+	// backup.snapshots.minutes as the replica refresh interval.
+	ReplicaInterval time.Duration
 }
 
 // Run brings the host through every step and serves until ctx ends; it
@@ -162,6 +168,8 @@ type svc struct {
 	reg    atomic.Pointer[registry.Registry] // once open, for OnReplace
 
 	rec *cluster.Record // the host's first-boot status, formation's steps included
+
+	replicas replicator // one replica pass at a time
 }
 
 // resuming reports whether this host is an LXD cluster member whose
@@ -388,11 +396,22 @@ func (s *svc) forget(ctx context.Context, name, address string) error {
 		return errors.New("this host's registry node is not open yet")
 	}
 	node := s.cfg.Cluster.RegistryAddress(address)
-	if err := reg.RemoveNode(ctx, node); err != nil {
-		return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
-	}
-	if err := reg.DeleteHost(ctx, name); err != nil {
-		return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
+	// Both steps are idempotent: retried while the registry elects a new
+	// leader (the lost host may have been the leader, and a call cut by
+	// its loss ends in EOF, which the registry does not retry itself).
+	for {
+		err := reg.RemoveNode(ctx, node)
+		if err == nil {
+			err = reg.DeleteHost(ctx, name)
+		}
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("service: %s: %w", s.cfg.Host.Name, err)
+		case <-time.After(time.Second):
+		}
 	}
 	s.log.Info("%s: registry: forgot %s (node %s and its row) before it joins again", s.cfg.Host.Name, name, node)
 	return nil

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
@@ -61,9 +64,10 @@ func hostCommand() *cli.Command {
 			},
 			{
 				Name: "replace",
-				Usage: "forget a dead host (offline in LXD): remove it from the registry and, forced, from the LXD cluster; " +
-					"its instances and their volumes are lost with it and are listed first (without --yes nothing changes); " +
-					"the next deploy brings them up empty on the others, and the re-installed machine joins with its stick",
+				Usage: "forget a dead host (offline in LXD): remove it from the registry and, forced, from the LXD cluster, " +
+					"then deploy: its instances come up on the others from the replicas of their volumes (empty without one). " +
+					"Each instance's replica age (the data lost) is listed first; without --yes nothing changes. " +
+					"The re-installed machine joins with its stick",
 				ArgsUsage: "NAME",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Value: config.DefaultPath, Usage: "this member's appliance.yaml `FILE`"},
@@ -100,19 +104,68 @@ func hostReplace(c *cli.Context) error {
 		}
 		return service.Forget(ctx, a, name, u.Hostname())
 	}
-	lost, err := cluster.ReplaceDead(c.Context, lxdc, name, c.Bool("yes"), forget)
-	what := "no instances"
-	if len(lost) > 0 {
-		what = "its instances " + strings.Join(lost, ", ") + " and their volumes"
-	}
-	switch {
-	case err != nil:
+	// What each lost instance comes back with, read while LXD still
+	// lists the member's instances: said before anything changes.
+	if _, err := cluster.ReplaceDead(c.Context, lxdc, name, false, nil); err != nil {
 		return err
-	case !c.Bool("yes"):
-		fmt.Fprintf(c.App.Writer, "%s is offline; replacing it loses %s. Run again with --yes to remove it.\n", name, what)
-	default:
-		fmt.Fprintf(c.App.Writer, "%s removed with %s; the next deploy brings its instances up empty on the others; the re-installed machine joins with its stick\n", name, what)
 	}
+	lost, err := deploy.LostWith(lxdc, name)
+	if err != nil {
+		return fmt.Errorf("replace %s: %w", name, err)
+	}
+	now := time.Now()
+	for _, l := range lost {
+		if l.Replica != "" {
+			fmt.Fprintf(c.App.Writer, "%s/%s: replica of its volumes on %s as of %s (%s ago): what it wrote since then is lost\n",
+				l.Project, l.Instance, l.Replica, l.Refreshed.Format(time.RFC3339), now.Sub(l.Refreshed).Round(time.Second))
+		} else {
+			what := "its volumes"
+			if len(l.Missing) > 0 {
+				what = strings.Join(l.Missing, ", ")
+			}
+			fmt.Fprintf(c.App.Writer, "%s/%s: no replica of %s: it comes back empty\n", l.Project, l.Instance, what)
+		}
+	}
+	if !c.Bool("yes") {
+		what := "no instances"
+		if len(lost) > 0 {
+			what = fmt.Sprintf("%d instances (above)", len(lost))
+		}
+		fmt.Fprintf(c.App.Writer, "%s is offline; replacing it loses %s. Run again with --yes to remove it and bring them up on the others.\n", name, what)
+		return nil
+	}
+	if _, err := cluster.ReplaceDead(c.Context, lxdc, name, true, forget); err != nil {
+		return err
+	}
+	if err := deploy.Promote(lxdc, lost); err != nil {
+		return fmt.Errorf("replace %s: removed, but not every replica was taken as its instance's volume: %w", name, err)
+	}
+	fmt.Fprintf(c.App.Writer, "%s removed; the re-installed machine joins with its stick\n", name)
+	if len(lost) == 0 {
+		return nil
+	}
+	if a.Deploy == nil || a.Deploy.Recipe == "" {
+		fmt.Fprintf(c.App.Writer, "this host has no deploy section: run ssbuild deploy to bring the instances up where their replicas are\n")
+		return nil
+	}
+	// The deploy brings the lost instances up where their replicas are,
+	// with the deployment's secrets from the registry.
+	r, err := loadRecipe(a.Deploy.Recipe)
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	rep, err := deploy.Deploy(c.Context, deploy.Options{LXD: lxdc, Recipe: r, ImageDir: a.Deploy.Image,
+		State: &deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName)}, Member: a.Host.Name, Progress: progressFor(c)})
+	for _, in := range rep.Instances {
+		if slices.ContainsFunc(lost, func(l deploy.Lost) bool { return l.Project == in.Project && l.Instance == in.Name }) {
+			fmt.Fprintf(c.App.Writer, "%s/%s: up on %s\n", in.Project, in.Name, in.Member)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("replace %s: deploy on the others: %w", name, err)
+	}
+	fmt.Fprintf(c.App.Writer, "deployed on the others in %s (%d changes)\n", time.Since(began).Round(time.Second), rep.Mutations)
 	return nil
 }
 

@@ -88,9 +88,9 @@ func DemoImage(t testing.TB) string {
 	return filepath.Join(imageDir, "out")
 }
 
-// AskSite GETs / of rawURL's host from another bed host, sent to port 80
-// of member (where the www instance's proxy devices listen), as DNS
-// pointing there would, and returns the answer's status and trimmed body.
+// AskSite GETs / of rawURL's host from another bed host (one whose LXD
+// runs: not a host a test killed), sent to port 80 of member (where the
+// www instance's proxy devices listen), as DNS pointing there would, and returns the answer's status and trimmed body.
 // Services may still be starting: it retries for up to 30 s until one
 // answers 200.
 func AskSite(ctx context.Context, bed *testbed.Bed, member, rawURL string) (status, body string, err error) {
@@ -98,7 +98,7 @@ func AskSite(ctx context.Context, bed *testbed.Bed, member, rawURL string) (stat
 	for _, h := range bed.Hosts {
 		if h.Name == member {
 			at = h
-		} else if from == nil {
+		} else if from == nil && h.LXD() != nil { // not a host a test killed
 			from = h
 		}
 	}
