@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -42,12 +41,7 @@ func Forget(ctx context.Context, a *config.Appliance, name, address string) erro
 	sock := filepath.Join(a.StateDir, SocketName)
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout+5*time.Second)
 	defer cancel()
-	c := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
+	c := socketClient(sock)
 	defer c.CloseIdleConnections()
 	q := url.Values{"host": {name}, "address": {address}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://service"+forgetPath+"?"+q.Encode(), nil)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -125,12 +124,7 @@ func (s *svc) handleReplicate(reg *registry.Registry) http.HandlerFunc {
 // holding the replica lease: another is refused, naming the holder).
 func ReplicateNow(ctx context.Context, a *config.Appliance) ([]deploy.ReplicaReport, error) {
 	sock := filepath.Join(a.StateDir, SocketName)
-	c := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
+	c := socketClient(sock)
 	defer c.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://service"+replicatePath, nil)
 	if err != nil {

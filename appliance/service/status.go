@@ -114,16 +114,21 @@ func hostStatus(a *config.Appliance, name string, v *RegistryView) HostStatus {
 	return HostStatus{Name: name, Source: FromNowhere}
 }
 
-// askRegistry asks the local service over its status socket.
-func askRegistry(ctx context.Context, sock string) (*RegistryView, error) {
-	ctx, cancel := context.WithTimeout(ctx, viewTimeout+2*time.Second)
-	defer cancel()
-	c := &http.Client{Transport: &http.Transport{
+// socketClient is an HTTP client of the local service's socket sock.
+func socketClient(sock string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		},
 	}}
+}
+
+// askRegistry asks the local service over its status socket.
+func askRegistry(ctx context.Context, sock string) (*RegistryView, error) {
+	ctx, cancel := context.WithTimeout(ctx, viewTimeout+2*time.Second)
+	defer cancel()
+	c := socketClient(sock)
 	defer c.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://service"+statusPath, nil)
 	if err != nil {
