@@ -1,16 +1,14 @@
 package kerneltest
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/sovereign-stack/ssbuild/testkit/qemutest"
 	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
@@ -34,24 +32,6 @@ func TestInit(t testing.TB) string {
 // InitMarker is what testinit prints first; the kernel never echoes it.
 const InitMarker = "SSBUILD-INIT-REACHED"
 
-// safeBuffer collects qemu's serial output while the test reads it.
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // RunQEMU runs qemu-system-x86_64 under TCG (KVM hangs at random on the
 // build machines) without network, with the serial console on its
 // standard output, until the guest powers off or timeout passes. The
@@ -60,31 +40,12 @@ func (s *safeBuffer) String() string {
 func RunQEMU(t testing.TB, timeout time.Duration, args ...string) (serial string, exited bool) {
 	t.Helper()
 	testenv.RequireTools(t, "qemu-system-x86_64")
-	base := []string{"-accel", "tcg", "-machine", "q35", "-m", "512", "-nic", "none",
-		"-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"}
-	cmd := exec.Command("qemu-system-x86_64", append(base, args...)...)
-	var out safeBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("qemu: %v", err)
-	}
-	pid := cmd.Process.Pid
-	t.Cleanup(func() { _ = cmd.Process.Kill() }) // by PID; a no-op once it exited
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	select {
-	case err := <-waited:
-		t.Logf("qemu (pid %d) exited after %v: %v", pid, time.Since(start).Round(100*time.Millisecond), err)
-		return out.String(), true
-	case <-ctx.Done():
-		_ = cmd.Process.Kill()
-		<-waited
-		t.Logf("qemu (pid %d) killed after %v", pid, timeout)
-		return out.String(), false
-	}
+	// qemutest's boot adds the rest: TCG, q35, no NIC, serial on stdout.
+	b := qemutest.Start(t, append([]string{"-m", "512"}, args...)...)
+	serial, exited = b.Wait(timeout, nil)
+	t.Logf("qemu exited by itself: %v, after %v", exited, time.Since(start).Round(100*time.Millisecond))
+	return serial, exited
 }
 
 // Lines returns the lines of serial output that contain s, for messages.

@@ -130,7 +130,7 @@ type Boot struct {
 
 // Start starts qemu (TCG, serial on stdout); it is killed by its PID when
 // the test ends.
-func Start(t *testing.T, args ...string) *Boot {
+func Start(t testing.TB, args ...string) *Boot {
 	t.Helper()
 	base := []string{"-accel", "tcg", "-machine", "q35", "-nic", "none", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot"}
