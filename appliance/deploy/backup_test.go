@@ -27,12 +27,7 @@ import (
 // chunks that changed, and each backup verifies and decrypts alone; one
 // flipped byte fails verify naming the chunk and its item.
 func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project string) {
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	o.Recipe.Backup.Recipients = []string{id.Recipient().String()}
-	defer func() { o.Recipe.Backup.Recipients = nil }()
+	ids := ownerKey(t, o)
 	ctr := project + "-btcpay"
 	// The stand-in wrote its row once its database was up.
 	var page string
@@ -57,7 +52,6 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 		t.Fatalf("backup: %v", err)
 	}
 	t.Logf("backup of %s: %d items in %s, %+v", project, len(m.Items), time.Since(start).Round(time.Millisecond), m.Stats)
-	ids := []age.Identity{id}
 	if _, err := backup.Verify(dir, ids); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
@@ -178,4 +172,17 @@ func psqlIn(t *testing.T, o deploy.Options, project, sql string) string {
 		t.Fatalf("psql %q in btcpay: code %d, %v: %s", sql, code, err, errOut)
 	}
 	return strings.TrimSpace(out)
+}
+
+// ownerKey makes the owner's age key for a backup subtest and puts its
+// public key in the recipe's backup.recipients until the subtest ends.
+func ownerKey(t *testing.T, o deploy.Options) []age.Identity {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Recipe.Backup.Recipients = []string{id.Recipient().String()}
+	t.Cleanup(func() { o.Recipe.Backup.Recipients = nil })
+	return []age.Identity{id}
 }

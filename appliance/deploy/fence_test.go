@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"filippo.io/age"
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/backup"
@@ -27,13 +26,7 @@ import (
 // back (its config and channel database stay as they are) and this copy
 // becomes the current one.
 func checkFence(t *testing.T, ctx context.Context, o deploy.Options, project string, www endpoint) {
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := []age.Identity{id}
-	o.Recipe.Backup.Recipients = []string{id.Recipient().String()}
-	defer func() { o.Recipe.Backup.Recipients = nil }()
+	ids := ownerKey(t, o)
 	name := o.Recipe.Deployments[0].Name
 	state := stateOf(o)
 	node := fence.NodeName(project, "btcpay")

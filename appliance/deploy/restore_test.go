@@ -21,13 +21,7 @@ import (
 // damaged backup, or a whole one another key signed (anyone can encrypt
 // to the owner's public key), is refused before anything changes.
 func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project string, www endpoint) {
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := []age.Identity{id}
-	o.Recipe.Backup.Recipients = []string{id.Recipient().String()}
-	defer func() { o.Recipe.Backup.Recipients = nil }()
+	ids := ownerKey(t, o)
 	ctr := project + "-btcpay"
 	psql := func(sql string) string { return psqlIn(t, o, project, sql) }
 	psql("INSERT INTO pages (body) VALUES ('row to restore') ON CONFLICT DO NOTHING")
@@ -66,7 +60,7 @@ func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project s
 	fk, _ := backup.DeriveKeys(strings.Repeat("not this cluster's backup key ", 2))
 	fm := m
 	fm.Items, fm.Created = nil, m.Created.Add(time.Minute)
-	fw, err := backup.NewWriter(forged, fm, fk, []age.Recipient{id.Recipient()})
+	fw, err := backup.NewWriter(forged, fm, fk, []age.Recipient{ids[0].(*age.X25519Identity).Recipient()})
 	if err != nil {
 		t.Fatal(err)
 	}
