@@ -594,3 +594,24 @@ func TestBackupRecipients(t *testing.T) {
 		`t.yaml:9:7: backup.recipients[1]: this is a private key: put its public key here (age-keygen -y KEYFILE) and keep the private key off the cluster`,
 		`t.yaml:10:7: backup.recipients[2]: not an age public key (age1..., from age-keygen -y KEYFILE)`)
 }
+
+// The host OS: Ubuntu hosts get no LXD (nothing seeds its snap), a Debian
+// host OS that builds ZFS needs contrib, and an unwritten installer.source
+// gives Debian 12 hosts with LXD and ZFS, also under an Ubuntu image.
+func TestHostOSSource(t *testing.T) {
+	expectProblems(t, base+`  source: {suite: jammy}
+  packages: [linux-generic, snapd]
+`, "t.yaml:6:19: installer.source.suite: jammy hosts would get no LXD: Ubuntu ships it as a snap, which ssbuild cannot seed for an offline first boot yet; use Debian 12 hosts (installer.source: {suite: bookworm, components: [main, contrib]}), as the default recipe does")
+	expectProblems(t, base+`  source: {suite: bookworm, components: [main]}
+  packages: [linux-image-amd64, lxd, zfs-dkms]
+`, "t.yaml:6:41: installer.source.components: zfs-dkms is in Debian's contrib: add contrib to installer.source.components")
+	r, err := Parse("t.yaml", []byte(base), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, pkgs := r.Installer.Source, strings.Join(r.Installer.Packages, " ")
+	if r.Image.Source.Suite != "jammy" || src.Suite != "bookworm" || strings.Join(src.Components, ",") != "main,contrib" ||
+		!strings.Contains(pkgs, "lxd") || !strings.Contains(pkgs, "zfs-dkms") {
+		t.Errorf("a minimal recipe's hosts: %+v with %s (image %s); want Debian bookworm main,contrib with lxd and zfs-dkms", src, pkgs, r.Image.Source.Suite)
+	}
+}
