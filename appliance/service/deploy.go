@@ -62,7 +62,7 @@ func (s *svc) deployUntilDone(ctx context.Context, reg *registry.Registry, state
 	name := s.cfg.Host.Name
 	backoff := cmp.Or(s.o.DeployBackoff, DefaultDeployBackoff)
 	maxBackoff := cmp.Or(s.o.DeployBackoffMax, DefaultDeployBackoffMax)
-	started := time.Now()
+	started := s.started
 	for attempt := 1; ; attempt++ {
 		if err := s.waitMembersOnline(ctx, reg); err != nil {
 			return // only ctx ends the wait

@@ -146,7 +146,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	o.LXDDir = cmp.Or(o.LXDDir, "/var/lib/lxd")
 	o.Heartbeat = cmp.Or(o.Heartbeat, DefaultHeartbeat)
-	s := &svc{o: o, cfg: o.Config, log: cmp.Or(o.Progress, progress.Discard())}
+	s := &svc{o: o, cfg: o.Config, log: cmp.Or(o.Progress, progress.Discard()), started: time.Now()}
 	// One record for the whole first boot, formation's steps included; it
 	// starts from the state directory's (an earlier ssbuild's files too).
 	s.rec = cluster.NewRecord(o.Host)
@@ -161,6 +161,10 @@ type svc struct {
 	o   Options
 	cfg *config.Appliance
 	log *progress.Reporter
+	// started is when this service started: a deploy another member ended
+	// after it is this host's first deploy too (measured from the start,
+	// not from serving, which a slow registry join delays).
+	started time.Time
 
 	key    secrets.Key                       // opens deployment secrets an older ssbuild sealed
 	kek    secrets.KEK                       // unwraps the data key that seals them now
