@@ -1,7 +1,6 @@
 package secrets
 
 import (
-	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -27,12 +26,9 @@ const kekInfo = "ssbuild/v1 data key wrapping, cluster "
 // DeriveKEK derives the key-encryption key from the cluster secret with
 // HKDF-SHA256, bound to the cluster's name.
 func DeriveKEK(clusterSecret []byte, cluster string) (KEK, error) {
-	if len(clusterSecret) == 0 {
-		return KEK{}, errors.New("secrets: derive KEK: empty cluster secret")
-	}
-	k, err := hkdf.Key(sha256.New, clusterSecret, nil, kekInfo+cluster, chacha20poly1305.KeySize)
+	k, err := derive(clusterSecret, kekInfo+cluster, "KEK")
 	if err != nil {
-		return KEK{}, fmt.Errorf("secrets: derive KEK: %w", err)
+		return KEK{}, err
 	}
 	return KEK{k: k}, nil
 }

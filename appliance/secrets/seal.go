@@ -30,14 +30,24 @@ const keyInfo = "ssbuild/v1 deployment secrets at rest, cluster "
 // DeriveKey derives the sealing key from the cluster secret with
 // HKDF-SHA256, bound to the cluster's name.
 func DeriveKey(clusterSecret []byte, cluster string) (Key, error) {
-	if len(clusterSecret) == 0 {
-		return Key{}, errors.New("secrets: derive key: empty cluster secret")
-	}
-	k, err := hkdf.Key(sha256.New, clusterSecret, nil, keyInfo+cluster, chacha20poly1305.KeySize)
+	k, err := derive(clusterSecret, keyInfo+cluster, "key")
 	if err != nil {
-		return Key{}, fmt.Errorf("secrets: derive key: %w", err)
+		return Key{}, err
 	}
 	return Key{k: k, v: SealDerived}, nil
+}
+
+// derive is HKDF-SHA256 of the cluster secret for info; what names the
+// key in errors.
+func derive(clusterSecret []byte, info, what string) ([]byte, error) {
+	if len(clusterSecret) == 0 {
+		return nil, fmt.Errorf("secrets: derive %s: empty cluster secret", what)
+	}
+	k, err := hkdf.Key(sha256.New, clusterSecret, nil, info, chacha20poly1305.KeySize)
+	if err != nil {
+		return nil, fmt.Errorf("secrets: derive %s: %w", what, err)
+	}
+	return k, nil
 }
 
 // IsZero says the key was never derived.
