@@ -91,15 +91,15 @@ const joinCheck = 3 * time.Second
 // then; dqlite returns before the add is known to be applied, canonical/
 // dqlite#799) is a member already, yet go-dqlite v1.11.5's app retries Add
 // for ever ("server ID already in use"). So while not ready, a joining node
-// asks the leader every joinCheck whether its ID is a member at its
-// address; if it is, the app starts again without its join marker, as the
-// member it is.
+// checks every joinCheck whether the app is still retrying an Add the
+// leader has applied (addFailing); if it is, the app starts again without
+// its join marker, as the member it is.
 func (n *dqliteNode) ready(ctx context.Context, cfg Config, opts []app.Option) error {
 	marker := filepath.Join(cfg.Dir, "join") // go-dqlite app's joinFile
 	for {
 		wait := ctx
 		var cancel context.CancelFunc = func() {}
-		if _, err := os.Stat(marker); err == nil {
+		if exists(marker) {
 			wait, cancel = context.WithTimeout(ctx, joinCheck)
 		}
 		err := n.app.Ready(wait)
@@ -107,7 +107,7 @@ func (n *dqliteNode) ready(ctx context.Context, cfg Config, opts []app.Option) e
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
-		if !n.isMember(ctx) {
+		if !n.addFailing(ctx, marker) {
 			continue
 		}
 		if cfg.Logf != nil {
@@ -127,6 +127,35 @@ func (n *dqliteNode) ready(ctx context.Context, cfg Config, opts []app.Option) e
 		}
 		n.app = a
 	}
+}
+
+// addFailing reports whether the app keeps retrying an Add the leader
+// has already applied: the leader lists this node, yet the join marker
+// the app removes right after a successful Add is still there a while
+// later (the app retries a failed Add every second). A node whose Add
+// went through is left alone even when it is slow to become ready: it is
+// being promoted (the leader makes a voter catch up first, which takes
+// long under load) and closing it then left the leader's configuration
+// change pending, every later promotion refused ("a configuration change
+// is already in progress"), the registry on one voter.
+func (n *dqliteNode) addFailing(ctx context.Context, marker string) bool {
+	if !exists(marker) || !n.isMember(ctx) {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(addRetried):
+	}
+	return exists(marker)
+}
+
+// addRetried is longer than the app's pause between two Add attempts.
+const addRetried = 2500 * time.Millisecond
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // isMember reports whether the leader lists this node, by its ID and
