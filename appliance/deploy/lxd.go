@@ -199,7 +199,8 @@ func keptVolumes(c lxd.InstanceServer, pool string, specs []InstanceSpec) (map[s
 // choose places specs (one deployment's instances) on members: an instance
 // that exists stays where it is (also when its host says otherwise:
 // nothing running moves); one whose volumes were kept goes back to their
-// member; a new one goes to its host when the recipe names one (a host a
+// member (also when its host is lost: `host replace` brings it up where
+// its replica was promoted); a new one goes to its host when the recipe names one (a host a
 // later revision added, say), else to the member with the fewest instances
 // (in every project), ties by name, so a deployment's instances spread
 // over the cluster. A www instance owns its member's ports 80 and 443, so
@@ -229,7 +230,10 @@ func choose(members []string, all []api.Instance, kept map[string]string, specs 
 			if _, online := load[m]; !online {
 				return nil, fmt.Errorf("%s/%s: its volumes are on member %s, which is not online; bring it back (or move the volumes) first", s.Project, s.Name, m)
 			}
-			if s.Host != "" && s.Host != m {
+			// A host that is no online member (lost, replaced) cannot
+			// hold it: the instance comes back to its data. An online one
+			// that differs is the owner's conflicting wish: refused.
+			if _, hostOnline := load[s.Host]; s.Host != "" && s.Host != m && hostOnline {
 				return nil, fmt.Errorf("%s/%s: its host is %s, but its volumes are on member %s (local storage); remove host or move the volumes", s.Project, s.Name, s.Host, m)
 			}
 			where[s.Name] = m

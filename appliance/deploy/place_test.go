@@ -94,7 +94,8 @@ func TestChooseFollowsKeptVolumes(t *testing.T) {
 // whose recipe names that host goes there even though another member is
 // as empty; the existing ones stay, also one whose host now names another
 // member (nothing running moves); a host that is not online, or whose www
-// is another deployment's, is refused before anything changes.
+// is another deployment's, is refused before anything changes, unless the
+// instance's volumes are kept on an online member (its host was lost).
 func TestChooseHonoursHost(t *testing.T) {
 	members := []string{"h1", "h2", "h3", "h4"}
 	all := []api.Instance{instance("a-regtest", "www", "h1"), instance("a-regtest", "btcpay", "h2")}
@@ -117,6 +118,11 @@ func TestChooseHonoursHost(t *testing.T) {
 	specs[2].Host = "h2"
 	if _, err := choose(members, all, map[string]string{"clams": "h3"}, specs); err == nil || !strings.Contains(err.Error(), "its volumes are on member h3") {
 		t.Errorf("clams on h2 with its volumes kept on h3: %v", err)
+	}
+	// Its host lost (host replace removed h5): it comes back to its data.
+	specs[2].Host = "h5"
+	if where, err := choose(members, all, map[string]string{"clams": "h3"}, specs); err != nil || where["clams"] != "h3" {
+		t.Errorf("clams pinned to the lost h5 with its volumes on h3: %v, %v; want h3", where, err)
 	}
 	_, err = choose(members, all, nil, []InstanceSpec{{Project: "b-regtest", Name: "www", Host: "h1"}})
 	if err == nil || !strings.Contains(err.Error(), "already runs the www of a-regtest") {
