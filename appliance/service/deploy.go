@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -271,6 +272,14 @@ func (s *svc) deployOnce(ctx context.Context, state deploystate.Store, started t
 	if err != nil {
 		return deploy.Report{}, "", err
 	}
+	current, err := clusterRecipe(ctx, state, r, d.Recipe)
+	if err != nil {
+		return deploy.Report{}, "", err
+	}
+	if current != nil {
+		s.log.Info("%s: %s", s.cfg.Host.Name, current.why)
+		r = current.recipe
+	}
 	if by := s.deployedByAnother(ctx, state, r, started); by != "" {
 		s.log.Info("%s: %s", s.cfg.Host.Name, by)
 		return deploy.Report{}, by, nil
@@ -279,6 +288,49 @@ func (s *svc) deployOnce(ctx context.Context, state deploystate.Store, started t
 	rep, err := deploy.Deploy(ctx, deploy.Options{LXD: s.o.LXD, Recipe: r, ImageDir: d.Image, State: state,
 		Member: s.cfg.Host.Name, Progress: s.log})
 	return rep, "", err
+}
+
+// recorded is the recipe of a deployment's latest revision in the state.
+type recorded struct {
+	recipe *recipes.Recipe
+	why    string
+}
+
+// clusterRecipe is the recipe to reconcile to instead of this host's
+// file, or nil when the file is it. The file is the one the host's stick
+// carried: it seeds a deployment's first revision, but once the state has
+// revisions, the latest one (deployed from any member, e.g. with
+// `ssbuild deploy`) is what every member reconciles to. Otherwise a
+// member that reboots, or one reinstalled from an old stick, would deploy
+// its older file again and undo a later revision.
+func clusterRecipe(ctx context.Context, state deploystate.Store, local *recipes.Recipe, file string) (*recorded, error) {
+	digest, _, err := deploy.RecipeDigest(local)
+	if err != nil || len(local.Deployments) == 0 {
+		return nil, err
+	}
+	var latest registry.Revision
+	for _, d := range local.Deployments {
+		revs, err := state.History(ctx, d.Project())
+		if err != nil {
+			return nil, fmt.Errorf("deployment %s: revisions in %s: %w", d.Project(), state.Where(), err)
+		}
+		if len(revs) == 0 {
+			return nil, nil // a deployment the cluster has not seen: the file is newer
+		}
+		if cur := revs[len(revs)-1]; cur.StartedAt.After(latest.StartedAt) {
+			latest = cur
+		}
+	}
+	if latest.SpecHash == digest || latest.Recipe == "" {
+		return nil, nil
+	}
+	name := fmt.Sprintf("%s revision %d (from %s)", latest.Deployment, latest.Revision, state.Where())
+	r, err := recipes.Parse(name, []byte(latest.Recipe), filepath.Dir(file))
+	if err != nil {
+		return nil, fmt.Errorf("the cluster's current recipe, %s: %w", name, err)
+	}
+	return &recorded{recipe: r, why: fmt.Sprintf("deploying the cluster's current recipe, %s by %s, not %s (an older or other revision; "+
+		"`ssbuild deploy --recipe FILE` on any member changes it)", name, latest.Member, file)}, nil
 }
 
 // deployedByAnother says who deployed the recipe since started, or "".
