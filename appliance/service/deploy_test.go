@@ -391,6 +391,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if got := askSite(t, ctx, bed, www, "demo.example"); got != "ghost demo.example" {
 		t.Errorf("after the restart demo.example answered %q", got)
 	}
+	rebootBTCPay(t, ctx, init, services[0], project)
 
 	// A following revision can use host4: it lists host4 and enables the
 	// clams instance with host: host4. `ssbuild deploy` on host4 itself
@@ -956,4 +957,66 @@ func failover(t *testing.T, ctx context.Context, bed *testbed.Bed, hosts []confi
 		t.Errorf("the row written after the replica is back: was btcpay copied from the lost member later? %q", rows)
 	}
 	return dead, survivors
+}
+
+// rebootBTCPay is the initiator's reboot as the btcpay instance on it sees
+// it: the instance restarts (dockerd brings back the services with a
+// restart policy; the Lightning node has none, so it stays down), then the
+// host's service starts again and its reconcile starts the node, after
+// the fence check, with its generation unchanged.
+func rebootBTCPay(t *testing.T, ctx context.Context, h configtest.Host, svc *servicetest.Process, project string) {
+	t.Helper()
+	pc := h.Bed.LXD().UseProject(project)
+	in, _, err := pc.GetInstance("btcpay")
+	if err != nil || in.Location != h.Bed.Name {
+		t.Fatalf("btcpay: %v, on %q; want it on %s", err, in.Location, h.Bed.Name)
+	}
+	node := project + "-lightning"
+	running := func() (string, error) {
+		out, errOut, code, err := lxdexec.Run(pc, "btcpay", "docker", "inspect", "-f", "{{.State.Running}}", node)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("docker inspect: code %d: %s", code, strings.TrimSpace(errOut))
+		}
+		return strings.TrimSpace(out), err
+	}
+	fence := func() string {
+		out, _, _, _ := lxdexec.Run(pc, "btcpay", "docker", "exec", node, "cat", "/root/.lightning/"+stack.FenceFile)
+		return strings.TrimSpace(out)
+	}
+	before := fence()
+	if got, err := running(); got != "true" || err != nil || before == "" {
+		t.Fatalf("before the reboot the Lightning node is not running with its fence: %q, %v, fence %q", got, err, before)
+	}
+	if err := svc.Stop(); err != nil {
+		t.Error(err)
+	}
+	op, err := pc.UpdateInstanceState("btcpay", api.InstanceStatePut{Action: "restart", Timeout: 60}, "")
+	if err == nil {
+		err = op.WaitContext(ctx)
+	}
+	if err != nil {
+		t.Fatalf("restart btcpay: %v", err)
+	}
+	// Once dockerd answers: the node stays down on its own.
+	var got string
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
+		if got, err = running(); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if got != "false" {
+		t.Fatalf("after the instance restart the Lightning node is %q (%v), want stopped: it has no restart policy", got, err)
+	}
+	booted := time.Now()
+	if err := svc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := waitDeployed(t, ctx, h, booted, 10*time.Minute)
+	t.Logf("figure: after the reboot, service start to deployed with the Lightning node started: %s (%s)", time.Since(booted).Round(time.Second), st.Detail)
+	if got, err := running(); got != "true" || err != nil {
+		t.Errorf("after the service's reconcile the Lightning node is %q (%v), want running", got, err)
+	}
+	if after := fence(); after != before {
+		t.Errorf("the node's fence changed with a reboot: %q, then %q", before, after)
+	}
 }
