@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -28,7 +29,8 @@ import (
 // files are back, the sites answer through the new cluster's www, and the
 // Lightning node runs with a generation in the new cluster's state.
 // Without the signer the restore is refused and changes nothing: the new
-// cluster holds no backup key of the deployment.
+// cluster holds no backup key of the deployment. The next backup is
+// signed by the new cluster's own key.
 func checkFreshRestore(t *testing.T, ctx context.Context, bed *testbed.Bed, o deploy.Options, project string) {
 	subStart := time.Now()
 	ids := ownerKey(t, o)
@@ -154,6 +156,19 @@ func checkFreshRestore(t *testing.T, ctx context.Context, bed *testbed.Bed, o de
 	}
 	if got := dockerExec(t, fo, project, "btcpay", project+"-lightning", "cat", "/root/.lightning/regtest/hsm_secret"); got != "seed-of-the-old-node" {
 		t.Errorf("the restored node's hsm_secret: %q", got)
+	}
+	// The next backup, into the same folder, is the new cluster's: signed
+	// and named by its own new key, so a full one, and it holds the row.
+	m2, err := backup.Run(ctx, backup.Options{LXD: fo.LXD, Recipe: fo.Recipe, Deployment: d.Name, To: dir, State: state})
+	if err != nil {
+		t.Fatalf("backup on the fresh cluster into the same folder: %v", err)
+	}
+	if m2.Signer == m.Signer || m2.Stats.Reused != 0 {
+		t.Errorf("the fresh cluster's first backup: signer changed %v, %+v; want a new signer and no chunk reused", m2.Signer != m.Signer, m2.Stats)
+	}
+	var sql bytes.Buffer
+	if err := backup.Decrypt(filepath.Join(dir, "backups", m2.Name), "btcpay/btcpay-db/btcpay-db.sql.age", ids, &sql); err != nil || !strings.Contains(sql.String(), row) {
+		t.Errorf("the fresh cluster's backup's dump lacks the restored row (%v)", err)
 	}
 	t.Logf("restore into a fresh cluster: bed started and formed %s, deploy %s, restore %s (Lightning generation %d -> %d), subtest %s",
 		formed.Round(time.Millisecond), deployed.Round(time.Millisecond), restored.Round(time.Millisecond), gen0, gen, time.Since(subStart).Round(time.Millisecond))
