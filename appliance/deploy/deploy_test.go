@@ -53,7 +53,8 @@ func (w *logBuffer) String() string {
 // members and the reverse proxy answers for every site with the right
 // backend; a re-deploy changes nothing; a changed recipe recreates only
 // what it changes; down keeps the data for the next deploy; down --purge
-// removes it; the generated secrets are 0600 and never in the output.
+// removes it (after a backup, restored into a freshly formed cluster);
+// the generated secrets are 0600 and never in the output.
 func TestDeployDemoOnThreeHosts(t *testing.T) {
 	img := deploytest.DemoImage(t)
 	bed := formedBed(t)
@@ -305,18 +306,8 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 		}
 	}
 
-	if _, err := deploy.Down(ctx, o, d, true); err != nil {
-		t.Fatalf("down --purge: %v", err)
-	}
-	if _, _, err := o.LXD.GetProject(project); err == nil {
-		t.Error("the project is still there after down --purge")
-	}
-	if _, err := os.Stat(secrets.File(o.StateDir, project)); err == nil {
-		t.Error("the secrets file is still there after down --purge")
-	}
-	if left, _ := deploy.Doomed(ctx, o, d); len(left) != 0 {
-		t.Errorf("left after down --purge: %v", left)
-	}
+	// Last: it purges the deployment and closes the bed.
+	t.Run("backup, down --purge, restore into a fresh cluster", func(t *testing.T) { checkFreshRestore(t, ctx, bed, o, project) })
 }
 
 // endpoint is the member an instance runs on, and its address.
