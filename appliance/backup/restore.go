@@ -164,8 +164,12 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", d.Name, err)
 		}
+		items := lightningItems(st, byInstance[role], o.RecoverLightning)
 		err = restoreLightning(ctx, docker, st, o, func() error {
-			return restoreInstance(ctx, docker, st, from, o.Identities, lightningItems(st, byInstance[role], o.RecoverLightning), rep)
+			if err := setAsideOtherSeed(ctx, docker, st, from, o.Identities, items, rep); err != nil {
+				return err
+			}
+			return restoreInstance(ctx, docker, st, from, o.Identities, items, rep)
 		})
 		docker.Close()
 		if err != nil {

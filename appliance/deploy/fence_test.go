@@ -109,15 +109,17 @@ func checkFence(t *testing.T, ctx context.Context, o deploy.Options, project str
 		return strings.TrimSpace(execIn(t, o, project, "btcpay", "docker", "run", "--rm", "-v", project+"-lightning-data:/v", "ssbuild-demo/web:1",
 			"/bin/sh", "-c", "cd /v/regtest && "+script))
 	}
-	volume("for f in hsm_secret emergency.recover config; do echo changed > $f; done")
+	// The node ran on: its static channel backup and config changed (its
+	// seed never does: a channel database belongs to one seed).
+	volume("for f in emergency.recover config; do echo changed > $f; done")
 	channelDB := volume("cat lightningd.sqlite3")
 	err = backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, From: dir, Identities: ids, State: state})
 	var stale *backup.StaleLightning
 	if !errors.As(err, &stale) || !strings.Contains(err.Error(), backup.RecoverFlag) || !strings.Contains(err.Error(), "nothing changed") {
 		t.Fatalf("restore of an older backup: %v; want it refused naming %s", err, backup.RecoverFlag)
 	}
-	if got := volume("cat hsm_secret"); got != "changed" {
-		t.Fatalf("a refused restore changed hsm_secret to %q", got)
+	if got := volume("cat emergency.recover"); got != "changed" {
+		t.Fatalf("a refused restore changed emergency.recover to %q", got)
 	}
 	start = time.Now()
 	if err := backup.Restore(ctx, backup.RestoreOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, From: dir, Identities: ids,

@@ -157,6 +157,18 @@ func checkFreshRestore(t *testing.T, ctx context.Context, bed *testbed.Bed, o de
 	if got := dockerExec(t, fo, project, "btcpay", project+"-lightning", "cat", "/root/.lightning/regtest/hsm_secret"); got != "seed-of-the-old-node" {
 		t.Errorf("the restored node's hsm_secret: %q", got)
 	}
+	// The fresh deploy's node had its own seed and channel database: both
+	// set aside (renamed, not deleted), so the restored seed starts with no
+	// channel database of another seed (Core Lightning would not start).
+	aside := strings.Split(dockerExec(t, fo, project, "btcpay", project+"-lightning", "/bin/sh", "-c",
+		"cd /root/.lightning/regtest && for f in hsm_secret.set-aside-* lightningd.sqlite3.set-aside-*; do echo \"$f\"; cat \"$f\"; done"), "\n")
+	if len(aside) < 4 || !strings.HasPrefix(aside[0], "hsm_secret.set-aside-") || aside[1] != "stand-in hsm_secret" ||
+		!strings.HasPrefix(aside[2], "lightningd.sqlite3.set-aside-") || !strings.HasPrefix(aside[3], "channel state from a start") {
+		t.Errorf("the fresh node's seed and channel database set aside: %q; want hsm_secret.set-aside-* (its stand-in seed) and lightningd.sqlite3.set-aside-*", aside)
+	}
+	if got := dockerExec(t, fo, project, "btcpay", project+"-lightning", "cat", "/root/.lightning/regtest/lightningd.sqlite3"); strings.Count(got, "channel state from a start") != 1 {
+		t.Errorf("the restored node's channel database: %q; want a new one, from its one start after the restore", got)
+	}
 	// The next backup, into the same folder, is the new cluster's: signed
 	// and named by its own new key, so a full one, and it holds the row.
 	m2, err := backup.Run(ctx, backup.Options{LXD: fo.LXD, Recipe: fo.Recipe, Deployment: d.Name, To: dir, State: state})

@@ -24,7 +24,7 @@ func node(project string) *stack.Stack {
 		Services: []stack.Service{{Name: "lightning", Image: "ssbuild-demo/web:1", Init: true,
 			Command:   []string{"/bin/sh", "-c", "echo started >> /ln/channel.db; exec /bin/busybox sleep 100000"},
 			Mounts:    []stack.Mount{{Type: "volume", Source: "lightning-data", Target: "/ln"}},
-			Lightning: &stack.Lightning{Volume: "lightning-data", ChannelDB: "/channel.db", Static: []string{"/hsm_secret"}}}}}
+			Lightning: &stack.Lightning{Volume: "lightning-data", ChannelDB: "/channel.db", Seed: "/hsm_secret", Static: []string{"/hsm_secret"}}}}}
 }
 
 // TestFence on a real Docker: the node's first start records generation 1

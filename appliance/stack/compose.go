@@ -391,6 +391,9 @@ func checkLightning(cs *composeService, volumes map[string]*struct{}) []error {
 	if len(l.Static) == 0 {
 		errs = append(errs, errors.New("static: name the node's static backup files (hsm_secret, emergency.recover)"))
 	}
+	if !slices.Contains(l.Static, l.Seed) {
+		errs = append(errs, fmt.Errorf("seed %q: name the node's seed (hsm_secret), one of its static files", l.Seed))
+	}
 	for _, p := range l.Static {
 		if cs.Backup == nil || !declared(cs.Backup.Volumes, p) {
 			errs = append(errs, fmt.Errorf("static %s: declare it in x-backup volumes as %s:%s", p, l.Volume, p))

@@ -84,10 +84,12 @@ type Service struct {
 // Lightning is a Lightning node's declaration: the volume holding its
 // state (the fence file, FenceFile, lives at its root), its live channel
 // database and its static backup files (the seed, the static channel
-// backup), paths in that volume.
+// backup), paths in that volume. Seed is the static file that makes the
+// node who it is: a channel database belongs to one seed.
 type Lightning struct {
 	Volume    string   `yaml:"volume" json:"volume"`
 	ChannelDB string   `yaml:"channelDB" json:"channelDB"`
+	Seed      string   `yaml:"seed" json:"seed"`
 	Static    []string `yaml:"static" json:"static"`
 }
 
