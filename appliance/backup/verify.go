@@ -2,6 +2,7 @@ package backup
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -12,8 +13,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"filippo.io/age"
+	"github.com/klauspost/compress/s2"
 
 	"github.com/sovereign-stack/ssbuild/internal/digest"
 )
@@ -144,6 +147,10 @@ func (v *verifier) backup(name string) (Manifest, bool) {
 			v.bad("%s: the manifest names signer %s, not the trusted one", rel, signer)
 		}
 	}
+	if err := checkFormat(m); err != nil {
+		v.bad("%s: %v", rel, err)
+		return m, false
+	}
 	ok := true
 	for _, it := range m.Items {
 		var plain int64
@@ -252,6 +259,9 @@ func Decrypt(dir, file string, ids []age.Identity, w io.Writer) error {
 		return err
 	}
 	m, err := readManifest(top, names[0])
+	if err == nil {
+		err = checkFormat(m)
+	}
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", b, err)
 	}
@@ -275,15 +285,36 @@ func decryptChunk(top, id string, ids []age.Identity, w io.Writer) (int64, error
 		return 0, err
 	}
 	defer f.Close()
-	r, err := age.Decrypt(bufio.NewReader(f), ids...)
+	r, err := age.Decrypt(bufio.NewReaderSize(f, 1<<20), ids...)
 	if err != nil {
 		return 0, fmt.Errorf("decrypt: %w", err)
 	}
-	n, err := io.Copy(w, r)
-	if err != nil {
-		return n, fmt.Errorf("decrypt: %w", err)
+	buf := decodeBufs.Get().(*bytes.Buffer)
+	defer decodeBufs.Put(buf)
+	buf.Reset()
+	limit := 1 + s2.MaxEncodedLen(maxChunk)
+	if _, err := buf.ReadFrom(io.LimitReader(r, int64(limit)+1)); err != nil {
+		return 0, fmt.Errorf("decrypt: %w", err)
 	}
-	return n, nil
+	if buf.Len() > limit {
+		return 0, errors.New("decrypt: more bytes than a chunk holds")
+	}
+	plain, err := decodePayload(buf.Bytes())
+	if err != nil {
+		return 0, fmt.Errorf("decrypt: %w", err)
+	}
+	n, err := w.Write(plain)
+	return int64(n), err
+}
+
+var decodeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// checkFormat refuses a manifest of another format than this ssbuild's.
+func checkFormat(m Manifest) error {
+	if m.Format != format {
+		return fmt.Errorf("%s: format %d, written by another ssbuild (this one reads format %d: compressed chunks under other names); verify and restore it with the ssbuild that wrote it", ManifestFile, m.Format, format)
+	}
+	return nil
 }
 
 // ReadIdentities reads age identities (age-keygen's file) from path.
