@@ -6,16 +6,23 @@ import (
 )
 
 // Content-defined chunking (gear hash with FastCDC's normalised cut, Xia
-// et al., USENIX ATC 2016): a cut falls where the hash of the last 64
-// bytes has its top bits clear, so an insertion moves only the chunks
-// around it, and a changed row in a dump or a file in a volume's tar
-// stream costs a chunk or two, not the rest of the stream (fixed-size
-// chunks would all shift). The gear table comes from the deployment's key.
+// et al., USENIX ATC 2016, and its 2020 version's two bytes a step): a cut
+// falls where the hash of the last 64 bytes has its top bits clear, so an
+// insertion moves only the chunks around it, and a changed row in a dump
+// or a file in a volume's tar stream costs a chunk or two, not the rest of
+// the stream (fixed-size chunks would all shift). The gear table comes
+// from the deployment's key. Since format 3 the hash is checked every
+// second byte (the same hash, a third less CPU in the one goroutine that
+// cuts) and chunks are 2 MiB on average, not 1: each chunk is a file with
+// its own age header (an X25519 exchange) and its creation costs more
+// than its bytes on a slow disk.
 const (
-	minChunk = 256 << 10
-	avgChunk = 1 << 20
-	maxChunk = 4 << 20
+	minChunk = 512 << 10
+	avgChunk = 2 << 20
+	maxChunk = 8 << 20
 	// Harder before the average size, easier after: sizes bunch around it.
+	// A check every second byte halves the odds per byte: 22 bits is 1 in
+	// 8 Mi bytes, 18 bits 1 in 512 Ki.
 	maskHard = uint64(1<<22-1) << (64 - 22)
 	maskEasy = uint64(1<<18-1) << (64 - 18)
 )
@@ -72,25 +79,25 @@ func cut(p []byte, gear *[256]uint64) int {
 	if n <= minChunk {
 		return n
 	}
-	if n > maxChunk {
-		n = maxChunk
-	}
+	n = min(n, maxChunk)
+	p = p[:n]
 	normal := min(avgChunk, n)
 	var h uint64
-	i := minChunk - 64 // the hash covers 64 bytes: warm it up before the first cut may fall
-	for ; i < minChunk; i++ {
-		h = h<<1 + gear[p[i]]
+	for _, b := range p[minChunk-64 : minChunk] { // the hash covers 64 bytes: warm it up before the first cut may fall
+		h = h<<1 + gear[b]
 	}
-	for ; i < normal; i++ {
-		h = h<<1 + gear[p[i]]
+	// Two bytes a step: the hash after both, checked once.
+	i := minChunk
+	for ; i+1 < normal; i += 2 {
+		h = h<<2 + gear[p[i]]<<1 + gear[p[i+1]]
 		if h&maskHard == 0 {
-			return i + 1
+			return i + 2
 		}
 	}
-	for ; i < n; i++ {
-		h = h<<1 + gear[p[i]]
+	for ; i+1 < n; i += 2 {
+		h = h<<2 + gear[p[i]]<<1 + gear[p[i+1]]
 		if h&maskEasy == 0 {
-			return i + 1
+			return i + 2
 		}
 	}
 	return n
