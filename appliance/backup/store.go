@@ -15,6 +15,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -423,18 +424,14 @@ func (w *Writer) Close() (Manifest, error) {
 	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		return m, err
 	}
-	for _, p := range []string{filepath.Join(dir, ManifestFile), filepath.Join(dir, SigFile), tmp} {
-		if err := fsync(p); err != nil {
-			return m, err
-		}
+	if err := fsyncAll([]string{filepath.Join(dir, ManifestFile), filepath.Join(dir, SigFile), tmp}); err != nil {
+		return m, err
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, SumsFile)); err != nil {
 		return m, err
 	}
-	for _, p := range []string{dir, filepath.Join(w.top, backupsDir)} {
-		if err := fsync(p); err != nil {
-			return m, err
-		}
+	if err := fsyncAll([]string{dir, filepath.Join(w.top, backupsDir)}); err != nil {
+		return m, err
 	}
 	return m, nil
 }
@@ -446,19 +443,34 @@ func (w *Writer) syncChunks() error {
 	if len(w.fresh) > 64 {
 		return syncFolder(w.top)
 	}
+	// The chunks and their folders together: nothing names them until the
+	// manifest is written, after.
 	dirs := map[string]bool{filepath.Join(w.top, chunksDir): true}
+	paths := slices.Clone(w.fresh)
 	for _, p := range w.fresh {
-		if err := fsync(p); err != nil {
-			return err
-		}
-		dirs[filepath.Dir(p)] = true
-	}
-	for d := range dirs {
-		if err := fsync(d); err != nil {
-			return err
+		if d := filepath.Dir(p); !dirs[d] {
+			dirs[d] = true
+			paths = append(paths, d)
 		}
 	}
-	return nil
+	return fsyncAll(append(paths, filepath.Join(w.top, chunksDir)))
+}
+
+// fsyncAll syncs the files at once: the file system commits its journal
+// once for all of them, not once for each in turn (an incremental backup
+// writes few chunks and waits mostly for these syncs).
+func fsyncAll(paths []string) error {
+	errs := make([]error, len(paths))
+	var wg sync.WaitGroup
+	for i, p := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fsync(p)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func fsync(p string) error {
