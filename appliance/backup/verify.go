@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +13,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"filippo.io/age"
 	"github.com/klauspost/compress/s2"
@@ -151,6 +155,7 @@ func (v *verifier) backup(name string) (Manifest, bool) {
 		v.bad("%s: %v", rel, err)
 		return m, false
 	}
+	v.checkChunks(m)
 	ok := true
 	for _, it := range m.Items {
 		var plain int64
@@ -201,6 +206,51 @@ func (v *verifier) backup(name string) (Manifest, bool) {
 		}
 	}
 	return m, ok
+}
+
+// checkChunks reads each chunk file the manifest names that no earlier
+// backup named, once and on every core: its sha256 and, with identities,
+// its decrypted length (restore waits for this before it changes anything).
+func (v *verifier) checkChunks(m Manifest) {
+	var todo []string
+	seen := map[string]bool{}
+	for _, it := range m.Items {
+		for _, c := range it.Chunks {
+			if cp := chunkPath(c.ID); !seen[cp] && v.sums[cp] == "" {
+				seen[cp] = true
+				todo = append(todo, c.ID)
+			}
+		}
+	}
+	sums := make([]string, len(todo))
+	plains := make([]plainResult, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(todo)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(todo); i = int(next.Add(1) - 1) {
+				b, err := os.ReadFile(filepath.Join(v.top, filepath.FromSlash(chunkPath(todo[i]))))
+				if err != nil {
+					continue // "" : missing or unreadable
+				}
+				s := sha256.Sum256(b)
+				sums[i] = hex.EncodeToString(s[:])
+				if len(v.ids) > 0 {
+					plains[i].n, plains[i].err = decryptFrom(bytes.NewReader(b), v.ids, io.Discard)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i, id := range todo {
+		cp := chunkPath(id)
+		v.sums[cp] = sums[i]
+		if len(v.ids) > 0 && sums[i] != "" {
+			v.plain[cp] = plains[i]
+		}
+	}
 }
 
 // resolve reads dir as a folder of backups (all of them) or one backup
@@ -269,14 +319,48 @@ func Decrypt(dir, file string, ids []age.Identity, w io.Writer) error {
 		if it.File != file {
 			continue
 		}
-		for _, c := range it.Chunks {
-			if _, err := decryptChunk(top, c.ID, ids, w); err != nil {
-				return fmt.Errorf("%s: %w", chunkPath(c.ID), err)
-			}
-		}
-		return nil
+		return decryptItem(top, it, ids, w)
 	}
 	return fmt.Errorf("backup %s has no item %s", b, file)
+}
+
+// decryptItem writes an item's chunks in order, the next one decrypted
+// while the last is written (a restore's tar or dump command reads them).
+func decryptItem(top string, it Item, ids []age.Identity, w io.Writer) error {
+	type piece struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan piece, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(ch)
+		for _, c := range it.Chunks {
+			var b bytes.Buffer
+			_, err := decryptChunk(top, c.ID, ids, &b)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", chunkPath(c.ID), err)
+			}
+			select {
+			case ch <- piece{b.Bytes(), err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for p := range ch {
+		if p.err != nil {
+			return p.err
+		}
+		if _, err := w.Write(p.b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func decryptChunk(top, id string, ids []age.Identity, w io.Writer) (int64, error) {
@@ -285,7 +369,12 @@ func decryptChunk(top, id string, ids []age.Identity, w io.Writer) (int64, error
 		return 0, err
 	}
 	defer f.Close()
-	r, err := age.Decrypt(bufio.NewReaderSize(f, 1<<20), ids...)
+	return decryptFrom(bufio.NewReaderSize(f, 1<<20), ids, w)
+}
+
+// decryptFrom decrypts one chunk file's content and writes its plain bytes.
+func decryptFrom(in io.Reader, ids []age.Identity, w io.Writer) (int64, error) {
+	r, err := age.Decrypt(in, ids...)
 	if err != nil {
 		return 0, fmt.Errorf("decrypt: %w", err)
 	}
