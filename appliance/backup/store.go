@@ -178,8 +178,9 @@ func (w *Writer) AddReader(it Item, r io.Reader) error {
 // are keyed hashes and their encryption runs on every core.
 func (w *Writer) add(it *Item, r io.Reader) error {
 	type job struct {
-		i    int
-		data []byte
+		i       int
+		data    []byte
+		release func()
 	}
 	workers := runtime.GOMAXPROCS(0)
 	jobs := make(chan job, workers)
@@ -201,7 +202,8 @@ func (w *Writer) add(it *Item, r io.Reader) error {
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				id, err := w.store(j.data)
+				id, err := w.store(j.data) // keeps nothing of data
+				j.release()
 				if err != nil {
 					fail(err)
 					continue
@@ -213,9 +215,10 @@ func (w *Writer) add(it *Item, r io.Reader) error {
 		}()
 	}
 	c := newChunker(r, &w.keys.gear)
+	defer c.close()
 	var size int64
 	for i := 0; ; i++ {
-		data, err := c.next()
+		data, release, err := c.next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -228,10 +231,11 @@ func (w *Writer) add(it *Item, r io.Reader) error {
 		stop := firstErr != nil
 		mu.Unlock()
 		if stop {
+			release()
 			break
 		}
 		size += int64(len(data))
-		jobs <- job{i, data}
+		jobs <- job{i, data, release}
 	}
 	close(jobs)
 	wg.Wait()

@@ -348,8 +348,9 @@ func TestChunkerResyncs(t *testing.T) {
 	cuts := func(b []byte) map[string]bool {
 		c := newChunker(bytes.NewReader(b), &keys.gear)
 		out := map[string]bool{}
+		defer c.close()
 		for {
-			p, err := c.next()
+			p, release, err := c.next()
 			if err == io.EOF {
 				return out
 			}
@@ -360,6 +361,7 @@ func TestChunkerResyncs(t *testing.T) {
 				t.Fatalf("a chunk of %d bytes", len(p))
 			}
 			out[sha(p)] = true
+			release()
 		}
 	}
 	before := cuts(data)
