@@ -8,11 +8,13 @@ require (
 	github.com/canonical/lxd v0.0.0-20241209155119-76da976c6ee7
 	github.com/hiddeco/sshsig v0.2.0
 	github.com/klauspost/pgzip v1.3.0
+	github.com/zeebo/blake3 v0.2.4
 	golang.org/x/sys v0.49.0
 )
 
 require (
 	github.com/containerd/log v0.2.0 // indirect
+	github.com/klauspost/cpuid/v2 v2.2.9 // indirect
 	github.com/moby/sys/atomicwriter v0.1.0 // indirect
 	github.com/moby/term v0.5.2 // indirect
 	github.com/morikuni/aec v1.1.0 // indirect

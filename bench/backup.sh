@@ -41,9 +41,11 @@ go test -c -o "$bin" ./appliance/backup/
 export SSBUILD_BENCH_DATA="$work/data" SSBUILD_BENCH_CHANGE="sh $change"
 echo "tree: $(du -sm "$work/data" | cut -f1) MiB, $(find "$work/data" -type f | wc -l) files (pg_dump $(du -sm "$work/data/db/dump.sql" | cut -f1) MiB of PostgreSQL $(basename "$(dirname "$pgbin")") pgbench -s $scale, /usr/share/doc, /usr/share/locale); $runs pairs; $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
 echo "full backup vs tar -c (goal ≤ 1.5):"
-pairs "$runs" "$bin" "backup (chunk, HMAC, age, syncfs)" BenchmarkBackupFull "tar -cf + sync" BenchmarkTarCreate
+pairs "$runs" "$bin" "backup (chunk, BLAKE3, S2, age, syncfs)" BenchmarkBackupFull "tar -cf + sync" BenchmarkTarCreate
 echo "restore vs tar -x (goal ≤ 1.5):"
 pairs "$runs" "$bin" "restore (verify+decrypt all, then tar -x)" BenchmarkRestore "tar -xf + sync" BenchmarkTarExtract
 echo "incremental after 100 rows + 1 file vs full (goal ≤ 0.1):"
 pairs "$runs" "$bin" "incremental backup into the same folder" BenchmarkBackupIncremental "full backup into a new folder" BenchmarkBackupFull
+echo "incremental vs reading the tar stream alone (its floor while the whole tree is streamed):"
+pairs "$runs" "$bin" "incremental backup into the same folder" BenchmarkBackupIncremental "tar -c of the tree, read and dropped" BenchmarkTarStream
 "$bin" -test.run '^$' -test.bench '^BenchmarkBackupIncremental$' -test.benchtime 1x 2>&1 | awk '/^Benchmark/ { $1 = "  one incremental:"; $2 = ""; print }'

@@ -103,8 +103,10 @@ type Item struct {
 	Chunks   []Chunk `json:"chunks,omitempty"` // its content, in order
 }
 
-// format 2: chunks shared by the backups of a folder (1 was one file per item).
-const format = 2
+// format 3: chunks shared by the backups of a folder, each S2-compressed
+// when that pays and named under the "chunk names v2" key (2 stored them
+// raw under v1 names; 1 was one file per item). Only format 3 is read.
+const format = 3
 
 // Run takes the backup. On error the unfinished backup is removed; chunks
 // it wrote stay until `backup prune`.
@@ -338,17 +340,6 @@ func (t *tail) Write(p []byte) (int, error) {
 		t.b = t.b[len(t.b)-2048:]
 	}
 	return len(p), nil
-}
-
-type counter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *counter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // State is what backup and restore need of the deployment's state store

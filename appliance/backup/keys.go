@@ -7,9 +7,12 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/zeebo/blake3"
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 )
@@ -22,9 +25,13 @@ const KeySecret = "ssbuild-backup-key"
 
 // Keys are what a deployment's backup secret gives, each from HKDF-SHA256
 // with its own info string:
-//   - the key of the chunk names (HMAC-SHA256 of a chunk's plain bytes), so
-//     equal chunks share a name across backups, while whoever holds the
-//     folder cannot test a guess of the content (a plain hash would let him);
+//   - the key of the chunk names (keyed BLAKE3-256 of a chunk's plain
+//     bytes), so equal chunks share a name across backups, while whoever
+//     holds the folder cannot test a guess of the content (a plain hash
+//     would let him). BLAKE3's keyed mode is a MAC like HMAC-SHA256 (the
+//     names of format 2) and, with AVX2, twice as fast on 1 MiB chunks
+//     even against SHA-NI: every byte of every backup is named, also the
+//     unchanged ones of an incremental one;
 //   - the chunker's gear table, so where chunks are cut does not follow from
 //     the content alone (a fixed table lets chunk sizes fingerprint files);
 //   - the Ed25519 key that signs each manifest: age says nothing of who
@@ -46,7 +53,8 @@ func DeriveKeys(secret string) (*Keys, error) {
 	}
 	k := &Keys{}
 	var err error
-	if k.mac, err = read("chunk names v1", 32); err != nil {
+	// v2 since format 3 (compressed payloads, BLAKE3): no format-2 chunk's name is met again.
+	if k.mac, err = read("chunk names v2", 32); err != nil {
 		return nil, err
 	}
 	g, err := read("chunker gear v1", 256*8)
@@ -62,6 +70,16 @@ func DeriveKeys(secret string) (*Keys, error) {
 	}
 	k.sign = ed25519.NewKeyFromSeed(seed)
 	return k, nil
+}
+
+// chunkName is a chunk's name: its keyed BLAKE3-256, hex.
+func (k *Keys) chunkName(data []byte) string {
+	h, err := blake3.NewKeyed(k.mac)
+	if err != nil {
+		panic(err) // the key is 32 bytes by construction
+	}
+	h.Write(data)
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Signer is the public key that checks this deployment's manifests, as

@@ -1,8 +1,8 @@
 package backup
 
 import (
+	"bytes"
 	"crypto/ed25519"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -15,19 +15,21 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"filippo.io/age"
+	"github.com/klauspost/compress/s2"
 	"golang.org/x/sys/unix"
 )
 
 // The folder holds any number of backups that share their chunks:
 //
 //	chunks/<2 hex>/<64 hex>.age   one chunk, age-encrypted on its own; its name
-//	                              is the HMAC-SHA256 of its plain bytes under the
+//	                              is the keyed BLAKE3 of its plain bytes under the
 //	                              deployment's chunk key (see Keys)
 //	backups/<name>/manifest.json  one backup: its items, each a list of chunks
 //	                              (name, size and sha256 of the encrypted file)
@@ -47,7 +49,7 @@ const (
 
 // Chunk is one stored piece of an item.
 type Chunk struct {
-	ID     string `json:"id"`     // HMAC-SHA256 of the plain bytes, hex
+	ID     string `json:"id"`     // keyed BLAKE3-256 of the plain bytes, hex
 	Size   int64  `json:"size"`   // of the encrypted file
 	SHA256 string `json:"sha256"` // of the encrypted file
 }
@@ -135,8 +137,8 @@ func (w *Writer) start() error {
 			continue
 		}
 		m, _, err := readSigned(w.top, n, pub)
-		if err != nil {
-			continue // not ours, unfinished or damaged: its chunks are not trusted
+		if err != nil || m.Format != format {
+			continue // not ours, unfinished, damaged or of another format: its chunks are not trusted
 		}
 		for _, it := range m.Items {
 			for _, c := range it.Chunks {
@@ -176,8 +178,9 @@ func (w *Writer) AddReader(it Item, r io.Reader) error {
 // are keyed hashes and their encryption runs on every core.
 func (w *Writer) add(it *Item, r io.Reader) error {
 	type job struct {
-		i    int
-		data []byte
+		i       int
+		data    []byte
+		release func()
 	}
 	workers := runtime.GOMAXPROCS(0)
 	jobs := make(chan job, workers)
@@ -199,7 +202,8 @@ func (w *Writer) add(it *Item, r io.Reader) error {
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				id, err := w.store(j.data)
+				id, err := w.store(j.data) // keeps nothing of data
+				j.release()
 				if err != nil {
 					fail(err)
 					continue
@@ -211,9 +215,10 @@ func (w *Writer) add(it *Item, r io.Reader) error {
 		}()
 	}
 	c := newChunker(r, &w.keys.gear)
+	defer c.close()
 	var size int64
 	for i := 0; ; i++ {
-		data, err := c.next()
+		data, release, err := c.next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -226,10 +231,11 @@ func (w *Writer) add(it *Item, r io.Reader) error {
 		stop := firstErr != nil
 		mu.Unlock()
 		if stop {
+			release()
 			break
 		}
 		size += int64(len(data))
-		jobs <- job{i, data}
+		jobs <- job{i, data, release}
 	}
 	close(jobs)
 	wg.Wait()
@@ -249,9 +255,7 @@ func (w *Writer) add(it *Item, r io.Reader) error {
 
 // store names a chunk and writes it unless the folder has it already.
 func (w *Writer) store(data []byte) (string, error) {
-	mac := hmac.New(sha256.New, w.keys.mac)
-	mac.Write(data)
-	id := hex.EncodeToString(mac.Sum(nil))
+	id := w.keys.chunkName(data)
 	p := filepath.Join(w.top, filepath.FromSlash(chunkPath(id)))
 	w.mu.Lock()
 	if _, ok := w.written[id]; ok {
@@ -282,39 +286,106 @@ func (w *Writer) store(data []byte) (string, error) {
 	return id, nil
 }
 
-func writeChunk(p, id string, data []byte, recips []age.Recipient) (c Chunk, err error) {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return c, err
+// Chunk payloads (format 3): the age-encrypted content of a chunk file is
+// one byte saying how the plain bytes follow, then them. S2 (Snappy's
+// faster successor, klauspost/compress) costs about the CPU the bytes it
+// spares would cost to encrypt, hash and write, and spares two thirds of
+// the writes, syncs and folder size: on the benchmark's tree it takes
+// 445 MiB to 148 MiB, a pg_dump 18 to 1 at 5 GB/s, .mo files 2 to 1 at
+// 0.6 GB/s. Chunks it barely shrinks (already compressed files) are kept
+// raw, so restoring them costs no decoding.
+const (
+	payloadRaw = 0
+	payloadS2  = 1
+)
+
+var (
+	encodeBufs = sync.Pool{New: func() any { b := make([]byte, 1+s2.MaxEncodedLen(maxChunk)); return &b }}
+	cipherBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+)
+
+// encodePayload returns the chunk's payload in a pooled buffer (put it
+// back with encodeBufs.Put(buf) when done).
+func encodePayload(data []byte) (payload []byte, buf *[]byte) {
+	buf = encodeBufs.Get().(*[]byte)
+	b := *buf
+	enc := s2.Encode(b[1:], data)
+	if len(enc) < len(data)-len(data)/16 {
+		b[0] = payloadS2
+		return b[:1+len(enc)], buf
 	}
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return c, err
+	b[0] = payloadRaw
+	return append(b[:1], data...), buf
+}
+
+// decodePayload is the chunk's plain bytes.
+func decodePayload(p []byte) ([]byte, error) {
+	if len(p) == 0 {
+		return nil, errors.New("empty chunk payload")
 	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp, p)
-		}
+	switch p[0] {
+	case payloadRaw:
+		return p[1:], nil
+	case payloadS2:
+		n, err := s2.DecodedLen(p[1:])
 		if err != nil {
-			os.Remove(tmp)
+			return nil, fmt.Errorf("chunk payload: %w", err)
 		}
-	}()
-	h := sha256.New()
-	cw := &counter{w: io.MultiWriter(f, h)}
-	enc, err := age.Encrypt(cw, recips...)
+		if n > maxChunk {
+			return nil, fmt.Errorf("chunk payload: %d bytes decoded, more than a chunk holds", n)
+		}
+		out, err := s2.Decode(make([]byte, n), p[1:])
+		if err != nil {
+			return nil, fmt.Errorf("chunk payload: %w", err)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("chunk payload: unknown encoding %d", p[0])
+}
+
+// writeChunk encrypts the chunk's payload into memory, hashing it there,
+// and writes the file with one write (age's stream would write each 64 KiB
+// segment on its own).
+func writeChunk(p, id string, data []byte, recips []age.Recipient) (c Chunk, err error) {
+	payload, buf := encodePayload(data)
+	defer encodeBufs.Put(buf)
+	ct := cipherBufs.Get().(*bytes.Buffer)
+	defer cipherBufs.Put(ct)
+	ct.Reset()
+	ct.Grow(len(payload) + len(payload)/(64<<10)*16 + 1024) // age: 16 bytes per 64 KiB segment, a header
+	enc, err := age.Encrypt(ct, recips...)
 	if err != nil {
 		return c, err
 	}
-	if _, err := enc.Write(data); err != nil {
+	if _, err := enc.Write(payload); err != nil {
 		return c, err
 	}
 	if err := enc.Close(); err != nil {
 		return c, err
 	}
-	return Chunk{ID: id, Size: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if errors.Is(err, fs.ErrNotExist) { // the prefix folder's first chunk: a mkdir then, not one per chunk
+		if err = os.MkdirAll(filepath.Dir(p), 0o700); err == nil {
+			f, err = os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		}
+	}
+	if err != nil {
+		return c, err
+	}
+	_, err = f.Write(ct.Bytes())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return c, err
+	}
+	s := sha256.Sum256(ct.Bytes())
+	return Chunk{ID: id, Size: int64(ct.Len()), SHA256: hex.EncodeToString(s[:])}, nil
 }
 
 // Close finishes the backup: every chunk on disk first, then the manifest
@@ -358,18 +429,14 @@ func (w *Writer) Close() (Manifest, error) {
 	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		return m, err
 	}
-	for _, p := range []string{filepath.Join(dir, ManifestFile), filepath.Join(dir, SigFile), tmp} {
-		if err := fsync(p); err != nil {
-			return m, err
-		}
+	if err := fsyncAll([]string{filepath.Join(dir, ManifestFile), filepath.Join(dir, SigFile), tmp}); err != nil {
+		return m, err
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, SumsFile)); err != nil {
 		return m, err
 	}
-	for _, p := range []string{dir, filepath.Join(w.top, backupsDir)} {
-		if err := fsync(p); err != nil {
-			return m, err
-		}
+	if err := fsyncAll([]string{dir, filepath.Join(w.top, backupsDir)}); err != nil {
+		return m, err
 	}
 	return m, nil
 }
@@ -381,19 +448,34 @@ func (w *Writer) syncChunks() error {
 	if len(w.fresh) > 64 {
 		return syncFolder(w.top)
 	}
+	// The chunks and their folders together: nothing names them until the
+	// manifest is written, after.
 	dirs := map[string]bool{filepath.Join(w.top, chunksDir): true}
+	paths := slices.Clone(w.fresh)
 	for _, p := range w.fresh {
-		if err := fsync(p); err != nil {
-			return err
-		}
-		dirs[filepath.Dir(p)] = true
-	}
-	for d := range dirs {
-		if err := fsync(d); err != nil {
-			return err
+		if d := filepath.Dir(p); !dirs[d] {
+			dirs[d] = true
+			paths = append(paths, d)
 		}
 	}
-	return nil
+	return fsyncAll(append(paths, filepath.Join(w.top, chunksDir)))
+}
+
+// fsyncAll syncs the files at once: the file system commits its journal
+// once for all of them, not once for each in turn (an incremental backup
+// writes few chunks and waits mostly for these syncs).
+func fsyncAll(paths []string) error {
+	errs := make([]error, len(paths))
+	var wg sync.WaitGroup
+	for i, p := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fsync(p)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func fsync(p string) error {

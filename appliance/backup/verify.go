@@ -2,7 +2,10 @@ package backup
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,10 +13,14 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"filippo.io/age"
+	"github.com/klauspost/compress/s2"
 
 	"github.com/sovereign-stack/ssbuild/internal/digest"
 )
@@ -144,6 +151,11 @@ func (v *verifier) backup(name string) (Manifest, bool) {
 			v.bad("%s: the manifest names signer %s, not the trusted one", rel, signer)
 		}
 	}
+	if err := checkFormat(m); err != nil {
+		v.bad("%s: %v", rel, err)
+		return m, false
+	}
+	v.checkChunks(m)
 	ok := true
 	for _, it := range m.Items {
 		var plain int64
@@ -194,6 +206,51 @@ func (v *verifier) backup(name string) (Manifest, bool) {
 		}
 	}
 	return m, ok
+}
+
+// checkChunks reads each chunk file the manifest names that no earlier
+// backup named, once and on every core: its sha256 and, with identities,
+// its decrypted length (restore waits for this before it changes anything).
+func (v *verifier) checkChunks(m Manifest) {
+	var todo []string
+	seen := map[string]bool{}
+	for _, it := range m.Items {
+		for _, c := range it.Chunks {
+			if cp := chunkPath(c.ID); !seen[cp] && v.sums[cp] == "" {
+				seen[cp] = true
+				todo = append(todo, c.ID)
+			}
+		}
+	}
+	sums := make([]string, len(todo))
+	plains := make([]plainResult, len(todo))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(todo)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(todo); i = int(next.Add(1) - 1) {
+				b, err := os.ReadFile(filepath.Join(v.top, filepath.FromSlash(chunkPath(todo[i]))))
+				if err != nil {
+					continue // "" : missing or unreadable
+				}
+				s := sha256.Sum256(b)
+				sums[i] = hex.EncodeToString(s[:])
+				if len(v.ids) > 0 {
+					plains[i].n, plains[i].err = decryptFrom(bytes.NewReader(b), v.ids, io.Discard)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i, id := range todo {
+		cp := chunkPath(id)
+		v.sums[cp] = sums[i]
+		if len(v.ids) > 0 && sums[i] != "" {
+			v.plain[cp] = plains[i]
+		}
+	}
 }
 
 // resolve reads dir as a folder of backups (all of them) or one backup
@@ -252,6 +309,9 @@ func Decrypt(dir, file string, ids []age.Identity, w io.Writer) error {
 		return err
 	}
 	m, err := readManifest(top, names[0])
+	if err == nil {
+		err = checkFormat(m)
+	}
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", b, err)
 	}
@@ -259,14 +319,48 @@ func Decrypt(dir, file string, ids []age.Identity, w io.Writer) error {
 		if it.File != file {
 			continue
 		}
-		for _, c := range it.Chunks {
-			if _, err := decryptChunk(top, c.ID, ids, w); err != nil {
-				return fmt.Errorf("%s: %w", chunkPath(c.ID), err)
-			}
-		}
-		return nil
+		return decryptItem(top, it, ids, w)
 	}
 	return fmt.Errorf("backup %s has no item %s", b, file)
+}
+
+// decryptItem writes an item's chunks in order, the next one decrypted
+// while the last is written (a restore's tar or dump command reads them).
+func decryptItem(top string, it Item, ids []age.Identity, w io.Writer) error {
+	type piece struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan piece, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(ch)
+		for _, c := range it.Chunks {
+			var b bytes.Buffer
+			_, err := decryptChunk(top, c.ID, ids, &b)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", chunkPath(c.ID), err)
+			}
+			select {
+			case ch <- piece{b.Bytes(), err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for p := range ch {
+		if p.err != nil {
+			return p.err
+		}
+		if _, err := w.Write(p.b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func decryptChunk(top, id string, ids []age.Identity, w io.Writer) (int64, error) {
@@ -275,15 +369,41 @@ func decryptChunk(top, id string, ids []age.Identity, w io.Writer) (int64, error
 		return 0, err
 	}
 	defer f.Close()
-	r, err := age.Decrypt(bufio.NewReader(f), ids...)
+	return decryptFrom(bufio.NewReaderSize(f, 1<<20), ids, w)
+}
+
+// decryptFrom decrypts one chunk file's content and writes its plain bytes.
+func decryptFrom(in io.Reader, ids []age.Identity, w io.Writer) (int64, error) {
+	r, err := age.Decrypt(in, ids...)
 	if err != nil {
 		return 0, fmt.Errorf("decrypt: %w", err)
 	}
-	n, err := io.Copy(w, r)
-	if err != nil {
-		return n, fmt.Errorf("decrypt: %w", err)
+	buf := decodeBufs.Get().(*bytes.Buffer)
+	defer decodeBufs.Put(buf)
+	buf.Reset()
+	limit := 1 + s2.MaxEncodedLen(maxChunk)
+	if _, err := buf.ReadFrom(io.LimitReader(r, int64(limit)+1)); err != nil {
+		return 0, fmt.Errorf("decrypt: %w", err)
 	}
-	return n, nil
+	if buf.Len() > limit {
+		return 0, errors.New("decrypt: more bytes than a chunk holds")
+	}
+	plain, err := decodePayload(buf.Bytes())
+	if err != nil {
+		return 0, fmt.Errorf("decrypt: %w", err)
+	}
+	n, err := w.Write(plain)
+	return int64(n), err
+}
+
+var decodeBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// checkFormat refuses a manifest of another format than this ssbuild's.
+func checkFormat(m Manifest) error {
+	if m.Format != format {
+		return fmt.Errorf("%s: format %d, written by another ssbuild (this one reads format %d: compressed chunks under other names); verify and restore it with the ssbuild that wrote it", ManifestFile, m.Format, format)
+	}
+	return nil
 }
 
 // ReadIdentities reads age identities (age-keygen's file) from path.

@@ -59,7 +59,7 @@ func add(t *testing.T, dir string, keys *Keys, id *age.X25519Identity, created t
 
 var t0 = time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
 
-// folder writes a small backup folder (a dump, a volume archive of 6 MiB)
+// folder writes a small backup folder (a dump, a volume archive of 12 MiB)
 // encrypted to a new key, and returns it with the key.
 func folder(t *testing.T) (string, *age.X25519Identity, *Keys) {
 	t.Helper()
@@ -71,7 +71,7 @@ func folder(t *testing.T) (string, *age.X25519Identity, *Keys) {
 	dir := filepath.Join(t.TempDir(), "b")
 	add(t, dir, keys, id, t0, map[string][]byte{
 		"btcpay/db/db.sql.age":    []byte("INSERT INTO pages VALUES ('kept');\n"),
-		"btcpay/web/data.tar.age": noise(1, 6<<20),
+		"btcpay/web/data.tar.age": noise(1, 12<<20),
 	})
 	return dir, id, keys
 }
@@ -96,12 +96,12 @@ func TestVerify(t *testing.T) {
 		t.Fatalf("a whole backup: %v", err)
 	}
 	if len(m.Items) != 2 || len(m.Items[1].Chunks) < 2 {
-		t.Fatalf("manifest %+v: want 2 items, the 6 MiB one in several chunks", m.Items)
+		t.Fatalf("manifest %+v: want 2 items, the 12 MiB one in several chunks", m.Items)
 	}
 	if got := plain(t, dir, "btcpay/db/db.sql.age", id); !strings.Contains(string(got), "'kept'") {
 		t.Fatalf("decrypted dump %q", got)
 	}
-	if !bytes.Equal(plain(t, dir, "btcpay/web/data.tar.age", id), noise(1, 6<<20)) {
+	if !bytes.Equal(plain(t, dir, "btcpay/web/data.tar.age", id), noise(1, 12<<20)) {
 		t.Fatal("the volume archive decrypts to other bytes")
 	}
 	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
@@ -202,7 +202,7 @@ func TestIncremental(t *testing.T) {
 	id, _ := age.GenerateX25519Identity()
 	keys := testKeys(t, "deployment secret")
 	dir := filepath.Join(t.TempDir(), "b")
-	vol := noise(2, 24<<20)
+	vol := noise(2, 48<<20)
 	dump := []byte(strings.Repeat("INSERT INTO pages VALUES ('row');\n", 20000))
 	first := add(t, dir, keys, id, t0, map[string][]byte{"btcpay/db/db.sql.age": dump, "btcpay/web/data.tar.age": vol})
 	if first.Stats.New != first.Stats.Chunks-first.Stats.Duplicate || first.Stats.Reused != 0 {
@@ -211,11 +211,11 @@ func TestIncremental(t *testing.T) {
 
 	// A row inserted in the middle of the dump, 100 bytes of the volume changed.
 	vol2 := bytes.Clone(vol)
-	copy(vol2[10<<20:], noise(3, 100))
+	copy(vol2[20<<20:], noise(3, 100))
 	dump2 := append(append(bytes.Clone(dump[:len(dump)/2]), "INSERT INTO pages VALUES ('new');\n"...), dump[len(dump)/2:]...)
 	second := add(t, dir, keys, id, t0.Add(time.Hour), map[string][]byte{"btcpay/db/db.sql.age": dump2, "btcpay/web/data.tar.age": vol2})
 	t.Logf("first: %+v; second: %+v", first.Stats, second.Stats)
-	if second.Stats.New > 3 || second.Stats.NewBytes > 6<<20 || second.Stats.Reused < second.Stats.Chunks-3 {
+	if second.Stats.New > 3 || second.Stats.NewBytes > 2*maxChunk || second.Stats.Reused < second.Stats.Chunks-3 {
 		t.Errorf("the second backup wrote %d of %d chunks (%d bytes); want at most 3", second.Stats.New, second.Stats.Chunks, second.Stats.NewBytes)
 	}
 	for _, b := range []struct {
@@ -234,7 +234,7 @@ func TestIncremental(t *testing.T) {
 		t.Errorf("latest: %s, %v; want %s", latest, err, second.Name)
 	}
 	f, err := List(dir)
-	if err != nil || len(f.Backups) != 2 || !f.Backups[1].Finished || f.Backups[1].New > 6<<20 || f.Backups[0].New < 24<<20 {
+	if err != nil || len(f.Backups) != 2 || !f.Backups[1].Finished || f.Backups[1].New > 2*maxChunk || f.Backups[0].New < 48<<20 {
 		t.Errorf("list: %+v, %v", f, err)
 	}
 
@@ -344,12 +344,13 @@ func TestChunkNames(t *testing.T) {
 // around them.
 func TestChunkerResyncs(t *testing.T) {
 	keys := testKeys(t, "chunker")
-	data := noise(5, 32<<20)
+	data := noise(5, 64<<20)
 	cuts := func(b []byte) map[string]bool {
 		c := newChunker(bytes.NewReader(b), &keys.gear)
 		out := map[string]bool{}
+		defer c.close()
 		for {
-			p, err := c.next()
+			p, release, err := c.next()
 			if err == io.EOF {
 				return out
 			}
@@ -360,6 +361,7 @@ func TestChunkerResyncs(t *testing.T) {
 				t.Fatalf("a chunk of %d bytes", len(p))
 			}
 			out[sha(p)] = true
+			release()
 		}
 	}
 	before := cuts(data)
@@ -371,6 +373,6 @@ func TestChunkerResyncs(t *testing.T) {
 		}
 	}
 	if n := len(before); n < 16 || n > 64 || changed > 2 {
-		t.Errorf("%d chunks of 32 MiB (want about 32 at 1 MiB on average); %d changed by an insertion", n, changed)
+		t.Errorf("%d chunks of 64 MiB (want about 32 at 2 MiB on average); %d changed by an insertion", n, changed)
 	}
 }
