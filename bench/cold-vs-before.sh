@@ -56,15 +56,19 @@ cold() {
 	awk -v a="$s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }'
 	rm -rf "$d/cache"
 }
+# steps SIDE RUN: the build's own step times, on one line.
+steps() { grep -o '[^ ]*[a-z][^:]*: done in [0-9.hms]*' "$work/$1-$2/log" | sed 's/: done in /=/' | tr '\n' ' '; }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 all_old= all_new= ratios=
-echo "cold ssbuild image, demo recipe without Docker images, $pairs pairs ($(nproc) cores)"
+echo "cold ssbuild image, demo recipe without Docker images or deployments, $pairs pairs ($(nproc) cores)"
 for ((i = 1; i <= pairs; i++)); do
 	l=$(load); to=$(cold old "$i")
 	echo "  pair $i  old ($old_commit) $to s  (load before: $l)"
+	echo "          steps: $(steps old "$i")"
 	l=$(load); tn=$(cold new "$i")
 	echo "  pair $i  new (this tree) $tn s  (load before: $l)"
+	echo "          steps: $(steps new "$i")"
 	all_old+="$to"$'\n' all_new+="$tn"$'\n'
 	ratios+=$(awk -v a="$to" -v b="$tn" 'BEGIN { printf "%.2f", a / b }')$'\n'
 done
@@ -74,8 +78,12 @@ printf '  %-28s median %6.1f s   (runs: %s)\n' "new (this tree)" "$(median <<<"$
 printf '  %-28s median %6.2f     (pairs: %s)\n' "ratio old/new" "$(median <<<"${ratios%$'\n'}")" "$(list "$ratios")"
 echo "load at the end of the builds: $(load)"
 
-# tree DIR: one line per entry (type, mode, owner, mtime, size of non-directories, path, link target).
-tree() { (cd "$1" && find . -mindepth 1 -printf '%y %m %U:%G %T@ %s %p %l\n' | awk '$1 == "d" { $5 = "-" } 1' | sort -k6); }
+# tree DIR: one line per entry (type, mode, owner, mtime, size of non-directories, path, link
+# target), then the device numbers of the device nodes (which diff -r does not compare).
+tree() {
+	(cd "$1" && find . -mindepth 1 -printf '%y %m %U:%G %T@ %s %p %l\n' | awk '$1 == "d" { $5 = "-" } 1' | sort -k6 &&
+		find . \( -type c -o -type b \) -exec stat -c 'device %n %t:%T' {} + | sort)
+}
 # unpack FILE DIR: the file tree inside a squashfs or a tarball.
 unpack() {
 	mkdir "$2"
@@ -93,10 +101,14 @@ same_trees() {
 		echo "      entries differ ($(grep -c '^[<>]' "$work/tree.diff") lines of diff; first ones):"
 		grep '^[<>]' "$work/tree.diff" | head -10 | sed 's/^/        /'
 	fi
-	if ! diff -r --no-dereference -q "$1" "$2" >"$work/content.diff" 2>&1; then
+	diff -r --no-dereference -q "$1" "$2" 2>&1 | grep -v 'special file while file .* special file$' >"$work/content.diff" || true
+	if [ -s "$work/content.diff" ]; then
 		rc=1
-		echo "      contents differ ($(wc -l <"$work/content.diff") files; first ones):"
-		head -10 "$work/content.diff" | sed "s|$work/||g; s/^/        /"
+		echo "      contents differ ($(wc -l <"$work/content.diff") files; first ones, with their first differing lines):"
+		head -5 "$work/content.diff" | sed "s|$work/||g; s/^/        /"
+		awk '$1 == "Files" { print $2, $4 }' "$work/content.diff" | head -2 | while read -r fa fb; do
+			diff "$fa" "$fb" | grep '^[<>]' | head -4 | cut -c1-150 | sed 's/^/          /' || true
+		done
 	fi
 	return $rc
 }
@@ -121,7 +133,7 @@ compare() {
 		if unpack "$a/$f" "$work/ta" 2>/dev/null && unpack "$b/$f" "$work/tb"; then
 			same_trees "$work/ta" "$work/tb" && echo "    the file trees inside are the same (entries, owners, modes, mtimes, contents)"
 		elif [ "$(stat -c %s "$a/$f")" -lt 65536 ]; then
-			diff "$a/$f" "$b/$f" | head -12 | sed 's/^/    /' || true
+			diff "$a/$f" "$b/$f" | grep '^[<>]' | head -16 | sed 's/^/    /' || true
 		fi
 		rm -rf "$work/ta" "$work/tb"
 	done < <(cd "$a" && find . -type f | sort | sed 's|^\./||')
