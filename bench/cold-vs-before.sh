@@ -57,7 +57,7 @@ cold() {
 	rm -rf "$d/cache"
 }
 # steps SIDE RUN: the build's own step times, on one line.
-steps() { grep -o '[^ ]*[a-z][^:]*: done in [0-9.hms]*' "$work/$1-$2/log" | sed 's/: done in /=/' | tr '\n' ' '; }
+steps() { grep -o '[^ ]*[a-z][^:]*: done in [0-9.hms]*' "$work/$1-$2/log" | sed 's/: done in /=/; s|^copy rootfs to .*/|copy rootfs to …/|' | tr '\n' ' '; }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 all_old= all_new= ratios=
