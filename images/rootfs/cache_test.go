@@ -2,6 +2,7 @@ package rootfs
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -192,5 +193,36 @@ func TestPrune(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(fresh, "etc/os-release")); err != nil {
 		t.Errorf("fresh entry pruned: %v", err)
+	}
+}
+
+// What debootstrap leaves of the build machine and of its own run is
+// scrubbed, so two cold builds of the same inputs give the same tree.
+func TestScrubHostFiles(t *testing.T) {
+	root := t.TempDir()
+	for _, f := range []string{"etc/resolv.conf", "etc/hostname", "var/log/bootstrap.log", "var/log/apt/history.log"} {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, f), []byte("from the builder\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := scrubHostFiles(root); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"etc/resolv.conf", "var/log/bootstrap.log"} {
+		if _, err := os.Stat(filepath.Join(root, f)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s is still there (%v)", f, err)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "etc/hostname")); err != nil || string(b) != "localhost\n" {
+		t.Errorf("etc/hostname: %q, %v; want localhost", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "var/log/apt/history.log")); err != nil {
+		t.Errorf("a file of the image's own was removed: %v", err)
+	}
+	if err := scrubHostFiles(root); err != nil {
+		t.Errorf("a second scrub: %v", err)
 	}
 }

@@ -20,7 +20,7 @@ import (
 
 // cacheFormat changes when the layout or scrubbing of cache entries changes,
 // so old entries are not reused.
-const cacheFormat = 2
+const cacheFormat = 3 // 3: var/log/bootstrap.log scrubbed
 
 // Debootstrap returns a root filesystem for spec in dest, from the cache
 // when an entry with the same inputs exists, else by running debootstrap and
@@ -203,11 +203,14 @@ func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debo
 }
 
 // scrubHostFiles removes what debootstrap copies from the build machine
-// (its resolv.conf and hostname): they describe the builder, not the image,
-// and would make the tree depend on where it was built.
+// (its resolv.conf and hostname) and its own log (download times, the
+// builder's paths): they describe the build, not the image, and would make
+// two cold builds of the same inputs differ.
 func scrubHostFiles(root string) error {
-	if err := os.Remove(filepath.Join(root, "etc/resolv.conf")); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	for _, f := range []string{"etc/resolv.conf", "var/log/bootstrap.log"} {
+		if err := os.Remove(filepath.Join(root, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	return os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("localhost\n"), 0o644)
 }
