@@ -37,7 +37,7 @@ const Ref = "ssbuild-demo/postgres:15"
 
 // layerVersion changes whenever what Tree puts in the image changes, so an
 // older cached tree is not reused.
-const layerVersion = "v1"
+const layerVersion = "v2"
 
 // pgBin and pgLib are where Debian installs PostgreSQL 15.
 const (
@@ -47,8 +47,9 @@ const (
 	libDir  = "usr/lib/x86_64-linux-gnu"
 )
 
-// binaries are the programs the image carries (linked from /usr/bin).
-var binaries = []string{"postgres", "initdb", "pg_ctl", "psql", "pg_dump", "pg_restore", "pg_isready"}
+// binaries are the programs the image carries (linked from /usr/bin);
+// pg_dumpall is the sovereign stack's declared dump (appliance/backup tests it).
+var binaries = []string{"postgres", "initdb", "pg_ctl", "psql", "pg_dump", "pg_dumpall", "pg_restore", "pg_isready"}
 
 // modules are the server's loadable modules initdb needs (plpgsql is in
 // every new database, dict_snowball backs the text search configurations).
