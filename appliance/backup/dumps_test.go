@@ -235,22 +235,14 @@ func unrestricted(dump string) string {
 	}), "\n")
 }
 
-// firstDiff shows the first line where two texts differ.
+// firstDiff shows where two texts first differ.
 func firstDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	for i := range max(len(w), len(g)) {
-		var a, b string
-		if i < len(w) {
-			a = w[i]
-		}
-		if i < len(g) {
-			b = g[i]
-		}
-		if a != b {
-			return fmt.Sprintf("line %d:\n  want: %s\n  got:  %s", i+1, a, b)
-		}
+	i := 0
+	for i < len(want) && i < len(got) && want[i] == got[i] {
+		i++
 	}
-	return ""
+	from := max(0, i-80)
+	return fmt.Sprintf("at byte %d:\n  want: %q\n  got:  %q", i, want[from:min(len(want), i+80)], got[from:min(len(got), i+80)])
 }
 
 func ptr[T any](v T) *T { return &v }
