@@ -28,7 +28,7 @@ const Ref = "ssbuild-demo/postgres:15"
 
 // layerVersion changes whenever what Tree puts in the image changes, so an
 // older cached tree is not reused.
-const layerVersion = "v3"
+const layerVersion = "v4"
 
 // pgBin and pgLib are where Debian installs PostgreSQL 15.
 const (
@@ -48,7 +48,7 @@ var modules = []string{"plpgsql.so", "dict_snowball.so"}
 
 // applets are busybox's links: the shell, su, the web server and what the
 // scripts use.
-var applets = []string{"sh", "su", "httpd", "cat", "echo", "mkdir", "chown", "chmod", "rm", "sleep", "wget", "ls", "printf", "id", "env"}
+var applets = []string{"sh", "su", "httpd", "cat", "echo", "sed", "mkdir", "chown", "chmod", "rm", "sleep", "wget", "ls", "printf", "id", "env"}
 
 // runScript starts the database: a new cluster on the first start (its
 // superuser password from POSTGRES_PASSWORD, a database POSTGRES_DB), then
