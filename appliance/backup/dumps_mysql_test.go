@@ -79,12 +79,12 @@ func TestSovereignMySQLDumpsRestore(t *testing.T) {
 				t.Errorf("the dump holds no database %s", app)
 			}
 			sql("UPDATE " + db + ".posts SET title = 'changed'; DELETE FROM " + db + ".posts WHERE id = 2; INSERT INTO " + db + ".posts (title) VALUES ('after the dump')")
-			restore()
+			restore(s)
 			if got := rows(); got != want {
 				t.Fatalf("after the restore: %s, want %s", got, want)
 			}
 			sql("DROP DATABASE " + db)
-			restore()
+			restore(s)
 			if got := rows(); got != want {
 				t.Fatalf("after a restore of the dropped database: %s, want %s", got, want)
 			}

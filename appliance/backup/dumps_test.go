@@ -132,8 +132,9 @@ func (s *dbServer) waitReady(cmd ...string) {
 
 // dumpAndRestore takes the declared dump into an encrypted backup folder
 // as `ssbuild backup` does (execDump) and returns a function restoring it
-// as `ssbuild restore` does (restoreDump), with the dump's plain text.
-func dumpAndRestore(t *testing.T, s *dbServer, d *stack.Dump) (restore func(), plainDump string) {
+// into a server as `ssbuild restore` does (restoreDump), with the dump's
+// plain text.
+func dumpAndRestore(t *testing.T, s *dbServer, d *stack.Dump) (restore func(to *dbServer), plainDump string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -161,12 +162,12 @@ func dumpAndRestore(t *testing.T, s *dbServer, d *stack.Dump) (restore func(), p
 	if err := Decrypt(dir, it.File, []age.Identity{id}, &plain); err != nil {
 		t.Fatal(err)
 	}
-	return func() {
+	return func(to *dbServer) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		start := time.Now()
-		if err := restoreDump(ctx, s.c, s.id, d, dir, []age.Identity{id}, it); err != nil {
+		if err := restoreDump(ctx, to.c, to.id, d, dir, []age.Identity{id}, it); err != nil {
 			t.Fatalf("declared restore %q: %v", d.Restore, err)
 		}
 		t.Logf("restore (%s) in %s", strings.Join(d.Restore, " "), time.Since(start).Round(time.Millisecond))
@@ -177,8 +178,10 @@ func dumpAndRestore(t *testing.T, s *dbServer, d *stack.Dump) (restore func(), p
 // PostgreSQL dump (pg_dumpall --clean --if-exists), taken from a real
 // PostgreSQL 15 (Debian's, the demo image) holding BTCPay's and
 // NBXplorer's databases, is restored by the declared restore after rows
-// were changed, deleted and a database dropped: every row is back exactly,
-// and a second restore of the same dump changes nothing.
+// were changed, deleted and a database dropped, with a client connected as
+// BTCPay is: every row is back exactly, a second restore of the same dump
+// changes nothing, and restored into a fresh deployment the new password
+// still lets its clients in.
 func TestSovereignPostgresDumpRestores(t *testing.T) {
 	d := declaredDump(t, "btcpay", "postgres")
 	dk := testdocker.Start(t)
@@ -226,7 +229,7 @@ INSERT INTO txs SELECT 'tx-' || i, timestamptz '2026-12-03 10:00:00+00' + i * in
 		s.exec("psql", "-U", "postgres", "-d", "btcpayservermainnet", "-c", "SELECT pg_sleep(120)")
 	}()
 	s.waitReady("psql", "-U", "postgres", "-d", "postgres", "-c", "SELECT 1 / (count(*) = 1)::int FROM pg_stat_activity WHERE datname = 'btcpayservermainnet'")
-	restore()
+	restore(s)
 	<-held
 	if got := rows(); got != want {
 		t.Fatalf("after the restore the rows are\n%s\nwant\n%s", got, want)
@@ -235,7 +238,7 @@ INSERT INTO txs SELECT 'tx-' || i, timestamptz '2026-12-03 10:00:00+00' + i * in
 		t.Errorf("a table made after the dump survived the restore (%s)", got)
 	}
 	// --clean --if-exists: the same dump replays over what it restored.
-	restore()
+	restore(s)
 	if got := rows(); got != want {
 		t.Fatalf("after a second restore the rows are\n%s\nwant\n%s", got, want)
 	}
@@ -247,6 +250,19 @@ INSERT INTO txs SELECT 'tx-' || i, timestamptz '2026-12-03 10:00:00+00' + i * in
 	again, _, code := s.exec(d.Command...)
 	if code != 0 || unrestricted(again) != unrestricted(plain) {
 		t.Errorf("a dump after the restores differs from the first (exit %d): %s", code, firstDiff(unrestricted(plain), unrestricted(again)))
+	}
+	// Into a fresh deployment (its own new password, as BTCPay and
+	// NBXplorer are given): the rows come back and the new password
+	// still lets them in over TCP.
+	fresh := startServer(t, dk.Client, "sovereign-postgres-fresh", &container.Config{Image: demopg.Ref,
+		Env: []string{"POSTGRES_PASSWORD=the-new-deployments-456", "PGHOST=/tmp"}})
+	fresh.waitReady("pg_isready", "-U", "postgres")
+	restore(fresh)
+	if _, msg, code := fresh.exec("sh", "-c", "PGPASSWORD=the-new-deployments-456 exec psql -h 127.0.0.1 -U postgres -d btcpayservermainnet -w -c 'SELECT 1'"); code != 0 {
+		t.Errorf("after a restore into a fresh deployment its password is refused: %s", msg)
+	}
+	if got := fresh.must("psql", "-U", "postgres", "-d", "nbxplorermainnet", "-tA", "-c", "SELECT count(*) FROM txs"); strings.TrimSpace(got) != "500" {
+		t.Errorf("fresh deployment: %s rows, want 500", got)
 	}
 	t.Logf("database test in %s", time.Since(start).Round(time.Millisecond))
 }
