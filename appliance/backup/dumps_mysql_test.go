@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -15,13 +16,15 @@ import (
 )
 
 // TestSovereignMySQLDumpsRestore: the sovereign www stack's declared MySQL
-// dumps (Ghost's, Nextcloud's, Gitea's: mysqldump --all-databases in one
-// transaction, with MYSQL_PWD from the container's MYSQL_ROOT_PASSWORD),
+// dumps (Ghost's, Nextcloud's, Gitea's: mysqldump of the application's
+// database in one transaction, with MYSQL_PWD from the container's
+// MYSQL_ROOT_PASSWORD),
 // taken from a real MySQL-compatible server (Debian's MariaDB 10.11; the
 // stack runs the official mysql image, which no registry here serves), are
 // restored by the declared restore after rows were changed, deleted and
 // added, and after the database was dropped: every row and the trigger
-// are back exactly.
+// are back exactly; restored into a fresh deployment, its root password
+// still works after a server restart.
 func TestSovereignMySQLDumpsRestore(t *testing.T) {
 	r, err := recipes.Open("default")
 	if err != nil {
@@ -51,9 +54,19 @@ func TestSovereignMySQLDumpsRestore(t *testing.T) {
 		t.Run(svc.Name, func(t *testing.T) {
 			start := time.Now()
 			d := svc.Backup.Dump
-			app := strings.SplitN(svc.Name, "-", 2)[0]
-			s := startServer(t, dk.Client, svc.Name, &container.Config{Image: demomysql.Ref,
-				Env: []string{"MYSQL_ROOT_PASSWORD=not-a-default-" + app}})
+			app := svc.Environment["MYSQL_DATABASE"]
+			// The service's environment (the declared commands read it),
+			// with this deployment's root password.
+			env := func(rootPassword string) []string {
+				e := []string{"MYSQL_ROOT_PASSWORD=" + rootPassword}
+				for k, v := range svc.Environment {
+					if k != "MYSQL_ROOT_PASSWORD" {
+						e = append(e, k+"="+v)
+					}
+				}
+				return e
+			}
+			s := startServer(t, dk.Client, svc.Name, &container.Config{Image: demomysql.Ref, Env: env("not-a-default-" + app)})
 			s.waitReady("sh", "-c", `MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mysqladmin -uroot ping`)
 			if _, _, code := s.exec("mysql", "-uroot", "-e", "SELECT 1"); code == 0 {
 				t.Fatal("root connected without the password")
@@ -90,6 +103,20 @@ func TestSovereignMySQLDumpsRestore(t *testing.T) {
 			}
 			if got := sql("SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = '" + app + "'"); strings.TrimSpace(got) != "1" {
 				t.Errorf("the trigger is not back (%s)", got)
+			}
+			// Into a fresh deployment (its own root password): the rows
+			// come back, and its password still lets root in after the
+			// server restarts (the grant tables are read again).
+			fresh := startServer(t, dk.Client, svc.Name+"-fresh", &container.Config{Image: demomysql.Ref, Env: env("the-new-deployments-456")})
+			login := []string{"sh", "-c", `MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mysql -uroot -e "SELECT 1"`}
+			fresh.waitReady(login...)
+			restore(fresh)
+			if err := dk.Client.ContainerRestart(context.Background(), fresh.id, container.StopOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			fresh.waitReady(login...)
+			if got := fresh.must("sh", "-c", `MYSQL_PWD="$MYSQL_ROOT_PASSWORD" exec mysql -uroot -N -B -e "$1"`, "sql", "SELECT COUNT(*) FROM "+db+".posts"); strings.TrimSpace(got) != "502" {
+				t.Errorf("fresh deployment: %s rows, want 502", got)
 			}
 			t.Logf("database test in %s", time.Since(start).Round(time.Millisecond))
 		})
