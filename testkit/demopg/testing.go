@@ -1,28 +1,16 @@
 package demopg
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/docker/docker/client"
 
-	"github.com/sovereign-stack/ssbuild/internal/progress"
-	"github.com/sovereign-stack/ssbuild/testkit/rootfstest"
+	"github.com/sovereign-stack/ssbuild/testkit/slimimage"
 )
 
-// Import makes Ref in c for a test, from the tree cached with the shared
-// bookworm rootfs (built once per machine: parallel test binaries wait for
-// the first) and returns its image ID. It skips (fails under CI) where no
-// rootfs can be built.
+// Import makes Ref in c for a test (slimimage.ImportForTest) and returns
+// its image ID.
 func Import(t testing.TB, c client.APIClient) string {
 	t.Helper()
-	rootfstest.Require(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	id, err := Build(ctx, c, rootfstest.CacheDir(), rootfstest.Bookworm(), progress.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return slimimage.ImportForTest(t, c, img, Ref, Changes)
 }
