@@ -52,20 +52,11 @@ func exportTree(b *testing.B, data, folder string, keys *Keys, id *age.X25519Ide
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command("tar", "-cf", "-", "-C", data, ".")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
+	out, wait := tarStream(b, data)
 	if err := w.AddReader(Item{File: "bench/data.tar.age", Kind: "volume", Instance: "bench", Service: "db", Volume: "data", Path: "/"}, out); err != nil {
 		b.Fatal(err)
 	}
-	if err := cmd.Wait(); err != nil {
-		b.Fatal(err)
-	}
+	wait()
 	m, err := w.Close()
 	if err != nil {
 		b.Fatal(err)
@@ -123,20 +114,11 @@ func BenchmarkBackupIncremental(b *testing.B) {
 func BenchmarkTarStream(b *testing.B) {
 	data := benchData(b)
 	for b.Loop() {
-		cmd := exec.Command("tar", "-cf", "-", "-C", data, ".")
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
+		out, wait := tarStream(b, data)
 		if _, err := io.Copy(io.Discard, out); err != nil {
 			b.Fatal(err)
 		}
-		if err := cmd.Wait(); err != nil {
-			b.Fatal(err)
-		}
+		wait()
 	}
 }
 
@@ -187,5 +169,23 @@ func BenchmarkRestore(b *testing.B) {
 			b.Fatal(err)
 		}
 		run(b, "sync", "-f", into)
+	}
+}
+
+// tarStream is `tar -c` of data as Docker streams a volume; call wait
+// once the stream is read.
+func tarStream(b *testing.B, data string) (io.Reader, func()) {
+	cmd := exec.Command("tar", "-cf", "-", "-C", data, ".")
+	out, err := cmd.StdoutPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out, func() {
+		if err := cmd.Wait(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
