@@ -200,10 +200,10 @@ func keptVolumes(c lxd.InstanceServer, pool string, specs []InstanceSpec) (map[s
 // that exists stays where it is (also when its host says otherwise:
 // nothing running moves); one whose volumes were kept goes back to their
 // member (also when its host is lost: `host replace` brings it up where
-// its replica was promoted); a new one goes to its host when the recipe names one (a host a
-// later revision added, say), else to the member with the fewest instances
-// (in every project), ties by name, so a deployment's instances spread
-// over the cluster. A www instance owns its member's ports 80 and 443, so
+// its replica was promoted); a new one goes to its host when the recipe
+// names one (a host a later revision added, say), else to the member with
+// the fewest instances (in every project), ties by name, so a
+// deployment's instances spread over the cluster. A www instance owns its member's ports 80 and 443, so
 // it never goes where another deployment's www is.
 func choose(members []string, all []api.Instance, kept map[string]string, specs []InstanceSpec) (map[string]string, error) {
 	where := map[string]string{}
