@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -16,13 +15,10 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 
+	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
-
-// seedSize bounds what is read of a seed file (Core Lightning's
-// hsm_secret is 32 bytes, or 73 encrypted).
-const seedSize = 1 << 16
 
 // setAsideOtherSeed runs before a restore puts a Lightning node's static
 // files back. A channel database belongs to the seed that made it; when
@@ -49,9 +45,8 @@ func setAsideOtherSeed(ctx context.Context, c client.APIClient, st *stack.Stack,
 	if seed == nil {
 		return nil // the seed does not come back: the live one stays with its database
 	}
-	root := svc.MountTarget(l.Volume)
 	name := st.ContainerName(svc.Name)
-	live, err := containerFile(ctx, c, name, path.Join(root, l.Seed))
+	live, err := fence.Seed(ctx, c, svc, name)
 	if errdefs.IsNotFound(err) {
 		return nil
 	}
@@ -65,6 +60,7 @@ func setAsideOtherSeed(ctx context.Context, c client.APIClient, st *stack.Stack,
 	if bytes.Equal(live, backedUp) {
 		return nil
 	}
+	root := svc.MountTarget(l.Volume)
 	suffix := ".set-aside-" + time.Now().UTC().Format("20060102T150405Z")
 	var paths []string
 	for _, p := range []string{l.ChannelDB, l.ChannelDB + "-wal", l.ChannelDB + "-shm", l.ChannelDB + "-journal", l.Seed} {
@@ -81,38 +77,12 @@ func setAsideOtherSeed(ctx context.Context, c client.APIClient, st *stack.Stack,
 	return nil
 }
 
-// containerFile reads one regular file from a container (running or not).
-func containerFile(ctx context.Context, c client.APIClient, id, p string) ([]byte, error) {
-	rc, _, err := c.CopyFromContainer(ctx, id, p)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	return firstFile(rc)
-}
-
 // itemFile is the one file a backup item of a path holds.
 func itemFile(dir, file string, ids []age.Identity) ([]byte, error) {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(Decrypt(dir, file, ids, pw)) }()
-	b, err := firstFile(pr)
+	b, err := fence.FirstFile(pr)
 	pr.CloseWithError(errors.New("read enough"))
-	return b, err
-}
-
-func firstFile(r io.Reader) ([]byte, error) {
-	tr := tar.NewReader(r)
-	h, err := tr.Next()
-	if err != nil {
-		return nil, fmt.Errorf("read its archive: %w", err)
-	}
-	if h.Typeflag != tar.TypeReg {
-		return nil, fmt.Errorf("%s is not a regular file", h.Name)
-	}
-	b, err := io.ReadAll(io.LimitReader(tr, seedSize+1))
-	if err == nil && len(b) > seedSize {
-		err = fmt.Errorf("%s is larger than %d bytes: not a seed", h.Name, seedSize)
-	}
 	return b, err
 }
 

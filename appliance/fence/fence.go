@@ -200,20 +200,46 @@ func Start(ctx context.Context, c client.APIClient, st Store, s *stack.Stack) er
 	return nil
 }
 
-// readFile reads one regular file from a container.
+// readFile reads one regular file (at most fileLimit bytes) from a
+// container, running or not.
 func readFile(ctx context.Context, c client.APIClient, id, p string) ([]byte, error) {
 	rc, _, err := c.CopyFromContainer(ctx, id, p)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	tr := tar.NewReader(rc)
-	if _, err := tr.Next(); err != nil {
+	b, err := FirstFile(rc)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", p, err)
 	}
-	b, err := io.ReadAll(io.LimitReader(tr, 4096))
-	if err != nil {
-		return nil, err
-	}
 	return b, nil
+}
+
+// fileLimit bounds the small files read here: the fence file and a
+// node's seed (Core Lightning's hsm_secret is 32 bytes, 73 encrypted).
+const fileLimit = 1 << 16
+
+// FirstFile is the content of the first entry of a tar archive, which
+// must be a regular file of at most fileLimit bytes: what Docker's copy
+// API, or a backup item of one path, holds.
+func FirstFile(r io.Reader) ([]byte, error) {
+	tr := tar.NewReader(r)
+	h, err := tr.Next()
+	if err != nil {
+		return nil, fmt.Errorf("read its archive: %w", err)
+	}
+	if h.Typeflag != tar.TypeReg {
+		return nil, fmt.Errorf("%s is not a regular file", h.Name)
+	}
+	b, err := io.ReadAll(io.LimitReader(tr, fileLimit+1))
+	if err == nil && len(b) > fileLimit {
+		err = fmt.Errorf("%s is larger than %d bytes", h.Name, fileLimit)
+	}
+	return b, err
+}
+
+// Seed reads the node's seed (x-lightning seed) from the copy in
+// container id; a NotFound error when it has none.
+func Seed(ctx context.Context, c client.APIClient, svc *stack.Service, id string) ([]byte, error) {
+	return readFile(ctx, c, id, path.Join(svc.MountTarget(svc.Lightning.Volume), svc.Lightning.Seed))
 }
