@@ -959,11 +959,13 @@ func failover(t *testing.T, ctx context.Context, bed *testbed.Bed, hosts []confi
 	return dead, survivors
 }
 
-// rebootBTCPay is the initiator's reboot as the btcpay instance on it sees
-// it: the instance restarts (dockerd brings back the services with a
-// restart policy; the Lightning node has none, so it stays down), then the
-// host's service starts again and its reconcile starts the node, after
-// the fence check, with its generation unchanged.
+// rebootBTCPay restarts the btcpay instance on the initiator twice. With
+// the host's service running, the service sees LXD's event and starts the
+// Lightning node after the fence check (dockerd brings back the services
+// with a restart policy; the node has none). Then as a reboot: the
+// service is stopped, the instance restarts and its node stays down; the
+// service starts again and its reconcile starts the node. The node's
+// generation never changes.
 func rebootBTCPay(t *testing.T, ctx context.Context, h configtest.Host, svc *servicetest.Process, project string) {
 	t.Helper()
 	pc := h.Bed.LXD().UseProject(project)
@@ -987,23 +989,46 @@ func rebootBTCPay(t *testing.T, ctx context.Context, h configtest.Host, svc *ser
 	if got, err := running(); got != "true" || err != nil || before == "" {
 		t.Fatalf("before the reboot the Lightning node is not running with its fence: %q, %v, fence %q", got, err, before)
 	}
+	restart := func() {
+		t.Helper()
+		op, err := pc.UpdateInstanceState("btcpay", api.InstanceStatePut{Action: "restart", Timeout: 60}, "")
+		if err == nil {
+			err = op.WaitContext(ctx)
+		}
+		if err != nil {
+			t.Fatalf("restart btcpay: %v", err)
+		}
+	}
+	// Polls until the node is said running (want "true") or, once dockerd
+	// answers, said stopped (want "false").
+	await := func(want string, within time.Duration) (string, error) {
+		var got string
+		var err error
+		for deadline := time.Now().Add(within); ; time.Sleep(time.Second) {
+			got, err = running()
+			if (err == nil && (got == want || want == "false")) || time.Now().After(deadline) {
+				return got, err
+			}
+		}
+	}
+
+	restarted := time.Now()
+	restart()
+	got, err := await("true", 3*time.Minute)
+	if got != "true" {
+		t.Errorf("with the host's service running, the Lightning node is %q (%v) after its instance restarted, want started again by the service", got, err)
+	} else {
+		t.Logf("figure: instance restart to its Lightning node running again (started by the service's LXD event watch): %s", time.Since(restarted).Round(time.Second))
+	}
+	if after := fence(); after != before {
+		t.Errorf("the node's fence changed with an instance restart: %q, then %q", before, after)
+	}
+
 	if err := svc.Stop(); err != nil {
 		t.Error(err)
 	}
-	op, err := pc.UpdateInstanceState("btcpay", api.InstanceStatePut{Action: "restart", Timeout: 60}, "")
-	if err == nil {
-		err = op.WaitContext(ctx)
-	}
-	if err != nil {
-		t.Fatalf("restart btcpay: %v", err)
-	}
-	// Once dockerd answers: the node stays down on its own.
-	var got string
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
-		if got, err = running(); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
+	restart()
+	got, err = await("false", 2*time.Minute)
 	if got != "false" {
 		t.Fatalf("after the instance restart the Lightning node is %q (%v), want stopped: it has no restart policy", got, err)
 	}

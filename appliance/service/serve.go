@@ -100,10 +100,12 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 	dctx, stopDeploy := context.WithCancel(ctx)
 	waitDeploy := s.startDeploy(dctx, reg, state)
 	waitReplicas := s.startReplicas(dctx, reg)
+	waitLightning := s.startLightningWatch(dctx, state)
 	defer func() {
 		stopDeploy()
 		waitDeploy()
 		waitReplicas()
+		waitLightning()
 	}()
 	return s.heartbeat(ctx, reg)
 }
