@@ -6,12 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
-	"strings"
-	"time"
 
 	"filippo.io/age"
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 
@@ -60,14 +56,9 @@ func setAsideOtherSeed(ctx context.Context, c client.APIClient, st *stack.Stack,
 	if bytes.Equal(live, backedUp) {
 		return nil
 	}
-	root := svc.MountTarget(l.Volume)
-	suffix := ".set-aside-" + time.Now().UTC().Format("20060102T150405Z")
-	var paths []string
-	for _, p := range []string{l.ChannelDB, l.ChannelDB + "-wal", l.ChannelDB + "-shm", l.ChannelDB + "-journal", l.Seed} {
-		paths = append(paths, path.Join(root, p))
-	}
-	if err := renameIn(ctx, c, name, paths, suffix); err != nil {
-		return fmt.Errorf("set the Lightning node's channel database and seed aside in %s: %w", name, err)
+	suffix, err := fence.SetAside(ctx, c, st, true)
+	if err != nil {
+		return err
 	}
 	if rep != nil {
 		rep.Info("%s/%s: the backup's Lightning seed is not the live node's: its channel database and seed were renamed to %s%s and %s%s "+
@@ -84,47 +75,4 @@ func itemFile(dir, file string, ids []age.Identity) ([]byte, error) {
 	b, err := fence.FirstFile(pr)
 	pr.CloseWithError(errors.New("read enough"))
 	return b, err
-}
-
-// renameIn renames each existing path to path+suffix in the volumes of the
-// stopped container name. The Docker API cannot move a file, so a
-// short-lived container of the same image, user and volumes, without a
-// network, runs mv.
-func renameIn(ctx context.Context, c client.APIClient, name string, paths []string, suffix string) error {
-	insp, err := c.ContainerInspect(ctx, name)
-	if err != nil {
-		return err
-	}
-	var script strings.Builder
-	script.WriteString("set -e\n")
-	for _, p := range paths {
-		if strings.ContainsAny(p+suffix, "'\n") {
-			return fmt.Errorf("path %q: unexpected character", p)
-		}
-		fmt.Fprintf(&script, "if [ -e '%s' ]; then mv '%s' '%s%s'; fi\n", p, p, p, suffix)
-	}
-	created, err := c.ContainerCreate(ctx,
-		&container.Config{Image: insp.Config.Image, User: insp.Config.User, Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{script.String()}},
-		&container.HostConfig{VolumesFrom: []string{name}, NetworkMode: "none"}, nil, nil, name+"-set-aside")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		_ = c.ContainerRemove(rctx, created.ID, container.RemoveOptions{Force: true})
-	}()
-	waitC, errC := c.ContainerWait(ctx, created.ID, container.WaitConditionNextExit)
-	if err := c.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
-		return err
-	}
-	select {
-	case err := <-errC:
-		return err
-	case w := <-waitC:
-		if w.StatusCode != 0 {
-			return fmt.Errorf("mv exited %d", w.StatusCode)
-		}
-	}
-	return nil
 }

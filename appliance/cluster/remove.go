@@ -350,5 +350,61 @@ func ReplaceDead(ctx context.Context, c lxd.InstanceServer, name string, remove 
 	if err := c.DeleteClusterMember(name, true); err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) {
 		return lost, fmt.Errorf("replace %s: remove the member (DELETE /1.0/cluster/members/%s?force=1): %w", name, name, err)
 	}
+	if err := settle(ctx, c); err != nil {
+		return lost, fmt.Errorf("replace %s: removed, but %w", name, err)
+	}
 	return lost, nil
+}
+
+// Settling after a forced removal: LXD then hands the lost member's
+// database role to another member, and while it does its database calls
+// can fail ("receive: header: EOF") and it may list every member offline.
+const (
+	settleFor   = 10 * time.Second // the same view this long
+	settleBound = 3 * time.Minute
+)
+
+// settle waits until LXD has listed every member online, with the same
+// database roles, for settleFor.
+func settle(ctx context.Context, c lxd.InstanceServer) error {
+	var last, seen string
+	var since time.Time
+	for deadline := time.Now().Add(settleBound); ; {
+		view, err := membersView(c)
+		switch {
+		case err != nil:
+			seen, since = "", time.Time{}
+			last = err.Error()
+		case view != seen:
+			seen, since, last = view, time.Now(), view
+		case time.Since(since) >= settleFor && !strings.Contains(view, "not online"):
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("LXD's members did not settle within %s (%s)", settleBound, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// membersView says each member's status and roles, in a comparable line.
+func membersView(c lxd.InstanceServer) (string, error) {
+	ms, err := c.GetClusterMembers()
+	if err != nil {
+		return "", err
+	}
+	var parts []string
+	for _, m := range ms {
+		state := "online"
+		if m.Status != "Online" {
+			state = "not online (" + m.Status + ")"
+		}
+		parts = append(parts, fmt.Sprintf("%s %s %s", m.ServerName, state, strings.Join(slices.Sorted(slices.Values(m.Roles)), "+")))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", "), nil
 }

@@ -207,7 +207,7 @@ func (o *Options) deploy(ctx context.Context, deps []recipes.Deployment, runs []
 	}
 	// Plan every deployment before changing anything: a placement that
 	// cannot work stops the run with the cluster untouched.
-	pl, err := newPlanner(o.LXD)
+	pl, err := newPlanner(ctx, o.LXD)
 	if err != nil {
 		return Report{}, err
 	}

@@ -1,7 +1,7 @@
 package deploy
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"maps"
 	"net/http"
@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	lxd "github.com/canonical/lxd/client"
 	"github.com/canonical/lxd/shared/api"
@@ -97,8 +98,10 @@ func ensureBaseImage(c lxd.InstanceServer, dir string, m *mutations) error {
 }
 
 // members returns the online cluster members by name, or "" alone for a
-// standalone server.
-func members(c lxd.InstanceServer) ([]string, error) {
+// standalone server. The member asked is up, so a list with none online is
+// LXD's view in flux (a new database leader after the old one was lost,
+// before its heartbeats): it is asked again for up to membersSettle.
+func members(ctx context.Context, c lxd.InstanceServer) ([]string, error) {
 	cl, _, err := c.GetCluster()
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -106,22 +109,35 @@ func members(c lxd.InstanceServer) ([]string, error) {
 	if !cl.Enabled {
 		return []string{""}, nil
 	}
-	ms, err := c.GetClusterMembers()
-	if err != nil {
-		return nil, fmt.Errorf("cluster members: %w", err)
-	}
-	var out []string
-	for _, mb := range ms {
-		if mb.Status == "Online" {
-			out = append(out, mb.ServerName)
+	for deadline := time.Now().Add(membersSettle); ; {
+		ms, err := c.GetClusterMembers()
+		if err != nil {
+			return nil, fmt.Errorf("cluster members: %w", err)
+		}
+		var out, all []string
+		for _, mb := range ms {
+			if mb.Status == "Online" {
+				out = append(out, mb.ServerName)
+			}
+			all = append(all, mb.ServerName+" "+mb.Status)
+		}
+		if len(out) > 0 {
+			sort.Strings(out)
+			return out, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no cluster member is online (%s) after %s", strings.Join(all, ", "), membersSettle)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
-	if len(out) == 0 {
-		return nil, errors.New("no cluster member is online")
-	}
-	sort.Strings(out)
-	return out, nil
 }
+
+// membersSettle bounds members' wait for LXD to list a member online.
+const membersSettle = 2 * time.Minute
 
 // planner places the instances of one deployment after another, each
 // seeing where the earlier ones went (see choose).
@@ -130,8 +146,8 @@ type planner struct {
 	all     []api.Instance
 }
 
-func newPlanner(c lxd.InstanceServer) (*planner, error) {
-	names, err := members(c)
+func newPlanner(ctx context.Context, c lxd.InstanceServer) (*planner, error) {
+	names, err := members(ctx, c)
 	if err != nil {
 		return nil, err
 	}

@@ -54,7 +54,7 @@ type ReplicaReport struct {
 // online member is skipped, said in the error.
 func Replicate(ctx context.Context, c lxd.InstanceServer, log *progress.Reporter) ([]ReplicaReport, error) {
 	log = cmp.Or(log, progress.Discard())
-	online, err := members(c)
+	online, err := members(ctx, c)
 	if err != nil {
 		return nil, err
 	}

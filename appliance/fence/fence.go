@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -62,7 +63,7 @@ func (e *Refused) Error() string {
 			"of %s is %d: it is not the node's current copy", e.Container, e.Node, e.Current)
 	}
 	return fmt.Sprintf("Lightning node %s not started: this copy holds generation %d, the current generation of %s is %d: it is an older copy "+
-		"(the node was restored or migrated since, and its current copy is elsewhere); starting it could broadcast revoked channel states",
+		"(since this copy was made the node was restored, migrated or recovered, or host replace fenced it); starting it could broadcast revoked channel states",
 		e.Container, e.Held, e.Node, e.Current)
 }
 
@@ -242,4 +243,78 @@ func FirstFile(r io.Reader) ([]byte, error) {
 // container id; a NotFound error when it has none.
 func Seed(ctx context.Context, c client.APIClient, svc *stack.Service, id string) ([]byte, error) {
 	return readFile(ctx, c, id, path.Join(svc.MountTarget(svc.Lightning.Volume), svc.Lightning.Seed))
+}
+
+// SetAside renames the stopped node's channel database (with its -wal,
+// -shm and -journal files), and with withSeed its seed, to
+// NAME.set-aside-<UTC time>, never deleting them, and returns that suffix.
+// A node then starts without a channel database: from its seed and static
+// channel backup, its peers closing the channels (recovery), or as a new
+// node of another seed.
+func SetAside(ctx context.Context, c client.APIClient, s *stack.Stack, withSeed bool) (string, error) {
+	svc := s.LightningService()
+	if svc == nil {
+		return "", fmt.Errorf("%s/%s runs no Lightning node", s.Project, s.Instance)
+	}
+	l := svc.Lightning
+	names := []string{l.ChannelDB, l.ChannelDB + "-wal", l.ChannelDB + "-shm", l.ChannelDB + "-journal"}
+	what := "channel database"
+	if withSeed && l.Seed != "" {
+		names = append(names, l.Seed)
+		what = "channel database and seed"
+	}
+	root := svc.MountTarget(l.Volume)
+	var paths []string
+	for _, n := range names {
+		paths = append(paths, path.Join(root, n))
+	}
+	suffix := ".set-aside-" + time.Now().UTC().Format("20060102T150405Z")
+	name := s.ContainerName(svc.Name)
+	if err := renameIn(ctx, c, name, paths, suffix); err != nil {
+		return "", fmt.Errorf("set the Lightning node's %s aside in %s: %w", what, name, err)
+	}
+	return suffix, nil
+}
+
+// renameIn renames each existing path to path+suffix in the volumes of the
+// stopped container name. The Docker API cannot move a file, so a
+// short-lived container of the same image, user and volumes, without a
+// network, runs mv.
+func renameIn(ctx context.Context, c client.APIClient, name string, paths []string, suffix string) error {
+	insp, err := c.ContainerInspect(ctx, name)
+	if err != nil {
+		return err
+	}
+	var script strings.Builder
+	script.WriteString("set -e\n")
+	for _, p := range paths {
+		if strings.ContainsAny(p+suffix, "'\n") {
+			return fmt.Errorf("path %q: unexpected character", p)
+		}
+		fmt.Fprintf(&script, "if [ -e '%s' ]; then mv '%s' '%s%s'; fi\n", p, p, p, suffix)
+	}
+	created, err := c.ContainerCreate(ctx,
+		&container.Config{Image: insp.Config.Image, User: insp.Config.User, Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{script.String()}},
+		&container.HostConfig{VolumesFrom: []string{name}, NetworkMode: "none"}, nil, nil, name+"-set-aside")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = c.ContainerRemove(rctx, created.ID, container.RemoveOptions{Force: true})
+	}()
+	waitC, errC := c.ContainerWait(ctx, created.ID, container.WaitConditionNextExit)
+	if err := c.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		return err
+	}
+	select {
+	case err := <-errC:
+		return err
+	case w := <-waitC:
+		if w.StatusCode != 0 {
+			return fmt.Errorf("mv exited %d", w.StatusCode)
+		}
+	}
+	return nil
 }

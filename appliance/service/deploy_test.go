@@ -456,6 +456,7 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	if got := askSite(t, ctx, bed, www, "btcpay.demo.example"); got != "btcpay demo.example" {
 		t.Errorf("btcpay.demo.example answered %q after the failover", got)
 	}
+	recoverNode(t, ctx, survivors[0], project, recipeFile, img, log)
 
 	// The initiator lost, the owner changes the recipe (gitea added to
 	// demo.example) and deploys it with `ssbuild deploy` on a survivor: it
@@ -523,14 +524,18 @@ func TestFirstBootDeploysDemo(t *testing.T) {
 	}
 	// Revision 1's last deploy is the initiator's restart, or host
 	// replace's on the member that ran it; revision 2 (clams on host4) is
-	// host4's, or host replace's (the same recipe then).
+	// host4's, or host replace's (the same recipe then), which failed on
+	// the Lightning node it fenced (recovered since).
 	replacer := survivors[0]
+	fencedByReplace := func(r deploy.RevisionState) bool {
+		return r.State == registry.RevisionFailed && r.Member == replacer.Bed.Name && strings.Contains(r.Error, "Lightning node "+project+"-lightning not started")
+	}
 	if h := shown.Deployments[0].History; len(h) != 3 || h[0].State != registry.RevisionDeployed ||
 		(h[0].Member != init.Bed.Name && h[0].Member != replacer.Bed.Name) ||
-		h[1].State != registry.RevisionDeployed || h[1].Member == "" || h[1].Member == dead.Bed.Name || !strings.Contains(h[1].Recipe, "host: host4") ||
+		(h[1].State != registry.RevisionDeployed && !fencedByReplace(h[1])) || h[1].Member == "" || h[1].Member == dead.Bed.Name || !strings.Contains(h[1].Recipe, "host: host4") ||
 		h[2].State != registry.RevisionDeployed || h[2].Member != survivor.Bed.Name || h[2].RecipeDigest == h[1].RecipeDigest ||
 		!strings.Contains(h[2].Recipe, "gitea") {
-		t.Errorf("show --history: %+v; want revision 1 by %s or %s, 2 (clams on host4) by a member still up and 3 (with gitea) by %s, all deployed", h, init.Bed.Name, replacer.Bed.Name, survivor.Bed.Name)
+		t.Errorf("show --history: %+v; want revision 1 by %s or %s, 2 (clams on host4) by a member still up (failed only on the fenced Lightning node when by host replace) and 3 (with gitea) by %s, all deployed", h, init.Bed.Name, replacer.Bed.Name, survivor.Bed.Name)
 	}
 	t.Logf("ssbuild show --history on %s:\n%s", survivor.Bed.Name,
 		runCLI(t, ctx, survivor, img, log, "show", "--history", "--config", survivor.Path, "--recipe", recipeFile, "--state-dir", cliState))
@@ -916,6 +921,9 @@ func failover(t *testing.T, ctx context.Context, bed *testbed.Bed, hosts []confi
 	if !strings.Contains(out, project+"/btcpay: up on ") {
 		t.Errorf("host replace --yes did not bring btcpay up:\n%s", out)
 	}
+	if !strings.Contains(out, project+"/btcpay: its Lightning node stays down") || !strings.Contains(out, "ssbuild lightning recover "+project+" btcpay --yes") {
+		t.Errorf("host replace --yes does not say that btcpay's Lightning node, from a periodic copy, stays down until recovered:\n%s", out)
+	}
 	nin, _, err := at.Bed.LXD().UseProject(project).GetInstance("btcpay")
 	if err != nil || nin.Location == dead.Bed.Name {
 		t.Fatalf("btcpay after host replace: %v on %q", err, nin.Location)
@@ -957,6 +965,43 @@ func failover(t *testing.T, ctx context.Context, bed *testbed.Bed, hosts []confi
 		t.Errorf("the row written after the replica is back: was btcpay copied from the lost member later? %q", rows)
 	}
 	return dead, survivors
+}
+
+// recoverNode: after host replace the btcpay instance runs from its
+// replica, its Lightning node down (fenced: the replica's channel database
+// is a periodic copy), also when the member's service saw the instance
+// start. `ssbuild lightning recover` sets the channel database aside and
+// starts the node from its seed with a new generation.
+func recoverNode(t *testing.T, ctx context.Context, h configtest.Host, project, recipeFile, img string, log *serviceLog) {
+	t.Helper()
+	pc := h.Bed.LXD().UseProject(project)
+	node := project + "-lightning"
+	docker := func(args ...string) string {
+		out, _, _, _ := lxdexec.Run(pc, "btcpay", append([]string{"docker"}, args...)...)
+		return strings.TrimSpace(out)
+	}
+	if got := docker("inspect", "-f", "{{.State.Running}}", node); got != "false" {
+		t.Errorf("after host replace btcpay's Lightning node, from the replica, is running=%q, want it down", got)
+	}
+	dry := runCLI(t, ctx, h, img, log, "lightning", "recover", project, "btcpay", "--config", h.Path, "--recipe", recipeFile)
+	if !strings.Contains(dry, "Run again with --yes") || docker("inspect", "-f", "{{.State.Running}}", node) != "false" {
+		t.Errorf("lightning recover without --yes: %q, or it started the node", dry)
+	}
+	began := time.Now()
+	out := runCLI(t, ctx, h, img, log, "lightning", "recover", project, "btcpay", "--yes", "--config", h.Path, "--recipe", recipeFile)
+	t.Logf("figure: ssbuild lightning recover: %s: %s", time.Since(began).Round(100*time.Millisecond), strings.TrimSpace(out))
+	if !strings.Contains(out, "generation 2 -> 3") || !strings.Contains(out, "its channel database kept as *.set-aside-") {
+		t.Errorf("lightning recover: %q, want generation 2 (host replace's) -> 3 and the channel database set aside", out)
+	}
+	if got := docker("inspect", "-f", "{{.State.Running}}", node); got != "true" {
+		t.Errorf("after lightning recover the node is running=%q", got)
+	}
+	if f := docker("exec", node, "cat", "/root/.lightning/"+stack.FenceFile); !strings.Contains(f, `"generation":3`) {
+		t.Errorf("after lightning recover the node's fence file holds %q, want generation 3", f)
+	}
+	if ls := docker("exec", node, "/bin/sh", "-c", "echo /root/.lightning/*/*"); !strings.Contains(ls, "lightningd.sqlite3.set-aside-") {
+		t.Errorf("the replica's channel database was not set aside: %q", ls)
+	}
 }
 
 // rebootBTCPay restarts the btcpay instance on the initiator twice. With

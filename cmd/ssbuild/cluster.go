@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
+	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
 	"github.com/sovereign-stack/ssbuild/appliance/service"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
@@ -131,8 +133,17 @@ func hostReplace(c *cli.Context) error {
 		if len(lost) > 0 {
 			what = fmt.Sprintf("%d instances (above)", len(lost))
 		}
-		fmt.Fprintf(c.App.Writer, "%s is offline; replacing it loses %s. Run again with --yes to remove it and bring them up on the others.\n", name, what)
+		fmt.Fprintf(c.App.Writer, "%s is offline; replacing it loses %s. A Lightning node among them stays down, its replica being a periodic copy, "+
+			"until `ssbuild lightning recover` brings it back from its static backup. Make sure %s is powered off (if it still runs, cut off, "+
+			"its own copy of the node goes on). Run again with --yes to remove it and bring the instances up on the others.\n", name, what, name)
 		return nil
+	}
+	// Fenced first: should anything below fail, no copy of these nodes
+	// from before (the replica, the lost member's) starts again.
+	state := &deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName)}
+	fenced, err := deploy.FenceReplicas(c.Context, state, lost)
+	if err != nil {
+		return fmt.Errorf("replace %s: fence its Lightning nodes (nothing changed in the cluster): %w", name, err)
 	}
 	if _, err := cluster.ReplaceDead(c.Context, lxdc, name, true, forget); err != nil {
 		return err
@@ -141,6 +152,12 @@ func hostReplace(c *cli.Context) error {
 		return fmt.Errorf("replace %s: removed, but not every replica was taken as its instance's volume: %w", name, err)
 	}
 	fmt.Fprintf(c.App.Writer, "%s removed; the re-installed machine joins with its stick\n", name)
+	for _, node := range fenced {
+		project, instance, _ := strings.Cut(node, "/")
+		fmt.Fprintf(c.App.Writer, "%s: its Lightning node stays down: the replica's channel database is a periodic copy and may be older than "+
+			"the node's last state (starting from it could broadcast a revoked channel state). Recover the node's funds from its static backup "+
+			"(its peers close the channels): ssbuild lightning recover %s %s --yes\n", node, project, instance)
+	}
 	if len(lost) == 0 {
 		return nil
 	}
@@ -162,11 +179,27 @@ func hostReplace(c *cli.Context) error {
 			fmt.Fprintf(c.App.Writer, "%s/%s: up on %s\n", in.Project, in.Name, in.Member)
 		}
 	}
-	if err != nil {
+	if err != nil && !onlyFenced(err, fenced) {
 		return fmt.Errorf("replace %s: deploy on the others: %w", name, err)
 	}
 	fmt.Fprintf(c.App.Writer, "deployed on the others in %s (%d changes)\n", time.Since(began).Round(time.Second), rep.Mutations)
 	return nil
+}
+
+// onlyFenced says whether every error the deploy joined is the refusal of
+// one of the nodes host replace fenced: expected, and said above.
+func onlyFenced(err error, nodes []string) bool {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		var r *fence.Refused
+		if !errors.As(e, &r) || !slices.Contains(nodes, r.Node) {
+			return false
+		}
+	}
+	return len(errs) > 0
 }
 
 func hostRemove(c *cli.Context) error {

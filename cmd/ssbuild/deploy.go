@@ -81,6 +81,21 @@ func deployCommands() []*cli.Command {
 			Action: migrateAction,
 		},
 		{
+			Name:  "lightning",
+			Usage: "a deployment's Lightning node",
+			Subcommands: []*cli.Command{{
+				Name:      "recover",
+				Usage:     "recover a Lightning node from its static backup: its channel database set aside, its peers close the channels",
+				ArgsUsage: "DEPLOYMENT INSTANCE",
+				Description: "For a node whose channel database may be older than its last state, such as one host replace\n" +
+					"brought back from a replica (it stays down until this is run): stops the node, renames its\n" +
+					"channel database to NAME.set-aside-<UTC time> (never deleted), gives the node a new generation\n" +
+					"and starts it from its seed and static channel backup. Without --yes it only says what it would do.",
+				Flags:  deployFlags(&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "recover (the channels get closed)"}),
+				Action: lightningRecoverAction,
+			}},
+		},
+		{
 			Name:   "show",
 			Usage:  "the cluster's members and the recipe's deployments: current revision, instances, members, services, health, URLs",
 			Flags:  deployFlags(&cli.BoolFlag{Name: "history", Usage: "every revision of each deployment (with --json also each one's recipe text)"}),
@@ -258,6 +273,33 @@ func rotateAction(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%s: secret %s has a new value in %s; run ssbuild deploy to hand it to the services\n", d.Project(), name, o.State.Where())
+	return nil
+}
+
+func lightningRecoverAction(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return usagef("lightning recover takes a deployment and an instance name")
+	}
+	d, o, err := namedDeployment(c)
+	if err != nil {
+		return err
+	}
+	instance := c.Args().Get(1)
+	if !c.Bool("yes") {
+		fmt.Fprintf(c.App.Writer, "%s/%s: recovering stops its Lightning node, sets its channel database aside and starts it from its seed and "+
+			"static channel backup with a new generation: its peers close its channels and the funds come back on-chain. Run again with --yes.\n",
+			d.Project(), instance)
+		return nil
+	}
+	rec, err := deploy.RecoverLightning(c.Context, o, d.Project(), instance)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "%s/%s: Lightning node recovered from its static backup, generation %d -> %d", rec.Project, rec.Instance, rec.Generations[0], rec.Generations[1])
+	if rec.SetAside != "" {
+		fmt.Fprintf(c.App.Writer, "; its channel database kept as *%s", rec.SetAside)
+	}
+	fmt.Fprintln(c.App.Writer)
 	return nil
 }
 

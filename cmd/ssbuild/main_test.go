@@ -190,7 +190,8 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		{"cluster", "--help"}, {"cluster", "rotate-secret", "--help"},
 		{"host", "--help"}, {"host", "remove", "--help"}, {"host", "replace", "--help"},
 		{"version", "--help"}, {"completion", "--help"}, {"man", "--help"}, {"deploy", "--help"}, {"down", "--help"},
-		{"show", "--help"}, {"proxy", "--help"}, {"migrate", "--help"}, {"restore", "--help"}} {
+		{"show", "--help"}, {"proxy", "--help"}, {"migrate", "--help"}, {"restore", "--help"},
+		{"lightning", "--help"}, {"lightning", "recover", "--help"}} {
 		code, out, _ := ssbuild(t, args...)
 		if code != 0 || !strings.Contains(out, "USAGE:") {
 			t.Errorf("%v: code %d, no usage:\n%s", args, code, out)
