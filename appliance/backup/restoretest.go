@@ -43,6 +43,9 @@ type TestOptions struct {
 	// Checked, when set, runs once the backup is restored and checked,
 	// before the scratch copy is removed; an error fails the test.
 	Checked func(ctx context.Context, scratch recipes.Deployment) error
+	// ImageDir is the output of `ssbuild image`, for a member that lacks
+	// the base image or the pre-loaded chainstate (deploy's).
+	ImageDir string
 	// ReadyTimeout bounds the scratch copy's instances' start (deploy's).
 	ReadyTimeout time.Duration
 	Progress     *progress.Reporter
@@ -169,7 +172,7 @@ func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 	r := *o.Recipe
 	r.Deployments = append(slices.Clone(o.Recipe.Deployments), scratch)
 	do := deploy.Options{LXD: o.LXD, Recipe: &r, Deployments: []string{scratch.Name}, State: o.State, Member: o.Member,
-		ReadyTimeout: o.ReadyTimeout, Scratch: true, Progress: rep}
+		ImageDir: o.ImageDir, ReadyTimeout: o.ReadyTimeout, Scratch: true, Progress: rep}
 	deployed = true // a deploy cut short leaves parts: removed all the same
 	if _, err := deploy.Deploy(ctx, do); err != nil {
 		return res, err

@@ -114,6 +114,10 @@ func (o *Options) selected() ([]recipes.Deployment, error) {
 		if err != nil {
 			return nil, fmt.Errorf("deploy: %w", err)
 		}
+		if IsScratch(d) && !o.Scratch {
+			// Deployed as a live one it would start its Lightning node.
+			return nil, fmt.Errorf("deploy: %s is a restore test's scratch copy: only ssbuild backup test deploys it", d.Name)
+		}
 		out = append(out, d)
 	}
 	return out, nil

@@ -29,6 +29,9 @@ type RegistryView struct {
 	// Deployments are the current revision of each deployment (without
 	// the recipe's text): who deployed it, how it ended, its last error.
 	Deployments []registry.Revision `json:"deployments"`
+	// RestoreTests are the last restore test of each deployment that had
+	// one (ssbuild backup test).
+	RestoreTests []registry.RestoreTest `json:"restoreTests,omitempty"`
 }
 
 // viewTimeout bounds a status request: a status that waits out a whole
@@ -165,6 +168,13 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 	}
 	for i := range v.Deployments {
 		v.Deployments[i].Recipe = ""
+		rt, err := reg.LastRestoreTest(ctx, v.Deployments[i].Deployment)
+		if err != nil {
+			return nil, err
+		}
+		if rt != nil {
+			v.RestoreTests = append(v.RestoreTests, *rt)
+		}
 	}
 	return v, nil
 }
