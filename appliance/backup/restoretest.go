@@ -7,10 +7,12 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"filippo.io/age"
 	lxd "github.com/canonical/lxd/client"
+	"github.com/docker/docker/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
@@ -146,6 +148,11 @@ func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 		return res, err
 	}
 	res.Backup = filepath.ToSlash(filepath.Join(backupsDir, filepath.Base(from)))
+	// When it was taken, as its manifest says before any check: a
+	// backup that fails to verify is still named with its age.
+	if um, err := readManifest(filepath.Dir(filepath.Dir(from)), filepath.Base(from)); err == nil {
+		res.Taken = um.Created
+	}
 	signer := o.Signer
 	if signer == "" {
 		keys, err := DeploymentKeys(ctx, o.State, d.Project(), false)
@@ -237,7 +244,14 @@ func restoreScratch(ctx context.Context, o TestOptions, r *recipes.Recipe, scrat
 		if err != nil {
 			return stacks, err
 		}
-		err = restoreInstance(ctx, docker, st, from, o.Identities, items, rep)
+		// The deploy returns once the containers started: a database
+		// takes its restore once its health check says it is up.
+		task := rep.Start(scratch.Project()+"/"+role+": waiting for the services", 0, "")
+		_, err = waitUp(ctx, docker, st)
+		task.Done(err)
+		if err == nil {
+			err = restoreInstance(ctx, docker, st, from, o.Identities, items, rep)
+		}
 		docker.Close()
 		if err != nil {
 			return stacks, fmt.Errorf("instance %s: %w", role, err)
@@ -261,17 +275,11 @@ func checkScratch(ctx context.Context, o TestOptions, scratch recipes.Deployment
 		if err != nil {
 			return err
 		}
-		// Health checks run every few seconds: give a restarted service
-		// a little while.
-		var inv stack.Objects
-		for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(2 * time.Second) {
-			inv, err = stack.Inventory(ctx, docker, scratch.Project())
-			if err != nil || servicesUp(st, inv) || time.Now().After(deadline) || ctx.Err() != nil {
-				break
-			}
-		}
+		// Health checks run every few seconds: a service restarted by
+		// its restore gets a little while.
+		inv, err := waitUp(ctx, docker, st)
 		docker.Close()
-		if err != nil {
+		if err != nil && !errors.Is(err, errNotUp) {
 			return err
 		}
 		for _, svc := range st.Services {
@@ -295,6 +303,39 @@ func checkScratch(ctx context.Context, o TestOptions, scratch recipes.Deployment
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// upTimeout bounds the wait for a scratch instance's services to run
+// and be healthy.
+const upTimeout = 2 * time.Minute
+
+var errNotUp = errors.New("services not all up")
+
+// waitUp waits until every service of st but the Lightning node runs and
+// is healthy, and returns the project's containers as last seen (with
+// errNotUp when the time ran out).
+func waitUp(ctx context.Context, docker client.APIClient, st *stack.Stack) (stack.Objects, error) {
+	deadline := time.Now().Add(upTimeout)
+	for {
+		inv, err := stack.Inventory(ctx, docker, st.Project)
+		switch {
+		case err != nil:
+			return inv, err
+		case servicesUp(st, inv):
+			return inv, nil
+		case time.Now().After(deadline):
+			var state []string
+			for _, c := range inv.Containers {
+				state = append(state, c.Service+" "+c.State+" "+c.Health)
+			}
+			return inv, fmt.Errorf("%w after %s: %s", errNotUp, upTimeout, strings.Join(state, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return inv, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // servicesUp says whether every service of st but the Lightning node runs
@@ -325,4 +366,46 @@ func removeScratch(ctx context.Context, o TestOptions, scratch recipes.Deploymen
 	_, err := deploy.Down(ctx, deploy.Options{LXD: o.LXD, Recipe: &r, State: o.State, Progress: rep}, scratch, true)
 	task.Done(err)
 	return err
+}
+
+// Scheduled is the scheduled restore test (recipe backup.restoreTest): for
+// every deployment of the recipe that is deployed (its project exists) and
+// has a backup key, the newest backup in backup.restoreTest.from is
+// restore-tested with the identity the cluster derives from the backup
+// key (Keys.TestIdentity). o gives the rest (LXD, State, Member...); each
+// outcome is recorded as Test records it. Nothing runs when the recipe
+// does not turn the tests on.
+func Scheduled(ctx context.Context, o TestOptions) ([]TestResult, error) {
+	rt := o.Recipe.Backup.RestoreTest
+	if !rt.Enabled() {
+		return nil, nil
+	}
+	var out []TestResult
+	var errs []error
+	for _, d := range o.Recipe.Deployments {
+		if _, _, err := o.LXD.GetProject(d.Project()); err != nil {
+			continue // not deployed (or not reachable: the next pass)
+		}
+		keys, err := DeploymentKeys(ctx, o.State, d.Project(), false)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore test %s: %w", d.Project(), err))
+			continue
+		}
+		if keys == nil {
+			continue // never backed up
+		}
+		id, err := keys.TestIdentity()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore test %s: %w", d.Project(), err))
+			continue
+		}
+		one := o
+		one.Deployment, one.From, one.Identities, one.Signer, one.Keep = d.Name, rt.From, []age.Identity{id}, "", false
+		res, err := Test(ctx, one)
+		out = append(out, res)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("restore test %s: %w", d.Project(), err))
+		}
+	}
+	return out, errors.Join(errs...)
 }

@@ -126,6 +126,29 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 		t.Errorf("show:\n%s\nlacks the restore test's outcome", out)
 	}
 
+	// Scheduled (backup.restoreTest on): the backup is also encrypted to
+	// the cluster's derived key, and the scheduled pass restore-tests it
+	// without the owner's identity.
+	o.Recipe.Backup.RestoreTest = recipes.RestoreTest{Hours: 1, From: filepath.Join(t.TempDir(), "backup")}
+	t.Cleanup(func() { o.Recipe.Backup.RestoreTest = recipes.RestoreTest{} })
+	m2, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: o.Recipe.Backup.RestoreTest.From, State: st})
+	if err != nil {
+		t.Fatalf("backup with restore tests on: %v", err)
+	}
+	if len(m2.Recipients) != 2 {
+		t.Errorf("recipients of a backup with restore tests on: %v; want the owner's and the cluster's", m2.Recipients)
+	}
+	start = time.Now()
+	sched, err := backup.Scheduled(ctx, backup.TestOptions{LXD: o.LXD, Recipe: o.Recipe, State: st, Member: "host2", ImageDir: o.ImageDir, Progress: o.Progress})
+	t.Logf("scheduled restore test: %s, %+v", time.Since(start).Round(time.Millisecond), sched)
+	if err != nil || len(sched) != 1 || sched[0].Backup != "backups/"+m2.Name || len(sched[0].Restored) == 0 {
+		t.Fatalf("scheduled restore test: %+v, %v; want the new backup restored", sched, err)
+	}
+	if rt, err := st.LastRestoreTest(ctx, project); err != nil || rt == nil || rt.Backup != "backups/"+m2.Name || rt.Error != "" || rt.Member != "host2" {
+		t.Errorf("recorded restore test %+v, %v; want the scheduled one", rt, err)
+	}
+	noScratch()
+
 	// A tampered backup: the test fails at verify, recorded, nothing left.
 	for _, it := range m.Items {
 		if it.File == "btcpay/btcpay-db/btcpay-db.sql.age" {

@@ -306,7 +306,19 @@ func RestoreTestLine(rt *registry.RestoreTest, now time.Time) string {
 	}
 	took := Took(rt.Ended.Sub(rt.Started))
 	if rt.Error != "" {
-		return fmt.Sprintf("restore test: %s FAILED %s after %s: %s", backup, Ago(now.Sub(rt.Ended)), took, rt.Error)
+		// One line: verify lists its problems a line each.
+		msg := ""
+		for _, l := range strings.Split(rt.Error, "\n") {
+			if l = strings.TrimSpace(l); l == "" {
+				continue
+			}
+			if msg != "" && !strings.HasSuffix(msg, ":") {
+				msg += ";"
+			}
+			msg += " " + l
+		}
+		msg = strings.TrimSpace(msg)
+		return fmt.Sprintf("restore test: %s FAILED %s after %s: %s", backup, Ago(now.Sub(rt.Ended)), took, msg)
 	}
 	return fmt.Sprintf("restore test: %s restored OK %s in %s", backup, Ago(now.Sub(rt.Ended)), took)
 }

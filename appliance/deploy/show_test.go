@@ -45,7 +45,7 @@ func TestRestoreTestLine(t *testing.T) {
 	ok := &registry.RestoreTest{Deployment: "demo-regtest", Backup: "backups/2026-12-03T120000Z",
 		Taken: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC), Started: now.Add(-20*time.Minute - 41*time.Second), Ended: now.Add(-20 * time.Minute)}
 	failed := *ok
-	failed.Ended, failed.Error = ok.Started.Add(3*time.Minute+5*time.Second), "restore: btcpay/btcpay-db/btcpay-db.sql.age: psql exited 3: ERROR"
+	failed.Ended, failed.Error = ok.Started.Add(3*time.Minute+5*time.Second), "restore: btcpay/btcpay-db/btcpay-db.sql.age: psql exited 3:\nERROR"
 	old := *ok
 	old.Taken = now.Add(-9 * 24 * time.Hour)
 	for _, c := range []struct {

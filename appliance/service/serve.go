@@ -103,10 +103,12 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 	dctx, stopDeploy := context.WithCancel(ctx)
 	waitDeploy := s.startDeploy(dctx, reg, state)
 	waitReplicas := s.startReplicas(dctx, reg)
+	waitRestoreTests := s.startRestoreTests(dctx, reg, state)
 	defer func() {
 		stopDeploy()
 		waitDeploy()
 		waitReplicas()
+		waitRestoreTests()
 	}()
 	return s.heartbeat(ctx, reg)
 }
