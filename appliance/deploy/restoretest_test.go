@@ -24,8 +24,11 @@ import (
 // scratch copy (its own project, no www, no Lightning node), which holds
 // the row written before the backup; the copy and its secrets are gone
 // after; the live deployment's rows, secrets and Lightning node and
-// generation are as they were; show prints the outcome. A tampered backup
-// fails the test at its verify step, recorded as failed, nothing left.
+// generation are as they were; show prints the outcome. With
+// backup.restoreTest on, the scheduled pass restores the next backup with
+// the cluster's derived key; a check failing after the restore still
+// removes the copy. A tampered backup fails the test at its verify step,
+// recorded as failed, nothing left.
 func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, project string) {
 	ids := ownerKey(t, o)
 	st := stateOf(o)
@@ -138,16 +141,29 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 	if len(m2.Recipients) != 2 {
 		t.Errorf("recipients of a backup with restore tests on: %v; want the owner's and the cluster's", m2.Recipients)
 	}
+	// Its check is made to fail once the copy is restored (the owner's
+	// check finding the data wrong): the copy is removed all the same, and
+	// the failure recorded naming the step.
 	start = time.Now()
-	sched, err := backup.Scheduled(ctx, backup.TestOptions{LXD: o.LXD, Recipe: o.Recipe, State: st, Member: "host2", ImageDir: o.ImageDir, Progress: o.Progress})
-	t.Logf("scheduled restore test: %s, %+v", time.Since(start).Round(time.Millisecond), sched)
-	if err != nil || len(sched) != 1 || sched[0].Backup != "backups/"+m2.Name || len(sched[0].Restored) == 0 {
-		t.Fatalf("scheduled restore test: %+v, %v; want the new backup restored", sched, err)
+	sched, err := backup.Scheduled(ctx, backup.TestOptions{LXD: o.LXD, Recipe: o.Recipe, State: st, Member: "host2", ImageDir: o.ImageDir, Progress: o.Progress,
+		Checked: func(ctx context.Context, s recipes.Deployment) error {
+			if _, _, err := o.LXD.GetProject(s.Project()); err != nil {
+				return err
+			}
+			return errors.New("the owner's check says no")
+		}})
+	t.Logf("scheduled restore test, failed at its check: %s, %+v", time.Since(start).Round(time.Millisecond), sched)
+	if err == nil || !strings.Contains(err.Error(), "check: the owner's check says no") || len(sched) != 1 ||
+		sched[0].Backup != "backups/"+m2.Name || !slices.Contains(sched[0].Restored, "btcpay/btcpay-db/btcpay-db.sql.age") {
+		t.Fatalf("scheduled restore test: %+v, %v; want the new backup restored with the cluster's key, then the check failed", sched, err)
 	}
-	if rt, err := st.LastRestoreTest(ctx, project); err != nil || rt == nil || rt.Backup != "backups/"+m2.Name || rt.Error != "" || rt.Member != "host2" {
-		t.Errorf("recorded restore test %+v, %v; want the scheduled one", rt, err)
+	if rt, err := st.LastRestoreTest(ctx, project); err != nil || rt == nil || rt.Backup != "backups/"+m2.Name || rt.Error != "check: the owner's check says no" || rt.Member != "host2" {
+		t.Errorf("recorded restore test %+v, %v; want the scheduled one, failed at check", rt, err)
 	}
 	noScratch()
+	if rows2, _, gen2, sec2 := live(); rows2 != rows || gen2 != gen || !bytes.Equal(sec2, sec) {
+		t.Errorf("the live deployment changed in the scheduled test: rows %q → %q, generation %d → %d", rows, rows2, gen, gen2)
+	}
 
 	// A tampered backup: the test fails at verify, recorded, nothing left.
 	for _, it := range m.Items {
