@@ -36,7 +36,19 @@ type Recipe struct {
 type Backup struct {
 	Recipients []string  `yaml:"recipients,omitempty" json:"recipients,omitempty" doc:"age public keys (age1...) every backup is encrypted to; ssbuild backup refuses to run without one"`
 	Snapshots  Snapshots `yaml:"snapshots,omitempty" json:"snapshots,omitempty" doc:"continuous protection of every deployed instance: LXD snapshots on its member and a replica of its volumes on another member"`
+	// RestoreTest, opt-in, lets the cluster restore-test its own backups:
+	// it is then able to read them (see docs/backup.md).
+	RestoreTest RestoreTest `yaml:"restoreTest,omitempty" json:"restoreTest,omitempty" doc:"scheduled restore tests (opt-in): each backup is also encrypted to a key the cluster derives from the deployment's backup secret, and the member holding the registry lease restores the newest backup in from into a scratch copy every hours; the cluster can then read its own backups"`
 }
+
+// RestoreTest schedules restore tests of the backups the cluster takes.
+type RestoreTest struct {
+	Hours int    `yaml:"hours,omitempty" json:"hours,omitempty" rule:"min=1,max=8760" doc:"every how many hours the newest backup of each deployment is restore-tested (unset: never, and backups stay readable by backup.recipients only)"`
+	From  string `yaml:"from,omitempty" json:"from,omitempty" doc:"the backup folder (ssbuild backup --to), mounted at this path on every member"`
+}
+
+// Enabled says whether scheduled restore tests are on.
+func (t RestoreTest) Enabled() bool { return t.Hours > 0 }
 
 // Snapshots is continuous protection: how often, and for how long.
 // Losing a member loses at most Minutes of its instances' data.

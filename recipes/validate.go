@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -41,6 +42,11 @@ func validate(r *Recipe, rep *report) {
 	validateDeployments(r, rep)
 	validateUniqueMACs(r, rep)
 	checkPathsStayInside(r, rep)
+	if rt := r.Backup.RestoreTest; rt.Enabled() && !filepath.IsAbs(rt.From) {
+		rep.at("backup.restoreTest.from", "want the absolute path of the backup folder as the members mount it")
+	} else if !rt.Enabled() && rt.From != "" {
+		rep.at("backup.restoreTest.hours", "required with from: every how many hours to test (1-8760)")
+	}
 	for i, k := range r.Backup.Recipients {
 		// The value is never quoted: a pasted private key must not be echoed.
 		switch _, err := age.ParseX25519Recipient(k); {

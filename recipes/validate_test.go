@@ -615,3 +615,14 @@ func TestHostOSSource(t *testing.T) {
 		t.Errorf("a minimal recipe's hosts: %+v with %s (image %s); want Debian bookworm main,contrib with lxd and zfs-dkms", src, pkgs, r.Image.Source.Suite)
 	}
 }
+
+// Scheduled restore tests need both fields: every how many hours, and the
+// backup folder as an absolute path (where the members mount it).
+func TestBackupRestoreTest(t *testing.T) {
+	expectProblems(t, base+"backup:\n  restoreTest:\n    from: /mnt/backups\n",
+		`t.yaml:8:5: backup.restoreTest.hours: required with from: every how many hours to test (1-8760)`)
+	expectProblems(t, base+"backup:\n  restoreTest:\n    hours: 24\n    from: backups\n",
+		`t.yaml:9:11: backup.restoreTest.from: want the absolute path of the backup folder as the members mount it`)
+	expectProblems(t, base+"backup:\n  restoreTest:\n    hours: 9000\n    from: /mnt/backups\n",
+		`t.yaml:8:12: backup.restoreTest.hours: 9000 is out of range (1 to 8760)`)
+}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -128,7 +129,17 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("backup %s: %w", d.Name, err)
 	}
 	m := Manifest{Deployment: d.Name, Project: d.Project(), Created: time.Now().UTC(),
-		Recipients: o.Recipe.Backup.Recipients}
+		Recipients: slices.Clone(o.Recipe.Backup.Recipients)}
+	if o.Recipe.Backup.RestoreTest.Enabled() {
+		// The owner opted into scheduled restore tests: the cluster's own
+		// key of the deployment reads the backup too.
+		id, err := keys.TestIdentity()
+		if err != nil {
+			return Manifest{}, fmt.Errorf("backup %s: %w", d.Name, err)
+		}
+		recips = append(recips, id.Recipient())
+		m.Recipients = append(m.Recipients, id.Recipient().String())
+	}
 	if m.Lightning, err = lightningNodes(ctx, o, d); err != nil {
 		return m, err
 	}

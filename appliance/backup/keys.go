@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 
+	"filippo.io/age"
 	"github.com/zeebo/blake3"
 
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
@@ -41,6 +42,7 @@ type Keys struct {
 	mac  []byte
 	gear [256]uint64
 	sign ed25519.PrivateKey
+	test [32]byte // the restore-test identity's scalar (TestIdentity)
 }
 
 // DeriveKeys derives the keys from a backup secret's value.
@@ -69,6 +71,11 @@ func DeriveKeys(secret string) (*Keys, error) {
 		return nil, err
 	}
 	k.sign = ed25519.NewKeyFromSeed(seed)
+	t, err := read("restore test identity v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	copy(k.test[:], t)
 	return k, nil
 }
 
@@ -128,4 +135,61 @@ func DeploymentKeys(ctx context.Context, st secrets.Store, project string, creat
 		return nil, nil
 	}
 	return DeriveKeys(v)
+}
+
+// TestIdentity is the age identity a cluster derives from a deployment's
+// backup secret for scheduled restore tests (recipe backup.restoreTest):
+// when they are on, each backup is also encrypted to its recipient, so the
+// cluster can read its own backups (the trade-off the owner opts into).
+func (k *Keys) TestIdentity() (*age.X25519Identity, error) {
+	return age.ParseX25519Identity(strings.ToUpper(bech32Encode("age-secret-key-", k.test[:])))
+}
+
+// bech32Encode is BIP 173's encoding (age's key format) of data under hrp.
+func bech32Encode(hrp string, data []byte) string {
+	const charset = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+	var values []byte // data regrouped from 8 to 5 bits
+	acc, bits := 0, 0
+	for _, b := range data {
+		acc = acc<<8 | int(b)
+		bits += 8
+		for bits >= 5 {
+			bits -= 5
+			values = append(values, byte(acc>>bits&31))
+		}
+	}
+	if bits > 0 {
+		values = append(values, byte(acc<<(5-bits)&31))
+	}
+	polymod := func(v []byte) uint32 {
+		gen := [5]uint32{0x3b6a57b2, 0x26508e6d, 0x1ea119fa, 0x3d4233dd, 0x2a1462b3}
+		chk := uint32(1)
+		for _, x := range v {
+			top := chk >> 25
+			chk = (chk&0x1ffffff)<<5 ^ uint32(x)
+			for i := range 5 {
+				if top>>i&1 == 1 {
+					chk ^= gen[i]
+				}
+			}
+		}
+		return chk
+	}
+	var exp []byte
+	for i := range len(hrp) {
+		exp = append(exp, hrp[i]>>5)
+	}
+	exp = append(exp, 0)
+	for i := range len(hrp) {
+		exp = append(exp, hrp[i]&31)
+	}
+	mod := polymod(append(append(exp, values...), 0, 0, 0, 0, 0, 0)) ^ 1
+	out := []byte(hrp + "1")
+	for _, v := range values {
+		out = append(out, charset[v])
+	}
+	for i := range 6 {
+		out = append(out, charset[mod>>(5*(5-i))&31])
+	}
+	return string(out)
 }

@@ -53,7 +53,12 @@ type Options struct {
 	// ReadyTimeout bounds the wait for an instance's systemd and Docker
 	// (default 5 minutes).
 	ReadyTimeout time.Duration
-	Progress     *progress.Reporter
+	// Scratch deploys a restore test's scratch copy (Scratch): only
+	// deployments named so, none of whose instances binds a port of its
+	// member, without their Lightning nodes, and no revision is recorded
+	// (the copy is removed after the test).
+	Scratch  bool
+	Progress *progress.Reporter
 }
 
 // Report says what a deploy did.
@@ -108,6 +113,10 @@ func (o *Options) selected() ([]recipes.Deployment, error) {
 		d, err := FindDeployment(o.Recipe, name)
 		if err != nil {
 			return nil, fmt.Errorf("deploy: %w", err)
+		}
+		if IsScratch(d) && !o.Scratch {
+			// Deployed as a live one it would start its Lightning node.
+			return nil, fmt.Errorf("deploy: %s is a restore test's scratch copy: only ssbuild backup test deploys it", d.Name)
 		}
 		out = append(out, d)
 	}
@@ -189,6 +198,9 @@ func Deploy(ctx context.Context, o Options) (rep Report, err error) {
 	if err != nil {
 		return Report{}, err
 	}
+	if o.Scratch {
+		return o.deploy(ctx, deps, nil)
+	}
 	runs, err := o.startRevisions(ctx, deps)
 	if err != nil {
 		return Report{}, err
@@ -233,6 +245,11 @@ func (o *Options) deploy(ctx context.Context, deps []recipes.Deployment, runs []
 		link(specs, addr, port)
 		for _, s := range specs {
 			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], linkPort: port})
+		}
+		if o.Scratch {
+			if err := checkScratch([]recipes.Deployment{d}, specs); err != nil {
+				return Report{}, err
+			}
 		}
 	}
 

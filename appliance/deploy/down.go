@@ -169,7 +169,7 @@ func removeSecrets(ctx context.Context, o Options, project string, purge bool) e
 }
 
 // FindDeployment returns the recipe's deployment named name (or its
-// project name).
+// project name), or the scratch copy of one (Scratch).
 func FindDeployment(r *recipes.Recipe, name string) (recipes.Deployment, error) {
 	var have []string
 	for _, d := range r.Deployments {
@@ -177,6 +177,12 @@ func FindDeployment(r *recipes.Recipe, name string) (recipes.Deployment, error) 
 			return d, nil
 		}
 		have = append(have, d.Name)
+	}
+	// A restore test's scratch copy kept with --keep: down --purge finds it.
+	for _, d := range r.Deployments {
+		if s := Scratch(d); s.Name == name || s.Project() == name {
+			return s, nil
+		}
 	}
 	return recipes.Deployment{}, fmt.Errorf("the recipe has no deployment %q (it has: %s)", name, strings.Join(have, ", "))
 }

@@ -62,8 +62,8 @@ func StartLightning(ctx context.Context, o Options, project, instance string) (b
 // a Lightning node, else nil.
 func (o *Options) lightningStack(ctx context.Context, project, instance string) (*stack.Stack, error) {
 	d, err := FindDeployment(o.Recipe, project)
-	if err != nil || !stacks.Has(d.Stack, instance) {
-		return nil, err
+	if err != nil || !stacks.Has(d.Stack, instance) || IsScratch(d) {
+		return nil, err // a restore test's scratch copy never runs a node
 	}
 	set, err := o.deploymentSecrets(ctx, d)
 	if err != nil {

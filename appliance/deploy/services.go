@@ -38,6 +38,9 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 		return ServiceChanges{}, err
 	}
 	s.Fence = fence.Check(o.State)
+	if o.Scratch {
+		withoutLightning(s)
+	}
 	docker, err := instancedocker.Client(ctx, pc, w.spec.Name)
 	if err != nil {
 		return ServiceChanges{}, err

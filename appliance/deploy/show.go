@@ -43,6 +43,11 @@ type DeploymentState struct {
 	Revision      *RevisionState  `json:"revision,omitempty"`
 	History       []RevisionState `json:"history,omitempty"`
 	RevisionError string          `json:"revisionError,omitempty"`
+	// RestoreTest is the last restore test of its backups (ssbuild backup
+	// test); nil when none ran. RestoreTestError says why it could not be
+	// read.
+	RestoreTest      *registry.RestoreTest `json:"restoreTest,omitempty"`
+	RestoreTestError string                `json:"restoreTestError,omitempty"`
 }
 
 // RevisionState is one revision of a deployment: the recipe it deployed
@@ -119,6 +124,11 @@ func ShowWith(ctx context.Context, o Options, so ShowOptions) (State, error) {
 				}
 			}
 		}
+		if rt, err := o.State.LastRestoreTest(ctx, d.Project()); err != nil {
+			ds.RestoreTestError = err.Error()
+		} else {
+			ds.RestoreTest = rt
+		}
 		if _, _, err := o.LXD.GetProject(d.Project()); isNotFound(err) {
 			st.Deployments = append(st.Deployments, ds)
 			continue
@@ -184,6 +194,7 @@ func (st State) WriteText(w io.Writer) error {
 		if !d.Deployed {
 			fmt.Fprintf(tw, "deployment %s (project %s): not deployed\n", d.Name, d.Project)
 			writeRevisions(tw, d)
+			writeRestoreTest(tw, d)
 			fmt.Fprintln(tw)
 			continue
 		}
@@ -193,6 +204,7 @@ func (st State) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "deployment %s (project %s): %s\n", d.Name, d.Project, strings.Join(urls, " "))
 		writeRevisions(tw, d)
+		writeRestoreTest(tw, d)
 		fmt.Fprintln(tw, "INSTANCE\tMEMBER\tSTATUS\tADDRESS\tSERVICE\tSTATE")
 		for _, in := range d.Instances {
 			addr := strings.Join(in.Addresses, ",")
@@ -268,4 +280,70 @@ func runner(m string) string {
 		return "-"
 	}
 	return m
+}
+
+func writeRestoreTest(w io.Writer, d DeploymentState) {
+	if d.RestoreTestError != "" {
+		fmt.Fprintf(w, "restore test: unknown: %s\n", d.RestoreTestError)
+		return
+	}
+	fmt.Fprintln(w, RestoreTestLine(d.RestoreTest, time.Now()))
+}
+
+// RestoreTestLine says a deployment's last restore test for a person, its
+// times relative to now: "restore test: backups/NAME (taken 3 h ago)
+// restored OK 20 min ago in 41 s", or "restore test: never".
+func RestoreTestLine(rt *registry.RestoreTest, now time.Time) string {
+	if rt == nil {
+		return "restore test: never"
+	}
+	backup := rt.Backup
+	if backup == "" {
+		backup = "no backup"
+	}
+	if !rt.Taken.IsZero() {
+		backup += " (taken " + Ago(now.Sub(rt.Taken)) + ")"
+	}
+	took := Took(rt.Ended.Sub(rt.Started))
+	if rt.Error != "" {
+		// One line: verify lists its problems a line each.
+		msg := ""
+		for _, l := range strings.Split(rt.Error, "\n") {
+			if l = strings.TrimSpace(l); l == "" {
+				continue
+			}
+			if msg != "" && !strings.HasSuffix(msg, ":") {
+				msg += ";"
+			}
+			msg += " " + l
+		}
+		msg = strings.TrimSpace(msg)
+		return fmt.Sprintf("restore test: %s FAILED %s after %s: %s", backup, Ago(now.Sub(rt.Ended)), took, msg)
+	}
+	return fmt.Sprintf("restore test: %s restored OK %s in %s", backup, Ago(now.Sub(rt.Ended)), took)
+}
+
+// Ago says how long ago something was, to the unit a person reads.
+func Ago(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "in the future (clocks differ)"
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		return fmt.Sprintf("%d min ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d h ago", int(d/time.Hour))
+	default:
+		return fmt.Sprintf("%d days ago", int(d/(24*time.Hour)))
+	}
+}
+
+// Took says how long a run took: seconds, or minutes and seconds.
+func Took(d time.Duration) string {
+	s := int(d.Round(time.Second) / time.Second)
+	if s < 120 {
+		return fmt.Sprintf("%d s", s)
+	}
+	return fmt.Sprintf("%d min %d s", s/60, s%60)
 }

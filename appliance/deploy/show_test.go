@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
 )
 
 // show prints the current revision, and with --history every one with its
@@ -33,5 +35,43 @@ func TestShowRevisions(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("show --history:\n%s\nlacks %q", b.String(), want)
 		}
+	}
+}
+
+// show says the last restore test: the backup and its age, when it ran,
+// how long it took, and how it ended; or that none ran.
+func TestRestoreTestLine(t *testing.T) {
+	now := time.Date(2026, 12, 3, 15, 0, 0, 0, time.UTC)
+	ok := &registry.RestoreTest{Deployment: "demo-regtest", Backup: "backups/2026-12-03T120000Z",
+		Taken: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC), Started: now.Add(-20*time.Minute - 41*time.Second), Ended: now.Add(-20 * time.Minute)}
+	failed := *ok
+	failed.Ended, failed.Error = ok.Started.Add(3*time.Minute+5*time.Second), "restore: btcpay/btcpay-db/btcpay-db.sql.age: psql exited 3:\nERROR"
+	old := *ok
+	old.Taken = now.Add(-9 * 24 * time.Hour)
+	for _, c := range []struct {
+		rt   *registry.RestoreTest
+		want string
+	}{
+		{nil, "restore test: never"},
+		{ok, "restore test: backups/2026-12-03T120000Z (taken 3 h ago) restored OK 20 min ago in 41 s"},
+		{&failed, "restore test: backups/2026-12-03T120000Z (taken 3 h ago) FAILED 17 min ago after 3 min 5 s: restore: btcpay/btcpay-db/btcpay-db.sql.age: psql exited 3: ERROR"},
+		{&old, "restore test: backups/2026-12-03T120000Z (taken 9 days ago) restored OK 20 min ago in 41 s"},
+	} {
+		if got := RestoreTestLine(c.rt, now); got != c.want {
+			t.Errorf("RestoreTestLine = %q\nwant              %q", got, c.want)
+		}
+	}
+	for d, want := range map[time.Duration]string{30 * time.Second: "just now", 59 * time.Minute: "59 min ago", 47 * time.Hour: "47 h ago", -time.Minute: "in the future (clocks differ)"} {
+		if got := Ago(d); got != want {
+			t.Errorf("Ago(%v) = %q, want %q", d, got, want)
+		}
+	}
+	st := State{Deployments: []DeploymentState{{Name: "demo", Project: "demo-regtest", RestoreTest: ok}}}
+	var b bytes.Buffer
+	if err := st.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "restore test: backups/2026-12-03T120000Z (taken ") {
+		t.Errorf("show:\n%s\nlacks the restore test", b.String())
 	}
 }

@@ -381,3 +381,35 @@ func TestLightningGeneration(t *testing.T) {
 		}
 	}
 }
+
+// A deployment's last restore test is kept through the socket (the
+// registry, recording the service's member) as in a standalone folder:
+// none before, the newest after.
+func TestRestoreTestRecord(t *testing.T) {
+	reg := openRegistry(t, filepath.Join(t.TempDir(), "registry"))
+	at := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	for what, s := range map[string]deploystate.Store{
+		"registry": &deploystate.Client{Socket: serve(t, store(t, reg, clusterSecret))},
+		"folder":   deploystate.Folder{Dir: secrets.Dir(t.TempDir())},
+	} {
+		if rt, err := s.LastRestoreTest(ctx(t), deployment); err != nil || rt != nil {
+			t.Fatalf("%s: restore test before any: %+v, %v", what, rt, err)
+		}
+		one := registry.RestoreTest{Deployment: deployment, Backup: "backups/2026-12-03T090000Z", Taken: at.Add(-3 * time.Hour),
+			Started: at, Ended: at.Add(41 * time.Second)}
+		two := one
+		two.Ended, two.Error = at.Add(time.Minute), "verify: backup: chunks/ab/ab12.age: sha256"
+		for _, rt := range []registry.RestoreTest{one, two} {
+			if err := s.RecordRestoreTest(ctx(t), rt); err != nil {
+				t.Fatalf("%s: record: %v", what, err)
+			}
+		}
+		rt, err := s.LastRestoreTest(ctx(t), deployment)
+		if what == "registry" {
+			two.Member = "host1"
+		}
+		if err != nil || rt == nil || *rt != two {
+			t.Errorf("%s: last restore test %+v, %v; want %+v", what, rt, err, two)
+		}
+	}
+}

@@ -62,6 +62,11 @@ type Store interface {
 	// (registry.ErrGenerationMoved when it is no longer from) and says why.
 	LightningGeneration(ctx context.Context, node string) (int64, error)
 	BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error)
+	// RecordRestoreTest keeps a deployment's last restore test (its
+	// newest backup restored into a scratch copy); LastRestoreTest reads
+	// it, nil when none ran.
+	RecordRestoreTest(ctx context.Context, t registry.RestoreTest) error
+	LastRestoreTest(ctx context.Context, deployment string) (*registry.RestoreTest, error)
 }
 
 // Registry keeps the state in this host's registry node; the service

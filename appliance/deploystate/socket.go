@@ -52,6 +52,7 @@ const requestTimeout = 45 * time.Second
 // Register adds the state's endpoints to the service's mux.
 func (s *Registry) Register(mux *http.ServeMux) {
 	s.registerLightning(mux)
+	s.registerRestoreTests(mux)
 	mux.HandleFunc("POST /v1/secrets/{deployment}", func(w http.ResponseWriter, r *http.Request) {
 		var req secretsRequest
 		if !readJSON(w, r, &req) {

@@ -89,6 +89,17 @@ var migrations = []string{
 		why        TEXT NOT NULL DEFAULT '',
 		updated_at INTEGER NOT NULL
 	);`,
+	// 5: each deployment's last restore test (ssbuild backup test): the
+	// backup it restored into a scratch copy, when, and how it ended.
+	`CREATE TABLE restore_tests (
+		deployment TEXT PRIMARY KEY,
+		backup     TEXT NOT NULL,
+		taken_at   INTEGER NOT NULL,
+		started_at INTEGER NOT NULL,
+		ended_at   INTEGER NOT NULL,
+		error      TEXT NOT NULL DEFAULT '',
+		member     TEXT NOT NULL DEFAULT ''
+	);`,
 }
 
 // migrate applies the missing migrations in one transaction. Every node

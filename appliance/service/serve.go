@@ -29,6 +29,9 @@ type RegistryView struct {
 	// Deployments are the current revision of each deployment (without
 	// the recipe's text): who deployed it, how it ended, its last error.
 	Deployments []registry.Revision `json:"deployments"`
+	// RestoreTests are the last restore test of each deployment that had
+	// one (ssbuild backup test).
+	RestoreTests []registry.RestoreTest `json:"restoreTests,omitempty"`
 }
 
 // viewTimeout bounds a status request: a status that waits out a whole
@@ -101,11 +104,13 @@ func (s *svc) serve(ctx context.Context, reg *registry.Registry) error {
 	waitDeploy := s.startDeploy(dctx, reg, state)
 	waitReplicas := s.startReplicas(dctx, reg)
 	waitLightning := s.startLightningWatch(dctx, state)
+	waitRestoreTests := s.startRestoreTests(dctx, reg, state)
 	defer func() {
 		stopDeploy()
 		waitDeploy()
 		waitReplicas()
 		waitLightning()
+		waitRestoreTests()
 	}()
 	return s.heartbeat(ctx, reg)
 }
@@ -167,6 +172,13 @@ func view(ctx context.Context, reg *registry.Registry) (*RegistryView, error) {
 	}
 	for i := range v.Deployments {
 		v.Deployments[i].Recipe = ""
+		rt, err := reg.LastRestoreTest(ctx, v.Deployments[i].Deployment)
+		if err != nil {
+			return nil, err
+		}
+		if rt != nil {
+			v.RestoreTests = append(v.RestoreTests, *rt)
+		}
 	}
 	return v, nil
 }

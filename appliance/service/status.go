@@ -16,6 +16,8 @@ import (
 	lxd "github.com/canonical/lxd/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/handoff/config"
 )
 
@@ -214,6 +216,13 @@ func (r *Report) Write(w io.Writer, now time.Time) error {
 				line += "\tlast error: " + d.Error
 			}
 			fmt.Fprintln(tw, line)
+			var rt *registry.RestoreTest
+			for i := range r.Registry.RestoreTests {
+				if r.Registry.RestoreTests[i].Deployment == d.Deployment {
+					rt = &r.Registry.RestoreTests[i]
+				}
+			}
+			fmt.Fprintf(tw, "    %s\n", deploy.RestoreTestLine(rt, now))
 		}
 	}
 	return tw.Flush()

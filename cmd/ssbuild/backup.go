@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"filippo.io/age"
 	"github.com/urfave/cli/v2"
@@ -37,6 +38,24 @@ func backupCommand() *cli.Command {
 				&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) that backup printed: every manifest must be signed with it"},
 			},
 			Action: backupVerifyAction,
+		}, {
+			Name:      "test",
+			Usage:     "restore test: restore a deployment's newest backup into a scratch copy, check it, remove the copy; the live deployment is not touched",
+			ArgsUsage: "DEPLOYMENT",
+			Description: "Verifies the deployment's newest backup in the folder (every chunk decrypted), deploys a scratch copy\n" +
+				"of the deployment, <name>" + deploy.ScratchSuffix + " (its own LXD project and fresh secrets; without the instances\n" +
+				"that bind host ports, www, so it serves no domain; without its Lightning node, which never runs\n" +
+				"twice), restores the backup into it (the Lightning node's files are verified, never restored), checks\n" +
+				"that every restored service runs, then removes the copy and its secrets as down --purge does (also\n" +
+				"when a step fails; --keep leaves it). The live deployment is only read (its backup key checks the\n" +
+				"signature). The outcome is kept with the deployment's state: show and appliance status print it.",
+			Flags: deployFlags(
+				&cli.StringFlag{Name: "from", Usage: "the backup folder `DIR`; its newest backup of the deployment is tested"},
+				&cli.StringFlag{Name: "identity", Usage: "age identity `FILE` (the private key of one of backup.recipients)"},
+				&cli.StringFlag{Name: "signer", Usage: "the public `KEY` (ed25519:...) that backup printed; needed when this cluster holds no backup key of the deployment"},
+				&cli.BoolFlag{Name: "keep", Usage: "leave the scratch copy deployed after the test (remove it with down --purge <name>" + deploy.ScratchSuffix + ")"},
+			),
+			Action: backupTestAction,
 		}, {
 			Name:      "list",
 			Usage:     "list the backups in a folder, oldest first, with what each added",
@@ -206,5 +225,37 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "%s: restored from %s\n", c.Args().First(), c.String("from"))
+	return nil
+}
+
+func backupTestAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("backup test takes one deployment name")
+	}
+	if c.String("from") == "" || c.String("identity") == "" {
+		return usagef("backup test needs --from DIR (the backups) and --identity FILE (their key)")
+	}
+	d, o, err := namedDeployment(c)
+	if err != nil {
+		return err
+	}
+	ids, err := backup.ReadIdentities(c.String("identity"))
+	if err != nil {
+		return err
+	}
+	res, err := backup.Test(c.Context, backup.TestOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: d.Name, From: c.String("from"),
+		Identities: ids, Signer: c.String("signer"), State: o.State, Keep: c.Bool("keep"), Member: o.Member, Progress: o.Progress})
+	w := c.App.Writer
+	for _, s := range res.Skipped {
+		fmt.Fprintf(w, "verified, not restored: %s\n", s)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: restore test failed: %w", d.Project(), err)
+	}
+	fmt.Fprintf(w, "%s: %d items of %s restored into %s; running: %s\n", d.Project(), len(res.Restored), res.Backup, res.Scratch, strings.Join(res.Checked, " "))
+	if c.Bool("keep") {
+		fmt.Fprintf(w, "scratch copy %s kept: remove it with ssbuild down --purge %s\n", res.Scratch, res.Scratch)
+	}
+	fmt.Fprintf(w, "%s: %s\n", d.Project(), deploy.RestoreTestLine(&res.RestoreTest, time.Now()))
 	return nil
 }

@@ -104,4 +104,10 @@ func TestBackupVerifyCommand(t *testing.T) {
 	if code, _, errOut := ssbuild(t, "restore", "--recipe", "demo", "--from", dir, "demo"); code != exitUsage || !strings.Contains(errOut, "--identity FILE") {
 		t.Errorf("restore without --identity: exit %d, %q", code, errOut)
 	}
+	if code, _, errOut := ssbuild(t, "backup", "test", "--recipe", "demo", "--from", dir, "demo"); code != exitUsage || !strings.Contains(errOut, "--identity FILE") {
+		t.Errorf("backup test without --identity: exit %d, %q", code, errOut)
+	}
+	if code, _, errOut := ssbuild(t, "backup", "test", "--recipe", "demo", "--from", dir, "--identity", "k", "nosuch"); code != exitUsage || !strings.Contains(errOut, "no deployment \"nosuch\"") {
+		t.Errorf("backup test of an unknown deployment: exit %d, %q", code, errOut)
+	}
 }
