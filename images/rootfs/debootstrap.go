@@ -247,7 +247,11 @@ func (b *Builder) debCache(ctx context.Context) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	dir := filepath.Join(b.CacheDir, debsDir)
+	dir, err := filepath.Abs(filepath.Join(b.CacheDir, debsDir)) // debootstrap takes only an absolute --cache-dir
+	if err != nil {
+		unlock()
+		return "", nil, fmt.Errorf("deb cache: %w", err)
+	}
 	partial := filepath.Join(dir, "partial")
 	if err := os.RemoveAll(partial); err == nil {
 		err = os.MkdirAll(partial, 0o755)
