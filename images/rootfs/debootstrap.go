@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/mounts"
@@ -199,7 +200,6 @@ func (b *Builder) runDebootstrap(ctx context.Context, in Inputs, target string) 
 	if err != nil {
 		return &messageLog{task: b.progress().Start("debootstrap "+in.Suite, 0, "steps")}, err
 	}
-	defer unlock()
 	type prefetched struct {
 		st  prefetchStats
 		err error
@@ -211,10 +211,18 @@ func (b *Builder) runDebootstrap(ctx context.Context, in Inputs, target string) 
 		st, err := b.prefetch(pctx, in, debs)
 		done <- prefetched{st, err}
 	}()
+	// Once debootstrap has its debs, the deb cache is free for another
+	// build: the prefetch ends (it is done long before) and the lock goes.
+	var p prefetched
+	release := sync.OnceFunc(func() {
+		stop()
+		p = <-done
+		unlock()
+	})
 
 	task := b.progress().Start("debootstrap "+in.Suite, 0, "steps")
 	// debootstrap writes its I:/W:/E: messages to stdout, not stderr.
-	out := &messageLog{task: task}
+	out := &messageLog{task: task, downloaded: release}
 	_, err = command.Run(ctx, command.Cmd{
 		Name:   "debootstrap",
 		Args:   append([]string{"--cache-dir=" + debs}, in.args(target)...),
@@ -226,21 +234,20 @@ func (b *Builder) runDebootstrap(ctx context.Context, in Inputs, target string) 
 	if uerr := mounts.UnmountAll(target); uerr != nil && err == nil {
 		err = uerr
 	}
-	stop() // done by now unless debootstrap failed early
-	p := <-done
+	release()
 	switch {
 	case err != nil:
 	case p.err != nil:
 		b.progress().Info("debootstrap %s: prefetch failed, debootstrap downloaded the packages itself: %v", in.Suite, p.err)
 	default:
-		b.progress().Info("debootstrap %s: %d packages listed: %d in the deb cache already, %d prefetched (%.1f MB, %d at a time), %d downloaded by debootstrap itself",
-			in.Suite, p.st.Listed, p.st.Cached, p.st.Fetched, float64(p.st.Bytes)/1e6, prefetchWorkers, out.retrieved)
+		b.progress().Info("debootstrap %s: %d packages listed: %d in the deb cache already, %d prefetched (%.1f MB, %d at a time, %d failed), %d downloaded by debootstrap itself",
+			in.Suite, p.st.Listed, p.st.Cached, p.st.Fetched, float64(p.st.Bytes)/1e6, prefetchWorkers, p.st.Failed, out.retrieved)
 	}
 	return out, err
 }
 
-// debCache locks the deb cache (one debootstrap at a time writes into it;
-// Prune waits) and returns its path, with the partial downloads a killed
+// debCache locks the deb cache (one debootstrap at a time downloads into
+// it; Prune waits) and returns its path, with the partial downloads a killed
 // build left removed.
 func (b *Builder) debCache(ctx context.Context) (string, func(), error) {
 	unlock, err := cache{dir: b.CacheDir}.lock(ctx, debsDir)
@@ -324,14 +331,20 @@ func treeSize(root string) (int64, error) {
 // messageLog counts debootstrap's "I: ..." lines as progress steps and
 // keeps its warnings and errors for the error message.
 type messageLog struct {
+	mu        sync.Mutex // stdout and stderr are written from two goroutines
 	task      *progress.Task
 	retrieved int // .debs debootstrap downloaded itself ("I: Retrieving NAME VERSION")
-	rest      []byte
-	problems  []string // W: and E: lines
-	last      []string // the last few lines, when there are no E: lines
+	// downloaded, if set, is called when debootstrap has all its debs
+	// (it chooses the extractor right after the download).
+	downloaded func()
+	rest       []byte
+	problems   []string // W: and E: lines
+	last       []string // the last few lines, when there are no E: lines
 }
 
 func (l *messageLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.rest = append(l.rest, p...)
 	for {
 		i := bytes.IndexByte(l.rest, '\n')
@@ -345,6 +358,9 @@ func (l *messageLog) Write(p []byte) (int, error) {
 			l.task.Add(1)
 			if f := strings.Fields(line); len(f) == 4 && f[1] == "Retrieving" {
 				l.retrieved++
+			}
+			if l.downloaded != nil && strings.HasPrefix(line, "I: Chosen extractor") {
+				l.downloaded()
 			}
 		case strings.HasPrefix(line, "E: "), strings.HasPrefix(line, "W: "):
 			if len(l.problems) < 20 {

@@ -91,8 +91,7 @@ func (b *Builder) prefetch(ctx context.Context, in Inputs, dir string) (prefetch
 		return st, nil
 	}
 	task := b.progress().Start(fmt.Sprintf("prefetch %d debs for %s", len(todo), in.Suite), total, "bytes")
-	var fetched, failed atomic.Int64
-	var bytes atomic.Int64
+	var fetched, failed, placed atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(prefetchWorkers)
 	for _, d := range todo {
@@ -106,12 +105,12 @@ func (b *Builder) prefetch(ctx context.Context, in Inputs, dir string) (prefetch
 				return nil
 			}
 			fetched.Add(1)
-			bytes.Add(n)
+			placed.Add(n)
 			return nil
 		})
 	}
 	err = g.Wait()
-	st.Fetched, st.Failed, st.Bytes = int(fetched.Load()), int(failed.Load()), bytes.Load()
+	st.Fetched, st.Failed, st.Bytes = int(fetched.Load()), int(failed.Load()), placed.Load()
 	task.Done(err)
 	return st, err
 }
