@@ -4,7 +4,8 @@
 # with this tree's, in turn (old, new, old, new ...), each build with a cache
 # folder of its own that starts empty: debootstrap, apt, squashfs and
 # tarballs every time. There is no package cache to share: each debootstrap
-# downloads from the recipe's mirror. Prints the load, each build's seconds,
+# downloads from the recipe's mirror (the new deb cache, CACHE/debs, is inside
+# that folder, so it starts empty too). Prints the load, each build's seconds,
 # the medians and the pair-by-pair ratio old/new, then compares what the two
 # produced: artifact names, bytes, and the file trees inside the squashfs and
 # the tarballs (unpacked as root: type, mode, owner, mtime, size, link target,

@@ -177,22 +177,32 @@ func TestPrune(t *testing.T) {
 	oldTar := filepath.Join(tarballs, strings.Repeat("a", 64))
 	os.WriteFile(oldTar, []byte("x"), 0o644)
 	os.Chtimes(oldTar, time.Now().Add(-48*time.Hour), time.Now().Add(-48*time.Hour))
+	// The deb cache: a package no build used for two days goes, one used now stays.
+	debs := filepath.Join(cacheDir, debsDir)
+	os.MkdirAll(filepath.Join(debs, "partial"), 0o755)
+	oldDeb, freshDeb := filepath.Join(debs, "old_1_all.deb"), filepath.Join(debs, "fresh_1_all.deb")
+	os.WriteFile(oldDeb, []byte("x"), 0o644)
+	os.WriteFile(freshDeb, []byte("x"), 0o644)
+	os.Chtimes(oldDeb, time.Now().Add(-48*time.Hour), time.Now().Add(-48*time.Hour))
 
 	b := Builder{CacheDir: cacheDir}
 	removed, err := b.Prune(context.Background(), 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(removed) != 2 {
-		t.Errorf("removed %v, want the old tree and the old tarball", removed)
+	if len(removed) != 3 {
+		t.Errorf("removed %v, want the old tree, the old tarball and the old deb", removed)
 	}
-	for _, gone := range []string{filepath.Dir(old), oldTar} {
+	for _, gone := range []string{filepath.Dir(old), oldTar, oldDeb} {
 		if _, err := os.Stat(gone); !os.IsNotExist(err) {
 			t.Errorf("%s not pruned (%v)", gone, err)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(fresh, "etc/os-release")); err != nil {
 		t.Errorf("fresh entry pruned: %v", err)
+	}
+	if _, err := os.Stat(freshDeb); err != nil {
+		t.Errorf("fresh deb pruned: %v", err)
 	}
 }
 

@@ -12,10 +12,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 	"github.com/sovereign-stack/ssbuild/internal/command"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
 // cacheFormat changes when the layout or scrubbing of cache entries changes,
@@ -165,21 +167,9 @@ func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debo
 	defer mounts.RemoveTree(tmp)
 
 	target := filepath.Join(tmp, "rootfs")
-	task := b.progress().Start("debootstrap "+spec.Suite, 0, "steps")
 	start := time.Now()
-	// debootstrap writes its I:/W:/E: messages to stdout, not stderr.
-	out := &messageLog{task: task}
-	_, err = command.Run(ctx, command.Cmd{
-		Name:   "debootstrap",
-		Args:   in.args(target),
-		Stdout: out,
-		Log:    out,
-	})
-	// debootstrap mounts proc and sys in the target itself; when it is
-	// killed (cancel) they stay behind. Unmount before anything else.
-	if uerr := mounts.UnmountAll(target); uerr != nil && err == nil {
-		err = uerr
-	}
+	out, err := b.runDebootstrap(ctx, in, target)
+	task := out.task
 	if err != nil {
 		err = out.explain(err, filepath.Join(target, "debootstrap", "debootstrap.log"))
 		task.Done(err)
@@ -200,6 +190,84 @@ func (b *Builder) buildEntry(ctx context.Context, c cache, key string, spec Debo
 		return fail(err)
 	}
 	return ent, nil
+}
+
+// runDebootstrap runs debootstrap into target with the deb cache as its
+// --cache-dir, while the prefetch fills that cache several packages at a
+// time; it returns debootstrap's messages with its progress task (not done).
+func (b *Builder) runDebootstrap(ctx context.Context, in Inputs, target string) (*messageLog, error) {
+	debs, unlock, err := b.debCache(ctx)
+	if err != nil {
+		return &messageLog{task: b.progress().Start("debootstrap "+in.Suite, 0, "steps")}, err
+	}
+	type prefetched struct {
+		st  prefetchStats
+		err error
+	}
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan prefetched, 1)
+	go func() {
+		st, err := b.prefetch(pctx, in, debs)
+		done <- prefetched{st, err}
+	}()
+	// Once debootstrap has its debs, the deb cache is free for another
+	// build: the prefetch ends (it is done long before) and the lock goes.
+	var p prefetched
+	release := sync.OnceFunc(func() {
+		stop()
+		p = <-done
+		unlock()
+	})
+
+	task := b.progress().Start("debootstrap "+in.Suite, 0, "steps")
+	// debootstrap writes its I:/W:/E: messages to stdout, not stderr.
+	out := &messageLog{task: task, downloaded: release}
+	_, err = command.Run(ctx, command.Cmd{
+		Name:   "debootstrap",
+		Args:   append([]string{"--cache-dir=" + debs}, in.args(target)...),
+		Stdout: out,
+		Log:    out,
+	})
+	// debootstrap mounts proc and sys in the target itself; when it is
+	// killed (cancel) they stay behind. Unmount before anything else.
+	if uerr := mounts.UnmountAll(target); uerr != nil && err == nil {
+		err = uerr
+	}
+	release()
+	switch {
+	case err != nil:
+	case p.err != nil:
+		b.progress().Info("debootstrap %s: prefetch failed, debootstrap downloaded the packages itself: %v", in.Suite, p.err)
+	default:
+		b.progress().Info("debootstrap %s: %d packages listed: %d in the deb cache already, %d prefetched (%.1f MB, %d at a time, %d failed), %d downloaded by debootstrap itself",
+			in.Suite, p.st.Listed, p.st.Cached, p.st.Fetched, float64(p.st.Bytes)/1e6, prefetchWorkers, p.st.Failed, out.retrieved)
+	}
+	return out, err
+}
+
+// debCache locks the deb cache (one debootstrap at a time downloads into
+// it; Prune waits) and returns its path, with the partial downloads a killed
+// build left removed.
+func (b *Builder) debCache(ctx context.Context) (string, func(), error) {
+	unlock, err := cache{dir: b.CacheDir}.lock(ctx, debsDir)
+	if err != nil {
+		return "", nil, err
+	}
+	dir, err := filepath.Abs(filepath.Join(b.CacheDir, debsDir)) // debootstrap takes only an absolute --cache-dir
+	if err != nil {
+		unlock()
+		return "", nil, fmt.Errorf("deb cache: %w", err)
+	}
+	partial := filepath.Join(dir, "partial")
+	if err := os.RemoveAll(partial); err == nil {
+		err = os.MkdirAll(partial, 0o755)
+	}
+	if err != nil {
+		unlock()
+		return "", nil, fmt.Errorf("deb cache: %w", err)
+	}
+	return dir, unlock, nil
 }
 
 // scrubHostFiles removes what debootstrap copies from the build machine
@@ -263,13 +331,20 @@ func treeSize(root string) (int64, error) {
 // messageLog counts debootstrap's "I: ..." lines as progress steps and
 // keeps its warnings and errors for the error message.
 type messageLog struct {
-	task     interface{ Add(int64) }
-	rest     []byte
-	problems []string // W: and E: lines
-	last     []string // the last few lines, when there are no E: lines
+	mu        sync.Mutex // stdout and stderr are written from two goroutines
+	task      *progress.Task
+	retrieved int // .debs debootstrap downloaded itself ("I: Retrieving NAME VERSION")
+	// downloaded, if set, is called when debootstrap has all its debs
+	// (it chooses the extractor right after the download).
+	downloaded func()
+	rest       []byte
+	problems   []string // W: and E: lines
+	last       []string // the last few lines, when there are no E: lines
 }
 
 func (l *messageLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.rest = append(l.rest, p...)
 	for {
 		i := bytes.IndexByte(l.rest, '\n')
@@ -281,6 +356,12 @@ func (l *messageLog) Write(p []byte) (int, error) {
 		switch {
 		case strings.HasPrefix(line, "I: "):
 			l.task.Add(1)
+			if f := strings.Fields(line); len(f) == 4 && f[1] == "Retrieving" {
+				l.retrieved++
+			}
+			if l.downloaded != nil && strings.HasPrefix(line, "I: Chosen extractor") {
+				l.downloaded()
+			}
 		case strings.HasPrefix(line, "E: "), strings.HasPrefix(line, "W: "):
 			if len(l.problems) < 20 {
 				l.problems = append(l.problems, line)

@@ -2,9 +2,14 @@ package rootfs_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,6 +109,155 @@ func TestDebootstrapBookwormIsCached(t *testing.T) {
 		t.Errorf("usr/bin/gunzip and usr/bin/uncompress are no longer one hard-linked file (%v, %v)", errA, errC)
 	}
 	assertNoTemp(t, rootfstest.CacheDir())
+}
+
+// A cold debootstrap prefetches its debs into the deb cache; a second cold
+// build (tree cache emptied, deb cache kept) downloads nothing but what no
+// longer verifies, and a tampered deb in the cache never reaches the tree.
+func TestDebootstrapPrefetchesDebs(t *testing.T) {
+	rootfstest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	cacheDir := tempTree(t) // not the shared cache: both builds must be cold
+	work := tempTree(t)
+	build := func(name string) (string, string) {
+		var log strings.Builder
+		b := rootfs.Builder{CacheDir: cacheDir, Progress: progress.New(&log, progress.Plain)}
+		start := time.Now()
+		res, err := b.Debootstrap(ctx, rootfstest.Bookworm(), filepath.Join(work, name))
+		if err != nil {
+			t.Fatalf("%s build: %v\n%s", name, err, log.String())
+		}
+		if res.CacheHit {
+			t.Fatalf("%s build was a cache hit", name)
+		}
+		t.Logf("%s cold build: %v", name, time.Since(start).Round(time.Millisecond))
+		return res.Dir, log.String()
+	}
+	summary := regexp.MustCompile(`(\d+) packages listed: (\d+) in the deb cache already, (\d+) prefetched .*, (\d+) downloaded by debootstrap itself`)
+	counts := func(log string) []int {
+		t.Helper()
+		m := summary.FindStringSubmatch(log)
+		if m == nil {
+			t.Fatalf("no prefetch summary in the progress:\n%s", log)
+		}
+		var n []int
+		for _, s := range m[1:] {
+			i, _ := strconv.Atoi(s)
+			n = append(n, i)
+		}
+		t.Logf("%s", m[0])
+		return n
+	}
+
+	first, log := build("first")
+	if n := counts(log); n[0] < 50 || n[2] == 0 {
+		t.Errorf("first build: %d packages listed, %d prefetched; want bookworm minbase's, prefetched", n[0], n[2])
+	}
+	debs := filepath.Join(cacheDir, "debs")
+	pkgs, err := rootfs.Packages(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := map[string]string{}
+	for _, p := range pkgs {
+		f := filepath.Join(debs, strings.Replace(p.Name+"_"+p.Version+"_"+p.Arch+".deb", ":", "%3a", 1))
+		if digest[p.Name] = fileSHA256(t, f); digest[p.Name] == "" {
+			t.Errorf("deb cache lacks %s", filepath.Base(f))
+		}
+	}
+	// A foreign deb under base-files' name: a valid package, not the one
+	// the signed index names.
+	var baseFiles, foreign string
+	for _, p := range pkgs {
+		f := filepath.Join(debs, strings.Replace(p.Name+"_"+p.Version+"_"+p.Arch+".deb", ":", "%3a", 1))
+		switch p.Name {
+		case "base-files":
+			baseFiles = f
+		case "hostname":
+			foreign = f
+		}
+	}
+	data, err := os.ReadFile(foreign)
+	if err != nil || baseFiles == "" {
+		t.Fatalf("base-files %q, hostname deb: %v", baseFiles, err)
+	}
+	if err := os.WriteFile(baseFiles, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := mounts.RemoveTree(filepath.Join(cacheDir, "debootstrap")); err != nil {
+		t.Fatal(err)
+	}
+
+	second, log := build("second")
+	if n := counts(log); n[1] != n[0] || n[2] != 0 || n[3] != 1 {
+		t.Errorf("second build: %d listed, %d cached, %d prefetched, %d downloaded by debootstrap; "+
+			"want all cached, none prefetched, only the tampered base-files downloaded again", n[0], n[1], n[2], n[3])
+	}
+	if got := fileSHA256(t, baseFiles); got != digest["base-files"] {
+		t.Errorf("the cache's base-files deb is %s after the build, want the genuine %s", got, digest["base-files"])
+	}
+	a, b := treeSums(t, first), treeSums(t, second)
+	for path, sum := range a {
+		if b[path] != sum {
+			t.Errorf("%s: %q in the first tree, %q in the second", path, sum, b[path])
+		}
+	}
+	for path := range b {
+		if _, ok := a[path]; !ok {
+			t.Errorf("%s only in the second tree", path)
+		}
+	}
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// treeSums describes every entry of a tree but its times: type, mode,
+// owner, content digest or link target. Left out: var/log (dpkg and apt
+// write the time of day into their logs) and ldconfig's aux-cache (it
+// records inode numbers and times); they differ between any two builds.
+func treeSums(t *testing.T, root string) map[string]string {
+	t.Helper()
+	sums := map[string]string{}
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		switch rel {
+		case "var/log":
+			return filepath.SkipDir
+		case "var/cache/ldconfig/aux-cache":
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st := info.Sys().(*syscall.Stat_t)
+		desc := fmt.Sprintf("%v %d:%d %d", info.Mode(), st.Uid, st.Gid, st.Rdev)
+		switch {
+		case info.Mode().IsRegular():
+			desc += " " + fileSHA256(t, path)
+		case info.Mode()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(path)
+			desc += " -> " + target
+		}
+		sums[rel] = desc
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sums
 }
 
 func TestDebootstrapUnreachableMirror(t *testing.T) {

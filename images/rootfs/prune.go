@@ -11,8 +11,9 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 )
 
-// Prune removes cache entries (debootstrapped trees and downloaded
-// tarballs) not built or downloaded within the last keep, and returns the
+// Prune removes cache entries (debootstrapped trees, downloaded tarballs
+// and the deb cache's packages) not built, downloaded or used within the
+// last keep, and returns the
 // paths it removed. Each entry is removed under its lock, so a build using
 // it is waited for, never cut short.
 func (b *Builder) Prune(ctx context.Context, keep time.Duration) ([]string, error) {
@@ -39,6 +40,38 @@ func (b *Builder) Prune(ctx context.Context, keep time.Duration) ([]string, erro
 				removed = append(removed, filepath.Join(c.dir, key))
 			}
 		}
+	}
+	gone, err := b.pruneDebs(ctx, keep)
+	return append(removed, gone...), err
+}
+
+// pruneDebs removes the deb cache's packages no build has used within keep
+// (a build touches each package it lists), under the deb cache's lock.
+func (b *Builder) pruneDebs(ctx context.Context, keep time.Duration) ([]string, error) {
+	dir := filepath.Join(b.CacheDir, debsDir)
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		return nil, nil
+	}
+	unlock, err := cache{dir: b.CacheDir}.lock(ctx, debsDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("prune %s: %w", dir, err)
+	}
+	var removed []string
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() || time.Since(info.ModTime()) <= keep {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		if err := os.Remove(path); err != nil {
+			return removed, fmt.Errorf("prune: %w", err)
+		}
+		removed = append(removed, path)
 	}
 	return removed, nil
 }
