@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
@@ -31,15 +32,9 @@ func StartLightning(ctx context.Context, o Options, project, instance string) (b
 	}
 	svc := st.LightningService()
 	where := fmt.Sprintf("%s/%s", project, instance)
-	pc := o.LXD.UseProject(project)
-	rctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
-	defer cancel()
-	if err := waitReady(rctx, pc, instance); err != nil {
-		return false, fmt.Errorf("%s: %w", where, err)
-	}
-	docker, err := instancedocker.Client(ctx, pc, instance)
+	docker, err := o.readyDocker(ctx, project, instance)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", where, err)
+		return false, err
 	}
 	defer docker.Close()
 	name := st.ContainerName(svc.Name)
@@ -56,6 +51,22 @@ func StartLightning(ctx context.Context, o Options, project, instance string) (b
 		return false, fmt.Errorf("%s: %w", where, err)
 	}
 	return true, nil
+}
+
+// readyDocker waits for the instance's systemd and Docker (ReadyTimeout)
+// and returns a client of its Docker.
+func (o *Options) readyDocker(ctx context.Context, project, instance string) (*client.Client, error) {
+	pc := o.LXD.UseProject(project)
+	rctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
+	defer cancel()
+	if err := waitReady(rctx, pc, instance); err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", project, instance, err)
+	}
+	docker, err := instancedocker.Client(ctx, pc, instance)
+	if err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", project, instance, err)
+	}
+	return docker, nil
 }
 
 // lightningStack renders the stack of a deployment's instance when it runs
@@ -142,15 +153,9 @@ func RecoverLightning(ctx context.Context, o Options, project, instance string) 
 	if st == nil {
 		return rec, fmt.Errorf("%s runs no Lightning node", where)
 	}
-	pc := o.LXD.UseProject(st.Project)
-	rctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
-	defer cancel()
-	if err := waitReady(rctx, pc, instance); err != nil {
-		return rec, fmt.Errorf("%s: %w", where, err)
-	}
-	docker, err := instancedocker.Client(ctx, pc, instance)
+	docker, err := o.readyDocker(ctx, project, instance)
 	if err != nil {
-		return rec, fmt.Errorf("%s: %w", where, err)
+		return rec, err
 	}
 	defer docker.Close()
 	svc := st.LightningService()
