@@ -268,17 +268,12 @@ func (s *svc) membersNotOnline(removedAreGone bool) string {
 // nothing and says by whom instead.
 func (s *svc) deployOnce(ctx context.Context, state deploystate.Store, started time.Time) (deploy.Report, string, error) {
 	d := s.cfg.Deploy
-	r, err := recipes.Load(d.Recipe)
+	r, why, err := s.currentRecipe(ctx, state)
 	if err != nil {
 		return deploy.Report{}, "", err
 	}
-	current, err := clusterRecipe(ctx, state, r, d.Recipe)
-	if err != nil {
-		return deploy.Report{}, "", err
-	}
-	if current != nil {
-		s.log.Info("%s: %s", s.cfg.Host.Name, current.why)
-		r = current.recipe
+	if why != "" {
+		s.log.Info("%s: %s", s.cfg.Host.Name, why)
 	}
 	if by := s.deployedByAnother(ctx, state, r, started); by != "" {
 		s.log.Info("%s: %s", s.cfg.Host.Name, by)
@@ -288,6 +283,22 @@ func (s *svc) deployOnce(ctx context.Context, state deploystate.Store, started t
 	rep, err := deploy.Deploy(ctx, deploy.Options{LXD: s.o.LXD, Recipe: r, ImageDir: d.Image, State: state,
 		Member: s.cfg.Host.Name, Progress: s.log})
 	return rep, "", err
+}
+
+// currentRecipe is the recipe this member reconciles to: its deploy
+// section's file, unless the state records a later one (clusterRecipe),
+// then that one and why. The host must have a deploy section.
+func (s *svc) currentRecipe(ctx context.Context, state deploystate.Store) (*recipes.Recipe, string, error) {
+	file := s.cfg.Deploy.Recipe
+	r, err := recipes.Load(file)
+	if err != nil {
+		return nil, "", err
+	}
+	current, err := clusterRecipe(ctx, state, r, file)
+	if err != nil || current == nil {
+		return r, "", err
+	}
+	return current.recipe, current.why, nil
 }
 
 // recorded is the recipe of a deployment's latest revision in the state.

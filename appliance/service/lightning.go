@@ -181,16 +181,9 @@ func (s *svc) startNode(ctx context.Context, state deploystate.Store, ref instan
 }
 
 func (s *svc) startNodeOnce(ctx context.Context, state deploystate.Store, ref instanceRef) (bool, error) {
-	r, err := recipes.Load(s.cfg.Deploy.Recipe)
+	r, _, err := s.currentRecipe(ctx, state)
 	if err != nil {
 		return false, err
-	}
-	current, err := clusterRecipe(ctx, state, r, s.cfg.Deploy.Recipe)
-	if err != nil {
-		return false, err
-	}
-	if current != nil {
-		r = current.recipe
 	}
 	if !slices.ContainsFunc(r.Deployments, func(d recipes.Deployment) bool { return d.Project() == ref.project }) {
 		return false, nil

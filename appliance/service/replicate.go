@@ -55,18 +55,35 @@ type replicator struct {
 // the member that holds the replica lease; the returned function waits for
 // a pass in flight to end.
 func (s *svc) startReplicas(ctx context.Context, reg *registry.Registry) (wait func()) {
+	return s.periodically(ctx, "replicas", func() (time.Duration, func(context.Context) error) {
+		every := s.replicaInterval()
+		return every, func(ctx context.Context) error {
+			_, err := s.replicateOnce(ctx, reg, every)
+			return err
+		}
+	})
+}
+
+// periodically runs a periodic job of the service while ctx lasts: next
+// says how long to wait and what to run then (nil: nothing this time);
+// a failure is logged under what. The returned function waits for a run
+// in flight to end (30 s at the most: an LXD operation may outlive ctx).
+func (s *svc) periodically(ctx context.Context, what string, next func() (time.Duration, func(context.Context) error)) (wait func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for {
-			every := s.replicaInterval()
+			every, run := next()
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(every):
 			}
-			if _, err := s.replicateOnce(ctx, reg, every); err != nil && ctx.Err() == nil {
-				s.log.Info("%s: replicas: %v", s.cfg.Host.Name, err)
+			if run == nil {
+				continue
+			}
+			if err := run(ctx); err != nil && ctx.Err() == nil {
+				s.log.Info("%s: %s: %v", s.cfg.Host.Name, what, err)
 			}
 		}
 	}()
@@ -74,7 +91,7 @@ func (s *svc) startReplicas(ctx context.Context, reg *registry.Registry) (wait f
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):
-			s.log.Info("%s: the replica pass did not stop within 30 s; leaving it", s.cfg.Host.Name)
+			s.log.Info("%s: %s did not stop within 30 s; leaving them", s.cfg.Host.Name, what)
 		}
 	}
 }

@@ -27,14 +27,11 @@ func (s *svc) restoreTestRecipe(ctx context.Context, state deploystate.Store) *r
 	if s.cfg.Deploy == nil {
 		return nil
 	}
-	r, err := recipes.Load(s.cfg.Deploy.Recipe)
-	if err != nil {
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
-	if cur, err := clusterRecipe(ctx, state, r, s.cfg.Deploy.Recipe); err == nil && cur != nil {
-		r = cur.recipe
+	r, _, err := s.currentRecipe(ctx, state)
+	if err != nil {
+		return nil
 	}
 	return r
 }
@@ -43,36 +40,14 @@ func (s *svc) restoreTestRecipe(ctx context.Context, state deploystate.Store) *r
 // the member holding the lease; the returned function waits for a test in
 // flight to end.
 func (s *svc) startRestoreTests(ctx context.Context, reg *registry.Registry, state deploystate.Store) (wait func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			every := restoreTestRecheck
-			r := s.restoreTestRecipe(ctx, state)
-			on := r != nil && r.Backup.RestoreTest.Enabled()
-			if on {
-				every = time.Duration(r.Backup.RestoreTest.Hours) * time.Hour
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(every):
-			}
-			if !on {
-				continue
-			}
-			if err := s.restoreTestOnce(ctx, reg, state, r, every); err != nil && ctx.Err() == nil {
-				s.log.Info("%s: restore tests: %v", s.cfg.Host.Name, err)
-			}
+	return s.periodically(ctx, "restore tests", func() (time.Duration, func(context.Context) error) {
+		r := s.restoreTestRecipe(ctx, state)
+		if r == nil || !r.Backup.RestoreTest.Enabled() {
+			return restoreTestRecheck, nil
 		}
-	}()
-	return func() {
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			s.log.Info("%s: the restore test did not stop within 30 s; leaving it", s.cfg.Host.Name)
-		}
-	}
+		every := time.Duration(r.Backup.RestoreTest.Hours) * time.Hour
+		return every, func(ctx context.Context) error { return s.restoreTestOnce(ctx, reg, state, r, every) }
+	})
 }
 
 // restoreTestOnce runs the tests if this host holds (or takes) the lease.
