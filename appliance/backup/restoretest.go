@@ -112,13 +112,17 @@ func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 		return res, fmt.Errorf("backup test %s: a state store and an identity to decrypt the backup with are required", d.Name)
 	}
 	scratch := deploy.Scratch(d)
+	// The recipe with the scratch copy beside the live deployments, for
+	// deploying it and taking it down.
+	r := *o.Recipe
+	r.Deployments = append(slices.Clone(o.Recipe.Deployments), scratch)
 	res.Deployment, res.Scratch, res.Member = d.Project(), scratch.Project(), o.Member
 	res.Started = time.Now().UTC()
 	step := StepVerify
 	deployed := false
 	defer func() {
 		if deployed && !o.Keep {
-			if rerr := removeScratch(ctx, o, scratch, rep); rerr != nil {
+			if rerr := removeScratch(ctx, o, &r, scratch, rep); rerr != nil {
 				if err == nil {
 					step, err = StepRemove, rerr
 				} else {
@@ -176,8 +180,6 @@ func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 	}
 
 	step = StepDeploy
-	r := *o.Recipe
-	r.Deployments = append(slices.Clone(o.Recipe.Deployments), scratch)
 	do := deploy.Options{LXD: o.LXD, Recipe: &r, Deployments: []string{scratch.Name}, State: o.State, Member: o.Member,
 		ImageDir: o.ImageDir, ReadyTimeout: o.ReadyTimeout, Scratch: true, Progress: rep}
 	deployed = true // a deploy cut short leaves parts: removed all the same
@@ -357,13 +359,11 @@ func servicesUp(st *stack.Stack, inv stack.Objects) bool {
 // removeScratch takes the scratch copy down with its volumes, project and
 // secrets (down --purge's code), under its own time limit so a test cut
 // short still cleans up.
-func removeScratch(ctx context.Context, o TestOptions, scratch recipes.Deployment, rep *progress.Reporter) error {
+func removeScratch(ctx context.Context, o TestOptions, r *recipes.Recipe, scratch recipes.Deployment, rep *progress.Reporter) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 	defer cancel()
-	r := *o.Recipe
-	r.Deployments = append(slices.Clone(o.Recipe.Deployments), scratch)
 	task := rep.Start("remove the scratch copy "+scratch.Project(), 0, "")
-	_, err := deploy.Down(ctx, deploy.Options{LXD: o.LXD, Recipe: &r, State: o.State, Progress: rep}, scratch, true)
+	_, err := deploy.Down(ctx, deploy.Options{LXD: o.LXD, Recipe: r, State: o.State, Progress: rep}, scratch, true)
 	task.Done(err)
 	return err
 }
