@@ -43,21 +43,26 @@ func (f Folder) History(_ context.Context, deployment string) ([]registry.Revisi
 }
 
 func (f Folder) save(deployment string, revs []registry.Revision) error {
-	if err := os.MkdirAll(string(f.Dir), 0o700); err != nil {
-		return err
-	}
 	data, err := json.MarshalIndent(revs, "", "  ")
+	if err == nil {
+		err = f.write(f.historyFile(deployment), data)
+	}
 	if err != nil {
-		return err
-	}
-	tmp := f.historyFile(deployment) + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("revisions of %s: %w", deployment, err)
-	}
-	if err := os.Rename(tmp, f.historyFile(deployment)); err != nil {
 		return fmt.Errorf("revisions of %s: %w", deployment, err)
 	}
 	return nil
+}
+
+// write replaces the folder's file p (0600; the folder made 0700) with
+// data, whole or not at all.
+func (f Folder) write(p string, data []byte) error {
+	if err := os.MkdirAll(string(f.Dir), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(p+".tmp", data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p+".tmp", p)
 }
 
 // StartDeploy appends a revision when the recipe differs from the last.

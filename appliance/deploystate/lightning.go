@@ -107,15 +107,8 @@ func (f Folder) BumpLightning(ctx context.Context, node string, from int64, _ st
 	if cur != from {
 		return 0, fmt.Errorf("%w: it is %d, not %d", registry.ErrGenerationMoved, cur, from)
 	}
-	if err := os.MkdirAll(string(f.Dir), 0o700); err != nil {
-		return 0, err
-	}
 	data, _ := json.Marshal(generationResponse{from + 1})
-	tmp := f.lightningFile(node) + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return 0, fmt.Errorf("Lightning generation of %s: %w", node, err)
-	}
-	if err := os.Rename(tmp, f.lightningFile(node)); err != nil {
+	if err := f.write(f.lightningFile(node), data); err != nil {
 		return 0, fmt.Errorf("Lightning generation of %s: %w", node, err)
 	}
 	return from + 1, nil

@@ -74,18 +74,11 @@ func (f Folder) restoreTestFile(deployment string) string {
 
 // RecordRestoreTest writes the folder's file of the deployment's last test.
 func (f Folder) RecordRestoreTest(_ context.Context, t registry.RestoreTest) error {
-	if err := os.MkdirAll(string(f.Dir), 0o700); err != nil {
-		return err
-	}
 	data, err := json.MarshalIndent(t, "", "  ")
+	if err == nil {
+		err = f.write(f.restoreTestFile(t.Deployment), data)
+	}
 	if err != nil {
-		return err
-	}
-	p := f.restoreTestFile(t.Deployment)
-	if err := os.WriteFile(p+".tmp", data, 0o600); err != nil {
-		return fmt.Errorf("restore test of %s: %w", t.Deployment, err)
-	}
-	if err := os.Rename(p+".tmp", p); err != nil {
 		return fmt.Errorf("restore test of %s: %w", t.Deployment, err)
 	}
 	return nil
