@@ -347,8 +347,23 @@ func ReplaceDead(ctx context.Context, c lxd.InstanceServer, name string, remove 
 			return lost, fmt.Errorf("replace %s: %w", name, err)
 		}
 	}
-	if err := c.DeleteClusterMember(name, true); err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) {
-		return lost, fmt.Errorf("replace %s: remove the member (DELETE /1.0/cluster/members/%s?force=1): %w", name, name, err)
+	// Soon after the member was lost (when it led LXD's database) LXD's
+	// database calls may still fail while another member takes over
+	// ("Failed to begin transaction ... receive: header: EOF"): the
+	// removal is asked again until settleBound.
+	for deadline := time.Now().Add(settleBound); ; {
+		err := c.DeleteClusterMember(name, true)
+		if err == nil || api.StatusErrorCheck(err, http.StatusNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return lost, fmt.Errorf("replace %s: remove the member (DELETE /1.0/cluster/members/%s?force=1): %w", name, name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return lost, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
 	}
 	if err := settle(ctx, c); err != nil {
 		return lost, fmt.Errorf("replace %s: removed, but %w", name, err)

@@ -172,8 +172,16 @@ func hostReplace(c *cli.Context) error {
 		return err
 	}
 	began := time.Now()
-	rep, err := deploy.Deploy(c.Context, deploy.Options{LXD: lxdc, Recipe: r, ImageDir: a.Deploy.Image,
-		State: &deploystate.Client{Socket: filepath.Join(a.StateDir, service.SocketName)}, Member: a.Host.Name, Progress: progressFor(c)})
+	o := deploy.Options{LXD: lxdc, Recipe: r, ImageDir: a.Deploy.Image, State: state, Member: a.Host.Name, Progress: progressFor(c)}
+	rep, err := deploy.Deploy(c.Context, o)
+	// Right after a member was lost LXD's database may still fail a call
+	// while another member takes over its role; the deploy changes only
+	// what differs, so it is run again (twice at most).
+	for try := 2; err != nil && !onlyFenced(err, fenced) && try <= 3 && c.Context.Err() == nil; try++ {
+		fmt.Fprintf(c.App.Writer, "deploy on the others failed (%v); running it again in %s (try %d of 3)\n", err, replaceRetry, try)
+		time.Sleep(replaceRetry)
+		rep, err = deploy.Deploy(c.Context, o)
+	}
 	for _, in := range rep.Instances {
 		if slices.ContainsFunc(lost, func(l deploy.Lost) bool { return l.Project == in.Project && l.Instance == in.Name }) {
 			fmt.Fprintf(c.App.Writer, "%s/%s: up on %s\n", in.Project, in.Name, in.Member)
@@ -185,6 +193,9 @@ func hostReplace(c *cli.Context) error {
 	fmt.Fprintf(c.App.Writer, "deployed on the others in %s (%d changes)\n", time.Since(began).Round(time.Second), rep.Mutations)
 	return nil
 }
+
+// replaceRetry is how long host replace waits before deploying again.
+const replaceRetry = 15 * time.Second
 
 // onlyFenced says whether every error the deploy joined is the refusal of
 // one of the nodes host replace fenced: expected, and said above.
