@@ -379,6 +379,16 @@ func TestLightningGeneration(t *testing.T) {
 		if g, err := s.LightningGeneration(ctx(t), deployment+"/btcpay"); err != nil || g != 1 {
 			t.Errorf("%s: generation: %d, %v; want 1", what, g, err)
 		}
+		// What moved it is kept for the refusal of an older copy: the
+		// reason and the day, and on a cluster the member.
+		day := time.Now().UTC().Format("2006-01-02")
+		by, err := s.LightningMovedBy(ctx(t), deployment+"/btcpay")
+		if err != nil || !strings.HasPrefix(by, "first start") || !strings.Contains(by, day) || (what == "registry") != strings.Contains(by, " on ") {
+			t.Errorf("%s: moved by %q, %v; want the first start, today, the member on a cluster", what, by, err)
+		}
+		if by, err := s.LightningMovedBy(ctx(t), deployment+"/clams"); err != nil || by != "" {
+			t.Errorf("%s: a node never started: moved by %q, %v; want none", what, by, err)
+		}
 	}
 }
 

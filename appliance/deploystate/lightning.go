@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 )
@@ -16,6 +17,30 @@ import (
 // LightningGeneration reads the generation from the registry.
 func (s *Registry) LightningGeneration(ctx context.Context, node string) (int64, error) {
 	return s.Reg.LightningGeneration(ctx, node)
+}
+
+// LightningMovedBy reads what moved the generation from the registry.
+func (s *Registry) LightningMovedBy(ctx context.Context, node string) (string, error) {
+	rec, err := s.Reg.LightningRecord(ctx, node)
+	if err != nil || rec.Generation == 0 {
+		return "", err
+	}
+	return movedBy(rec.Why, rec.Member, rec.At), nil
+}
+
+// movedBy words a generation's move for the refusal of an older copy.
+func movedBy(why, member string, at time.Time) string {
+	if why == "" {
+		return ""
+	}
+	s := why
+	if member != "" {
+		s += " on " + member
+	}
+	if !at.IsZero() {
+		s += " at " + at.UTC().Format("2006-01-02 15:04 UTC")
+	}
+	return s
 }
 
 // BumpLightning moves the generation in the registry, recording this member.
@@ -29,19 +54,20 @@ type bumpRequest struct {
 }
 
 type generationResponse struct {
-	Generation int64 `json:"generation"`
+	Generation int64  `json:"generation"`
+	MovedBy    string `json:"movedBy,omitempty"`
 }
 
 func (s *Registry) registerLightning(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/lightning/{deployment}/{instance}", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
-		g, err := s.LightningGeneration(ctx, r.PathValue("deployment")+"/"+r.PathValue("instance"))
+		rec, err := s.Reg.LightningRecord(ctx, r.PathValue("deployment")+"/"+r.PathValue("instance"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		writeJSON(w, generationResponse{g})
+		writeJSON(w, generationResponse{rec.Generation, movedBy(rec.Why, rec.Member, rec.At)})
 	})
 	mux.HandleFunc("POST /v1/lightning/{deployment}/{instance}/bump", func(w http.ResponseWriter, r *http.Request) {
 		var req bumpRequest
@@ -59,7 +85,7 @@ func (s *Registry) registerLightning(mux *http.ServeMux) {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		writeJSON(w, generationResponse{g})
+		writeJSON(w, generationResponse{Generation: g})
 	})
 }
 
@@ -68,6 +94,13 @@ func (c *Client) LightningGeneration(ctx context.Context, node string) (int64, e
 	var resp generationResponse
 	err := c.do(ctx, http.MethodGet, "/v1/lightning/"+node, nil, &resp)
 	return resp.Generation, err
+}
+
+// LightningMovedBy asks the registry through the service.
+func (c *Client) LightningMovedBy(ctx context.Context, node string) (string, error) {
+	var resp generationResponse
+	err := c.do(ctx, http.MethodGet, "/v1/lightning/"+node, nil, &resp)
+	return resp.MovedBy, err
 }
 
 // BumpLightning has the service move the generation in the registry.
@@ -84,22 +117,40 @@ func (f Folder) lightningFile(node string) string {
 
 // LightningGeneration reads the folder's generation file; 0 without one.
 func (f Folder) LightningGeneration(_ context.Context, node string) (int64, error) {
+	g, err := f.readGeneration(node)
+	return g.Generation, err
+}
+
+// LightningMovedBy reads what moved the generation from the folder's file.
+func (f Folder) LightningMovedBy(_ context.Context, node string) (string, error) {
+	g, err := f.readGeneration(node)
+	return movedBy(g.Why, "", g.At), err
+}
+
+// generationFile is a standalone LXD's generation file.
+type generationFile struct {
+	Generation int64     `json:"generation"`
+	Why        string    `json:"why,omitempty"`
+	At         time.Time `json:"at,omitzero"`
+}
+
+func (f Folder) readGeneration(node string) (generationFile, error) {
+	var g generationFile
 	data, err := os.ReadFile(f.lightningFile(node))
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return g, nil
 	} else if err != nil {
-		return 0, fmt.Errorf("Lightning generation of %s: %w", node, err)
+		return g, fmt.Errorf("Lightning generation of %s: %w", node, err)
 	}
-	var g generationResponse
 	if err := json.Unmarshal(data, &g); err != nil {
-		return 0, fmt.Errorf("Lightning generation of %s: %s: %w", node, f.lightningFile(node), err)
+		return g, fmt.Errorf("Lightning generation of %s: %s: %w", node, f.lightningFile(node), err)
 	}
-	return g.Generation, nil
+	return g, nil
 }
 
 // BumpLightning rewrites the folder's generation file (one host: no race
 // to guard beyond the check).
-func (f Folder) BumpLightning(ctx context.Context, node string, from int64, _ string) (int64, error) {
+func (f Folder) BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error) {
 	cur, err := f.LightningGeneration(ctx, node)
 	if err != nil {
 		return 0, err
@@ -107,7 +158,7 @@ func (f Folder) BumpLightning(ctx context.Context, node string, from int64, _ st
 	if cur != from {
 		return 0, fmt.Errorf("%w: it is %d, not %d", registry.ErrGenerationMoved, cur, from)
 	}
-	data, _ := json.Marshal(generationResponse{from + 1})
+	data, _ := json.Marshal(generationFile{Generation: from + 1, Why: why, At: time.Now().UTC()})
 	if err := f.write(f.lightningFile(node), data); err != nil {
 		return 0, fmt.Errorf("Lightning generation of %s: %w", node, err)
 	}

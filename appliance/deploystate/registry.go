@@ -62,6 +62,8 @@ type Store interface {
 	// (registry.ErrGenerationMoved when it is no longer from) and says why.
 	LightningGeneration(ctx context.Context, node string) (int64, error)
 	BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error)
+	// LightningMovedBy says what moved the generation last, where and when.
+	LightningMovedBy(ctx context.Context, node string) (string, error)
 	// RecordRestoreTest keeps a deployment's last restore test (its
 	// newest backup restored into a scratch copy); LastRestoreTest reads
 	// it, nil when none ran.

@@ -39,6 +39,10 @@ func NodeName(project, instance string) string { return project + "/" + instance
 type Store interface {
 	LightningGeneration(ctx context.Context, node string) (int64, error)
 	BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error)
+	// LightningMovedBy says in words what moved the node to its current
+	// generation, where and when ("" when not known): the owner of a
+	// refused copy learns why it is no longer the current one.
+	LightningMovedBy(ctx context.Context, node string) (string, error)
 }
 
 // Refused is a copy of a node that may not start.
@@ -48,6 +52,7 @@ type Refused struct {
 	Current   int64 // the state's
 	ChannelDB bool  // the copy has a channel database
 	Node      string
+	MovedBy   string // what moved the current generation (Store.LightningMovedBy)
 }
 
 // Unwrap makes a refusal a stack.ErrFenced: a running copy is stopped.
@@ -62,9 +67,12 @@ func (e *Refused) Error() string {
 		return fmt.Sprintf("Lightning node %s not started: this copy holds no generation but has a channel database, and the current generation "+
 			"of %s is %d: it is not the node's current copy", e.Container, e.Node, e.Current)
 	}
+	since := "since this copy was made the node was restored, migrated or recovered, or host replace fenced it"
+	if e.MovedBy != "" {
+		since = fmt.Sprintf("generation %d is from %s", e.Current, e.MovedBy)
+	}
 	return fmt.Sprintf("Lightning node %s not started: this copy holds generation %d, the current generation of %s is %d: it is an older copy "+
-		"(since this copy was made the node was restored, migrated or recovered, or host replace fenced it); starting it could broadcast revoked channel states",
-		e.Container, e.Held, e.Node, e.Current)
+		"(%s); starting it could broadcast revoked channel states", e.Container, e.Held, e.Node, e.Current, since)
 }
 
 // Check is the stacks' stack.FenceFunc: a copy of a node starts only
@@ -96,7 +104,12 @@ func Check(st Store) stack.FenceFunc {
 		case held == 0 && !db:
 			return Write(ctx, c, svc, id, node, cur)
 		}
-		return &Refused{Container: s.ContainerName(svc.Name), Held: held, Current: cur, ChannelDB: db, Node: node}
+		refused := &Refused{Container: s.ContainerName(svc.Name), Held: held, Current: cur, ChannelDB: db, Node: node}
+		if cur > 0 {
+			// Only to explain the refusal: it stands without the reason.
+			refused.MovedBy, _ = st.LightningMovedBy(ctx, node)
+		}
+		return refused
 	}
 }
 

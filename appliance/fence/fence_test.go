@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/client"
 
@@ -62,7 +63,7 @@ func TestFence(t *testing.T) {
 	if held() != 1 || current() != 1 {
 		t.Fatalf("after the first start: held %d, current %d; want 1 and 1", held(), current())
 	}
-	from, to, err := fence.Bump(ctx, c, state, st, "test")
+	from, to, err := fence.Bump(ctx, c, state, st, "migrate to host2")
 	if err != nil || from != 1 || to != 2 || held() != 2 || current() != 2 {
 		t.Fatalf("bump: %d -> %d, %v; held %d, current %d", from, to, err, held(), current())
 	}
@@ -81,6 +82,10 @@ func TestFence(t *testing.T) {
 	var refused *fence.Refused
 	if !errors.As(err, &refused) || !strings.Contains(err.Error(), "this copy holds generation 1, the current generation of p-regtest/btcpay is 2") {
 		t.Fatalf("start of an older copy: %v; want it refused naming generations 1 and 2", err)
+	}
+	// ...and what made generation 2, so the owner knows which copy is the live one.
+	if !strings.Contains(err.Error(), "generation 2 is from migrate to host2 at "+time.Now().UTC().Format("2006-01-02")) {
+		t.Errorf("the refusal %q does not say what moved the generation (migrate to host2, today)", err)
 	}
 	if info, err := c.ContainerInspect(ctx, ctr); err != nil || info.State.Running {
 		t.Fatalf("the older copy runs (%v)", err)

@@ -17,16 +17,34 @@ var ErrGenerationMoved = errors.New("the Lightning generation changed meanwhile"
 // generation; 0 when none was ever recorded. A node is named
 // <deployment>/<instance>.
 func (r *Registry) LightningGeneration(ctx context.Context, node string) (int64, error) {
-	var gen int64
+	rec, err := r.LightningRecord(ctx, node)
+	return rec.Generation, err
+}
+
+// LightningRecord is a node's current generation and what moved it there.
+type LightningRecord struct {
+	Generation int64
+	Member     string // where it was moved
+	Why        string
+	At         time.Time
+}
+
+// LightningRecord reads the node's generation with its member, reason and
+// time; the zero record when none was ever recorded.
+func (r *Registry) LightningRecord(ctx context.Context, node string) (LightningRecord, error) {
+	var rec LightningRecord
 	err := r.inTx(ctx, "read the Lightning generation of "+node, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `SELECT generation FROM lightning_generations WHERE node = ?`, node).Scan(&gen)
+		var at int64
+		err := tx.QueryRowContext(ctx, `SELECT generation, member, why, updated_at FROM lightning_generations WHERE node = ?`, node).
+			Scan(&rec.Generation, &rec.Member, &rec.Why, &at)
 		if errors.Is(err, sql.ErrNoRows) {
-			gen = 0
+			rec = LightningRecord{}
 			return nil
 		}
+		rec.At = fromUnixNano(at)
 		return err
 	})
-	return gen, err
+	return rec, err
 }
 
 // BumpLightning moves the node's generation from from to

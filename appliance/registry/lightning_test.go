@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 // TestSingleNodeLightningGenerations: a deployment's Lightning generation
@@ -28,6 +29,10 @@ func TestSingleNodeLightningGenerations(t *testing.T) {
 	}
 	if g, err := reg.LightningGeneration(ctx, "demo-regtest/btcpay"); err != nil || g != 2 {
 		t.Errorf("generation = %d, %v; want 2", g, err)
+	}
+	// What moved it last is kept with it: the refusal of an older copy names it.
+	if rec, err := reg.LightningRecord(ctx, "demo-regtest/btcpay"); err != nil || rec.Member != "host2" || rec.Why != "migrate" || time.Since(rec.At) > time.Minute {
+		t.Errorf("record = %+v, %v; want generation 2 moved by host2 for migrate just now", rec, err)
 	}
 	if g, err := reg.LightningGeneration(ctx, "demo-regtest/clams"); err != nil || g != 0 {
 		t.Errorf("another node's generation = %d, %v; want 0", g, err)
