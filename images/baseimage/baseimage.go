@@ -86,6 +86,12 @@ type Options struct {
 // cache keeps (most recently used first).
 const keepPerKind = 4
 
+// rootfsKeep is how long the rootfs cache keeps a debootstrapped tree, a
+// package layer, a tarball or a deb no build used: each changed
+// image.packages leaves a tree of hundreds of MiB, and a vendor's CI
+// cache would only grow.
+const rootfsKeep = 30 * 24 * time.Hour
+
 // Result is a finished build.
 type Result struct {
 	OutDir     string
@@ -192,6 +198,12 @@ func Build(ctx context.Context, r *recipes.Recipe, opts Options) (res Result, er
 		rep.Info("output cache: %v", err) // the build is done; the cache only grows
 	} else if len(removed) > 0 {
 		rep.Info("output cache: removed %d entries not used lately", len(removed))
+	}
+	rb := &rootfs.Builder{CacheDir: opts.CacheDir}
+	if removed, err := rb.Prune(ctx, rootfsKeep); err != nil {
+		rep.Info("rootfs cache: %v", err)
+	} else if len(removed) > 0 {
+		rep.Info("rootfs cache: removed %d entries no build used for %v", len(removed), rootfsKeep)
 	}
 	return res, nil
 }

@@ -39,30 +39,55 @@ func (c cache) rootfs(key string) string   { return filepath.Join(c.dir, key, "r
 // this or another process, e.g. parallel test binaries) to finish. The
 // kernel drops the lock when a holder dies, so a crash never blocks.
 func (c cache) lock(ctx context.Context, key string) (unlock func(), err error) {
+	for {
+		unlock, ok, err := c.tryLock(key)
+		if err != nil || ok {
+			return unlock, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("rootfs cache: waiting for lock %s: %w", filepath.Join(c.dir, key+".lock"), ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// tryLock takes the key's lock if no one holds it (ok false: in use).
+func (c cache) tryLock(key string) (unlock func(), ok bool, err error) {
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("rootfs cache: %w", err)
+		return nil, false, fmt.Errorf("rootfs cache: %w", err)
 	}
 	path := filepath.Join(c.dir, key+".lock")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("rootfs cache: %w", err)
+		return nil, false, fmt.Errorf("rootfs cache: %w", err)
 	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("rootfs cache: lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("rootfs cache: waiting for lock %s: %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	switch {
+	case err == nil:
+		return func() { f.Close() }, true, nil
+	case errors.Is(err, syscall.EWOULDBLOCK):
+		f.Close()
+		return nil, false, nil
 	}
+	f.Close()
+	return nil, false, fmt.Errorf("rootfs cache: lock %s: %w", path, err)
+}
+
+// used marks the entry as used now (entry.json's time), which Prune goes
+// by: an entry built long ago but used by every build stays.
+func (c cache) used(key string) {
+	now := time.Now()
+	os.Chtimes(filepath.Join(c.entryDir(key), "entry.json"), now, now) // at worst pruned early: rebuilt then
+}
+
+// lastUsed is when the entry was built or last used.
+func (c cache) lastUsed(key string) (time.Time, bool) {
+	info, err := os.Stat(filepath.Join(c.entryDir(key), "entry.json"))
+	if err != nil {
+		return time.Time{}, false
+	}
+	return info.ModTime(), true
 }
 
 // lookup returns the complete entry for key, if there is one. Call with the

@@ -170,39 +170,67 @@ func TestCacheHitAndExpiry(t *testing.T) {
 func TestPrune(t *testing.T) {
 	testenv.RequireTools(t, "debootstrap", "dpkg")
 	cacheDir := t.TempDir()
-	old := fakeEntry(t, cacheDir, bookwormFrom("http://127.0.0.1:9/old"), time.Now().Add(-48*time.Hour))
+	twoDaysAgo := time.Now().Add(-48 * time.Hour)
+	// Trees: built two days ago and not used since (goes); built two days
+	// ago but used by a build now (stays); built now (stays).
+	old := fakeEntry(t, cacheDir, bookwormFrom("http://127.0.0.1:9/old"), twoDaysAgo)
+	usedNow := fakeEntry(t, cacheDir, bookwormFrom("http://127.0.0.1:9/used"), twoDaysAgo)
 	fresh := fakeEntry(t, cacheDir, bookwormFrom("http://127.0.0.1:9/fresh"), time.Now())
+	for _, e := range []string{old, usedNow} {
+		os.Chtimes(filepath.Join(filepath.Dir(e), "entry.json"), twoDaysAgo, twoDaysAgo)
+	}
+	cache{dir: filepath.Join(cacheDir, "debootstrap")}.used(filepath.Base(filepath.Dir(usedNow)))
+	// Package layers (a recipe's image.packages changed two days ago): the
+	// old one goes; one as old that a build holds now stays.
+	layers := cache{dir: filepath.Join(cacheDir, "layers")}
+	layer := func(key string) string {
+		tmp := filepath.Join(layers.dir, ".tmp-"+key)
+		os.MkdirAll(filepath.Join(tmp, "rootfs/etc"), 0o755)
+		if err := layers.commit(key, tmp, entry{Created: twoDaysAgo}); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(filepath.Join(layers.entryDir(key), "entry.json"), twoDaysAgo, twoDaysAgo)
+		return layers.entryDir(key)
+	}
+	oldLayer, heldLayer := layer(strings.Repeat("b", 64)), layer(strings.Repeat("c", 64))
+	unlock, ok, err := layers.tryLock(filepath.Base(heldLayer))
+	if err != nil || !ok {
+		t.Fatalf("lock the held layer: %v %v", ok, err)
+	}
+	defer unlock()
 	tarballs := filepath.Join(cacheDir, "tarballs")
 	os.MkdirAll(tarballs, 0o755)
 	oldTar := filepath.Join(tarballs, strings.Repeat("a", 64))
 	os.WriteFile(oldTar, []byte("x"), 0o644)
-	os.Chtimes(oldTar, time.Now().Add(-48*time.Hour), time.Now().Add(-48*time.Hour))
+	os.Chtimes(oldTar, twoDaysAgo, twoDaysAgo)
 	// The deb cache: a package no build used for two days goes, one used now stays.
 	debs := filepath.Join(cacheDir, debsDir)
 	os.MkdirAll(filepath.Join(debs, "partial"), 0o755)
 	oldDeb, freshDeb := filepath.Join(debs, "old_1_all.deb"), filepath.Join(debs, "fresh_1_all.deb")
 	os.WriteFile(oldDeb, []byte("x"), 0o644)
 	os.WriteFile(freshDeb, []byte("x"), 0o644)
-	os.Chtimes(oldDeb, time.Now().Add(-48*time.Hour), time.Now().Add(-48*time.Hour))
+	os.Chtimes(oldDeb, twoDaysAgo, twoDaysAgo)
 
 	b := Builder{CacheDir: cacheDir}
 	removed, err := b.Prune(context.Background(), 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(removed) != 3 {
-		t.Errorf("removed %v, want the old tree, the old tarball and the old deb", removed)
+	if len(removed) != 4 {
+		t.Errorf("removed %v, want the old tree, the old layer, the old tarball and the old deb", removed)
 	}
-	for _, gone := range []string{filepath.Dir(old), oldTar, oldDeb} {
+	for _, gone := range []string{filepath.Dir(old), oldLayer, oldTar, oldDeb} {
 		if _, err := os.Stat(gone); !os.IsNotExist(err) {
 			t.Errorf("%s not pruned (%v)", gone, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(fresh, "etc/os-release")); err != nil {
-		t.Errorf("fresh entry pruned: %v", err)
-	}
-	if _, err := os.Stat(freshDeb); err != nil {
-		t.Errorf("fresh deb pruned: %v", err)
+	for what, kept := range map[string]string{
+		"fresh tree": filepath.Join(fresh, "etc/os-release"), "tree used now": filepath.Join(usedNow, "etc/os-release"),
+		"layer a build holds": filepath.Join(heldLayer, "rootfs/etc"), "fresh deb": freshDeb,
+	} {
+		if _, err := os.Stat(kept); err != nil {
+			t.Errorf("%s pruned: %v", what, err)
+		}
 	}
 }
 

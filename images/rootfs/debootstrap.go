@@ -63,6 +63,7 @@ func (b *Builder) Debootstrap(ctx context.Context, spec Debootstrap, dest string
 	}
 	if ok {
 		res.CacheHit = true
+		c.used(key)
 		b.progress().Info("debootstrap %s: cached (%s, built %s)", spec.Suite, key[:12], ent.Created.Format(time.RFC3339))
 	} else {
 		if ent, err = b.buildEntry(ctx, c, key, spec, inputs); err != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // download fetches url into CacheDir/tarballs/<sha256> unless a file of that
@@ -28,6 +29,8 @@ func (b *Builder) download(ctx context.Context, url, want string) (string, error
 	defer unlock()
 	final := filepath.Join(c.dir, want)
 	if _, err := os.Stat(final); err == nil {
+		now := time.Now()
+		os.Chtimes(final, now, now) // used now: Prune goes by it
 		b.progress().Info("download %s: cached as %s", url, final)
 		return final, nil
 	}

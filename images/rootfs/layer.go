@@ -52,6 +52,7 @@ func (b *Builder) Derive(ctx context.Context, l Layer, dest string) (Result, err
 	}
 	if ok {
 		res.CacheHit = true
+		c.used(l.Key)
 		b.progress().Info("%s: cached (%s, built %s)", l.Name, l.Key[:min(len(l.Key), 12)], ent.Created.Format(time.RFC3339))
 	} else if ent, err = b.buildLayer(ctx, c, l); err != nil {
 		return fail(err)
@@ -116,5 +117,6 @@ func (b *Builder) LayerBuilt(ctx context.Context, key string) (time.Time, bool, 
 	if err != nil || !ok || (b.MaxAge > 0 && time.Since(ent.Created) > b.MaxAge) {
 		return time.Time{}, false, err
 	}
+	c.used(key) // the build goes on from it: in use, though nothing is copied
 	return ent.Created, true, nil
 }

@@ -11,14 +11,16 @@ import (
 	"github.com/sovereign-stack/ssbuild/images/mounts"
 )
 
-// Prune removes cache entries (debootstrapped trees, downloaded tarballs
-// and the deb cache's packages) not built, downloaded or used within the
-// last keep, and returns the
-// paths it removed. Each entry is removed under its lock, so a build using
-// it is waited for, never cut short.
+// Prune removes cache entries (debootstrapped trees, package layers,
+// downloaded tarballs and the deb cache's packages) not built, downloaded
+// or used within the last keep, and returns the paths it removed. Each
+// entry is removed under its lock; one a build holds is in use and stays.
 func (b *Builder) Prune(ctx context.Context, keep time.Duration) ([]string, error) {
+	if b.CacheDir == "" {
+		return nil, nil // no cache (never the working directory's folders)
+	}
 	var removed []string
-	for _, kind := range []string{"debootstrap", "tarballs"} {
+	for _, kind := range []string{"debootstrap", "layers", "tarballs"} {
 		c := cache{dir: filepath.Join(b.CacheDir, kind)}
 		entries, err := os.ReadDir(c.dir)
 		if os.IsNotExist(err) {
@@ -28,11 +30,14 @@ func (b *Builder) Prune(ctx context.Context, keep time.Duration) ([]string, erro
 			return removed, fmt.Errorf("prune %s: %w", c.dir, err)
 		}
 		for _, e := range entries {
+			if err := ctx.Err(); err != nil {
+				return removed, err
+			}
 			key := e.Name()
 			if strings.HasPrefix(key, ".") || strings.HasSuffix(key, ".lock") {
 				continue // temp dirs go with their key's next build
 			}
-			gone, err := b.pruneEntry(ctx, c, kind, key, keep)
+			gone, err := b.pruneEntry(c, kind, key, keep)
 			if err != nil {
 				return removed, err
 			}
@@ -41,20 +46,20 @@ func (b *Builder) Prune(ctx context.Context, keep time.Duration) ([]string, erro
 			}
 		}
 	}
-	gone, err := b.pruneDebs(ctx, keep)
+	gone, err := b.pruneDebs(keep)
 	return append(removed, gone...), err
 }
 
 // pruneDebs removes the deb cache's packages no build has used within keep
 // (a build touches each package it lists), under the deb cache's lock.
-func (b *Builder) pruneDebs(ctx context.Context, keep time.Duration) ([]string, error) {
+func (b *Builder) pruneDebs(keep time.Duration) ([]string, error) {
 	dir := filepath.Join(b.CacheDir, debsDir)
 	if _, err := os.Stat(dir); os.IsNotExist(err) {
 		return nil, nil
 	}
-	unlock, err := cache{dir: b.CacheDir}.lock(ctx, debsDir)
-	if err != nil {
-		return nil, err
+	unlock, ok, err := cache{dir: b.CacheDir}.tryLock(debsDir)
+	if err != nil || !ok {
+		return nil, err // a debootstrap fills it now
 	}
 	defer unlock()
 	entries, err := os.ReadDir(dir)
@@ -76,27 +81,23 @@ func (b *Builder) pruneDebs(ctx context.Context, keep time.Duration) ([]string, 
 	return removed, nil
 }
 
-func (b *Builder) pruneEntry(ctx context.Context, c cache, kind, key string, keep time.Duration) (bool, error) {
-	unlock, err := c.lock(ctx, key)
-	if err != nil {
-		return false, err
+func (b *Builder) pruneEntry(c cache, kind, key string, keep time.Duration) (bool, error) {
+	unlock, ok, err := c.tryLock(key)
+	if err != nil || !ok {
+		return false, err // a build holds it: in use
 	}
 	defer unlock()
-	made := time.Time{}
-	if kind == "debootstrap" {
-		ent, ok, err := c.lookup(key)
-		if err != nil || !ok {
-			return false, err
-		}
-		made = ent.Created
-	} else {
+	var last time.Time
+	if kind == "tarballs" {
 		info, err := os.Stat(filepath.Join(c.dir, key))
 		if err != nil {
 			return false, nil // removed meanwhile
 		}
-		made = info.ModTime()
+		last = info.ModTime()
+	} else if last, ok = c.lastUsed(key); !ok {
+		return false, nil // not an entry (a build's leftovers go with its key's next build)
 	}
-	if time.Since(made) <= keep {
+	if time.Since(last) <= keep {
 		return false, nil
 	}
 	if err := mounts.RemoveTree(filepath.Join(c.dir, key)); err != nil {
