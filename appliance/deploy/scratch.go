@@ -43,6 +43,13 @@ func Scratch(d recipes.Deployment) recipes.Deployment {
 // IsScratch says whether d is a scratch copy (by its name).
 func IsScratch(d recipes.Deployment) bool { return strings.HasSuffix(d.Name, ScratchSuffix) }
 
+// isScratchProject says whether an LXD project is a scratch copy's
+// (<name>-restore-test-<chain>; a chain has no dash).
+func isScratchProject(project string) bool {
+	i := strings.LastIndex(project, "-")
+	return i > 0 && strings.HasSuffix(project[:i], ScratchSuffix)
+}
+
 // checkScratch refuses, before any change, a scratch deploy of a
 // deployment that is not a scratch copy, or whose instances would bind a
 // port of their member.
