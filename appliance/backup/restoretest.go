@@ -88,8 +88,9 @@ func (e *TestError) Unwrap() error { return e.Err }
 // Test is a restore test of a deployment's newest backup in From: it
 // verifies the backup whole (every chunk decrypted), deploys a scratch copy
 // of the deployment (deploy.Scratch: its own project and fresh secrets, no
-// instance binding a host port, no Lightning node), restores the backup
-// into it, checks that every restored service runs, then removes the
+// instance binding a host port, a www without ACME and closed off, no
+// Lightning node), restores the backup into every instance of it (www's
+// too), checks that every restored service runs, then removes the
 // copy with its secrets (down --purge) unless Keep. The live deployment is
 // only read: its backup key, to check the signature. The Lightning node's
 // files are verified, never put anywhere (no second copy of a node's seed
@@ -217,7 +218,7 @@ func restoreScratch(ctx context.Context, o TestOptions, r *recipes.Recipe, scrat
 	var order []string
 	for _, it := range m.Items {
 		if !enabled[it.Instance] {
-			res.Skipped = append(res.Skipped, it.File+" (instance "+it.Instance+" binds host ports: not in the scratch copy)")
+			res.Skipped = append(res.Skipped, it.File+" (instance "+it.Instance+" is not in the scratch copy)")
 			continue
 		}
 		if _, ok := byInstance[it.Instance]; !ok {

@@ -55,8 +55,9 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// Scratch deploys a restore test's scratch copy (Scratch): only
 	// deployments named so, none of whose instances binds a port of its
-	// member, without their Lightning nodes, and no revision is recorded
-	// (the copy is removed after the test).
+	// member, without the www → btcpay link, with the stacks scratchStack
+	// makes (no Lightning node; www isolated, without ACME), and no
+	// revision is recorded (the copy is removed after the test).
 	Scratch  bool
 	Progress *progress.Reporter
 }
@@ -242,7 +243,11 @@ func (o *Options) deploy(ctx context.Context, deps []recipes.Deployment, runs []
 			return Report{}, fmt.Errorf("deployment %s: %w", d.Project(), err)
 		}
 		port := linkPort(o.Recipe, d)
-		link(specs, addr, port)
+		if !o.Scratch {
+			// A scratch copy's btcpay side would listen on its member's
+			// address: its www proxy reaches no BTCPay.
+			link(specs, addr, port)
+		}
 		for _, s := range specs {
 			todo = append(todo, work{dep: d, spec: s, member: where[s.Name], linkPort: port})
 		}

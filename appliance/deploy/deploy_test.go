@@ -198,7 +198,7 @@ func TestDeployDemoOnThreeHosts(t *testing.T) {
 
 	t.Run("backup", func(t *testing.T) { checkBackup(t, ctx, o, project) })
 	t.Run("restore", func(t *testing.T) { checkRestore(t, ctx, o, project, www) })
-	t.Run("restore test", func(t *testing.T) { checkRestoreTest(t, ctx, o, project) })
+	t.Run("restore test", func(t *testing.T) { checkRestoreTest(t, ctx, o, project, www) })
 	t.Run("lightning fence", func(t *testing.T) { checkFence(t, ctx, o, project, www) })
 	t.Run("migrate", func(t *testing.T) { checkMigrate(t, ctx, bed, o, project) })
 

@@ -220,7 +220,8 @@ func keptVolumes(c lxd.InstanceServer, pool string, specs []InstanceSpec) (map[s
 // names one (a host a later revision added, say), else to the member with
 // the fewest instances (in every project), ties by name, so a
 // deployment's instances spread over the cluster. A www instance owns its member's ports 80 and 443, so
-// it never goes where another deployment's www is.
+// it never goes where another deployment's www is; a scratch copy's www owns none (Specs): it goes
+// anywhere and keeps no www from a member.
 func choose(members []string, all []api.Instance, kept map[string]string, specs []InstanceSpec) (map[string]string, error) {
 	where := map[string]string{}
 	load := map[string]int{}
@@ -234,7 +235,7 @@ func choose(members []string, all []api.Instance, kept map[string]string, specs 
 		}
 		if len(specs) > 0 && in.Project == specs[0].Project {
 			where[in.Name] = in.Location
-		} else if in.Name == "www" && in.Config[keyDeployment] != "" {
+		} else if in.Name == "www" && in.Config[keyDeployment] != "" && !isScratchProject(in.Project) {
 			wwwOf[in.Location] = in.Project
 		}
 	}
@@ -260,7 +261,7 @@ func choose(members []string, all []api.Instance, kept map[string]string, specs 
 			if _, online := load[s.Host]; !online {
 				return nil, fmt.Errorf("%s/%s: its host %s is not an online cluster member (online: %s)", s.Project, s.Name, s.Host, strings.Join(members, ", "))
 			}
-			if s.Name == "www" && wwwOf[s.Host] != "" {
+			if s.Name == "www" && wwwOf[s.Host] != "" && !isScratchProject(s.Project) {
 				return nil, fmt.Errorf("%s/www: its host %s already runs the www of %s, which owns the member's ports 80 and 443", s.Project, s.Host, wwwOf[s.Host])
 			}
 			where[s.Name] = s.Host
@@ -269,7 +270,7 @@ func choose(members []string, all []api.Instance, kept map[string]string, specs 
 		}
 		best := ""
 		for _, n := range members {
-			if s.Name == "www" && wwwOf[n] != "" {
+			if s.Name == "www" && wwwOf[n] != "" && !isScratchProject(s.Project) {
 				continue
 			}
 			if best == "" || load[n] < load[best] {

@@ -48,6 +48,21 @@ func TestChooseSpreadsAndKeepsWWWApart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no member is free for www of d-mainnet") || !strings.Contains(err.Error(), "a-mainnet on h1") {
 		t.Errorf("a fourth www on three members: %v", err)
 	}
+
+	// A restore test's scratch copy: its www binds no port of its member,
+	// so it fits where every member runs a www, and keeps no www away.
+	scratch := Scratch(recipes.Deployment{Name: "a", Chain: "mainnet"}).Project()
+	if !isScratchProject(scratch) || isScratchProject("a-mainnet") || isScratchProject("restore-test-mainnet") {
+		t.Fatalf("isScratchProject(%s) false, or true for a live project", scratch)
+	}
+	where, err := choose(members, all, nil, specs(scratch))
+	if err != nil || where["www"] == "" {
+		t.Fatalf("the scratch copy of a on a cluster whose every member runs a www: %v, %v", where, err)
+	}
+	withScratch := append(all[:len(all)-1:len(all)-1], instance(scratch, "www", "h3"))
+	if where, err := choose(members, withScratch, nil, specs("d-mainnet")); err != nil || where["www"] != "h3" {
+		t.Errorf("a new www beside only a scratch copy's www on h3: %v, %v; want it placed there", where, err)
+	}
 }
 
 // TestPlannerSeesEarlierDeployments: two new deployments planned in one

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,25 +22,44 @@ import (
 
 // checkRestoreTest is issue 16's restore test (a subtest of
 // TestDeployDemoOnThreeHosts): the newest backup is restored into a
-// scratch copy (its own project, no www, no Lightning node), which holds
-// the row written before the backup; the copy and its secrets are gone
-// after; the live deployment's rows, secrets and Lightning node and
-// generation are as they were; show prints the outcome. With
+// scratch copy (its own project, its own www, no Lightning node), which
+// holds the row and the www file written before the backup, read through
+// the copy's own instances; the copy's www binds no port of its member,
+// has its own address, publishes no port and only internal networks; the
+// copy and its secrets are gone after; the live deployment's rows, www
+// file, www devices and sites, secrets and Lightning node and generation
+// are as they were; show prints the outcome. With
 // backup.restoreTest on, the scheduled pass restores the next backup with
 // the cluster's derived key; a check failing after the restore still
 // removes the copy. A tampered backup fails the test at its verify step,
 // recorded as failed, nothing left.
-func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, project string) {
+func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, project string, www endpoint) {
 	ids := ownerKey(t, o)
 	st := stateOf(o)
 	name := o.Recipe.Deployments[0].Name
 	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written before the restore test') ON CONFLICT DO NOTHING")
+	// A file of a www site service's backed-up volume.
+	const wwwItem, wwwSvc, wwwMarker = "www/ghost-blog-example/ghost-blog-example-data.tar.age", "ghost-blog-example", "www data before the restore test"
+	dockerExec(t, o, project, "www", project+"-"+wwwSvc, "sh", "-c", "echo '"+wwwMarker+"' > /data/restore-test-marker")
 	dir := filepath.Join(t.TempDir(), "backup")
 	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: dir, State: st})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
 	node := fence.NodeName(project, "btcpay")
+	liveWWW := func() string {
+		t.Helper()
+		in, _, err := o.LXD.UseProject(project).GetInstance("www")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(dockerExec(t, o, project, "www", project+"-"+wwwSvc, "/bin/busybox", "cat", "/data/restore-test-marker"), " ",
+			in.Location, " ", in.Devices, " ", httpGet(t, ctx, www, "www.blog.example"), " ", httpGet(t, ctx, www, "btcpay.demo.example"))
+	}
+	wwwBefore := liveWWW()
+	if !strings.Contains(wwwBefore, wwwMarker) || !strings.Contains(wwwBefore, "ghost blog.example") {
+		t.Fatalf("the live www before the restore test: %s", wwwBefore)
+	}
 	live := func() (rows, channelDB string, gen int64, sec []byte) {
 		t.Helper()
 		rows = psqlIn(t, o, project, "SELECT body FROM pages ORDER BY id")
@@ -58,8 +78,9 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 
 	scratch := deploy.Scratch(o.Recipe.Deployments[0])
 	sp := scratch.Project()
-	var scratchRows string
+	var scratchRows, scratchWWW string
 	var scratchContainers []string
+	var wwwProblems []string
 	start := time.Now()
 	res, err := backup.Test(ctx, backup.TestOptions{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, From: dir, Identities: ids,
 		State: st, Member: "host1", ImageDir: o.ImageDir, Progress: o.Progress,
@@ -71,6 +92,43 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 				return errors.New("psql in the scratch copy: " + errOut)
 			}
 			scratchRows = out
+			// The www file, read through the copy's own www.
+			if scratchWWW, errOut, code, err = lxdexec.Run(pc, "www", "docker", "exec", s.Project()+"-"+wwwSvc, "/bin/busybox", "cat", "/data/restore-test-marker"); err != nil || code != 0 {
+				return errors.New("the www file in the scratch copy: " + errOut)
+			}
+			// Nothing of the copy's www reaches out: no proxy device,
+			// its own address, no published port, internal networks.
+			in, _, err := pc.GetInstance("www")
+			if err != nil {
+				return err
+			}
+			for name, dev := range in.Devices {
+				if dev["type"] == "proxy" || dev["hwaddr"] != "" {
+					wwwProblems = append(wwwProblems, fmt.Sprintf("device %s %v", name, dev))
+				}
+			}
+			addrs := func(project string) (out []string) {
+				st, _, err := o.LXD.UseProject(project).GetInstanceState("www")
+				if err == nil {
+					for _, a := range st.Network["eth0"].Addresses {
+						if a.Family == "inet" {
+							out = append(out, a.Address)
+						}
+					}
+				}
+				return out
+			}
+			if mine, theirs := addrs(s.Project()), addrs(project); len(mine) == 0 || len(theirs) == 0 || slices.ContainsFunc(mine, func(a string) bool { return slices.Contains(theirs, a) }) {
+				wwwProblems = append(wwwProblems, fmt.Sprintf("addresses %v, the live www's %v", mine, theirs))
+			}
+			out, _, _, err = lxdexec.Run(pc, "www", "docker", "ps", "-a", "--format", "{{.Names}} ports={{.Ports}}")
+			if err != nil || !strings.Contains(out, s.Project()+"-proxy ") || strings.Contains(out, "->") {
+				wwwProblems = append(wwwProblems, fmt.Sprintf("containers %q (%v); want the proxy, no published port", out, err))
+			}
+			out, _, _, err = lxdexec.Run(pc, "www", "docker", "network", "ls", "--filter", "name="+s.Project(), "--format", "{{.Name}} {{.Internal}}")
+			if err != nil || strings.Count(out, " true") == 0 || strings.Contains(out, " false") {
+				wwwProblems = append(wwwProblems, fmt.Sprintf("networks %q (%v); want only internal ones", out, err))
+			}
 			out, _, _, err = lxdexec.Run(pc, "btcpay", "docker", "ps", "-a", "--format", "{{.Names}}")
 			scratchContainers = strings.Fields(out)
 			return err
@@ -90,6 +148,13 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 		return strings.HasPrefix(s, "btcpay/lightning/lightning-data_regtest_hsm_secret.tar.age")
 	}) {
 		t.Errorf("restored %v, skipped %v; want the dump restored and the node's hsm_secret only verified", res.Restored, res.Skipped)
+	}
+	if strings.TrimSpace(scratchWWW) != wwwMarker || !slices.Contains(res.Restored, wwwItem) || !slices.Contains(res.Checked, "www/"+wwwSvc) ||
+		!slices.Contains(res.Checked, "www/proxy") || slices.ContainsFunc(res.Skipped, func(s string) bool { return strings.HasPrefix(s, "www/") }) {
+		t.Errorf("the scratch copy's www file %q; restored %v, skipped %v, running %v; want www's items restored, its services running", scratchWWW, res.Restored, res.Skipped, res.Checked)
+	}
+	for _, p := range wwwProblems {
+		t.Errorf("the scratch copy's www: %s", p)
 	}
 	if res.Backup != "backups/"+m.Name || !res.Taken.Equal(m.Created) || res.Error != "" {
 		t.Errorf("result %+v; want backup %s taken %s", res.RestoreTest, m.Name, m.Created)
@@ -114,6 +179,9 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 	if rows2 != rows || channelDB2 != channelDB || gen2 != gen || !bytes.Equal(sec2, sec) {
 		t.Errorf("the live deployment changed: rows %q → %q, channel database %q → %q, generation %d → %d, secrets changed %v",
 			rows, rows2, channelDB, channelDB2, gen, gen2, !bytes.Equal(sec2, sec))
+	}
+	if after := liveWWW(); after != wwwBefore {
+		t.Errorf("the live www changed: %s → %s", wwwBefore, after)
 	}
 	show := func() string {
 		t.Helper()

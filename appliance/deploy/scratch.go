@@ -13,27 +13,28 @@ import (
 // (<name>-restore-test-<chain>) and its own secrets.
 const ScratchSuffix = "-restore-test"
 
-// publishesHostPorts says whether an instance role binds ports of its
-// member (Specs gives www the proxy devices of ports 80 and 443): a
-// scratch copy leaves it out, so it serves no public domain.
-func publishesHostPorts(role string) bool { return role == "www" }
+// publishesHostPorts says whether instance role of deployment d binds
+// ports of its member: the live www (Specs gives it the proxy devices of
+// ports 80 and 443), never a scratch copy's, which serves no public domain.
+func publishesHostPorts(d recipes.Deployment, role string) bool {
+	return role == "www" && !IsScratch(d)
+}
 
 // Scratch is the scratch copy of deployment d a restore test deploys: its
-// own name (so project and secrets), without the instances that bind host
-// ports (it serves no domain; without www there is no www → btcpay link
-// either), no pinned MAC (the live instance holds it on the same network)
-// and no pinned host. Deploy it with Options.Scratch, which also leaves
-// out every Lightning node.
+// own name (so project, volumes and secrets), every instance the live one
+// has, but without a pinned MAC (the live instance holds it on the same
+// network) or a pinned host. Deploy it with Options.Scratch, which keeps
+// it off the outside and the live deployment: no instance binds a port of
+// its member (Specs), no www → btcpay link is made (its btcpay side would
+// listen on the member's address), the www stack gets no certificate from
+// an ACME CA and reaches nothing beyond its instance (scratchStack), and
+// no Lightning node runs.
 func Scratch(d recipes.Deployment) recipes.Deployment {
 	s := d
 	s.Name = d.Name + ScratchSuffix
-	off := false
 	for _, role := range s.Instances.Roles() {
 		in := *role.Instance
 		in.MAC, in.Host = "", ""
-		if publishesHostPorts(role.Name) {
-			in.Enabled = &off
-		}
 		*role.Instance = in
 	}
 	return s
@@ -41,6 +42,13 @@ func Scratch(d recipes.Deployment) recipes.Deployment {
 
 // IsScratch says whether d is a scratch copy (by its name).
 func IsScratch(d recipes.Deployment) bool { return strings.HasSuffix(d.Name, ScratchSuffix) }
+
+// isScratchProject says whether an LXD project is a scratch copy's
+// (<name>-restore-test-<chain>; a chain has no dash).
+func isScratchProject(project string) bool {
+	i := strings.LastIndex(project, "-")
+	return i > 0 && strings.HasSuffix(project[:i], ScratchSuffix)
+}
 
 // checkScratch refuses, before any change, a scratch deploy of a
 // deployment that is not a scratch copy, or whose instances would bind a
@@ -61,15 +69,31 @@ func checkScratch(deps []recipes.Deployment, specs []InstanceSpec) error {
 	return nil
 }
 
-// withoutLightning drops the stack's Lightning node: a second copy of a
-// node with the same seed online could lose the channels' funds, so a
-// scratch copy never has one (nor a generation of it).
-func withoutLightning(s *stack.Stack) {
+// scratchStack is what a scratch copy runs of an instance's rendered
+// stack (rendered with stack.Options.Scratch, so the www proxy takes its
+// certificates from its own local CA, never from an ACME CA for the live
+// domains). It never has the Lightning node: a second copy of a node with
+// the same seed online could lose the channels' funds, so a scratch copy
+// never has one (nor a generation of it). The www stack, whose restored
+// Ghost, Nextcloud and Gitea would otherwise act on the outside with the
+// live site's data (scheduled posts and newsletters, push mirrors; the
+// live domains resolve to the live site), publishes no port and has only
+// internal networks: its services reach each other and nothing else.
+func scratchStack(s *stack.Stack) {
 	var keep []stack.Service
 	for _, svc := range s.Services {
-		if svc.Lightning == nil {
-			keep = append(keep, svc)
+		if svc.Lightning != nil {
+			continue
 		}
+		if s.Instance == "www" {
+			svc.Ports = nil
+		}
+		keep = append(keep, svc)
 	}
 	s.Services = keep
+	if s.Instance == "www" {
+		for i := range s.Networks {
+			s.Networks[i].Internal = true
+		}
+	}
 }

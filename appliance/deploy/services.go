@@ -30,6 +30,7 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 	}
 	opts := stack.DefaultOptions
 	opts.BTCPayPort = w.linkPort
+	opts.Scratch = o.Scratch
 	if w.chainstate {
 		opts.ChainstateDir = ChainstatePath
 	}
@@ -39,7 +40,7 @@ func (o *Options) deployServices(ctx context.Context, pc lxd.InstanceServer, w w
 	}
 	s.Fence = fence.Check(o.State)
 	if o.Scratch {
-		withoutLightning(s)
+		scratchStack(s)
 	}
 	docker, err := instancedocker.Client(ctx, pc, w.spec.Name)
 	if err != nil {

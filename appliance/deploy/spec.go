@@ -80,7 +80,7 @@ func Specs(r *recipes.Recipe, d recipes.Deployment, t Target) ([]InstanceSpec, e
 				"eth0": {"type": "nic", "network": t.Network},
 			},
 		}
-		if role.Name == "www" {
+		if publishesHostPorts(d, role.Name) {
 			// The sites answer on the member's own address: its ports 80
 			// and 443 lead to the reverse proxy the instance publishes.
 			for name, port := range map[string]string{"http": "80", "https": "443"} {

@@ -34,6 +34,10 @@ type Options struct {
 	// btcpay instance's bitcoind then uses it as its data directory instead
 	// of a Docker volume.
 	ChainstateDir string
+	// Scratch renders a restore test's scratch copy of the deployment: it
+	// runs beside the live one and must never ask a CA for certificates
+	// of the live domains (the sovereign www's Caddy uses its local CA).
+	Scratch bool
 }
 
 // DefaultOptions: the instance named btcpay, ssbuild where the base image
@@ -145,6 +149,7 @@ type tmplData struct {
 	Project, Deployment, Chain, PrimaryDomain, Role string
 	BTCPayHost, SSBuildBinary, ChainstateDir        string
 	BTCPayPort                                      int
+	Scratch                                         bool
 	Bitcoin                                         bitcoinData
 	Sites                                           []siteData
 	BTCPayNames                                     []string // every BTCPay host name of every site
@@ -187,7 +192,7 @@ func templateData(d recipes.Deployment, role string, opts Options) (tmplData, er
 		return tmplData{}, fmt.Errorf("deployment %s: chain %q is not mainnet, testnet, signet or regtest", d.Name, d.Chain)
 	}
 	t := tmplData{Project: d.Project(), Deployment: d.Name, Chain: d.Chain, PrimaryDomain: d.PrimaryDomain,
-		Role: role, BTCPayHost: opts.BTCPayHost, BTCPayPort: opts.BTCPayPort, SSBuildBinary: opts.SSBuildBinary, ChainstateDir: opts.ChainstateDir, Bitcoin: btc}
+		Role: role, BTCPayHost: opts.BTCPayHost, BTCPayPort: opts.BTCPayPort, SSBuildBinary: opts.SSBuildBinary, ChainstateDir: opts.ChainstateDir, Scratch: opts.Scratch, Bitcoin: btc}
 	for _, s := range d.Sites {
 		sd := siteData{Domain: s.Domain, ID: siteID(s.Domain), Services: s.Services,
 			Ghost: s.Has("ghost"), Nextcloud: s.Has("nextcloud"), Gitea: s.Has("gitea"), Nostr: s.Has("nostr-relay")}

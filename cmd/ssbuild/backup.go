@@ -43,9 +43,9 @@ func backupCommand() *cli.Command {
 			Usage:     "restore test: restore a deployment's newest backup into a scratch copy, check it, remove the copy; the live deployment is not touched",
 			ArgsUsage: "DEPLOYMENT",
 			Description: "Verifies the deployment's newest backup in the folder (every chunk decrypted), deploys a scratch copy\n" +
-				"of the deployment, <name>" + deploy.ScratchSuffix + " (its own LXD project and fresh secrets; without the instances\n" +
-				"that bind host ports, www, so it serves no domain; without its Lightning node, which never runs\n" +
-				"twice), restores the backup into it (the Lightning node's files are verified, never restored), checks\n" +
+				"of the deployment, <name>" + deploy.ScratchSuffix + " (its own LXD project and fresh secrets; its www binds no\n" +
+				"port of its member, asks no CA for certificates and reaches nothing outside its instance; without\n" +
+				"its Lightning node, which never runs twice), restores the backup into it (the Lightning node's files are verified, never restored), checks\n" +
 				"that every restored service runs, then removes the copy and its secrets as down --purge does (also\n" +
 				"when a step fails; --keep leaves it). The live deployment is only read (its backup key checks the\n" +
 				"signature). The outcome is kept with the deployment's state: show and appliance status print it.",
