@@ -215,7 +215,7 @@ func parseTime(s string) (int64, error) {
 }
 
 // names says how the volume path's entries are named: in the item's tar
-// stream as Docker's CopyFromContainer named them ("./" and "x" for the
+// stream as Docker's CopyFromContainer named them ("./" and "./x" for the
 // volume's content, "p/" and "p/x" for a path p, restored into the path's
 // parent), and for tar -c under base.
 type names struct {
@@ -244,8 +244,11 @@ func (n names) fetch(e *fileEntry) string {
 // header is the entry's tar header, from the listing alone.
 func (n names) header(e *fileEntry) *tar.Header {
 	name := n.fetch(e)
-	if n.root == "" && e.rel == "" {
-		name = "."
+	if n.root == "" {
+		name = path.Join(".", e.rel) // Docker's names for a folder's content ("/data/."): "./", "./x"
+		if e.rel != "" {
+			name = "./" + e.rel
+		}
 	}
 	h := &tar.Header{Name: name, Mode: e.mode, Uid: e.uid, Gid: e.gid,
 		ModTime: time.Unix(0, e.mtime), Format: tar.FormatPAX}

@@ -359,7 +359,7 @@ func (m mutating) Run(ctx context.Context, argv []string, stdin []byte, stdout i
 // into its parent), a single file too, and an absent path is errAbsent.
 func TestVolumePaths(t *testing.T) {
 	b := newVolumeBed(t)
-	for _, c := range []struct{ path, want string }{{"d2", "d2/"}, {"d1/inner", "inner/"}, {"big.bin", "big.bin"}} {
+	for _, c := range []struct{ path, want string }{{"/", "./"}, {"d2", "d2/"}, {"d1/inner", "inner/"}, {"big.bin", "big.bin"}} {
 		w, err := NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0.Add(time.Duration(b.n) * time.Hour)}, b.keys, []age.Recipient{b.id.Recipient()})
 		if err != nil {
 			t.Fatal(err)
@@ -385,8 +385,8 @@ func TestVolumePaths(t *testing.T) {
 			t.Fatalf("tar -x: %v: %s", err, o)
 		}
 		names := tarNames(t, out.Bytes())
-		if names[0] != c.want {
-			t.Errorf("path %s: first name %q, want %q", c.path, names[0], c.want)
+		if names[0] != c.want || len(names) > 1 && !strings.HasPrefix(names[1], c.want) {
+			t.Errorf("path %s: names %q, want %q and names under it", c.path, names[:min(3, len(names))], c.want)
 		}
 		compareTrees(t, filepath.Join(b.data, c.path), filepath.Join(into, filepath.Base(c.path)))
 	}
