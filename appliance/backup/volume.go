@@ -407,7 +407,7 @@ func (w *Writer) AddVolume(ctx context.Context, it Item, src VolumeSource) (Volu
 	var fetch []byte
 	for i, g := range gs {
 		c, ok := cached[g.key]
-		reuse[i] = ok && w.have(c.Chunks)
+		reuse[i] = ok && len(c.Chunks) > 0 && c.Size > 0 && w.have(c.Chunks)
 		for _, e := range g.entries {
 			if e.typ == 'f' {
 				vs.Files++
