@@ -302,7 +302,7 @@ func backupInstance(ctx context.Context, c client.APIClient, run Runner, st *sta
 				continue
 			}
 			if err == nil {
-				rep.Info("%s/%s %s: %d of %d files read (%d of %d bytes), the others' chunks named again",
+				rep.Info("%s/%s %s: %d of %d files read (%d of %d bytes)",
 					st.Instance, svc.Name, bp, vs.FilesRead, vs.Files, vs.BytesRead, vs.Bytes)
 			}
 			task.Done(err)
