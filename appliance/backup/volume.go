@@ -179,6 +179,39 @@ func list(ctx context.Context, run Runner, root string) ([]fileEntry, error) {
 	return es, nil
 }
 
+// checkAncestors refuses a declared path below a symlink in the volume
+// (the container's processes can write one): find and tar run as root in
+// the instance and would follow it out of the volume.
+func checkAncestors(ctx context.Context, run Runner, dir, base string) error {
+	rel, ok := strings.CutPrefix(base, dir)
+	if rel == "" || !ok {
+		return nil
+	}
+	var argv []string
+	for p, rest := dir, strings.Trim(rel, "/"); rest != ""; {
+		var first string
+		first, rest, _ = strings.Cut(rest, "/")
+		p = path.Join(p, first)
+		argv = append(argv, p)
+	}
+	var out bytes.Buffer
+	err := run.Run(ctx, append(append([]string{"find"}, argv...), "-maxdepth", "0", "-printf", `%y\0%p\0`), nil, &out)
+	var ee *ExitError
+	if errors.As(err, &ee) && strings.Contains(ee.Stderr, "No such file or directory") {
+		return errAbsent
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", base, err)
+	}
+	f := strings.Split(out.String(), "\x00")
+	for i := 0; i+1 < len(f); i += 2 {
+		if f[i] != "d" {
+			return fmt.Errorf("%s is not a folder (type %s): a declared path is never followed through a link", f[i+1], f[i])
+		}
+	}
+	return nil
+}
+
 func parseEntry(f []string) (fileEntry, error) {
 	e := fileEntry{rel: f[1], link: f[9]}
 	if len(f[0]) != 1 {
@@ -396,6 +429,9 @@ func DefaultFilesCache() string {
 func (w *Writer) AddVolume(ctx context.Context, it Item, src VolumeSource) (VolumeStats, error) {
 	var vs VolumeStats
 	n := namesFor(src.Dir, src.Path)
+	if err := checkAncestors(ctx, src.Run, src.Dir, n.base); err != nil {
+		return vs, err
+	}
 	es, err := list(ctx, src.Run, path.Join(n.base, n.root))
 	if err != nil {
 		return vs, err

@@ -392,6 +392,31 @@ func TestVolumePaths(t *testing.T) {
 	}
 }
 
+// TestVolumePathBelowSymlink: a declared path below a symlink in the
+// volume (which a container can plant) is refused, not followed out of
+// the volume; one below a missing folder is absent.
+func TestVolumePathBelowSymlink(t *testing.T) {
+	b := newVolumeBed(t)
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("outside the volume"), 0o600)
+	if err := os.Symlink(outside, filepath.Join(b.data, "d0", "out")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0}, b.keys, []age.Recipient{b.id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	_, err = w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Path: "d0/out/secret"}, VolumeSource{Run: LocalRunner{}, Dir: b.data, Path: "d0/out/secret"})
+	if err == nil || !strings.Contains(err.Error(), "d0/out is not a folder (type l)") {
+		t.Errorf("a path below a symlink: %v, want it refused", err)
+	}
+	_, err = w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Path: "gone/x/y"}, VolumeSource{Run: LocalRunner{}, Dir: b.data, Path: "gone/x/y"})
+	if err != errAbsent {
+		t.Errorf("a path below a missing folder: %v, want errAbsent", err)
+	}
+}
+
 func tarNames(t *testing.T, b []byte) []string {
 	cmd := exec.Command("tar", "-t", "-f", "-")
 	cmd.Stdin = bytes.NewReader(b)
