@@ -35,7 +35,7 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 	name := o.Recipe.Deployments[0].Name
 	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written before the restore test') ON CONFLICT DO NOTHING")
 	dir := filepath.Join(t.TempDir(), "backup")
-	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: dir, State: st})
+	m, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: dir, State: st})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
@@ -134,7 +134,7 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 	// without the owner's identity.
 	o.Recipe.Backup.RestoreTest = recipes.RestoreTest{Hours: 1, From: filepath.Join(t.TempDir(), "backup")}
 	t.Cleanup(func() { o.Recipe.Backup.RestoreTest = recipes.RestoreTest{} })
-	m2, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: o.Recipe.Backup.RestoreTest.From, State: st})
+	m2, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: o.Recipe.Backup.RestoreTest.From, State: st})
 	if err != nil {
 		t.Fatalf("backup with restore tests on: %v", err)
 	}
