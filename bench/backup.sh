@@ -46,6 +46,6 @@ echo "restore vs tar -x (goal ≤ 1.5):"
 pairs "$runs" "$bin" "restore (verify+decrypt all, then tar -x)" BenchmarkRestore "tar -xf + sync" BenchmarkTarExtract
 echo "incremental after 100 rows + 1 file vs full (goal ≤ 0.1):"
 pairs "$runs" "$bin" "incremental backup into the same folder" BenchmarkBackupIncremental "full backup into a new folder" BenchmarkBackupFull
-echo "incremental vs reading the tar stream alone (its floor while the whole tree is streamed):"
+echo "incremental vs reading the tar stream alone (the floor before the files cache, when the whole tree was streamed):"
 pairs "$runs" "$bin" "incremental backup into the same folder" BenchmarkBackupIncremental "tar -c of the tree, read and dropped" BenchmarkTarStream
 "$bin" -test.run '^$' -test.bench '^BenchmarkBackupIncremental$' -test.benchtime 1x 2>&1 | awk '/^Benchmark/ { $1 = "  one incremental:"; $2 = ""; print }'

@@ -25,7 +25,6 @@ import (
 	lxd "github.com/canonical/lxd/client"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
-	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
@@ -56,6 +55,10 @@ type Options struct {
 	// generations, each recorded in the manifest.
 	State    State
 	Progress *progress.Reporter
+	// FilesCache is the folder of this machine's files caches, which let
+	// an incremental backup read only the changed files of the volume
+	// paths; "" is DefaultFilesCache().
+	FilesCache string
 }
 
 // Manifest describes a backup folder.
@@ -147,6 +150,10 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 	if err != nil {
 		return m, err
 	}
+	w.FilesCache = o.FilesCache
+	if w.FilesCache == "" {
+		w.FilesCache = DefaultFilesCache()
+	}
 	if err := runInstances(ctx, o, d, w, rep); err != nil {
 		w.Abort()
 		return m, err
@@ -187,7 +194,7 @@ func runInstances(ctx context.Context, o Options, d recipes.Deployment, w *Write
 		if err != nil {
 			return fmt.Errorf("backup %s: %w", d.Name, err)
 		}
-		err = backupInstance(ctx, docker, st, w, rep)
+		err = backupInstance(ctx, docker, LXDRunner{LXD: pc, Instance: role}, st, w, rep)
 		docker.Close()
 		if err != nil {
 			return fmt.Errorf("backup %s, instance %s: %w", d.Name, role, err)
@@ -248,8 +255,9 @@ func declares(st *stack.Stack) bool {
 }
 
 // backupInstance takes every dump of the instance first (they are the
-// consistent copies), then the volume paths.
-func backupInstance(ctx context.Context, c client.APIClient, st *stack.Stack, w *Writer, rep *progress.Reporter) error {
+// consistent copies), then the volume paths, read by run in the instance
+// from the volumes' folders (volume.go).
+func backupInstance(ctx context.Context, c client.APIClient, run Runner, st *stack.Stack, w *Writer, rep *progress.Reporter) error {
 	for _, svc := range st.Services {
 		if svc.Backup == nil || svc.Backup.Dump == nil {
 			continue
@@ -281,22 +289,21 @@ func backupInstance(ctx context.Context, c client.APIClient, st *stack.Stack, w 
 			}
 			it := Item{Kind: "volume", Instance: st.Instance, Service: svc.Name, Volume: bp.Volume, Path: bp.Path,
 				File: path.Join(st.Instance, svc.Name, volumeFile(bp))}
-			src := path.Join(target, bp.Path)
-			if bp.Path == "/" {
-				src = target + "/." // the volume's content, not the mount point's name
-			}
 			task := rep.Start(fmt.Sprintf("copy %s/%s %s", st.Instance, svc.Name, bp), 0, "bytes")
-			// Asked before the item starts, so an absent path leaves no item.
-			rc, _, err := c.CopyFromContainer(ctx, st.ContainerName(svc.Name), src)
-			if errdefs.IsNotFound(err) {
+			dir, err := volumeDir(ctx, c, st.ContainerName(svc.Name), target)
+			var vs VolumeStats
+			if err == nil {
+				vs, err = w.AddVolume(ctx, it, VolumeSource{Run: run, Dir: dir, Path: bp.Path, Progress: task})
+			}
+			if errors.Is(err, errAbsent) {
 				task.Done(nil)
 				it.File = ""
 				w.m.Absent = append(w.m.Absent, it)
 				continue
 			}
 			if err == nil {
-				err = w.AddReader(it, rc)
-				rc.Close()
+				rep.Info("%s/%s %s: %d of %d files read (%d of %d bytes)",
+					st.Instance, svc.Name, bp, vs.FilesRead, vs.Files, vs.BytesRead, vs.Bytes)
 			}
 			task.Done(err)
 			if err != nil {
@@ -305,6 +312,21 @@ func backupInstance(ctx context.Context, c client.APIClient, st *stack.Stack, w 
 		}
 	}
 	return nil
+}
+
+// volumeDir is the folder, on the instance's disk, of the volume the
+// container mounts at target.
+func volumeDir(ctx context.Context, c client.APIClient, ctr, target string) (string, error) {
+	insp, err := c.ContainerInspect(ctx, ctr)
+	if err != nil {
+		return "", err
+	}
+	for _, mt := range insp.Mounts {
+		if mt.Destination == target && mt.Type == "volume" && mt.Source != "" {
+			return mt.Source, nil
+		}
+	}
+	return "", fmt.Errorf("container %s mounts no volume at %s", ctr, target)
 }
 
 // volumeFile names a volume path's archive: the volume, then the path

@@ -65,6 +65,11 @@ type Stats struct {
 	NewBytes  int64 // encrypted bytes written
 	Reused    int   // named by an earlier backup and left as they were
 	Duplicate int   // met twice in this backup
+	// Volume paths read by AddVolume: regular files and their bytes in
+	// the listings, and of them those read (the others' groups were named
+	// again from the files cache without a read).
+	VolumeFiles, VolumeFilesRead int
+	VolumeBytes, VolumeBytesRead int64
 }
 
 // Writer adds one new backup to a folder.
@@ -75,6 +80,10 @@ type Writer struct {
 	recips    []age.Recipient
 	unlock    func()
 	Stats     Stats
+	// FilesCache is the folder of the files caches (volume.go) on this
+	// machine; "" reads every volume path whole.
+	FilesCache string
+	afterClose []func() error // once the backup is whole: the files caches
 
 	mu      sync.Mutex
 	known   map[string]Chunk // signed by this key in the folder's earlier backups
@@ -174,83 +183,162 @@ func (w *Writer) AddReader(it Item, r io.Reader) error {
 	return nil
 }
 
-// add chunks r and stores every chunk not stored yet; the chunks' names
-// are keyed hashes and their encryption runs on every core.
+// add chunks r and stores every chunk not stored yet.
 func (w *Writer) add(it *Item, r io.Reader) error {
-	type job struct {
-		i       int
-		data    []byte
-		release func()
-	}
+	s := w.newItemStore()
+	s.chunk(r)
+	return s.finish(it)
+}
+
+// itemStore stores one item's chunks: the chunks' names are keyed hashes
+// and their encryption runs on every core. An item is fed as pieces,
+// each cut on its own (its end is a cut), or named by chunks the folder
+// holds already (a volume's unchanged files, see volume.go).
+type itemStore struct {
+	w    *Writer
+	jobs chan storeJob
+	wg   sync.WaitGroup
+	size int64
+
+	mu       sync.Mutex
+	ids      []string
+	firstErr error
+}
+
+type storeJob struct {
+	i       int
+	data    []byte
+	release func()
+}
+
+func (w *Writer) newItemStore() *itemStore {
 	workers := runtime.GOMAXPROCS(0)
-	jobs := make(chan job, workers)
-	var (
-		mu       sync.Mutex
-		ids      []string
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-	}
+	s := &itemStore{w: w, jobs: make(chan storeJob, workers)}
 	for range workers {
-		wg.Add(1)
+		s.wg.Add(1)
 		go func() {
-			defer wg.Done()
-			for j := range jobs {
+			defer s.wg.Done()
+			for j := range s.jobs {
 				id, err := w.store(j.data) // keeps nothing of data
 				j.release()
 				if err != nil {
-					fail(err)
+					s.fail(err)
 					continue
 				}
-				mu.Lock()
-				ids[j.i] = id
-				mu.Unlock()
+				s.mu.Lock()
+				s.ids[j.i] = id
+				s.mu.Unlock()
 			}
 		}()
 	}
-	c := newChunker(r, &w.keys.gear)
+	return s
+}
+
+func (s *itemStore) fail(err error) {
+	s.mu.Lock()
+	if s.firstErr == nil {
+		s.firstErr = err
+	}
+	s.mu.Unlock()
+}
+
+func (s *itemStore) err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.firstErr
+}
+
+// chunk cuts r to its end and stores its chunks; it returns the index of
+// its first chunk in the item and their number (their names are known
+// once finish returned), and the bytes read.
+func (s *itemStore) chunk(r io.Reader) (first, n int, size int64) {
+	c := newChunker(r, &s.w.keys.gear)
 	defer c.close()
-	var size int64
-	for i := 0; ; i++ {
+	s.mu.Lock()
+	first = len(s.ids)
+	s.mu.Unlock()
+	for {
 		data, release, err := c.next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			fail(err)
+			s.fail(err)
 			break
 		}
-		mu.Lock()
-		ids = append(ids, "")
-		stop := firstErr != nil
-		mu.Unlock()
+		s.mu.Lock()
+		i := len(s.ids)
+		s.ids = append(s.ids, "")
+		stop := s.firstErr != nil
+		s.mu.Unlock()
 		if stop {
 			release()
 			break
 		}
 		size += int64(len(data))
-		jobs <- job{i, data, release}
+		n++
+		s.jobs <- storeJob{i, data, release}
 	}
-	close(jobs)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
+	s.size += size
+	return first, n, size
+}
+
+// reuse names chunks the folder holds (checked by have) as the item's next.
+func (s *itemStore) reuse(ids []string, size int64) {
+	s.w.mu.Lock()
+	for _, id := range ids {
+		if _, ok := s.w.written[id]; ok {
+			s.w.Stats.Duplicate++
+			continue
+		}
+		s.w.written[id] = s.w.known[id]
+		s.w.Stats.Reused++
 	}
+	s.w.mu.Unlock()
+	s.mu.Lock()
+	s.ids = append(s.ids, ids...)
+	s.mu.Unlock()
+	s.size += size
+}
+
+// finish waits for every chunk and fills in the item's chunks and size.
+func (s *itemStore) finish(it *Item) error {
+	close(s.jobs)
+	s.wg.Wait()
+	if s.firstErr != nil {
+		return s.firstErr
+	}
+	w := s.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	it.Size, it.Chunks = size, make([]Chunk, len(ids))
-	for i, id := range ids {
+	it.Size, it.Chunks = s.size, make([]Chunk, len(s.ids))
+	for i, id := range s.ids {
 		it.Chunks[i] = w.written[id]
 	}
-	w.Stats.Read += size
-	w.Stats.Chunks += len(ids)
+	w.Stats.Read += s.size
+	w.Stats.Chunks += len(s.ids)
 	return nil
+}
+
+// have says whether the folder holds every chunk, as store checks one:
+// named by an earlier backup of this key, its file there with its size.
+func (w *Writer) have(ids []string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := w.written[id]; ok {
+			continue
+		}
+		c, ok := w.known[id]
+		if !ok {
+			return false
+		}
+		fi, err := os.Stat(filepath.Join(w.top, filepath.FromSlash(chunkPath(id))))
+		if err != nil || fi.Size() != c.Size {
+			return false
+		}
+	}
+	return true
 }
 
 // store names a chunk and writes it unless the folder has it already.
@@ -444,6 +532,9 @@ func (w *Writer) Close() (Manifest, error) {
 	}
 	if err := fsyncAll([]string{dir, filepath.Join(w.top, backupsDir)}); err != nil {
 		return m, err
+	}
+	for _, f := range w.afterClose {
+		f() // a cache not written costs the next backup a full read, no more
 	}
 	return m, nil
 }

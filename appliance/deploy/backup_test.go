@@ -24,7 +24,7 @@ import (
 // with the owner's identity; the folder holds no key and no plain data;
 // the live channel database (declared never-restore) is in no file; a
 // second backup into the same folder after a row is added writes only the
-// chunks that changed, and each backup verifies and decrypts alone; one
+// chunks that changed and reads no volume file (the files cache), and each backup verifies and decrypts alone; one
 // flipped byte fails verify naming the chunk and its item.
 func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project string) {
 	ids := ownerKey(t, o)
@@ -45,9 +45,9 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	const live = "live-channel-state-7f3a"
 	dockerExec(t, o, project, "btcpay", project+"-lightning", "sh", "-c", "echo "+live+" > /root/.lightning/regtest/lightningd.sqlite3")
 
-	dir := filepath.Join(t.TempDir(), "backup")
+	dir, cache := filepath.Join(t.TempDir(), "backup"), t.TempDir()
 	start := time.Now()
-	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o), Progress: o.Progress})
+	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o), Progress: o.Progress, FilesCache: cache})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
@@ -102,13 +102,19 @@ func checkBackup(t *testing.T, ctx context.Context, o deploy.Options, project st
 	// A row more, then a second backup into the same folder.
 	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('written between the backups') ON CONFLICT DO NOTHING")
 	start = time.Now()
-	m2, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o)})
+	m2, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o), FilesCache: cache})
 	if err != nil {
 		t.Fatalf("second backup into %s: %v", dir, err)
 	}
 	t.Logf("second backup: %s, %+v", time.Since(start).Round(time.Millisecond), m2.Stats)
 	if m2.Name == m.Name || m2.Signer != m.Signer || m2.Stats.New == 0 || m2.Stats.Reused == 0 || m2.Stats.New > len(m2.Items)/2 {
 		t.Errorf("second backup %s (first %s): %+v; want a few new chunks, the rest reused, the same signer", m2.Name, m.Name, m2.Stats)
+	}
+	// No volume file changed: the volume paths are listed in the instances
+	// and named again from the files cache, not a byte of them read.
+	if m.Stats.VolumeFiles == 0 || m.Stats.VolumeBytesRead != m.Stats.VolumeBytes || m2.Stats.VolumeFiles != m.Stats.VolumeFiles || m2.Stats.VolumeBytesRead != 0 {
+		t.Errorf("volume files: first backup %d (%d of %d bytes read), second %d (%d bytes read); want the second to read none",
+			m.Stats.VolumeFiles, m.Stats.VolumeBytesRead, m.Stats.VolumeBytes, m2.Stats.VolumeFiles, m2.Stats.VolumeBytesRead)
 	}
 	for _, b := range []struct {
 		m   backup.Manifest

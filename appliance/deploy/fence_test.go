@@ -47,7 +47,7 @@ func checkFence(t *testing.T, ctx context.Context, o deploy.Options, project str
 		t.Fatalf("the node's fence file holds %q; want generation %d", got, g)
 	}
 	dir := filepath.Join(t.TempDir(), "backup")
-	if _, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: dir, State: state}); err != nil {
+	if _, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: dir, State: state}); err != nil {
 		t.Fatalf("backup: %v", err)
 	}
 

@@ -41,7 +41,7 @@ func checkFreshRestore(t *testing.T, ctx context.Context, bed *testbed.Bed, o de
 	// The node's seed: what a restore must carry over to recover its funds.
 	dockerExec(t, o, project, "btcpay", project+"-lightning", "sh", "-c", "echo seed-of-the-old-node > /root/.lightning/regtest/hsm_secret")
 	dir := filepath.Join(t.TempDir(), "backup")
-	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: d.Name, To: dir, State: stateOf(o)})
+	m, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: o.LXD, Recipe: o.Recipe, Deployment: d.Name, To: dir, State: stateOf(o)})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
@@ -171,7 +171,7 @@ func checkFreshRestore(t *testing.T, ctx context.Context, bed *testbed.Bed, o de
 	}
 	// The next backup, into the same folder, is the new cluster's: signed
 	// and named by its own new key, so a full one, and it holds the row.
-	m2, err := backup.Run(ctx, backup.Options{LXD: fo.LXD, Recipe: fo.Recipe, Deployment: d.Name, To: dir, State: state})
+	m2, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: fo.LXD, Recipe: fo.Recipe, Deployment: d.Name, To: dir, State: state})
 	if err != nil {
 		t.Fatalf("backup on the fresh cluster into the same folder: %v", err)
 	}

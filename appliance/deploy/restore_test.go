@@ -27,7 +27,7 @@ func checkRestore(t *testing.T, ctx context.Context, o deploy.Options, project s
 	psql("INSERT INTO pages (body) VALUES ('row to restore') ON CONFLICT DO NOTHING")
 	dockerExec(t, o, project, "btcpay", ctr, "sh", "-c", "echo before > /data/restore-marker")
 	dir := filepath.Join(t.TempDir(), "backup")
-	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o)})
+	m, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: o.LXD, Recipe: o.Recipe, Deployment: o.Recipe.Deployments[0].Name, To: dir, State: stateOf(o)})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}

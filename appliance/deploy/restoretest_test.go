@@ -42,7 +42,7 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 	const wwwItem, wwwSvc, wwwMarker = "www/ghost-blog-example/ghost-blog-example-data.tar.age", "ghost-blog-example", "www data before the restore test"
 	dockerExec(t, o, project, "www", project+"-"+wwwSvc, "sh", "-c", "echo '"+wwwMarker+"' > /data/restore-test-marker")
 	dir := filepath.Join(t.TempDir(), "backup")
-	m, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: dir, State: st})
+	m, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: dir, State: st})
 	if err != nil {
 		t.Fatalf("backup: %v", err)
 	}
@@ -202,7 +202,7 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 	// without the owner's identity.
 	o.Recipe.Backup.RestoreTest = recipes.RestoreTest{Hours: 1, From: filepath.Join(t.TempDir(), "backup")}
 	t.Cleanup(func() { o.Recipe.Backup.RestoreTest = recipes.RestoreTest{} })
-	m2, err := backup.Run(ctx, backup.Options{LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: o.Recipe.Backup.RestoreTest.From, State: st})
+	m2, err := backup.Run(ctx, backup.Options{FilesCache: t.TempDir(), LXD: o.LXD, Recipe: o.Recipe, Deployment: name, To: o.Recipe.Backup.RestoreTest.From, State: st})
 	if err != nil {
 		t.Fatalf("backup with restore tests on: %v", err)
 	}

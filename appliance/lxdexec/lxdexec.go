@@ -5,6 +5,7 @@ package lxdexec
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -51,4 +52,55 @@ func runOnce(c lxd.InstanceServer, instance string, command ...string) (stdout, 
 		code = int(rc)
 	}
 	return out.String(), errOut.String(), code, nil
+}
+
+// Stream runs command in the instance with stdin on its standard input
+// and its stdout copied to stdout as it comes; it returns the end of its
+// stderr and its exit code. As Run, it tries again when LXD lost the PID
+// of the process it started, but only while nothing reached stdout (the
+// whole stdin is sent again): pass only read-only commands.
+func Stream(c lxd.InstanceServer, instance string, command []string, stdin []byte, stdout io.Writer) (stderr string, code int, err error) {
+	for attempt := 1; ; attempt++ {
+		cw := &countWriter{w: stdout}
+		stderr, code, err = streamOnce(c, instance, command, stdin, cw)
+		if err == nil || attempt == 5 || cw.n > 0 || !strings.Contains(err.Error(), notStarted) {
+			return stderr, code, err
+		}
+		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func streamOnce(c lxd.InstanceServer, instance string, command []string, stdin []byte, stdout io.Writer) (stderr string, code int, err error) {
+	var errOut bytes.Buffer
+	done := make(chan bool)
+	// The reader's EOF closes the command's standard input.
+	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
+		&lxd.InstanceExecArgs{Stdin: bytes.NewReader(stdin), Stdout: stdout, Stderr: &errOut, DataDone: done})
+	if err == nil {
+		err = op.Wait()
+	}
+	if err != nil {
+		return "", -1, fmt.Errorf("exec %s in %s: %w", strings.Join(command, " "), instance, err)
+	}
+	<-done
+	code = -1
+	if rc, ok := op.Get().Metadata["return"].(float64); ok {
+		code = int(rc)
+	}
+	s := errOut.String()
+	if len(s) > 2048 {
+		s = s[len(s)-2048:]
+	}
+	return s, code, nil
 }

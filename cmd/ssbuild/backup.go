@@ -99,6 +99,8 @@ func backupAction(c *cli.Context) error {
 	st := m.Stats
 	fmt.Fprintf(c.App.Writer, "%s: backup %s in %s: %d items, %s read; %d of %d chunks new (%s written) (%d never-restore paths left out, %d declared paths absent)\n",
 		m.Project, m.Name, c.String("to"), len(m.Items), mib(st.Read), st.New, st.Chunks, mib(st.NewBytes), len(m.NeverRestored), len(m.Absent))
+	fmt.Fprintf(c.App.Writer, "volume paths: %d of %d files read (%s of %s), the others unchanged since the last backup into this folder from this member\n",
+		st.VolumeFilesRead, st.VolumeFiles, mib(st.VolumeBytesRead), mib(st.VolumeBytes))
 	fmt.Fprintf(c.App.Writer, "signed by %s (keep it: restore into a fresh cluster checks the backup with --signer)\n", m.Signer)
 	return nil
 }

@@ -1,0 +1,660 @@
+package backup
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	lxd "github.com/canonical/lxd/client"
+
+	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
+)
+
+// A volume path is read from the volume's folder on the disk of the
+// machine running Docker (the LXD instance), not through Docker's
+// CopyFromContainer, which streams the whole tree on every backup: one
+// `find` lists it, and only the files of groups the files cache does not
+// name are read, by one `tar -c` of their names. The item is still one
+// plain tar stream (restore, verify and the chunks are as for any item),
+// written here from the listing, so the same metadata gives the same
+// bytes and an unchanged group the same chunks.
+//
+// Groups: the listing's entries in path order, a group ending after an
+// entry whose keyed path hash says so (1 in groupEvery) or once it holds
+// groupBytes; a larger file is a group of its own. A group's end is a
+// chunk cut, so an added or changed file changes its own group's chunks
+// and (the size bound being counted from the last hash cut) at most the
+// groups up to the next hash cut, not the rest of the stream.
+//
+// Files cache: per backup folder, deployment and item, a file on the local
+// disk of the machine running the backup (the folder is encrypted to the
+// owner's key, which the cluster does not have) maps each group's key (a
+// hash of its entries' path, type, size, mtime, ctime, inode, mode, owner
+// and link target) to its chunks. A group whose key is there and whose
+// chunks the folder still holds is named again without reading a byte of
+// it (restic's and borg's files cache, per group rather than per file).
+const (
+	groupBytes = 2 << 20
+	groupEvery = 128
+	// cacheVersion changes with the bytes a group makes.
+	cacheVersion = 1
+)
+
+// Runner runs a command on the machine that holds a volume's folder,
+// with stdin on its standard input and its standard output to stdout. A
+// non-zero exit is an *ExitError.
+type Runner interface {
+	Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error
+}
+
+// ExitError is a command's non-zero exit.
+type ExitError struct {
+	Command string
+	Code    int
+	Stderr  string
+}
+
+func (e *ExitError) Error() string {
+	return fmt.Sprintf("%s exited %d: %s", e.Command, e.Code, strings.TrimSpace(e.Stderr))
+}
+
+// LocalRunner runs commands on this machine.
+type LocalRunner struct{}
+
+func (LocalRunner) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout = bytes.NewReader(stdin), stdout
+	var stderr tail
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() > 0 {
+		return &ExitError{Command: argv[0], Code: ee.ExitCode(), Stderr: string(stderr.b)}
+	}
+	return err
+}
+
+// LXDRunner runs commands in an LXD instance (as root): the instance's
+// own GNU find and tar, which a service container's image may lack.
+type LXDRunner struct {
+	LXD      lxd.InstanceServer // in the instance's project
+	Instance string
+}
+
+func (r LXDRunner) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
+	// find and tar -c only read: lxdexec may run them twice.
+	stderr, code, err := lxdexec.Stream(r.LXD, r.Instance, argv, stdin, stdout)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &ExitError{Command: argv[0], Code: code, Stderr: stderr}
+	}
+	return nil
+}
+
+// VolumeSource is a volume path to read.
+type VolumeSource struct {
+	Run Runner
+	// Dir is the volume's folder on the runner's machine (Docker's mount
+	// Source: /var/lib/docker/volumes/NAME/_data).
+	Dir string
+	// Path is the declared path in the volume: "/" or relative.
+	Path string
+	// Progress, when set, counts the file bytes read.
+	Progress io.Writer
+}
+
+// VolumeStats say what reading one volume path read and reused.
+type VolumeStats struct {
+	Files, FilesRead   int   // in the listing; of them, regular files read
+	Bytes, BytesRead   int64 // file content in the listing; of it, read
+	Groups, GroupsRead int
+}
+
+// errAbsent is a declared volume path that does not exist.
+var errAbsent = errors.New("no such path in the volume")
+
+// fileEntry is one line of the listing.
+type fileEntry struct {
+	typ          byte   // find's %y: f, d, l, p
+	rel          string // relative to the listed root, "" for the root
+	size         int64
+	mtime, ctime int64 // ns
+	ino          uint64
+	mode         int64 // permission bits with setuid, setgid, sticky
+	uid, gid     int
+	link         string
+}
+
+const findFormat = `%y\0%P\0%s\0%T@\0%C@\0%i\0%m\0%U\0%G\0%l\0`
+
+// list runs find on root.
+func list(ctx context.Context, run Runner, root string) ([]fileEntry, error) {
+	var out bytes.Buffer
+	err := run.Run(ctx, []string{"find", root, "-ignore_readdir_race", "-printf", findFormat}, nil, &out)
+	if err != nil {
+		var ee *ExitError
+		if errors.As(err, &ee) && out.Len() == 0 && strings.Contains(ee.Stderr, "No such file or directory") {
+			return nil, errAbsent
+		}
+		return nil, fmt.Errorf("list %s: %w", root, err)
+	}
+	f := strings.Split(out.String(), "\x00")
+	if len(f)%10 != 1 || f[len(f)-1] != "" {
+		return nil, fmt.Errorf("list %s: find printed %d fields, not a multiple of 10", root, len(f)-1)
+	}
+	var es []fileEntry
+	for i := 0; i+10 <= len(f); i += 10 {
+		e, err := parseEntry(f[i : i+10])
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %q: %w", root, f[i+1], err)
+		}
+		switch e.typ {
+		case 'f', 'd', 'l', 'p':
+			es = append(es, e)
+		} // sockets and device nodes are left out
+	}
+	// Parents sort before their children.
+	slices.SortFunc(es, func(a, b fileEntry) int { return strings.Compare(a.rel, b.rel) })
+	if len(es) == 0 || es[0].rel != "" {
+		return nil, fmt.Errorf("list %s: the root is not a file, folder or link", root)
+	}
+	return es, nil
+}
+
+// checkAncestors refuses a declared path below a symlink in the volume
+// (the container's processes can write one): find and tar run as root in
+// the instance and would follow it out of the volume.
+func checkAncestors(ctx context.Context, run Runner, dir, base string) error {
+	rel, ok := strings.CutPrefix(base, dir)
+	if rel == "" || !ok {
+		return nil
+	}
+	var argv []string
+	for p, rest := dir, strings.Trim(rel, "/"); rest != ""; {
+		var first string
+		first, rest, _ = strings.Cut(rest, "/")
+		p = path.Join(p, first)
+		argv = append(argv, p)
+	}
+	var out bytes.Buffer
+	err := run.Run(ctx, append(append([]string{"find"}, argv...), "-maxdepth", "0", "-printf", `%y\0%p\0`), nil, &out)
+	var ee *ExitError
+	if errors.As(err, &ee) && strings.Contains(ee.Stderr, "No such file or directory") {
+		return errAbsent
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", base, err)
+	}
+	f := strings.Split(out.String(), "\x00")
+	for i := 0; i+1 < len(f); i += 2 {
+		if f[i] != "d" {
+			return fmt.Errorf("%s is not a folder (type %s): a declared path is never followed through a link", f[i+1], f[i])
+		}
+	}
+	return nil
+}
+
+func parseEntry(f []string) (fileEntry, error) {
+	e := fileEntry{rel: f[1], link: f[9]}
+	if len(f[0]) != 1 {
+		return e, fmt.Errorf("type %q", f[0])
+	}
+	e.typ = f[0][0]
+	var errs [7]error
+	e.size, errs[0] = strconv.ParseInt(f[2], 10, 64)
+	e.mtime, errs[1] = parseTime(f[3])
+	e.ctime, errs[2] = parseTime(f[4])
+	e.ino, errs[3] = strconv.ParseUint(f[5], 10, 64)
+	e.mode, errs[4] = strconv.ParseInt(f[6], 8, 64)
+	e.uid, errs[5] = strconv.Atoi(f[7])
+	e.gid, errs[6] = strconv.Atoi(f[8])
+	return e, errors.Join(errs[:]...)
+}
+
+// parseTime reads find's %T@ (seconds, a dot, ten digits) as ns.
+func parseTime(s string) (int64, error) {
+	sec, frac, _ := strings.Cut(s, ".")
+	n, err := strconv.ParseInt(sec, 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	frac = (frac + "000000000")[:9]
+	ns, err := strconv.ParseInt(frac, 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	if strings.HasPrefix(sec, "-") {
+		ns = -ns
+	}
+	return n*1e9 + ns, nil
+}
+
+// names says how the volume path's entries are named: in the item's tar
+// stream as Docker's CopyFromContainer named them ("./" and "./x" for the
+// volume's content, "p/" and "p/x" for a path p, restored into the path's
+// parent), and for tar -c under base.
+type names struct {
+	base, root string // root: "" for the volume's content
+}
+
+func namesFor(dir, p string) names {
+	if p == "/" || p == "" {
+		return names{base: dir}
+	}
+	p = strings.Trim(path.Clean("/"+p), "/")
+	return names{base: path.Join(dir, path.Dir(p)), root: path.Base(p)}
+}
+
+// fetch is the entry's name for tar -c (relative to base).
+func (n names) fetch(e *fileEntry) string {
+	switch {
+	case n.root == "":
+		return e.rel
+	case e.rel == "":
+		return n.root
+	}
+	return n.root + "/" + e.rel
+}
+
+// header is the entry's tar header, from the listing alone.
+func (n names) header(e *fileEntry) *tar.Header {
+	name := n.fetch(e)
+	if n.root == "" {
+		name = path.Join(".", e.rel) // Docker's names for a folder's content ("/data/."): "./", "./x"
+		if e.rel != "" {
+			name = "./" + e.rel
+		}
+	}
+	h := &tar.Header{Name: name, Mode: e.mode, Uid: e.uid, Gid: e.gid,
+		ModTime: time.Unix(0, e.mtime), Format: tar.FormatPAX}
+	switch e.typ {
+	case 'f':
+		h.Typeflag, h.Size = tar.TypeReg, e.size
+	case 'd':
+		h.Typeflag, h.Name = tar.TypeDir, h.Name+"/"
+	case 'l':
+		h.Typeflag, h.Linkname = tar.TypeSymlink, e.link
+	case 'p':
+		h.Typeflag = tar.TypeFifo
+	}
+	return h
+}
+
+// fetched says whether tar -c read the file as listed (else it changed
+// between the listing and the read).
+func (e *fileEntry) fetched(h *tar.Header) bool {
+	return h.Typeflag == tar.TypeReg && h.Size == e.size && h.ModTime.UnixNano() == e.mtime &&
+		h.ChangeTime.UnixNano() == e.ctime && h.Mode&0o7777 == e.mode && h.Uid == e.uid && h.Gid == e.gid
+}
+
+type group struct {
+	entries []fileEntry
+	key     string
+}
+
+// groups cuts the listing into groups and keys each.
+func (w *Writer) groups(n names, es []fileEntry) []group {
+	var gs []group
+	var cur []fileEntry
+	var size int64
+	end := func() {
+		if len(cur) > 0 {
+			gs = append(gs, group{entries: cur, key: groupKey(n, cur)})
+			cur, size = nil, 0
+		}
+	}
+	for _, e := range es {
+		b := 512 + (e.size+511)&^511
+		if e.typ == 'f' && b >= groupBytes {
+			end()
+			cur = []fileEntry{e}
+			end()
+			continue
+		}
+		cur = append(cur, e)
+		size += b
+		if h := w.keys.chunkName([]byte("group cut v1\x00" + e.rel)); h[:2] < fmt.Sprintf("%02x", 256/groupEvery) || size >= groupBytes {
+			end()
+		}
+	}
+	end()
+	return gs
+}
+
+func groupKey(n names, es []fileEntry) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "ssbuild files cache v%d\x00%s\x00", cacheVersion, n.root)
+	var b [8]byte
+	for _, e := range es {
+		h.Write([]byte{e.typ})
+		h.Write([]byte(e.rel + "\x00" + e.link + "\x00"))
+		for _, v := range []int64{e.size, e.mtime, e.ctime, int64(e.ino), e.mode, int64(e.uid), int64(e.gid)} {
+			binary.LittleEndian.PutUint64(b[:], uint64(v))
+			h.Write(b[:])
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// filesCache is one item's cache file.
+type filesCache struct {
+	Version int                    `json:"version"`
+	Groups  map[string]cachedGroup `json:"groups"`
+}
+
+type cachedGroup struct {
+	Chunks []string `json:"chunks"`
+	Size   int64    `json:"size"`
+}
+
+// cachePath is the item's cache file: one per folder, deployment (its
+// key: another key's chunks are never reused anyway) and item.
+func (w *Writer) cachePath(it *Item) string {
+	if w.FilesCache == "" {
+		return ""
+	}
+	top, err := filepath.Abs(w.top)
+	if err != nil {
+		return ""
+	}
+	s := sha256.Sum256([]byte(top + "\x00" + w.m.Project + "\x00" + w.keys.Signer() + "\x00" + it.File))
+	return filepath.Join(w.FilesCache, hex.EncodeToString(s[:16])+".json")
+}
+
+// loadCache reads the cache file; a missing or damaged one is empty (a
+// full read, never an error).
+func loadCache(p string) map[string]cachedGroup {
+	var c filesCache
+	if p == "" {
+		return nil
+	}
+	b, err := os.ReadFile(p)
+	if err != nil || json.Unmarshal(b, &c) != nil || c.Version != cacheVersion {
+		return nil
+	}
+	return c.Groups
+}
+
+func saveCache(p string, groups map[string]cachedGroup) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(filesCache{Version: cacheVersion, Groups: groups})
+	if err != nil {
+		return err
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// DefaultFilesCache is where Run keeps its files caches: the user's cache
+// folder (root's on a member).
+func DefaultFilesCache() string {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		d = "/var/cache"
+	}
+	return filepath.Join(d, "ssbuild", "backup-files")
+}
+
+// AddVolume stores a volume path as one item: a tar stream of the path
+// (errAbsent when it does not exist), reading only the files of groups the
+// files cache does not name. The cache file is written once Close has
+// written the backup.
+func (w *Writer) AddVolume(ctx context.Context, it Item, src VolumeSource) (VolumeStats, error) {
+	var vs VolumeStats
+	n := namesFor(src.Dir, src.Path)
+	if err := checkAncestors(ctx, src.Run, src.Dir, n.base); err != nil {
+		return vs, err
+	}
+	es, err := list(ctx, src.Run, path.Join(n.base, n.root))
+	if err != nil {
+		return vs, err
+	}
+	gs := w.groups(n, es)
+	cachePath := w.cachePath(&it)
+	cached := loadCache(cachePath)
+	reuse := make([]bool, len(gs))
+	var fetch []byte
+	for i, g := range gs {
+		c, ok := cached[g.key]
+		reuse[i] = ok && len(c.Chunks) > 0 && c.Size > 0 && w.have(c.Chunks)
+		for _, e := range g.entries {
+			if e.typ == 'f' {
+				vs.Files++
+				vs.Bytes += e.size
+				if !reuse[i] && e.size > 0 {
+					fetch = append(append(fetch, n.fetch(&e)...), 0)
+				}
+			}
+		}
+		if !reuse[i] {
+			vs.GroupsRead++
+		}
+	}
+	vs.Groups = len(gs)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var tr *tar.Reader
+	var fetchR *io.PipeReader
+	var fetchBuf *bufio.Reader
+	fetchDone := make(chan error, 1)
+	if len(fetch) > 0 {
+		pr, pw := io.Pipe()
+		fetchR = pr
+		go func() {
+			err := src.Run.Run(ctx, []string{"tar", "-c", "-f", "-", "--format=posix", "--null", "--no-recursion",
+				"--hard-dereference", "--verbatim-files-from", "--ignore-failed-read", "-C", n.base, "-T", "-"}, fetch, pw)
+			var ee *ExitError
+			if errors.As(err, &ee) && ee.Code == 1 { // some file changed as it was read: it is found out below
+				err = nil
+			}
+			pw.CloseWithError(err)
+			fetchDone <- err
+		}()
+		fetchBuf = bufio.NewReaderSize(pr, 1<<20)
+		tr = tar.NewReader(fetchBuf)
+	} else {
+		fetchDone <- nil
+	}
+	rd := &fetchReader{tr: tr, progress: src.Progress}
+
+	s := w.newItemStore()
+	type span struct {
+		first, n int
+		size     int64
+	}
+	clean := map[string]span{}
+	for i, g := range gs {
+		if reuse[i] {
+			c := cached[g.key]
+			s.mu.Lock()
+			first := len(s.ids)
+			s.mu.Unlock()
+			s.reuse(c.Chunks, c.Size)
+			clean[g.key] = span{first, len(c.Chunks), c.Size}
+			continue
+		}
+		pr, pw := io.Pipe()
+		done := make(chan bool, 1)
+		go func() {
+			ok, err := rd.writeGroup(pw, n, g.entries)
+			pw.CloseWithError(err)
+			done <- ok
+		}()
+		first, k, size := s.chunk(pr)
+		pr.CloseWithError(errors.New("the store stopped"))
+		if <-done && s.err() == nil {
+			clean[g.key] = span{first, k, size}
+		}
+		if s.err() != nil {
+			break
+		}
+	}
+	s.chunk(bytes.NewReader(make([]byte, 1024))) // tar's end: two zero blocks
+	var extra error
+	if s.err() == nil && tr != nil {
+		// Every name asked for was met in order: a name tar wrote otherwise
+		// would leave files out silently.
+		if _, err := rd.next("\x00"); err != nil {
+			extra = err
+		} else if rd.pending != nil {
+			extra = fmt.Errorf("tar -c wrote %q, which was not asked for there", rd.pending.Name)
+		} else {
+			_, extra = io.Copy(io.Discard, fetchBuf) // the end of tar's last record
+		}
+	}
+	if s.err() != nil || extra != nil {
+		cancel()
+		if fetchR != nil {
+			fetchR.CloseWithError(errors.New("the backup stopped"))
+		}
+	}
+	ferr := <-fetchDone
+	if err := s.finish(&it); err != nil {
+		return vs, err
+	}
+	if extra == nil {
+		extra = ferr
+	}
+	if extra != nil {
+		return vs, fmt.Errorf("read %s: %w", path.Join(n.base, n.root), extra)
+	}
+	vs.FilesRead, vs.BytesRead = rd.files, rd.bytes
+	w.mu.Lock()
+	w.Stats.VolumeFiles += vs.Files
+	w.Stats.VolumeFilesRead += vs.FilesRead
+	w.Stats.VolumeBytes += vs.Bytes
+	w.Stats.VolumeBytesRead += vs.BytesRead
+	w.mu.Unlock()
+	w.m.Items = append(w.m.Items, it)
+	if cachePath != "" {
+		next := map[string]cachedGroup{}
+		for key, sp := range clean {
+			var ids []string
+			for _, c := range it.Chunks[sp.first : sp.first+sp.n] {
+				ids = append(ids, c.ID)
+			}
+			next[key] = cachedGroup{Chunks: ids, Size: sp.size}
+		}
+		w.afterClose = append(w.afterClose, func() error { return saveCache(cachePath, next) })
+	}
+	return vs, nil
+}
+
+// fetchReader reads tar -c's stream of the files to read, in listing order.
+type fetchReader struct {
+	tr       *tar.Reader
+	pending  *tar.Header // read, not yet asked for
+	eof      bool
+	progress io.Writer
+	tw       *tar.Writer
+	out      switchWriter
+	files    int
+	bytes    int64
+}
+
+// switchWriter lets one tar.Writer write each group to its own pipe.
+type switchWriter struct{ w io.Writer }
+
+func (s *switchWriter) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+// next returns the fetched header of the file named name, or nil when tar
+// did not read it (it went between the listing and the read).
+func (r *fetchReader) next(name string) (*tar.Header, error) {
+	if r.pending == nil && !r.eof {
+		h, err := r.tr.Next()
+		if errors.Is(err, io.EOF) {
+			r.eof = true
+		} else if err != nil {
+			return nil, err
+		} else {
+			r.pending = h
+		}
+	}
+	if r.pending == nil || strings.TrimSuffix(r.pending.Name, "/") != name {
+		return nil, nil
+	}
+	h := r.pending
+	r.pending = nil
+	return h, nil
+}
+
+// writeGroup writes the group's entries to out: headers from the listing,
+// file content from tar -c. It says whether every file was read as listed
+// (else the group is not cached: a file changed while it was read is
+// stored as read, with the header tar read).
+func (r *fetchReader) writeGroup(out io.Writer, n names, es []fileEntry) (bool, error) {
+	r.out.w = out
+	if r.tw == nil {
+		r.tw = tar.NewWriter(&r.out)
+	}
+	ok := true
+	for i := range es {
+		e := &es[i]
+		h := n.header(e)
+		if e.typ == 'f' && e.size > 0 {
+			fh, err := r.next(n.fetch(e))
+			if err != nil {
+				return false, err
+			}
+			if fh == nil {
+				ok = false // gone: left out
+				continue
+			}
+			if !e.fetched(fh) {
+				ok = false
+				h = &tar.Header{Name: h.Name, Typeflag: fh.Typeflag, Size: fh.Size, Linkname: fh.Linkname,
+					Mode: fh.Mode & 0o7777, Uid: fh.Uid, Gid: fh.Gid, ModTime: fh.ModTime, Format: tar.FormatPAX}
+				if fh.Typeflag == tar.TypeDir {
+					h.Name += "/"
+				}
+			}
+			if err := r.tw.WriteHeader(h); err != nil {
+				return false, err
+			}
+			dst := io.Writer(r.tw)
+			if r.progress != nil {
+				dst = io.MultiWriter(r.tw, r.progress)
+			}
+			c, err := io.Copy(dst, r.tr)
+			if err != nil {
+				return false, err
+			}
+			r.files++
+			r.bytes += c
+			continue
+		}
+		if err := r.tw.WriteHeader(h); err != nil {
+			return false, err
+		}
+	}
+	// The group's last file padded: the next group starts on its own.
+	return ok, r.tw.Flush()
+}

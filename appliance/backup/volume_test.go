@@ -1,0 +1,428 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+	"golang.org/x/sys/unix"
+)
+
+// volumeBed is a real directory tree backed up by AddVolume with the real
+// find and tar, into one folder, with a files cache.
+type volumeBed struct {
+	t            *testing.T
+	data, folder string
+	cache        string
+	keys         *Keys
+	id           *age.X25519Identity
+	n            int
+	run          Runner
+	lastVS       VolumeStats
+	lastM        Manifest
+}
+
+const volItem = "inst/svc/data.tar.age"
+
+func newVolumeBed(t *testing.T) *volumeBed {
+	tmp := t.TempDir()
+	id, _ := age.GenerateX25519Identity()
+	b := &volumeBed{t: t, data: filepath.Join(tmp, "data"), folder: filepath.Join(tmp, "backups"),
+		cache: filepath.Join(tmp, "cache"), keys: testKeys(t, "volume test secret"), id: id, run: LocalRunner{}}
+	makeTree(t, b.data)
+	return b
+}
+
+// makeTree writes folders, many small files and a few large ones,
+// symlinks, an empty folder, a FIFO, odd modes and owners, and old mtimes.
+func makeTree(t *testing.T, dir string) {
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for d := range 4 {
+		sub := filepath.Join(dir, fmt.Sprintf("d%d", d), "inner")
+		must(os.MkdirAll(sub, 0o755))
+		for i := range 150 {
+			p := filepath.Join(filepath.Dir(sub), fmt.Sprintf("f%03d.txt", i))
+			if i%3 == 0 {
+				p = filepath.Join(sub, fmt.Sprintf("g%03d.txt", i))
+			}
+			must(os.WriteFile(p, noise(uint64(d*1000+i), 1000+i*37), 0o644))
+		}
+	}
+	for i := range 5 {
+		must(os.WriteFile(filepath.Join(dir, "d1", fmt.Sprintf("mid%d.bin", i)), noise(uint64(50+i), 300<<10), 0o600))
+	}
+	must(os.WriteFile(filepath.Join(dir, "big.bin"), noise(99, 3<<20+123), 0o640))
+	must(os.WriteFile(filepath.Join(dir, "empty"), nil, 0o644))
+	must(os.Symlink("d0/f001.txt", filepath.Join(dir, "link")))
+	must(os.Symlink("/nowhere", filepath.Join(dir, "d2", "dangling")))
+	must(os.MkdirAll(filepath.Join(dir, "d3", "empty-dir"), 0o700))
+	must(os.Chmod(filepath.Join(dir, "d2"), 0o2775))
+	must(unix.Mkfifo(filepath.Join(dir, "fifo"), 0o600))
+	must(os.Chmod(filepath.Join(dir, "d0", "f002.txt"), 0o4755))
+	if os.Geteuid() == 0 { // other owners (tar -x restores them as root only)
+		must(os.Lchown(filepath.Join(dir, "d0", "f004.txt"), 1234, 5678))
+		must(os.Lchown(filepath.Join(dir, "link"), 1234, 5678))
+	}
+	old := time.Date(2020, 1, 2, 3, 4, 5, 123456789, time.UTC)
+	must(filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeSymlink != 0 {
+			return err
+		}
+		return os.Chtimes(p, old, old)
+	}))
+	must(os.Chtimes(filepath.Join(dir, "d2"), old.Add(time.Hour), old.Add(3*time.Hour+7)))
+}
+
+// backup takes one backup of the tree and checks it restores to exactly
+// the tree.
+func (b *volumeBed) backup() VolumeStats {
+	t := b.t
+	t.Helper()
+	b.n++
+	w, err := NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0.Add(time.Duration(b.n) * time.Minute)}, b.keys, []age.Recipient{b.id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.FilesCache = b.cache
+	vs, err := w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Instance: "inst", Service: "svc", Volume: "data", Path: "/"},
+		VolumeSource{Run: b.run, Dir: b.data, Path: "/"})
+	if err != nil {
+		w.Abort()
+		t.Fatal(err)
+	}
+	if b.lastM, err = w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b.lastVS = vs
+	b.checkRestore()
+	return vs
+}
+
+// groupsNow lists the tree and cuts it into groups as AddVolume does.
+func (b *volumeBed) groupsNow() ([]group, map[string]bool) {
+	es, err := list(context.Background(), LocalRunner{}, b.data)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	gs := (&Writer{keys: b.keys}).groups(namesFor(b.data, "/"), es)
+	keys := map[string]bool{}
+	for _, g := range gs {
+		keys[g.key] = true
+	}
+	return gs, keys
+}
+
+// changedBytes is the file bytes of the groups no earlier listing had:
+// what an incremental backup must read.
+func changedBytes(gs []group, prev map[string]bool) (int64, int) {
+	var n int64
+	var k int
+	for _, g := range gs {
+		if prev[g.key] {
+			continue
+		}
+		k++
+		for _, e := range g.entries {
+			if e.typ == 'f' {
+				n += e.size
+			}
+		}
+	}
+	return n, k
+}
+
+// checkRestore decrypts the newest backup's item, unpacks it with tar -x
+// into a new folder and compares every entry with the tree.
+func (b *volumeBed) checkRestore() {
+	t := b.t
+	t.Helper()
+	into := filepath.Join(t.TempDir(), "restored")
+	if err := os.Mkdir(into, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("tar", "-x", "-f", "-", "-C", into)
+	cmd.Stdin = &out
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tar -x: %v: %s", err, o)
+	}
+	compareTrees(t, b.data, into)
+}
+
+func compareTrees(t *testing.T, want, got string) {
+	t.Helper()
+	describe := func(root string) map[string]string {
+		m := map[string]string{}
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(root, p)
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err != nil {
+				return err
+			}
+			s := fmt.Sprintf("mode %o uid %d gid %d", st.Mode, st.Uid, st.Gid)
+			switch st.Mode & syscall.S_IFMT {
+			case syscall.S_IFLNK:
+				l, _ := os.Readlink(p)
+				s += " -> " + l
+			case syscall.S_IFREG:
+				c, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				s += fmt.Sprintf(" mtime %d size %d content %s", st.Mtim.Nano(), len(c), sum(c))
+			default:
+				s += fmt.Sprintf(" mtime %d", st.Mtim.Nano())
+			}
+			m[rel] = s
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	w, g := describe(want), describe(got)
+	for p, s := range w {
+		if g[p] != s {
+			t.Errorf("restored %s: %q, want %q", p, g[p], s)
+		}
+	}
+	for p := range g {
+		if _, ok := w[p]; !ok {
+			t.Errorf("restored %s, which the tree does not hold", p)
+		}
+	}
+}
+
+// TestVolumeFilesCache: a volume path read by find and tar -c (real
+// tools, a real tree) restores to exactly the tree; an incremental backup
+// after each kind of change reads only the groups that change touched,
+// and nothing when nothing changed.
+func TestVolumeFilesCache(t *testing.T) {
+	b := newVolumeBed(t)
+	start := time.Now()
+	vs := b.backup()
+	t.Logf("full: %d files (%d bytes) in %d groups, %d chunks, %v", vs.Files, vs.Bytes, vs.Groups, len(b.lastM.Items[0].Chunks), time.Since(start).Round(time.Millisecond))
+	if vs.FilesRead != vs.Files-1 || vs.BytesRead != vs.Bytes || vs.Groups < 4 {
+		t.Fatalf("first backup: %+v, want every file read (but the empty one), 4 groups or more", vs)
+	}
+	_, prev := b.groupsNow()
+
+	vs = b.backup()
+	if vs.FilesRead != 0 || vs.BytesRead != 0 || b.lastM.Stats.New != 0 {
+		t.Fatalf("unchanged tree: %+v, %d new chunks; want nothing read or written", vs, b.lastM.Stats.New)
+	}
+
+	p := func(rel string) string { return filepath.Join(b.data, rel) }
+	sameTimes := func(rel string, fn func()) {
+		var st unix.Stat_t
+		unix.Stat(p(rel), &st)
+		fn()
+		ts := time.Unix(st.Mtim.Unix())
+		if err := os.Chtimes(p(rel), ts, ts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		name   string
+		change func() error
+	}{
+		{"change one file", func() error { return os.WriteFile(p("d1/f010.txt"), []byte("changed"), 0o644) }},
+		{"add one file", func() error { return os.WriteFile(p("d2/added.txt"), []byte("new file"), 0o644) }},
+		{"delete one file", func() error { return os.Remove(p("d3/f020.txt")) }},
+		{"rename one file", func() error { return os.Rename(p("d0/f050.txt"), p("d0/renamed.txt")) }},
+		{"chmod one file", func() error { return os.Chmod(p("d2/f100.txt"), 0o600) }},
+		{"touch one file", func() error {
+			n := time.Date(2025, 5, 5, 5, 5, 5, 5, time.UTC)
+			return os.Chtimes(p("d3/f130.txt"), n, n)
+		}},
+		{"same size and mtime, new content", func() error {
+			var err error
+			sameTimes("d1/inner/g003.txt", func() {
+				c, _ := os.ReadFile(p("d1/inner/g003.txt"))
+				c[0] ^= 0xff
+				err = os.WriteFile(p("d1/inner/g003.txt"), c, 0o644)
+			})
+			return err
+		}},
+	}
+	for _, s := range steps {
+		if err := s.change(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		gs, now := b.groupsNow()
+		want, groups := changedBytes(gs, prev)
+		start := time.Now()
+		vs := b.backup()
+		t.Logf("%s: %d files (%d bytes) of %d read, %d of %d groups, %d new chunks, %v", s.name, vs.FilesRead, vs.BytesRead, vs.Files,
+			vs.GroupsRead, vs.Groups, b.lastM.Stats.New, time.Since(start).Round(time.Millisecond))
+		if vs.BytesRead != want || vs.GroupsRead != groups || groups == 0 || groups > 2 || vs.BytesRead > vs.Bytes/3 {
+			t.Errorf("%s: read %d bytes in %d groups; want %d bytes in the %d changed groups (1 or 2, under a third of %d)",
+				s.name, vs.BytesRead, vs.GroupsRead, want, groups, vs.Bytes)
+		}
+		prev = now
+	}
+}
+
+// TestVolumeFilesCacheLost: a deleted or damaged cache means a full read,
+// a cache naming chunks the folder lost reads those groups again, and a
+// file that changes between the listing and the read is stored as read
+// and its group not cached.
+func TestVolumeFilesCacheLost(t *testing.T) {
+	b := newVolumeBed(t)
+	full := b.backup()
+
+	if err := os.RemoveAll(b.cache); err != nil {
+		t.Fatal(err)
+	}
+	if vs := b.backup(); vs.FilesRead != full.FilesRead || vs.BytesRead != full.Bytes || b.lastM.Stats.New != 0 {
+		t.Errorf("cache deleted: %+v, %d new chunks; want a full read writing nothing new", vs, b.lastM.Stats.New)
+	}
+	files, _ := filepath.Glob(filepath.Join(b.cache, "*.json"))
+	if len(files) != 1 {
+		t.Fatalf("cache files %v, want one", files)
+	}
+	for _, damage := range []string{"{not json", `{"version":99,"groups":{}}`} {
+		os.WriteFile(files[0], []byte(damage), 0o600)
+		if vs := b.backup(); vs.BytesRead != full.Bytes {
+			t.Errorf("cache %q: %d of %d bytes read, want all", damage, vs.BytesRead, full.Bytes)
+		}
+	}
+	if fi, err := os.Stat(files[0]); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("cache file: %v %v, want mode 0600", fi.Mode(), err)
+	}
+
+	// The last chunk of the last group lost (the item's last chunk is
+	// tar's end): that group is read again, the rest not.
+	chunks := b.lastM.Items[0].Chunks
+	lost := chunks[len(chunks)-2].ID
+	if err := os.Remove(filepath.Join(b.folder, filepath.FromSlash(chunkPath(lost)))); err != nil {
+		t.Fatal(err)
+	}
+	vs := b.backup()
+	if vs.GroupsRead != 1 || vs.FilesRead == 0 || b.lastM.Stats.New == 0 || b.lastM.Items[0].Chunks[len(chunks)-2].ID != lost {
+		t.Errorf("chunk lost: %+v, %d new chunks; want its group read and its chunk written again", vs, b.lastM.Stats.New)
+	}
+
+	// A file changed after the listing, before tar -c reads it (its
+	// group's cache entry dropped first so the group is read).
+	os.RemoveAll(b.cache)
+	b.run = mutating{func() error {
+		return os.WriteFile(filepath.Join(b.data, "d0", "f007.txt"), []byte("written during the read"), 0o644)
+	}}
+	vs = b.backup() // checks the backup holds the file as read
+	b.run = LocalRunner{}
+	cached := loadCache(files[0])
+	if len(cached) != vs.Groups-1 {
+		t.Errorf("after a file changed during the read: %d groups cached of %d, want all but its group", len(cached), vs.Groups)
+	}
+	if vs := b.backup(); vs.GroupsRead != 1 {
+		t.Errorf("the backup after: %d groups read, want 1 (the uncached one)", vs.GroupsRead)
+	}
+}
+
+// mutating runs change before each tar, then the command.
+type mutating struct{ change func() error }
+
+func (m mutating) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
+	if argv[0] == "tar" {
+		if err := m.change(); err != nil {
+			return err
+		}
+	}
+	return LocalRunner{}.Run(ctx, argv, stdin, stdout)
+}
+
+// TestVolumePaths: a declared path below the volume's root is stored as
+// Docker's CopyFromContainer named it (the path's last element, restored
+// into its parent), a single file too, and an absent path is errAbsent.
+func TestVolumePaths(t *testing.T) {
+	b := newVolumeBed(t)
+	for _, c := range []struct{ path, want string }{{"/", "./"}, {"d2", "d2/"}, {"d1/inner", "inner/"}, {"big.bin", "big.bin"}} {
+		w, err := NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0.Add(time.Duration(b.n) * time.Hour)}, b.keys, []age.Recipient{b.id.Recipient()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.n++
+		if _, err := w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Path: c.path}, VolumeSource{Run: LocalRunner{}, Dir: b.data, Path: c.path}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.AddVolume(context.Background(), Item{File: "x", Kind: "volume", Path: "nothing/here"}, VolumeSource{Run: LocalRunner{}, Dir: b.data, Path: "nothing/here"}); err != errAbsent {
+			t.Errorf("absent path: %v, want errAbsent", err)
+		}
+		if _, err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+			t.Fatal(err)
+		}
+		into := t.TempDir()
+		cmd := exec.Command("tar", "-x", "-f", "-", "-C", into)
+		cmd.Stdin = bytes.NewReader(out.Bytes())
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("tar -x: %v: %s", err, o)
+		}
+		names := tarNames(t, out.Bytes())
+		if names[0] != c.want || len(names) > 1 && !strings.HasPrefix(names[1], c.want) {
+			t.Errorf("path %s: names %q, want %q and names under it", c.path, names[:min(3, len(names))], c.want)
+		}
+		compareTrees(t, filepath.Join(b.data, c.path), filepath.Join(into, filepath.Base(c.path)))
+	}
+}
+
+// TestVolumePathBelowSymlink: a declared path below a symlink in the
+// volume (which a container can plant) is refused, not followed out of
+// the volume; one below a missing folder is absent.
+func TestVolumePathBelowSymlink(t *testing.T) {
+	b := newVolumeBed(t)
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("outside the volume"), 0o600)
+	if err := os.Symlink(outside, filepath.Join(b.data, "d0", "out")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0}, b.keys, []age.Recipient{b.id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	_, err = w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Path: "d0/out/secret"}, VolumeSource{Run: LocalRunner{}, Dir: b.data, Path: "d0/out/secret"})
+	if err == nil || !strings.Contains(err.Error(), "d0/out is not a folder (type l)") {
+		t.Errorf("a path below a symlink: %v, want it refused", err)
+	}
+	_, err = w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Path: "gone/x/y"}, VolumeSource{Run: LocalRunner{}, Dir: b.data, Path: "gone/x/y"})
+	if err != errAbsent {
+		t.Errorf("a path below a missing folder: %v, want errAbsent", err)
+	}
+}
+
+func tarNames(t *testing.T, b []byte) []string {
+	cmd := exec.Command("tar", "-t", "-f", "-")
+	cmd.Stdin = bytes.NewReader(b)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(out)), "\n")
+}
