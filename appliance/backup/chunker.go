@@ -98,6 +98,12 @@ func (c *chunker) next() ([]byte, func(), error) {
 	return chunk, c.cur.release, nil
 }
 
+// reset makes the chunker cut r next, from where the last reader ended
+// (every byte of it was cut), in the same buffer.
+func (c *chunker) reset(r io.Reader) {
+	c.r, c.err = r, nil
+}
+
 // close drops the chunker's hold on its buffer.
 func (c *chunker) close() {
 	if c.cur != nil {

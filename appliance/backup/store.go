@@ -83,6 +83,7 @@ type Writer struct {
 	// FilesCache is the folder of the files caches (volume.go) on this
 	// machine; "" reads every volume path whole.
 	FilesCache string
+	groupShape groupShape     // of volume paths (tests make it small)
 	afterClose []func() error // once the backup is whole: the files caches
 
 	mu      sync.Mutex
@@ -106,7 +107,7 @@ func NewWriter(top string, m Manifest, keys *Keys, recips []age.Recipient) (*Wri
 		return nil, err
 	}
 	w := &Writer{top: top, m: m, keys: keys, recips: recips, unlock: unlock,
-		known: map[string]Chunk{}, written: map[string]Chunk{}}
+		known: map[string]Chunk{}, written: map[string]Chunk{}, groupShape: defaultGroups}
 	if err := w.start(); err != nil {
 		unlock()
 		return nil, err
@@ -199,6 +200,10 @@ type itemStore struct {
 	jobs chan storeJob
 	wg   sync.WaitGroup
 	size int64
+	// c cuts every piece: a volume's groups go on in its buffer, not one
+	// new 32 MiB buffer each (page faults and zeroing once the pool is
+	// emptied by a GC).
+	c *chunker
 
 	mu       sync.Mutex
 	ids      []string
@@ -252,8 +257,12 @@ func (s *itemStore) err() error {
 // its first chunk in the item and their number (their names are known
 // once finish returned), and the bytes read.
 func (s *itemStore) chunk(r io.Reader) (first, n int, size int64) {
-	c := newChunker(r, &s.w.keys.gear)
-	defer c.close()
+	if s.c == nil {
+		s.c = newChunker(r, &s.w.keys.gear)
+	} else {
+		s.c.reset(r)
+	}
+	c := s.c
 	s.mu.Lock()
 	first = len(s.ids)
 	s.mu.Unlock()
@@ -303,6 +312,9 @@ func (s *itemStore) reuse(ids []string, size int64) {
 
 // finish waits for every chunk and fills in the item's chunks and size.
 func (s *itemStore) finish(it *Item) error {
+	if s.c != nil {
+		s.c.close()
+	}
 	close(s.jobs)
 	s.wg.Wait()
 	if s.firstErr != nil {

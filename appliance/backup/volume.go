@@ -36,8 +36,11 @@ import (
 // bytes and an unchanged group the same chunks.
 //
 // Groups: the listing's entries in path order, a group ending after an
-// entry whose keyed path hash says so (1 in groupEvery) or once it holds
-// groupBytes; a larger file is a group of its own. A group's end is a
+// entry whose keyed path hash says so (1 in groupShape.every) or once it
+// holds groupShape.bytes; a larger file is a group of its own. 8 MiB
+// (a big chunk's size) keeps a full backup's chunks about as many as a
+// stream's: with 2 MiB groups the bench tree's full backup made 277
+// chunk files, not 171, and took 1.62 s, not 1.46 s. A group's end is a
 // chunk cut, so an added or changed file changes its own group's chunks
 // and (the size bound being counted from the last hash cut) at most the
 // groups up to the next hash cut, not the rest of the stream.
@@ -49,9 +52,15 @@ import (
 // and link target) to its chunks. A group whose key is there and whose
 // chunks the folder still holds is named again without reading a byte of
 // it (restic's and borg's files cache, per group rather than per file).
+var defaultGroups = groupShape{bytes: 8 << 20, every: 512}
+
+// groupShape bounds a group: its bytes, and 1 in every entries ends one.
+type groupShape struct {
+	bytes int64
+	every uint64
+}
+
 const (
-	groupBytes = 2 << 20
-	groupEvery = 128
 	// cacheVersion changes with the bytes a group makes.
 	cacheVersion = 1
 )
@@ -323,7 +332,7 @@ func (w *Writer) groups(n names, es []fileEntry) []group {
 	}
 	for _, e := range es {
 		b := 512 + (e.size+511)&^511
-		if e.typ == 'f' && b >= groupBytes {
+		if e.typ == 'f' && b >= w.groupShape.bytes {
 			end()
 			cur = []fileEntry{e}
 			end()
@@ -331,7 +340,7 @@ func (w *Writer) groups(n names, es []fileEntry) []group {
 		}
 		cur = append(cur, e)
 		size += b
-		if h := w.keys.chunkName([]byte("group cut v1\x00" + e.rel)); h[:2] < fmt.Sprintf("%02x", 256/groupEvery) || size >= groupBytes {
+		if h, _ := strconv.ParseUint(w.keys.chunkName([]byte("group cut v1\x00" + e.rel))[:4], 16, 16); h < 1<<16/w.groupShape.every || size >= w.groupShape.bytes {
 			end()
 		}
 	}
@@ -578,6 +587,7 @@ type fetchReader struct {
 	out      switchWriter
 	files    int
 	bytes    int64
+	buf      []byte
 }
 
 // switchWriter lets one tar.Writer write each group to its own pipe.
@@ -643,7 +653,10 @@ func (r *fetchReader) writeGroup(out io.Writer, n names, es []fileEntry) (bool, 
 			if r.progress != nil {
 				dst = io.MultiWriter(r.tw, r.progress)
 			}
-			c, err := io.Copy(dst, r.tr)
+			if r.buf == nil {
+				r.buf = make([]byte, 1<<20) // a pipe hand-off per MiB, not per 32 KiB
+			}
+			c, err := io.CopyBuffer(dst, struct{ io.Reader }{r.tr}, r.buf)
 			if err != nil {
 				return false, err
 			}

@@ -20,6 +20,9 @@ import (
 
 // volumeBed is a real directory tree backed up by AddVolume with the real
 // find and tar, into one folder, with a files cache.
+// testGroups are small groups, so the test trees (a few MiB) make several.
+var testGroups = groupShape{bytes: 2 << 20, every: 128}
+
 type volumeBed struct {
 	t            *testing.T
 	data, folder string
@@ -98,7 +101,7 @@ func (b *volumeBed) backup() VolumeStats {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.FilesCache = b.cache
+	w.FilesCache, w.groupShape = b.cache, testGroups
 	vs, err := w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Instance: "inst", Service: "svc", Volume: "data", Path: "/"},
 		VolumeSource{Run: b.run, Dir: b.data, Path: "/"})
 	if err != nil {
@@ -119,7 +122,7 @@ func (b *volumeBed) groupsNow() ([]group, map[string]bool) {
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	gs := (&Writer{keys: b.keys}).groups(namesFor(b.data, "/"), es)
+	gs := (&Writer{keys: b.keys, groupShape: testGroups}).groups(namesFor(b.data, "/"), es)
 	keys := map[string]bool{}
 	for _, g := range gs {
 		keys[g.key] = true
