@@ -383,7 +383,7 @@ func TestLightningGeneration(t *testing.T) {
 		// reason and the day, and on a cluster the member.
 		day := time.Now().UTC().Format("2006-01-02")
 		by, err := s.LightningMovedBy(ctx(t), deployment+"/btcpay")
-		if err != nil || !strings.HasPrefix(by, "first start") || !strings.Contains(by, day) || (what == "registry") != strings.Contains(by, " on ") {
+		if err != nil || !strings.HasSuffix(by, "UTC: first start") || !strings.Contains(by, "at "+day) || (what == "registry") != strings.HasPrefix(by, "on ") {
 			t.Errorf("%s: moved by %q, %v; want the first start, today, the member on a cluster", what, by, err)
 		}
 		if by, err := s.LightningMovedBy(ctx(t), deployment+"/clams"); err != nil || by != "" {

@@ -28,19 +28,23 @@ func (s *Registry) LightningMovedBy(ctx context.Context, node string) (string, e
 	return movedBy(rec.Why, rec.Member, rec.At), nil
 }
 
-// movedBy words a generation's move for the refusal of an older copy.
+// movedBy words a generation's move for the refusal of an older copy:
+// "on host2 at 2026-12-03 14:02 UTC: migrate to host3".
 func movedBy(why, member string, at time.Time) string {
 	if why == "" {
 		return ""
 	}
-	s := why
+	var where []string
 	if member != "" {
-		s += " on " + member
+		where = append(where, "on "+member)
 	}
 	if !at.IsZero() {
-		s += " at " + at.UTC().Format("2006-01-02 15:04 UTC")
+		where = append(where, "at "+at.UTC().Format("2006-01-02 15:04 UTC"))
 	}
-	return s
+	if len(where) == 0 {
+		return why
+	}
+	return strings.Join(where, " ") + ": " + why
 }
 
 // BumpLightning moves the generation in the registry, recording this member.

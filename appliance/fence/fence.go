@@ -39,9 +39,10 @@ func NodeName(project, instance string) string { return project + "/" + instance
 type Store interface {
 	LightningGeneration(ctx context.Context, node string) (int64, error)
 	BumpLightning(ctx context.Context, node string, from int64, why string) (int64, error)
-	// LightningMovedBy says in words what moved the node to its current
-	// generation, where and when ("" when not known): the owner of a
-	// refused copy learns why it is no longer the current one.
+	// LightningMovedBy says in words where, when and why the node was
+	// moved to its current generation ("on host2 at ... UTC: migrate to
+	// host3"; "" when not known): the owner of a refused copy learns why
+	// it is no longer the current one.
 	LightningMovedBy(ctx context.Context, node string) (string, error)
 }
 
@@ -69,7 +70,7 @@ func (e *Refused) Error() string {
 	}
 	since := "since this copy was made the node was restored, migrated or recovered, or host replace fenced it"
 	if e.MovedBy != "" {
-		since = fmt.Sprintf("generation %d is from %s", e.Current, e.MovedBy)
+		since = fmt.Sprintf("generation %d was set %s", e.Current, e.MovedBy)
 	}
 	return fmt.Sprintf("Lightning node %s not started: this copy holds generation %d, the current generation of %s is %d: it is an older copy "+
 		"(%s); starting it could broadcast revoked channel states", e.Container, e.Held, e.Node, e.Current, since)

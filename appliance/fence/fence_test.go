@@ -84,7 +84,7 @@ func TestFence(t *testing.T) {
 		t.Fatalf("start of an older copy: %v; want it refused naming generations 1 and 2", err)
 	}
 	// ...and what made generation 2, so the owner knows which copy is the live one.
-	if !strings.Contains(err.Error(), "generation 2 is from migrate to host2 at "+time.Now().UTC().Format("2006-01-02")) {
+	if !strings.Contains(err.Error(), "generation 2 was set at "+time.Now().UTC().Format("2006-01-02")) || !strings.Contains(err.Error(), " UTC: migrate to host2)") {
 		t.Errorf("the refusal %q does not say what moved the generation (migrate to host2, today)", err)
 	}
 	if info, err := c.ContainerInspect(ctx, ctr); err != nil || info.State.Running {
