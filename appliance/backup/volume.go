@@ -402,6 +402,12 @@ func loadCache(p string) map[string]cachedGroup {
 	return c.Groups
 }
 
+// cacheKeep is how long a cache file no backup rewrote stays: one
+// belongs to a folder, deployment or volume path no longer backed up.
+const cacheKeep = 90 * 24 * time.Hour
+
+// saveCache writes the item's cache file, then removes its folder's cache
+// files no backup wrote within cacheKeep.
 func saveCache(p string, groups map[string]cachedGroup) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
@@ -417,6 +423,12 @@ func saveCache(p string, groups map[string]cachedGroup) error {
 	if err := os.Rename(tmp, p); err != nil {
 		os.Remove(tmp)
 		return err
+	}
+	old, _ := filepath.Glob(filepath.Join(filepath.Dir(p), "*.json"))
+	for _, f := range old {
+		if fi, err := os.Stat(f); err == nil && time.Since(fi.ModTime()) > cacheKeep {
+			os.Remove(f) // at worst that path's next backup reads it whole
+		}
 	}
 	return nil
 }

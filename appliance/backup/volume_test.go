@@ -306,6 +306,21 @@ func TestVolumeFilesCacheLost(t *testing.T) {
 	if len(files) != 1 {
 		t.Fatalf("cache files %v, want one", files)
 	}
+	// A cache file no backup rewrote for longer than cacheKeep (a folder
+	// no longer used) goes with the next backup's; a recent one stays.
+	stale, recent := filepath.Join(b.cache, "stale.json"), filepath.Join(b.cache, "recent.json")
+	for _, f := range []string{stale, recent} {
+		os.WriteFile(f, []byte("{}"), 0o600)
+	}
+	long := time.Now().Add(-cacheKeep - time.Hour)
+	os.Chtimes(stale, long, long)
+	b.backup()
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("a cache file unused for %v is still there (%v)", cacheKeep, err)
+	}
+	if err := os.Remove(recent); err != nil {
+		t.Errorf("a recent cache file: %v; want it kept", err)
+	}
 	for _, damage := range []string{"{not json", `{"version":99,"groups":{}}`} {
 		os.WriteFile(files[0], []byte(damage), 0o600)
 		if vs := b.backup(); vs.BytesRead != full.Bytes {
