@@ -273,6 +273,7 @@ func backupInstance(ctx context.Context, c client.APIClient, run Runner, st *sta
 			return fmt.Errorf("service %s: dump: %w", svc.Name, err)
 		}
 	}
+	var paths []volumePath
 	for _, svc := range st.Services {
 		if svc.Backup == nil {
 			continue
@@ -287,31 +288,19 @@ func backupInstance(ctx context.Context, c client.APIClient, run Runner, st *sta
 					target = mt.Target
 				}
 			}
-			it := Item{Kind: "volume", Instance: st.Instance, Service: svc.Name, Volume: bp.Volume, Path: bp.Path,
-				File: path.Join(st.Instance, svc.Name, volumeFile(bp))}
-			task := rep.Start(fmt.Sprintf("copy %s/%s %s", st.Instance, svc.Name, bp), 0, "bytes")
-			dir, err := volumeDir(ctx, c, st.ContainerName(svc.Name), target)
-			var vs VolumeStats
-			if err == nil {
-				vs, err = w.AddVolume(ctx, it, VolumeSource{Run: run, Dir: dir, Path: bp.Path, Progress: task})
-			}
-			if errors.Is(err, errAbsent) {
-				task.Done(nil)
-				it.File = ""
-				w.m.Absent = append(w.m.Absent, it)
-				continue
-			}
-			if err == nil {
-				rep.Info("%s/%s %s: %d of %d files read (%d of %d bytes)",
-					st.Instance, svc.Name, bp, vs.FilesRead, vs.Files, vs.BytesRead, vs.Bytes)
-			}
-			task.Done(err)
-			if err != nil {
-				return fmt.Errorf("service %s: volume %s: %w", svc.Name, bp, err)
-			}
+			ctr := st.ContainerName(svc.Name)
+			paths = append(paths, volumePath{
+				it: Item{Kind: "volume", Instance: st.Instance, Service: svc.Name, Volume: bp.Volume, Path: bp.Path,
+					File: path.Join(st.Instance, svc.Name, volumeFile(bp))},
+				desc: bp.String(),
+				source: func() (VolumeSource, error) {
+					dir, err := volumeDir(ctx, c, ctr, target)
+					return VolumeSource{Run: run, Dir: dir, Path: bp.Path}, err
+				},
+			})
 		}
 	}
-	return nil
+	return w.addVolumes(ctx, paths, rep)
 }
 
 // volumeDir is the folder, on the instance's disk, of the volume the

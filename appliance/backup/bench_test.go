@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
 // The benchmarks of bench/backup.sh: export and import of a real directory
@@ -49,9 +50,9 @@ func run(b *testing.B, name string, args ...string) {
 }
 
 // exportTree writes one backup of the tree into folder: db/dump.sql as a
-// dump (streamed whole: a backup makes it again), every other top-level
-// entry as a volume path read by find and tar -c (volume.go) with the
-// files cache in cache.
+// dump (streamed whole: a backup makes it again), then every other
+// top-level entry as a volume path read by find and tar -c (volume.go)
+// with the files cache in cache.
 func exportTree(b *testing.B, data, folder, cache string, keys *Keys, id *age.X25519Identity) Manifest {
 	w, err := NewWriter(folder, Manifest{Deployment: "bench", Project: "bench", Created: time.Now().UTC()}, keys, []age.Recipient{id.Recipient()})
 	if err != nil {
@@ -62,6 +63,7 @@ func exportTree(b *testing.B, data, folder, cache string, keys *Keys, id *age.X2
 	if err != nil {
 		b.Fatal(err)
 	}
+	var paths []volumePath
 	for _, e := range entries {
 		if e.Name() == "db" {
 			f, err := os.Open(filepath.Join(data, "db", "dump.sql"))
@@ -75,10 +77,18 @@ func exportTree(b *testing.B, data, folder, cache string, keys *Keys, id *age.X2
 			}
 			continue
 		}
-		it := Item{File: "bench/data/" + e.Name() + ".tar.age", Kind: "volume", Instance: "bench", Service: "data", Volume: "data", Path: e.Name()}
-		if _, err := w.AddVolume(context.Background(), it, VolumeSource{Run: LocalRunner{}, Dir: data, Path: e.Name()}); err != nil {
-			b.Fatal(err)
-		}
+		paths = append(paths, volumePath{
+			it:   Item{File: "bench/data/" + e.Name() + ".tar.age", Kind: "volume", Instance: "bench", Service: "data", Volume: "data", Path: e.Name()},
+			desc: "data:" + e.Name(),
+			source: func() (VolumeSource, error) {
+				return VolumeSource{Run: LocalRunner{}, Dir: data, Path: e.Name()}, nil
+			},
+		})
+	}
+	// As backupInstance: the dumps first, then the volume paths, read as
+	// addVolumes reads them.
+	if err := w.addVolumes(context.Background(), paths, progress.Discard()); err != nil {
+		b.Fatal(err)
 	}
 	m, err := w.Close()
 	if err != nil {

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
@@ -54,5 +55,22 @@ func TestRestoreTestIdentity(t *testing.T) {
 	}
 	if _, err := VerifyWith(dir, VerifyOptions{Identities: []age.Identity{other}}); err == nil {
 		t.Error("another deployment's derived identity decrypts the backup")
+	}
+}
+
+// A volume's group cuts stay where the files caches written before one
+// hasher served a whole listing put them (else the first backup after an
+// update reads every volume whole): the path's keyed name's first 16 bits.
+func TestPathCutsAsBefore(t *testing.T) {
+	k := testKeys(t, "deployment secret")
+	cuts := k.pathCuts()
+	for _, rel := range []string{"", "a", "nextcloud/data/admin/files/photo.jpg", "ünïcode/名前", strings.Repeat("x/", 300)} {
+		want, err := strconv.ParseUint(k.chunkName([]byte("group cut v1\x00" + rel))[:4], 16, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cuts.of(rel); got != want {
+			t.Errorf("cut hash of %q: %d, want %d", rel, got, want)
+		}
 	}
 }

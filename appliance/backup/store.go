@@ -72,7 +72,8 @@ type Stats struct {
 	VolumeBytes, VolumeBytesRead int64
 }
 
-// Writer adds one new backup to a folder.
+// Writer adds one new backup to a folder. Its Add methods may run at
+// once (their items are listed in the order they end); Close after all.
 type Writer struct {
 	top, name string
 	m         Manifest
@@ -171,7 +172,7 @@ func (w *Writer) Add(it Item, fill func(io.Writer) error) error {
 	if err != nil {
 		return err
 	}
-	w.m.Items = append(w.m.Items, it)
+	w.put(it)
 	return nil
 }
 
@@ -180,8 +181,15 @@ func (w *Writer) AddReader(it Item, r io.Reader) error {
 	if err := w.add(&it, r); err != nil {
 		return err
 	}
-	w.m.Items = append(w.m.Items, it)
+	w.put(it)
 	return nil
+}
+
+// put lists a stored item in the manifest.
+func (w *Writer) put(it Item) {
+	w.mu.Lock()
+	w.m.Items = append(w.m.Items, it)
+	w.mu.Unlock()
 }
 
 // add chunks r and stores every chunk not stored yet.

@@ -19,11 +19,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	lxd "github.com/canonical/lxd/client"
 
 	"github.com/sovereign-stack/ssbuild/appliance/lxdexec"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
 )
 
 // A volume path is read from the volume's folder on the disk of the
@@ -324,6 +326,7 @@ func (w *Writer) groups(n names, es []fileEntry) []group {
 	var gs []group
 	var cur []fileEntry
 	var size int64
+	cuts := w.keys.pathCuts()
 	end := func() {
 		if len(cur) > 0 {
 			gs = append(gs, group{entries: cur, key: groupKey(n, cur)})
@@ -340,7 +343,7 @@ func (w *Writer) groups(n names, es []fileEntry) []group {
 		}
 		cur = append(cur, e)
 		size += b
-		if h, _ := strconv.ParseUint(w.keys.chunkName([]byte("group cut v1\x00" + e.rel))[:4], 16, 16); h < 1<<16/w.groupShape.every || size >= w.groupShape.bytes {
+		if cuts.of(e.rel) < 1<<16/w.groupShape.every || size >= w.groupShape.bytes {
 			end()
 		}
 	}
@@ -448,14 +451,109 @@ func DefaultFilesCache() string {
 // files cache does not name. The cache file is written once Close has
 // written the backup.
 func (w *Writer) AddVolume(ctx context.Context, it Item, src VolumeSource) (VolumeStats, error) {
+	it, vs, err := w.readVolume(ctx, it, src)
+	if err == nil {
+		w.put(it)
+	}
+	return vs, err
+}
+
+// volumeReaders is how many volume paths a backup reads at once: while
+// one lists its files, starts tar or waits for its last chunks, another
+// keeps the cores busy (the benchmark's full backup was 15% faster with
+// two than with one at a time on 2 cores).
+const volumeReaders = 2
+
+// volumePath is a declared volume path to back up.
+type volumePath struct {
+	it   Item
+	desc string // the declaration, for messages: volume:path
+	// source finds where to read it, when its turn comes.
+	source func() (VolumeSource, error)
+}
+
+// addVolumes stores the volume paths, volumeReaders at a time, and lists
+// their items in the manifest in the order given (a path that does not
+// exist in Absent). It stops at the first error and returns it.
+func (w *Writer) addVolumes(ctx context.Context, paths []volumePath, rep *progress.Reporter) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		it     Item
+		absent bool
+	}
+	res := make([]result, len(paths))
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	turn := make(chan struct{}, volumeReaders)
+	for i := range paths {
+		turn <- struct{}{}
+		if ctx.Err() != nil {
+			break // one failed: the error is firstErr
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-turn; wg.Done() }()
+			p := &paths[i]
+			name := fmt.Sprintf("%s/%s %s", p.it.Instance, p.it.Service, p.desc)
+			task := rep.Start("copy "+name, 0, "bytes")
+			src, err := p.source()
+			var vs VolumeStats
+			if err == nil {
+				src.Progress = task
+				res[i].it, vs, err = w.readVolume(ctx, p.it, src)
+			}
+			if errors.Is(err, errAbsent) {
+				task.Done(nil)
+				res[i].absent = true
+				return
+			}
+			task.Done(err)
+			if err != nil {
+				mu.Lock()
+				if firstErr == nil { // the others then fail for its cancel
+					firstErr = fmt.Errorf("service %s: volume %s: %w", p.it.Service, p.desc, err)
+				}
+				mu.Unlock()
+				cancel()
+				return
+			}
+			rep.Info("%s: %d of %d files read (%d of %d bytes)", name, vs.FilesRead, vs.Files, vs.BytesRead, vs.Bytes)
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for i, r := range res {
+		if r.absent {
+			it := paths[i].it
+			it.File = ""
+			w.m.Absent = append(w.m.Absent, it)
+			continue
+		}
+		w.put(r.it)
+	}
+	return nil
+}
+
+// readVolume stores the volume path's chunks and returns its item, for
+// the caller to put in the manifest: several run at once (addVolumes).
+func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Item, VolumeStats, error) {
 	var vs VolumeStats
 	n := namesFor(src.Dir, src.Path)
 	if err := checkAncestors(ctx, src.Run, src.Dir, n.base); err != nil {
-		return vs, err
+		return it, vs, err
 	}
 	es, err := list(ctx, src.Run, path.Join(n.base, n.root))
 	if err != nil {
-		return vs, err
+		return it, vs, err
 	}
 	gs := w.groups(n, es)
 	cachePath := w.cachePath(&it)
@@ -559,34 +657,33 @@ func (w *Writer) AddVolume(ctx context.Context, it Item, src VolumeSource) (Volu
 	}
 	ferr := <-fetchDone
 	if err := s.finish(&it); err != nil {
-		return vs, err
+		return it, vs, err
 	}
 	if extra == nil {
 		extra = ferr
 	}
 	if extra != nil {
-		return vs, fmt.Errorf("read %s: %w", path.Join(n.base, n.root), extra)
+		return it, vs, fmt.Errorf("read %s: %w", path.Join(n.base, n.root), extra)
 	}
 	vs.FilesRead, vs.BytesRead = rd.files, rd.bytes
+	next := map[string]cachedGroup{}
+	for key, sp := range clean {
+		var ids []string
+		for _, c := range it.Chunks[sp.first : sp.first+sp.n] {
+			ids = append(ids, c.ID)
+		}
+		next[key] = cachedGroup{Chunks: ids, Size: sp.size}
+	}
 	w.mu.Lock()
 	w.Stats.VolumeFiles += vs.Files
 	w.Stats.VolumeFilesRead += vs.FilesRead
 	w.Stats.VolumeBytes += vs.Bytes
 	w.Stats.VolumeBytesRead += vs.BytesRead
-	w.mu.Unlock()
-	w.m.Items = append(w.m.Items, it)
 	if cachePath != "" {
-		next := map[string]cachedGroup{}
-		for key, sp := range clean {
-			var ids []string
-			for _, c := range it.Chunks[sp.first : sp.first+sp.n] {
-				ids = append(ids, c.ID)
-			}
-			next[key] = cachedGroup{Chunks: ids, Size: sp.size}
-		}
 		w.afterClose = append(w.afterClose, func() error { return saveCache(cachePath, next) })
 	}
-	return vs, nil
+	w.mu.Unlock()
+	return it, vs, nil
 }
 
 // fetchReader reads tar -c's stream of the files to read, in listing order.

@@ -1,20 +1,24 @@
 package backup
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"filippo.io/age"
+	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"golang.org/x/sys/unix"
 )
 
@@ -443,4 +447,60 @@ func tarNames(t *testing.T, b []byte) []string {
 		t.Fatal(err)
 	}
 	return strings.Split(strings.TrimSpace(string(out)), "\n")
+}
+
+// TestVolumesAtOnce: addVolumes reads several paths at once and lists
+// their items in the declared order, an absent one in Absent, each item
+// holding its own path; one that fails stops the backup with its error.
+func TestVolumesAtOnce(t *testing.T) {
+	b := newVolumeBed(t)
+	var paths []volumePath
+	for _, p := range []string{"d0", "nothing/here", "d1", "d2", "d3", "big.bin"} {
+		paths = append(paths, volumePath{
+			it:     Item{File: "inst/svc/data_" + strings.ReplaceAll(p, "/", "_") + ".tar.age", Kind: "volume", Instance: "inst", Service: "svc", Volume: "data", Path: p},
+			desc:   "data:" + p,
+			source: func() (VolumeSource, error) { return VolumeSource{Run: LocalRunner{}, Dir: b.data, Path: p}, nil },
+		})
+	}
+	w, err := NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0}, b.keys, []age.Recipient{b.id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.FilesCache, w.groupShape = b.cache, testGroups
+	if err := w.addVolumes(context.Background(), paths, progress.Discard()); err != nil {
+		t.Fatal(err)
+	}
+	m, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, it := range m.Items {
+		got = append(got, it.Path)
+		var out bytes.Buffer
+		if err := Decrypt(b.folder, it.File, []age.Identity{b.id}, &out); err != nil {
+			t.Fatal(err)
+		}
+		h, err := tar.NewReader(&out).Next()
+		if err != nil || strings.TrimSuffix(h.Name, "/") != it.Path {
+			t.Errorf("item %s: first entry %v, %v; want %s", it.File, h, err, it.Path)
+		}
+	}
+	if want := []string{"d0", "d1", "d2", "d3", "big.bin"}; !slices.Equal(got, want) || len(m.Absent) != 1 || m.Absent[0].Path != "nothing/here" {
+		t.Errorf("items %v, absent %+v; want %v and nothing/here", got, m.Absent, want)
+	}
+
+	paths[3].source = func() (VolumeSource, error) { return VolumeSource{}, errors.New("no volume mounted there") }
+	w, err = NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0.Add(time.Hour)}, b.keys, []age.Recipient{b.id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = w.addVolumes(context.Background(), paths, progress.Discard())
+	w.Abort()
+	if err == nil || !strings.Contains(err.Error(), "service svc: volume data:d2: no volume mounted there") {
+		t.Errorf("a path that cannot be read: %v", err)
+	}
+	if l, _ := List(b.folder); len(l.Backups) != 1 {
+		t.Errorf("after the failed backup the folder lists %d backups, want the first only", len(l.Backups))
+	}
 }
