@@ -112,8 +112,9 @@ type Item struct {
 // raw under v1 names; 1 was one file per item). Only format 3 is read.
 const format = 3
 
-// Run takes the backup. On error the unfinished backup is removed; chunks
-// it wrote stay until `backup prune`.
+// Run takes the backup. On error the unfinished backup is removed, or
+// kept for the next one to resume when it wrote a checkpoint (resume.go);
+// chunks it wrote stay until `backup prune`.
 func Run(ctx context.Context, o Options) (Manifest, error) {
 	rep := o.Progress
 	if rep == nil {
@@ -149,6 +150,9 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 	w, err := NewWriter(o.To, m, keys, recips)
 	if err != nil {
 		return m, err
+	}
+	if r := w.Resumed(); len(r) > 0 {
+		rep.Info("resuming: the chunks the interrupted backup %s wrote are reused", strings.Join(r, ", "))
 	}
 	w.FilesCache = o.FilesCache
 	if w.FilesCache == "" {

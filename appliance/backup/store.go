@@ -64,6 +64,7 @@ type Stats struct {
 	New       int   // of them, written by this backup
 	NewBytes  int64 // encrypted bytes written
 	Reused    int   // named by an earlier backup and left as they were
+	Resumed   int   // of them, written by an interrupted backup (resume.go)
 	Duplicate int   // met twice in this backup
 	// Volume paths read by AddVolume: regular files and their bytes in
 	// the listings, and of them those read (the others' groups were named
@@ -87,16 +88,26 @@ type Writer struct {
 	groupShape groupShape     // of volume paths (tests make it small)
 	afterClose []func() error // once the backup is whole: the files caches
 
-	mu      sync.Mutex
-	known   map[string]Chunk // signed by this key in the folder's earlier backups
-	written map[string]Chunk // named by this backup so far
-	fresh   []string         // chunk files this backup wrote
+	cp      *checkpoints // resume.go
+	resumed []string     // interrupted backups whose checkpoints named chunks
+
+	mu          sync.Mutex
+	known       map[string]Chunk // signed by this key in the folder's earlier backups
+	resumable   map[string]bool  // of them, named only by an interrupted backup's checkpoint
+	written     map[string]Chunk // named by this backup so far
+	fresh       []string         // chunk files this backup wrote
+	freshChunks []Chunk          // and their names, sizes and sums
 }
 
 // NewWriter starts a backup in the folder top: new, empty, or holding
 // earlier backups (of any deployment; only this key's chunks are reused).
 // m is the manifest so far (deployment, recipients, ...).
 func NewWriter(top string, m Manifest, keys *Keys, recips []age.Recipient) (*Writer, error) {
+	return newWriter(top, m, keys, recips, checkpointEvery)
+}
+
+// newWriter is NewWriter with a checkpoint every interval (tests make it short).
+func newWriter(top string, m Manifest, keys *Keys, recips []age.Recipient, every time.Duration) (*Writer, error) {
 	if top == "" {
 		return nil, errors.New("no backup folder given (--to DIR)")
 	}
@@ -108,11 +119,12 @@ func NewWriter(top string, m Manifest, keys *Keys, recips []age.Recipient) (*Wri
 		return nil, err
 	}
 	w := &Writer{top: top, m: m, keys: keys, recips: recips, unlock: unlock,
-		known: map[string]Chunk{}, written: map[string]Chunk{}, groupShape: defaultGroups}
+		known: map[string]Chunk{}, resumable: map[string]bool{}, written: map[string]Chunk{}, groupShape: defaultGroups}
 	if err := w.start(); err != nil {
 		unlock()
 		return nil, err
 	}
+	w.startCheckpoints(every)
 	return w, nil
 }
 
@@ -147,6 +159,20 @@ func (w *Writer) start() error {
 		if n == w.name {
 			continue
 		}
+		if !finished(w.top, n) {
+			chunks, err := w.readCheckpoint(n)
+			if err != nil {
+				continue // none, or not this key's: an unfinished backup's files are not trusted
+			}
+			w.resumed = append(w.resumed, n)
+			for _, c := range chunks {
+				if _, ok := w.known[c.ID]; !ok {
+					w.known[c.ID] = c
+					w.resumable[c.ID] = true
+				}
+			}
+			continue
+		}
 		m, _, err := readSigned(w.top, n, pub)
 		if err != nil || m.Format != format {
 			continue // not ours, unfinished, damaged or of another format: its chunks are not trusted
@@ -154,6 +180,7 @@ func (w *Writer) start() error {
 		for _, it := range m.Items {
 			for _, c := range it.Chunks {
 				w.known[c.ID] = c
+				delete(w.resumable, c.ID)
 			}
 		}
 	}
@@ -310,6 +337,9 @@ func (s *itemStore) reuse(ids []string, size int64) {
 		}
 		s.w.written[id] = s.w.known[id]
 		s.w.Stats.Reused++
+		if s.w.resumable[id] {
+			s.w.Stats.Resumed++
+		}
 	}
 	s.w.mu.Unlock()
 	s.mu.Lock()
@@ -375,6 +405,9 @@ func (w *Writer) store(data []byte) (string, error) {
 		if fi, err := os.Stat(p); err == nil && fi.Size() == c.Size {
 			w.written[id] = c
 			w.Stats.Reused++
+			if w.resumable[id] {
+				w.Stats.Resumed++
+			}
 			w.mu.Unlock()
 			return id, nil
 		}
@@ -388,6 +421,7 @@ func (w *Writer) store(data []byte) (string, error) {
 	w.mu.Lock()
 	w.written[id] = c
 	w.fresh = append(w.fresh, p)
+	w.freshChunks = append(w.freshChunks, c)
 	w.Stats.New++
 	w.Stats.NewBytes += c.Size
 	w.mu.Unlock()
@@ -508,9 +542,13 @@ func writeChunk(p, id string, data []byte, recips []age.Recipient) (c Chunk, err
 // with SHA256SUMS is whole.
 func (w *Writer) Close() (Manifest, error) {
 	defer w.unlock()
+	w.stopCheckpoints()
 	m := w.m
 	m.Format, m.Name, m.Signer, m.Stats = format, w.name, w.keys.Signer(), w.Stats
 	if err := w.syncChunks(); err != nil {
+		return m, err
+	}
+	if err := w.dropCheckpoint(); err != nil {
 		return m, err
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -549,6 +587,11 @@ func (w *Writer) Close() (Manifest, error) {
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, SumsFile)); err != nil {
 		return m, err
+	}
+	for _, n := range w.resumed { // whole now: what they wrote that it needs, it names
+		if err := os.RemoveAll(filepath.Join(w.top, backupsDir, n)); err != nil {
+			return m, err
+		}
 	}
 	if err := fsyncAll([]string{dir, filepath.Join(w.top, backupsDir)}); err != nil {
 		return m, err
@@ -608,9 +651,13 @@ func fsync(p string) error {
 	return nil
 }
 
-// Abort removes the unfinished backup; chunks it wrote stay until prune.
+// Abort leaves the unfinished backup for the next one to resume when it
+// wrote a checkpoint, else removes it; chunks it wrote stay until prune.
 func (w *Writer) Abort() {
-	os.RemoveAll(filepath.Join(w.top, backupsDir, w.name))
+	w.stopCheckpoints()
+	if w.cp.written == 0 {
+		os.RemoveAll(filepath.Join(w.top, backupsDir, w.name))
+	}
 	w.unlock()
 }
 
@@ -770,7 +817,9 @@ func List(top string) (Folder, error) {
 			err = json.Unmarshal(b, &m)
 		}
 		if err != nil {
-			l.Err = err.Error()
+			if l.Finished || !errors.Is(err, fs.ErrNotExist) { // else cut short before its manifest
+				l.Err = err.Error()
+			}
 			f.Backups = append(f.Backups, l)
 			continue
 		}

@@ -113,6 +113,10 @@ func (v *verifier) strays() {
 func (v *verifier) backup(name string) (Manifest, bool) {
 	rel := path.Join(backupsDir, name)
 	dir := filepath.Join(v.top, backupsDir, name)
+	if !finished(v.top, name) {
+		v.bad("%s: not a finished backup: it was cut short (the next backup into the folder reuses the chunks its checkpoint names; `backup prune` removes it)", rel)
+		return Manifest{}, false
+	}
 	sums, err := readSums(dir)
 	if err != nil {
 		v.bad("%s: %v", rel, err)
@@ -423,9 +427,6 @@ func ReadIdentities(path string) ([]age.Identity, error) {
 
 func readSums(dir string) (map[string]string, error) {
 	b, err := os.ReadFile(filepath.Join(dir, SumsFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no %s: not a finished backup (an interrupted run; backup prune removes it)", SumsFile)
-	}
 	if err != nil {
 		return nil, err
 	}

@@ -121,7 +121,7 @@ func backupListAction(c *cli.Context) error {
 		case l.Err != "":
 			fmt.Fprintf(w, "%s  unreadable manifest: %s\n", l.Name, l.Err)
 		case !l.Finished:
-			fmt.Fprintf(w, "%s  %s  unfinished (an interrupted run; prune removes it)\n", l.Name, l.Project)
+			fmt.Fprintf(w, "%s  unfinished (cut short: the next backup into the folder reuses what its checkpoint names; prune removes it)\n", l.Name)
 		default:
 			fmt.Fprintf(w, "%s  %s  %d items, %s, %s stored, %s new\n", l.Name, l.Project, l.Items, mib(l.Size), mib(l.Stored), mib(l.New))
 		}
