@@ -167,9 +167,9 @@ type fileEntry struct {
 	// link is what the entry points at, so the group key covers it: a
 	// symlink's target, an 'h' entry's first path (rel), a device
 	// node's "major:minor".
-	link             string
-	nlink, dev       uint64 // find's %n and %D
-	devmajor, devmin int64  // a device node's numbers
+	link               string
+	nlink, dev         uint64 // find's %n and %D
+	devmajor, devminor int64  // a device node's numbers
 }
 
 const (
@@ -265,7 +265,7 @@ func deviceNumbers(ctx context.Context, run Runner, root string, es []fileEntry)
 			e.typ = 0 // left out below
 			continue
 		}
-		e.devmajor, e.devmin = n.maj, n.minor
+		e.devmajor, e.devminor = n.maj, n.minor
 		e.link = fmt.Sprintf("%d:%d", n.maj, n.minor)
 	}
 	return slices.DeleteFunc(es, func(e fileEntry) bool { return e.typ == 0 }), nil
@@ -407,7 +407,7 @@ func (n names) header(e *fileEntry) *tar.Header {
 	case 'p':
 		h.Typeflag = tar.TypeFifo
 	case 'c', 'b':
-		h.Typeflag, h.Devmajor, h.Devminor = tar.TypeChar, e.devmajor, e.devmin
+		h.Typeflag, h.Devmajor, h.Devminor = tar.TypeChar, e.devmajor, e.devminor
 		if e.typ == 'b' {
 			h.Typeflag = tar.TypeBlock
 		}
