@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -593,4 +594,31 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 	if fi, err := os.Stat(p(paths[2])); err != nil || fi.Size() != int64(len(changed)) {
 		t.Fatalf("%s: %v %v", paths[2], fi, err)
 	}
+
+	// A device node gone between the listing and the stat of its
+	// numbers is left out.
+	b.run = beforeStat{func() error { return os.Remove(p("d1/null")) }}
+	b.backupOnly()
+	b.run = LocalRunner{}
+	out.Reset()
+	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+		t.Fatal(err)
+	}
+	names := tarNames(t, out.Bytes())
+	if slices.Contains(names, "./d1/null") || !slices.Contains(names, "./d2/tty9") {
+		t.Errorf("a device node gone before the stat: the item holds ./d1/null %v, ./d2/tty9 %v; want only the second",
+			slices.Contains(names, "./d1/null"), slices.Contains(names, "./d2/tty9"))
+	}
+}
+
+// beforeStat runs change before the stat of the device nodes.
+type beforeStat struct{ change func() error }
+
+func (m beforeStat) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
+	if argv[0] == "xargs" {
+		if err := m.change(); err != nil {
+			return err
+		}
+	}
+	return LocalRunner{}.Run(ctx, argv, stdin, stdout)
 }
