@@ -54,6 +54,18 @@ import (
 // and link target) to its chunks. A group whose key is there and whose
 // chunks the folder still holds is named again without reading a byte of
 // it (restic's and borg's files cache, per group rather than per file).
+//
+// Hard links: a regular file with more than one link is stored once, at
+// its first path in the item's order, and each later path of the same
+// inode (and device) as a tar hard link naming that first path, as tar -c
+// stores them; its content is read once. The link's name is in its
+// entry's key (an entry of type 'h' whose link is the first path), and a
+// group holding a link whose first path is in a group read again is read
+// again too (its first path may have gone by the read: the link is then
+// left out, not written pointing at nothing, which fails a restore).
+// Character and block device nodes are kept (with their major and minor
+// numbers); sockets are left out, as tar -c leaves them out: a socket is
+// made by the process listening on it.
 var defaultGroups = groupShape{bytes: 8 << 20, every: 512}
 
 // groupShape bounds a group: its bytes, and 1 in every entries ends one.
@@ -63,8 +75,9 @@ type groupShape struct {
 }
 
 const (
-	// cacheVersion changes with the bytes a group makes.
-	cacheVersion = 1
+	// cacheVersion changes with the bytes a group makes (2: hard links
+	// and device nodes).
+	cacheVersion = 2
 )
 
 // Runner runs a command on the machine that holds a volume's folder,
@@ -144,17 +157,27 @@ var errAbsent = errors.New("no such path in the volume")
 
 // fileEntry is one line of the listing.
 type fileEntry struct {
-	typ          byte   // find's %y: f, d, l, p
+	// find's %y: f, d, l, p, c, b; 'h' for a later path of a file with
+	// hard links (see linkHard).
+	typ          byte
 	rel          string // relative to the listed root, "" for the root
-	size         int64
-	mtime, ctime int64 // ns
+	size         int64  // 0 for 'h': its content is its first path's
+	mtime, ctime int64  // ns
 	ino          uint64
 	mode         int64 // permission bits with setuid, setgid, sticky
 	uid, gid     int
-	link         string
+	// link is what the entry points at, so the group key covers it: a
+	// symlink's target, an 'h' entry's first path (rel), a device
+	// node's "major:minor".
+	link               string
+	nlink, dev         uint64 // find's %n and %D
+	devmajor, devminor int64  // a device node's numbers
 }
 
-const findFormat = `%y\0%P\0%s\0%T@\0%C@\0%i\0%m\0%U\0%G\0%l\0`
+const (
+	findFormat = `%y\0%P\0%s\0%T@\0%C@\0%i\0%m\0%U\0%G\0%l\0%n\0%D\0`
+	findFields = 12
+)
 
 // list runs find on root.
 func list(ctx context.Context, run Runner, root string) ([]fileEntry, error) {
@@ -168,26 +191,104 @@ func list(ctx context.Context, run Runner, root string) ([]fileEntry, error) {
 		return nil, fmt.Errorf("list %s: %w", root, err)
 	}
 	f := strings.Split(out.String(), "\x00")
-	if len(f)%10 != 1 || f[len(f)-1] != "" {
-		return nil, fmt.Errorf("list %s: find printed %d fields, not a multiple of 10", root, len(f)-1)
+	if len(f)%findFields != 1 || f[len(f)-1] != "" {
+		return nil, fmt.Errorf("list %s: find printed %d fields, not a multiple of %d", root, len(f)-1, findFields)
 	}
 	var es []fileEntry
-	for i := 0; i+10 <= len(f); i += 10 {
-		e, err := parseEntry(f[i : i+10])
+	for i := 0; i+findFields <= len(f); i += findFields {
+		e, err := parseEntry(f[i : i+findFields])
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %q: %w", root, f[i+1], err)
 		}
 		switch e.typ {
-		case 'f', 'd', 'l', 'p':
+		case 'f', 'd', 'l', 'p', 'c', 'b':
 			es = append(es, e)
-		} // sockets and device nodes are left out
+		} // sockets are left out (tar -c leaves them out too: a socket is the listening process's)
 	}
 	// Parents sort before their children.
 	slices.SortFunc(es, func(a, b fileEntry) int { return strings.Compare(a.rel, b.rel) })
+	es, err = deviceNumbers(ctx, run, root, es)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", root, err)
+	}
+	linkHard(es)
 	if len(es) == 0 || es[0].rel != "" {
 		return nil, fmt.Errorf("list %s: the root is not a file, folder or link", root)
 	}
 	return es, nil
+}
+
+// deviceNumbers fills in the device nodes' major and minor numbers, which
+// find -printf has no directive for, with one stat of them all (only when
+// the listing holds any: volumes seldom do). stat rather than reading
+// them from tar -c: the numbers are then in the listing, so in the
+// group's key, and the entry's header stays the listing's. A node gone
+// (or replaced) since the listing is left out.
+func deviceNumbers(ctx context.Context, run Runner, root string, es []fileEntry) ([]fileEntry, error) {
+	var names []byte
+	for i := range es {
+		if es[i].typ == 'c' || es[i].typ == 'b' {
+			names = append(append(names, path.Join(root, es[i].rel)...), 0)
+		}
+	}
+	if names == nil {
+		return es, nil
+	}
+	var out bytes.Buffer
+	err := run.Run(ctx, []string{"xargs", "-0", "-r", "stat", "--printf", `%i\0%t\0%T\0%n\0`, "--"}, names, &out)
+	var ee *ExitError
+	if err != nil && !(errors.As(err, &ee) && ee.Code == 123) { // 123: stat failed on some (gone)
+		return nil, fmt.Errorf("stat device nodes: %w", err)
+	}
+	type numbers struct {
+		ino        uint64
+		maj, minor int64
+	}
+	got := map[string]numbers{}
+	f := strings.Split(out.String(), "\x00")
+	for i := 0; i+4 <= len(f); i += 4 {
+		var n numbers
+		var errs [3]error
+		n.ino, errs[0] = strconv.ParseUint(f[i], 10, 64)
+		n.maj, errs[1] = strconv.ParseInt(f[i+1], 16, 64)
+		n.minor, errs[2] = strconv.ParseInt(f[i+2], 16, 64)
+		if err := errors.Join(errs[:]...); err != nil {
+			return nil, fmt.Errorf("stat device node %q: %w", f[i+3], err)
+		}
+		got[f[i+3]] = n
+	}
+	for i := range es {
+		e := &es[i]
+		if e.typ != 'c' && e.typ != 'b' {
+			continue
+		}
+		n, ok := got[path.Join(root, e.rel)]
+		if !ok || n.ino != e.ino {
+			e.typ = 0 // left out below
+			continue
+		}
+		e.devmajor, e.devminor = n.maj, n.minor
+		e.link = fmt.Sprintf("%d:%d", n.maj, n.minor)
+	}
+	return slices.DeleteFunc(es, func(e fileEntry) bool { return e.typ == 0 }), nil
+}
+
+// linkHard turns every later path (in the listing's order) of a regular
+// file with hard links into an 'h' entry naming the first path.
+func linkHard(es []fileEntry) {
+	first := map[[2]uint64]string{}
+	for i := range es {
+		e := &es[i]
+		if e.typ != 'f' || e.nlink < 2 {
+			continue
+		}
+		id := [2]uint64{e.dev, e.ino}
+		if p, ok := first[id]; ok {
+			e.typ, e.link, e.size = 'h', p, 0
+			continue
+		}
+		first[id] = e.rel
+	}
 }
 
 // checkAncestors refuses a declared path below a symlink in the volume
@@ -229,7 +330,9 @@ func parseEntry(f []string) (fileEntry, error) {
 		return e, fmt.Errorf("type %q", f[0])
 	}
 	e.typ = f[0][0]
-	var errs [7]error
+	var errs [9]error
+	e.nlink, errs[7] = strconv.ParseUint(f[10], 10, 64)
+	e.dev, errs[8] = strconv.ParseUint(f[11], 10, 64)
 	e.size, errs[0] = strconv.ParseInt(f[2], 10, 64)
 	e.mtime, errs[1] = parseTime(f[3])
 	e.ctime, errs[2] = parseTime(f[4])
@@ -305,6 +408,13 @@ func (n names) header(e *fileEntry) *tar.Header {
 		h.Typeflag, h.Linkname = tar.TypeSymlink, e.link
 	case 'p':
 		h.Typeflag = tar.TypeFifo
+	case 'c', 'b':
+		h.Typeflag, h.Devmajor, h.Devminor = tar.TypeChar, e.devmajor, e.devminor
+		if e.typ == 'b' {
+			h.Typeflag = tar.TypeBlock
+		}
+	case 'h':
+		h.Typeflag, h.Linkname = tar.TypeLink, n.header(&fileEntry{typ: 'f', rel: e.link}).Name
 	}
 	return h
 }
@@ -559,10 +669,13 @@ func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Ite
 	cachePath := w.cachePath(&it)
 	cached := loadCache(cachePath)
 	reuse := make([]bool, len(gs))
-	var fetch []byte
 	for i, g := range gs {
 		c, ok := cached[g.key]
 		reuse[i] = ok && len(c.Chunks) > 0 && c.Size > 0 && w.have(c.Chunks)
+	}
+	readWithTargets(gs, reuse)
+	var fetch []byte
+	for i, g := range gs {
 		for _, e := range g.entries {
 			if e.typ == 'f' {
 				vs.Files++
@@ -602,7 +715,7 @@ func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Ite
 	} else {
 		fetchDone <- nil
 	}
-	rd := &fetchReader{tr: tr, progress: src.Progress}
+	rd := &fetchReader{tr: tr, progress: src.Progress, unread: map[string]bool{}}
 
 	s := w.newItemStore()
 	type span struct {
@@ -686,8 +799,31 @@ func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Ite
 	return it, vs, nil
 }
 
+// readWithTargets reads a group again (not reused) when a hard link in it
+// names a first path in a group read again: that path may be gone by the
+// read, and the link must then be left out (writeGroup), not reused.
+// First paths come before their links, so one pass in order settles it.
+func readWithTargets(gs []group, reuse []bool) {
+	in := map[string]int{} // first paths of linked files: their group
+	for i, g := range gs {
+		for _, e := range g.entries {
+			switch {
+			case e.typ == 'f' && e.nlink > 1:
+				in[e.rel] = i
+			case e.typ == 'h':
+				if j, ok := in[e.link]; ok && !reuse[j] {
+					reuse[i] = false
+				}
+			}
+		}
+	}
+}
+
 // fetchReader reads tar -c's stream of the files to read, in listing order.
 type fetchReader struct {
+	// unread: first paths of linked files not read as listed; true when
+	// left out (their links are too).
+	unread   map[string]bool
 	tr       *tar.Reader
 	pending  *tar.Header // read, not yet asked for
 	eof      bool
@@ -745,10 +881,16 @@ func (r *fetchReader) writeGroup(out io.Writer, n names, es []fileEntry) (bool, 
 			}
 			if fh == nil {
 				ok = false // gone: left out
+				if e.nlink > 1 {
+					r.unread[e.rel] = true
+				}
 				continue
 			}
 			if !e.fetched(fh) {
 				ok = false
+				if e.nlink > 1 {
+					r.unread[e.rel] = fh.Typeflag != tar.TypeReg // a link to a folder fails
+				}
 				h = &tar.Header{Name: h.Name, Typeflag: fh.Typeflag, Size: fh.Size, Linkname: fh.Linkname,
 					Mode: fh.Mode & 0o7777, Uid: fh.Uid, Gid: fh.Gid, ModTime: fh.ModTime, Format: tar.FormatPAX}
 				if fh.Typeflag == tar.TypeDir {
@@ -772,6 +914,14 @@ func (r *fetchReader) writeGroup(out io.Writer, n names, es []fileEntry) (bool, 
 			r.files++
 			r.bytes += c
 			continue
+		}
+		if e.typ == 'h' {
+			if gone, found := r.unread[e.link]; found {
+				ok = false // its first path changed while read: stored as read
+				if gone {
+					continue
+				}
+			}
 		}
 		if err := r.tw.WriteHeader(h); err != nil {
 			return false, err

@@ -20,6 +20,8 @@ import (
 	"filippo.io/age"
 	"github.com/sovereign-stack/ssbuild/internal/progress"
 	"golang.org/x/sys/unix"
+
+	"github.com/sovereign-stack/ssbuild/testkit/testenv"
 )
 
 // volumeBed is a real directory tree backed up by AddVolume with the real
@@ -98,6 +100,14 @@ func makeTree(t *testing.T, dir string) {
 // backup takes one backup of the tree and checks it restores to exactly
 // the tree.
 func (b *volumeBed) backup() VolumeStats {
+	b.t.Helper()
+	vs := b.backupOnly()
+	b.checkRestore()
+	return vs
+}
+
+// backupOnly takes one backup of the tree.
+func (b *volumeBed) backupOnly() VolumeStats {
 	t := b.t
 	t.Helper()
 	b.n++
@@ -116,7 +126,6 @@ func (b *volumeBed) backup() VolumeStats {
 		t.Fatal(err)
 	}
 	b.lastVS = vs
-	b.checkRestore()
 	return vs
 }
 
@@ -197,7 +206,9 @@ func compareTrees(t *testing.T, want, got string) {
 				if err != nil {
 					return err
 				}
-				s += fmt.Sprintf(" mtime %d size %d content %s", st.Mtim.Nano(), len(c), sum(c))
+				s += fmt.Sprintf(" mtime %d size %d content %s links %d", st.Mtim.Nano(), len(c), sum(c), st.Nlink)
+			case syscall.S_IFCHR, syscall.S_IFBLK:
+				s += fmt.Sprintf(" device %d:%d mtime %d", unix.Major(st.Rdev), unix.Minor(st.Rdev), st.Mtim.Nano())
 			default:
 				s += fmt.Sprintf(" mtime %d", st.Mtim.Nano())
 			}
@@ -503,4 +514,170 @@ func TestVolumesAtOnce(t *testing.T) {
 	if l, _ := List(b.folder); len(l.Backups) != 1 {
 		t.Errorf("after the failed backup the folder lists %d backups, want the first only", len(l.Backups))
 	}
+}
+
+// TestVolumeHardLinksAndDevices: a file with three paths (two in one
+// group, one in another) restores as one inode holding its content, read
+// once; a FIFO and a character device node restore as such, the device
+// with its numbers. A new content shows on all three paths; with one path
+// removed the other two stay linked.
+func TestVolumeHardLinksAndDevices(t *testing.T) {
+	testenv.RequireRoot(t) // mknod
+	b := newVolumeBed(t)
+	p := func(rel string) string { return filepath.Join(b.data, rel) }
+	paths := []string{"d0/hl-a", "d0/hl-b", "d3/hl-c"}
+	content := noise(7, 200<<10)
+	if err := os.WriteFile(p(paths[0]), content, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range paths[1:] {
+		if err := os.Link(p(paths[0]), p(l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mknod(p("d1/null"), unix.S_IFCHR|0o620, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mknod(p("d2/tty9"), unix.S_IFCHR|0o600, int(unix.Mkdev(4, 265))); err != nil {
+		t.Fatal(err)
+	}
+	gs, _ := b.groupsNow()
+	groupOf := map[string]int{}
+	for i, g := range gs {
+		for _, e := range g.entries {
+			groupOf[e.rel] = i
+		}
+	}
+	if groupOf[paths[0]] != groupOf[paths[1]] || groupOf[paths[0]] == groupOf[paths[2]] {
+		t.Fatalf("groups of %q: %d %d %d; want the first two together, the third apart", paths, groupOf[paths[0]], groupOf[paths[1]], groupOf[paths[2]])
+	}
+
+	// restored checks the newest backup's linked paths share one inode
+	// holding want (checkRestore compared the rest: content, link
+	// counts, device numbers, the FIFO).
+	restored := func(step string, linked []string, want []byte) {
+		t.Helper()
+		var out bytes.Buffer
+		if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+			t.Fatal(err)
+		}
+		into := t.TempDir()
+		cmd := exec.Command("tar", "-x", "-f", "-", "-C", into)
+		cmd.Stdin = bytes.NewReader(out.Bytes())
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: tar -x: %v: %s", step, err, o)
+		}
+		first, err := os.Stat(filepath.Join(into, linked[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range linked {
+			fi, err := os.Stat(filepath.Join(into, l))
+			if err != nil || !os.SameFile(first, fi) {
+				t.Errorf("%s: restored %s is not the inode of %s (%v)", step, l, linked[0], err)
+			}
+			if c, _ := os.ReadFile(filepath.Join(into, l)); !bytes.Equal(c, want) {
+				t.Errorf("%s: restored %s holds %d bytes, not the file's %d", step, l, len(c), len(want))
+			}
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(into, "d2/tty9"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(st.Rdev) != 4 || unix.Minor(st.Rdev) != 265 {
+			t.Errorf("%s: restored d2/tty9: mode %o device %d:%d (%v), want a character device 4:265", step, st.Mode, unix.Major(st.Rdev), unix.Minor(st.Rdev), err)
+		}
+		if fi, err := os.Lstat(filepath.Join(into, "fifo")); err != nil || fi.Mode()&fs.ModeNamedPipe == 0 {
+			t.Errorf("%s: restored fifo: %v %v, want a FIFO", step, fi, err)
+		}
+		if n := strings.Count(string(out.Bytes()), string(want[:4096])); n != 1 {
+			t.Errorf("%s: the linked file's content is %d times in the item, want once", step, n)
+		}
+	}
+
+	full := b.backup()
+	restored("full", paths, content)
+	if full.Files != full.FilesRead+1 || full.BytesRead != full.Bytes {
+		t.Errorf("full: %+v; want every file read once (the linked one too), only the empty one not", full)
+	}
+	if vs := b.backup(); vs.FilesRead != 0 || b.lastM.Stats.New != 0 {
+		t.Errorf("unchanged: %+v, %d new chunks; want nothing read", vs, b.lastM.Stats.New)
+	}
+
+	_, prev := b.groupsNow()
+	changed := noise(8, 150<<10)
+	if err := os.WriteFile(p(paths[1]), changed, 0o640); err != nil { // in place: the inode stays
+		t.Fatal(err)
+	}
+	gs, _ = b.groupsNow()
+	want, groups := changedBytes(gs, prev)
+	vs := b.backup()
+	restored("content changed", paths, changed)
+	if vs.BytesRead != want || vs.GroupsRead != groups || groups != 2 {
+		t.Errorf("content changed: read %d bytes in %d groups; want %d in the 2 groups holding its paths (%d)", vs.BytesRead, vs.GroupsRead, want, groups)
+	}
+
+	if err := os.Remove(p(paths[0])); err != nil {
+		t.Fatal(err)
+	}
+	b.backup()
+	restored("first path removed", paths[1:], changed)
+
+	// The first path (now d0/hl-b) removed after the listing, before the
+	// read, its group read (another file in it changed) and d3/hl-c's
+	// group otherwise cached: the links to it are left out, not written
+	// pointing at nothing (a restore would fail), and not cached.
+	if err := os.WriteFile(p("d0/hl-0"), []byte("beside the link"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.run = mutating{func() error {
+		if err := os.Remove(p(paths[1])); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		return nil
+	}}
+	b.backupOnly()
+	b.run = LocalRunner{}
+	var out bytes.Buffer
+	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("tar", "-x", "-f", "-", "-C", t.TempDir())
+	cmd.Stdin = bytes.NewReader(out.Bytes())
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("first path gone during the read: tar -x: %v: %s", err, o)
+	}
+	for _, n := range tarNames(t, out.Bytes()) {
+		if strings.Contains(n, "hl-") && n != "./d0/hl-0" {
+			t.Errorf("first path gone during the read: the item holds %s", n)
+		}
+	}
+	b.backup() // d3/hl-c alone now, read again (its group was not cached)
+	if fi, err := os.Stat(p(paths[2])); err != nil || fi.Size() != int64(len(changed)) {
+		t.Fatalf("%s: %v %v", paths[2], fi, err)
+	}
+
+	// A device node gone between the listing and the stat of its
+	// numbers is left out.
+	b.run = beforeStat{func() error { return os.Remove(p("d1/null")) }}
+	b.backupOnly()
+	b.run = LocalRunner{}
+	out.Reset()
+	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+		t.Fatal(err)
+	}
+	names := tarNames(t, out.Bytes())
+	if slices.Contains(names, "./d1/null") || !slices.Contains(names, "./d2/tty9") {
+		t.Errorf("a device node gone before the stat: the item holds ./d1/null %v, ./d2/tty9 %v; want only the second",
+			slices.Contains(names, "./d1/null"), slices.Contains(names, "./d2/tty9"))
+	}
+}
+
+// beforeStat runs change before the stat of the device nodes.
+type beforeStat struct{ change func() error }
+
+func (m beforeStat) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
+	if argv[0] == "xargs" {
+		if err := m.change(); err != nil {
+			return err
+		}
+	}
+	return LocalRunner{}.Run(ctx, argv, stdin, stdout)
 }
