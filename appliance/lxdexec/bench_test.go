@@ -155,12 +155,22 @@ func BenchmarkTarInside(b *testing.B) {
 }
 
 // BenchmarkStream is the same tar's stream copied out through Stream, as
-// LXDRunner reads a volume.
-func BenchmarkStream(b *testing.B) {
+// LXDRunner reads a volume (tar's default 10 KiB records).
+func BenchmarkStream(b *testing.B) { benchStream(b) }
+
+// BenchmarkStreamRecords32K is BenchmarkStream with tar writing 32 KiB
+// records (-b 64): LXD sends one websocket message per read of the
+// command's pipe, at most 32 KiB (its io.Copy buffer), so this is a third
+// of the messages.
+func BenchmarkStreamRecords32K(b *testing.B) { benchStream(b, "-b", "64") }
+
+func benchStream(b *testing.B, tarArgs ...string) {
 	c, inst, dir := benchInstance(b)
+	argv := append([]string{"tar", "-cf", "-", "-C", dir}, tarArgs...)
+	argv = append(argv, ".")
 	for b.Loop() {
 		n := &counter{}
-		stderr, code, err := lxdexec.Stream(c, inst, []string{"tar", "-cf", "-", "-C", dir, "."}, nil, n)
+		stderr, code, err := lxdexec.Stream(c, inst, argv, nil, n)
 		if err != nil || code != 0 {
 			b.Fatalf("tar in %s: %d, %v: %s", inst, code, err, stderr)
 		}
