@@ -45,7 +45,7 @@ set -a
 set +a
 export PAIRS_BYTES
 PAIRS_BYTES=$(tar -cf - -C "$SSBUILD_BENCH_LXD_HOSTDIR" . | wc -c)
-echo "tree: $(du -sm "$SSBUILD_BENCH_LXD_HOSTDIR" | cut -f1) MiB, $(find "$SSBUILD_BENCH_LXD_HOSTDIR" -type f | wc -l) files, tar stream $((PAIRS_BYTES >> 20)) MiB; LXD $(lxd --version); $runs pairs; $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
+echo "tree: $(du -sm "$SSBUILD_BENCH_LXD_HOSTDIR" | cut -f1) MiB, $(find "$SSBUILD_BENCH_LXD_HOSTDIR" -type f | wc -l) files, tar stream $((PAIRS_BYTES >> 20)) MiB; test bed $(grep -o "bed [0-9a-f]*:" "$work/bed.log" | cut -d" " -f2 | tr -d :), LXD $(lxd --version); $runs pairs; $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
 echo "(b) the exec stream vs (a) the floor:"
 pairs "$runs" "$work/lxdexec.test" "lxdexec.Stream of tar -c to the host" BenchmarkStream "tar -c | cat >/dev/null in the instance" BenchmarkTarInside
 echo "(b) with tar's records 10 KiB (its default, LXDRunner's tar) vs 32 KiB (-b 64; LXD sends at most 32 KiB a message):"
