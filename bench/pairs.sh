@@ -3,6 +3,9 @@
 # machine's speed hits both alike, and prints their medians side by side.
 #
 #   pairs RUNS TEST_BINARY LABEL_A BENCH_A LABEL_B BENCH_B
+#
+# With PAIRS_BYTES set (the bytes one iteration moves), each median is
+# also printed as MB/s (10^6 bytes a second).
 
 # bench_seconds BINARY NAME: the seconds of one iteration of benchmark NAME.
 bench_seconds() {
@@ -22,7 +25,12 @@ pairs() {
     all_a+="$ta"$'\n' all_b+="$tb"$'\n'
     ratios+=$(awk -v a="$ta" -v b="$tb" 'BEGIN { printf "%.3f", a / b }')$'\n'
   done
-  printf '  %-44s median %7.3f s   (runs: %s)\n' "$label_a" "$(median <<<"${all_a%$'\n'}")" "$(tr '\n' ' ' <<<"${all_a%$'\n'}")"
-  printf '  %-44s median %7.3f s   (runs: %s)\n' "$label_b" "$(median <<<"${all_b%$'\n'}")" "$(tr '\n' ' ' <<<"${all_b%$'\n'}")"
+  local side label all m
+  for side in a b; do
+    [[ $side == a ]] && label=$label_a all=${all_a%$'\n'} || label=$label_b all=${all_b%$'\n'}
+    m=$(median <<<"$all")
+    printf '  %-44s median %7.3f s%s   (runs: %s)\n' "$label" "$m" \
+      "${PAIRS_BYTES:+$(awk -v b="$PAIRS_BYTES" -v s="$m" 'BEGIN { printf ", %6.0f MB/s", b / s / 1e6 }')}" "$(tr '\n' ' ' <<<"$all")"
+  done
   printf '  %-44s median %7.2f\n' "ratio first/second, pair by pair" "$(median <<<"${ratios%$'\n'}")"
 }

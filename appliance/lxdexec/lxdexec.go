@@ -82,11 +82,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 }
 
 func streamOnce(c lxd.InstanceServer, instance string, command []string, stdin []byte, stdout io.Writer) (stderr string, code int, err error) {
-	var errOut bytes.Buffer
+	errOut := &tailWriter{max: stderrTail}
 	done := make(chan bool)
 	// The reader's EOF closes the command's standard input.
 	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
-		&lxd.InstanceExecArgs{Stdin: bytes.NewReader(stdin), Stdout: stdout, Stderr: &errOut, DataDone: done})
+		&lxd.InstanceExecArgs{Stdin: bytes.NewReader(stdin), Stdout: stdout, Stderr: errOut, DataDone: done})
 	if err == nil {
 		err = op.Wait()
 	}
@@ -98,9 +98,30 @@ func streamOnce(c lxd.InstanceServer, instance string, command []string, stdin [
 	if rc, ok := op.Get().Metadata["return"].(float64); ok {
 		code = int(rc)
 	}
-	s := errOut.String()
-	if len(s) > 2048 {
-		s = s[len(s)-2048:]
+	return string(errOut.b), code, nil
+}
+
+// stderrTail is how much of a streamed command's stderr Stream returns:
+// its end says why it failed.
+const stderrTail = 2048
+
+// tailWriter keeps the last max bytes written to it and never holds
+// more: a streamed command may write without end to its stderr (tar
+// warning about every file of a large tree).
+type tailWriter struct {
+	max int
+	b   []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(p) >= t.max {
+		t.b = append(t.b[:0], p[len(p)-t.max:]...)
+		return n, nil
 	}
-	return s, code, nil
+	if over := len(t.b) + len(p) - t.max; over > 0 {
+		t.b = t.b[:copy(t.b, t.b[over:])]
+	}
+	t.b = append(t.b, p...)
+	return n, nil
 }
