@@ -701,7 +701,11 @@ func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Ite
 		pr, pw := io.Pipe()
 		fetchR = pr
 		go func() {
-			err := src.Run.Run(ctx, []string{"tar", "-c", "-f", "-", "--format=posix", "--null", "--no-recursion",
+			// -b 64: 32 KiB records, not 10 KiB. LXD's exec sends one
+			// websocket message per read of the command's output, at most
+			// 32 KiB: tar's default records cost it three times the
+			// messages (bench/lxd-exec.sh: the stream 1.1–1.2× faster).
+			err := src.Run.Run(ctx, []string{"tar", "-c", "-f", "-", "-b", "64", "--format=posix", "--null", "--no-recursion",
 				"--hard-dereference", "--verbatim-files-from", "--ignore-failed-read", "-C", n.base, "-T", "-"}, fetch, pw)
 			var ee *ExitError
 			if errors.As(err, &ee) && ee.Code == 1 { // some file changed as it was read: it is found out below
