@@ -48,7 +48,7 @@ PAIRS_BYTES=$(tar -cf - -C "$SSBUILD_BENCH_LXD_HOSTDIR" . | wc -c)
 echo "tree: $(du -sm "$SSBUILD_BENCH_LXD_HOSTDIR" | cut -f1) MiB, $(find "$SSBUILD_BENCH_LXD_HOSTDIR" -type f | wc -l) files, tar stream $((PAIRS_BYTES >> 20)) MiB; test bed $(grep -o "bed [0-9a-f]*:" "$work/bed.log" | cut -d" " -f2 | tr -d :), LXD $(lxd --version); $runs pairs; $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
 echo "(b) the exec stream vs (a) the floor:"
 pairs "$runs" "$work/lxdexec.test" "lxdexec.Stream of tar -c to the host" BenchmarkStream "tar -c | cat >/dev/null in the instance" BenchmarkTarInside
-echo "(b) with tar's records 10 KiB (its default, LXDRunner's tar) vs 32 KiB (-b 64; LXD sends at most 32 KiB a message):"
+echo "(b) with tar's records 10 KiB (its default) vs 32 KiB (-b 64, what the backup's tar -c uses; LXD sends at most 32 KiB a message):"
 pairs "$runs" "$work/lxdexec.test" "lxdexec.Stream, tar's 10 KiB records" BenchmarkStream "lxdexec.Stream, tar -b 64 (32 KiB records)" BenchmarkStreamRecords32K
 echo "(c) a volume's full backup, LXDRunner vs LocalRunner (MB/s of the tar stream):"
 pairs "$runs" "$work/backup.test" "AddVolume through LXDRunner (exec)" BenchmarkVolumeLXD "AddVolume through LocalRunner (host)" BenchmarkVolumeLocal

@@ -133,6 +133,47 @@ func (r LXDRunner) Run(ctx context.Context, argv []string, stdin []byte, stdout 
 	return nil
 }
 
+// confined runs the volume's commands where the volume's folder is the
+// only thing to read besides the system's programs: in a private mount
+// namespace, chrooted into a tmpfs holding /usr (with /bin, /lib... as
+// the system has them) and the folder, bound at its own path. find and
+// tar run as root in the instance, on a tree the service's container can
+// change as they run: a folder swapped for a symlink (to /, or to another
+// volume, such as the Lightning node's) between the listing and the read
+// would otherwise be followed, and what it points at stored in the
+// backup and written back into that container's volume by a restore.
+// Here such a link leads nowhere: nothing else of the instance is there.
+type confined struct {
+	run Runner
+	dir string // absolute, clean: the volume's folder
+}
+
+// confineScript builds the root and runs the command in it ($1: the
+// folder, then the command). The folder is opened before /mnt is covered
+// (it could lie below it) and bound from that open file.
+const confineScript = `set -eu
+exec 3<"$1"
+mount -t tmpfs -o mode=0755,size=1m ssbuild-volume /mnt
+mkdir -p /mnt/usr "/mnt$1"
+mount --bind /usr /mnt/usr
+for d in bin sbin lib lib32 lib64 libx32; do
+	if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "/mnt/$d"
+	elif [ -d "/$d" ]; then mkdir "/mnt/$d" && mount --bind "/$d" "/mnt/$d"; fi
+done
+mount --bind /proc/self/fd/3 "/mnt$1"
+exec 3<&-
+shift
+exec chroot /mnt "$@"`
+
+func (c confined) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
+	err := c.run.Run(ctx, append([]string{"unshare", "--mount", "--", "sh", "-c", confineScript, "sh", c.dir}, argv...), stdin, stdout)
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		ee.Command = argv[0]
+	}
+	return err
+}
+
 // VolumeSource is a volume path to read.
 type VolumeSource struct {
 	Run Runner
@@ -657,6 +698,11 @@ func (w *Writer) addVolumes(ctx context.Context, paths []volumePath, rep *progre
 // the caller to put in the manifest: several run at once (addVolumes).
 func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Item, VolumeStats, error) {
 	var vs VolumeStats
+	src.Dir = path.Clean(src.Dir)
+	if !path.IsAbs(src.Dir) {
+		return it, vs, fmt.Errorf("volume folder %q is not an absolute path", src.Dir)
+	}
+	src.Run = confined{run: src.Run, dir: src.Dir}
 	n := namesFor(src.Dir, src.Path)
 	if err := checkAncestors(ctx, src.Run, src.Dir, n.base); err != nil {
 		return it, vs, err
