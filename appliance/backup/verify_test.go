@@ -16,7 +16,7 @@ import (
 )
 
 // testKeys are a deployment's backup keys from a fixed secret.
-func testKeys(t *testing.T, secret string) *Keys {
+func testKeys(t testing.TB, secret string) *Keys {
 	t.Helper()
 	k, err := DeriveKeys(strings.Repeat(secret, 64/len(secret)+1))
 	if err != nil {
