@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -97,6 +98,23 @@ func (e *TestError) Unwrap() error { return e.Err }
 // may run). The outcome is recorded in State as the live deployment's last
 // restore test, also when it fails (a TestError names the step); a failed
 // test removes its scratch copy too.
+// ScratchLease names the lease a restore test holds on its scratch copy
+// while it runs (deploystate.HoldLease).
+func ScratchLease(scratch recipes.Deployment) string { return "scratch:" + scratch.Project() }
+
+// scratchLeaseTTL is how long a test's lease lasts unrenewed: a test cut
+// short (its host died) blocks the next one that long.
+const scratchLeaseTTL = 2 * time.Minute
+
+// testHolder names this process as a lease's holder: the member (or host)
+// and the PID, so a second command on the same member is refused too.
+func testHolder(member string) string {
+	if member == "" {
+		member, _ = os.Hostname()
+	}
+	return fmt.Sprintf("%s pid %d", member, os.Getpid())
+}
+
 func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 	rep := o.Progress
 	if rep == nil {
@@ -113,6 +131,18 @@ func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 		return res, fmt.Errorf("backup test %s: a state store and an identity to decrypt the backup with are required", d.Name)
 	}
 	scratch := deploy.Scratch(d)
+	// One test of a deployment at a time (a manual one and the scheduled
+	// one, on any members): they would deploy, restore into and remove
+	// the same scratch copy. A refused test records nothing.
+	held, release, err := deploystate.HoldLease(ctx, o.State, ScratchLease(scratch), testHolder(o.Member), scratchLeaseTTL)
+	var he *deploystate.HeldError
+	if errors.As(err, &he) {
+		return res, fmt.Errorf("backup test %s: a restore test of it is running: %w; its scratch copy %s is in use, try again once that test has ended", d.Name, err, scratch.Project())
+	} else if err != nil {
+		return res, fmt.Errorf("backup test %s: %w", d.Name, err)
+	}
+	defer release()
+	ctx = held
 	// The recipe with the scratch copy beside the live deployments, for
 	// deploying it and taking it down.
 	r := *o.Recipe

@@ -423,3 +423,76 @@ func TestRestoreTestRecord(t *testing.T) {
 		}
 	}
 }
+
+// A lease is one holder's at a time, on a cluster (through the socket) as
+// in a state folder: another is told who holds it; HoldLease renews it
+// past its time while the work runs, gives it up after, and ends the
+// work's context when another took it meanwhile.
+func TestLeases(t *testing.T) {
+	reg := openRegistry(t, filepath.Join(t.TempDir(), "registry"))
+	const name = "restore-test:" + deployment
+	for what, s := range map[string]deploystate.Store{
+		"registry": &deploystate.Client{Socket: serve(t, store(t, reg, clusterSecret))},
+		"folder":   deploystate.Folder{Dir: secrets.Dir(t.TempDir())},
+	} {
+		if _, ok, err := s.AcquireLease(ctx(t), name, "host1 pid 10", time.Minute); err != nil || !ok {
+			t.Fatalf("%s: a free lease: %v, %v", what, ok, err)
+		}
+		if l, ok, err := s.AcquireLease(ctx(t), name, "host2 pid 20", time.Minute); err != nil || ok || l.Holder != "host1 pid 10" {
+			t.Fatalf("%s: a held lease taken by another: %+v, %v, %v; want it refused, naming its holder", what, l, ok, err)
+		}
+		if err := s.ReleaseLease(ctx(t), name, "host2 pid 20"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := s.AcquireLease(ctx(t), name, "host2 pid 20", time.Minute); ok {
+			t.Fatalf("%s: another's release freed the lease", what)
+		}
+		if err := s.ReleaseLease(ctx(t), name, "host1 pid 10"); err != nil {
+			t.Fatal(err)
+		}
+
+		const ttl = 600 * time.Millisecond
+		held, release, err := deploystate.HoldLease(ctx(t), s, name, "host1 pid 10", ttl)
+		if err != nil {
+			t.Fatalf("%s: hold: %v", what, err)
+		}
+		time.Sleep(3 * ttl) // renewed meanwhile, or it would have expired
+		var he *deploystate.HeldError
+		if _, _, err := deploystate.HoldLease(ctx(t), s, name, "host2 pid 20", ttl); !errors.As(err, &he) || he.Holder != "host1 pid 10" ||
+			!strings.Contains(err.Error(), "host1 pid 10 holds the lease "+name) {
+			t.Fatalf("%s: a second hold after 3 lease times: %v; want it refused, naming the holder", what, err)
+		}
+		if held.Err() != nil {
+			t.Fatalf("%s: the holder's work was stopped: %v", what, context.Cause(held))
+		}
+		release()
+		if _, ok, err := s.AcquireLease(ctx(t), name, "host2 pid 20", ttl); err != nil || !ok {
+			t.Fatalf("%s: after release: %v, %v; want the lease free", what, ok, err)
+		}
+
+		// Lost: the store gave it to another (as after it expired
+		// unrenewed); the holder's work is stopped at its next renewal.
+		held, release, err = deploystate.HoldLease(ctx(t), s, name+"-lost", "host1 pid 10", ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ReleaseLease(ctx(t), name+"-lost", "host1 pid 10"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, err := s.AcquireLease(ctx(t), name+"-lost", "host3 pid 30", time.Minute); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		select {
+		case <-held.Done():
+			if cause := context.Cause(held); !strings.Contains(cause.Error(), "lost") || !strings.Contains(cause.Error(), "host3 pid 30") {
+				t.Errorf("%s: stopped by %v; want the lease lost to host3", what, cause)
+			}
+		case <-time.After(10 * ttl):
+			t.Errorf("%s: the work goes on after its lease was taken by another", what)
+		}
+		release()
+		if l, ok, _ := s.AcquireLease(ctx(t), name+"-lost", "host1 pid 10", ttl); ok || l.Holder != "host3 pid 30" {
+			t.Errorf("%s: the release of a lost lease freed another's: %+v", what, l)
+		}
+	}
+}

@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/registry"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
@@ -69,6 +70,12 @@ type Store interface {
 	// it, nil when none ran.
 	RecordRestoreTest(ctx context.Context, t registry.RestoreTest) error
 	LastRestoreTest(ctx context.Context, deployment string) (*registry.RestoreTest, error)
+	// AcquireLease takes or renews a named lease for holder until ttl
+	// from now when it is free, expired or holder's; else it returns the
+	// lease and ok false. ReleaseLease gives it up if holder holds it.
+	// HoldLease keeps one while work runs.
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (lease registry.Lease, ok bool, err error)
+	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
 // Registry keeps the state in this host's registry node; the service

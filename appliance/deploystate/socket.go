@@ -53,6 +53,7 @@ const requestTimeout = 45 * time.Second
 func (s *Registry) Register(mux *http.ServeMux) {
 	s.registerLightning(mux)
 	s.registerRestoreTests(mux)
+	s.registerLeases(mux)
 	mux.HandleFunc("POST /v1/secrets/{deployment}", func(w http.ResponseWriter, r *http.Request) {
 		var req secretsRequest
 		if !readJSON(w, r, &req) {
