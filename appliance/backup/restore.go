@@ -219,18 +219,45 @@ func lightningItems(st *stack.Stack, items []Item, recover bool) []Item {
 	return out
 }
 
-// restoreInstance copies the volume paths back first, then restores the
-// dumps (a database's files are never copied; its dump is its backup).
+// restoreInstance copies the volume paths back first, with their services
+// stopped (a running app would write over files as they land, or go on
+// from what it read when it started), and starts those services again;
+// then it restores the dumps (a database's files are never copied; its
+// dump is its backup) into their running servers. The Lightning node's
+// service is not stopped or started here: restoreLightning holds it
+// stopped until its new generation is recorded.
 func restoreInstance(ctx context.Context, c client.APIClient, st *stack.Stack, dir string, ids []age.Identity, items []Item, rep *progress.Reporter) error {
+	var stop []string // the services whose volumes are restored
+	for _, it := range items {
+		svc := st.Service(it.Service)
+		if svc == nil || svc.Backup == nil {
+			return fmt.Errorf("%s: service %s no longer declares a backup in the stack", it.File, it.Service)
+		}
+		if it.Kind == "volume" && svc != st.LightningService() && !slices.Contains(stop, svc.Name) {
+			stop = append(stop, svc.Name)
+		}
+	}
+	for _, name := range stop {
+		task := rep.Start("stop "+st.ContainerName(name)+" while its volumes are restored", 0, "")
+		err := c.ContainerStop(ctx, st.ContainerName(name), container.StopOptions{})
+		task.Done(err)
+		if err != nil {
+			return fmt.Errorf("stop service %s before restoring its volumes: %w", name, err)
+		}
+	}
 	for _, kind := range []string{"volume", "dump"} {
+		if kind == "dump" {
+			for _, name := range stop {
+				if err := c.ContainerStart(ctx, st.ContainerName(name), container.StartOptions{}); err != nil {
+					return fmt.Errorf("start service %s after restoring its volumes: %w", name, err)
+				}
+			}
+		}
 		for _, it := range items {
 			if it.Kind != kind {
 				continue
 			}
 			svc := st.Service(it.Service)
-			if svc == nil || svc.Backup == nil {
-				return fmt.Errorf("%s: service %s no longer declares a backup in the stack", it.File, it.Service)
-			}
 			task := rep.Start("restore "+it.File, 0, "")
 			var err error
 			if kind == "volume" {
@@ -239,6 +266,11 @@ func restoreInstance(ctx context.Context, c client.APIClient, st *stack.Stack, d
 				err = restoreDump(ctx, c, st.ContainerName(svc.Name), svc.Backup.Dump, dir, ids, it)
 			}
 			task.Done(err)
+			if err != nil && kind == "volume" {
+				// Left stopped: what runs there would serve a volume
+				// half put back. A restore run again starts them.
+				return fmt.Errorf("%s: %w (services %s left stopped: run the restore again)", it.File, err, strings.Join(stop, ", "))
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", it.File, err)
 			}
