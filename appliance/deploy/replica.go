@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -320,7 +321,12 @@ func LostWith(c lxd.InstanceServer, member string) ([]Lost, error) {
 // replica labels removed), once the lost member is out of the cluster:
 // the next deploy then creates each instance on the replica's member, with
 // that data.
-func Promote(c lxd.InstanceServer, lost []Lost) error {
+//
+// Soon after the lost member left, LXD's database may still answer "Failed
+// to begin transaction ... receive: header: EOF" while another member
+// takes its role over, even once every member is listed online: each
+// volume is tried again until promoteBound (a volume that is gone is not).
+func Promote(ctx context.Context, c lxd.InstanceServer, lost []Lost) error {
 	var errs []error
 	for _, l := range lost {
 		if l.Replica == "" {
@@ -329,19 +335,37 @@ func Promote(c lxd.InstanceServer, lost []Lost) error {
 		tc := c.UseProject(l.Project).UseTarget(l.Replica)
 		for i, name := range l.Volumes {
 			p := l.pools[i]
-			cur, etag, err := tc.GetStoragePoolVolume(p, "custom", name)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("replica %s/%s on %s: %w", l.Project, name, l.Replica, err))
-				continue
+			promote := func() error {
+				cur, etag, err := tc.GetStoragePoolVolume(p, "custom", name)
+				if err != nil {
+					return fmt.Errorf("replica %s/%s on %s: %w", l.Project, name, l.Replica, err)
+				}
+				put := cur.Writable()
+				delete(put.Config, KeyReplicaOf)
+				delete(put.Config, KeyReplicaInstance)
+				delete(put.Config, KeyReplicaRefreshed)
+				if err := tc.UpdateStoragePoolVolume(p, "custom", name, put, etag); err != nil {
+					return fmt.Errorf("promote replica %s/%s on %s: %w", l.Project, name, l.Replica, err)
+				}
+				return nil
 			}
-			put := cur.Writable()
-			delete(put.Config, KeyReplicaOf)
-			delete(put.Config, KeyReplicaInstance)
-			delete(put.Config, KeyReplicaRefreshed)
-			if err := tc.UpdateStoragePoolVolume(p, "custom", name, put, etag); err != nil {
-				errs = append(errs, fmt.Errorf("promote replica %s/%s on %s: %w", l.Project, name, l.Replica, err))
+			deadline := time.Now().Add(promoteBound)
+			err := promote()
+			for err != nil && !api.StatusErrorCheck(err, http.StatusNotFound) && time.Now().Before(deadline) {
+				select {
+				case <-ctx.Done():
+					return errors.Join(append(errs, err, ctx.Err())...)
+				case <-time.After(2 * time.Second):
+				}
+				err = promote()
+			}
+			if err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// promoteBound bounds the retries of one replica's promotion.
+const promoteBound = 2 * time.Minute

@@ -148,7 +148,7 @@ func hostReplace(c *cli.Context) error {
 	if _, err := cluster.ReplaceDead(c.Context, lxdc, name, true, forget); err != nil {
 		return err
 	}
-	if err := deploy.Promote(lxdc, lost); err != nil {
+	if err := deploy.Promote(c.Context, lxdc, lost); err != nil {
 		return fmt.Errorf("replace %s: removed, but not every replica was taken as its instance's volume: %w", name, err)
 	}
 	fmt.Fprintf(c.App.Writer, "%s removed; the re-installed machine joins with its stick\n", name)
