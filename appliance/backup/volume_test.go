@@ -362,7 +362,7 @@ func TestVolumeFilesCacheLost(t *testing.T) {
 	// A file changed after the listing, before tar -c reads it (its
 	// group's cache entry dropped first so the group is read).
 	os.RemoveAll(b.cache)
-	b.run = mutating{func() error {
+	b.run = before{"tar", func() error {
 		return os.WriteFile(filepath.Join(b.data, "d0", "f007.txt"), []byte("written during the read"), 0o644)
 	}}
 	vs = b.backup() // checks the backup holds the file as read
@@ -376,11 +376,15 @@ func TestVolumeFilesCacheLost(t *testing.T) {
 	}
 }
 
-// mutating runs change before each tar, then the command.
-type mutating struct{ change func() error }
+// before runs change before each run of the command cmd (tar, or the
+// xargs that stats device nodes), then the command.
+type before struct {
+	cmd    string
+	change func() error
+}
 
-func (m mutating) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
-	if slices.Contains(argv, "tar") { // in its confinement (volume.go)
+func (m before) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
+	if slices.Contains(argv, m.cmd) { // in its confinement (volume.go)
 		if err := m.change(); err != nil {
 			return err
 		}
@@ -628,7 +632,7 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 	if err := os.WriteFile(p("d0/hl-0"), []byte("beside the link"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b.run = mutating{func() error {
+	b.run = before{"tar", func() error {
 		if err := os.Remove(p(paths[1])); err != nil && !os.IsNotExist(err) {
 			return err
 		}
@@ -657,7 +661,7 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 
 	// A device node gone between the listing and the stat of its
 	// numbers is left out.
-	b.run = beforeStat{func() error { return os.Remove(p("d1/null")) }}
+	b.run = before{"xargs", func() error { return os.Remove(p("d1/null")) }}
 	b.backupOnly()
 	b.run = LocalRunner{}
 	out.Reset()
@@ -669,18 +673,6 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 		t.Errorf("a device node gone before the stat: the item holds ./d1/null %v, ./d2/tty9 %v; want only the second",
 			slices.Contains(names, "./d1/null"), slices.Contains(names, "./d2/tty9"))
 	}
-}
-
-// beforeStat runs change before the stat of the device nodes.
-type beforeStat struct{ change func() error }
-
-func (m beforeStat) Run(ctx context.Context, argv []string, stdin []byte, stdout io.Writer) error {
-	if slices.Contains(argv, "xargs") { // in its confinement (volume.go)
-		if err := m.change(); err != nil {
-			return err
-		}
-	}
-	return LocalRunner{}.Run(ctx, argv, stdin, stdout)
 }
 
 // TestVolumeFolderSwappedForSymlink: a folder the listing saw, swapped
@@ -714,7 +706,7 @@ func TestVolumeFolderSwappedForSymlink(t *testing.T) {
 			os.Chtimes(filepath.Join(b.data, "d0", e.Name()), now, now)
 		}
 		d0 := filepath.Join(b.data, "d0")
-		b.run = mutating{func() error {
+		b.run = before{"tar", func() error {
 			if err := os.Rename(d0, d0+".moved"); err != nil {
 				return err
 			}
