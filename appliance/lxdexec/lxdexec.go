@@ -23,33 +23,14 @@ import (
 // with a short pause) and a command may run twice: pass only commands safe
 // to repeat (reads, checks, idempotent writes).
 func Run(c lxd.InstanceServer, instance string, command ...string) (stdout, stderr string, code int, err error) {
-	for attempt := 1; ; attempt++ {
-		stdout, stderr, code, err = runOnce(c, instance, command...)
-		if err == nil || attempt == 5 || !strings.Contains(err.Error(), notStarted) {
-			return stdout, stderr, code, err
-		}
-		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
-	}
-}
-
-// notStarted is LXD's error for an exec whose process it could not start.
-const notStarted = "Failed to retrieve PID of executing child process"
-
-func runOnce(c lxd.InstanceServer, instance string, command ...string) (stdout, stderr string, code int, err error) {
 	var out, errOut bytes.Buffer
-	done := make(chan bool)
-	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
-		&lxd.InstanceExecArgs{Stdout: &out, Stderr: &errOut, DataDone: done})
-	if err == nil {
-		err = op.Wait()
-	}
+	code, err = retried(func() (int, error) {
+		out.Reset()
+		errOut.Reset()
+		return execOnce(c, instance, command, nil, &out, &errOut)
+	}, func() bool { return true })
 	if err != nil {
-		return "", "", -1, fmt.Errorf("exec %s in %s: %w", strings.Join(command, " "), instance, err)
-	}
-	<-done // the output is complete only once the data streams are
-	code = -1
-	if rc, ok := op.Get().Metadata["return"].(float64); ok {
-		code = int(rc)
+		return "", "", -1, err
 	}
 	return out.String(), errOut.String(), code, nil
 }
@@ -60,11 +41,29 @@ func runOnce(c lxd.InstanceServer, instance string, command ...string) (stdout, 
 // of the process it started, but only while nothing reached stdout (the
 // whole stdin is sent again): pass only read-only commands.
 func Stream(c lxd.InstanceServer, instance string, command []string, stdin []byte, stdout io.Writer) (stderr string, code int, err error) {
+	cw := &countWriter{w: stdout}
+	var errOut *tailWriter
+	code, err = retried(func() (int, error) {
+		errOut = &tailWriter{max: stderrTail}
+		// The reader's EOF closes the command's standard input.
+		return execOnce(c, instance, command, bytes.NewReader(stdin), cw, errOut)
+	}, func() bool { return cw.n == 0 })
+	if err != nil {
+		return "", -1, err
+	}
+	return string(errOut.b), code, nil
+}
+
+// notStarted is LXD's error for an exec whose process it could not start.
+const notStarted = "Failed to retrieve PID of executing child process"
+
+// retried runs once again, a few times with a short pause, while it fails
+// with notStarted and again says it may.
+func retried(once func() (int, error), again func() bool) (int, error) {
 	for attempt := 1; ; attempt++ {
-		cw := &countWriter{w: stdout}
-		stderr, code, err = streamOnce(c, instance, command, stdin, cw)
-		if err == nil || attempt == 5 || cw.n > 0 || !strings.Contains(err.Error(), notStarted) {
-			return stderr, code, err
+		code, err := once()
+		if err == nil || attempt == 5 || !again() || !strings.Contains(err.Error(), notStarted) {
+			return code, err
 		}
 		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 	}
@@ -81,24 +80,22 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func streamOnce(c lxd.InstanceServer, instance string, command []string, stdin []byte, stdout io.Writer) (stderr string, code int, err error) {
-	errOut := &tailWriter{max: stderrTail}
+// execOnce runs the command once; stdin nil gives it none.
+func execOnce(c lxd.InstanceServer, instance string, command []string, stdin io.Reader, stdout, stderr io.Writer) (code int, err error) {
 	done := make(chan bool)
-	// The reader's EOF closes the command's standard input.
 	op, err := c.ExecInstance(instance, api.InstanceExecPost{Command: command, WaitForWS: true},
-		&lxd.InstanceExecArgs{Stdin: bytes.NewReader(stdin), Stdout: stdout, Stderr: errOut, DataDone: done})
+		&lxd.InstanceExecArgs{Stdin: stdin, Stdout: stdout, Stderr: stderr, DataDone: done})
 	if err == nil {
 		err = op.Wait()
 	}
 	if err != nil {
-		return "", -1, fmt.Errorf("exec %s in %s: %w", strings.Join(command, " "), instance, err)
+		return -1, fmt.Errorf("exec %s in %s: %w", strings.Join(command, " "), instance, err)
 	}
-	<-done
-	code = -1
+	<-done // the output is complete only once the data streams are
 	if rc, ok := op.Get().Metadata["return"].(float64); ok {
-		code = int(rc)
+		return int(rc), nil
 	}
-	return string(errOut.b), code, nil
+	return -1, nil
 }
 
 // stderrTail is how much of a streamed command's stderr Stream returns:
