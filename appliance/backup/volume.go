@@ -136,13 +136,16 @@ func (r LXDRunner) Run(ctx context.Context, argv []string, stdin []byte, stdout 
 // confined runs the volume's commands where the volume's folder is the
 // only thing to read besides the system's programs: in a private mount
 // namespace, chrooted into a tmpfs holding /usr (with /bin, /lib... as
-// the system has them) and the folder, bound at its own path. find and
-// tar run as root in the instance, on a tree the service's container can
-// change as they run: a folder swapped for a symlink (to /, or to another
-// volume, such as the Lightning node's) between the listing and the read
-// would otherwise be followed, and what it points at stored in the
-// backup and written back into that container's volume by a restore.
+// the system has them) and the folder, bound at its own path. tar (and
+// stat) run as root in the instance, on a tree the service's container
+// can change as they run: a folder swapped for a symlink (to /, or to
+// another volume, such as the Lightning node's) between the listing and
+// the read would otherwise be followed, and what it points at stored in
+// the backup and written back into that container's volume by a restore.
 // Here such a link leads nowhere: nothing else of the instance is there.
+// It costs a few processes a command (about 30 ms here, in unshare's
+// namespace and mount's start), so the listing, which reads no content,
+// runs without it.
 type confined struct {
 	run Runner
 	dir string // absolute, clean: the volume's folder
@@ -154,12 +157,15 @@ type confined struct {
 const confineScript = `set -eu
 exec 3<"$1"
 mount -t tmpfs -o mode=0755,size=1m ssbuild-volume /mnt
-mkdir -p /mnt/usr "/mnt$1"
-mount --bind /usr /mnt/usr
-for d in bin sbin lib lib32 lib64 libx32; do
-	if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "/mnt/$d"
-	elif [ -d "/$d" ]; then mkdir "/mnt/$d" && mount --bind "/$d" "/mnt/$d"; fi
+links= dirs= mk=
+for d in /bin /sbin /lib /lib32 /lib64 /libx32; do
+	if [ -L $d ]; then links="$links $d"
+	elif [ -d $d ]; then dirs="$dirs $d" mk="$mk /mnt$d"; fi
 done
+mkdir -p /mnt/usr "/mnt$1" $mk
+[ -z "$links" ] || cp -P $links /mnt/
+mount --bind /usr /mnt/usr
+for d in $dirs; do mount --bind $d /mnt$d; done
 mount --bind /proc/self/fd/3 "/mnt$1"
 exec 3<&-
 shift
@@ -220,8 +226,8 @@ const (
 	findFields = 12
 )
 
-// list runs find on root.
-func list(ctx context.Context, run Runner, root string) ([]fileEntry, error) {
+// list runs find on root, then stat of its device nodes through statRun.
+func list(ctx context.Context, run, statRun Runner, root string) ([]fileEntry, error) {
 	var out bytes.Buffer
 	err := run.Run(ctx, []string{"find", root, "-ignore_readdir_race", "-printf", findFormat}, nil, &out)
 	if err != nil {
@@ -248,7 +254,7 @@ func list(ctx context.Context, run Runner, root string) ([]fileEntry, error) {
 	}
 	// Parents sort before their children.
 	slices.SortFunc(es, func(a, b fileEntry) int { return strings.Compare(a.rel, b.rel) })
-	es, err = deviceNumbers(ctx, run, root, es)
+	es, err = deviceNumbers(ctx, statRun, root, es)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", root, err)
 	}
@@ -702,12 +708,17 @@ func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Ite
 	if !path.IsAbs(src.Dir) {
 		return it, vs, fmt.Errorf("volume folder %q is not an absolute path", src.Dir)
 	}
-	src.Run = confined{run: src.Run, dir: src.Dir}
+	// What reads content (tar) or device numbers (stat) runs confined;
+	// find lists with -P, which never follows a symlink below its start,
+	// and the start's folders are checked first: a folder swapped for a
+	// link in between lists names only, whose content is then not there
+	// to read in the confinement (left out).
+	conf := confined{run: src.Run, dir: src.Dir}
 	n := namesFor(src.Dir, src.Path)
 	if err := checkAncestors(ctx, src.Run, src.Dir, n.base); err != nil {
 		return it, vs, err
 	}
-	es, err := list(ctx, src.Run, path.Join(n.base, n.root))
+	es, err := list(ctx, src.Run, conf, path.Join(n.base, n.root))
 	if err != nil {
 		return it, vs, err
 	}
@@ -751,7 +762,7 @@ func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Ite
 			// websocket message per read of the command's output, at most
 			// 32 KiB: tar's default records cost it three times the
 			// messages (bench/lxd-exec.sh: the stream 1.1–1.2× faster).
-			err := src.Run.Run(ctx, []string{"tar", "-c", "-f", "-", "-b", "64", "--format=posix", "--null", "--no-recursion",
+			err := conf.Run(ctx, []string{"tar", "-c", "-f", "-", "-b", "64", "--format=posix", "--null", "--no-recursion",
 				"--hard-dereference", "--verbatim-files-from", "--ignore-failed-read", "-C", n.base, "-T", "-"}, fetch, pw)
 			var ee *ExitError
 			if errors.As(err, &ee) && ee.Code == 1 { // some file changed as it was read: it is found out below

@@ -132,7 +132,7 @@ func (b *volumeBed) backupOnly() VolumeStats {
 
 // groupsNow lists the tree and cuts it into groups as AddVolume does.
 func (b *volumeBed) groupsNow() ([]group, map[string]bool) {
-	es, err := list(context.Background(), LocalRunner{}, b.data)
+	es, err := list(context.Background(), LocalRunner{}, LocalRunner{}, b.data)
 	if err != nil {
 		b.t.Fatal(err)
 	}
