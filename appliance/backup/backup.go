@@ -28,6 +28,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
 	"github.com/sovereign-stack/ssbuild/appliance/secrets"
@@ -53,7 +54,9 @@ type Options struct {
 	// State holds the deployment's secrets (the backup key, KeySecret, is
 	// made there on the first backup) and its Lightning nodes'
 	// generations, each recorded in the manifest.
-	State    State
+	State State
+	// Member names the host the backup runs on, in the deployment's lease.
+	Member   string
 	Progress *progress.Reporter
 	// FilesCache is the folder of this machine's files caches, which let
 	// an incremental backup read only the changed files of the volume
@@ -124,6 +127,14 @@ func Run(ctx context.Context, o Options) (Manifest, error) {
 	if err != nil {
 		return Manifest{}, err
 	}
+	if o.State == nil {
+		return Manifest{}, fmt.Errorf("backup %s: no state store was given (its backup key is kept there)", d.Name)
+	}
+	ctx, release, err := deploystate.HoldDeployment(ctx, o.State, d.Project(), o.Member, "backup")
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer release()
 	recips, err := Recipients(o.Recipe.Backup.Recipients)
 	if err != nil {
 		return Manifest{}, err
@@ -222,9 +233,6 @@ func lightningNodes(ctx context.Context, o Options, d recipes.Deployment) ([]Lig
 		svc := st.LightningService()
 		if svc == nil {
 			continue
-		}
-		if o.State == nil {
-			return nil, fmt.Errorf("backup %s: instance %s runs a Lightning node and no state store was given to read its generation from", d.Name, role)
 		}
 		gen, err := o.State.LightningGeneration(ctx, fence.NodeName(d.Project(), role))
 		if err != nil {
@@ -369,9 +377,11 @@ func (t *tail) Write(p []byte) (int, error) {
 }
 
 // State is what backup and restore need of the deployment's state store
-// (appliance/deploystate): its secrets, where the backup key is kept, and
-// its Lightning nodes' generations.
+// (appliance/deploystate): its secrets, where the backup key is kept, its
+// Lightning nodes' generations, and the deployment's lease, held while
+// one runs (deploystate.HoldDeployment).
 type State interface {
 	secrets.Store
 	fence.Store
+	deploystate.Leases
 }

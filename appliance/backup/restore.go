@@ -17,6 +17,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
@@ -40,6 +41,8 @@ type RestoreOptions struct {
 	// State holds the deployment's secrets (its backup key) and its
 	// Lightning nodes' generations (the deploy's store).
 	State State
+	// Member names the host the restore runs on, in the deployment's lease.
+	Member string
 	// RecoverLightning is the owner's explicit choice to recover a
 	// Lightning node from its static backup: only the x-lightning static
 	// files (seed, static channel backup) of its service come back, also
@@ -89,6 +92,14 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 	if len(o.Identities) == 0 {
 		return fmt.Errorf("restore %s: no identity to decrypt the backup with (--identity FILE)", d.Name)
 	}
+	if o.State == nil {
+		return fmt.Errorf("restore %s: no state store was given (its Lightning generations and lease are kept there)", d.Name)
+	}
+	ctx, release, err := deploystate.HoldDeployment(ctx, o.State, d.Project(), o.Member, "restore")
+	if err != nil {
+		return err
+	}
+	defer release()
 	from := o.From
 	if o.Backup != "" {
 		if strings.ContainsAny(o.Backup, `/\`) || strings.HasPrefix(o.Backup, ".") {
@@ -99,7 +110,7 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 		return fmt.Errorf("restore %s: %w", d.Name, err)
 	}
 	signer := o.Signer
-	if signer == "" && o.State != nil {
+	if signer == "" {
 		keys, err := DeploymentKeys(ctx, o.State, d.Project(), false)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", d.Name, err)
@@ -131,9 +142,6 @@ func Restore(ctx context.Context, o RestoreOptions) error {
 		stacks[it.Instance] = st
 		if st.LightningService() == nil {
 			continue
-		}
-		if o.State == nil {
-			return fmt.Errorf("restore %s: instance %s runs a Lightning node and no state store was given to check its generation", d.Name, it.Instance)
 		}
 		cur, err := o.State.LightningGeneration(ctx, fence.NodeName(d.Project(), it.Instance))
 		if err != nil {

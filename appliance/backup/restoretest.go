@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -106,15 +105,6 @@ func ScratchLease(scratch recipes.Deployment) string { return "scratch:" + scrat
 // short (its host died) blocks the next one that long.
 const scratchLeaseTTL = 2 * time.Minute
 
-// testHolder names this process as a lease's holder: the member (or host)
-// and the PID, so a second command on the same member is refused too.
-func testHolder(member string) string {
-	if member == "" {
-		member, _ = os.Hostname()
-	}
-	return fmt.Sprintf("%s pid %d", member, os.Getpid())
-}
-
 func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 	rep := o.Progress
 	if rep == nil {
@@ -134,7 +124,7 @@ func Test(ctx context.Context, o TestOptions) (res TestResult, err error) {
 	// One test of a deployment at a time (a manual one and the scheduled
 	// one, on any members): they would deploy, restore into and remove
 	// the same scratch copy. A refused test records nothing.
-	held, release, err := deploystate.HoldLease(ctx, o.State, ScratchLease(scratch), testHolder(o.Member), scratchLeaseTTL)
+	held, release, err := deploystate.HoldLease(ctx, o.State, ScratchLease(scratch), deploystate.Holder(o.Member, "restore test"), scratchLeaseTTL)
 	var he *deploystate.HeldError
 	if errors.As(err, &he) {
 		return res, fmt.Errorf("backup test %s: a restore test of it is running: %w; its scratch copy %s is in use, try again once that test has ended", d.Name, err, scratch.Project())

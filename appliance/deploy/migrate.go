@@ -12,6 +12,7 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
@@ -50,6 +51,11 @@ func Migrate(ctx context.Context, o Options, deployment, instance, to string) (M
 		return Migration{}, fmt.Errorf("%w: %w", ErrMigrateRefused, err)
 	}
 	mg := Migration{Project: d.Project(), Instance: instance, To: to}
+	ctx, release, err := deploystate.HoldDeployment(ctx, o.State, d.Project(), o.Member, "migrate")
+	if err != nil {
+		return mg, fmt.Errorf("%w: %w", ErrMigrateRefused, err)
+	}
+	defer release()
 	pc := o.LXD.UseProject(d.Project())
 	in, _, err := pc.GetInstance(instance)
 	if isNotFound(err) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
+	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/testkit/testbed"
 )
@@ -44,6 +45,19 @@ func checkMigrate(t *testing.T, ctx context.Context, bed *testbed.Bed, o deploy.
 		if !errors.Is(err, deploy.ErrMigrateRefused) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("migrate %s to %s: %v; want it refused: %q", c.instance, c.member, err, c.want)
 		}
+	}
+	// While a backup or restore of the deployment runs (another member's),
+	// a migrate is refused, naming it.
+	lease, other := deploystate.DeploymentLease(project), "host9 pid 1 (restore)"
+	if _, ok, err := stateOf(o).AcquireLease(ctx, lease, other, time.Minute); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	_, err := deploy.Migrate(ctx, o, name, "btcpay", to)
+	if rerr := stateOf(o).ReleaseLease(ctx, lease, other); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if !errors.Is(err, deploy.ErrMigrateRefused) || !strings.Contains(err.Error(), other+" holds the lease "+lease) {
+		t.Errorf("migrate during another's restore: %v; want it refused, naming the other", err)
 	}
 	if got := where("btcpay"); got != from {
 		t.Fatalf("a refused migrate moved btcpay from %s to %s", from, got)

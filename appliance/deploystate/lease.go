@@ -35,7 +35,7 @@ func (e *HeldError) Error() string {
 // it expired unrenewed (the state store out of reach that long), so the
 // work stops rather than run beside another's. A lease another holds is a
 // *HeldError.
-func HoldLease(ctx context.Context, s Store, name, holder string, ttl time.Duration) (held context.Context, release func(), err error) {
+func HoldLease(ctx context.Context, s Leases, name, holder string, ttl time.Duration) (held context.Context, release func(), err error) {
 	lease, ok, err := s.AcquireLease(ctx, name, holder, ttl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("lease %s: %w", name, err)
@@ -75,6 +75,41 @@ func HoldLease(ctx context.Context, s Store, name, holder string, ttl time.Durat
 		defer cancel()
 		_ = s.ReleaseLease(wctx, name, holder) // else it expires
 	}, nil
+}
+
+// Holder names this process as a lease's holder: the member (this host's
+// name when empty), its pid and what it does ("host2 pid 812 (restore)").
+func Holder(member, doing string) string {
+	if member == "" {
+		member, _ = os.Hostname()
+	}
+	return fmt.Sprintf("%s pid %d (%s)", member, os.Getpid(), doing)
+}
+
+// DeploymentLease names the lease a backup, a restore or a migrate of a
+// deployment holds while it runs, on any member: one at a time. Else a
+// backup could read volumes half restored (and pass for a good one), two
+// restores write the same volumes, or a migrate move an instance a restore
+// writes into.
+func DeploymentLease(project string) string { return "deployment:" + project }
+
+// deploymentLeaseTTL is how long a deployment's lease lasts unrenewed: a
+// holder that died blocks the next for at most that.
+const deploymentLeaseTTL = 2 * time.Minute
+
+// HoldDeployment holds the deployment's lease while doing runs (see
+// HoldLease for the context and release); when another holds it, nothing
+// is done and the error names the holder.
+func HoldDeployment(ctx context.Context, s Leases, project, member, doing string) (held context.Context, release func(), err error) {
+	held, release, err = HoldLease(ctx, s, DeploymentLease(project), Holder(member, doing), deploymentLeaseTTL)
+	var he *HeldError
+	if errors.As(err, &he) {
+		return nil, nil, fmt.Errorf("%s %s not started, nothing changed: %w: one backup, restore or migrate of a deployment runs at a time; run it again once that one has ended", doing, project, err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s %s: %w", doing, project, err)
+	}
+	return held, release, nil
 }
 
 // AcquireLease takes or renews the lease in the registry.

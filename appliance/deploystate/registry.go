@@ -70,6 +70,11 @@ type Store interface {
 	// it, nil when none ran.
 	RecordRestoreTest(ctx context.Context, t registry.RestoreTest) error
 	LastRestoreTest(ctx context.Context, deployment string) (*registry.RestoreTest, error)
+	Leases
+}
+
+// Leases are a state store's named locks.
+type Leases interface {
 	// AcquireLease takes or renews a named lease for holder until ttl
 	// from now when it is free, expired or holder's; else it returns the
 	// lease and ok false. ReleaseLease gives it up if holder holds it.

@@ -92,7 +92,7 @@ func backupAction(c *cli.Context) error {
 		return err
 	}
 	m, err := backup.Run(c.Context, backup.Options{LXD: o.LXD, Recipe: r, Deployment: c.Args().First(),
-		To: c.String("to"), State: o.State, Progress: o.Progress})
+		To: c.String("to"), State: o.State, Member: o.Member, Progress: o.Progress})
 	if err != nil {
 		return err
 	}
@@ -222,7 +222,7 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	if err := backup.Restore(c.Context, backup.RestoreOptions{LXD: o.LXD, Recipe: r, Deployment: c.Args().First(),
-		From: c.String("from"), Backup: c.String("backup"), Identities: ids, Signer: c.String("signer"), State: o.State,
+		From: c.String("from"), Backup: c.String("backup"), Identities: ids, Signer: c.String("signer"), State: o.State, Member: o.Member,
 		RecoverLightning: c.Bool(strings.TrimPrefix(backup.RecoverFlag, "--")), Progress: o.Progress}); err != nil {
 		return err
 	}
