@@ -708,17 +708,23 @@ func (w *Writer) readVolume(ctx context.Context, it Item, src VolumeSource) (Ite
 	if !path.IsAbs(src.Dir) {
 		return it, vs, fmt.Errorf("volume folder %q is not an absolute path", src.Dir)
 	}
-	// What reads content (tar) or device numbers (stat) runs confined;
-	// find lists with -P, which never follows a symlink below its start,
-	// and the start's folders are checked first: a folder swapped for a
-	// link in between lists names only, whose content is then not there
-	// to read in the confinement (left out).
+	// What reads content (tar) or device numbers (stat) runs confined.
+	// find lists with -P, which never follows a symlink below its start:
+	// a path at the volume's root lists unconfined (the common case, and
+	// the cost of the confinement saved). A path below a folder of the
+	// volume lists confined too: that folder swapped for a link after
+	// checkAncestors would lead find elsewhere, and the names, folders and
+	// links there would be stored (TestVolumeAncestorSwappedForSymlink).
 	conf := confined{run: src.Run, dir: src.Dir}
 	n := namesFor(src.Dir, src.Path)
 	if err := checkAncestors(ctx, src.Run, src.Dir, n.base); err != nil {
 		return it, vs, err
 	}
-	es, err := list(ctx, src.Run, conf, path.Join(n.base, n.root))
+	var lister Runner = conf
+	if n.base == src.Dir {
+		lister = src.Run
+	}
+	es, err := list(ctx, lister, conf, path.Join(n.base, n.root))
 	if err != nil {
 		return it, vs, err
 	}

@@ -168,20 +168,34 @@ func changedBytes(gs []group, prev map[string]bool) (int64, int) {
 func (b *volumeBed) checkRestore() {
 	t := b.t
 	t.Helper()
-	into := filepath.Join(t.TempDir(), "restored")
-	if err := os.Mkdir(into, 0o700); err != nil {
+	_, into, err := b.extract()
+	if err != nil {
 		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("tar", "-x", "-f", "-", "-C", into)
-	cmd.Stdin = &out
-	if o, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("tar -x: %v: %s", err, o)
 	}
 	compareTrees(t, b.data, into)
+}
+
+// item is the newest backup's volume item: its plain tar stream.
+func (b *volumeBed) item() []byte {
+	b.t.Helper()
+	var out bytes.Buffer
+	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+		b.t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// extract is the volume item, and a new folder tar -x put it into (or
+// tar -x's error).
+func (b *volumeBed) extract() (plain []byte, into string, err error) {
+	b.t.Helper()
+	plain, into = b.item(), b.t.TempDir()
+	cmd := exec.Command("tar", "-x", "-f", "-", "-C", into)
+	cmd.Stdin = bytes.NewReader(plain)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return plain, into, fmt.Errorf("tar -x: %w: %s", err, o)
+	}
+	return plain, into, nil
 }
 
 func compareTrees(t *testing.T, want, got string) {
@@ -412,17 +426,11 @@ func TestVolumePaths(t *testing.T) {
 		if _, err := w.Close(); err != nil {
 			t.Fatal(err)
 		}
-		var out bytes.Buffer
-		if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
+		plain, into, err := b.extract()
+		if err != nil {
 			t.Fatal(err)
 		}
-		into := t.TempDir()
-		cmd := exec.Command("tar", "-x", "-f", "-", "-C", into)
-		cmd.Stdin = bytes.NewReader(out.Bytes())
-		if o, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("tar -x: %v: %s", err, o)
-		}
-		names := tarNames(t, out.Bytes())
+		names := tarNames(t, plain)
 		if names[0] != c.want || len(names) > 1 && !strings.HasPrefix(names[1], c.want) {
 			t.Errorf("path %s: names %q, want %q and names under it", c.path, names[:min(3, len(names))], c.want)
 		}
@@ -562,15 +570,9 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 	// counts, device numbers, the FIFO).
 	restored := func(step string, linked []string, want []byte) {
 		t.Helper()
-		var out bytes.Buffer
-		if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
-			t.Fatal(err)
-		}
-		into := t.TempDir()
-		cmd := exec.Command("tar", "-x", "-f", "-", "-C", into)
-		cmd.Stdin = bytes.NewReader(out.Bytes())
-		if o, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("%s: tar -x: %v: %s", step, err, o)
+		plain, into, err := b.extract()
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
 		}
 		first, err := os.Stat(filepath.Join(into, linked[0]))
 		if err != nil {
@@ -592,7 +594,7 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 		if fi, err := os.Lstat(filepath.Join(into, "fifo")); err != nil || fi.Mode()&fs.ModeNamedPipe == 0 {
 			t.Errorf("%s: restored fifo: %v %v, want a FIFO", step, fi, err)
 		}
-		if n := strings.Count(string(out.Bytes()), string(want[:4096])); n != 1 {
+		if n := strings.Count(string(plain), string(want[:4096])); n != 1 {
 			t.Errorf("%s: the linked file's content is %d times in the item, want once", step, n)
 		}
 	}
@@ -640,16 +642,11 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 	}}
 	b.backupOnly()
 	b.run = LocalRunner{}
-	var out bytes.Buffer
-	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
-		t.Fatal(err)
+	plain, _, err := b.extract()
+	if err != nil {
+		t.Errorf("first path gone during the read: %v", err)
 	}
-	cmd := exec.Command("tar", "-x", "-f", "-", "-C", t.TempDir())
-	cmd.Stdin = bytes.NewReader(out.Bytes())
-	if o, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("first path gone during the read: tar -x: %v: %s", err, o)
-	}
-	for _, n := range tarNames(t, out.Bytes()) {
+	for _, n := range tarNames(t, plain) {
 		if strings.Contains(n, "hl-") && n != "./d0/hl-0" {
 			t.Errorf("first path gone during the read: the item holds %s", n)
 		}
@@ -664,11 +661,7 @@ func TestVolumeHardLinksAndDevices(t *testing.T) {
 	b.run = before{"xargs", func() error { return os.Remove(p("d1/null")) }}
 	b.backupOnly()
 	b.run = LocalRunner{}
-	out.Reset()
-	if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
-		t.Fatal(err)
-	}
-	names := tarNames(t, out.Bytes())
+	names := tarNames(t, b.item())
 	if slices.Contains(names, "./d1/null") || !slices.Contains(names, "./d2/tty9") {
 		t.Errorf("a device node gone before the stat: the item holds ./d1/null %v, ./d2/tty9 %v; want only the second",
 			slices.Contains(names, "./d1/null"), slices.Contains(names, "./d2/tty9"))
@@ -714,11 +707,7 @@ func TestVolumeFolderSwappedForSymlink(t *testing.T) {
 		}}
 		b.backupOnly()
 		b.run = LocalRunner{}
-		var out bytes.Buffer
-		if err := Decrypt(b.folder, volItem, []age.Identity{b.id}, &out); err != nil {
-			t.Fatal(err)
-		}
-		if bytes.Contains(out.Bytes(), []byte("outside the volume")) {
+		if bytes.Contains(b.item(), []byte("outside the volume")) {
 			t.Errorf("with d0 swapped for a symlink to %s during the read, the backup holds files from there", target)
 		}
 		os.Remove(d0)
@@ -727,4 +716,58 @@ func TestVolumeFolderSwappedForSymlink(t *testing.T) {
 		}
 	}
 	b.backup() // whole again, and restores to the tree
+}
+
+// TestVolumeAncestorSwappedForSymlink: a declared path below a folder of
+// the volume (d1/inner) whose folder (d1) the container swaps for a link
+// after the ancestors were checked, just before the listing: nothing from
+// where the link points is stored. Its files' content would not be (tar
+// runs confined), but names, folders, empty files and links were, from
+// the listing alone: the listing runs confined too for such a path.
+func TestVolumeAncestorSwappedForSymlink(t *testing.T) {
+	b := newVolumeBed(t)
+	outside := t.TempDir()
+	for _, d := range []string{"inner/outside-dir", "inner/outside-dir/deeper"} {
+		if err := os.MkdirAll(filepath.Join(outside, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(outside, "inner", "outside-empty"), nil, 0o600)
+	os.Symlink("/etc/shadow", filepath.Join(outside, "inner", "outside-link"))
+	relOutside, err := filepath.Rel(b.data, outside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1 := filepath.Join(b.data, "d1")
+	for _, target := range []string{outside, relOutside} {
+		b.n++
+		w, err := NewWriter(b.folder, Manifest{Deployment: "d", Project: "p", Created: t0.Add(time.Duration(b.n) * time.Minute)}, b.keys, []age.Recipient{b.id.Recipient()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := before{"-ignore_readdir_race", func() error { // the listing's find
+			if err := os.Rename(d1, d1+".moved"); err != nil {
+				return err
+			}
+			return os.Symlink(target, d1)
+		}}
+		_, err = w.AddVolume(context.Background(), Item{File: volItem, Kind: "volume", Path: "d1/inner"}, VolumeSource{Run: run, Dir: b.data, Path: "d1/inner"})
+		os.Remove(d1)
+		if rerr := os.Rename(d1+".moved", d1); rerr != nil {
+			t.Fatal(rerr)
+		}
+		if errors.Is(err, errAbsent) { // gone from the volume: nothing stored
+			w.Abort()
+			continue
+		}
+		if err != nil {
+			t.Fatalf("d1 swapped for a link to %s: %v", target, err)
+		}
+		if _, err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if names := tarNames(t, b.item()); slices.ContainsFunc(names, func(n string) bool { return strings.Contains(n, "outside-") }) {
+			t.Errorf("with d1 swapped for a link to %s before the listing, the backup holds %q", target, names)
+		}
+	}
 }
