@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -90,11 +91,7 @@ func PlanRemoval(c lxd.InstanceServer, name string) ([]Move, error) {
 		if v, ok := free[member][pool]; ok {
 			return v
 		}
-		res, err := c.UseTarget(member).GetStoragePoolResources(pool)
-		v := int64(-1) // unknown: no room
-		if err == nil {
-			v = int64(res.Space.Total) - int64(res.Space.Used)
-		}
+		v := PoolFree(c, member, pool)
 		free[member][pool] = v
 		return v
 	}
@@ -122,14 +119,8 @@ func PlanRemoval(c lxd.InstanceServer, name string) ([]Move, error) {
 				why = append(why, t+" runs another deployment's www")
 				continue
 			}
-			fits := true
-			for pool, b := range need[i] {
-				if r := room(t, pool); r < b {
-					fits = false
-					why = append(why, fmt.Sprintf("%s has %d bytes free on pool %s, needs %d", t, max(r, 0), pool, b))
-				}
-			}
-			if !fits {
+			if short := NoRoom(t, need[i], room); len(short) > 0 {
+				why = append(why, short...)
 				continue
 			}
 			mv.To = t
@@ -184,6 +175,29 @@ func PlanMove(c lxd.InstanceServer, in api.Instance, from string) (Move, map[str
 	}
 	slices.SortFunc(mv.Volumes, func(a, b VolumeRef) int { return cmp.Compare(a.Pool+"/"+a.Name, b.Pool+"/"+b.Name) })
 	return mv, pools
+}
+
+// PoolFree is how many bytes member has free on pool, as LXD says (-1
+// when it cannot say: taken as no room).
+func PoolFree(c lxd.InstanceServer, member, pool string) int64 {
+	res, err := c.UseTarget(member).GetStoragePoolResources(pool)
+	if err != nil {
+		return -1
+	}
+	return int64(res.Space.Total) - int64(res.Space.Used)
+}
+
+// NoRoom says, per pool of need (bytes), where member lacks the room
+// (free gives what it has: PoolFree, or a plan's running count); none
+// when it has room on every pool.
+func NoRoom(member string, need map[string]int64, free func(member, pool string) int64) []string {
+	var short []string
+	for _, pool := range slices.Sorted(maps.Keys(need)) {
+		if r := free(member, pool); r < need[pool] {
+			short = append(short, fmt.Sprintf("%s has %d bytes free on pool %s, needs %d", member, max(r, 0), pool, need[pool]))
+		}
+	}
+	return short
 }
 
 // RemoveHost takes member name out of the cluster: its instances, stopped

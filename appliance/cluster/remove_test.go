@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -87,5 +88,24 @@ func TestPlanRemoval(t *testing.T) {
 	}
 	if _, err := PlanRemoval(f, "host9"); err == nil || !strings.Contains(err.Error(), "not a member") {
 		t.Errorf("an unknown host: %v", err)
+	}
+}
+
+// TestNoRoom: each pool where the member lacks room is named with both
+// figures, in pool order; an unknown free space (-1) is no room, said as 0.
+func TestNoRoom(t *testing.T) {
+	free := map[string]int64{"a": 100, "b": 10, "c": -1}
+	got := NoRoom("host2", map[string]int64{"c": 1, "a": 100, "b": 11}, func(member, pool string) int64 {
+		if member != "host2" {
+			t.Fatalf("asked about %s", member)
+		}
+		return free[pool]
+	})
+	want := []string{"host2 has 10 bytes free on pool b, needs 11", "host2 has 0 bytes free on pool c, needs 1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("NoRoom: %q, want %q", got, want)
+	}
+	if got := NoRoom("host2", map[string]int64{"a": 100}, func(string, string) int64 { return 100 }); len(got) != 0 {
+		t.Errorf("room enough: %q", got)
 	}
 }

@@ -24,6 +24,9 @@ type Migration struct {
 	Project, Instance string
 	From, To          string
 	Volumes           int // custom volumes moved
+	// Bytes are the root disk's and the volumes' as LXD counts them (0
+	// where the pool's driver does not count: dir without quotas).
+	Bytes int64
 	// Generations is the instance's Lightning node's generation before and
 	// after (both 0 when it runs none).
 	Generations [2]int64
@@ -107,6 +110,16 @@ func Migrate(ctx context.Context, o Options, deployment, instance, to string) (M
 	}
 
 	if in.Location != to {
+		// Room first: LXD would fail the import with the instance already
+		// stopped.
+		_, need := cluster.PlanMove(o.LXD, *in, in.Location)
+		free := func(member, pool string) int64 { return cluster.PoolFree(o.LXD, member, pool) }
+		if short := cluster.NoRoom(to, need, free); len(short) > 0 {
+			return mg, fmt.Errorf("%w: %s/%s does not fit on %s: %s", ErrMigrateRefused, d.Project(), instance, to, strings.Join(short, ", "))
+		}
+		for _, b := range need {
+			mg.Bytes += b
+		}
 		if err := o.move(ctx, pc, in, to, &mg); err != nil {
 			return mg, fmt.Errorf("migrate %s/%s from %s to %s: %w", d.Project(), instance, mg.From, to, err)
 		}

@@ -71,8 +71,8 @@ func checkMigrate(t *testing.T, ctx context.Context, bed *testbed.Bed, o deploy.
 	if err != nil {
 		t.Fatalf("migrate btcpay from %s to %s: %v", from, to, err)
 	}
-	t.Logf("migrate btcpay %s -> %s: %s, %d volumes, Lightning generation %d -> %d", mg.From, mg.To, time.Since(start).Round(time.Millisecond),
-		mg.Volumes, mg.Generations[0], mg.Generations[1])
+	t.Logf("migrate btcpay %s -> %s: %s, %d volumes, %d bytes as LXD counts them (room checked), Lightning generation %d -> %d", mg.From, mg.To, time.Since(start).Round(time.Millisecond),
+		mg.Volumes, mg.Bytes, mg.Generations[0], mg.Generations[1])
 	if got := where("btcpay"); got != to || mg.From != from {
 		t.Fatalf("after migrate btcpay is on %s (from %s); want %s (from %s)", got, mg.From, to, from)
 	}

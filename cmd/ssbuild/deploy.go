@@ -321,7 +321,11 @@ func migrateAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "%s/%s: on %s (was on %s, %d volumes moved)", mg.Project, mg.Instance, mg.To, mg.From, mg.Volumes)
+	fmt.Fprintf(c.App.Writer, "%s/%s: on %s (was on %s, %d volumes moved", mg.Project, mg.Instance, mg.To, mg.From, mg.Volumes)
+	if mg.Bytes > 0 {
+		fmt.Fprintf(c.App.Writer, ", %d MiB with the root disk", mg.Bytes>>20)
+	}
+	fmt.Fprint(c.App.Writer, ")")
 	if mg.Generations[1] != 0 {
 		fmt.Fprintf(c.App.Writer, "; Lightning generation %d -> %d", mg.Generations[0], mg.Generations[1])
 	}
