@@ -17,28 +17,35 @@ import (
 	"github.com/sovereign-stack/ssbuild/recipes"
 )
 
+// leaseBed is the demo recipe, a state folder and an identity: what a
+// command needs to reach its lease, without a cluster.
+func leaseBed(t *testing.T) (*recipes.Recipe, deploystate.Folder, *age.X25519Identity) {
+	t.Helper()
+	r, err := recipes.Open("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, deploystate.Folder{Dir: secrets.Dir(t.TempDir())}, id
+}
+
 // One restore test of a deployment at a time: while another holds its
 // scratch copy's lease (a test on another member, or another command),
 // a second is refused, naming the holder, and records nothing; a test
 // that ends (here failed: no backup in the folder) gives its lease up.
 func TestRestoreTestOneAtATime(t *testing.T) {
-	r, err := recipes.Open("demo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, st, id := leaseBed(t)
 	d := r.Deployments[0]
-	st := deploystate.Folder{Dir: secrets.Dir(t.TempDir())}
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	lease := ScratchLease(deploy.Scratch(d))
 	if _, ok, err := st.AcquireLease(ctx, lease, "host2 pid 7", time.Minute); err != nil || !ok {
 		t.Fatal(ok, err)
 	}
 	o := TestOptions{Recipe: r, Deployment: d.Name, From: t.TempDir(), Identities: []age.Identity{id}, State: st, Member: "host1"}
-	_, err = Test(ctx, o)
+	_, err := Test(ctx, o)
 	if err == nil || !strings.Contains(err.Error(), "a restore test of it is running: host2 pid 7 holds the lease "+lease) {
 		t.Fatalf("a test while another runs: %v; want it refused, naming the other", err)
 	}
@@ -71,23 +78,15 @@ func TestRestoreTestOneAtATime(t *testing.T) {
 // is not made, the backup key not either); once it ends, a restore goes on
 // (here to fail: the folder holds no backup) and gives the lease up.
 func TestOneBackupOrRestoreAtATime(t *testing.T) {
-	r, err := recipes.Open("demo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, st, id := leaseBed(t)
 	d := r.Deployments[0]
-	st := deploystate.Folder{Dir: secrets.Dir(t.TempDir())}
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	lease, other := deploystate.DeploymentLease(d.Project()), "host2 pid 7 (restore)"
 	if _, ok, err := st.AcquireLease(ctx, lease, other, time.Minute); err != nil || !ok {
 		t.Fatal(ok, err)
 	}
 	to := filepath.Join(t.TempDir(), "usb")
-	_, err = Run(ctx, Options{Recipe: r, Deployment: d.Name, To: to, State: st, Member: "host1"})
+	_, err := Run(ctx, Options{Recipe: r, Deployment: d.Name, To: to, State: st, Member: "host1"})
 	if err == nil || !strings.Contains(err.Error(), "backup "+d.Project()+" not started, nothing changed: "+other+" holds the lease "+lease) {
 		t.Errorf("a backup during another's restore: %v; want it refused, naming the other", err)
 	}
