@@ -104,6 +104,28 @@ func (o *Options) defaults() error {
 	return nil
 }
 
+// hold holds each deployment's lease while doing runs
+// (deploystate.HoldDeployment): a deploy, down, migrate, backup or restore
+// of a deployment runs one at a time, on any member. When one is held by
+// another, nothing is held and nothing changed.
+func (o *Options) hold(ctx context.Context, deps []recipes.Deployment, doing string) (context.Context, func(), error) {
+	var releases []func()
+	release := func() {
+		for _, r := range slices.Backward(releases) {
+			r()
+		}
+	}
+	for _, d := range deps {
+		held, r, err := deploystate.HoldDeployment(ctx, o.State, d.Project(), o.Member, doing)
+		if err != nil {
+			release()
+			return nil, nil, err
+		}
+		ctx, releases = held, append(releases, r)
+	}
+	return ctx, release, nil
+}
+
 // selected returns the recipe's deployments the run is about.
 func (o *Options) selected() ([]recipes.Deployment, error) {
 	if len(o.Deployments) == 0 {
@@ -199,6 +221,11 @@ func Deploy(ctx context.Context, o Options) (rep Report, err error) {
 	if err != nil {
 		return Report{}, err
 	}
+	ctx, release, err := o.hold(ctx, deps, "deploy")
+	if err != nil {
+		return Report{}, err
+	}
+	defer release()
 	if o.Scratch {
 		return o.deploy(ctx, deps, nil)
 	}

@@ -50,6 +50,11 @@ func Down(ctx context.Context, o Options, d recipes.Deployment, purge bool) (Rep
 	if err := o.defaults(); err != nil {
 		return Report{}, err
 	}
+	ctx, release, err := o.hold(ctx, []recipes.Deployment{d}, "down")
+	if err != nil {
+		return Report{}, err
+	}
+	defer release()
 	var m mutations
 	project := d.Project()
 	if _, _, err := o.LXD.GetProject(project); isNotFound(err) {

@@ -12,10 +12,10 @@ import (
 	"github.com/canonical/lxd/shared/api"
 
 	"github.com/sovereign-stack/ssbuild/appliance/cluster"
-	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
 	"github.com/sovereign-stack/ssbuild/appliance/instancedocker"
 	"github.com/sovereign-stack/ssbuild/appliance/stack"
+	"github.com/sovereign-stack/ssbuild/recipes"
 	"github.com/sovereign-stack/ssbuild/recipes/stacks"
 )
 
@@ -54,7 +54,7 @@ func Migrate(ctx context.Context, o Options, deployment, instance, to string) (M
 		return Migration{}, fmt.Errorf("%w: %w", ErrMigrateRefused, err)
 	}
 	mg := Migration{Project: d.Project(), Instance: instance, To: to}
-	ctx, release, err := deploystate.HoldDeployment(ctx, o.State, d.Project(), o.Member, "migrate")
+	ctx, release, err := o.hold(ctx, []recipes.Deployment{d}, "migrate")
 	if err != nil {
 		return mg, fmt.Errorf("%w: %w", ErrMigrateRefused, err)
 	}

@@ -47,20 +47,37 @@ func checkMigrate(t *testing.T, ctx context.Context, bed *testbed.Bed, o deploy.
 		}
 	}
 	// While a backup or restore of the deployment runs (another member's),
-	// a migrate is refused, naming it.
+	// a migrate, a deploy and a down are refused, naming it, and change
+	// nothing.
 	lease, other := deploystate.DeploymentLease(project), "host9 pid 1 (restore)"
 	if _, ok, err := stateOf(o).AcquireLease(ctx, lease, other, time.Minute); err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	_, err := deploy.Migrate(ctx, o, name, "btcpay", to)
-	if rerr := stateOf(o).ReleaseLease(ctx, lease, other); rerr != nil {
-		t.Fatal(rerr)
+	revs, err := stateOf(o).History(ctx, project)
+	if err != nil {
+		t.Fatal(err)
 	}
+	_, err = deploy.Migrate(ctx, o, name, "btcpay", to)
 	if !errors.Is(err, deploy.ErrMigrateRefused) || !strings.Contains(err.Error(), other+" holds the lease "+lease) {
 		t.Errorf("migrate during another's restore: %v; want it refused, naming the other", err)
 	}
+	if _, err := deploy.Deploy(ctx, o); err == nil || !strings.Contains(err.Error(), "deploy "+project+" not started, nothing changed: "+other+" holds the lease "+lease) {
+		t.Errorf("deploy during another's restore: %v; want it refused, naming the other", err)
+	}
+	if _, err := deploy.Down(ctx, o, o.Recipe.Deployments[0], false); err == nil || !strings.Contains(err.Error(), other+" holds the lease "+lease) {
+		t.Errorf("down during another's restore: %v; want it refused, naming the other", err)
+	}
+	if err := stateOf(o).ReleaseLease(ctx, lease, other); err != nil {
+		t.Fatal(err)
+	}
 	if got := where("btcpay"); got != from {
 		t.Fatalf("a refused migrate moved btcpay from %s to %s", from, got)
+	}
+	if after, err := stateOf(o).History(ctx, project); err != nil || len(after) != len(revs) {
+		t.Errorf("the refused deploy recorded a revision: %d revisions, then %d (%v)", len(revs), len(after), err)
+	}
+	if got := httpGet(t, ctx, instanceOn(t, bed, o, project, "www"), "btcpay.demo.example"); got != "btcpay demo.example" {
+		t.Errorf("after a refused down btcpay.demo.example answers %q", got)
 	}
 
 	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('row before the migrate') ON CONFLICT DO NOTHING")

@@ -86,11 +86,12 @@ func Holder(member, doing string) string {
 	return fmt.Sprintf("%s pid %d (%s)", member, os.Getpid(), doing)
 }
 
-// DeploymentLease names the lease a backup, a restore or a migrate of a
-// deployment holds while it runs, on any member: one at a time. Else a
-// backup could read volumes half restored (and pass for a good one), two
-// restores write the same volumes, or a migrate move an instance a restore
-// writes into.
+// DeploymentLease names the lease a deploy, down, migrate, backup or
+// restore of a deployment holds while it runs, on any member: one at a
+// time. Else a backup could read volumes half restored (and pass for a
+// good one), two restores write the same volumes, a migrate move an
+// instance a restore writes into, or a deploy recreate the containers a
+// restore stopped.
 func DeploymentLease(project string) string { return "deployment:" + project }
 
 // deploymentLeaseTTL is how long a deployment's lease lasts unrenewed: a
@@ -104,7 +105,7 @@ func HoldDeployment(ctx context.Context, s Leases, project, member, doing string
 	held, release, err = HoldLease(ctx, s, DeploymentLease(project), Holder(member, doing), deploymentLeaseTTL)
 	var he *HeldError
 	if errors.As(err, &he) {
-		return nil, nil, fmt.Errorf("%s %s not started, nothing changed: %w: one backup, restore or migrate of a deployment runs at a time; run it again once that one has ended", doing, project, err)
+		return nil, nil, fmt.Errorf("%s %s not started, nothing changed: %w: one deploy, down, migrate, backup or restore of a deployment runs at a time; run it again once that one has ended", doing, project, err)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s %s: %w", doing, project, err)
