@@ -234,7 +234,8 @@ func RemoveHost(ctx context.Context, c lxd.InstanceServer, name string, forget f
 // MoveInstance moves one instance from member from to mv.To: stopped
 // first when it runs, its custom volumes copied over (export and import),
 // the instance moved, the old volumes deleted, then started there again
-// when it ran. An interrupted run can be run again.
+// when it ran. An interrupted run can be run again (it copies the volumes
+// again).
 func MoveInstance(ctx context.Context, c lxd.InstanceServer, from string, mv Move) error {
 	pc := c.UseProject(mv.Project)
 	if mv.Running {
@@ -248,13 +249,13 @@ func MoveInstance(ctx context.Context, c lxd.InstanceServer, from string, mv Mov
 	}
 	src, dst := pc.UseTarget(from), pc.UseTarget(mv.To)
 	for _, v := range mv.Volumes {
-		if cur, _, err := dst.GetStoragePoolVolume(v.Pool, "custom", v.Name); err == nil {
-			if cur.Config[KeyReplicaOf] == "" {
-				continue // copied by an earlier, interrupted run
-			}
-			// The replica pass's copy there is older than the volume.
+		// A copy there is older than the volume: the replica pass's, or
+		// an interrupted run's (the instance may have run on since, on
+		// the old member: reusing it would lose what it wrote). Copied
+		// again.
+		if _, _, err := dst.GetStoragePoolVolume(v.Pool, "custom", v.Name); err == nil {
 			if err := dst.DeleteStoragePoolVolume(v.Pool, "custom", v.Name); err != nil {
-				return fmt.Errorf("delete the replica of %s/%s on %s: %w", v.Pool, v.Name, mv.To, err)
+				return fmt.Errorf("delete the older copy of %s/%s on %s: %w", v.Pool, v.Name, mv.To, err)
 			}
 		}
 		if err := copyVolume(ctx, src, dst, v); err != nil {

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	lxd "github.com/canonical/lxd/client"
+	"github.com/canonical/lxd/shared/api"
+
 	"github.com/sovereign-stack/ssbuild/appliance/deploy"
 	"github.com/sovereign-stack/ssbuild/appliance/deploystate"
 	"github.com/sovereign-stack/ssbuild/appliance/fence"
@@ -80,6 +83,10 @@ func checkMigrate(t *testing.T, ctx context.Context, bed *testbed.Bed, o deploy.
 		t.Errorf("after a refused down btcpay.demo.example answers %q", got)
 	}
 
+	// An earlier migrate cut short left copies of btcpay's volumes on
+	// the member (here empty ones), and btcpay ran on since where it
+	// was: those copies are stale, and must not be what it moves onto.
+	plantStaleCopies(t, pc, to)
 	psqlIn(t, o, project, "INSERT INTO pages (body) VALUES ('row before the migrate') ON CONFLICT DO NOTHING")
 	lnd := project + "-lightning"
 	channelDB := dockerExec(t, o, project, "btcpay", lnd, "cat", "/root/.lightning/regtest/lightningd.sqlite3")
@@ -110,5 +117,36 @@ func checkMigrate(t *testing.T, ctx context.Context, bed *testbed.Bed, o deploy.
 	}
 	if got := httpGet(t, ctx, instanceOn(t, bed, o, project, "www"), "btcpay.demo.example"); got != "btcpay demo.example" {
 		t.Errorf("btcpay.demo.example after the migrate answered %q", got)
+	}
+}
+
+// plantStaleCopies puts an empty custom volume on member to under the name
+// of each of btcpay's, as a migrate cut short after copying them leaves
+// them (not replicas: no replica label).
+func plantStaleCopies(t *testing.T, pc lxd.InstanceServer, to string) {
+	t.Helper()
+	in, _, err := pc.GetInstance("btcpay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := pc.UseTarget(to)
+	n := 0
+	for _, d := range in.ExpandedDevices {
+		if d["type"] != "disk" || d["pool"] == "" || d["path"] == "/" || d["source"] == "" {
+			continue
+		}
+		name := strings.TrimPrefix(d["source"], "custom/")
+		if _, _, err := dst.GetStoragePoolVolume(d["pool"], "custom", name); err == nil {
+			if err := dst.DeleteStoragePoolVolume(d["pool"], "custom", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := dst.CreateStoragePoolVolume(d["pool"], api.StorageVolumesPost{Name: name, Type: "custom"}); err != nil {
+			t.Fatalf("plant a stale copy of %s on %s: %v", name, to, err)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("btcpay has no custom volumes to plant stale copies of")
 	}
 }
