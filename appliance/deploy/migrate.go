@@ -112,15 +112,13 @@ func Migrate(ctx context.Context, o Options, deployment, instance, to string) (M
 	if in.Location != to {
 		// Room first: LXD would fail the import with the instance already
 		// stopped.
-		_, need := cluster.PlanMove(o.LXD, *in, in.Location)
+		mv, need := cluster.PlanMove(o.LXD, *in, in.Location)
 		free := func(member, pool string) int64 { return cluster.PoolFree(o.LXD, member, pool) }
 		if short := cluster.NoRoom(to, need, free); len(short) > 0 {
 			return mg, fmt.Errorf("%w: %s/%s does not fit on %s: %s", ErrMigrateRefused, d.Project(), instance, to, strings.Join(short, ", "))
 		}
-		for _, b := range need {
-			mg.Bytes += b
-		}
-		if err := o.move(ctx, pc, in, to, &mg); err != nil {
+		mg.Bytes, mg.Volumes = mv.Bytes, len(mv.Volumes)
+		if err := o.move(ctx, pc, in, mv, to); err != nil {
 			return mg, fmt.Errorf("migrate %s/%s from %s to %s: %w", d.Project(), instance, mg.From, to, err)
 		}
 	}
@@ -146,8 +144,9 @@ func Migrate(ctx context.Context, o Options, deployment, instance, to string) (M
 	return mg, nil
 }
 
-// move stops the instance, moves it with its volumes and starts it on to.
-func (o *Options) move(ctx context.Context, pc lxd.InstanceServer, in *api.Instance, to string, mg *Migration) error {
+// move stops the instance, moves it with its volumes (mv, as planned)
+// and starts it on to.
+func (o *Options) move(ctx context.Context, pc lxd.InstanceServer, in *api.Instance, mv cluster.Move, to string) error {
 	if in.StatusCode == api.Running || in.StatusCode == api.Frozen {
 		task := o.Progress.Start("stop "+in.Name, 0, "")
 		err := wait(pc.UpdateInstanceState(in.Name, api.InstanceStatePut{Action: "stop", Timeout: 60, Force: true}, ""))
@@ -162,15 +161,9 @@ func (o *Options) move(ctx context.Context, pc lxd.InstanceServer, in *api.Insta
 	if err != nil {
 		return err
 	}
-	cur, _, err := pc.GetInstance(in.Name)
-	if err != nil {
-		return err
-	}
-	mv, _ := cluster.PlanMove(o.LXD, *cur, cur.Location)
-	mv.To, mv.Running = to, false
-	mg.Volumes = len(mv.Volumes)
+	mv.To, mv.Running = to, false // started below, after the link
 	task := o.Progress.Start(fmt.Sprintf("move %s and %d volumes to %s", in.Name, len(mv.Volumes), to), 0, "")
-	err = cluster.MoveInstance(ctx, o.LXD, cur.Location, mv)
+	err = cluster.MoveInstance(ctx, o.LXD, in.Location, mv)
 	task.Done(err)
 	if err != nil {
 		return err
