@@ -107,8 +107,16 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 					wwwProblems = append(wwwProblems, fmt.Sprintf("device %s %v", name, dev))
 				}
 			}
-			addrs := func(project string) (out []string) {
-				st, _, err := o.LXD.UseProject(project).GetInstanceState("www")
+			// Its own address: its own MAC, and on the live www's member
+			// another address (each member's bridge has its own DHCP on
+			// the same subnet: on two members one address can come twice,
+			// on two separate links).
+			nic := func(project string) (member, mac string, out []string) {
+				pc := o.LXD.UseProject(project)
+				if in, _, err := pc.GetInstance("www"); err == nil {
+					member, mac = in.Location, in.Config["volatile.eth0.hwaddr"]
+				}
+				st, _, err := pc.GetInstanceState("www")
 				if err == nil {
 					for _, a := range st.Network["eth0"].Addresses {
 						if a.Family == "inet" {
@@ -116,10 +124,13 @@ func checkRestoreTest(t *testing.T, ctx context.Context, o deploy.Options, proje
 						}
 					}
 				}
-				return out
+				return member, mac, out
 			}
-			if mine, theirs := addrs(s.Project()), addrs(project); len(mine) == 0 || len(theirs) == 0 || slices.ContainsFunc(mine, func(a string) bool { return slices.Contains(theirs, a) }) {
-				wwwProblems = append(wwwProblems, fmt.Sprintf("addresses %v, the live www's %v", mine, theirs))
+			myMember, myMAC, mine := nic(s.Project())
+			theirMember, theirMAC, theirs := nic(project)
+			if len(mine) == 0 || len(theirs) == 0 || myMAC == "" || myMAC == theirMAC ||
+				myMember == theirMember && slices.ContainsFunc(mine, func(a string) bool { return slices.Contains(theirs, a) }) {
+				wwwProblems = append(wwwProblems, fmt.Sprintf("addresses %v and MAC %s on %s, the live www's %v and %s on %s", mine, myMAC, myMember, theirs, theirMAC, theirMember))
 			}
 			out, _, _, err = lxdexec.Run(pc, "www", "docker", "ps", "-a", "--format", "{{.Names}} ports={{.Ports}}")
 			if err != nil || !strings.Contains(out, s.Project()+"-proxy ") || strings.Contains(out, "->") {
